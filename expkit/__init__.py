@@ -1,0 +1,1 @@
+"""expkit: set up, run and keep track of computational experiments."""

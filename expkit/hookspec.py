@@ -1,0 +1,233 @@
+"""Hook specifications: every hook a plugin of expkit may implement.
+
+Hooks are called with keyword arguments only. An implementation may accept a
+subset of a hook's arguments, so new arguments can be added without breaking
+plugins; arguments are never removed or renamed. Hooks marked *firstresult*
+stop at the first implementation that returns something other than ``None``.
+
+The run hooks (``expkit_run_*``, ``expkit_log_metrics``, ``expkit_artifact_added``,
+``expkit_resource_added``) report what happens to a run; the core calls them
+through a guard, so an exception raised there is reported once and never
+reaches the experiment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from expkit.experiment import Ingredient
+    from expkit.records import Artifact, ConfigDefault, MetricPoint, Resource
+    from expkit.run import Run
+
+hookspec = pluggy.HookspecMarker("expkit")
+
+# --- set-up ------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def expkit_addhooks(pluginmanager: Any) -> None:
+    """Add new hook specifications with ``pluginmanager.add_hookspecs(module)``.
+
+    Called once per plugin, when it is registered.
+    """
+
+
+@hookspec(historic=True)
+def expkit_addoption(parser: Any) -> None:
+    """Add options to the ``expkit`` command line.
+
+    ``parser`` is an :class:`argparse.ArgumentParser`-like object with
+    ``addoption(*names, **kwargs)`` and ``getgroup(name)``. Called once per
+    plugin before the command line is parsed; plugins registered later
+    (``expconf.py``) are called when they are registered.
+    """
+
+
+@hookspec(historic=True)
+def expkit_configure(config: Any) -> None:
+    """Set up a plugin after the command line was parsed.
+
+    ``config`` carries the parsed options (``config.option``), the project
+    root and the plugin manager. Called once per plugin.
+    """
+
+
+@hookspec
+def expkit_unconfigure(config: Any) -> None:
+    """Tear down what :func:`expkit_configure` set up, before the process exits."""
+
+
+@hookspec(firstresult=True)
+def expkit_cmdline_main(config: Any) -> int | None:
+    """Carry out the ``expkit`` command and return its exit code.
+
+    Called once after :func:`expkit_configure`. *firstresult*.
+    """
+
+
+# --- experiments and configuration --------------------------------------------
+
+
+@hookspec(firstresult=True)
+def expkit_load_config_file(path: str) -> dict | None:
+    """Read a configuration file (JSON, TOML, YAML, ...) and return its entries.
+
+    Called for ``add_config("file.json")`` and for ``with file.yaml``. Return
+    ``None`` when the file's format is not yours. *firstresult*.
+    """
+
+
+@hookspec
+def expkit_config_defaults(experiment: Ingredient) -> list[ConfigDefault] | None:
+    """Return root entries to add to a run's configuration unless already set.
+
+    Called when a run's configuration is built, after the config scopes ran.
+    The seeding plugin adds ``seed`` here.
+    """
+
+
+@hookspec
+def expkit_experiment_info(experiment: Ingredient) -> dict | None:
+    """Return entries for the run's experiment record.
+
+    Keys as in Sacred's ``experiment`` document: ``sources`` (a list of
+    :class:`expkit.records.Source`), ``dependencies`` (a list of
+    :class:`expkit.records.Dependency`), ``repositories`` (a list of
+    :class:`expkit.records.Repository`). The returned lists are joined.
+    Called once per run, before it starts.
+    """
+
+
+@hookspec
+def expkit_host_info(experiment: Ingredient) -> dict | None:
+    """Return entries for the run's host record (``hostname``, ``cpu``, ...).
+
+    The returned dicts are merged. Called once per run, before it starts.
+    """
+
+
+@hookspec
+def expkit_builtin_commands(experiment: Ingredient) -> dict | None:
+    """Return ``{name: function}`` of commands every experiment offers.
+
+    The functions are captured like ``@ex.command``; an attribute
+    ``unobserved = True`` on a function keeps its runs out of the stores.
+    A command the experiment defines itself wins over these.
+    """
+
+
+@hookspec(firstresult=True)
+def expkit_run_commandline(experiment: Ingredient, argv: list[str]) -> Any:
+    """Parse a script's own command line (``python exp.py ...``) and carry it out.
+
+    Return the finished :class:`expkit.run.Run` (or ``None`` when nothing ran)
+    wrapped in a one-element list so that ``None`` can be a result. *firstresult*.
+    """
+
+
+# --- stores -------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def expkit_store_for_url(url: str) -> Any:
+    """Return a store (an :class:`expkit.observers.RunObserver`) for ``url``.
+
+    Return ``None`` when the URL's scheme is not yours. A plain path is
+    offered as it is, without a scheme. *firstresult*.
+    """
+
+
+@hookspec
+def expkit_store_schemes() -> list[str] | None:
+    """Return the URL schemes this plugin's stores claim, for error messages."""
+
+
+@hookspec(firstresult=True)
+def expkit_observer_class(name: str) -> type | None:
+    """Return the Sacred-style observer class called ``name``, if it is yours.
+
+    Lets ``from expkit.observers import FileStorageObserver`` work while the
+    store lives in a plugin. *firstresult*.
+    """
+
+
+# --- a run's life -------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def expkit_function_seeder(run: Run, function: Any) -> Any:
+    """Return the seeder that gives ``function`` its ``_seed`` and ``_rnd``.
+
+    A seeder has ``seed() -> int`` (a new seed on every call) and
+    ``rnd(seed) -> generator``. Called once per captured function and run,
+    the first time the function asks for ``_seed`` or ``_rnd``. *firstresult*.
+    """
+
+
+@hookspec(firstresult=True)
+def expkit_make_capture(run: Run, mode: str) -> Any:
+    """Return an output capture for ``mode`` (``"fd"``, ``"sys"`` or ``"no"``).
+
+    A capture has ``start()``, ``read() -> str`` (the text written since the
+    last read) and ``stop()``. Called once per run, before it starts. *firstresult*.
+    """
+
+
+@hookspec
+def expkit_run_setup(run: Run) -> None:
+    """Prepare the process for ``run``: called right before it starts.
+
+    The seeding plugin seeds the global random generators here. May raise to
+    stop the run before it starts.
+    """
+
+
+@hookspec
+def expkit_run_queued(run: Run) -> None:
+    """``run`` was queued (``-q``) instead of started."""
+
+
+@hookspec
+def expkit_run_started(run: Run) -> None:
+    """``run`` started: its config, host and experiment records are final."""
+
+
+@hookspec
+def expkit_run_heartbeat(run: Run) -> None:
+    """Called every ``run.beat_interval`` seconds while ``run`` runs, and once at its end.
+
+    ``run.info``, ``run.result`` and ``run.captured_out`` are current.
+    """
+
+
+@hookspec
+def expkit_run_completed(run: Run) -> None:
+    """``run`` returned normally; ``run.result`` holds its result."""
+
+
+@hookspec
+def expkit_run_failed(run: Run) -> None:
+    """``run`` raised; ``run.fail_trace`` holds the traceback lines."""
+
+
+@hookspec
+def expkit_run_interrupted(run: Run) -> None:
+    """``run`` was interrupted (Ctrl-C, SIGTERM, an interrupt exception); see ``run.status``."""
+
+
+@hookspec
+def expkit_log_metrics(run: Run, metrics: list[MetricPoint]) -> None:
+    """New metric points of ``run``, delivered in batches at each heartbeat."""
+
+
+@hookspec
+def expkit_artifact_added(run: Run, artifact: Artifact) -> None:
+    """``run`` added an artifact (a file to keep with the run)."""
+
+
+@hookspec
+def expkit_resource_added(run: Run, resource: Resource) -> None:
+    """``run`` opened or added a resource (an input file)."""

@@ -1,0 +1,171 @@
+"""The plugin host: a pluggy manager that loads plugins the way pytest does.
+
+Order: names blocked with ``-p no:NAME`` are blocked first; then the built-in
+plugins (entry points of the ``expkit`` group shipped by the expkit
+distribution); then plugins named with ``-p NAME``; then third-party entry
+points (unless ``EXPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set); then modules listed
+in ``EXPKIT_PLUGINS``. ``expconf.py`` files are registered by the collector.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from typing import Any
+
+import attrs
+import pluggy
+
+from expkit import hookspec
+from expkit.errors import UsageError
+
+hookimpl = pluggy.HookimplMarker("expkit")
+
+ENTRY_POINT_GROUP = "expkit"
+_DIST_NAME = "expkit"
+
+
+@attrs.frozen
+class PluginInfo:
+    """Where a loaded plugin came from and how long its import took."""
+
+    name: str
+    origin: str  # "builtin", "entrypoint", "-p", "env", "expconf", "object"
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    import_seconds: float = 0.0
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with expkit's hook specs and a record of where plugins came from."""
+
+    def __init__(self) -> None:
+        super().__init__("expkit")
+        self.add_hookspecs(hookspec)
+        self.infos: dict[str, PluginInfo] = {}
+
+    def register_module(
+        self, modname: str, name: str | None = None, origin: str = "-p", **extra: Any
+    ) -> Any:
+        """Import ``modname`` and register it under ``name`` (default: the module name)."""
+        name = name or modname
+        if self.is_blocked(name) or self.has_plugin(name):
+            return self.get_plugin(name)
+        start = time.perf_counter()
+        try:
+            module = importlib.import_module(modname)
+        except ImportError as exc:
+            raise UsageError(f"cannot load plugin {name!r}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        self.register(module, name=name)
+        self.infos[name] = PluginInfo(
+            name=name, origin=origin, module=modname, import_seconds=seconds, **extra
+        )
+        return module
+
+    def load_entry_points(self, builtin_only: bool = False) -> None:
+        """Register the plugins of the ``expkit`` entry-point group."""
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist is not None else None
+            builtin = dist is not None and _canonical(dist) == _DIST_NAME
+            if builtin_only != builtin:
+                continue
+            if self.is_blocked(ep.name) or self.has_plugin(ep.name):
+                continue
+            self.register_module(
+                ep.value,
+                name=ep.name,
+                origin="builtin" if builtin else "entrypoint",
+                distribution=dist,
+                version=ep.dist.version if ep.dist is not None else None,
+            )
+
+    def block(self, name: str) -> None:
+        """Keep the plugin ``name`` from loading (``-p no:NAME``)."""
+        self.set_blocked(name)
+        # Users write the module name as often as the entry-point name.
+        for ep in _entry_points():
+            if ep.value == name or ep.value.rsplit(".", 1)[-1] == name:
+                self.set_blocked(ep.name)
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+_ENTRY_POINTS: list | None = None
+
+
+def _entry_points() -> list:
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:
+        _ENTRY_POINTS = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return _ENTRY_POINTS
+
+
+def create_plugin_manager(
+    blocked: Iterable[str] = (), early: Iterable[str] = (), plugins: Iterable[Any] = ()
+) -> PluginManager:
+    """Build a manager with every plugin loaded in pytest's order."""
+    pm = PluginManager()
+    for name in blocked:
+        pm.block(name)
+    pm.load_entry_points(builtin_only=True)
+    for modname in early:
+        if modname not in {ep.name for ep in _entry_points()}:
+            pm.register_module(modname, origin="-p")
+    for ep in _entry_points():
+        if ep.name in set(early) and not pm.has_plugin(ep.name) and not pm.is_blocked(ep.name):
+            dist = ep.dist.name if ep.dist is not None else None
+            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=dist)
+    if not os.environ.get("EXPKIT_DISABLE_PLUGIN_AUTOLOAD"):
+        pm.load_entry_points(builtin_only=False)
+    for modname in filter(None, os.environ.get("EXPKIT_PLUGINS", "").split(",")):
+        pm.register_module(modname.strip(), origin="env")
+    for plugin in plugins:
+        name = pm.register(plugin)
+        if name is not None:
+            pm.infos[name] = PluginInfo(name=name, origin="object", module=type(plugin).__name__)
+    return pm
+
+
+_default: PluginManager | None = None
+_default_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The manager used by experiments run from Python or from their own command line."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = create_plugin_manager()
+    return _default
+
+
+def set_plugin_manager(pm: PluginManager | None) -> PluginManager | None:
+    """Make ``pm`` the default manager (``None`` resets it); returns the previous one."""
+    global _default
+    previous, _default = _default, pm
+    return previous
+
+
+def loaded_module_names(pm: PluginManager) -> list[str]:
+    """Names of the modules of registered plugins, for reports."""
+    return [getattr(p, "__name__", type(p).__name__) for p in pm.get_plugins()]
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginInfo",
+    "PluginManager",
+    "create_plugin_manager",
+    "get_plugin_manager",
+    "hookimpl",
+    "set_plugin_manager",
+]

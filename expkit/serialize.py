@@ -1,0 +1,69 @@
+"""Turning run data into plain JSON data, the one form every store keeps."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+def format_time(t: datetime.datetime | None) -> str | None:
+    """ISO time that always carries microseconds (Sacred-era readers parse ``.%f``)."""
+    return None if t is None else t.strftime(TIME_FORMAT)
+
+
+def parse_time(text: str | None) -> datetime.datetime | None:
+    """The inverse of :func:`format_time`; also accepts times without microseconds."""
+    if text is None:
+        return None
+    return datetime.datetime.fromisoformat(text)
+
+
+def utcnow() -> datetime.datetime:
+    """Naive UTC now, as Sacred records times."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def to_data(obj: Any) -> Any:
+    """``obj`` as JSON data: numpy scalars and arrays become numbers and lists,
+    tuples become lists, times become ISO strings; anything else becomes its repr."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): to_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_data(v) for v in obj]
+    if isinstance(obj, datetime.datetime):
+        return format_time(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist) and type(obj).__module__ == "numpy":
+        return to_data(tolist())
+    return repr(obj)
+
+
+def is_data(obj: Any) -> bool:
+    """Whether ``obj`` is already plain JSON data (tuples allowed)."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return True
+    if isinstance(obj, float):
+        return True
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and is_data(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return all(is_data(v) for v in obj)
+    return False
+
+
+def dumps(obj: Any) -> str:
+    """JSON text as the file store writes it: sorted keys, two-space indent."""
+    return json.dumps(to_data(obj), sort_keys=True, indent=2, allow_nan=True)
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x`` unless it is NaN or infinite (for stores that reject those)."""
+    return x if math.isfinite(x) else None

@@ -1,0 +1,35 @@
+"""Process-wide settings, shaped like Sacred's ``SETTINGS`` so migrated code keeps working."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+
+class _Section(SimpleNamespace):
+    """A group of settings; assigning a name it does not have is an error."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dict__:
+            known = ", ".join(sorted(self.__dict__))
+            raise AttributeError(f"unknown setting {name!r}; known: {known}")
+        super().__setattr__(name, value)
+
+
+SETTINGS = _Section(
+    CONFIG=_Section(
+        ENFORCE_KEYS_MONGO_COMPATIBLE=True,
+        ENFORCE_KEYS_NO_EQUALS=True,
+        READ_ONLY_CONFIG=False,
+        IGNORED_COMMENTS=["^pylint:", "^noinspection", "^noqa", "^type:"],
+    ),
+    HOST_INFO=_Section(
+        INCLUDE_GPU_INFO=True,
+        INCLUDE_CPU_INFO=True,
+        CAPTURED_ENV=[],
+    ),
+    CAPTURE_MODE="fd",
+    DISCOVER_SOURCES="imported",
+    DISCOVER_DEPENDENCIES="imported",
+    DEFAULT_BEAT_INTERVAL=10.0,
+)

@@ -1,0 +1,1 @@
+"""Built-in plugins of expkit, one module per concern."""
