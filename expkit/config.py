@@ -1,0 +1,424 @@
+"""Config scopes, config dicts and the helpers that merge and compare configurations.
+
+A config scope is a function whose local variables become config entries. Entries
+fixed from outside (updates, named configs) are in place before the body runs and
+are restored after every statement, so ``b = 3 * a`` follows an update of ``a``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import io
+import re
+import textwrap
+import tokenize
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from expkit.errors import ConfigError
+from expkit.settings import SETTINGS
+
+_FIX = "__expkit_fix__"
+_NOT_CONFIG = (
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    type,
+    types.MethodType,
+)
+
+
+@attrs.frozen
+class ScopeResult:
+    """What evaluating one config scope or dict gave.
+
+    ``config`` holds the entries; ``defaults`` maps dotted paths to the value the
+    scope itself set where a fixed value overrode it; ``docs`` maps paths to docs.
+    """
+
+    config: dict
+    defaults: dict
+    docs: dict
+
+
+class ConfigSummary(dict):
+    """A configuration plus what changed: ``added``, ``modified``, ``typechanged`` and ``docs``."""
+
+    def __init__(
+        self,
+        config: Mapping | None = None,
+        added: set | None = None,
+        modified: set | None = None,
+        typechanged: dict | None = None,
+        docs: dict | None = None,
+    ) -> None:
+        super().__init__(config or {})
+        self.added = set(added or ())
+        self.modified = set(modified or ())
+        self.typechanged = dict(typechanged or {})
+        self.docs = dict(docs or {})
+
+
+# --- paths and merging -------------------------------------------------------------
+
+
+def split_path(path: str) -> list[str]:
+    """``"a.b.c"`` as ``["a", "b", "c"]``; the empty path is the root."""
+    return path.split(".") if path else []
+
+
+def join_path(*parts: str) -> str:
+    """Join path parts with dots, skipping empty ones."""
+    return ".".join(p for p in parts if p)
+
+
+def get_path(config: Mapping, path: str, default: Any = None) -> Any:
+    """The value at a dotted ``path`` in nested dicts, or ``default``."""
+    current: Any = config
+    for key in split_path(path):
+        if not isinstance(current, Mapping) or key not in current:
+            return default
+        current = current[key]
+    return current
+
+
+def set_path(config: dict, path: str, value: Any) -> None:
+    """Set the value at a dotted ``path``, creating dicts on the way."""
+    *parents, last = split_path(path)
+    current = config
+    for key in parents:
+        nxt = current.get(key)
+        if not isinstance(nxt, dict):
+            nxt = current[key] = {}
+        current = nxt
+    current[last] = value
+
+
+def nest_dotted(updates: Mapping) -> dict:
+    """Turn ``{"a.b": 1}`` into ``{"a": {"b": 1}}``, merging nested dicts."""
+    result: dict = {}
+    for key, value in updates.items():
+        if isinstance(value, Mapping):
+            value = nest_dotted(value)
+        if "." in key:
+            existing = get_path(result, key)
+            if isinstance(existing, dict) and isinstance(value, dict):
+                merge(existing, value)
+            else:
+                set_path(result, key, value)
+        elif isinstance(result.get(key), dict) and isinstance(value, dict):
+            merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def merge(target: dict, source: Mapping) -> dict:
+    """Merge ``source`` into ``target`` key by key, recursing into dicts; ``source`` wins."""
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+    return target
+
+
+def flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted path, value)`` for every leaf; an empty dict is a leaf."""
+    for key, value in config.items():
+        path = join_path(prefix, key)
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, path)
+        else:
+            yield path, value
+
+
+# --- values ------------------------------------------------------------------------
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, str):
+        raise ConfigError(f"config key {key!r} in {where} must be a string")
+    if SETTINGS.CONFIG.ENFORCE_KEYS_MONGO_COMPATIBLE and ("." in key or key.startswith("$")):
+        raise ConfigError(
+            f"invalid config key {key!r} in {where}: keys may not contain '.' or start with '$'"
+        )
+    if SETTINGS.CONFIG.ENFORCE_KEYS_NO_EQUALS and "=" in key:
+        raise ConfigError(f"invalid config key {key!r} in {where}: keys may not contain '='")
+
+
+def normalize(value: Any, path: str, where: str) -> Any:
+    """Check that ``value`` is JSON data; numpy scalars become Python scalars, tuples stay tuples."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for key, sub in value.items():
+            _check_key(key, where)
+            out[key] = normalize(sub, join_path(path, key), where)
+        return out
+    if isinstance(value, list):
+        return [normalize(v, f"{path}[{i}]", where) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return tuple(normalize(v, f"{path}[{i}]", where) for i, v in enumerate(value))
+    hint = " (use .tolist())" if type(value).__module__ == "numpy" else ""
+    raise ConfigError(
+        f"config entry {path!r} in {where} is a {type(value).__name__}, which cannot be "
+        f"stored as JSON{hint}; use numbers, strings, booleans, None, lists or dicts"
+    )
+
+
+def type_changed(old: Any, new: Any) -> bool:
+    """Whether replacing ``old`` by ``new`` changes the type (tuple and list are the same; from None is not a change)."""
+    if old is None or new is None:
+        return False
+    kinds = {tuple: list}
+    return kinds.get(type(old), type(old)) is not kinds.get(type(new), type(new))
+
+
+# --- config dicts -----------------------------------------------------------------
+
+
+class ConfigDict:
+    """Config entries given as a dict (``add_config``, config files)."""
+
+    def __init__(self, entries: Mapping, where: str = "add_config") -> None:
+        self.where = where
+        self.entries = normalize(nest_dotted(dict(entries)), "", where)
+
+    def __call__(
+        self,
+        fixed: Mapping | None = None,
+        preset: Mapping | None = None,
+        fallback: Mapping | None = None,
+    ) -> ScopeResult:
+        """Evaluate: ``fixed`` entries win over this dict's, ``preset`` ones are kept."""
+        config = merge(merge({}, preset or {}), self.entries)
+        defaults = {
+            path: value
+            for path, value in flatten(self.entries)
+            if get_path(fixed or {}, path, _MISSING) is not _MISSING
+        }
+        merge(config, fixed or {})
+        return ScopeResult(config=config, defaults=defaults, docs={})
+
+
+_MISSING = object()
+
+
+# --- config scopes ----------------------------------------------------------------
+
+
+class ConfigScope:
+    """A function whose local variables become config entries; comments become docs."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+        self.where = f"config scope {func.__qualname__!r}"
+        self._code, self.arg_names, self.assigned, self.docs, self.scope_doc = _compile_scope(func)
+
+    def __call__(
+        self,
+        fixed: Mapping | None = None,
+        preset: Mapping | None = None,
+        fallback: Mapping | None = None,
+    ) -> ScopeResult:
+        """Run the body with ``fixed`` entries pinned; ``preset`` ones are kept, ``fallback`` ones only readable."""
+        fixed = dict(fixed or {})
+        preset = dict(preset or {})
+        fallback = dict(fallback or {})
+        for name in self.arg_names:
+            if name not in fixed and name not in preset and name not in fallback:
+                raise ConfigError(
+                    f"{self.where} has parameter {name!r}, which names no earlier config entry "
+                    "or ingredient"
+                )
+        namespace = dict(self.func.__globals__)
+        # As in Sacred, earlier entries and ingredients are readable only when declared.
+        namespace.update({k: v for k, v in fallback.items() if k in self.arg_names})
+        namespace.update({k: copy.deepcopy(v) for k, v in preset.items() if k in self.arg_names})
+        namespace.update(copy.deepcopy(fixed))
+        defaults: dict = {}
+
+        def fix() -> None:
+            for key, value in fixed.items():
+                current = namespace.get(key, _MISSING)
+                if current is value:
+                    continue
+                if current is not _MISSING and key in self.assigned:
+                    _record_defaults(defaults, key, current, value)
+                if isinstance(value, dict) and isinstance(current, dict):
+                    namespace[key] = merge(copy.deepcopy(current), value)
+                else:
+                    namespace[key] = (
+                        copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+                    )
+                fixed[key] = namespace[key]
+
+        namespace[_FIX] = fix
+        exec(self._code, namespace)  # the scope's own code, compiled from its source
+        config: dict = copy.deepcopy(preset)
+        for key in [k for k in self.assigned if k not in preset] + list(fixed):
+            if key not in namespace or (key in fallback and key not in self.assigned):
+                continue
+            value = namespace[key]
+            if isinstance(value, _NOT_CONFIG) or key == _FIX:
+                continue
+            _check_key(key, self.where)
+            config[key] = normalize(value, key, self.where)
+        if self.scope_doc:
+            config.setdefault("__doc__", self.scope_doc)
+        return ScopeResult(config=config, defaults=defaults, docs=dict(self.docs))
+
+
+def _record_defaults(defaults: dict, key: str, own: Any, fixed: Any) -> None:
+    if isinstance(own, Mapping) and isinstance(fixed, Mapping):
+        for sub_path, sub_value in flatten(own, key):
+            defaults[sub_path] = sub_value
+    else:
+        defaults[key] = own
+
+
+class _ScopeChecker(ast.NodeVisitor):
+    """Collects assigned names and refuses ``return``/``yield`` in a config scope's body."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.assigned: list[str] = []
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store) and node.id not in self.assigned:
+            self.assigned.append(node.id)
+
+    def _nested(self, node: ast.AST) -> None:
+        name = getattr(node, "name", None)
+        if name and name not in self.assigned:
+            self.assigned.append(name)  # kept out of the config later, by type
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _nested
+
+    def visit_Lambda(self, node: ast.AST) -> None:
+        pass  # names bound in nested scopes are not the scope's locals
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_Lambda
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            name = (alias.asname or alias.name).split(".")[0]
+            if name not in self.assigned:
+                self.assigned.append(name)
+
+    visit_ImportFrom = visit_Import
+
+    def visit_Return(self, node: ast.AST) -> None:
+        raise ConfigError(
+            f"{self.where} may not return a value: its local variables are the config"
+        )
+
+    visit_Yield = visit_YieldFrom = visit_Return
+
+
+class _InsertFix(ast.NodeTransformer):
+    """After every statement, call the function that puts fixed entries back."""
+
+    def _fix_body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for stmt in body:
+            stmt = self.visit(stmt)
+            out.append(stmt)
+            call = ast.Expr(ast.Call(ast.Name(_FIX, ast.Load()), [], []))
+            out.append(ast.copy_location(call, stmt))
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return node
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                setattr(node, field, self._fix_body(body))
+        if isinstance(node, ast.Try):
+            for handler in node.handlers:
+                handler.body = self._fix_body(handler.body)
+        return node
+
+
+def _compile_scope(func: Callable) -> tuple[types.CodeType, list[str], list[str], dict, str | None]:
+    where = f"config scope {func.__qualname__!r}"
+    try:
+        source = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError) as exc:
+        raise ConfigError(f"cannot read the source of {where}: {exc}") from exc
+    tree = ast.parse(source)
+    fdef = tree.body[0]
+    if not isinstance(fdef, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise ConfigError(f"{where} must be a function")
+    args = fdef.args
+    if args.vararg or args.kwarg or args.defaults or args.kw_defaults or args.kwonlyargs:
+        raise ConfigError(f"{where} may only have plain parameters naming earlier entries")
+    arg_names = [a.arg for a in args.posonlyargs + args.args]
+    body = list(fdef.body)
+    scope_doc = None
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if isinstance(body[0].value.value, str):
+            scope_doc = inspect.cleandoc(body[0].value.value)
+            body = body[1:]
+    checker = _ScopeChecker(where)
+    for stmt in body:
+        checker.visit(stmt)
+    docs = _comment_docs(source, body)
+    module = ast.Module(body=_InsertFix()._fix_body(body) if body else [], type_ignores=[])
+    ast.fix_missing_locations(module)
+    ast.increment_lineno(module, func.__code__.co_firstlineno - 1)
+    code = compile(module, func.__code__.co_filename, "exec")
+    return code, arg_names, checker.assigned, docs, scope_doc
+
+
+def _comment_docs(source: str, body: list[ast.stmt]) -> dict[str, str]:
+    """Docs of entries: the comment on an assignment's line, else the comment lines just above it."""
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                text = tok.string.lstrip("#").strip()
+                if not any(re.search(p, text) for p in SETTINGS.CONFIG.IGNORED_COMMENTS):
+                    comments[tok.start[0]] = text
+            elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                code_lines.add(tok.start[0])
+    except tokenize.TokenError:
+        return {}
+    docs: dict[str, str] = {}
+    for stmt in body:
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets = stmt.targets
+        elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
+            targets = [stmt.target]
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if not names:
+            continue
+        end = stmt.end_lineno or stmt.lineno
+        doc = next((comments[n] for n in range(stmt.lineno, end + 1) if n in comments), None)
+        if doc is None:
+            above: list[str] = []
+            line = stmt.lineno - 1
+            while line in comments and line not in code_lines:
+                above.insert(0, comments[line])
+                line -= 1
+            doc = " ".join(above) if above else None
+        if doc:
+            for name in names:
+                docs.setdefault(name, doc)
+    return docs

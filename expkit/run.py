@@ -1,0 +1,871 @@
+"""Making a run from an experiment and carrying it through its life.
+
+A run's life: setup -> started -> heartbeats -> completed | failed | interrupted.
+Each step fires the ``expkit_run_*`` hooks and the events of the Sacred-style
+observers in ``run.observers``. Nothing a store does can stop the run: stores
+are called through :class:`Delivery`, which reports a failing store once and
+keeps the experiment going.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from expkit.captured import captured_state
+from expkit.config import (
+    ConfigDict,
+    ConfigSummary,
+    flatten,
+    get_path,
+    join_path,
+    merge,
+    nest_dotted,
+    normalize,
+    set_path,
+    type_changed,
+)
+from expkit.errors import (
+    CommandNotFoundError,
+    ConfigAddedError,
+    ExpkitError,
+    ExpkitInterrupt,
+    NamedConfigNotFoundError,
+    UsageError,
+)
+from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
+from expkit.serialize import to_data, utcnow
+from expkit.settings import SETTINGS
+from expkit.utils import CapturedOutput, redact_url, suggest
+
+if TYPE_CHECKING:
+    from expkit.experiment import Experiment
+    from expkit.pluginmanager import PluginManager
+
+QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED = (
+    "QUEUED",
+    "RUNNING",
+    "COMPLETED",
+    "FAILED",
+    "INTERRUPTED",
+)
+
+# The options of a run, with their defaults; keys as Sacred spells its long flags.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "--beat-interval": None,
+    "--capture": None,
+    "--comment": None,
+    "--debug": False,
+    "--enforce_clean": False,
+    "--file_storage": None,
+    "--force": False,
+    "--help": False,
+    "--id": None,
+    "--loglevel": None,
+    "--mongo_db": None,
+    "--name": None,
+    "--pdb": False,
+    "--print-config": False,
+    "--priority": None,
+    "--queue": False,
+    "--tiny_db": None,
+    "--unobserved": False,
+}
+
+
+class SigtermInterrupt(ExpkitInterrupt):
+    """Raised in the run's thread when the process receives SIGTERM."""
+
+    STATUS = INTERRUPTED
+
+
+# --- the records a run carries -----------------------------------------------------
+
+
+@attrs.frozen
+class ExperimentInfo:
+    """What a run records about the experiment's code: sources, dependencies, git state."""
+
+    name: str
+    base_dir: str
+    mainfile: str | None
+    sources: tuple[Source, ...] = ()
+    dependencies: tuple[Dependency, ...] = ()
+    repositories: tuple[Repository, ...] = ()
+    doc: str | None = None
+
+    def as_sacred(self) -> dict:
+        """The record as Sacred's observers receive it (``ex_info``)."""
+        return {
+            "name": self.name,
+            "base_dir": self.base_dir,
+            "sources": [[s.name, s.md5] for s in self.sources],
+            "dependencies": [str(d) for d in self.dependencies],
+            "repositories": [
+                {"url": r.url, "commit": r.commit, "dirty": r.dirty} for r in self.repositories
+            ],
+            "mainfile": os.path.basename(self.mainfile) if self.mainfile else None,
+            "doc": self.doc,
+        }
+
+
+def gather_experiment_info(experiment: Experiment) -> ExperimentInfo:
+    """Ask the plugins for the experiment's sources, dependencies and repositories."""
+    hook = experiment.plugin_manager.hook
+    sources: dict[str, Source] = {}
+    deps: dict[str, Dependency] = {}
+    repos: list[Repository] = []
+    for ing, _ in experiment.traverse_ingredients():
+        for part in hook.expkit_experiment_info(experiment=ing):
+            for s in part.get("sources", ()):
+                sources.setdefault(s.name, s)
+            for d in part.get("dependencies", ()):
+                deps.setdefault(d.name, d)
+            repos.extend(r for r in part.get("repositories", ()) if r not in repos)
+    return ExperimentInfo(
+        name=experiment.name,
+        base_dir=experiment.base_dir,
+        mainfile=experiment.mainfile,
+        sources=tuple(sorted(sources.values(), key=lambda s: s.name)),
+        dependencies=tuple(sorted(deps.values(), key=lambda d: d.name.lower())),
+        repositories=tuple(repos),
+        doc=experiment.doc,
+    )
+
+
+class IgnoreHostInfo(Exception):
+    """Raise in a host-info gatherer to leave its entry out."""
+
+
+@attrs.frozen
+class HostInfoGetter:
+    """A named function whose result becomes a host-info entry."""
+
+    name: str
+    getter: Callable[[], Any]
+
+
+def host_info_gatherer(name: str) -> Callable[[Callable[[], Any]], HostInfoGetter]:
+    """Decorator for ``Experiment(additional_host_info=[...])``: the function's result goes under ``name``."""
+    return lambda fn: HostInfoGetter(name, fn)
+
+
+def gather_host_info(experiment: Experiment) -> dict:
+    """The host record: every plugin's entries, then the experiment's own gatherers."""
+    info: dict = {}
+    for part in experiment.plugin_manager.hook.expkit_host_info(experiment=experiment):
+        info.update(part)
+    for getter in experiment.additional_host_info:
+        if getter.name in info:
+            raise KeyError(f"host info entry {getter.name!r} exists already; choose another name")
+        try:
+            info[getter.name] = getter.getter()
+        except IgnoreHostInfo:
+            pass
+    return info
+
+
+# --- building the configuration -------------------------------------------------------
+
+
+def _named_config(experiment: Experiment, name: str) -> tuple[str, Any]:
+    """The ingredient path and config a ``with NAME`` means (a config file wins, as in Sacred)."""
+    from expkit.experiment import load_config_file
+
+    if os.path.isfile(name):
+        entries = load_config_file(name, experiment.plugin_manager)
+        return "", ConfigDict(entries, f"config file {name!r}")
+    named = dict(experiment.gather_named_configs())
+    if name in named:
+        path = name.rpartition(".")[0] if name not in experiment.named_configs else ""
+        return path, named[name]
+    known = ", ".join(named) or "none"
+    raise NamedConfigNotFoundError(
+        f"named config {name!r} not found{suggest(name, named)}: it is neither a named config "
+        f"of the experiment (known: {known}) nor a config file"
+    )
+
+
+def resolve_config(
+    experiment: Experiment,
+    config_updates: Mapping | None = None,
+    named_configs: Sequence[str] = (),
+    command_name: str | None = None,
+) -> ConfigSummary:
+    """Build a run's configuration: updates fixed, named configs in order, then the scopes."""
+    updates = normalize(nest_dotted(dict(config_updates or {})), "", "the config updates")
+    named_result: dict = {}
+    for name in named_configs:
+        path, conf = _named_config(experiment, name)
+        result = conf(
+            fixed=get_path(updates, path, {}) if path else updates,
+            preset=get_path(named_result, path, {}) if path else named_result,
+        )
+        entries = {k: v for k, v in result.config.items() if k != "__doc__"}
+        if path:
+            set_path(named_result, path, merge(get_path(named_result, path, {}) or {}, entries))
+        else:
+            merge(named_result, entries)
+    fixed = merge(copy.deepcopy(named_result), updates)
+
+    config: dict = {}
+    own_values: dict = {}  # path -> what the scopes set where a fixed value won
+    defined: set[str] = set()  # paths the scopes define
+    docs: dict = {}
+    logger = logging.getLogger(experiment.name)
+    levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
+    for ing, _ in levels:
+        base = ing.config_path
+        fixed_here = (get_path(fixed, base, {}) if base else fixed) or {}
+        fallback = {
+            sub.path.rsplit(".", 1)[-1]: copy.deepcopy(get_path(config, sub.config_path, {}))
+            for sub in ing.ingredients
+        }
+        entries: dict = copy.deepcopy(fixed_here) if not ing.configurations else {}
+        for conf in ing.configurations:
+            result = conf(fixed=fixed_here, preset=entries, fallback=fallback)
+            entries = result.config
+            for path, value in result.defaults.items():
+                own_values[join_path(base, path)] = value
+            for path, _value in flatten(entries):
+                defined.add(join_path(base, path))
+            for key, doc in result.docs.items():
+                docs[join_path(base, key)] = doc
+        for hook_fn in ing.config_hooks:
+            whole = copy.deepcopy(config)
+            if base:
+                set_path(whole, base, copy.deepcopy(entries))
+            else:
+                merge(whole, entries)
+            more = hook_fn(config=whole, command_name=command_name, logger=logger)
+            if more:
+                merge(entries, normalize(dict(more), "", f"config hook {hook_fn.__name__!r}"))
+                merge(entries, fixed_here)
+                for path, _value in flatten(more):
+                    defined.add(join_path(base, path))
+        if base:
+            set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
+        else:
+            merge(config, entries)
+    merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
+
+    for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
+        for default in defaults or ():
+            defined.add(default.key)
+            if default.doc:
+                docs[default.key] = default.doc
+            if default.key not in config:
+                config[default.key] = default.value
+
+    added, modified, typechanged = set(), set(), {}
+    for path, value in flatten(fixed):
+        if path in own_values:
+            old = own_values[path]
+            if type_changed(old, value):
+                typechanged[path] = (type(old), type(value))
+            elif old != value:
+                modified.add(path)
+        elif path in defined:
+            modified.add(path)
+        else:
+            added.add(path)
+    return ConfigSummary(config, added=added, modified=modified, typechanged=typechanged, docs=docs)
+
+
+def _uses(fn: Callable, path: str) -> bool:
+    cf = captured_state(fn)
+    base = join_path(cf.ingredient.config_path if cf.ingredient else "", cf.prefix or "")
+    if "_config" in cf.params.names and (not base or path == base or path.startswith(base + ".")):
+        return True
+    for name in cf.params.names:
+        full = join_path(base, name)
+        if path == full or path.startswith(full + ".") or full.startswith(path + "."):
+            return True
+    return cf.params.has_varkw and (not base or path.startswith(base + "."))
+
+
+def check_added_entries(
+    experiment: Experiment, summary: ConfigSummary, extra_uses: Sequence = ()
+) -> None:
+    """Refuse added entries no captured function uses (they are most likely typos)."""
+    functions = [f for ing, _ in experiment.traverse_ingredients() for f in ing.captured_functions]
+    functions += list(extra_uses)
+    unused = sorted(p for p in summary.added if not any(_uses(f, p) for f in functions))
+    if unused:
+        known = [p for p, _ in flatten(summary) if p not in summary.added]
+        path = unused[0]
+        raise ConfigAddedError(
+            f"added config entry {path!r} = {get_path(summary, path)!r} is not used by any "
+            f"captured function{suggest(path, known)}; pass -f/--force to add it anyway"
+        )
+
+
+# --- making a run ---------------------------------------------------------------------
+
+
+def _options(options: Mapping | None) -> dict:
+    result = dict(DEFAULT_OPTIONS)
+    for key, value in (options or {}).items():
+        result[key if key.startswith("--") else "--" + key] = value
+    return result
+
+
+def _mongo_url(arg: str) -> str:
+    """Sacred's ``-m [host:port:]db_name`` (or a URL) as a MongoDB URL."""
+    if "://" in arg:
+        return arg
+    arg = arg.split("!", 1)[0]
+    parts = arg.split(":")
+    if len(parts) == 1:
+        return f"mongodb://localhost:27017/{parts[0]}"
+    if len(parts) == 2:
+        return f"mongodb://{parts[0]}:{parts[1]}/sacred"
+    return f"mongodb://{parts[0]}:{parts[1]}/{parts[2].split('.', 1)[0]}"
+
+
+def store_for_url(pm: PluginManager, url: str) -> Any:
+    """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
+    store = pm.hook.expkit_store_for_url(url=url)
+    if store is None:
+        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
+        raise UsageError(
+            f"no store plugin handles {redact_url(url)!r}; known schemes: "
+            f"{', '.join(s + '://' for s in schemes) or 'none'} (or a plain folder path)"
+        )
+    return store
+
+
+def _stores_from_options(pm: PluginManager, options: dict) -> list:
+    urls = []
+    if options["--file_storage"]:
+        urls.append(os.fspath(options["--file_storage"]))
+    if options["--tiny_db"]:
+        urls.append("tinydb://" + os.fspath(options["--tiny_db"]))
+    if options["--mongo_db"]:
+        urls.append(_mongo_url(options["--mongo_db"]))
+    return [store_for_url(pm, url) for url in urls]
+
+
+def builtin_commands(experiment: Experiment) -> dict[str, Callable]:
+    """The commands every experiment has (print_config, ...), captured for this experiment."""
+    cache = experiment.__dict__.setdefault("_builtin_commands", {})
+    if not cache:
+        from expkit.captured import capture
+
+        for part in experiment.plugin_manager.hook.expkit_builtin_commands(experiment=experiment):
+            for name, fn in (part or {}).items():
+                captured = capture(fn, experiment)
+                captured.unobserved = getattr(fn, "unobserved", False)
+                cache[name] = captured
+    return cache
+
+
+def find_command(experiment: Experiment, name: str) -> Callable:
+    """The command called ``name``: the experiment's own, an ingredient's, or a built-in one."""
+    commands = dict(builtin_commands(experiment))
+    commands.update(experiment.gather_commands())
+    if name.startswith(experiment.path + "."):
+        name = name[len(experiment.path) + 1 :]
+    if name not in commands:
+        raise CommandNotFoundError(
+            f"command {name!r} not found{suggest(name, commands)}; commands: {', '.join(commands)}"
+        )
+    return commands[name]
+
+
+def create_run(
+    experiment: Experiment,
+    command_name: str | None,
+    config_updates: Mapping | None = None,
+    named_configs: Sequence[str] = (),
+    options: Mapping | None = None,
+    info: Mapping | None = None,
+    meta_info: Mapping | None = None,
+    extra_functions: Sequence[Callable] = (),
+) -> Run:
+    """Build the configuration and the records of a run; nothing runs yet."""
+    pm = experiment.plugin_manager
+    options = _options(options)
+    for option_hook in experiment.option_hooks:
+        option_hook(options=options)
+    if options["--loglevel"] is not None:
+        level = options["--loglevel"]
+        logging.getLogger().setLevel(int(level) if str(level).isdigit() else str(level).upper())
+    if command_name is None:
+        raise CommandNotFoundError(
+            f"experiment {experiment.name!r} has no main function: decorate one with @ex.main"
+        )
+    main_function = find_command(experiment, command_name)
+    summary = resolve_config(experiment, config_updates, named_configs, command_name)
+    if not options["--force"]:
+        check_added_entries(experiment, summary, extra_functions)
+        for path, (old, new) in summary.typechanged.items():
+            if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
+                logging.getLogger(experiment.name).warning(
+                    'Changed type of config entry "%s" from %s to %s',
+                    path,
+                    old.__name__,
+                    new.__name__,
+                )
+    unobserved = bool(options["--unobserved"] or getattr(main_function, "unobserved", False))
+    observers: list = []
+    if not unobserved:
+        observers = list(experiment.observers) + _stores_from_options(pm, options)
+    ex_info = gather_experiment_info(experiment)
+    if options["--name"]:
+        ex_info = attrs.evolve(ex_info, name=options["--name"])
+    if options["--enforce_clean"]:
+        if not ex_info.repositories:
+            raise ExpkitError("--enforce_clean: the experiment's code is in no git repository")
+        dirty = [r.url for r in ex_info.repositories if r.dirty]
+        if dirty:
+            raise ExpkitError(f"--enforce_clean: uncommitted changes in {', '.join(dirty)}")
+    meta: dict = {
+        "command": command_name,
+        "options": {k: redact_url(v) if isinstance(v, str) else v for k, v in options.items()},
+        "named_configs": list(named_configs),
+    }
+    if config_updates is not None:
+        meta["config_updates"] = to_data(dict(config_updates))
+    if options["--comment"] is not None:
+        meta["comment"] = options["--comment"]
+    if options["--priority"] is not None:
+        try:
+            meta["priority"] = float(options["--priority"])
+        except ValueError:
+            raise UsageError(
+                f"--priority must be a number, not {options['--priority']!r}"
+            ) from None
+    meta.update(meta_info or {})
+    beat = options["--beat-interval"]
+    run = Run(
+        experiment=experiment,
+        command_name=command_name,
+        main_function=main_function,
+        config=dict(summary),
+        config_modifications=summary,
+        experiment_info=ex_info,
+        host_info=gather_host_info(experiment),
+        meta_info=meta,
+        observers=sorted(observers, key=lambda o: -getattr(o, "priority", 0)),
+        options=options,
+        beat_interval=float(beat) if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
+        capture_mode=options["--capture"] or SETTINGS.CAPTURE_MODE,
+        info=dict(info or {}),
+    )
+    run._id = options["--id"]
+    functions = [main_function, *run.pre_run_hooks, *run.post_run_hooks, *extra_functions]
+    for fn in functions:
+        cf = captured_state(fn)
+        missing = [n for n in cf.params.required if n not in cf.config_view(run.config)]
+        missing = [n for n in missing if n not in _special_or_fixture(run, fn)]
+        if missing:
+            raise cf.missing_error(missing, run)
+    return run
+
+
+def _special_or_fixture(run: Run, fn: Callable) -> set[str]:
+    from expkit.captured import SPECIAL_NAMES
+
+    return set(SPECIAL_NAMES) | set(run.fixture_names)
+
+
+# --- delivering events to stores -------------------------------------------------------
+
+
+class Delivery:
+    """Calls the observers of a run; a failing observer is reported once and then skipped."""
+
+    def __init__(self, run: Run, observers: list) -> None:
+        self.run = run
+        self.observers = observers
+        self.failed: set[int] = set()
+        self.log = logging.getLogger("expkit")
+
+    def call_on(self, obs: Any, method: str, **kwargs: Any) -> Any:
+        """Call ``method`` on one observer unless it failed before; return its result."""
+        fn = getattr(obs, method, None)
+        if fn is None or id(obs) in self.failed:
+            return None
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            self.failed.add(id(obs))
+            self.log.warning(
+                "store %s failed in %s and is skipped for the rest of this run: %s",
+                type(obs).__name__,
+                method,
+                redact_url(str(exc)),
+            )
+            return None
+
+    def call(self, method: str, **kwargs: Any) -> None:
+        """Call ``method`` on every observer that has not failed."""
+        for obs in self.observers:
+            self.call_on(obs, method, **kwargs)
+
+    def hook(self, name: str, **kwargs: Any) -> None:
+        """Fire the plugin hook ``name``; an exception there is reported, never raised."""
+        try:
+            getattr(self.run.plugin_manager.hook, name)(run=self.run, **kwargs)
+        except Exception as exc:
+            self.log.warning("a plugin failed in %s: %s", name, exc)
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+class Run:
+    """One execution of an experiment's command with a fixed configuration."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        command_name: str,
+        main_function: Callable,
+        config: dict,
+        config_modifications: ConfigSummary,
+        experiment_info: ExperimentInfo,
+        host_info: dict,
+        meta_info: dict,
+        observers: list,
+        options: dict,
+        beat_interval: float,
+        capture_mode: str,
+        info: dict,
+    ) -> None:
+        self.experiment = experiment
+        self.plugin_manager = experiment.plugin_manager
+        self.command_name = command_name
+        self.main_function = main_function
+        self.config = config
+        self.config_modifications = config_modifications
+        self.experiment_record = experiment_info
+        self.experiment_info = experiment_info.as_sacred()
+        self.host_info = host_info
+        self.meta_info = meta_info
+        self.observers = observers
+        self.options = options
+        self.beat_interval = beat_interval
+        self.capture_mode = capture_mode
+        self.info = info
+        self._id: Any = None
+        self.status: str | None = None
+        self.result: Any = None
+        self.start_time: datetime.datetime | None = None
+        self.stop_time: datetime.datetime | None = None
+        self.heartbeat_time: datetime.datetime | None = None
+        self.fail_trace: list[str] | None = None
+        self.unobserved = not observers
+        self.force = bool(options.get("--force"))
+        self.queue_only = bool(options.get("--queue"))
+        self.debug = bool(options.get("--debug"))
+        self.pdb = bool(options.get("--pdb"))
+        self.artifacts: list[Artifact] = []
+        self.resources: list[Resource] = []
+        self.fixture_names: tuple[str, ...] = ()
+        self.fixture_values: dict[str, Any] | None = None
+        # Deepest ingredients first, the experiment last.
+        levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
+        self.pre_run_hooks = [f for ing, _ in levels for f in ing.pre_run_hooks]
+        self.post_run_hooks = [f for ing, _ in levels for f in ing.post_run_hooks]
+        self.run_logger = logging.getLogger(experiment_info.name)
+        self._output = CapturedOutput(experiment.captured_out_filter)
+        self._metrics: list[tuple[str, int, Any, float]] = []
+        self._steps: dict[str, int] = {}
+        self._capture: Any = None
+        self._beat_lock = threading.Lock()
+        self._stop_beat = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self._delivery = Delivery(self, self.observers)
+        self._started = False
+
+    # --- what the experiment calls ----------------------------------------------------
+
+    @property
+    def captured_out(self) -> str:
+        """Everything the run printed so far, through ``ex.captured_out_filter``."""
+        return self._output.text
+
+    def log_scalar(self, metric_name: str, value: Any, step: int | None = None) -> None:
+        """Record a metric value; without ``step`` the metric's own counter is used."""
+        if step is None:
+            step = self._steps.get(metric_name, 0)
+        self._steps[metric_name] = step + 1
+        if type(value) is not float and type(value) is not int:
+            value = to_data(value)
+        self._metrics.append((metric_name, step, value, time.time()))
+
+    def add_artifact(
+        self,
+        filename: str | os.PathLike,
+        name: str | None = None,
+        metadata: dict | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Keep ``filename`` with the run under ``name`` (default: its base name)."""
+        path = os.path.abspath(os.fspath(filename))
+        if not os.path.isfile(path):
+            raise ExpkitError(f"add_artifact: {path} is not a file")
+        artifact = Artifact(name or os.path.basename(path), path, metadata, content_type)
+        self.artifacts.append(artifact)
+        self._delivery.call(
+            "artifact_event",
+            name=artifact.name,
+            filename=path,
+            metadata=metadata,
+            content_type=content_type,
+        )
+        self._delivery.hook("expkit_artifact_added", artifact=artifact)
+
+    def add_resource(self, filename: str | os.PathLike) -> None:
+        """Record ``filename`` as an input of the run (stored once per content)."""
+        path = os.path.abspath(os.fspath(filename))
+        if any(r.path == path for r in self.resources):
+            return
+        from hashlib import md5
+
+        with open(path, "rb") as f:
+            digest = md5(f.read()).hexdigest()
+        resource = Resource(path, digest)
+        self.resources.append(resource)
+        self._delivery.call("resource_event", filename=path)
+        self._delivery.hook("expkit_resource_added", resource=resource)
+
+    def open_resource(self, filename: str | os.PathLike, mode: str = "r") -> Any:
+        """Open ``filename`` and record it as a resource."""
+        self.add_resource(filename)
+        return open(filename, mode)
+
+    # --- running ------------------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> Any:
+        """Run the main function with ``args`` and return its result."""
+        if self._started:
+            raise RuntimeError("A run can only be started once: make a new one with ex.run()")
+        self._started = True
+        if self.queue_only:
+            return self._queue()
+        return self._execute(args)
+
+    def _queue(self) -> None:
+        self.status = QUEUED
+        queue_time = utcnow()
+        self.meta_info["queue_time"] = queue_time
+        self._send_first("queued_event", queue_time=queue_time)
+        self._delivery.hook("expkit_run_queued")
+        self.run_logger.info('Queued-up run with ID "%s"', self._id)
+
+    def _send_first(self, event: str, **times: Any) -> None:
+        # In priority order: the first store that names an id names it for all others.
+        for obs in self.observers:
+            _id = self._delivery.call_on(obs, event, **self._start_args(), **times)
+            if _id is not None and self._id is None:
+                self._id = _id
+
+    def _start_args(self) -> dict:
+        return {
+            "ex_info": copy.deepcopy(self.experiment_info),
+            "command": self.command_name,
+            "host_info": self.host_info,
+            "config": self.config,
+            "meta_info": self.meta_info,
+            "_id": self._id,
+        }
+
+    def _bind(self) -> list:
+        bound = []
+        for ing, _ in self.experiment.traverse_ingredients():
+            for fn in ing.captured_functions:
+                captured_state(fn).bind(self, self.fixture_values)
+                bound.append(fn)
+        for fn in builtin_commands(self.experiment).values():
+            if fn not in bound:
+                captured_state(fn).bind(self, self.fixture_values)
+                bound.append(fn)
+        return bound
+
+    def _execute(self, args: tuple) -> Any:
+        pm = self.plugin_manager
+        experiment = self.experiment
+        previous_run, experiment.current_run = experiment.current_run, self
+        bound = self._bind()
+        self._capture = pm.hook.expkit_make_capture(run=self, mode=self.capture_mode)
+        old_handler = _install_sigterm()
+        outcome: BaseException | None = None
+        try:
+            pm.hook.expkit_run_setup(run=self)
+            if self._capture is not None:
+                self._capture.start()
+            self.status = RUNNING
+            self.start_time = utcnow()
+            self._send_first("started_event", start_time=self.start_time)
+            self._delivery.hook("expkit_run_started")
+            self.run_logger.info("Running command '%s'", self.command_name)
+            if self._id is not None:
+                self.run_logger.info('Started run with ID "%s"', self._id)
+            else:
+                self.run_logger.info("Started")
+            self._start_heartbeat()
+            for hook_fn in self.pre_run_hooks:
+                hook_fn()
+            self.result = self.main_function(*args)
+            for hook_fn in self.post_run_hooks:
+                hook_fn()
+            if self.result is not None:
+                self.run_logger.info("Result: %s", self.result)
+            self.status = COMPLETED
+        except (KeyboardInterrupt, ExpkitInterrupt) as exc:
+            self.status = getattr(exc, "STATUS", INTERRUPTED)
+            outcome = exc
+        except BaseException as exc:
+            self.status = FAILED
+            self.fail_trace = format_user_traceback(exc)
+            outcome = exc
+        finally:
+            _restore_sigterm(old_handler)
+            self._finish(bound, previous_run)
+        if outcome is not None:
+            raise outcome
+        return self.result
+
+    def _finish(self, bound: list, previous_run: Run | None) -> None:
+        self.stop_time = utcnow()
+        self._stop_beat.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=max(self.beat_interval, 1.0) + 5.0)
+        elapsed = self.stop_time - (self.start_time or self.stop_time)
+        if self.status == COMPLETED:
+            self.run_logger.info("Completed after %s", _elapsed(elapsed))
+        elif self.status == FAILED:
+            self.run_logger.error("Failed after %s!", _elapsed(elapsed))
+        else:
+            self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
+        if self._capture is not None:
+            try:
+                self._capture.stop()
+            finally:
+                self._output.append(self._capture.read())
+        self._emit_heartbeat(final=True)
+        if self.status == COMPLETED:
+            self._delivery.call("completed_event", stop_time=self.stop_time, result=self.result)
+            self._delivery.hook("expkit_run_completed")
+        elif self.status == FAILED:
+            self._delivery.call(
+                "failed_event", fail_time=self.stop_time, fail_trace=self.fail_trace
+            )
+            self._delivery.hook("expkit_run_failed")
+        else:
+            self._delivery.call(
+                "interrupted_event", interrupt_time=self.stop_time, status=self.status
+            )
+            self._delivery.hook("expkit_run_interrupted")
+        self._delivery.call("join")
+        for fn in bound:
+            captured_state(fn).unbind()
+        self.experiment.current_run = previous_run
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        if self.beat_interval <= 0:
+            return
+        self._beat_thread = threading.Thread(
+            target=self._beat_loop, name=f"expkit-heartbeat-{self._id}", daemon=True
+        )
+        self._beat_thread.start()
+
+    def _beat_loop(self) -> None:
+        while not self._stop_beat.wait(self.beat_interval):
+            self._emit_heartbeat(final=False)
+
+    def _drain_metrics(self) -> list[tuple[str, int, Any, float]]:
+        # Swapping the list is atomic under the GIL, so log_scalar never waits.
+        batch, self._metrics = self._metrics, []
+        return batch
+
+    def _emit_heartbeat(self, final: bool) -> None:
+        with self._beat_lock:
+            if self._capture is not None and not final:
+                self._output.append(self._capture.read())
+            batch = self._drain_metrics()
+            if batch:
+                self._deliver_metrics(batch)
+            self.heartbeat_time = utcnow()
+            text = self._output.text if final else self._output.stable_text
+            self._delivery.call(
+                "heartbeat_event",
+                info=self.info,
+                captured_out=text,
+                beat_time=self.heartbeat_time,
+                result=self.result,
+            )
+            self._delivery.hook("expkit_run_heartbeat")
+
+    def _deliver_metrics(self, batch: list[tuple[str, int, Any, float]]) -> None:
+        by_name: dict[str, dict] = {}
+        fromts = datetime.datetime.utcfromtimestamp
+        for name, step, value, ts in batch:
+            entry = by_name.get(name)
+            if entry is None:
+                entry = by_name[name] = {"steps": [], "values": [], "timestamps": [], "name": name}
+            entry["steps"].append(step)
+            entry["values"].append(value)
+            entry["timestamps"].append(fromts(ts))
+        self._delivery.call("log_metrics", metrics_by_name=by_name, info=self.info)
+        if self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
+            points = [MetricPoint(n, s, v, fromts(t)) for n, s, v, t in batch]
+            self._delivery.hook("expkit_log_metrics", metrics=points)
+
+
+def _elapsed(delta: datetime.timedelta) -> str:
+    return str(datetime.timedelta(seconds=round(delta.total_seconds())))
+
+
+def _install_sigterm() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise SigtermInterrupt("the process received SIGTERM")
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_INTERNAL = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(logging.__file__)),
+)
+
+
+def _internal(filename: str) -> bool:
+    return (
+        filename.startswith(_INTERNAL[0])
+        or "expkit_plugins" in filename
+        or (os.sep + "pluggy" + os.sep in filename)
+    )
+
+
+def format_user_traceback(exc: BaseException) -> list[str]:
+    """The traceback of ``exc`` without expkit's and pluggy's own frames."""
+    tb = exc.__traceback__
+    frames = [f for f in traceback.extract_tb(tb) if not _internal(f.filename)]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return lines

@@ -1,0 +1,191 @@
+"""Small helpers shared by the core and the plugins: output filters, redaction, suggestions."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+import threading
+from collections.abc import Callable, Iterable
+
+__all__ = [
+    "CapturedOutput",
+    "apply_backspaces_and_linefeeds",
+    "parse_literal",
+    "redact_argv",
+    "redact_url",
+    "suggest",
+]
+
+_CONTROL = re.compile(r"([\r\b])")
+
+
+def _render_line(line: str) -> str:
+    """Draw one line (no ``\\n`` in it) the way a terminal shows it."""
+    if "\r" not in line and "\b" not in line:
+        return line
+    cells: list[str] = []
+    cursor = 0
+    for part in _CONTROL.split(line):
+        if part == "\r":
+            cursor = 0
+        elif part == "\b":
+            cursor = max(cursor - 1, 0)
+        elif part:
+            # Later characters overwrite the cells under the cursor, extending the line if needed.
+            cells[cursor : cursor + len(part)] = part
+            cursor += len(part)
+    return "".join(cells)
+
+
+def apply_backspaces_and_linefeeds(text: str) -> str:
+    """Interpret ``\\r`` and ``\\b`` in ``text`` as a terminal would; ``\\n`` ends a line."""
+    if "\r" not in text and "\b" not in text:
+        return text
+    return "\n".join(_render_line(line) for line in text.split("\n"))
+
+
+# Each line is drawn on its own, and a line's text before a '\r' may be replaced by its drawing,
+# which is what CapturedOutput needs to filter output piece by piece (see CapturedOutput).
+apply_backspaces_and_linefeeds.incremental = True  # type: ignore[attr-defined]
+
+
+class CapturedOutput:
+    """The captured output of a run: raw chunks in, the filtered text out, kept current cheaply.
+
+    ``filter`` is ``None`` (the text is the raw text) or a function ``str -> str``.
+
+    A filter marked ``incremental = True`` promises to treat ``\\n`` and ``\\r`` as a terminal
+    does: ``f(a + b) == f(a) + f(b)`` when ``a`` ends with ``\\n``, and
+    ``f(a + b) == f(f(a) + b)`` when ``b`` starts with ``\\r`` and ``a`` holds no ``\\n``.
+    The complete lines are then filtered once and kept; only the unfinished last line is
+    filtered again, and a progress bar's overdrawn states are dropped as they come, so the
+    total work stays linear in the output's size.
+
+    Any other filter is applied to the whole raw text each time the text changes, as Sacred
+    does; it may rewrite earlier output, but it costs the whole text at every read.
+    """
+
+    # Between reads, the unfinished line is compacted once it has doubled and grown past this.
+    _COMPACT_MIN = 1 << 16
+
+    def __init__(self, filter: Callable[[str], str] | None = None) -> None:
+        self._filter = filter
+        self._incremental = bool(getattr(filter, "incremental", False))
+        self._lock = threading.Lock()
+        self._chunks: list[str] = []  # raw text: all of it, or the unfinished line (incremental)
+        self._pending_len = 0
+        self._compacted_len = 0
+        self._committed: list[str] = []  # incremental: the filtered complete lines
+        self._text: str | None = ""
+        self._stable = ""
+
+    def append(self, raw: str) -> None:
+        """Add a chunk of raw output."""
+        if not raw:
+            return
+        with self._lock:
+            self._text = None
+            if not self._incremental:
+                self._chunks.append(raw)
+                return
+            end = raw.rfind("\n") + 1
+            if end:
+                line_ends = "".join(self._chunks) + raw[:end]
+                self._committed.append(self._filter(line_ends))  # type: ignore[misc]
+                self._chunks = [raw[end:]] if end < len(raw) else []
+                self._pending_len = self._compacted_len = len(raw) - end
+            else:
+                self._chunks.append(raw)
+                self._pending_len += len(raw)
+                if self._pending_len > max(2 * self._compacted_len, self._COMPACT_MIN):
+                    self._compact()
+
+    def _compact(self) -> None:
+        """Replace the unfinished line's text before its last ``\\r`` by its filtered form."""
+        pending = "".join(self._chunks)
+        cut = pending.rfind("\r")
+        if cut > 0:
+            pending = self._filter(pending[:cut]) + pending[cut:]  # type: ignore[misc]
+        self._chunks = [pending] if pending else []
+        self._pending_len = self._compacted_len = len(pending)
+
+    def _refresh(self) -> str:
+        """Compute the text and the stable text after appends; called with the lock held."""
+        if self._text is not None:
+            return self._text
+        if self._filter is None:
+            raw = "".join(self._chunks)
+            self._chunks = [raw]
+            self._text = raw
+            self._stable = raw[: raw.rfind("\n") + 1]
+        elif self._incremental:
+            self._compact()
+            if len(self._committed) > 1:
+                self._committed = ["".join(self._committed)]
+            self._stable = self._committed[0] if self._committed else ""
+            self._text = self._stable + self._filter("".join(self._chunks))
+        else:
+            raw = "".join(self._chunks)
+            self._chunks = [raw] if raw else []
+            text = self._filter(raw)
+            # The filter may rewrite what came before: the stable text only grows while the
+            # filtered texts keep agreeing on it.
+            if text.startswith(self._stable):
+                self._stable = text[: text.rfind("\n") + 1]
+            self._text = text
+        return self._text
+
+    @property
+    def filter(self) -> Callable[[str], str] | None:
+        """The filter given when this output was created."""
+        return self._filter
+
+    @property
+    def text(self) -> str:
+        """The complete filtered text."""
+        with self._lock:
+            return self._refresh()
+
+    @property
+    def stable_text(self) -> str:
+        """The filtered complete lines; later output only ever appends to it."""
+        with self._lock:
+            self._refresh()
+            return self._stable
+
+
+# scheme://user:password@host...: the password runs to the last '@' before the host part.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/?#]+)(?=@)"
+)
+
+
+def redact_url(url: str) -> str:
+    """Replace the password in ``scheme://user:password@host/...`` by ``***``."""
+    return _URL_PASSWORD.sub(r"\g<head>***", url)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Return ``argv`` with the password of every URL in it (also in ``key=value``) redacted."""
+    return [redact_url(arg) for arg in argv]
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` naming up to three near misses of ``name``, else ``""``."""
+    matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    if not matches:
+        return ""
+    quoted = [f"'{match}'" for match in matches]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f" (did you mean {listed}?)"
+
+
+def parse_literal(text: str) -> object:
+    """Return the Python literal ``text`` denotes, or ``text`` itself when it is no literal."""
+    if not text.strip():
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text
