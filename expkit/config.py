@@ -44,6 +44,7 @@ class ScopeResult:
     config: dict
     defaults: dict
     docs: dict
+    defined: frozenset = frozenset()  # the paths the scope itself sets
 
 
 class ConfigSummary(dict):
@@ -209,7 +210,8 @@ class ConfigDict:
             if get_path(fixed or {}, path, _MISSING) is not _MISSING
         }
         merge(config, fixed or {})
-        return ScopeResult(config=config, defaults=defaults, docs={})
+        defined = frozenset(path for path, _ in flatten(self.entries))
+        return ScopeResult(config=config, defaults=defaults, docs={}, defined=defined)
 
 
 _MISSING = object()
@@ -279,7 +281,17 @@ class ConfigScope:
             config[key] = normalize(value, key, self.where)
         if self.scope_doc:
             config.setdefault("__doc__", self.scope_doc)
-        return ScopeResult(config=config, defaults=defaults, docs=dict(self.docs))
+        defined = set(defaults)
+        for key in self.assigned:
+            if key in config and key not in fixed:
+                value = config[key]
+                if isinstance(value, dict) and value:
+                    defined.update(path for path, _ in flatten(value, key))
+                else:
+                    defined.add(key)
+        return ScopeResult(
+            config=config, defaults=defaults, docs=dict(self.docs), defined=frozenset(defined)
+        )
 
 
 def _record_defaults(defaults: dict, key: str, own: Any, fixed: Any) -> None:

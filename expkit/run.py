@@ -237,8 +237,7 @@ def resolve_config(
             entries = result.config
             for path, value in result.defaults.items():
                 own_values[join_path(base, path)] = value
-            for path, _value in flatten(entries):
-                defined.add(join_path(base, path))
+            defined.update(join_path(base, path) for path in result.defined)
             for key, doc in result.docs.items():
                 docs[join_path(base, key)] = doc
         for hook_fn in ing.config_hooks:
@@ -395,6 +394,9 @@ def create_run(
 ) -> Run:
     """Build the configuration and the records of a run; nothing runs yet."""
     pm = experiment.plugin_manager
+    if not logging.getLogger().handlers:
+        # As Sacred does: INFO lines like "Started run with ID ..." unless logging is set up.
+        logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     options = _options(options)
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
