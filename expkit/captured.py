@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from expkit.config import get_path, join_path
+from expkit.configuration import get_path, join_path
 from expkit.errors import MissingConfigError
 from expkit.utils import suggest
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from expkit.captured import capture as _capture
 from expkit.captured import captured_state
-from expkit.config import ConfigDict, ConfigScope
+from expkit.configuration import ConfigDict, ConfigScope
 from expkit.errors import ExpkitError
 from expkit.records import Dependency
 

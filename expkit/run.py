@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.captured import captured_state
-from expkit.config import (
+from expkit.configuration import (
     ConfigDict,
     ConfigSummary,
     flatten,
@@ -718,6 +718,9 @@ class Run:
                 self.run_logger.info('Started run with ID "%s"', self._id)
             else:
                 self.run_logger.info("Started")
+            if not self.observers and not self.options.get("--unobserved") and not self.debug:
+                if not getattr(self.main_function, "unobserved", False):
+                    self.run_logger.warning("No observers have been added to this run")
             self._start_heartbeat()
             for hook_fn in self.pre_run_hooks:
                 hook_fn()

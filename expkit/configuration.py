@@ -278,7 +278,12 @@ class ConfigScope:
             if isinstance(value, _NOT_CONFIG) or key == _FIX:
                 continue
             _check_key(key, self.where)
-            config[key] = normalize(value, key, self.where)
+            value = normalize(value, key, self.where)
+            # Later scopes merge into earlier dicts key by key, as in Sacred.
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                merge(config[key], value)
+            else:
+                config[key] = value
         if self.scope_doc:
             config.setdefault("__doc__", self.scope_doc)
         defined = set(defaults)
