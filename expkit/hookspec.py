@@ -68,6 +68,59 @@ def expkit_cmdline_main(config: Any) -> int | None:
     """
 
 
+# --- collection and the session (the ``expkit`` command) ------------------------
+
+
+@hookspec
+def expkit_collect_file(path: Any, config: Any) -> list | None:
+    """Collect the experiments in the file ``path`` (a :class:`pathlib.Path`).
+
+    Return a list of :class:`expkit.nodes.Item` and :class:`expkit.nodes.CollectError`,
+    or ``None`` when the file is not yours. Called for every file the walk finds
+    that matches the file patterns, and for every file named on the command line.
+    """
+
+
+@hookspec
+def expkit_collection_modifyitems(config: Any, items: list) -> None:
+    """Filter or reorder the collected ``items`` in place (``-k`` does this)."""
+
+
+@hookspec
+def expkit_deselected(items: list) -> None:
+    """``items`` were deselected (by ``-k`` or another filter)."""
+
+
+@hookspec
+def expkit_collection_finish(session: Any) -> None:
+    """Collection is done: ``session.items`` and ``session.errors`` are final."""
+
+
+@hookspec(firstresult=True)
+def expkit_runtestloop(session: Any) -> bool | None:
+    """Run every item of ``session``; return ``True`` when done. *firstresult*."""
+
+
+@hookspec
+def expkit_run_logreport(report: Any) -> None:
+    """An item finished: ``report`` is a :class:`expkit.nodes.RunReport`."""
+
+
+@hookspec
+def expkit_report_header(config: Any) -> list[str] | None:
+    """Return lines the terminal reporter prints in its header."""
+
+
+@hookspec
+def expkit_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
+    """Add a section to the terminal summary, before the closing line."""
+
+
+@hookspec
+def expkit_sessionfinish(session: Any, exitstatus: int) -> None:
+    """Every item ran (or the session was stopped); ``exitstatus`` is the exit code."""
+
+
 # --- experiments and configuration --------------------------------------------
 
 

@@ -49,6 +49,22 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspec)
         self.infos: dict[str, PluginInfo] = {}
 
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        """Also accept unmarked ``expkit_*`` functions in ``expconf.py`` files, as pytest does in conftests."""
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("expkit_"):
+            module_name = getattr(plugin, "__name__", "")
+            if module_name.startswith("expconf_") and callable(getattr(plugin, name, None)):
+                opts = {
+                    "wrapper": False,
+                    "hookwrapper": False,
+                    "optionalhook": False,
+                    "tryfirst": False,
+                    "trylast": False,
+                    "specname": None,
+                }
+        return opts
+
     def register_module(
         self, modname: str, name: str | None = None, origin: str = "-p", **extra: Any
     ) -> Any:

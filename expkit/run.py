@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from expkit.captured import captured_state
+from expkit.captured import SPECIAL_NAMES, captured_state
 from expkit.configuration import (
     ConfigDict,
     ConfigSummary,
@@ -390,9 +390,12 @@ def create_run(
     options: Mapping | None = None,
     info: Mapping | None = None,
     meta_info: Mapping | None = None,
-    extra_functions: Sequence[Callable] = (),
+    observers: Sequence = (),
 ) -> Run:
-    """Build the configuration and the records of a run; nothing runs yet."""
+    """Build the configuration and the records of a run; nothing runs yet.
+
+    ``observers`` are stores to add to the experiment's own ``ex.observers``.
+    """
     pm = experiment.plugin_manager
     if not logging.getLogger().handlers:
         # As Sacred does: INFO lines like "Started run with ID ..." unless logging is set up.
@@ -410,7 +413,7 @@ def create_run(
     main_function = find_command(experiment, command_name)
     summary = resolve_config(experiment, config_updates, named_configs, command_name)
     if not options["--force"]:
-        check_added_entries(experiment, summary, extra_functions)
+        check_added_entries(experiment, summary, experiment.extra_functions())
         for path, (old, new) in summary.typechanged.items():
             if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
                 logging.getLogger(experiment.name).warning(
@@ -420,9 +423,9 @@ def create_run(
                     new.__name__,
                 )
     unobserved = bool(options["--unobserved"] or getattr(main_function, "unobserved", False))
-    observers: list = []
+    stores: list = []
     if not unobserved:
-        observers = list(experiment.observers) + _stores_from_options(pm, options)
+        stores = list(experiment.observers) + list(observers) + _stores_from_options(pm, options)
     ex_info = gather_experiment_info(experiment)
     if options["--name"]:
         ex_info = attrs.evolve(ex_info, name=options["--name"])
@@ -459,27 +462,21 @@ def create_run(
         experiment_info=ex_info,
         host_info=gather_host_info(experiment),
         meta_info=meta,
-        observers=sorted(observers, key=lambda o: -getattr(o, "priority", 0)),
+        observers=sorted(stores, key=lambda o: -getattr(o, "priority", 0)),
         options=options,
         beat_interval=float(beat) if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
         capture_mode=options["--capture"] or SETTINGS.CAPTURE_MODE,
         info=dict(info or {}),
     )
     run._id = options["--id"]
-    functions = [main_function, *run.pre_run_hooks, *run.post_run_hooks, *extra_functions]
-    for fn in functions:
+    for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
         cf = captured_state(fn)
-        missing = [n for n in cf.params.required if n not in cf.config_view(run.config)]
-        missing = [n for n in missing if n not in _special_or_fixture(run, fn)]
+        view = cf.config_view(run.config)
+        missing = [n for n in cf.params.required if n not in view and n not in SPECIAL_NAMES]
         if missing:
             raise cf.missing_error(missing, run)
+    experiment.check_resolvable(run.config)
     return run
-
-
-def _special_or_fixture(run: Run, fn: Callable) -> set[str]:
-    from expkit.captured import SPECIAL_NAMES
-
-    return set(SPECIAL_NAMES) | set(run.fixture_names)
 
 
 # --- delivering events to stores -------------------------------------------------------
@@ -501,6 +498,8 @@ class Delivery:
             return None
         try:
             return fn(**kwargs)
+        except UsageError:
+            raise  # the user asked for something impossible (a bad artifact name, a taken id)
         except Exception as exc:
             self.failed.add(id(obs))
             self.log.warning(
@@ -575,8 +574,6 @@ class Run:
         self.pdb = bool(options.get("--pdb"))
         self.artifacts: list[Artifact] = []
         self.resources: list[Resource] = []
-        self.fixture_names: tuple[str, ...] = ()
-        self.fixture_values: dict[str, Any] | None = None
         # Deepest ingredients first, the experiment last.
         levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
         self.pre_run_hooks = [f for ing, _ in levels for f in ing.pre_run_hooks]
@@ -618,8 +615,15 @@ class Run:
         """Keep ``filename`` with the run under ``name`` (default: its base name)."""
         path = os.path.abspath(os.fspath(filename))
         if not os.path.isfile(path):
-            raise ExpkitError(f"add_artifact: {path} is not a file")
-        artifact = Artifact(name or os.path.basename(path), path, metadata, content_type)
+            raise UsageError(f"add_artifact: {path} is not a file")
+        name = name or os.path.basename(path)
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or ".." in parts or not all(parts):
+            raise UsageError(
+                f"artifact name {name!r} must be a relative path inside the run's folder "
+                "(no '..', no leading '/')"
+            )
+        artifact = Artifact(name, path, metadata, content_type)
         self.artifacts.append(artifact)
         self._delivery.call(
             "artifact_event",
@@ -689,11 +693,11 @@ class Run:
         bound = []
         for ing, _ in self.experiment.traverse_ingredients():
             for fn in ing.captured_functions:
-                captured_state(fn).bind(self, self.fixture_values)
+                captured_state(fn).bind(self)
                 bound.append(fn)
         for fn in builtin_commands(self.experiment).values():
             if fn not in bound:
-                captured_state(fn).bind(self, self.fixture_values)
+                captured_state(fn).bind(self)
                 bound.append(fn)
         return bound
 
@@ -803,9 +807,7 @@ class Run:
         with self._beat_lock:
             if self._capture is not None and not final:
                 self._output.append(self._capture.read())
-            batch = self._drain_metrics()
-            if batch:
-                self._deliver_metrics(batch)
+            self._deliver_metrics(self._drain_metrics())
             self.heartbeat_time = utcnow()
             text = self._output.text if final else self._output.stable_text
             self._delivery.call(
@@ -828,7 +830,7 @@ class Run:
             entry["values"].append(value)
             entry["timestamps"].append(fromts(ts))
         self._delivery.call("log_metrics", metrics_by_name=by_name, info=self.info)
-        if self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
+        if batch and self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
             points = [MetricPoint(n, s, v, fromts(t)) for n, s, v, t in batch]
             self._delivery.hook("expkit_log_metrics", metrics=points)
 

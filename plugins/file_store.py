@@ -1,1 +1,632 @@
-"""Placeholder: this plugin is being written."""
+"""The file store: every run in its own folder, in Sacred's FileStorageObserver layout.
+
+::
+
+    <basedir>/<id>/run.json       the run record, replaced at every event
+    <basedir>/<id>/config.json    the final configuration
+    <basedir>/<id>/cout.txt       captured output, appended at every heartbeat
+    <basedir>/<id>/metrics.json   Sacred's metrics format (parallel lists per name)
+    <basedir>/<id>/metrics.jsonl  expkit's append-only metrics log, one line per batch
+    <basedir>/<id>/info.json      ``run.info``, only once it is non-empty
+    <basedir>/<id>/<artifacts>
+    <basedir>/_sources/<stem>_<md5><ext>
+    <basedir>/_resources/<stem>_<md5><ext>
+
+Unlike Sacred's observer it never loses or tears a file: JSON files are
+replaced atomically, ids are claimed with ``os.mkdir`` so concurrent processes
+get distinct ones, ``metrics.json`` is rewritten only when the number of points
+has doubled (the log holds every point in between), and artifact names cannot
+leave the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from expkit.errors import ExpkitError, UsageError
+from expkit.observers import RunObserver
+from expkit.pluginmanager import hookimpl
+from expkit.serialize import dumps, format_time, to_data
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
+COUT_FILE = "cout.txt"
+METRICS_FILE = "metrics.json"
+METRICS_LOG = "metrics.jsonl"
+INFO_FILE = "info.json"
+SOURCES_DIR = "_sources"
+RESOURCES_DIR = "_resources"
+# Artifacts may not take these names: the store itself writes them.
+RESERVED_NAMES = frozenset({RUN_FILE, CONFIG_FILE, COUT_FILE, METRICS_FILE, METRICS_LOG, INFO_FILE})
+
+_COUT_TAIL = 1000  # characters of cout.txt remembered to check that new output extends it
+_MAX_ID_TRIES = 10_000
+_CHUNK = 1 << 20
+
+
+class FileStorageObserver(RunObserver):
+    """Store runs as folders under ``basedir`` (Sacred's ``FileStorageObserver``).
+
+    ``template`` is accepted for compatibility and ignored: expkit renders no
+    Mako reports. With ``copy_sources=False`` sources are recorded by absolute
+    path instead of being copied to ``_sources``; with ``copy_artifacts=False``
+    resources already inside ``basedir`` are recorded where they are and
+    artifacts are symlinked into the run folder instead of copied.
+    Stored resource paths are relative to ``basedir`` (Sacred made them relative
+    to the working directory).
+    """
+
+    VERSION = "FileStorageObserver-0.7.0"
+
+    def __init__(
+        self,
+        basedir: str | os.PathLike[str],
+        resource_dir: str | os.PathLike[str] | None = None,
+        source_dir: str | os.PathLike[str] | None = None,
+        template: str | os.PathLike[str] | None = None,
+        priority: int = 20,
+        copy_artifacts: bool = True,
+        copy_sources: bool = True,
+    ) -> None:
+        if not os.fspath(basedir):
+            raise UsageError("FileStorageObserver needs a folder: basedir is empty")
+        # Absolute, so that a run that changes its working directory still writes here.
+        self.basedir = os.path.abspath(basedir)
+        self.resource_dir = os.path.abspath(
+            resource_dir or os.path.join(self.basedir, RESOURCES_DIR)
+        )
+        self.source_dir = os.path.abspath(source_dir or os.path.join(self.basedir, SOURCES_DIR))
+        self.template = template
+        self.priority = priority
+        self.copy_artifacts = copy_artifacts
+        self.copy_sources = copy_sources
+        self.dir: str | None = None
+        self.run_entry: dict[str, Any] = {}
+        self.config: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._reset()
+
+    def _reset(self) -> None:
+        # Per-run state: one observer may record several runs one after the other.
+        self.dir = None
+        self.run_entry = {}
+        self.config = {}
+        self.info = {}
+        self._cout_len = 0
+        self._cout_tail = ""
+        self._info_text: str | None = None
+        self._points = 0
+        self._points_saved: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FileStorageObserver):
+            return self.basedir == other.basedir
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((FileStorageObserver, self.basedir))
+
+    def __repr__(self) -> str:
+        return f"FileStorageObserver({self.basedir!r})"
+
+    # --- events ----------------------------------------------------------------
+
+    def queued_event(
+        self,
+        ex_info: dict,
+        command: str,
+        host_info: dict,
+        queue_time: datetime.datetime,
+        config: dict,
+        meta_info: dict,
+        _id: Any,
+    ) -> str:
+        """Create the run folder of a queued run; its sources are also copied into it."""
+        with self._lock:
+            self._reset()
+            run_id = self._make_run_dir(_id)
+            meta = dict(meta_info or {})
+            meta.setdefault("queue_time", queue_time)
+            self.config = config
+            self.run_entry = {
+                "experiment": self._experiment_entry(ex_info),
+                "command": command,
+                "host": dict(host_info or {}),
+                "meta": meta,
+                "status": "QUEUED",
+            }
+            self._save_json(CONFIG_FILE, config)
+            self._save_run()
+            if self.copy_sources:
+                # A queued run keeps its own copy of the code it is to run.
+                base = ex_info.get("base_dir") or ""
+                for relpath, _ in _source_pairs(ex_info):
+                    self._copy_source(os.path.join(base, relpath), relpath)
+            return run_id
+
+    def started_event(
+        self,
+        ex_info: dict,
+        command: str,
+        host_info: dict,
+        start_time: datetime.datetime,
+        config: dict,
+        meta_info: dict,
+        _id: Any,
+    ) -> str:
+        """Create the run folder and write run.json, config.json and an empty cout.txt."""
+        with self._lock:
+            self._reset()
+            run_id = self._make_run_dir(_id)
+            self.config = config
+            self.run_entry = {
+                "experiment": self._experiment_entry(ex_info),
+                "command": command,
+                "host": dict(host_info or {}),
+                "start_time": format_time(start_time),
+                "meta": dict(meta_info or {}),
+                "status": "RUNNING",
+                "resources": [],
+                "artifacts": [],
+                "heartbeat": None,
+            }
+            self._save_json(CONFIG_FILE, config)
+            self._save_run()
+            with open(self._path(COUT_FILE), "a", encoding="utf-8"):
+                pass
+            return run_id
+
+    def heartbeat_event(
+        self, info: dict, captured_out: str, beat_time: datetime.datetime, result: Any
+    ) -> None:
+        """Append new output to cout.txt, update run.json and (when changed) info.json."""
+        with self._lock:
+            self._save_cout(captured_out or "")
+            self.run_entry["heartbeat"] = format_time(beat_time)
+            self.run_entry["result"] = result
+            self._save_run()
+            self.info = info or {}
+            self._save_info()
+
+    def completed_event(self, stop_time: datetime.datetime, result: Any) -> None:
+        """Mark the run COMPLETED with its result."""
+        with self._lock:
+            self.run_entry["stop_time"] = format_time(stop_time)
+            self.run_entry["result"] = result
+            self.run_entry["status"] = "COMPLETED"
+            self._finish()
+
+    def interrupted_event(self, interrupt_time: datetime.datetime, status: str) -> None:
+        """Mark the run with ``status`` (INTERRUPTED, TIMEOUT or a custom one)."""
+        with self._lock:
+            self.run_entry["stop_time"] = format_time(interrupt_time)
+            self.run_entry["status"] = status
+            self._finish()
+
+    def failed_event(self, fail_time: datetime.datetime, fail_trace: list[str]) -> None:
+        """Mark the run FAILED and keep its traceback."""
+        with self._lock:
+            self.run_entry["stop_time"] = format_time(fail_time)
+            self.run_entry["status"] = "FAILED"
+            self.run_entry["fail_trace"] = list(fail_trace or [])
+            self._finish()
+
+    def resource_event(self, filename: str) -> None:
+        """Keep the input file ``filename`` in ``_resources`` (once per content)."""
+        with self._lock:
+            filename = os.path.abspath(filename)
+            _check_readable_file(filename, "resource")
+            if not self.copy_artifacts and _is_inside(filename, self.basedir):
+                stored = filename
+            else:
+                stored = _store_by_md5(filename, self.resource_dir)
+            entry = [filename, os.path.relpath(stored, self.basedir)]
+            resources = self.run_entry.setdefault("resources", [])
+            if entry not in resources:
+                resources.append(entry)
+            self._save_run()
+
+    def artifact_event(
+        self,
+        name: str,
+        filename: str,
+        metadata: dict | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Copy ``filename`` to ``<run folder>/<name>``; ``name`` may hold subfolders."""
+        with self._lock:
+            _check_readable_file(filename, "artifact")
+            if name is None:
+                name = os.path.basename(filename)
+            target = _checked_target(self._rundir(), name, "artifact")
+            if target is None:
+                raise UsageError(f"artifact name {name!r} is not a file name")
+            if self.copy_artifacts:
+                _copy_atomic(filename, target)
+            else:
+                _symlink_atomic(os.path.abspath(filename), target)
+            artifacts = self.run_entry.setdefault("artifacts", [])
+            if name not in artifacts:
+                artifacts.append(name)
+            self._save_run()
+
+    def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
+        """Append the new points to the metrics log; refresh metrics.json when they doubled."""
+        with self._lock:
+            batch, count = _plain_metrics(metrics_by_name or {})
+            if count:
+                _append_text(self._path(METRICS_LOG), _compact(batch) + "\n")
+                self._points += count
+            saved = self._points_saved
+            # Rewriting only after doubling keeps the total work linear in the points.
+            if saved is None or (self._points > saved and self._points >= 2 * saved):
+                self._save_metrics()
+
+    def join(self) -> None:
+        """Nothing to wait for: every event is written before it returns."""
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _rundir(self) -> str:
+        if self.dir is None:
+            raise ExpkitError("FileStorageObserver got a run event before the run started")
+        return self.dir
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._rundir(), name)
+
+    def _make_run_dir(self, _id: Any) -> str:
+        os.makedirs(self.basedir, exist_ok=True)
+        if _id is not None:
+            name = _checked_id(_id)
+            path = os.path.join(self.basedir, name)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                raise UsageError(f"run folder {path} already exists: choose another id") from None
+            self.dir = path
+            return name
+        candidate = _max_numeric_id(self.basedir) + 1
+        for _ in range(_MAX_ID_TRIES):
+            path = os.path.join(self.basedir, str(candidate))
+            try:
+                os.mkdir(path)  # atomic: exactly one process wins each number
+            except FileExistsError:
+                candidate += 1
+                continue
+            self.dir = path
+            return str(candidate)
+        raise ExpkitError(f"could not create a new run folder in {self.basedir}")
+
+    def _copy_source(self, path: str, relpath: str) -> None:
+        try:
+            target = _checked_target(self._rundir(), relpath, "source")
+        except UsageError:
+            return  # outside base_dir or named like a store file: it is still in _sources
+        if target is not None and os.path.isfile(path):
+            _copy_atomic(path, target)
+
+    def _experiment_entry(self, ex_info: dict) -> dict:
+        # A copy: the same ex_info goes to the other observers (Sacred rewrote it in place).
+        entry = dict(ex_info or {})
+        base = entry.get("base_dir") or ""
+        sources = []
+        for relpath, _ in _source_pairs(entry):
+            path = os.path.abspath(os.path.join(base, relpath))
+            stored = path
+            if self.copy_sources and os.path.isfile(path):
+                # A source deleted since it was found is recorded by path rather than
+                # failing the whole start.
+                stored = os.path.relpath(_store_by_md5(path, self.source_dir), self.basedir)
+            sources.append([relpath, stored])
+        entry["sources"] = sources
+        return entry
+
+    def _save_json(self, name: str, obj: Any) -> None:
+        _write_atomic(self._path(name), dumps(obj))
+
+    def _save_run(self) -> None:
+        self._save_json(RUN_FILE, self.run_entry)
+
+    def _save_cout(self, text: str) -> None:
+        written, tail = self._cout_len, self._cout_tail
+        if len(text) >= written and text[written - len(tail) : written] == tail:
+            if len(text) > written:
+                _append_text(self._path(COUT_FILE), text[written:])
+        else:
+            # The filter rewrote earlier output: replace the file once.
+            _write_atomic(self._path(COUT_FILE), text)
+        self._cout_len = len(text)
+        self._cout_tail = text[-_COUT_TAIL:]
+
+    def _save_info(self) -> None:
+        if not self.info and self._info_text is None:
+            return  # Sacred writes no info.json while the info is empty
+        text = dumps(self.info)
+        if text != self._info_text:
+            _write_atomic(self._path(INFO_FILE), text)
+            self._info_text = text
+
+    def _save_metrics(self) -> None:
+        metrics = read_metrics_log(self._path(METRICS_LOG))
+        _write_atomic(self._path(METRICS_FILE), dumps(metrics))
+        self._points_saved = self._points
+
+    def _finish(self) -> None:
+        if self._points_saved is not None and self._points != self._points_saved:
+            self._save_metrics()
+        self._save_run()
+
+
+# --- plugin hooks -------------------------------------------------------------------
+
+
+@hookimpl
+def expkit_store_for_url(url: str) -> FileStorageObserver | None:
+    """Claim ``file://PATH`` and plain paths."""
+    if url.startswith("file://"):
+        path = url[len("file://") :]
+        if not path:
+            raise UsageError(f"store URL {url!r} names no folder: write file://PATH")
+        return FileStorageObserver(path)
+    if "://" in url:
+        return None
+    if not url:
+        raise UsageError("store path is empty: give a folder or file://PATH")
+    return FileStorageObserver(url)
+
+
+@hookimpl
+def expkit_store_schemes() -> list[str]:
+    """The file store claims ``file://`` (and plain paths)."""
+    return ["file"]
+
+
+@hookimpl
+def expkit_observer_class(name: str) -> type | None:
+    """``from expkit.observers import FileStorageObserver``."""
+    return FileStorageObserver if name == "FileStorageObserver" else None
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def read_run(basedir: str | os.PathLike[str], run_id: Any) -> dict:
+    """The record of run ``run_id`` under ``basedir``: run.json plus config, info and metrics.
+
+    The result has run.json's keys and ``_id``, ``config``, ``info`` and
+    ``metrics`` (Sacred's metrics format). Metrics come from the append log
+    when there is one, since it is never behind metrics.json.
+    """
+    rundir = os.path.join(os.fspath(basedir), str(run_id))
+    run_path = os.path.join(rundir, RUN_FILE)
+    if not os.path.isfile(run_path):
+        raise UsageError(f"no run {str(run_id)!r} in {os.fspath(basedir)} (no {run_path})")
+    record = _load_json(run_path)
+    record["_id"] = str(run_id)
+    record["config"] = _load_json(os.path.join(rundir, CONFIG_FILE), default={})
+    record["info"] = _load_json(os.path.join(rundir, INFO_FILE), default={})
+    log = os.path.join(rundir, METRICS_LOG)
+    if os.path.exists(log):
+        record["metrics"] = read_metrics_log(log)
+    else:
+        record["metrics"] = _load_json(os.path.join(rundir, METRICS_FILE), default={})
+    return record
+
+
+def read_metrics_log(path: str | os.PathLike[str]) -> dict:
+    """Rebuild Sacred's metrics dict from an append log; a torn last line is skipped."""
+    metrics: dict[str, dict[str, list]] = {}
+    if not os.path.exists(path):
+        return metrics
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the process died while writing this batch
+            for name, batch in json.loads(line).items():
+                series = metrics.setdefault(name, {"steps": [], "timestamps": [], "values": []})
+                for key, values in series.items():
+                    values.extend(batch[key])
+    return metrics
+
+
+def _load_json(path: str, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        if default is None:
+            raise
+        return default
+    except ValueError as exc:
+        raise ExpkitError(f"{path} is not valid JSON: {exc}") from None
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def _checked_id(_id: Any) -> str:
+    name = str(_id)
+    if (
+        not name
+        or name in {".", "..", SOURCES_DIR, RESOURCES_DIR}
+        or "/" in name
+        or os.sep in name
+        or (os.altsep and os.altsep in name)
+        or "\0" in name
+    ):
+        raise UsageError(f"run id {name!r} cannot be a folder name in the file store")
+    return name
+
+
+def _max_numeric_id(basedir: str) -> int:
+    best = 0
+    with os.scandir(basedir) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.isascii() and name.isdigit() and entry.is_dir():
+                best = max(best, int(name))
+    return best
+
+
+def _source_pairs(ex_info: dict) -> Iterable[tuple[str, str]]:
+    for source in ex_info.get("sources") or ():
+        if isinstance(source, (list, tuple)):
+            yield source[0], source[1]
+        else:  # an expkit.records.Source
+            yield source.name, source.md5
+
+
+def _checked_target(rundir: str, name: str, what: str) -> str | None:
+    """The path of ``name`` inside ``rundir`` (subfolders created), or a UsageError.
+
+    Returns ``None`` for names that designate no file (``""``, ``"sub/"``). No
+    existing part of the path may be a symlink, so nothing lands outside ``rundir``.
+    """
+    if "\0" in name:
+        raise UsageError(f"{what} name {name!r} contains a NUL character")
+    unix = name.replace(os.sep, "/")
+    if os.altsep:
+        unix = unix.replace(os.altsep, "/")
+    parts = [p for p in unix.split("/") if p not in ("", ".")]
+    if os.path.isabs(name) or os.path.splitdrive(name)[0] or ".." in parts:
+        raise UsageError(f"{what} name {name!r} would be stored outside the run folder {rundir}")
+    if not parts or unix.endswith("/"):
+        return None
+    if len(parts) == 1 and parts[0].casefold() in RESERVED_NAMES:
+        reserved = ", ".join(sorted(RESERVED_NAMES))
+        raise UsageError(
+            f"{what} name {name!r} is reserved for the file store (reserved: {reserved})"
+        )
+    folder = rundir
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            os.mkdir(folder)
+            continue
+        if stat.S_ISLNK(mode):
+            raise UsageError(
+                f"{what} name {name!r} goes through the symlink {folder}, "
+                f"which could lead outside the run folder {rundir}"
+            )
+        if not stat.S_ISDIR(mode):
+            raise UsageError(f"{what} name {name!r} uses {folder} as a folder, but it is a file")
+    target = os.path.join(folder, parts[-1])
+    if os.path.isdir(target) and not os.path.islink(target):
+        raise UsageError(f"{what} name {name!r} is an existing folder of the run ({target})")
+    return target
+
+
+def _check_readable_file(filename: str, what: str) -> None:
+    if not os.path.exists(filename):
+        raise UsageError(f"{what} file {filename} does not exist")
+    if not os.path.isfile(filename):
+        raise UsageError(f"{what} {filename} is not a file (folders cannot be stored)")
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _store_by_md5(path: str, store_dir: str) -> str:
+    """Copy ``path`` to ``store_dir/<stem>_<md5><ext>`` unless that file is already there."""
+    stem, ext = os.path.splitext(os.path.basename(path))
+    target = os.path.join(store_dir, f"{stem}_{_md5(path)}{ext}")
+    if not os.path.exists(target):
+        os.makedirs(store_dir, exist_ok=True)
+        _copy_atomic(path, target)
+    return target
+
+
+def _temp_beside(path: str) -> tuple[int, str]:
+    # Not tempfile.mkstemp: its 0600 mode would hide run files from other users.
+    folder, name = os.path.split(path)
+    while True:
+        temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+        except FileExistsError:
+            continue
+
+
+def _replace_from(path: str, fill: Any) -> None:
+    """Write a temp file beside ``path`` with ``fill(file)`` and move it over ``path``."""
+    fd, temp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` by ``text``: readers see the old file or the new one, never a part."""
+    data = text.encode("utf-8", errors="replace")
+    _replace_from(path, lambda f: f.write(data))
+
+
+def _copy_atomic(source: str, path: str) -> None:
+    with open(source, "rb") as src:
+        _replace_from(path, lambda f: shutil.copyfileobj(src, f, _CHUNK))
+
+
+def _symlink_atomic(source: str, path: str) -> None:
+    temp = f"{path}.{secrets.token_hex(6)}.tmp"
+    os.symlink(source, temp)
+    os.replace(temp, path)
+
+
+def _append_text(path: str, text: str) -> None:
+    with open(path, "a", encoding="utf-8", errors="replace", newline="") as f:
+        f.write(text)
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True)
+
+
+def _plain_metrics(metrics_by_name: dict) -> tuple[dict, int]:
+    """Sacred's ``metrics_by_name`` as plain JSON data, and the number of points in it."""
+    batch = {}
+    count = 0
+    for name, series in metrics_by_name.items():
+        steps = to_data(list(series.get("steps", ())))
+        if not steps:
+            continue
+        batch[str(name)] = {
+            "steps": steps,
+            "timestamps": [
+                format_time(t) if isinstance(t, datetime.datetime) else t
+                for t in series.get("timestamps", ())
+            ],
+            "values": to_data(list(series.get("values", ()))),
+        }
+        count += len(steps)
+    return batch, count

@@ -1,0 +1,172 @@
+"""The ``expkit`` command: parse the command line, load the plugins, hand over to them.
+
+Like pytest's ``main``: plugins add their options (``expkit_addoption``), are
+configured (``expkit_configure``) and one of them carries out the command
+(``expkit_cmdline_main``). Usage mistakes print one line and exit with 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from expkit.errors import UsageError
+from expkit.nodes import ExitCode
+from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
+from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
+
+COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+class Parser:
+    """Where plugins add their command-line options (``expkit_addoption``)."""
+
+    def __init__(self) -> None:
+        self._parser = _ArgumentParser(
+            prog="expkit",
+            description="Run experiments and keep track of every run.",
+            usage="expkit [run|config|plugins|runs|rerun|sync] [PATH|NODEID ...] [options]",
+        )
+        self._groups: dict[str, Any] = {}
+
+    def addoption(self, *names: str, **kwargs: Any) -> None:
+        """Add an option, with :meth:`argparse.ArgumentParser.add_argument`'s arguments."""
+        self._parser.add_argument(*names, **kwargs)
+
+    def getgroup(self, name: str, description: str = "") -> Any:
+        """A named section of the help, with ``addoption``."""
+        if name not in self._groups:
+            group = self._parser.add_argument_group(name, description)
+            group.addoption = group.add_argument  # type: ignore[attr-defined]
+            self._groups[name] = group
+        return self._groups[name]
+
+    def parse(self, args: list[str]) -> argparse.Namespace:
+        """Parse ``args``; a mistake raises :class:`~expkit.errors.UsageError`."""
+        return self._parser.parse_args(args)
+
+    def format_help(self) -> str:
+        """The help text."""
+        return self._parser.format_help()
+
+
+@attrs.define
+class Config:
+    """The parsed command line, the project settings and the plugin manager of one invocation."""
+
+    command: str
+    args: list[str]
+    option: argparse.Namespace
+    rootdir: Path
+    inifile: Path | None
+    settings: ProjectSettings
+    pluginmanager: PluginManager
+    invocation_dir: Path
+    parser: Parser
+    session: Any = None  # set by the plugin that runs the session
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        """The value of option ``name`` (its dest, e.g. ``"capture"``)."""
+        return getattr(self.option, name, default)
+
+
+def _split_command(args: list[str]) -> tuple[str, list[str]]:
+    if args and args[0] in COMMANDS:
+        return args[0], args[1:]
+    if "--collect-only" in args or "--co" in args:
+        return "run", args
+    if not args or args[0] in ("-h", "--help", "--version", "--trace-config"):
+        return "help", args
+    raise UsageError(
+        f"unknown command {args[0]!r}; use one of {', '.join(COMMANDS)} "
+        "(e.g. 'expkit run exp_iris.py')"
+    )
+
+
+def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
+    early, blocked = [], []
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "-p" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("-p") and len(arg) > 2:
+            value = arg[2:]
+        if value is not None:
+            (blocked if value.startswith("no:") else early).append(value.removeprefix("no:"))
+    return early, blocked
+
+
+def _positional(args: list[str]) -> list[str]:
+    return [a for a in args if not a.startswith("-")]
+
+
+def main(args: list[str] | None = None, plugins: Any = ()) -> int:
+    """Run the ``expkit`` command line with ``args``; return the exit code."""
+    args = list(sys.argv[1:] if args is None else args)
+    installed, previous = False, None
+    try:
+        command, rest = _split_command(args)
+        rootdir, inifile = find_rootdir(_positional(rest), Path.cwd())
+        settings = load_settings(inifile)
+        early, blocked = _prescan_plugins(rest)
+        pm = create_plugin_manager(
+            blocked=[*settings.blocked_plugins, *blocked],
+            early=[*settings.enabled_plugins, *early],
+            plugins=plugins,
+        )
+        previous, installed = set_plugin_manager(pm), True
+        parser = Parser()
+        parser.addoption(
+            "-p",
+            dest="plugins",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="load plugin NAME early; -p no:NAME blocks it",
+        )
+        pm.hook.expkit_addoption.call_historic(kwargs={"parser": parser})
+        option = parser.parse(rest)
+        config = Config(
+            command=command,
+            args=rest,
+            option=option,
+            rootdir=rootdir,
+            inifile=inifile,
+            settings=settings,
+            pluginmanager=pm,
+            invocation_dir=Path.cwd(),
+            parser=parser,
+        )
+        pm.hook.expkit_configure.call_historic(kwargs={"config": config})
+        try:
+            code = pm.hook.expkit_cmdline_main(config=config)
+        finally:
+            pm.hook.expkit_unconfigure(config=config)
+        if code is None:
+            raise UsageError(f"no plugin carries out the command {command!r}")
+        return int(code)
+    except UsageError as exc:
+        sys.stderr.write(f"ERROR: {exc}\n")
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted\n")
+        return ExitCode.INTERRUPTED
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+    except Exception:
+        sys.stderr.write("INTERNAL ERROR: expkit itself failed; please report this:\n")
+        traceback.print_exc()
+        return ExitCode.INTERNAL_ERROR
+    finally:
+        if installed:
+            set_plugin_manager(previous)

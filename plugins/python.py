@@ -1,0 +1,136 @@
+"""Collecting experiments from Python files: ``exp_*`` functions and ``Experiment`` objects.
+
+Each file is imported once, with its folder on ``sys.path`` (as pytest's default
+import mode does), after the ``expconf.py`` files from the project root down to
+its folder; those are registered as local plugins, so their hook functions work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.util
+import sys
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+from expkit.experiment import Experiment
+from expkit.module import ModuleExperiment, ModuleParts, module_parts
+from expkit.nodes import CollectError, Item
+from expkit.pluginmanager import PluginInfo, hookimpl
+
+EXPCONF = "expconf.py"
+
+_expconfs: dict[Path, tuple[types.ModuleType, ModuleParts]] = {}
+
+
+def nodeid_of(path: Path, rootdir: Path, name: str | None = None) -> str:
+    """``sub/exp_x.py::name``: the path relative to the root (or absolute outside it)."""
+    try:
+        rel = path.resolve().relative_to(rootdir.resolve()).as_posix()
+    except ValueError:
+        rel = path.resolve().as_posix()
+    return f"{rel}::{name}" if name else rel
+
+
+def _import_file(path: Path, name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _module_name(path: Path) -> str:
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path:
+        digest = hashlib.md5(str(path).encode()).hexdigest()[:8]
+        name = f"{name}_{digest}"
+    return name
+
+
+def _user_traceback(exc: BaseException, path: Path) -> str:
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
+    ] or traceback.extract_tb(exc.__traceback__)[-1:]
+    text = "".join(traceback.format_list(frames))
+    return text + "".join(traceback.format_exception_only(type(exc), exc))
+
+
+def expconf_parts(directory: Path, rootdir: Path, pm: Any) -> list[ModuleParts]:
+    """The parts of the ``expconf.py`` files from the root (or the top folder) down to ``directory``."""
+    directory = directory.resolve()
+    root = rootdir.resolve()
+    folders = [directory, *directory.parents]
+    if root in folders:
+        folders = folders[: folders.index(root) + 1]
+    else:
+        folders = [directory]
+    parts = []
+    for folder in reversed(folders):
+        conf = folder / EXPCONF
+        if not conf.is_file():
+            continue
+        if conf not in _expconfs:
+            name = "expconf_" + hashlib.md5(str(conf).encode()).hexdigest()[:8]
+            module = _import_file(conf, name)
+            _expconfs[conf] = (module, module_parts(module))
+        module, part = _expconfs[conf]
+        plugin_name = f"expconf:{conf}"
+        if not pm.has_plugin(plugin_name) and not pm.is_registered(module):
+            pm.register(module, name=plugin_name)
+            pm.infos[plugin_name] = PluginInfo(plugin_name, "expconf", str(conf))
+        parts.append(part)
+    return parts
+
+
+@hookimpl(trylast=True)
+def expkit_collect_file(path: Path, config: Any) -> list | None:
+    if path.suffix != ".py" or path.name == EXPCONF:
+        return None
+    path = path.resolve()
+    pm = config.pluginmanager
+    file_id = nodeid_of(path, config.rootdir)
+    try:
+        parts = expconf_parts(path.parent, config.rootdir, pm)
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        module = _import_file(path, _module_name(path))
+    except Exception as exc:
+        return [CollectError(file_id, path, _user_traceback(exc, path))]
+    parts.append(module_parts(module))
+    items: list[Item] = []
+    patterns = config.settings.function_patterns
+    for attr, value in list(vars(module).items()):
+        if isinstance(value, types.FunctionType) and value.__module__ == module.__name__:
+            if not any(fnmatch.fnmatchcase(attr, p) for p in patterns):
+                continue
+            nodeid = f"{file_id}::{attr}"
+            try:
+                experiment: Any = ModuleExperiment(value, nodeid, parts, plugin_manager=pm)
+            except Exception as exc:
+                items.append(CollectError(nodeid, path, _user_traceback(exc, path)))  # type: ignore[arg-type]
+                continue
+            items.append(_item(nodeid, path, attr, experiment))
+        elif isinstance(value, Experiment) and not isinstance(value, ModuleExperiment):
+            if value.mainfile and Path(value.mainfile).resolve() != path:
+                continue  # imported from another file: collected there
+            value._plugin_manager = pm
+            nodeid = f"{file_id}::{value.name}"
+            items.append(_item(nodeid, path, value.name, value))
+    return items
+
+
+def _item(nodeid: str, path: Path, name: str, experiment: Any) -> Item:
+    keywords = frozenset({nodeid, path.name, name, *nodeid.split("::")[0].split("/")})
+    return Item(nodeid=nodeid, path=path, name=name, experiment=experiment, keywords=keywords)

@@ -1,0 +1,289 @@
+"""The ``expkit run`` and ``expkit config`` commands: collect, select, run, report.
+
+Every collected experiment runs once, with the ``-o`` overrides and ``-w`` named
+configs, into the stores given with ``--store`` (default: ``runs/`` under the
+project root). Exit codes are pytest's: 0 all completed, 1 some run failed,
+2 interrupted (also: collection errors), 4 usage error, 5 nothing collected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from expkit.discovery import find_experiment_files, split_node_id
+from expkit.errors import ExpkitError, UsageError
+from expkit.nodes import CollectError, ExitCode, Item, RunReport
+from expkit.pluginmanager import hookimpl
+from expkit.run import COMPLETED, FAILED, create_run, store_for_url
+from expkit.utils import parse_literal
+
+CAPTURE_MODES = ("fd", "sys", "no")
+
+
+@attrs.define
+class Session:
+    """One invocation's collection and runs."""
+
+    config: Any
+    items: list[Item] = attrs.field(factory=list)
+    errors: list[CollectError] = attrs.field(factory=list)
+    reports: list[RunReport] = attrs.field(factory=list)
+    deselected: list[Item] = attrs.field(factory=list)
+    stores: list = attrs.field(factory=list)
+    store_urls: list[str] = attrs.field(factory=list)
+    collect_seconds: float = 0.0
+    start: float = attrs.field(factory=time.perf_counter)
+    shouldstop: bool = False
+
+
+@hookimpl
+def expkit_addoption(parser: Any) -> None:
+    group = parser.getgroup("running", "choosing and running experiments")
+    group.addoption("paths", nargs="*", metavar="PATH|NODEID", help="files, folders or node ids")
+    group.addoption(
+        "-o",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config entry (a Python literal; a bare word is a string); repeatable",
+    )
+    group.addoption(
+        "-w",
+        "--with",
+        dest="named",
+        action="append",
+        default=[],
+        metavar="NAMED",
+        help="apply a named config or a config file, in order; -o wins over it",
+    )
+    group.addoption(
+        "--store",
+        dest="stores",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="store runs there (a folder, file://, tinydb://, mongodb://); repeatable",
+    )
+    group.addoption("-u", "--unobserved", action="store_true", help="store nothing")
+    group.addoption(
+        "--capture",
+        choices=CAPTURE_MODES,
+        default=None,
+        help="output capture: fd (also C code and children), sys or no",
+    )
+    group.addoption("--seed", type=int, default=None, help="the root seed of every run")
+    group.addoption("--comment", default=None, help="a comment stored with every run")
+    group.addoption("-x", "--exitfirst", action="store_true", help="stop after the first failure")
+    group.addoption(
+        "--collect-only",
+        "--co",
+        dest="collect_only",
+        action="store_true",
+        help="only list what would run",
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["C=3", "dataset.path=x.csv"]`` as ``{"C": 3, "dataset.path": "x.csv"}``."""
+    updates: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"malformed -o {pair!r}: write -o KEY=VALUE, e.g. -o C=3")
+        if any(not part.isidentifier() for part in key.split(".")):
+            raise UsageError(f"malformed -o {pair!r}: {key!r} is not a config key")
+        updates[key] = parse_literal(value.strip())
+    return updates
+
+
+def collect(session: Session) -> None:
+    """Find the files, collect their items, apply node-id selection and ``-k``."""
+    config = session.config
+    start = time.perf_counter()
+    args = list(config.option.paths) or [str(config.rootdir / p) for p in config.settings.paths]
+    wanted: dict[Path, set[str] | None] = {}
+    for arg in args:
+        path_part, name = split_node_id(arg)
+        path = (config.invocation_dir / path_part).resolve()
+        if not path.exists():
+            raise UsageError(f"file or directory not found: {arg}")
+        for file in find_experiment_files([path], config.settings.file_patterns):
+            file = file.resolve()
+            if name is None or wanted.get(file, set()) is None:
+                wanted[file] = None
+            else:
+                wanted.setdefault(file, set()).add(name)  # type: ignore[union-attr]
+    hook = config.pluginmanager.hook
+    for file, names in wanted.items():
+        for result in hook.expkit_collect_file(path=file, config=config):
+            for node in result or ():
+                if isinstance(node, CollectError):
+                    session.errors.append(node)
+                elif names is None or node.name in names:
+                    session.items.append(node)
+        if names:
+            found = {i.name for i in session.items if i.path == file}
+            for name in sorted(names - found):
+                raise UsageError(f"no experiment {name!r} in {file.name}")
+    before = list(session.items)
+    hook.expkit_collection_modifyitems(config=config, items=session.items)
+    session.deselected = [i for i in before if i not in session.items]
+    if session.deselected:
+        hook.expkit_deselected(items=session.deselected)
+    session.collect_seconds = time.perf_counter() - start
+    hook.expkit_collection_finish(session=session)
+
+
+def _stores(session: Session) -> None:
+    config = session.config
+    if config.option.unobserved:
+        return
+    urls = config.option.stores or ([config.settings.store] if config.settings.store else [])
+    if not urls:
+        urls = [str(config.rootdir / "runs")]
+    session.store_urls = urls
+    session.stores = [store_for_url(config.pluginmanager, url) for url in urls]
+
+
+def run_item(session: Session, item: Item) -> RunReport:
+    """Run one item with the session's overrides; never raises for the experiment's sake."""
+    config = session.config
+    option = config.option
+    updates = parse_overrides(option.overrides)
+    if option.seed is not None:
+        updates["seed"] = option.seed
+    capture = option.capture or config.settings.capture
+    beat = config.settings.beat_interval
+    options = {
+        "--capture": capture,
+        "--comment": option.comment,
+        "--unobserved": bool(option.unobserved),
+        "--beat-interval": beat,
+    }
+    start = time.perf_counter()
+    try:
+        run = create_run(
+            item.experiment,
+            item.experiment.default_command,
+            config_updates=updates or None,
+            named_configs=list(option.named),
+            options=options,
+            observers=session.stores,
+        )
+    except ExpkitError as exc:
+        return RunReport(item.nodeid, "ERROR", time.perf_counter() - start, message=str(exc))
+    try:
+        run()
+    except KeyboardInterrupt:
+        session.shouldstop = True
+    except BaseException:
+        pass
+    duration = time.perf_counter() - start
+    message = None
+    if run.status == FAILED and run.fail_trace:
+        message = run.fail_trace[-1].strip()
+    return RunReport(
+        item.nodeid,
+        run.status or FAILED,
+        duration,
+        run_id=run._id,
+        result=run.result,
+        message=message,
+        longrepr="".join(run.fail_trace) if run.fail_trace else None,
+    )
+
+
+@hookimpl(trylast=True)
+def expkit_runtestloop(session: Session) -> bool:
+    hook = session.config.pluginmanager.hook
+    for item in session.items:
+        report = run_item(session, item)
+        session.reports.append(report)
+        hook.expkit_run_logreport(report=report)
+        if session.shouldstop or (session.config.option.exitfirst and not report.ok):
+            break
+    return True
+
+
+def exit_code(session: Session) -> ExitCode:
+    """The exit code that sums up the session."""
+    if session.shouldstop and any(r.status != COMPLETED for r in session.reports[-1:]):
+        return ExitCode.INTERRUPTED
+    if any(r.status == "ERROR" for r in session.reports):
+        return ExitCode.USAGE_ERROR
+    if any(not r.ok for r in session.reports):
+        return ExitCode.RUNS_FAILED
+    return ExitCode.OK
+
+
+def _configure_logging(verbose: int) -> None:
+    # Runs log "Started run ..." at INFO; the reporter says that, so show it only with -v.
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s - %(name)s - %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose > 0 else logging.WARNING)
+
+
+@hookimpl(trylast=True)
+def expkit_cmdline_main(config: Any) -> int | None:
+    if config.command == "config":
+        return _config_command(config)
+    if config.command != "run":
+        return None
+    session = Session(config)
+    config.session = session
+    _configure_logging(getattr(config.option, "verbose", 0))
+    hook = config.pluginmanager.hook
+    parse_overrides(config.option.overrides)  # a malformed -o stops before collection
+    collect(session)
+    if config.option.collect_only:
+        code = _collect_only_code(session)
+        hook.expkit_sessionfinish(session=session, exitstatus=code)
+        return code
+    if session.errors:
+        code = ExitCode.INTERRUPTED
+    elif not session.items:
+        code = ExitCode.NO_EXPERIMENTS_COLLECTED
+    else:
+        _stores(session)
+        hook.expkit_runtestloop(session=session)
+        code = exit_code(session)
+    hook.expkit_sessionfinish(session=session, exitstatus=code)
+    return code
+
+
+def _collect_only_code(session: Session) -> ExitCode:
+    if session.errors:
+        return ExitCode.INTERRUPTED
+    if not session.items:
+        return ExitCode.NO_EXPERIMENTS_COLLECTED
+    return ExitCode.OK
+
+
+def _config_command(config: Any) -> int:
+    session = Session(config)
+    if len(config.option.paths) != 1 or "::" not in config.option.paths[0]:
+        raise UsageError("expkit config takes one node id: expkit config exp_iris.py::exp_rbf_svm")
+    collect(session)
+    if session.errors:
+        raise UsageError(f"cannot collect {config.option.paths[0]}:\n{session.errors[0].message}")
+    item = session.items[0]
+    updates = parse_overrides(config.option.overrides)
+    if config.option.seed is not None:
+        updates["seed"] = config.option.seed
+    item.experiment.run(
+        "print_config",
+        config_updates=updates or None,
+        named_configs=list(config.option.named),
+        options={"--unobserved": True, "--capture": "no"},
+    )
+    return ExitCode.OK
