@@ -82,6 +82,7 @@ class Binding:
     per_call: tuple[str, ...]  # _seed and _rnd: new on every call
     missing: tuple[str, ...]
     fast: dict[str, Any] | None  # the complete keyword arguments when nothing varies per call
+    fast_args: tuple | None = None  # the same as positional arguments, when they fit
     seeder: Any = None
     previous: Binding | None = None
 
@@ -97,6 +98,7 @@ class CapturedFunction:
         self.prefix = prefix
         self.params = parameters_of(fn)
         self.binding: Binding | None = None
+        self._fast: list = [None]  # the bound positional arguments, read by the wrapper
         self.logger = logging.getLogger(
             join_path(
                 ingredient.path if ingredient and not ingredient.is_experiment else "", fn.__name__
@@ -149,16 +151,33 @@ class CapturedFunction:
             n for n, v in values.items() if n != "_run" and n != "_log" and not _immutable(v)
         )
         fast = dict(values) if not (per_call or missing or mutable) else None
+        fast_args = None
+        if fast is not None and not self.params.keyword_only:
+            # Positional arguments are cheaper to pass than keywords.
+            if list(fast) == list(self.params.positional):
+                fast_args = tuple(fast.values())
         binding = Binding(
-            run, values, mutable, tuple(per_call), tuple(missing), fast, None, self.binding
+            run,
+            values,
+            mutable,
+            tuple(per_call),
+            tuple(missing),
+            fast,
+            fast_args,
+            None,
+            self.binding,
         )
-        self.binding = binding
+        self._set(binding)
         return binding
+
+    def _set(self, binding: Binding | None) -> None:
+        self.binding = binding
+        self._fast[0] = binding.fast_args if binding is not None else None
 
     def unbind(self) -> None:
         """Forget the current run's binding, restoring an outer one."""
         if self.binding is not None:
-            self.binding = self.binding.previous
+            self._set(self.binding.previous)
 
     def missing_error(
         self, names: tuple[str, ...] | list[str], run: Run | None = None
@@ -209,8 +228,12 @@ def capture(
     if hasattr(fn, "__expkit_captured__"):
         return fn
     cf = CapturedFunction(fn, ingredient, prefix)
+    fast_args = cf._fast
 
     def captured(*args: Any, **kwargs: Any) -> Any:
+        bound = fast_args[0]
+        if bound is not None and not args and not kwargs:
+            return fn(*bound)
         binding = cf.binding
         if binding is None:
             return fn(*args, **kwargs)

@@ -250,7 +250,14 @@ class ConfigScope:
         # As in Sacred, earlier entries and ingredients are readable only when declared.
         namespace.update({k: v for k, v in fallback.items() if k in self.arg_names})
         namespace.update({k: copy.deepcopy(v) for k, v in preset.items() if k in self.arg_names})
-        namespace.update(copy.deepcopy(fixed))
+        for key, value in fixed.items():
+            # A partial update of a dict entry the scope reads keeps the entry's other keys.
+            current = namespace.get(key) if key in self.arg_names else None
+            if isinstance(value, dict) and isinstance(current, dict):
+                namespace[key] = merge(copy.deepcopy(current), value)
+            else:
+                namespace[key] = copy.deepcopy(value)
+            fixed[key] = namespace[key]
         defaults: dict = {}
 
         def fix() -> None:
@@ -271,7 +278,7 @@ class ConfigScope:
         namespace[_FIX] = fix
         exec(self._code, namespace)  # the scope's own code, compiled from its source
         config: dict = copy.deepcopy(preset)
-        for key in [k for k in self.assigned if k not in preset] + list(fixed):
+        for key in self.assigned + [k for k in fixed if k not in self.assigned]:
             if key not in namespace or (key in fallback and key not in self.assigned):
                 continue
             value = namespace[key]

@@ -413,7 +413,9 @@ def create_run(
     main_function = find_command(experiment, command_name)
     summary = resolve_config(experiment, config_updates, named_configs, command_name)
     if not options["--force"]:
-        check_added_entries(experiment, summary, experiment.extra_functions())
+        check_added_entries(experiment, summary, [main_function, *experiment.extra_functions()])
+        for path in sorted(summary.added):
+            logging.getLogger(experiment.name).warning('Added new config entry: "%s"', path)
         for path, (old, new) in summary.typechanged.items():
             if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
                 logging.getLogger(experiment.name).warning(

@@ -50,4 +50,4 @@ def expkit_load_config_file(path: str) -> Any:
         raise
     except Exception as exc:
         # One line naming the file; the parser's message says where in it.
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read config file {path}: {' '.join(str(exc).split())}") from None

@@ -123,6 +123,10 @@ class TerminalReporter:
             for report in failed:
                 self.sep("_", report.nodeid, Fore.RED)
                 self.write_line(report.longrepr.rstrip())
+        stored = [str(r.run_id) for r in session.reports if r.run_id is not None]
+        if stored and session.store_urls:
+            where = ", ".join(session.store_urls)
+            self.write_line(f"stored {len(stored)} run(s) in {where}: id {', '.join(stored)}")
         self.config.pluginmanager.hook.expkit_terminal_summary(
             terminalreporter=self, exitstatus=exitstatus
         )
