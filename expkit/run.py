@@ -35,6 +35,7 @@ from expkit.configuration import (
     set_path,
     type_changed,
 )
+from expkit.delivery import GuardedStore
 from expkit.errors import (
     CommandNotFoundError,
     ConfigAddedError,
@@ -335,6 +336,10 @@ def _mongo_url(arg: str) -> str:
 def store_for_url(pm: PluginManager, url: str) -> Any:
     """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
     store = pm.hook.expkit_store_for_url(url=url)
+    if store is not None:
+        # Kept so that events a failing store missed can be replayed into a new one.
+        store._expkit_url = url
+        store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
     if store is None:
         schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
         raise UsageError(
@@ -485,37 +490,27 @@ def create_run(
 
 
 class Delivery:
-    """Calls the observers of a run; a failing observer is reported once and then skipped."""
+    """Calls the stores and plugins of a run; neither can stop the run (see :mod:`expkit.delivery`)."""
 
     def __init__(self, run: Run, observers: list) -> None:
         self.run = run
-        self.observers = observers
-        self.failed: set[int] = set()
+        self.guards = [
+            GuardedStore(
+                obs, getattr(obs, "_expkit_url", None), getattr(obs, "_expkit_factory", None)
+            )
+            for obs in observers
+        ]
         self.log = logging.getLogger("expkit")
 
-    def call_on(self, obs: Any, method: str, **kwargs: Any) -> Any:
-        """Call ``method`` on one observer unless it failed before; return its result."""
-        fn = getattr(obs, method, None)
-        if fn is None or id(obs) in self.failed:
-            return None
-        try:
-            return fn(**kwargs)
-        except UsageError:
-            raise  # the user asked for something impossible (a bad artifact name, a taken id)
-        except Exception as exc:
-            self.failed.add(id(obs))
-            self.log.warning(
-                "store %s failed in %s and is skipped for the rest of this run: %s",
-                type(obs).__name__,
-                method,
-                redact_url(str(exc)),
-            )
-            return None
-
     def call(self, method: str, **kwargs: Any) -> None:
-        """Call ``method`` on every observer that has not failed."""
-        for obs in self.observers:
-            self.call_on(obs, method, **kwargs)
+        """Deliver the event ``method`` to every store."""
+        for guard in self.guards:
+            guard.call(method, kwargs)
+
+    def finish(self) -> None:
+        """Give failed stores a last chance; what they still miss stays spooled."""
+        for guard in self.guards:
+            guard.finish()
 
     def hook(self, name: str, **kwargs: Any) -> None:
         """Fire the plugin hook ``name``; an exception there is reported, never raised."""
@@ -672,12 +667,13 @@ class Run:
         self.meta_info["queue_time"] = queue_time
         self._send_first("queued_event", queue_time=queue_time)
         self._delivery.hook("expkit_run_queued")
+        self._delivery.finish()
         self.run_logger.info('Queued-up run with ID "%s"', self._id)
 
     def _send_first(self, event: str, **times: Any) -> None:
         # In priority order: the first store that names an id names it for all others.
-        for obs in self.observers:
-            _id = self._delivery.call_on(obs, event, **self._start_args(), **times)
+        for guard in self._delivery.guards:
+            _id = guard.call(event, {**self._start_args(), **times})
             if _id is not None and self._id is None:
                 self._id = _id
 
@@ -782,6 +778,7 @@ class Run:
             )
             self._delivery.hook("expkit_run_interrupted")
         self._delivery.call("join")
+        self._delivery.finish()
         for fn in bound:
             captured_state(fn).unbind()
         self.experiment.current_run = previous_run

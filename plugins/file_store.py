@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +38,8 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import dumps, format_time, to_data
+
+log = logging.getLogger("expkit")
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
@@ -119,6 +122,29 @@ class FileStorageObserver(RunObserver):
 
     def __repr__(self) -> str:
         return f"FileStorageObserver({self.basedir!r})"
+
+    def resume(self, _id: Any) -> None:
+        """Go on recording the stored run ``_id``: its spooled events are being replayed."""
+        with self._lock:
+            self._reset()
+            path = os.path.join(self.basedir, _checked_id(_id))
+            if not os.path.isdir(path):
+                raise UsageError(f"cannot resume run {_id!r}: no folder {path}")
+            self.dir = path
+            self.run_entry = _load_json(self._path(RUN_FILE), {})
+            self.config = _load_json(self._path(CONFIG_FILE), {})
+            self.info = _load_json(self._path(INFO_FILE), {})
+            if self.info:
+                self._info_text = dumps(self.info)
+            try:
+                with open(self._path(COUT_FILE), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                text = ""
+            self._cout_len, self._cout_tail = len(text), text[-_COUT_TAIL:]
+            metrics = read_metrics_log(self._path(METRICS_LOG))
+            self._points = sum(len(m.get("steps", ())) for m in metrics.values())
+            self._points_saved = self._points if metrics else None
 
     # --- events ----------------------------------------------------------------
 
@@ -271,7 +297,12 @@ class FileStorageObserver(RunObserver):
             saved = self._points_saved
             # Rewriting only after doubling keeps the total work linear in the points.
             if saved is None or (self._points > saved and self._points >= 2 * saved):
-                self._save_metrics()
+                try:
+                    self._save_metrics()
+                except OSError as exc:
+                    # The points are in the log already: failing here would make a replay
+                    # record them twice. metrics.json is rebuilt at the next chance.
+                    log.debug("metrics.json not refreshed: %s", exc)
 
     def join(self) -> None:
         """Nothing to wait for: every event is written before it returns."""

@@ -1,1 +1,654 @@
-"""Placeholder: this plugin is being written."""
+"""The TinyDB store: runs as Sacred's TinyDbObserver documents in one JSON file.
+
+A store at ``PATH`` holds::
+
+    PATH/metadata.json          TinyDB's JSON layout: {"runs": {"1": {...}}, "metrics": {...}}
+    PATH/metadata.json.lock     the lock file, also holding a counter of writes
+    PATH/hashfs/ab/cd/ef/<rest> sources, resources and artifacts by md5 (HashFS, depth 3, width 2)
+
+Run documents have the fields of Sacred's TinyDbObserver (``_id``, ``experiment``,
+``format``, ``command``, ``host``, ``start_time``, ``config``, ``meta``, ``status``,
+``resources``, ``artifacts``, ``captured_out``, ``info``, ``heartbeat``, ``result``,
+``stop_time``, ``fail_trace``). Unlike Sacred, metrics are kept too, in the
+``metrics`` table with one document per run and metric name, and queued runs
+are recorded.
+
+Cost: TinyDB's JSON storage rewrites the whole file on every write, so one write
+costs time in proportion to everything already stored. A run is therefore
+written a bounded number of times: once when it starts (or is queued), once when
+it ends, and in between at most once every ``write_interval`` seconds, each such
+write carrying every heartbeat, metric, artifact and resource gathered since.
+Recording a run thus costs a constant number of whole-file writes however often
+it beats, instead of one per heartbeat as in Sacred.
+
+Several processes may share a store: each write holds an exclusive ``flock`` on
+the lock file, re-reads the JSON only when it changed since this observer last
+saw it (the write counter plus the file's inode, mtime and size), and replaces
+the file atomically, so plain ``tinydb`` readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tinydb import Query, TinyDB
+from tinydb.table import Document
+
+from expkit.errors import ExpkitError, UsageError
+from expkit.observers import RunObserver
+from expkit.pluginmanager import hookimpl
+from expkit.serialize import to_data
+
+FORMAT = "TinyDbObserver-expkit-1"
+SCHEME = "tinydb"
+DB_FILE = "metadata.json"
+HASHFS_DIR = "hashfs"
+
+_log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FINAL_ATTEMPTS = 3
+
+
+class StoreError(ExpkitError):
+    """The TinyDB store cannot be read or written."""
+
+
+# --- the shared JSON file ---------------------------------------------------------
+
+
+class _SharedJsonFile:
+    """A TinyDB JSON file that several processes change, one at a time, under an flock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+        self._data: dict | None = None
+        # (write counter, inode, mtime, size) of the file ``_data`` was read from.
+        self._seen: tuple | None = None
+
+    def read(self, fn: Callable[[dict], Any]) -> Any:
+        """Call ``fn`` on the current data (do not change it) under a shared lock."""
+        with self._locked(fcntl.LOCK_SH) as fd:
+            return fn(self._current(fd))
+
+    def update(self, fn: Callable[[dict], Any]) -> Any:
+        """Call ``fn`` on the current data under an exclusive lock and write the result."""
+        with self._locked(fcntl.LOCK_EX) as fd:
+            try:
+                result = fn(self._current(fd))
+                self._write(fd, self._data)
+            except BaseException:
+                # ``fn`` may have changed the cached data before the failure.
+                self._data = self._seen = None
+                raise
+            return result
+
+    @contextlib.contextmanager
+    def _locked(self, how: int) -> Iterator[int]:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, how)
+            yield fd
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _current(self, fd: int) -> dict:
+        counter = _read_counter(fd)
+        try:
+            st = os.stat(self.path)
+            seen: tuple = (counter, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = (counter, None)
+        if self._data is None or seen != self._seen:
+            self._data = _parse(self.path) if seen[1] is not None else {}
+            self._seen = seen
+        return self._data
+
+    def _write(self, fd: int, data: dict) -> None:
+        text = json.dumps(data)  # ASCII only, so any reader's locale decodes it
+        try:
+            mode = os.stat(self.path).st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        tmp_fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(tmp_fd, "w", encoding="ascii") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        counter = _read_counter(fd) + 1
+        payload = str(counter).encode()
+        os.pwrite(fd, payload, 0)
+        os.ftruncate(fd, len(payload))
+        st = os.stat(self.path)
+        self._seen = (counter, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _read_counter(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0) or b"0")
+    except ValueError:
+        return 0
+
+
+def _parse(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        return {}  # plain TinyDB creates the file empty
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path}: not a TinyDB JSON file ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(t, dict) for t in data.values()):
+        raise StoreError(f"{path}: not a TinyDB JSON file (expected an object of tables)")
+    return data
+
+
+def _next_doc_id(table: dict) -> int:
+    """The id TinyDB itself would give the next document of ``table``."""
+    return max((int(k) for k in table if k.isdigit()), default=0) + 1
+
+
+# --- content-addressed files ------------------------------------------------------
+
+
+def _hashfs_relpath(md5: str) -> str:
+    """Where HashFS (depth 3, width 2) keeps the file with this md5, relative to the store."""
+    return "/".join([HASHFS_DIR, md5[0:2], md5[2:4], md5[4:6], md5[6:]])
+
+
+def _put_file(root: Path, source: Path) -> tuple[str, str]:
+    """Copy ``source`` into the store's hashfs unless already there; return (md5, relpath)."""
+    hashfs = root / HASHFS_DIR
+    hashfs.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    tmp_fd, tmp = tempfile.mkstemp(dir=hashfs, prefix=".put-", suffix=".tmp")
+    try:
+        with os.fdopen(tmp_fd, "wb") as out, open(source, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        md5 = digest.hexdigest()
+        relpath = _hashfs_relpath(md5)
+        target = root / relpath
+        if target.exists():
+            os.unlink(tmp)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, target)  # same content from a racing process is harmless
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return md5, relpath
+
+
+# --- the observer -----------------------------------------------------------------
+
+
+class TinyDbObserver(RunObserver):
+    """Sacred's TinyDbObserver: runs in ``PATH/metadata.json``, files in ``PATH/hashfs``.
+
+    Times are stored as the plain ISO strings of :func:`expkit.serialize.format_time`.
+    Sacred tagged them (``"{TinyDate}:2024-..."``) for its own TinyDB serializer,
+    which a reader needs to get datetimes back; plain strings read the same with
+    plain ``tinydb`` or any JSON tool, and sort in time order.
+
+    ``overwrite=_id`` makes the next run replace the stored run with that ``_id``.
+    ``write_interval`` is the least number of seconds between two writes caused by
+    heartbeats, metrics, artifacts or resources; the start and end of a run are
+    always written at once.
+    """
+
+    priority = 0
+    VERSION = FORMAT
+
+    def __init__(
+        self,
+        path: str | os.PathLike = "./runs_db",
+        overwrite: Any = None,
+        *,
+        write_interval: float = 30.0,
+        db_file: str = DB_FILE,
+    ) -> None:
+        root = Path(path).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"TinyDB store path {str(root)!r} is a file, not a directory")
+        if not write_interval >= 0:
+            raise UsageError(f"write_interval must be >= 0 seconds, got {write_interval!r}")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create TinyDB store at {str(root)!r}: {exc}") from None
+        self.root = root
+        self.db_path = root / db_file
+        self.overwrite = overwrite
+        self.write_interval = float(write_interval)
+        self._db = _SharedJsonFile(self.db_path)
+        self._lock = threading.RLock()
+        self._entry: dict | None = None
+        self._doc_id: str | None = None
+        self._metric_doc_ids: dict[str, str] = {}
+        self._pending_metrics: dict[str, dict[str, list]] = {}
+        self._dirty = False
+        self._last_write = 0.0
+        self._overwrite_used = False
+        if overwrite is not None and self._db.read(lambda d: _find(d, "runs", overwrite)) is None:
+            raise UsageError(f"no run with _id {overwrite!r} to overwrite in {self.db_path}")
+
+    def __repr__(self) -> str:
+        return f"TinyDbObserver({str(self.root)!r})"
+
+    # --- events ---
+
+    def queued_event(
+        self,
+        ex_info: dict,
+        command: str,
+        host_info: dict,
+        queue_time: Any,
+        config: dict,
+        meta_info: dict,
+        _id: Any,
+    ) -> Any:
+        """Record the run as ``QUEUED``; return its id."""
+        entry = {
+            "experiment": self._experiment(ex_info),
+            "command": command,
+            "host": host_info,
+            "config": config,
+            "meta": {**meta_info, "queue_time": queue_time},
+            "status": "QUEUED",
+        }
+        return self._begin(entry, _id)
+
+    def started_event(
+        self,
+        ex_info: dict,
+        command: str,
+        host_info: dict,
+        start_time: Any,
+        config: dict,
+        meta_info: dict,
+        _id: Any,
+    ) -> Any:
+        """Store the run's document and sources; return its id (a uuid4 hex if none given)."""
+        entry = {
+            "experiment": self._experiment(ex_info),
+            "format": FORMAT,
+            "command": command,
+            "host": host_info,
+            "start_time": start_time,
+            "config": config,
+            "meta": meta_info,
+            "status": "RUNNING",
+            "resources": [],
+            "artifacts": [],
+            "captured_out": "",
+            "info": {},
+            "heartbeat": None,
+        }
+        return self._begin(entry, _id)
+
+    def heartbeat_event(self, info: dict, captured_out: str, beat_time: Any, result: Any) -> None:
+        """Keep the news; written with the next write (at most one per ``write_interval``)."""
+        with self._lock:
+            self._change(
+                info=to_data(info),
+                captured_out=captured_out,
+                heartbeat=to_data(beat_time),
+                result=to_data(result),
+            )
+            self._save_soon()
+
+    def completed_event(self, stop_time: Any, result: Any) -> None:
+        """Write the run as ``COMPLETED`` with its result."""
+        self._change(stop_time=to_data(stop_time), result=to_data(result), status="COMPLETED")
+        self._save_final()
+
+    def interrupted_event(self, interrupt_time: Any, status: str) -> None:
+        """Write the run with the interrupt's ``status``."""
+        self._change(stop_time=to_data(interrupt_time), status=status)
+        self._save_final()
+
+    def failed_event(self, fail_time: Any, fail_trace: list[str]) -> None:
+        """Write the run as ``FAILED`` with its traceback."""
+        self._change(stop_time=to_data(fail_time), status="FAILED", fail_trace=to_data(fail_trace))
+        self._save_final()
+
+    def resource_event(self, filename: str) -> None:
+        """Keep ``filename`` in hashfs and record ``[filename, md5, hashfs path]``."""
+        md5, relpath = self._put(filename, "resource")
+        with self._lock:
+            resources = self._require("resource_event")["resources"]
+            if not any(r[0] == str(filename) and r[1] == md5 for r in resources):
+                self._change(resources=[*resources, [str(filename), md5, relpath]])
+            self._save_soon()
+
+    def artifact_event(
+        self,
+        name: str,
+        filename: str,
+        metadata: dict | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Keep ``filename`` in hashfs and record it as artifact ``name``.
+
+        The entry is Sacred's ``[name, filename, md5, hashfs path]`` plus
+        ``{"metadata", "content_type"}``; a later artifact of the same name
+        replaces the entry. The name is only recorded, never used as a path.
+        """
+        name = str(name) if name else os.path.basename(filename)
+        md5, relpath = self._put(filename, "artifact")
+        extra = {"metadata": to_data(metadata), "content_type": content_type}
+        with self._lock:
+            kept = [a for a in self._require("artifact_event")["artifacts"] if a[0] != name]
+            self._change(artifacts=[*kept, [name, str(filename), md5, relpath, extra]])
+            self._save_soon()
+
+    def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
+        """Add new metric values to the run's documents in the ``metrics`` table."""
+        with self._lock:
+            self._require("log_metrics")
+            for name, metric in metrics_by_name.items():
+                pending = self._pending_metrics.setdefault(
+                    str(name), {"steps": [], "values": [], "timestamps": []}
+                )
+                for key in pending:
+                    pending[key].extend(to_data(list(metric[key])))
+            self._dirty = True
+            self._save_soon()
+
+    def join(self) -> None:
+        """Write whatever is still only in memory."""
+        with self._lock:
+            if self._dirty and self._entry is not None:
+                self._save()
+
+    # --- keeping state ---
+
+    def _experiment(self, ex_info: dict) -> dict:
+        """``ex_info`` with each source ``[name, md5]`` stored and recorded as Sacred's
+        ``[name, md5, hashfs path]``; ``ex_info`` itself is left alone."""
+        experiment = to_data(ex_info)
+        base_dir = Path(ex_info.get("base_dir") or ".")
+        sources = []
+        for name, md5 in ex_info.get("sources", []):
+            try:
+                md5, relpath = _put_file(self.root, base_dir / name)
+            except OSError as exc:
+                _log.warning("TinyDB store: cannot keep source %s: %s", name, exc)
+                relpath = None
+            sources.append([name, md5, relpath])
+        experiment["sources"] = sources
+        return experiment
+
+    def _put(self, filename: str, what: str) -> tuple[str, str]:
+        source = Path(filename)
+        if not source.is_file():
+            raise UsageError(f"cannot store {what} {str(filename)!r}: no such file")
+        return _put_file(self.root, source)
+
+    def _require(self, event: str) -> dict:
+        if self._entry is None:
+            raise StoreError(f"TinyDbObserver got {event} before any run started")
+        return self._entry
+
+    def _change(self, **fields: Any) -> None:
+        # Values are replaced, never changed in place: the written document is a
+        # shallow copy of the entry, so its lists are shared with the cached file.
+        with self._lock:
+            self._require("an event").update(fields)
+            self._dirty = True
+
+    def _begin(self, entry: dict, _id: Any) -> Any:
+        with self._lock:
+            if self.overwrite is not None:
+                if self._overwrite_used:
+                    raise UsageError(
+                        f"TinyDbObserver(overwrite={self.overwrite!r}) already replaced that "
+                        "run once; make a new observer for the next run"
+                    )
+                self._overwrite_used = True
+                _id = self.overwrite
+            elif _id is None:
+                _id = uuid.uuid4().hex
+            self._entry = {"_id": to_data(_id), **to_data(entry)}
+            self._doc_id = None
+            self._metric_doc_ids = {}
+            self._pending_metrics = {}
+            self._save()
+            return _id
+
+    def _save_soon(self) -> None:
+        if time.monotonic() - self._last_write < self.write_interval:
+            return
+        try:
+            self._save()
+        except (OSError, StoreError) as exc:
+            # Kept in memory; the next write (at the latest the final one) retries.
+            self._last_write = time.monotonic()
+            _log.warning("TinyDB store %s: cannot write now, will retry: %s", self.db_path, exc)
+
+    def _save_final(self) -> None:
+        with self._lock:
+            for attempt in range(_FINAL_ATTEMPTS):
+                try:
+                    self._save()
+                    return
+                except (OSError, StoreError) as exc:
+                    error = exc
+                    if attempt + 1 < _FINAL_ATTEMPTS:
+                        time.sleep(0.2 * (attempt + 1))
+            kept = self._keep_locally()
+            raise StoreError(
+                f"cannot write run {self._entry['_id']!r} to {self.db_path}: {error}; "  # type: ignore[index]
+                f"kept it in {kept}"
+            ) from error
+
+    def _keep_locally(self) -> Path:
+        run_id = re.sub(r"[^\w.-]", "_", str(self._entry["_id"]))  # type: ignore[index]
+        fd, name = tempfile.mkstemp(prefix=f"expkit-tinydb-{run_id}-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(
+                {"store": str(self.db_path), "run": self._entry, "metrics": self._pending_metrics},
+                f,
+            )
+        return Path(name)
+
+    def _save(self) -> None:
+        self._dirty = True
+        self._db.update(self._apply)
+        self._pending_metrics = {}
+        self._dirty = False
+        self._last_write = time.monotonic()
+
+    def _apply(self, data: dict) -> None:
+        """Put this run's document and new metric values into ``data`` (under the lock)."""
+        entry = self._entry
+        assert entry is not None
+        run_id = entry["_id"]
+        runs = data.setdefault("runs", {})
+        key = self._doc_id
+        if key is None or runs.get(key, {}).get("_id") != run_id:
+            key = _find(data, "runs", run_id)
+            if self._doc_id is None:  # the run's first write
+                if self.overwrite is not None and key is None:
+                    raise UsageError(f"no run with _id {run_id!r} to overwrite in {self.db_path}")
+                if self.overwrite is None and key is not None:
+                    raise UsageError(
+                        f"a run with _id {run_id!r} is already stored in {self.db_path}; "
+                        f"pass overwrite={run_id!r} to replace it"
+                    )
+                if self.overwrite is not None:
+                    _drop_metrics(data, run_id)
+            if key is None:
+                key = str(_next_doc_id(runs))
+        runs[key] = dict(entry)
+        self._doc_id = key
+        if self._pending_metrics:
+            self._apply_metrics(data.setdefault("metrics", {}), run_id)
+
+    def _apply_metrics(self, table: dict, run_id: Any) -> None:
+        for name, new in self._pending_metrics.items():
+            key = self._metric_doc_ids.get(name)
+            doc = table.get(key) if key is not None else None
+            if doc is None or doc.get("run_id") != run_id or doc.get("name") != name:
+                key = next(
+                    (
+                        k
+                        for k, d in table.items()
+                        if d.get("run_id") == run_id and d.get("name") == name
+                    ),
+                    None,
+                )
+                if key is None:
+                    key = str(_next_doc_id(table))
+                    table[key] = {
+                        "run_id": run_id,
+                        "name": name,
+                        "steps": [],
+                        "values": [],
+                        "timestamps": [],
+                    }
+                doc = table[key]
+            table[key] = {**doc, **{k: [*doc.get(k, []), *v] for k, v in new.items()}}
+            self._metric_doc_ids[name] = key
+
+
+def _find(data: dict, table: str, run_id: Any) -> str | None:
+    """The document key of the run with ``_id == run_id`` in ``table``."""
+    return next((k for k, d in data.get(table, {}).items() if d.get("_id") == run_id), None)
+
+
+def _drop_metrics(data: dict, run_id: Any) -> None:
+    metrics = data.get("metrics", {})
+    for key in [k for k, d in metrics.items() if d.get("run_id") == run_id]:
+        del metrics[key]
+
+
+# --- the reader -------------------------------------------------------------------
+
+
+class TinyDbReader:
+    """Read a store written by :class:`TinyDbObserver` (Sacred's reader, in short)."""
+
+    def __init__(self, path: str | os.PathLike = "./runs_db", *, db_file: str = DB_FILE) -> None:
+        self.root = Path(path).expanduser()
+        self.db_path = self.root / db_file
+        if not self.db_path.is_file():
+            raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
+
+    def _search(self, table: str, query: Any = None) -> list[Document]:
+        # A new TinyDB each time: the observer replaces the file, and an open
+        # TinyDB would keep reading the old one.
+        with TinyDB(self.db_path, access_mode="r") as db:
+            t = db.table(table)
+            return t.search(query) if query is not None else t.all()
+
+    def fetch_metadata(
+        self,
+        exp_name: str | None = None,
+        query: Any = None,
+        indices: int | Sequence[int] | None = None,
+    ) -> list[Document]:
+        """Run documents whose experiment name matches the regex ``exp_name`` and
+        ``query`` (a tinydb query), optionally only those at ``indices``."""
+        q = query
+        if exp_name is not None:
+            try:
+                re.compile(exp_name)
+            except re.error as exc:
+                raise UsageError(f"exp_name {exp_name!r} is not a valid regex: {exc}") from None
+            by_name = Query().experiment.name.search(exp_name)
+            q = by_name if q is None else by_name & q
+        runs = self._search("runs", q)
+        if indices is None:
+            return runs
+        picked = []
+        for i in [indices] if isinstance(indices, int) else indices:
+            if not -len(runs) <= i < len(runs):
+                raise UsageError(f"index {i} is out of range: {len(runs)} runs match")
+            picked.append(runs[i])
+        return picked
+
+    def fetch_metrics(self, run_id: Any) -> dict[str, Document]:
+        """The metrics of run ``run_id``: ``{name: {"steps", "values", "timestamps", ...}}``."""
+        docs = self._search("metrics", Query().run_id == run_id)
+        return {doc["name"]: doc for doc in docs}
+
+    def fetch_files(
+        self,
+        exp_name: str | None = None,
+        query: Any = None,
+        indices: int | Sequence[int] | None = None,
+    ) -> list[dict]:
+        """For each matching run, the stored paths of its sources, resources and artifacts."""
+
+        def path(relpath: str | None) -> Path | None:
+            return None if relpath is None else self.root / relpath
+
+        return [
+            {
+                "exp_name": run["experiment"]["name"],
+                "exp_id": run["_id"],
+                "date": run.get("start_time"),
+                "sources": {s[0]: path(s[2]) for s in run["experiment"].get("sources", [])},
+                "resources": {r[0]: path(r[2]) for r in run.get("resources", [])},
+                "artifacts": {a[0]: path(a[3]) for a in run.get("artifacts", [])},
+            }
+            for run in self.fetch_metadata(exp_name, query, indices)
+        ]
+
+
+# --- hooks ------------------------------------------------------------------------
+
+
+@hookimpl
+def expkit_store_for_url(url: str) -> TinyDbObserver | None:
+    """Claim ``tinydb://PATH`` (a store directory) and ``tinydb://PATH/NAME.json``."""
+    prefix = f"{SCHEME}://"
+    if not url.lower().startswith(prefix):
+        return None
+    rest = url[len(prefix) :]
+    if not rest:
+        raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
+    path = Path(rest).expanduser()
+    if path.suffix == ".json" and not path.is_dir():
+        return TinyDbObserver(path.parent, db_file=path.name)
+    return TinyDbObserver(path)
+
+
+@hookimpl
+def expkit_store_schemes() -> list[str]:
+    """The TinyDB store claims ``tinydb://``."""
+    return [SCHEME]
+
+
+@hookimpl
+def expkit_observer_class(name: str) -> type | None:
+    """``TinyDbObserver`` and ``TinyDbReader`` for ``from expkit.observers import ...``."""
+    return {"TinyDbObserver": TinyDbObserver, "TinyDbReader": TinyDbReader}.get(name)
