@@ -182,6 +182,9 @@ def type_changed(old: Any, new: Any) -> bool:
     """Whether replacing ``old`` by ``new`` changes the type (tuple and list are the same; from None is not a change)."""
     if old is None or new is None:
         return False
+    numbers = (int, float)
+    if type(old) in numbers and type(new) in numbers:
+        return False  # gamma=7 for 0.7 is a new value, not a new kind of entry
     kinds = {tuple: list}
     return kinds.get(type(old), type(old)) is not kinds.get(type(new), type(new))
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from expkit.utils import redact_url
 log = logging.getLogger("expkit")
 
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
-_FINAL_WAIT = 5.0  # how long the end of a run waits for a recovering store
+_QUIET = 5.0  # the end of a run tries a failed store once more unless it failed this recently
 
 
 def spool_root() -> Path:
@@ -183,6 +184,7 @@ class GuardedStore:
         self._lock = threading.RLock()
         self._retry: threading.Thread | None = None
         self._stop = threading.Event()
+        self._last_failure = 0.0
         self._replay_old()
 
     def __repr__(self) -> str:
@@ -210,6 +212,7 @@ class GuardedStore:
             return None
 
     def _fail(self, method: str, exc: Exception) -> None:
+        self._last_failure = time.monotonic()
         log.warning(
             "store %s failed (%s: %s); its events are kept in %s and retried",
             self.name,
@@ -261,6 +264,7 @@ class GuardedStore:
             try:
                 run_id = replay(self.spooled, self.store)
             except Exception as exc:
+                self._last_failure = time.monotonic()
                 log.debug("store %s still failing: %s", self.name, redact_url(str(exc)))
                 return False
             self.started, self.store_id, self.spooled = True, run_id, None
@@ -268,14 +272,11 @@ class GuardedStore:
             return True
 
     def finish(self) -> None:
-        """At the end of the run: a last chance for the store, then leave the rest spooled."""
+        """At the end of the run: one more try unless the store just failed, then leave the rest."""
         if self.spooled is None:
             return
-        deadline = threading.Event()
-        waited = 0.0
-        while waited < _FINAL_WAIT and not self.try_replay():
-            deadline.wait(0.5)
-            waited += 0.5
+        if time.monotonic() - self._last_failure >= _QUIET:
+            self.try_replay()
         self._stop.set()
         if self.spooled is not None:
             where = getattr(self.spooled, "folder", "memory")

@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pluggy
 
 from expkit.captured import SPECIAL_NAMES, captured_state
 from expkit.configuration import (
@@ -320,6 +322,19 @@ def _options(options: Mapping | None) -> dict:
     return result
 
 
+def _log_level(level: Any) -> int:
+    """A log level given as a number or a name (DEBUG, INFO, ...)."""
+    text = str(level).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    number = logging.getLevelName(text.upper())
+    if not isinstance(number, int):
+        raise UsageError(
+            f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
+        )
+    return number
+
+
 def _mongo_url(arg: str) -> str:
     """Sacred's ``-m [host:port:]db_name`` (or a URL) as a MongoDB URL."""
     if "://" in arg:
@@ -409,8 +424,7 @@ def create_run(
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
     if options["--loglevel"] is not None:
-        level = options["--loglevel"]
-        logging.getLogger().setLevel(int(level) if str(level).isdigit() else str(level).upper())
+        logging.getLogger().setLevel(_log_level(options["--loglevel"]))
     if command_name is None:
         raise CommandNotFoundError(
             f"experiment {experiment.name!r} has no main function: decorate one with @ex.main"
@@ -460,6 +474,11 @@ def create_run(
             ) from None
     meta.update(meta_info or {})
     beat = options["--beat-interval"]
+    if beat is not None:
+        try:
+            beat = float(beat)
+        except ValueError:
+            raise UsageError(f"--beat-interval must be a number of seconds, not {beat!r}") from None
     run = Run(
         experiment=experiment,
         command_name=command_name,
@@ -576,6 +595,8 @@ class Run:
         self.pre_run_hooks = [f for ing, _ in levels for f in ing.pre_run_hooks]
         self.post_run_hooks = [f for ing, _ in levels for f in ing.post_run_hooks]
         self.run_logger = logging.getLogger(experiment_info.name)
+        # Asked before output capture replaces stdout: commands colour their output by it.
+        self.stdout_is_terminal = sys.stdout.isatty()
         self._output = CapturedOutput(experiment.captured_out_filter)
         self._metrics: list[tuple[str, int, Any, float]] = []
         self._steps: dict[str, int] = {}
@@ -702,13 +723,14 @@ class Run:
     def _execute(self, args: tuple) -> Any:
         pm = self.plugin_manager
         experiment = self.experiment
+        # Seeding and other set-up come first: a run they refuse never starts.
+        pm.hook.expkit_run_setup(run=self)
         previous_run, experiment.current_run = experiment.current_run, self
         bound = self._bind()
         self._capture = pm.hook.expkit_make_capture(run=self, mode=self.capture_mode)
         old_handler = _install_sigterm()
         outcome: BaseException | None = None
         try:
-            pm.hook.expkit_run_setup(run=self)
             if self._capture is not None:
                 self._capture.start()
             self.status = RUNNING
@@ -853,18 +875,25 @@ def _restore_sigterm(previous: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-_INTERNAL = (
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
-    os.path.dirname(os.path.abspath(logging.__file__)),
-)
+def _internal_folders() -> tuple[str, ...]:
+    import importlib.util
+
+    folders = [os.path.dirname(os.path.abspath(__file__))]
+    spec = importlib.util.find_spec("expkit_plugins")  # located, not imported
+    if spec is not None and spec.submodule_search_locations:
+        folders += [os.path.abspath(p) for p in spec.submodule_search_locations]
+    folders.append(os.path.dirname(os.path.abspath(pluggy.__file__)))
+    return tuple(f + os.sep for f in folders)
+
+
+_INTERNAL: tuple[str, ...] | None = None
 
 
 def _internal(filename: str) -> bool:
-    return (
-        filename.startswith(_INTERNAL[0])
-        or "expkit_plugins" in filename
-        or (os.sep + "pluggy" + os.sep in filename)
-    )
+    global _INTERNAL
+    if _INTERNAL is None:
+        _INTERNAL = _internal_folders()
+    return os.path.abspath(filename).startswith(_INTERNAL)
 
 
 def format_user_traceback(exc: BaseException) -> list[str]:

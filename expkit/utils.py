@@ -63,7 +63,8 @@ class CapturedOutput:
     total work stays linear in the output's size.
 
     Any other filter is applied to the whole raw text each time the text changes, as Sacred
-    does; it may rewrite earlier output, but it costs the whole text at every read.
+    does; it may rewrite earlier output, but it costs the whole text at every read, and the
+    stable text stops growing while the filtered text disagrees with it.
     """
 
     # Between reads, the unfinished line is compacted once it has doubled and grown past this.
@@ -182,10 +183,17 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
 
 
 def parse_literal(text: str) -> object:
-    """Return the Python literal ``text`` denotes, or ``text`` itself when it is no literal."""
+    """Return the Python literal ``text`` denotes, or ``text`` itself when it is no literal.
+
+    Text that opens a list, dict, tuple or string but does not close it is a mistake,
+    not a string: it raises :class:`ValueError` saying so.
+    """
     if not text.strip():
         return text
     try:
         return ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+        if text.lstrip()[:1] in ("[", "{", "(", "'", '"'):
+            reason = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+            raise ValueError(f"{text!r} is not a valid Python literal ({reason})") from None
         return text

@@ -10,7 +10,7 @@ from typing import Any
 
 from colorama import Fore, Style
 
-from expkit.config import ConfigScope, join_path
+from expkit.configuration import ConfigScope, join_path
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
 
@@ -19,8 +19,11 @@ _RESET = Style.RESET_ALL
 _DOC_COLUMN = 35
 
 
-def _use_colour() -> bool:
-    return sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
+def _use_colour(run: Any = None) -> bool:
+    terminal = getattr(run, "stdout_is_terminal", None)
+    if terminal is None:
+        terminal = sys.stdout.isatty()
+    return terminal and os.environ.get("NO_COLOR") is None
 
 
 def _paint(text: str, kind: str | None, colour: bool) -> str:
@@ -73,13 +76,13 @@ def format_config(config: dict, summary: Any, colour: bool) -> str:
 
 def print_config(_run: Any) -> None:
     """Print the configuration of this run: changes coloured, documentation aligned."""
-    print(format_config(_run.config, _run.config_modifications, _use_colour()))
+    print(format_config(_run.config, _run.config_modifications, _use_colour(_run)))
 
 
 def print_dependencies(_run: Any) -> None:
     """Print the packages, source files and git repositories this experiment depends on."""
     record = _run.experiment_record
-    colour = _use_colour()
+    colour = _use_colour(_run)
     lines = ["Dependencies:"]
     lines += [f"  {d.name:<20} == {d.version}" for d in record.dependencies]
     lines += ["", "Sources:"]
@@ -113,7 +116,7 @@ def save_config(_config: dict, _log: Any, config_filename: str = "config.json") 
 
 def print_named_configs(_run: Any) -> None:
     """Print the named configs of this experiment and their documentation."""
-    colour = _use_colour()
+    colour = _use_colour(_run)
     lines = [f"Named Configurations ({_paint('doc', 'doc', colour)}):"]
     named = list(_run.experiment.gather_named_configs())
     if not named:

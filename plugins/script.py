@@ -113,7 +113,10 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
             key = key.strip()
             if not key:
                 raise UsageError(f"update {token!r} has no key; write KEY=VALUE")
-            config_updates[key] = parse_literal(value.strip())
+            try:
+                config_updates[key] = parse_literal(value.strip())
+            except ValueError as exc:
+                raise UsageError(f"update {token!r}: {exc}") from None
         else:
             named_configs.append(token.strip())
     command = positional[0] if positional else None

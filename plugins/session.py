@@ -99,7 +99,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise UsageError(f"malformed -o {pair!r}: write -o KEY=VALUE, e.g. -o C=3")
         if any(not part.isidentifier() for part in key.split(".")):
             raise UsageError(f"malformed -o {pair!r}: {key!r} is not a config key")
-        updates[key] = parse_literal(value.strip())
+        try:
+            updates[key] = parse_literal(value.strip())
+        except ValueError as exc:
+            raise UsageError(f"malformed -o {pair!r}: {exc}") from None
     return updates
 
 

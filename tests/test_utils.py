@@ -1,0 +1,307 @@
+"""The output filter, captured-output accumulator, redaction, suggestions and literal parsing."""
+
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from expkit.utils import (
+    CapturedOutput,
+    apply_backspaces_and_linefeeds,
+    parse_literal,
+    redact_argv,
+    redact_url,
+    suggest,
+)
+
+# --- apply_backspaces_and_linefeeds ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text\nno controls\n", "plain text\nno controls\n"),
+        ("  0%|          |\r 50%|#####     |\r100%|##########|\n", "100%|##########|\n"),
+        ("abcdef\rXY", "XYcdef"),
+        ("abc\b\bX", "aXc"),
+        ("ab\b\b\b\bX", "Xb"),
+        ("ab\n\bX", "ab\nX"),
+        ("line 1\r\nline 2\r\n", "line 1\nline 2\n"),
+        ("epoch 1\r\repoch 2\n\n", "epoch 2\n\n"),
+        ("done\r", "done"),
+        ("\b\r\b", ""),
+        ("", ""),
+    ],
+)
+def test_interprets_carriage_returns_and_backspaces_like_a_terminal(raw, shown):
+    assert apply_backspaces_and_linefeeds(raw) == shown
+
+
+def test_is_marked_incremental():
+    assert apply_backspaces_and_linefeeds.incremental is True
+
+
+# --- CapturedOutput ----------------------------------------------------------------
+
+_OUTPUT = st.text(alphabet="ab\r\b\n\u00e9", max_size=80)
+
+
+def _chunked(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    return [text[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _is_prefix(a: str, b: str) -> bool:
+    return b.startswith(a)
+
+
+class _EagerOutput(CapturedOutput):
+    """Compacts the unfinished line at every append, not only after it grew large."""
+
+    _COMPACT_MIN = 0
+
+
+@pytest.mark.parametrize("output_class", [CapturedOutput, _EagerOutput])
+@given(raw=_OUTPUT, cuts=st.lists(st.integers(min_value=0), max_size=12), data=st.data())
+def test_incremental_filtering_equals_filtering_the_whole_text(output_class, raw, cuts, data):
+    output = output_class(apply_backspaces_and_linefeeds)
+    seen = ""
+    stable = ""
+    for chunk in _chunked(raw, cuts):
+        output.append(chunk)
+        seen += chunk
+        if data.draw(st.booleans(), label="read now"):
+            assert output.text == apply_backspaces_and_linefeeds(seen)
+            assert _is_prefix(stable, output.stable_text)
+            stable = output.stable_text
+            assert _is_prefix(stable, output.text)
+    assert output.text == apply_backspaces_and_linefeeds(raw)
+    assert output.stable_text == apply_backspaces_and_linefeeds(raw[: raw.rfind("\n") + 1])
+
+
+@given(raw=_OUTPUT, cuts=st.lists(st.integers(min_value=0), max_size=12))
+def test_without_a_filter_the_text_is_the_raw_text(raw, cuts):
+    output = CapturedOutput()
+    stable = ""
+    for chunk in _chunked(raw, cuts):
+        output.append(chunk)
+        assert _is_prefix(stable, output.stable_text)
+        stable = output.stable_text
+    assert output.text == raw
+    assert output.stable_text == raw[: raw.rfind("\n") + 1]
+    assert output.filter is None
+
+
+def test_stable_text_holds_complete_lines_only():
+    output = CapturedOutput(apply_backspaces_and_linefeeds)
+    output.append("epoch 1: 10%\repoch 1: 100%\nepoch 2: 5")
+    assert output.stable_text == "epoch 1: 100%\n"
+    assert output.text == "epoch 1: 100%\nepoch 2: 5"
+    output.append("0%\rep")
+    assert output.stable_text == "epoch 1: 100%\n"
+    assert output.text == "epoch 1: 100%\nepoch 2: 50%"
+    output.append("och 2: 100%\n")
+    assert output.stable_text == output.text == "epoch 1: 100%\nepoch 2: 100%\n"
+
+
+def _counting(filter_function, incremental: bool):
+    def counted(text: str) -> str:
+        counted.chars += len(text)
+        return filter_function(text)
+
+    counted.chars = 0
+    counted.incremental = incremental
+    return counted
+
+
+def _progress_bar(steps: int):
+    for i in range(steps):
+        yield f"\r{i * 100 // steps:3d}%|{'#' * (i * 40 // steps):<40}| {i}/{steps}"
+
+
+def test_a_long_progress_bar_is_filtered_in_linear_work():
+    counted = _counting(apply_backspaces_and_linefeeds, incremental=True)
+    output = CapturedOutput(counted)
+    raw_size = 0
+    for i, chunk in enumerate(_progress_bar(100_000)):
+        output.append(chunk)
+        raw_size += len(chunk)
+        if i % 100 == 0:  # a heartbeat
+            text = output.text
+            assert text.endswith(f"| {i}/100000")
+            assert "\r" not in text
+    output.append("\n")
+    assert output.text == " 99%|" + "#" * 39 + " | 99999/100000\n"
+    # Filtering everything again at each of the 1,000 reads would be ~500 times the output.
+    assert counted.chars < 3 * raw_size
+
+
+def test_unread_output_is_compacted_as_it_comes():
+    output = CapturedOutput(apply_backspaces_and_linefeeds)
+    raw_size = 0
+    tracemalloc.start()
+    try:
+        for chunk in _progress_bar(100_000):
+            output.append(chunk)
+            raw_size += len(chunk)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Without a read, the overdrawn states of the bar are still dropped as they come.
+    assert held < raw_size / 10
+    assert output.text == " 99%|" + "#" * 39 + " | 99999/100000"
+
+
+def test_many_lines_are_filtered_once_each():
+    counted = _counting(apply_backspaces_and_linefeeds, incremental=True)
+    output = CapturedOutput(counted)
+    raw_size = 0
+    for i in range(20_000):
+        line = f"step {i}: 50%\rstep {i}: 100%\n"
+        output.append(line)
+        raw_size += len(line)
+        if i % 50 == 0:
+            assert output.stable_text.endswith(f"step {i}: 100%\n")
+    assert counted.chars == raw_size
+    assert len(output.text.splitlines()) == 20_000
+
+
+def test_other_filters_see_the_whole_text_as_in_sacred():
+    counted = _counting(lambda text: text.upper()[-12:], incremental=False)
+    output = CapturedOutput(counted)
+    output.append("first line\n")
+    assert output.text == "FIRST LINE\n"
+    output.append("second line\nthird")
+    assert output.text == "D LINE\nTHIRD"
+    assert counted.chars == len("first line\n") + len("first line\nsecond line\nthird")
+    assert output.text == "D LINE\nTHIRD"  # cached: not filtered again
+    assert counted.chars == len("first line\n") + len("first line\nsecond line\nthird")
+
+
+def test_stable_text_of_a_rewriting_filter_only_grows():
+    output = CapturedOutput(lambda text: text[-12:])
+    output.append("first line\n")
+    assert output.stable_text == "first line\n"
+    output.append("second line\n")
+    # The filter dropped the first line: the stable text keeps what was already stable.
+    assert output.text == "second line\n"
+    assert output.stable_text == "first line\n"
+
+
+def test_a_filter_that_replaces_everything():
+    output = CapturedOutput(lambda text: "Output capturing turned off.")
+    output.append("secret\n")
+    assert output.text == "Output capturing turned off."
+    assert output.stable_text == ""
+
+
+def test_empty_chunks_change_nothing():
+    output = CapturedOutput(apply_backspaces_and_linefeeds)
+    output.append("")
+    assert output.text == output.stable_text == ""
+
+
+# --- redaction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("mongodb://user:secret@host:27017/db", "mongodb://user:***@host:27017/db"),
+        ("mongodb+srv://me:p%40ss@cluster.example/db", "mongodb+srv://me:***@cluster.example/db"),
+        ("mongodb://u:p@ss@h1,h2/db?authSource=x", "mongodb://u:***@h1,h2/db?authSource=x"),
+        ("redis://:token@host", "redis://:***@host"),
+        ("mongodb://user@host/db", "mongodb://user@host/db"),
+        ("mongodb://host:27017/db", "mongodb://host:27017/db"),
+        ("http://host:8080/path@v2", "http://host:8080/path@v2"),
+        ("data/x.csv", "data/x.csv"),
+        ("user:pass@host", "user:pass@host"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url, redacted):
+    assert redact_url(url) == redacted
+
+
+def test_redact_argv_redacts_values_of_key_value_pairs_too():
+    argv = [
+        "exp.py",
+        "-m",
+        "mongodb://u:pw@host/db",
+        "--mongo_db=mongodb://u:pw@host/db",
+        "with",
+        "url=mongodb://u:pw@host",
+        "C=3",
+    ]
+    assert redact_argv(argv) == [
+        "exp.py",
+        "-m",
+        "mongodb://u:***@host/db",
+        "--mongo_db=mongodb://u:***@host/db",
+        "with",
+        "url=mongodb://u:***@host",
+        "C=3",
+    ]
+
+
+# --- suggestions ---------------------------------------------------------------------
+
+
+def test_suggest_one_near_miss():
+    assert suggest("gama", ["gamma", "C", "kernel"]) == " (did you mean 'gamma'?)"
+
+
+def test_suggest_two_and_three_near_misses():
+    assert suggest("seed", ["sped", "seeds", "x"]) == " (did you mean 'seeds' or 'sped'?)"
+    candidates = ["abcdXY", "abcdeX", "abcdefg", "abcdefgh", "zzz"]
+    assert suggest("abcdef", candidates) == (" (did you mean 'abcdefg', 'abcdefgh' or 'abcdeX'?)")
+
+
+def test_suggest_nothing_for_far_names():
+    assert suggest("zzz", ["gamma", "C"]) == ""
+    assert suggest("gamma", []) == ""
+
+
+# --- literals --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("3", 3),
+        ("3.4e-2", 0.034),
+        ("-1", -1),
+        ("[64, 64]", [64, 64]),
+        ("{'a': 1}", {"a": 1}),
+        ("'quoted'", "quoted"),
+        ("True", True),
+        ("None", None),
+        (" 5", 5),
+        ("data/x.csv", "data/x.csv"),
+        ("rbf", "rbf"),
+        ("1 +", "1 +"),
+        ("", ""),
+    ],
+)
+def test_parse_literal(text, value):
+    assert parse_literal(text) == value
+    assert type(parse_literal(text)) is type(value)
+
+
+def test_parse_literal_never_runs_code(tmp_path):
+    marker = tmp_path / "ran"
+    text = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    assert parse_literal(text) == text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text", ["[1, foo]", "[1, 2", "{'k': 1", "(1,", "'unclosed"])
+def test_parse_literal_refuses_an_unfinished_or_broken_literal(text):
+    # Text that opens a list, dict, tuple or string is meant as a literal: a typo there is
+    # an error to report, not a string to store.
+    with pytest.raises(ValueError, match="not a valid Python literal"):
+        parse_literal(text)
