@@ -1,6 +1,7 @@
 """The paper's Listing 1: an SVM on the iris data set, as a Sacred-style experiment.
 
-Run it with ``python iris_sacred_style.py`` or ``python iris_sacred_style.py with C=3.4e-2 gamma=0.5``;
+Run it with ``python iris_sacred_style.py`` or
+``python iris_sacred_style.py with C=3.4e-2 gamma=0.5``;
 add ``-F runs`` to keep the run in a file store.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from expkit.commandline import cli_option
 from expkit.errors import (
     ConfigAddedError,
     ConfigError,
@@ -20,7 +21,6 @@ from expkit.errors import (
     TimeoutInterrupt,
     UsageError,
 )
-from expkit.commandline import cli_option
 from expkit.experiment import Experiment, Ingredient
 from expkit.module import config, fixture, named_config
 from expkit.observers import RunObserver

@@ -128,7 +128,7 @@ class CapturedFunction:
         return view
 
     def bind(self, run: Run, extra: Mapping[str, Any] | None = None) -> Binding:
-        """Fix what this function receives in ``run``; ``extra`` values (fixtures) win over config."""
+        """Fix what this function receives in ``run``; ``extra`` (fixtures) wins over config."""
         view = self.config_view(run.config)
         values: dict[str, Any] = {}
         per_call, missing = [], []
@@ -152,10 +152,9 @@ class CapturedFunction:
         )
         fast = dict(values) if not (per_call or missing or mutable) else None
         fast_args = None
-        if fast is not None and not self.params.keyword_only:
-            # Positional arguments are cheaper to pass than keywords.
-            if list(fast) == list(self.params.positional):
-                fast_args = tuple(fast.values())
+        # Positional arguments are cheaper to pass than keywords.
+        if fast is not None and list(fast) == list(self.params.positional):
+            fast_args = tuple(fast.values())
         binding = Binding(
             run,
             values,
@@ -194,7 +193,7 @@ class CapturedFunction:
         return MissingConfigError("\n".join(lines))
 
     def arguments(self, binding: Binding, args: tuple, kwargs: dict) -> dict:
-        """The keyword arguments for one call: explicit ones win, then bound values, then defaults."""
+        """Keyword arguments for one call: explicit ones win, then bound values, then defaults."""
         taken = self.params.positional[: len(args)]
         out = dict(kwargs)
         for name, value in binding.values.items():

@@ -154,7 +154,7 @@ def _check_key(key: Any, where: str) -> None:
 
 
 def normalize(value: Any, path: str, where: str) -> Any:
-    """Check that ``value`` is JSON data; numpy scalars become Python scalars, tuples stay tuples."""
+    """Check that ``value`` is JSON data; numpy scalars become Python ones, tuples stay."""
     if value is None or type(value) in (bool, int, float, str):
         return value
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
@@ -179,7 +179,7 @@ def normalize(value: Any, path: str, where: str) -> Any:
 
 
 def type_changed(old: Any, new: Any) -> bool:
-    """Whether replacing ``old`` by ``new`` changes the type (tuple and list are the same; from None is not a change)."""
+    """Whether ``new`` is another kind of value than ``old`` (numbers, sequences, None aside)."""
     if old is None or new is None:
         return False
     numbers = (int, float)
@@ -239,7 +239,7 @@ class ConfigScope:
         preset: Mapping | None = None,
         fallback: Mapping | None = None,
     ) -> ScopeResult:
-        """Run the body with ``fixed`` entries pinned; ``preset`` ones are kept, ``fallback`` ones only readable."""
+        """Run the body with ``fixed`` pinned; ``preset`` is kept, ``fallback`` only readable."""
         fixed = dict(fixed or {})
         preset = dict(preset or {})
         fallback = dict(fallback or {})
@@ -397,8 +397,9 @@ def _compile_scope(func: Callable) -> tuple[types.CodeType, list[str], list[str]
     arg_names = [a.arg for a in args.posonlyargs + args.args]
     body = list(fdef.body)
     scope_doc = None
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        if isinstance(body[0].value.value, str):
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        if isinstance(first.value.value, str):
             scope_doc = inspect.cleandoc(body[0].value.value)
             body = body[1:]
     checker = _ScopeChecker(where)
@@ -413,7 +414,7 @@ def _compile_scope(func: Callable) -> tuple[types.CodeType, list[str], list[str]
 
 
 def _comment_docs(source: str, body: list[ast.stmt]) -> dict[str, str]:
-    """Docs of entries: the comment on an assignment's line, else the comment lines just above it."""
+    """Docs of entries: the comment on an assignment's line, else the comments just above."""
     comments: dict[int, str] = {}
     code_lines: set[int] = set()
     try:

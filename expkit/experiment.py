@@ -108,7 +108,7 @@ class Ingredient:
         return captured
 
     def config_hook(self, function: Callable) -> Callable:
-        """Decorator: ``f(config, command_name, logger)`` returns updates to this ingredient's config."""
+        """Decorator: ``f(config, command_name, logger)`` returns updates to the config."""
         import inspect
 
         names = list(inspect.signature(function).parameters)
@@ -301,7 +301,7 @@ class Experiment(Ingredient):
         return captured
 
     def automain(self, function: Callable) -> Callable:
-        """Decorator: like :meth:`main`, and run the command line when the file is run as a script."""
+        """Decorator: like :meth:`main`, and run the command line when run as a script."""
         module = function.__module__
         if module == "__main__":
             filename = getattr(sys.modules.get("__main__"), "__file__", None)

@@ -110,7 +110,7 @@ class ModuleExperiment(Experiment):
         self.main(_make_main(self))
 
     def requested_fixtures(self) -> list[str]:
-        """The fixtures the experiment needs, directly or through other fixtures, in set-up order."""
+        """The fixtures the experiment needs, directly or through others, in set-up order."""
         order: list[str] = []
 
         def visit(fn: Callable, chain: tuple[str, ...]) -> None:

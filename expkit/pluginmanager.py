@@ -50,7 +50,7 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
-        """Also accept unmarked ``expkit_*`` functions in ``expconf.py`` files, as pytest does in conftests."""
+        """Also take unmarked ``expkit_*`` functions in ``expconf.py``, as pytest in conftests."""
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and name.startswith("expkit_"):
             module_name = getattr(plugin, "__name__", "")

@@ -159,7 +159,7 @@ class HostInfoGetter:
 
 
 def host_info_gatherer(name: str) -> Callable[[Callable[[], Any]], HostInfoGetter]:
-    """Decorator for ``Experiment(additional_host_info=[...])``: the function's result goes under ``name``."""
+    """Decorator for ``Experiment(additional_host_info=[...])``: the result goes under ``name``."""
     return lambda fn: HostInfoGetter(name, fn)
 
 
@@ -509,7 +509,7 @@ def create_run(
 
 
 class Delivery:
-    """Calls the stores and plugins of a run; neither can stop the run (see :mod:`expkit.delivery`)."""
+    """Calls the stores and plugins of a run; neither can stop it (see :mod:`expkit.delivery`)."""
 
     def __init__(self, run: Run, observers: list) -> None:
         self.run = run
@@ -742,7 +742,8 @@ class Run:
                 self.run_logger.info('Started run with ID "%s"', self._id)
             else:
                 self.run_logger.info("Started")
-            if not self.observers and not self.options.get("--unobserved") and not self.debug:
+            quiet = self.options.get("--unobserved") or self.debug
+            if not self.observers and not quiet:
                 if not getattr(self.main_function, "unobserved", False):
                     self.run_logger.warning("No observers have been added to this run")
             self._start_heartbeat()

@@ -1,4 +1,4 @@
-"""The commands every experiment has: print_config, print_dependencies, save_config, print_named_configs."""
+"""The commands every experiment has: print_config, print_dependencies, save_config, ..."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def print_dependencies(_run: Any) -> None:
 
 
 def save_config(_config: dict, _log: Any, config_filename: str = "config.json") -> None:
-    """Write the configuration to a file (.json or .yaml): ``save_config with config_filename=x.yaml``."""
+    """Write the config to a .json or .yaml file: ``save_config with config_filename=x.yaml``."""
     data = to_data({k: v for k, v in _config.items() if k != "config_filename"})
     ext = os.path.splitext(config_filename)[1].lower()
     if ext in (".yaml", ".yml"):

@@ -67,7 +67,7 @@ def _user_traceback(exc: BaseException, path: Path) -> str:
 
 
 def expconf_parts(directory: Path, rootdir: Path, pm: Any) -> list[ModuleParts]:
-    """The parts of the ``expconf.py`` files from the root (or the top folder) down to ``directory``."""
+    """The parts of the ``expconf.py`` files from the root down to ``directory``."""
     directory = directory.resolve()
     root = rootdir.resolve()
     folders = [directory, *directory.parents]

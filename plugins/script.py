@@ -1,4 +1,4 @@
-"""The script's own command line: ``python exp.py [COMMAND] [with UPDATE ...] [flags]``, as in Sacred.
+"""The script's own command line, as in Sacred: ``python exp.py [COMMAND] [with UPDATE ...]``.
 
 Values are Python literals read with ``ast.literal_eval``; a word that is no literal is a
 string. Mistakes print one line and exit with code 1, as Sacred does; an exception in

@@ -1,4 +1,4 @@
-"""Seeding: a ``seed`` entry for every run, global generators seeded, ``_seed``/``_rnd`` per function.
+"""Seeding: a ``seed`` for every run, the global generators seeded, ``_seed``/``_rnd``.
 
 The root seed is drawn from the operating system, never from the generators this
 plugin seeds, so two runs in one process get different seeds. Every captured
