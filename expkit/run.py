@@ -118,7 +118,6 @@ class ExperimentInfo:
                 {"url": r.url, "commit": r.commit, "dirty": r.dirty} for r in self.repositories
             ],
             "mainfile": os.path.basename(self.mainfile) if self.mainfile else None,
-            "doc": self.doc,
         }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from expkit.errors import UsageError
 from expkit.keywords import compile_keyword_expression
 from expkit.pluginmanager import hookimpl
 
@@ -26,7 +25,4 @@ def expkit_collection_modifyitems(config: Any, items: list) -> None:
     if not text or not text.strip():
         return
     expression = compile_keyword_expression(text)
-    selected = [item for item in items if expression.matches(item.keywords)]
-    if items and not selected:
-        raise UsageError(f"-k {text!r} selects none of the {len(items)} collected experiments")
-    items[:] = selected
+    items[:] = [item for item in items if expression.matches(item.keywords)]

@@ -9,6 +9,7 @@ project root). Exit codes are pytest's: 0 all completed, 1 some run failed,
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,11 @@ def expkit_cmdline_main(config: Any) -> int | None:
         code = ExitCode.INTERRUPTED
     elif not session.items:
         code = ExitCode.NO_EXPERIMENTS_COLLECTED
+        if session.deselected:
+            sys.stderr.write(
+                f"ERROR: -k {config.option.keyword!r} selects none of the "
+                f"{len(session.deselected)} collected experiments\n"
+            )
     else:
         _stores(session)
         hook.expkit_runtestloop(session=session)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import types
 import urllib.parse
 from collections.abc import Iterable
 from importlib import metadata
@@ -165,7 +166,11 @@ def gather_dependencies(
     if mode in ("imported", "sys"):
         base = _real(base_dir)
         dists_of = _packages_distributions()
-        for top in _imported_top_level(base):
+        tops = _imported_top_level(base)
+        if mode == "imported":
+            # What the experiment's own modules import, not what their imports import.
+            tops &= _referenced_top_level(base) | {"expkit"}
+        for top in tops:
             for dist in dists_of.get(top, ()):
                 version = _version(dist)
                 if version is not None:
@@ -193,6 +198,24 @@ def _imported_top_level(base: str) -> set[str]:
         if location is not None and _is_local(_real(location), base):
             continue
         tops.add(name)
+    return tops
+
+
+def _referenced_top_level(base: str) -> set[str]:
+    """Top-level packages named in the globals of the local modules (under ``base``)."""
+    tops = set()
+    for module in list(sys.modules.values()):
+        location = _location(module) if module is not None else None
+        if location is None or not _is_local(_real(location), base):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, types.ModuleType):
+                name = value.__name__
+            else:
+                name = getattr(value, "__module__", None)
+                if not isinstance(name, str) or isinstance(value, (str, bytes)):
+                    continue
+            tops.add(name.split(".", 1)[0])
     return tops
 
 

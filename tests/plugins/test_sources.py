@@ -14,12 +14,12 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
-from expkit_plugins import sources
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
 from expkit.records import Dependency, Repository, Source
 from expkit.settings import SETTINGS
+from expkit_plugins import sources
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs a git executable")
 
@@ -235,9 +235,11 @@ def test_unknown_discovery_setting_is_a_usage_error(
 
 
 def test_imported_packages_are_dependencies_with_their_installed_versions(
-    tmp_path: Path,
+    tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
 ) -> None:
-    import pluggy  # noqa: F401  (imported, so it must be found)
+    # The experiment's own module imports pluggy, so pluggy must be found.
+    write(tmp_path / "uses_pluggy.py", "import pluggy\nimport json\n")
+    import_module(tmp_path, "uses_pluggy")
 
     deps = info(experiment(tmp_path))["dependencies"]
 
@@ -247,6 +249,17 @@ def test_imported_packages_are_dependencies_with_their_installed_versions(
     assert [d.name.lower() for d in deps] == sorted(d.name.lower() for d in deps)
     assert len({d.name for d in deps}) == len(deps)
     assert not {"os", "sys", "json", "subprocess"} & set(versions)
+
+
+def test_packages_only_other_packages_import_are_no_dependencies(
+    tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
+) -> None:
+    # attrs is imported by expkit itself, but not by the experiment: Sacred leaves it out too.
+    write(tmp_path / "plain.py", "import json\n")
+    import_module(tmp_path, "plain")
+    names = {d.name for d in info(experiment(tmp_path))["dependencies"]}
+    assert "attrs" not in names
+    assert "expkit" in names
 
 
 def test_numpy_is_a_dependency_even_when_not_imported(
@@ -279,7 +292,7 @@ def test_local_packages_are_no_dependencies_but_a_venv_under_base_dir_is(
     write(dist_info / "METADATA", "Metadata-Version: 2.1\nName: venvdist-pkg\nVersion: 1.2.3\n")
     write(dist_info / "top_level.txt", "venvdist_pkg\n")
     # A local package that happens to share its name with nothing installed.
-    write(tmp_path / "localdep_pkg" / "__init__.py", "")
+    write(tmp_path / "localdep_pkg" / "__init__.py", "import venvdist_pkg\n")
     import_module(site, "venvdist_pkg")
     import_module(tmp_path, "localdep_pkg")
     sources._packages_distributions.cache_clear()
