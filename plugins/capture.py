@@ -107,8 +107,9 @@ class _Tee:
 class SysCapture:
     """Tees ``sys.stdout`` and ``sys.stderr``: captures what Python code writes to them."""
 
-    def __init__(self) -> None:
-        self._buffer = _Buffer()
+    def __init__(self, names: tuple[str, ...] = ("stdout", "stderr"), buffer: Any = None) -> None:
+        self._names = names
+        self._buffer = buffer if buffer is not None else _Buffer()
         self._saved: list[Any] | None = None
         self._tees: list[_Tee] = []
 
@@ -117,9 +118,10 @@ class SysCapture:
         with _ACTIVE_LOCK:
             if self._saved is not None:
                 return
-            self._saved = [sys.stdout, sys.stderr]
+            self._saved = [getattr(sys, name) for name in self._names]
             self._tees = [_Tee(stream, self._buffer) for stream in self._saved]
-            sys.stdout, sys.stderr = self._tees  # type: ignore[assignment]
+            for name, tee in zip(self._names, self._tees):
+                setattr(sys, name, tee)
             _ACTIVE_SYS.append(self)
 
     def read(self) -> str:
@@ -135,8 +137,9 @@ class SysCapture:
             # console, but no longer into this capture.
             self._buffer.close()
             later = _next_active(_ACTIVE_SYS, self)
-            if later is None:
-                sys.stdout, sys.stderr = self._saved
+            if later is None or later._names != self._names:
+                for name, stream in zip(self._names, self._saved):
+                    setattr(sys, name, stream)
             else:
                 # A capture started after this one is still on: it wraps this one's tees, and
                 # must write to, and put back, what this one had found instead.
@@ -317,6 +320,7 @@ class FdCapture:
         self._buffer = _Buffer()
         self._saved: dict[int, int | None] = {}
         self._readers: list[_PipeReader] = []
+        self._streams: SysCapture | None = None
 
     def start(self) -> None:
         """Redirect descriptors 1 and 2 into pipes read by background threads."""
@@ -337,6 +341,16 @@ class FdCapture:
                     os.dup2(write_fd, fd)
                 os.close(write_fd)
             _ACTIVE_FD.append(self)
+            # Python streams that do not write to descriptor 1 or 2 (pytest's capture, a
+            # notebook's output) are teed as well, or their text would be missed.
+            names = tuple(
+                name
+                for name, fd in (("stdout", 1), ("stderr", 2))
+                if not _writes_to(getattr(sys, name), fd)
+            )
+        if names:
+            self._streams = SysCapture(names, self._buffer)
+            self._streams.start()
 
     def read(self) -> str:
         """Return the text written since the last read."""
@@ -353,6 +367,10 @@ class FdCapture:
 
     def stop(self) -> None:
         """Flush, put the original descriptors back and collect what is left in the pipes."""
+        if self._streams is not None:
+            streams, self._streams = self._streams, None
+            streams._buffer = _Buffer()  # this capture's buffer must stay open for the pipes
+            streams.stop()
         with _ACTIVE_LOCK:
             if not self._saved:
                 return
@@ -391,6 +409,13 @@ class FdCapture:
                 later._saved[fd] = None
             else:
                 os.dup2(self._saved[fd], theirs)  # type: ignore[arg-type]
+
+
+def _writes_to(stream: Any, fd: int) -> bool:
+    try:
+        return stream is not None and stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 _CAPTURES = {"fd": FdCapture, "sys": SysCapture, "no": NoCapture}

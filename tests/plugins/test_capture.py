@@ -451,3 +451,20 @@ def test_sys_captures_stopping_out_of_order_put_the_streams_back(capsys):
     assert first.read() == "first only\nboth\n"
     assert second.read() == "both\nsecond only\n"
     assert capsys.readouterr().out == "first only\nboth\nsecond only\nneither\n"
+
+
+def test_fd_mode_also_captures_python_streams_that_are_not_descriptors() -> None:
+    # Under pytest (as in a notebook) sys.stdout writes to no file descriptor; fd mode must
+    # still see what Python code prints, as well as what child processes write.
+    from expkit import Experiment
+
+    ex = Experiment("fd_in_process", interactive=True)
+
+    @ex.main
+    def main():
+        print("from python")
+        os.system("echo from a child")
+
+    run = ex.run(options={"--capture": "fd", "--unobserved": True})
+    assert "from python" in run.captured_out
+    assert "from a child" in run.captured_out
