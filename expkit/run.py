@@ -49,7 +49,7 @@ from expkit.errors import (
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
 from expkit.serialize import to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.utils import CapturedOutput, redact_url, suggest
+from expkit.utils import CapturedOutput, file_md5, redact_url, suggest
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -656,11 +656,7 @@ class Run:
         path = os.path.abspath(os.fspath(filename))
         if any(r.path == path for r in self.resources):
             return
-        from hashlib import md5
-
-        with open(path, "rb") as f:
-            digest = md5(f.read()).hexdigest()
-        resource = Resource(path, digest)
+        resource = Resource(path, file_md5(path))
         self.resources.append(resource)
         self._delivery.call("resource_event", filename=path)
         self._delivery.hook("expkit_resource_added", resource=resource)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterable
 __all__ = [
     "CapturedOutput",
     "apply_backspaces_and_linefeeds",
+    "file_md5",
     "parse_literal",
     "redact_argv",
     "redact_url",
@@ -170,6 +173,24 @@ def redact_url(url: str) -> str:
 def redact_argv(argv: list[str]) -> list[str]:
     """Return ``argv`` with the password of every URL in it (also in ``key=value``) redacted."""
     return [redact_url(arg) for arg in argv]
+
+
+_md5_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    """Hex md5 of a file's content, read in 1 MiB blocks; cached while it stays unchanged."""
+    path = os.fspath(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    digest = _md5_cache.get(key)
+    if digest is None:
+        md5 = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                md5.update(block)
+        digest = _md5_cache[key] = md5.hexdigest()
+    return digest
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

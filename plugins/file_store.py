@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import dumps, format_time, to_data
+from expkit.utils import file_md5
 
 log = logging.getLogger("expkit")
 
@@ -573,18 +573,10 @@ def _is_inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def _md5(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _store_by_md5(path: str, store_dir: str) -> str:
     """Copy ``path`` to ``store_dir/<stem>_<md5><ext>`` unless that file is already there."""
     stem, ext = os.path.splitext(os.path.basename(path))
-    target = os.path.join(store_dir, f"{stem}_{_md5(path)}{ext}")
+    target = os.path.join(store_dir, f"{stem}_{file_md5(path)}{ext}")
     if not os.path.exists(target):
         os.makedirs(store_dir, exist_ok=True)
         _copy_atomic(path, target)

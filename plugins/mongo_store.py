@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import logging
 import mimetypes
 import os
@@ -44,6 +43,7 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data, utcnow
+from expkit.utils import file_md5
 
 if TYPE_CHECKING:
     from gridfs import GridFS
@@ -83,7 +83,11 @@ _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password and secret query options replaced by ``***``."""
+    """``url`` with its password and secret query options replaced by ``***``.
+
+    Stricter than :func:`expkit.utils.redact_url`: MongoDB URLs may carry an unencoded ``@``
+    in the password and secrets in query options.
+    """
     scheme, sep, rest = str(url).partition("://")
     if not sep:
         return _URL_CREDENTIALS.sub(r"\g<head>:***@", str(url))
@@ -176,14 +180,6 @@ def _run_id(_id: Any) -> Any:
     if isinstance(_id, str) and _id.isdigit():
         return int(_id)
     return _id
-
-
-def _md5_file(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
@@ -445,7 +441,7 @@ class MongoObserver(RunObserver):
         """Record ``[path, md5]`` in ``resources`` and keep the file in GridFS (once per md5)."""
         path = os.path.abspath(filename)
         try:
-            md5 = _md5_file(path)
+            md5 = file_md5(path)
         except OSError as exc:
             raise UsageError(f"resource {path}: cannot read it ({exc.strerror})") from None
         with self._lock:
@@ -548,7 +544,7 @@ class MongoObserver(RunObserver):
             if found is not None:
                 return found._id
         try:
-            actual = _md5_file(path)
+            actual = file_md5(path)
             if actual != md5:  # changed since it was recorded: store what is there now
                 found = self.fs.find_one({"filename": path, "metadata.md5": actual})
                 if found is not None:

@@ -10,12 +10,10 @@ that goes wrong there leaves the repository out and never stops the run.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import subprocess
 import sys
 import types
-import urllib.parse
 from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
@@ -24,6 +22,7 @@ from expkit.errors import UsageError
 from expkit.pluginmanager import hookimpl
 from expkit.records import Dependency, Repository, Source
 from expkit.settings import SETTINGS
+from expkit.utils import file_md5, redact_url
 
 _BLOCK_SIZE = 1 << 20
 _GIT_TIMEOUT = 5.0
@@ -32,7 +31,6 @@ _EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 _SOURCE_MODES = ("none", "imported", "sys", "dir")
 _DEPENDENCY_MODES = ("none", "imported", "sys", "pkg")
 
-_md5_cache: dict[tuple[str, int, int], str] = {}
 _repo_root_cache: dict[str, str | None] = {}
 
 
@@ -46,18 +44,8 @@ def expkit_experiment_info(experiment: Any) -> dict:
 
 
 def md5_of(path: str | os.PathLike[str]) -> str:
-    """Hex md5 of a file's content, cached while its mtime and size stay the same."""
-    path = os.fspath(path)
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    digest = _md5_cache.get(key)
-    if digest is None:
-        md5 = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as f:
-            while block := f.read(_BLOCK_SIZE):
-                md5.update(block)
-        digest = _md5_cache[key] = md5.hexdigest()
-    return digest
+    """Hex md5 of a file's content (see :func:`expkit.utils.file_md5`)."""
+    return file_md5(path)
 
 
 # --- sources ----------------------------------------------------------------
@@ -325,17 +313,3 @@ def _git(root: str, *args: str) -> subprocess.CompletedProcess[str] | None:
         )
     except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
         return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{parts.username}:***@{host}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -17,8 +17,8 @@ from colorama import Fore, Style
 
 import expkit
 from expkit.nodes import ExitCode
-from expkit.serialize import to_data
 from expkit.pluginmanager import hookimpl
+from expkit.serialize import to_data
 
 _STATUS_COLOUR = {
     "COMPLETED": Fore.GREEN,

@@ -388,6 +388,32 @@ class TinyDbObserver(RunObserver):
             if self._dirty and self._entry is not None:
                 self._save()
 
+    def resume(self, _id: Any) -> None:
+        """Go on recording the stored run ``_id``: its spooled events are being replayed."""
+        run_id = to_data(_id)
+
+        def locate(data: dict) -> tuple[str, dict, dict[str, str]] | None:
+            key = _find(data, "runs", run_id)
+            if key is None:
+                return None
+            metrics = {
+                d["name"]: k
+                for k, d in data.get("metrics", {}).items()
+                if d.get("run_id") == run_id and "name" in d
+            }
+            # A copy: the parsed file is cached and shared with later writes.
+            return key, json.loads(json.dumps(data["runs"][key])), metrics
+
+        with self._lock:
+            if self._entry is not None and self._entry["_id"] == run_id:
+                return  # still this observer's run: what it has not written yet is kept
+            found = self._db.read(locate)
+            if found is None:
+                raise UsageError(f"cannot resume run {_id!r}: it is not in {self.db_path}")
+            self._doc_id, self._entry, self._metric_doc_ids = found
+            self._pending_metrics = {}
+            self._dirty = False
+
     # --- keeping state ---
 
     def _experiment(self, ex_info: dict) -> dict:
