@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.configuration import get_path, join_path
-from expkit.errors import MissingConfigError
+from expkit.errors import ExpkitError, MissingConfigError
 from expkit.utils import suggest
 
 if TYPE_CHECKING:
@@ -206,9 +206,14 @@ class CapturedFunction:
                 seeder = binding.seeder
                 if seeder is None:
                     hook = binding.run.plugin_manager.hook
-                    seeder = binding.seeder = hook.expkit_function_seeder(
-                        run=binding.run, function=self
-                    )
+                    seeder = hook.expkit_function_seeder(run=binding.run, function=self)
+                    if seeder is None:
+                        raise ExpkitError(
+                            f"{self.describe()} asks for {' and '.join(wanted)}, which the "
+                            "seeding plugin provides; it is not loaded (blocked with "
+                            "-p no:seeding?)"
+                        )
+                    binding.seeder = seeder
                 seed = seeder.seed()
                 if "_seed" in wanted:
                     out["_seed"] = seed

@@ -16,6 +16,8 @@ __all__ = ["find_experiment_files", "split_node_id"]
 _SKIPPED_NAMES = frozenset(
     {"__pycache__", "node_modules", "build", "dist", "site-packages", ".tox"}
 )
+# The copies a store keeps of the experiments' sources are not experiments to run.
+_STORE_NAMES = frozenset({"_sources", "_resources", "hashfs"})
 _VENV_NAMES = frozenset({"venv", ".venv", "env"})
 
 
@@ -85,6 +87,8 @@ def _walk(
 def _skipped(entry: os.DirEntry[str]) -> bool:
     name = entry.name
     if name.startswith(".") or name in _SKIPPED_NAMES or name.endswith(".egg-info"):
+        return True
+    if name in _STORE_NAMES:
         return True
     if os.path.exists(os.path.join(entry.path, "pyvenv.cfg")):
         return True

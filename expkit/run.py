@@ -892,10 +892,14 @@ def _internal(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_INTERNAL)
 
 
-def format_user_traceback(exc: BaseException) -> list[str]:
-    """The traceback of ``exc`` without expkit's and pluggy's own frames."""
+def format_user_traceback(exc: BaseException, hide: tuple[str, ...] = ()) -> list[str]:
+    """The traceback of ``exc`` without expkit's and pluggy's frames (nor those naming ``hide``)."""
     tb = exc.__traceback__
-    frames = [f for f in traceback.extract_tb(tb) if not _internal(f.filename)]
+    frames = [
+        f
+        for f in traceback.extract_tb(tb)
+        if not _internal(f.filename) and not any(h in f.filename for h in hide)
+    ]
     lines = ["Traceback (most recent call last):\n"]
     lines += traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)

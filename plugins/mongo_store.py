@@ -498,6 +498,41 @@ class MongoObserver(RunObserver):
     def join(self) -> None:
         """Nothing to wait for: every event is sent before it returns."""
 
+    def resume(self, _id: Any) -> None:
+        """Go on recording the stored run ``_id``: its spooled events are being replayed."""
+        run_id = _run_id(_id)
+        with self._lock, self._errors(f"resuming run {run_id!r}"):
+            if self.run_entry is not None and self.run_entry["_id"] == run_id:
+                return  # still this observer's run: what it has not sent yet is kept
+            doc = self.runs.find_one({"_id": run_id})
+            if doc is None:
+                raise UsageError(f"cannot resume run {run_id!r}: it is not in {self._where()}")
+            self._reset()
+            info = doc.get("info") or {}
+            self._doc = {
+                "captured_out": doc.get("captured_out") or "",
+                "info": dict(info),
+                "heartbeat": doc.get("heartbeat"),
+                "result": doc.get("result", _UNSET),
+            }
+            refs = info.get("metrics")
+            self._metric_refs = [
+                {"name": r["name"], "id": r["id"]}
+                for r in (refs if isinstance(refs, list) else [])
+                if isinstance(r, dict) and {"name", "id"} <= r.keys()
+            ]
+            note = info.get(_INFO_FILE_KEY)
+            if isinstance(note, dict):
+                self._info_file = note.get("file_id")
+            stored = list(self.captured_out.find({"run_id": run_id}, sort=[("start", 1)]))
+            # Positions are those of the output; a redacted piece may be shorter in storage.
+            ends = [s["start"] for s in stored[1:]]
+            ends.append(stored[-1]["start"] + len(stored[-1]["text"]) if stored else 0)
+            self._segments = [(s["start"], end, hash(s["text"])) for s, end in zip(stored, ends)]
+            doc.setdefault("resources", [])
+            doc.setdefault("artifacts", [])
+            self.run_entry = doc
+
     # --- documents -----------------------------------------------------------------
 
     def _reset(self) -> None:

@@ -11,7 +11,6 @@ import fnmatch
 import hashlib
 import importlib.util
 import sys
-import traceback
 import types
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from expkit.experiment import Experiment
 from expkit.module import ModuleExperiment, ModuleParts, module_parts
 from expkit.nodes import CollectError, Item
 from expkit.pluginmanager import PluginInfo, hookimpl
+from expkit.run import format_user_traceback
 
 EXPCONF = "expconf.py"
 
@@ -59,11 +59,8 @@ def _module_name(path: Path) -> str:
 
 
 def _user_traceback(exc: BaseException, path: Path) -> str:
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
-    ] or traceback.extract_tb(exc.__traceback__)[-1:]
-    text = "".join(traceback.format_list(frames))
-    return text + "".join(traceback.format_exception_only(type(exc), exc))
+    lines = format_user_traceback(exc, hide=("importlib",))
+    return "".join(lines[1:])
 
 
 def expconf_parts(directory: Path, rootdir: Path, pm: Any) -> list[ModuleParts]:

@@ -20,7 +20,7 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.run import COMPLETED, FAILED, create_run, store_for_url
+from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
 from expkit.utils import parse_literal
 
 CAPTURE_MODES = ("fd", "sys", "no")
@@ -72,6 +72,12 @@ def expkit_addoption(parser: Any) -> None:
         help="store runs there (a folder, file://, tinydb://, mongodb://); repeatable",
     )
     group.addoption("-u", "--unobserved", action="store_true", help="store nothing")
+    group.addoption(
+        "-f",
+        "--force",
+        action="store_true",
+        help="allow -o entries no function uses, and changes of an entry's type",
+    )
     group.addoption(
         "--capture",
         choices=CAPTURE_MODES,
@@ -149,7 +155,11 @@ def _stores(session: Session) -> None:
     config = session.config
     if config.option.unobserved:
         return
-    urls = config.option.stores or ([config.settings.store] if config.settings.store else [])
+    urls = list(config.option.stores)
+    if not urls and config.settings.store:
+        # A folder written in pyproject.toml is relative to the project root, like `paths`.
+        store = config.settings.store
+        urls = [store if "://" in store else str(config.rootdir / store)]
     if not urls:
         urls = [str(config.rootdir / "runs")]
     session.store_urls = urls
@@ -169,6 +179,7 @@ def run_item(session: Session, item: Item) -> RunReport:
         "--capture": capture,
         "--comment": option.comment,
         "--unobserved": bool(option.unobserved),
+        "--force": bool(option.force),
         "--beat-interval": beat,
     }
     start = time.perf_counter()
@@ -183,6 +194,16 @@ def run_item(session: Session, item: Item) -> RunReport:
         )
     except ExpkitError as exc:
         return RunReport(item.nodeid, "ERROR", time.perf_counter() - start, message=str(exc))
+    except Exception as exc:
+        # The experiment's own code (a config scope, a hook) failed before the run started.
+        trace = format_user_traceback(exc)
+        return RunReport(
+            item.nodeid,
+            "FAILED",
+            time.perf_counter() - start,
+            message=trace[-1].strip(),
+            longrepr="".join(trace),
+        )
     try:
         run()
     except KeyboardInterrupt:
@@ -289,10 +310,13 @@ def _config_command(config: Any) -> int:
     updates = parse_overrides(config.option.overrides)
     if config.option.seed is not None:
         updates["seed"] = config.option.seed
-    item.experiment.run(
-        "print_config",
-        config_updates=updates or None,
-        named_configs=list(config.option.named),
-        options={"--unobserved": True, "--capture": "no"},
-    )
+    try:
+        item.experiment.run(
+            "print_config",
+            config_updates=updates or None,
+            named_configs=list(config.option.named),
+            options={"--unobserved": True, "--capture": "no", "--force": bool(config.option.force)},
+        )
+    except ExpkitError as exc:
+        raise UsageError(f"{item.nodeid}: {exc}") from None
     return ExitCode.OK

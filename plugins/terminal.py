@@ -143,13 +143,18 @@ class TerminalReporter:
             text = f"{n} experiment{'s' if n != 1 else ''} collected"
         else:
             keys = sorted(counts, key=lambda k: _ORDER.index(k) if k in _ORDER else len(_ORDER))
-            text = ", ".join(f"{counts[k]} {k}" for k in keys) or "no experiments ran"
+            text = ", ".join(_count(counts[k], k) for k in keys) or "no experiments ran"
         seconds = time.perf_counter() - self.start
         colour = Fore.GREEN if exitstatus == ExitCode.OK else Fore.RED
         if self.verbosity < 0:
             self.write_line(f"{text} in {seconds:.2f}s", colour)
         else:
             self.sep("=", f"{text} in {seconds:.2f}s", colour)
+
+
+def _count(n: int, word: str) -> str:
+    # pytest's words: "1 error", "2 errors"; the other categories do not change.
+    return f"{n} {word}s" if word == "error" and n != 1 else f"{n} {word}"
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -1,0 +1,135 @@
+"""Shared helpers for the tests of the ``expkit`` command: temporary projects and real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# The console script installed next to this interpreter: what a user types as `expkit`.
+EXPKIT = str(Path(sys.executable).with_name("expkit"))
+
+# Variables that would let the developer's environment leak into a test's plugin set.
+_HOST_VARIABLES = ("EXPKIT_PLUGINS", "EXPKIT_DISABLE_PLUGIN_AUTOLOAD", "NO_COLOR", "PYTHONPATH")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``expkit`` child process, with ``extra`` variables set."""
+    env = {k: v for k, v in os.environ.items() if k not in _HOST_VARIABLES}
+    env.update(extra)
+    return env
+
+
+def write_project(root: Path, files: dict[str, str], pyproject: str | None = "") -> Path:
+    """Write ``files`` (dedented) under ``root`` and a ``pyproject.toml`` pinning the root there.
+
+    ``pyproject`` is the body of ``[tool.expkit]``; ``None`` writes no ``pyproject.toml``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    if pyproject is not None:
+        text = "[tool.expkit]\n" + textwrap.dedent(pyproject)
+        (root / "pyproject.toml").write_text(text, encoding="utf-8")
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(content), encoding="utf-8")
+    return root
+
+
+def run_expkit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``expkit`` console script in ``cwd`` and wait for it."""
+    return subprocess.run(
+        [EXPKIT, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env() if env is None else env,
+    )
+
+
+def run_in_terminal(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, str]:
+    """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [EXPKIT, *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while select.select([master], [], [], timeout)[0]:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.wait(timeout=timeout)
+    return proc.returncode, b"".join(chunks).decode()
+
+
+def stored_runs(store: Path) -> list[dict[str, Any]]:
+    """Every run of a file store, in id order: run.json with ``config``, ``info`` and ``cout``."""
+    runs = []
+    folders = [p for p in store.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    for folder in sorted(folders, key=lambda p: (len(p.name), p.name)):
+        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        run["config"] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        info = folder / "info.json"
+        run["info"] = json.loads(info.read_text(encoding="utf-8")) if info.exists() else {}
+        cout = folder / "cout.txt"
+        run["cout"] = cout.read_text(encoding="utf-8") if cout.exists() else ""
+        run["_dir"] = folder.name
+        runs.append(run)
+    return runs
+
+
+def only_run(store: Path) -> dict[str, Any]:
+    """The one run of a file store (fails when there is not exactly one)."""
+    runs = stored_runs(store)
+    assert len(runs) == 1, [r["experiment"]["name"] for r in runs]
+    return runs[0]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of ``stderr``."""
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def isolated_imports(root: Path) -> Iterator[None]:
+    """Undo what an in-process ``expkit.main`` leaves behind: the modules imported from files
+    under ``root``, sys.path entries and the root logger's level and handlers."""
+    modules = set(sys.modules)
+    path = list(sys.path)
+    prefix = str(root.resolve())
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - modules:
+            # Only the user's files: unloading a library (numpy) would break its next import.
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(prefix):
+                del sys.modules[name]
+        sys.path[:] = path
+        root.setLevel(level)
+        root.handlers[:] = handlers

@@ -1,0 +1,136 @@
+"""What ``expkit run`` prints: header, one line per run, failures, and the closing summary."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import pytest
+from cli_helpers import run_expkit, run_in_terminal, write_project
+
+import expkit
+
+PROJECT = {
+    "exp_a.py": """\
+        import expkit
+
+        @expkit.config
+        def cfg():
+            n = 21
+
+        def exp_double(n):
+            return n * 2
+
+        def exp_text():
+            return "hello"
+        """,
+    "sub/exp_b.py": """\
+        def exp_broken():
+            raise KeyError("missing column")
+
+        def exp_none():
+            print("nothing to return")
+        """,
+}
+
+LINE = r"  (?P<status>[A-Z]+)(?:  id=(?P<id>\S+))?  (?P<seconds>\d+\.\d\d)s(?:  (?P<rest>.*))?$"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return write_project(tmp_path, PROJECT)
+
+
+def test_header_lines(project: Path) -> None:
+    proc = run_expkit("run", "exp_a.py", cwd=project)
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"=+ expkit session starts =+", lines[0]), lines[0]
+    assert lines[1] == f"expkit {expkit.__version__}, Python {platform.python_version()}"
+    assert lines[2] == f"rootdir: {project}, configfile: pyproject.toml"
+    assert lines[3] == f"store: {project / 'runs'}"
+    assert lines[4] == "collected 2 experiments"
+
+
+def test_one_line_per_run_with_progress_id_status_duration_result(project: Path) -> None:
+    proc = run_expkit("run", cwd=project)
+    assert proc.returncode == 1
+    runs = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    found = [(re.match(r"\[(\d)/4\] (\S+)" + LINE, line), line) for line in runs]
+    assert all(m for m, _ in found), runs
+    seen = [(m["status"], m["id"], m["rest"]) for m, _ in found]
+    names = [m.group(2) for m, _ in found]
+    assert [m.group(1) for m, _ in found] == ["1", "2", "3", "4"]
+    assert names == [
+        "exp_a.py::exp_double",
+        "exp_a.py::exp_text",
+        "sub/exp_b.py::exp_broken",
+        "sub/exp_b.py::exp_none",
+    ]
+    assert seen == [
+        ("COMPLETED", "1", "result=42"),
+        ("COMPLETED", "2", "result='hello'"),
+        ("FAILED", "3", "KeyError: 'missing column'"),
+        ("COMPLETED", "4", None),
+    ]
+
+
+def test_a_single_run_has_no_progress_count(project: Path) -> None:
+    proc = run_expkit("run", "exp_a.py::exp_double", cwd=project)
+    assert re.search(r"^exp_a\.py::exp_double" + LINE, proc.stdout, re.M), proc.stdout
+    assert "[1/1]" not in proc.stdout
+
+
+def test_closing_summary_line(project: Path) -> None:
+    proc = run_expkit("run", cwd=project)
+    last = proc.stdout.splitlines()[-1]
+    assert re.fullmatch(r"=+ 3 completed, 1 failed in \d+\.\d\ds =+", last), last
+    ok = run_expkit("run", "exp_a.py", cwd=project).stdout.splitlines()[-1]
+    assert re.fullmatch(r"=+ 2 completed in \d+\.\d\ds =+", ok), ok
+
+
+def test_the_summary_counts_errors_in_pytest_words(project: Path) -> None:
+    proc = run_expkit("run", "exp_a.py", "-o", "m=1", cwd=project)
+    last = proc.stdout.splitlines()[-1]
+    assert re.fullmatch(r"=+ 2 errors in \d+\.\d\ds =+", last), last
+
+
+def test_the_stored_line_says_where_the_runs_went(project: Path) -> None:
+    proc = run_expkit("run", "exp_a.py", "--store", "elsewhere", cwd=project)
+    assert "stored 2 run(s) in elsewhere: id 1, 2" in proc.stdout.splitlines()
+
+
+def test_failures_show_the_users_traceback_without_expkit_frames(project: Path) -> None:
+    proc = run_expkit("run", "sub/exp_b.py::exp_broken", cwd=project)
+    out = proc.stdout
+    assert re.search(r"^=+ FAILURES =+$", out, re.M)
+    section = out[out.index("FAILURES") :]
+    assert re.search(r"^_+ sub/exp_b\.py::exp_broken _+$", section, re.M)
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', section)
+    assert frames == [(str(project / "sub" / "exp_b.py"), "2", "exp_broken")], section
+    assert "KeyError: 'missing column'" in section
+
+
+def test_no_ansi_codes_when_not_a_terminal(project: Path) -> None:
+    proc = run_expkit("run", cwd=project)
+    assert "\x1b[" not in proc.stdout + proc.stderr
+
+
+def test_colour_on_a_terminal(project: Path) -> None:
+    code, out = run_in_terminal("run", cwd=project)
+    assert code == 1
+    assert re.search(r"\x1b\[32m\[1/4\] exp_a\.py::exp_double  COMPLETED .*\x1b\[0m", out), out
+    assert re.search(r"\x1b\[31m\[3/4\] sub/exp_b\.py::exp_broken  FAILED .*\x1b\[0m", out), out
+    assert re.search(r"\x1b\[31m=+ 3 completed, 1 failed in", out)
+
+
+def test_the_experiments_own_output_is_shown(project: Path) -> None:
+    proc = run_expkit("run", "sub/exp_b.py::exp_none", cwd=project)
+    assert "nothing to return" in proc.stdout
+
+
+def test_collected_line_counts_deselected(project: Path) -> None:
+    proc = run_expkit("run", "-k", "double", cwd=project)
+    assert "collected 4 experiments / 3 deselected" in proc.stdout.splitlines()
+    last = proc.stdout.splitlines()[-1]
+    assert re.fullmatch(r"=+ 1 completed, 3 deselected in \d+\.\d\ds =+", last), last
