@@ -87,7 +87,7 @@ class PluginManager(pluggy.PluginManager):
     def load_entry_points(self, builtin_only: bool = False) -> None:
         """Register the plugins of the ``expkit`` entry-point group."""
         for ep in _entry_points():
-            dist = ep.dist.name if ep.dist is not None else None
+            dist, version = _dist_of(ep)
             builtin = dist is not None and _canonical(dist) == _DIST_NAME
             if builtin_only != builtin:
                 continue
@@ -98,7 +98,7 @@ class PluginManager(pluggy.PluginManager):
                 name=ep.name,
                 origin="builtin" if builtin else "entrypoint",
                 distribution=dist,
-                version=ep.dist.version if ep.dist is not None else None,
+                version=version,
             )
 
     def block(self, name: str) -> None:
@@ -108,6 +108,20 @@ class PluginManager(pluggy.PluginManager):
         for ep in _entry_points():
             if ep.value == name or ep.value.rsplit(".", 1)[-1] == name:
                 self.set_blocked(ep.name)
+
+
+_DISTS: dict[int, tuple[str | None, str | None]] = {}
+
+
+def _dist_of(ep: Any) -> tuple[str | None, str | None]:
+    """The name and version of the distribution shipping ``ep``, read once per distribution."""
+    if ep.dist is None:
+        return None, None
+    key = id(ep.dist)
+    if key not in _DISTS:
+        meta = ep.dist.metadata  # parsed on every access: read it once
+        _DISTS[key] = (meta["Name"], meta["Version"])
+    return _DISTS[key]
 
 
 def _canonical(name: str) -> str:
@@ -137,8 +151,7 @@ def create_plugin_manager(
             pm.register_module(modname, origin="-p")
     for ep in _entry_points():
         if ep.name in set(early) and not pm.has_plugin(ep.name) and not pm.is_blocked(ep.name):
-            dist = ep.dist.name if ep.dist is not None else None
-            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=dist)
+            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=_dist_of(ep)[0])
     if not os.environ.get("EXPKIT_DISABLE_PLUGIN_AUTOLOAD"):
         pm.load_entry_points(builtin_only=False)
     for modname in filter(None, os.environ.get("EXPKIT_PLUGINS", "").split(",")):

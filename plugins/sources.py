@@ -153,13 +153,12 @@ def gather_dependencies(
     found: set[Dependency] = set(extra_dependencies)
     if mode in ("imported", "sys"):
         base = _real(base_dir)
-        dists_of = _packages_distributions()
         tops = _imported_top_level(base)
         if mode == "imported":
             # What the experiment's own modules import, not what their imports import.
             tops &= _referenced_top_level(base) | {"expkit"}
         for top in tops:
-            for dist in dists_of.get(top, ()):
+            for dist in _distributions_of(top):
                 version = _version(dist)
                 if version is not None:
                     found.add(Dependency(name=dist, version=version))
@@ -215,6 +214,22 @@ def _location(module: Any) -> str | None:
     for folder in getattr(module, "__path__", None) or ():
         return str(folder)
     return None
+
+
+@functools.cache
+def _distributions_of(top: str) -> list[str]:
+    """The installed distributions that provide the top-level package ``top``."""
+    # Most distributions are named like their package (numpy, pluggy): asking for that name
+    # reads one folder, where mapping every installed distribution reads them all.
+    for name in dict.fromkeys((top, top.replace("_", "-"))):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        declared = (dist.read_text("top_level.txt") or "").split()
+        if not declared or top in declared:
+            return [dist.metadata["Name"]]
+    return _packages_distributions().get(top, [])
 
 
 @functools.cache
