@@ -30,7 +30,7 @@ from expkit.utils import redact_url
 log = logging.getLogger("expkit")
 
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
-_QUIET = 5.0  # the end of a run tries a failed store once more unless it failed this recently
+_OLD_RUNS_WAIT = 30.0  # how long the end of a run waits for older spooled runs
 
 
 def spool_root() -> Path:
@@ -75,7 +75,8 @@ class SpooledRun:
     @classmethod
     def create(cls, root: Path, meta: dict) -> SpooledRun:
         """A new spool folder holding ``meta`` (which store, which run)."""
-        folder = root / f"{datetime.datetime.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        # Named by time to the microsecond, so that a listing is in the order they were made.
+        folder = root / f"{datetime.datetime.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
         (folder / "meta.json").write_text(json.dumps(_encode(meta), indent=2))
         return cls(folder)
@@ -131,31 +132,40 @@ def replay(spooled: SpooledRun, store: Any) -> Any:
     """Send a spooled run's events to ``store`` in order; return the run's id in that store.
 
     When the store had accepted the run's start before it failed, the run is resumed
-    under its id (``store.resume(id)``), so nothing is recorded twice.
+    under its id (``store.resume(id)``), so nothing is recorded twice. A replay cut
+    short (the store failed again, the process ended) goes on where it stopped.
     """
     meta = spooled.meta
-    run_id = meta.get("store_id")
-    if meta.get("started") and run_id is not None and hasattr(store, "resume"):
-        store.resume(run_id)
-    for method, kwargs in spooled.read():
-        kwargs.pop("original", None)
-        if method in ("started_event", "queued_event"):
-            if meta.get("started") and hasattr(store, "resume"):
-                continue
-            kwargs["_id"] = kwargs.get("_id") if kwargs.get("_id") is not None else run_id
-            try:
-                result = getattr(store, method)(**kwargs)
-            except UsageError:
-                if kwargs["_id"] is None:
-                    raise
-                kwargs["_id"] = None  # the id is taken in this store: let it choose one
-                result = getattr(store, method)(**kwargs)
-            run_id = result if result is not None else run_id
-            spooled.update_meta(started=True, store_id=run_id)
-            continue
-        getattr(store, method)(**kwargs)
+    if meta.get("started") and meta.get("store_id") is not None and hasattr(store, "resume"):
+        store.resume(meta["store_id"])
+    done = meta.get("delivered", 0)
+    for number, (method, kwargs) in enumerate(spooled.read()):
+        if number >= done:
+            _deliver(spooled, store, method, kwargs)
+            spooled.update_meta(delivered=number + 1)
+    run_id = spooled.meta.get("store_id")
     spooled.remove()
     return run_id
+
+
+def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None:
+    kwargs.pop("original", None)
+    if method not in ("started_event", "queued_event"):
+        getattr(store, method)(**kwargs)
+        return
+    meta = spooled.meta
+    if meta.get("started") and hasattr(store, "resume"):
+        return  # resumed instead
+    if kwargs.get("_id") is None:
+        kwargs["_id"] = meta.get("store_id")
+    try:
+        result = getattr(store, method)(**kwargs)
+    except UsageError:
+        if kwargs["_id"] is None:
+            raise
+        kwargs["_id"] = None  # the id is taken in this store: let it choose one
+        result = getattr(store, method)(**kwargs)
+    spooled.update_meta(started=True, store_id=result if result is not None else kwargs["_id"])
 
 
 def pending(root: Path, key: str) -> list[SpooledRun]:
@@ -185,6 +195,7 @@ class GuardedStore:
         self._retry: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_failure = 0.0
+        self._old_runs: threading.Thread | None = None
         self._replay_old()
 
     def __repr__(self) -> str:
@@ -273,9 +284,12 @@ class GuardedStore:
 
     def finish(self) -> None:
         """At the end of the run: one more try unless the store just failed, then leave the rest."""
+        if self._old_runs is not None:
+            # Older runs being delivered in the background must not be cut off at exit.
+            self._old_runs.join(timeout=_OLD_RUNS_WAIT)
         if self.spooled is None:
             return
-        if time.monotonic() - self._last_failure >= _QUIET:
+        if self._reachable():
             self.try_replay()
         self._stop.set()
         if self.spooled is not None:
@@ -288,6 +302,16 @@ class GuardedStore:
                 self.root,
                 redact_url(self.url or "STORE"),
             )
+
+    def _reachable(self) -> bool:
+        """Whether a last try is worth it: ask the store if it can say quickly, else try."""
+        ping = getattr(self.store, "ping", None)
+        if ping is None:
+            return True
+        try:
+            return bool(ping())
+        except Exception:
+            return False
 
     def _replay_old(self) -> None:
         """Deliver runs spooled by earlier runs into this store, in the background."""
@@ -307,7 +331,8 @@ class GuardedStore:
                     return
             log.warning("store %s: %d spooled run(s) from earlier delivered", self.name, len(old))
 
-        threading.Thread(target=work, name="expkit-replay", daemon=True).start()
+        self._old_runs = threading.Thread(target=work, name="expkit-replay", daemon=True)
+        self._old_runs.start()
 
 
 class _MemorySpool:

@@ -338,6 +338,16 @@ class MongoObserver(RunObserver):
         where = redact_url(self._url) if self._url else self.runs.database.name
         return f"MongoObserver({where!r}, db={self.runs.database.name!r}, runs={self.runs.name!r})"
 
+    def ping(self, timeout: float = 1.0) -> bool:
+        """Whether the server answers within ``timeout`` seconds."""
+        pymongo = _import_pymongo()[1]
+        try:
+            with pymongo.timeout(timeout):
+                self._client.admin.command("ping")
+        except pymongo.errors.PyMongoError:
+            return False
+        return True
+
     def close(self) -> None:
         """Close the connection this observer opened (a ``client`` passed in stays open)."""
         if self._owns_client:
@@ -450,8 +460,7 @@ class MongoObserver(RunObserver):
             if any(p.get("path") == path and p.get("md5") == md5 for p in self._pending_files):
                 return
             self._pending_files.append({"kind": "resource", "path": path, "md5": md5})
-            if not self._offline:  # else the next heartbeat tries
-                self._attempt(self._send_files, "storing a resource")
+            self._attempt(self._send_files, "storing a resource")
 
     def artifact_event(
         self,
@@ -477,8 +486,7 @@ class MongoObserver(RunObserver):
                 "content_type": content_type,
             }
             self._pending_files.append(item)
-            if not self._offline:  # else the next heartbeat tries
-                self._attempt(self._send_files, "storing an artifact")
+            self._attempt(self._send_files, "storing an artifact")
 
     def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
         """``$push`` new points to one ``metrics`` document per name; link new names in info."""
@@ -492,8 +500,7 @@ class MongoObserver(RunObserver):
                 pending["steps"].extend(self._bson(metric["steps"]))
                 pending["values"].extend(self._bson(metric["values"]))
                 pending["timestamps"].extend(metric["timestamps"])
-            if not self._offline:  # else the next heartbeat tries, so a run does not wait twice
-                self._attempt(self._send_metrics, "storing metrics")
+            self._attempt(self._send_metrics, "storing metrics")
 
     def join(self) -> None:
         """Nothing to wait for: every event is sent before it returns."""
@@ -502,8 +509,7 @@ class MongoObserver(RunObserver):
         """Go on recording the stored run ``_id``: its spooled events are being replayed."""
         run_id = _run_id(_id)
         with self._lock, self._errors(f"resuming run {run_id!r}"):
-            if self.run_entry is not None and self.run_entry["_id"] == run_id:
-                return  # still this observer's run: what it has not sent yet is kept
+            # Always from what is stored: events this observer failed to send are replayed.
             doc = self.runs.find_one({"_id": run_id})
             if doc is None:
                 raise UsageError(f"cannot resume run {run_id!r}: it is not in {self._where()}")
@@ -543,7 +549,6 @@ class MongoObserver(RunObserver):
         self._metric_refs: list[dict] = []
         self._pending_metrics: dict[str, dict] = {}
         self._pending_files: list[dict] = []
-        self._offline = False
         self._info_data: Any = _UNSET  # the last info converted
         self._info_want: dict = {}  # what the document's info should be
         self._info_file: Any = None  # GridFS id of a too-large info
@@ -923,25 +928,9 @@ class MongoObserver(RunObserver):
             ) from None
 
     def _attempt(self, send: Callable[[], None], what: str) -> None:
-        """Run ``send``; on a lost connection warn once and keep the data for the next try."""
-        pymongo = _import_pymongo()[1]
+        """Run ``send``; any failure raises, and the core spools the event and retries it."""
         with self._errors(what):
-            try:
-                send()
-            except pymongo.errors.ConnectionFailure as exc:
-                if not self._offline:
-                    log.warning(
-                        "MongoDB store: %s failed, %s is unreachable (%s); "
-                        "the data is kept and sent later",
-                        what,
-                        self._where(),
-                        self._scrub(_reason(exc)),
-                    )
-                self._offline = True
-                return
-        if self._offline:
-            log.warning("MongoDB store: %s is reachable again", self._where())
-            self._offline = False
+            send()
 
 
 # --- optional imports -----------------------------------------------------------------

@@ -14,12 +14,13 @@ Run documents have the fields of Sacred's TinyDbObserver (``_id``, ``experiment`
 are recorded.
 
 Cost: TinyDB's JSON storage rewrites the whole file on every write, so one write
-costs time in proportion to everything already stored. A run is therefore
-written a bounded number of times: once when it starts (or is queued), once when
-it ends, and in between at most once every ``write_interval`` seconds, each such
-write carrying every heartbeat, metric, artifact and resource gathered since.
-Recording a run thus costs a constant number of whole-file writes however often
-it beats, instead of one per heartbeat as in Sacred.
+costs time in proportion to everything already stored. A run is written when it
+starts (or is queued), at each heartbeat that brought news, and when it ends:
+each event is on disk, or has raised so that the core spools it, and nothing
+lives only in memory. ``write_interval=N`` writes at most once every N seconds
+in between (a constant number of whole-file writes per run, however often it
+beats), at the price that an outage at the very end loses what was gathered
+since the last write.
 
 Several processes may share a store: each write holds an exclusive ``flock`` on
 the lock file, re-reads the JSON only when it changed since this observer last
@@ -231,7 +232,7 @@ class TinyDbObserver(RunObserver):
         path: str | os.PathLike = "./runs_db",
         overwrite: Any = None,
         *,
-        write_interval: float = 30.0,
+        write_interval: float = 0.0,
         db_file: str = DB_FILE,
     ) -> None:
         root = Path(path).expanduser()
@@ -405,8 +406,7 @@ class TinyDbObserver(RunObserver):
             return key, json.loads(json.dumps(data["runs"][key])), metrics
 
         with self._lock:
-            if self._entry is not None and self._entry["_id"] == run_id:
-                return  # still this observer's run: what it has not written yet is kept
+            # Always from what is stored: events this observer failed to write are replayed.
             found = self._db.read(locate)
             if found is None:
                 raise UsageError(f"cannot resume run {_id!r}: it is not in {self.db_path}")
@@ -474,10 +474,9 @@ class TinyDbObserver(RunObserver):
             return
         try:
             self._save()
-        except (OSError, StoreError) as exc:
-            # Kept in memory; the next write (at the latest the final one) retries.
-            self._last_write = time.monotonic()
-            _log.warning("TinyDB store %s: cannot write now, will retry: %s", self.db_path, exc)
+        except OSError as exc:
+            # Raised, so that the core spools this event and retries: nothing is lost.
+            raise StoreError(f"cannot write to {self.db_path}: {exc}") from None
 
     def _save_final(self) -> None:
         with self._lock:
@@ -489,21 +488,9 @@ class TinyDbObserver(RunObserver):
                     error = exc
                     if attempt + 1 < _FINAL_ATTEMPTS:
                         time.sleep(0.2 * (attempt + 1))
-            kept = self._keep_locally()
             raise StoreError(
-                f"cannot write run {self._entry['_id']!r} to {self.db_path}: {error}; "  # type: ignore[index]
-                f"kept it in {kept}"
+                f"cannot write run {self._entry['_id']!r} to {self.db_path}: {error}"  # type: ignore[index]
             ) from error
-
-    def _keep_locally(self) -> Path:
-        run_id = re.sub(r"[^\w.-]", "_", str(self._entry["_id"]))  # type: ignore[index]
-        fd, name = tempfile.mkstemp(prefix=f"expkit-tinydb-{run_id}-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(
-                {"store": str(self.db_path), "run": self._entry, "metrics": self._pending_metrics},
-                f,
-            )
-        return Path(name)
 
     def _save(self) -> None:
         self._dirty = True

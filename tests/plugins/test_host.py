@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from expkit_plugins import host
 
 from expkit.pluginmanager import create_plugin_manager
 from expkit.settings import SETTINGS
+from expkit_plugins import host
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="fake commands are shell scripts")
 

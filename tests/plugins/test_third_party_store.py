@@ -1,0 +1,194 @@
+"""A store distributed as its own package (tests/third_party_store: ``expkit_memstore`` and its
+dist-info) is found through the ``expkit`` entry-point group, with nothing to configure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "third_party_store"
+TIMEOUT = 60
+
+EXPERIMENT = """
+from expkit import Experiment
+
+ex = Experiment("mem")
+
+
+@ex.config
+def cfg():
+    n = 2
+
+
+@ex.main
+def main(n, _run):
+    print("n is", n)
+    _run.log_scalar("loss", 0.5)
+    _run.log_scalar("loss", 0.25)
+    return n * 3
+"""
+
+SCRIPT = (
+    EXPERIMENT.replace("from expkit import Experiment", "import os\nfrom expkit import Experiment")
+    + """
+from expkit.observers import MemStoreObserver
+
+ex.observers.append(MemStoreObserver(os.environ["MEMSTORE_FILE"]))
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The package is installed the simplest way: its folder is on the path."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("EXPKIT_PLUGINS",)}
+    environ.pop("EXPKIT_DISABLE_PLUGIN_AUTOLOAD", None)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(PACKAGE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    environ["EXPKIT_SPOOL"] = str(tmp_path / "spool")
+    return environ
+
+
+@pytest.fixture
+def exp_file(tmp_path: Path) -> Path:
+    path = tmp_path / "exp_mem.py"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def expkit_cmd(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "expkit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_one_complete_run(path: Path) -> None:
+    found = events(path)
+    kinds = [e["event"] for e in found]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert len({e["run_id"] for e in found}) == 1
+    assert found[0]["name"] == "mem" and found[0]["config"]["n"] == 2
+    assert found[-1]["result"] == 6
+    points = [p for e in found if e["event"] == "metrics" for p in e["points"]["loss"]]
+    assert points == [[0, 0.5], [1, 0.25]]
+    assert "n is 2" in [e for e in found if e["event"] == "heartbeat"][-1]["captured_out"]
+
+
+def test_the_plugin_is_listed_as_an_entry_point(tmp_path: Path, env: dict[str, str]) -> None:
+    done = expkit_cmd(tmp_path, "plugins", env=env)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "memstore" in line]
+    assert "entrypoint" in line and "expkit-memstore 1.0" in line and "expkit_memstore" in line
+
+
+def test_expkit_run_stores_into_the_plugins_url(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    target = tmp_path / "events.jsonl"
+    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", f"memstore://{target}", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "COMPLETED" in done.stdout
+    assert_one_complete_run(target)
+    assert not (tmp_path / "runs").exists()  # the default store was not used
+
+
+def test_the_scripts_own_command_line_finds_the_plugin_too(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    script = tmp_path / "exp_script.py"
+    script.write_text(SCRIPT)
+    target = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(script), "with", "n=2"],
+        cwd=tmp_path,
+        env={**env, "MEMSTORE_FILE": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert_one_complete_run(target)
+
+
+def test_without_autoload_the_scheme_is_unknown(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    target = tmp_path / "events.jsonl"
+    env["EXPKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", f"memstore://{target}", env=env)
+    assert done.returncode == 4
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"ERROR: no store plugin handles 'memstore://{target}'")
+    assert "known schemes: file://" in line and "tinydb://" in line and "mongodb://" in line
+    assert "memstore" not in line.partition("known schemes")[2]
+    assert not target.exists()
+    assert not (tmp_path / "runs").exists()
+
+    # Named with -p, it loads again even without autoload, as in pytest.
+    done = expkit_cmd(
+        tmp_path, "run", exp_file.name, "-p", "memstore", "--store", f"memstore://{target}", env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_one_complete_run(target)
+
+
+def test_blocking_the_plugin_by_name(tmp_path: Path, env: dict[str, str], exp_file: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    done = expkit_cmd(
+        tmp_path,
+        "run",
+        exp_file.name,
+        "-p",
+        "no:memstore",
+        "--store",
+        f"memstore://{target}",
+        env=env,
+    )
+    assert done.returncode == 4
+    assert "no store plugin handles" in done.stderr
+    assert not target.exists()
+
+
+def test_the_plugins_own_usage_error_is_one_line(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    done = expkit_cmd(
+        tmp_path, "run", exp_file.name, "--store", "memstore://relative/events.jsonl", env=env
+    )
+    assert done.returncode == 4
+    assert done.stderr == "ERROR: memstore needs an absolute path, got 'relative/events.jsonl'\n"
+
+
+def test_a_third_party_store_that_fails_is_spooled_and_synced_like_any_other(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    target = tmp_path / "later" / "events.jsonl"  # its folder does not exist yet
+    url = f"memstore://{target}"
+    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", url, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "store MemStoreObserver failed" in done.stderr
+    assert str(tmp_path / "spool") in done.stderr
+
+    target.parent.mkdir()
+    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert synced.stdout.endswith("1 delivered, 0 still spooled\n")
+    assert_one_complete_run(target)

@@ -1,0 +1,796 @@
+"""Stores under faults, with real processes: a store that goes away mid-run, or is away from
+the start, loses nothing; output printed right before a failure or SIGTERM is kept; names,
+passwords and config values cannot be turned against the store."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expkit import Experiment
+from expkit.errors import UsageError
+from expkit_plugins.file_store import FileStorageObserver, read_run
+
+try:  # the MongoDB store is an optional extra; the other stores are tested without it
+    import pymongo
+    from mongo_server import MemoryMongo
+
+    from expkit_plugins.mongo_store import load_captured_out
+except ImportError:
+    pymongo = None
+
+USER, PASSWORD = "alice", "Pw-h1dden-4711"
+TIMEOUT = 60
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of the processes (and this one): spool and temporary files inside
+    ``tmp_path``."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path / "spool"))
+    return {
+        **os.environ,
+        "EXPKIT_SPOOL": str(tmp_path / "spool"),
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
+
+
+def start(script: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    """``python script args`` in the script's folder, with its output piped."""
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=script.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_script(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def expkit_cmd(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The ``expkit`` command, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "expkit", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``path`` exists; fail with the process's output if it ended first."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the experiment ended early ({proc.returncode}):\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def spooled(spool: Path) -> list[Path]:
+    """The spooled runs still waiting in ``spool``."""
+    return sorted(p.parent for p in spool.glob("*/*/meta.json"))
+
+
+def all_text(folder: Path) -> str:
+    """Every file below ``folder`` as text, to grep what a store wrote."""
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace") for p in sorted(folder.rglob("*")) if p.is_file()
+    )
+
+
+# An experiment that tells the test where it is through marker files in its folder:
+# "phase1" once its first part is stored, "phase2" after its middle part; it goes on
+# once the test created "gone" and then "resume".
+OUTAGE = """
+import time
+from pathlib import Path
+from expkit import Experiment
+
+ex = Experiment("outage")
+
+
+def wait_for(name):
+    deadline = time.monotonic() + 60
+    while not Path(name).exists():
+        assert time.monotonic() < deadline, name
+        time.sleep(0.01)
+
+
+@ex.config
+def cfg():
+    linger = 0.0  # seconds to go on after the last part
+
+
+@ex.main
+def main(linger, _run):
+    for i in range(3):
+        print("before", i)
+        _run.log_scalar("loss", i)
+    time.sleep(0.3)
+    Path("phase1").touch()
+    wait_for("gone")
+    for i in range(3, 6):
+        print("during", i)
+        _run.log_scalar("loss", i)
+    time.sleep(0.3)
+    Path("phase2").touch()
+    wait_for("resume")
+    for i in range(6, 9):
+        print("after", i)
+        _run.log_scalar("loss", i)
+    time.sleep(linger)
+    return 42
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+LINES = [f"{part} {i}" for part, i in [("before", 0), ("before", 1), ("before", 2)]]
+LINES += [f"during {i}" for i in range(3, 6)] + [f"after {i}" for i in range(6, 9)]
+
+
+def assert_complete_output(text: str) -> None:
+    """Every line the outage experiment printed is there once, in order."""
+    found = [line for line in text.splitlines() if line in LINES]
+    assert found == LINES, text
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Path:
+    script = tmp_path / "exp_outage.py"
+    script.write_text(OUTAGE)
+    return script
+
+
+def assert_file_run_complete(runs: Path, run_id: str = "1") -> None:
+    record = read_run(runs, run_id)
+    assert (record["status"], record["result"]) == ("COMPLETED", 42)
+    assert record["metrics"]["loss"]["steps"] == list(range(9))
+    assert record["metrics"]["loss"]["values"] == list(range(9))
+    # Sacred-era readers read metrics.json, not expkit's log.
+    sacred_metrics = json.loads((runs / run_id / "metrics.json").read_text())
+    assert sacred_metrics["loss"]["steps"] == list(range(9))
+    assert_complete_output((runs / run_id / "cout.txt").read_text())
+    assert sorted(p.name for p in runs.iterdir()) == ["1", "_sources"]
+
+
+# --- (1) the run folder of a file store disappears mid-run ------------------------------
+
+
+@pytest.mark.slow
+def test_file_store_back_during_the_run_gets_everything_from_the_runs_own_retry(
+    outage: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    runs, away = tmp_path / "runs", tmp_path / "away"
+    proc = start(outage, "with", "linger=2.0", "-F", "runs", "-b", "0.1", env=env)
+    wait_for(tmp_path / "phase1", proc)
+    (runs / "1").rename(away)  # as root, chmod would not stop the process: take it away
+    (tmp_path / "gone").touch()
+    wait_for(tmp_path / "phase2", proc)
+    away.rename(runs / "1")
+    (tmp_path / "resume").touch()
+    _, err = proc.communicate(timeout=TIMEOUT)
+
+    assert proc.returncode == 0, err
+    assert err.count("store FileStorageObserver failed") == 1  # reported once
+    assert str(tmp_path / "spool") in err
+    assert "the spooled events were delivered" in err
+    assert_file_run_complete(runs)
+    assert spooled(tmp_path / "spool") == []
+
+
+def test_file_store_back_after_the_run_gets_everything_from_expkit_sync(
+    outage: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    runs, away = tmp_path / "runs", tmp_path / "away"
+    proc = start(outage, "-F", "runs", "-b", "0.1", env=env)
+    wait_for(tmp_path / "phase1", proc)
+    (runs / "1").rename(away)
+    (tmp_path / "gone").touch()
+    wait_for(tmp_path / "phase2", proc)
+    (tmp_path / "resume").touch()
+    out, err = proc.communicate(timeout=TIMEOUT)
+
+    assert proc.returncode == 0, err  # the store's trouble is not the experiment's
+    assert "after 8" in out
+    assert err.count("store FileStorageObserver failed") == 1
+    assert f"kept in {tmp_path / 'spool'}" in err
+    assert "expkit sync" in err
+    [kept] = spooled(tmp_path / "spool")
+
+    away.rename(runs / "1")
+    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "runs", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"delivered {kept.name} to runs as run 1" in done.stdout
+    assert_file_run_complete(runs)
+    assert spooled(tmp_path / "spool") == []
+
+
+# --- (2) and a TinyDB store ---------------------------------------------------------------
+
+
+def test_tinydb_store_gone_at_the_end_gets_everything_from_expkit_sync(
+    outage: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    store, away = tmp_path / "db", tmp_path / "away"
+    proc = start(outage, "-t", "db", "-b", "0.1", env=env)
+    wait_for(tmp_path / "phase1", proc)
+    store.rename(away)
+    (tmp_path / "gone").touch()
+    wait_for(tmp_path / "phase2", proc)
+    (tmp_path / "resume").touch()
+    _, err = proc.communicate(timeout=TIMEOUT)
+
+    assert proc.returncode == 0, err
+    assert str(tmp_path / "spool") in err
+    assert not store.exists(), "the store wrote a new, partial database"
+    away.rename(store)
+    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "tinydb://db", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    tables = json.loads((store / "metadata.json").read_text())
+    [doc] = tables["runs"].values()
+    assert (doc["status"], doc["result"]) == ("COMPLETED", 42)
+    assert_complete_output(doc["captured_out"])
+    [loss] = tables["metrics"].values()
+    assert loss["steps"] == list(range(9))
+
+
+# --- (2) a MongoDB server that goes down mid-run ---------------------------------------------
+
+
+def _need_mongo() -> None:
+    if pymongo is None:
+        pytest.skip("needs pymongo and mockupdb (pip install 'expkit[mongo]')")
+
+
+@pytest.fixture(scope="module")
+def mongo_server() -> Iterator[MemoryMongo]:
+    _need_mongo()
+    server = MemoryMongo().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo(mongo_server: MemoryMongo) -> Iterator[MemoryMongo]:
+    mongo_server.down = False
+    mongo_server.databases.clear()
+    yield mongo_server
+    mongo_server.down = False
+
+
+def mongo_url(server: MemoryMongo, **credentials: str) -> str:
+    # A short server selection time-out keeps a run with the server away quick.
+    return server.url("faults", **credentials) + "?serverSelectionTimeoutMS=300"
+
+
+def mongo_db(url: str) -> Any:
+    return pymongo.MongoClient(url, serverSelectionTimeoutMS=2000)["faults"]
+
+
+def outage_experiment(gone: Callable[[], None], back: Callable[[], None]) -> Experiment:
+    """The outage experiment in this process: ``gone`` and ``back`` take the store away
+    after the first part and (maybe) return it after the middle part."""
+    ex = Experiment("outage_mongo", interactive=True)
+
+    @ex.main
+    def main(_run: Any) -> int:
+        for i in range(3):
+            print("before", i)
+            _run.log_scalar("loss", i)
+        time.sleep(0.2)
+        gone()
+        for i in range(3, 6):
+            print("during", i)
+            _run.log_scalar("loss", i)
+        time.sleep(0.4)  # heartbeats find the server away
+        back()
+        for i in range(6, 9):
+            print("after", i)
+            _run.log_scalar("loss", i)
+        time.sleep(0.2)
+        return 42
+
+    return ex
+
+
+def assert_mongo_run_complete(db: Any, run_id: Any) -> None:
+    doc = db.runs.find_one({"_id": run_id})
+    assert (doc["status"], doc["result"]) == ("COMPLETED", 42)
+    assert_complete_output(load_captured_out(db.runs, run_id))
+    [loss] = db.metrics.find({"run_id": run_id})
+    assert loss["steps"] == list(range(9))
+    assert [ref["name"] for ref in doc["info"]["metrics"]] == ["loss"]
+    assert db.runs.count_documents({}) == 1
+
+
+def test_mongo_back_during_the_run_gets_everything(
+    mongo: MemoryMongo, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = mongo_url(mongo)
+
+    def gone() -> None:
+        mongo.down = True
+
+    def back() -> None:
+        mongo.down = False
+
+    ex = outage_experiment(gone, back)
+    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": url, "--capture": "sys"})
+    assert run.status == "COMPLETED"
+    assert "store MongoObserver failed" in caplog.text
+    assert "store MongoObserver is back" in caplog.text
+    assert_mongo_run_complete(mongo_db(url), run._id)
+
+
+def test_mongo_back_after_the_run_gets_everything_from_expkit_sync(
+    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = mongo_url(mongo)
+
+    def gone() -> None:
+        mongo.down = True
+
+    ex = outage_experiment(gone, lambda: None)
+    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": url, "--capture": "sys"})
+    assert (run.status, run.result) == ("COMPLETED", 42)
+    assert f"kept in {tmp_path / 'spool'}" in caplog.text
+    assert len(spooled(tmp_path / "spool")) == 1
+
+    mongo.down = False
+    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 delivered, 0 still spooled" in done.stdout
+    assert_mongo_run_complete(mongo_db(url), run._id)
+
+
+# --- (3) a store that is down from the start ------------------------------------------------
+
+QUICK = """
+from expkit import Experiment
+
+ex = Experiment("quick")
+
+
+@ex.config
+def cfg():
+    tag = "first"
+    wait = 0.0
+
+
+@ex.main
+def main(tag, wait, _run):
+    import time
+
+    print("hello from", tag)
+    _run.log_scalar("x", 1.5)
+    _run.log_scalar("x", 2.5)
+    time.sleep(wait)
+    return tag
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+@pytest.fixture
+def quick(tmp_path: Path) -> Path:
+    script = tmp_path / "exp_quick.py"
+    script.write_text(QUICK)
+    return script
+
+
+def runs_by_tag(runs: Path) -> dict[str, dict]:
+    """The file store's runs, by the ``tag`` of their config."""
+    found = {}
+    for folder in runs.iterdir():
+        if folder.name.isdigit():
+            record = read_run(runs, folder.name)
+            found[record["config"]["tag"]] = record
+    return found
+
+
+def assert_quick_run(record: dict, runs: Path, tag: str) -> None:
+    assert (record["status"], record["result"]) == ("COMPLETED", tag)
+    assert record["metrics"]["x"]["values"] == [1.5, 2.5]
+    assert f"hello from {tag}" in (runs / record["_id"] / "cout.txt").read_text()
+
+
+def test_file_store_down_from_the_start_then_synced(
+    quick: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    (tmp_path / "runs").write_text("a file where the store's folder should be\n")
+    done = run_script(quick, "-F", "runs", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "hello from first" in done.stdout
+    assert f"kept in {tmp_path / 'spool'}" in done.stderr
+    assert len(spooled(tmp_path / "spool")) == 1
+
+    (tmp_path / "runs").unlink()
+    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "runs", env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "as run 1" in synced.stdout
+    assert_quick_run(read_run(tmp_path / "runs", "1"), tmp_path / "runs", "first")
+    assert spooled(tmp_path / "spool") == []
+
+
+def test_mongo_down_from_the_start_then_synced(
+    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str], quick: Path
+) -> None:
+    url = mongo_url(mongo)
+    mongo.down = True
+    done = run_script(quick, "-m", url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "store MongoObserver failed" in done.stderr
+    assert len(spooled(tmp_path / "spool")) == 1
+
+    mongo.down = False
+    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    db = mongo_db(url)
+    [doc] = db.runs.find()
+    assert (doc["_id"], doc["status"], doc["result"]) == (1, "COMPLETED", "first")
+    assert "hello from first" in doc["captured_out"]
+    [x] = db.metrics.find()
+    assert (x["run_id"], x["values"]) == (1, [1.5, 2.5])
+
+
+# --- (4) the next run into the store replays what an earlier one spooled ---------------------
+
+
+@pytest.mark.parametrize("wait", [0.0, 1.5], ids=["short-next-run", "long-next-run"])
+def test_next_run_into_the_store_delivers_an_earlier_spooled_run(
+    quick: Path, tmp_path: Path, env: dict[str, str], wait: float
+) -> None:
+    runs = tmp_path / "runs"
+    runs.write_text("in the way\n")
+    # Long enough, with heartbeats, that replaying it takes longer than the next run.
+    first = run_script(quick, "with", "wait=0.5", "-b", "0.01", "-F", "runs", env=env)
+    assert first.returncode == 0, first.stderr
+    assert len(spooled(tmp_path / "spool")) == 1
+
+    runs.unlink()
+    done = run_script(quick, "with", "tag=second", f"wait={wait}", "-F", "runs", env=env)
+    assert done.returncode == 0, done.stderr
+    # Nothing else was asked of the user: when the next run has ended, both are stored.
+    found = runs_by_tag(runs)
+    assert sorted(found) == ["first", "second"]
+    assert_quick_run(found["first"], runs, "first")
+    assert_quick_run(found["second"], runs, "second")
+    assert spooled(tmp_path / "spool") == []
+
+
+# --- (5) output printed right before the end is kept ------------------------------------------
+
+LAST_WORDS = """
+import time
+from pathlib import Path
+from expkit import Experiment
+
+ex = Experiment("last_words")
+
+
+@ex.config
+def cfg():
+    mode = "fail"
+
+
+@ex.main
+def main(mode):
+    print("last words before", mode)
+    if mode == "fail":
+        raise RuntimeError("early failure")
+    Path("ready").touch()
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+def read_file_store(tmp_path: Path) -> tuple[str, str]:
+    record = read_run(tmp_path / "runs", "1")
+    return record["status"], (tmp_path / "runs" / "1" / "cout.txt").read_text()
+
+
+def read_tinydb(tmp_path: Path) -> tuple[str, str]:
+    [doc] = json.loads((tmp_path / "db" / "metadata.json").read_text())["runs"].values()
+    return doc["status"], doc["captured_out"]
+
+
+@pytest.fixture(params=["file", "tinydb", "mongo"])
+def store(request: pytest.FixtureRequest) -> tuple[list[str], Callable[[Path], tuple[str, str]]]:
+    """The flags that pick a store, and how to read (status, output) of its one run."""
+    if request.param == "file":
+        return ["-F", "runs"], read_file_store
+    if request.param == "tinydb":
+        return ["-t", "db"], read_tinydb
+    server = request.getfixturevalue("mongo")
+    url = mongo_url(server)
+
+    def read_mongo(tmp_path: Path) -> tuple[str, str]:
+        db = mongo_db(url)
+        [doc] = db.runs.find()
+        return doc["status"], load_captured_out(db.runs, doc["_id"])
+
+    return ["-m", url], read_mongo
+
+
+@pytest.fixture
+def last_words(tmp_path: Path) -> Path:
+    script = tmp_path / "exp_last_words.py"
+    script.write_text(LAST_WORDS)
+    return script
+
+
+def test_output_before_an_early_failure_is_kept(
+    store: tuple, last_words: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    flags, read = store
+    done = run_script(last_words, *flags, env=env)
+    assert done.returncode == 1
+    assert "RuntimeError: early failure" in done.stderr
+    status, output = read(tmp_path)
+    assert status == "FAILED"
+    assert "last words before fail" in output
+    assert spooled(tmp_path / "spool") == []
+
+
+def test_output_before_sigterm_is_kept(
+    store: tuple, last_words: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    flags, read = store
+    proc = start(last_words, "with", "mode=term", *flags, env=env)
+    wait_for(tmp_path / "ready", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode != 0
+    status, output = read(tmp_path)
+    assert status == "INTERRUPTED"
+    assert "last words before term" in output
+    assert spooled(tmp_path / "spool") == []
+
+
+# --- (7) security --------------------------------------------------------------------------
+
+ESCAPES = """
+import os
+from pathlib import Path
+from expkit import Experiment
+
+ex = Experiment("escapes")
+
+
+@ex.main
+def main(_run):
+    payload = Path("payload.txt")
+    payload.write_text("payload\\n")
+    outside = Path(os.environ["OUTSIDE"])
+    rundir = Path("runs", str(_run._id))
+    if rundir.is_dir():  # the file store: a folder of the run that leads outside it
+        os.symlink(outside, rundir / "sub")
+    else:
+        os.symlink(outside, "sub")
+    names = ["../escaped.txt", str(outside / "absolute.txt"), "sub/linked.txt", "ok.txt"]
+    for name in names:
+        try:
+            _run.add_artifact(payload, name=name)
+        except Exception as exc:
+            print("refused", name, type(exc).__name__, exc)
+        else:
+            print("accepted", name)
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+@pytest.fixture
+def escapes(tmp_path: Path) -> Path:
+    script = tmp_path / "exp_escapes.py"
+    script.write_text(ESCAPES)
+    return script
+
+
+def test_artifact_names_cannot_place_files_outside_any_store(
+    store: tuple, escapes: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    flags, read = store
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    done = run_script(escapes, *flags, env={**env, "OUTSIDE": str(outside)})
+    assert done.returncode == 0, done.stderr
+    assert "refused ../escaped.txt UsageError" in done.stdout
+    assert f"refused {outside / 'absolute.txt'} UsageError" in done.stdout
+    assert "accepted ok.txt" in done.stdout
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escaped.txt").exists()
+    if flags[0] == "-F":
+        assert "refused sub/linked.txt UsageError" in done.stdout
+        assert (tmp_path / "runs" / "1" / "ok.txt").read_text() == "payload\n"
+    else:  # a name, never a path: the content goes to hashfs or GridFS
+        assert "accepted sub/linked.txt" in done.stdout
+    assert spooled(tmp_path / "spool") == []  # refused, not spooled for later
+    status, _ = read(tmp_path)
+    assert status == "COMPLETED"
+
+
+def test_the_file_store_itself_refuses_names_that_leave_the_run_folder(tmp_path: Path) -> None:
+    obs = FileStorageObserver(tmp_path / "runs")
+    obs.started_event(
+        ex_info={"name": "x", "base_dir": str(tmp_path), "sources": []},
+        command="main",
+        host_info={},
+        start_time=datetime.datetime(2024, 1, 2, 3, 4, 5, 6),
+        config={},
+        meta_info={},
+        _id=None,
+    )
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "runs" / "1" / "sub")
+    for name in ["../x.txt", str(tmp_path / "outside" / "abs.txt"), "sub/x.txt", "a/../../x.txt"]:
+        with pytest.raises(UsageError, match="artifact name"):
+            obs.artifact_event(name=name, filename=str(payload))
+    assert list((tmp_path / "outside").iterdir()) == []
+    assert not (tmp_path / "runs" / "x.txt").exists() and not (tmp_path / "x.txt").exists()
+
+
+@pytest.mark.slow
+def test_a_mongodb_password_is_stored_nowhere(
+    tmp_path: Path, env: dict[str, str], quick: Path
+) -> None:
+    _need_mongo()
+    server = MemoryMongo(users={USER: PASSWORD}).start()
+    try:
+        url = mongo_url(server, user=USER, password=PASSWORD)
+        # Stored in MongoDB and, as the command line, in the file store.
+        done = run_script(quick, "-m", url, "-F", "runs", env=env)
+        assert done.returncode == 0, done.stderr
+        # Away from the start: spooled, then synced.
+        server.down = True
+        done2 = run_script(quick, "with", "tag=second", "-m", url, env=env)
+        assert done2.returncode == 0, done2.stderr
+        assert len(spooled(tmp_path / "spool")) == 1
+        spool_text = all_text(tmp_path / "spool")
+        server.down = False
+        synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+
+        docs = [repr(doc) for _, _, doc in server.all_documents()]
+        assert len([d for d in docs if "'status': 'COMPLETED'" in d]) == 2
+        for text in [*docs, all_text(tmp_path / "runs"), spool_text]:
+            assert PASSWORD not in text
+        for output in [done, done2, synced]:
+            assert PASSWORD not in output.stdout + output.stderr
+        assert f"{USER}:***@" in all_text(tmp_path / "runs")
+    finally:
+        server.stop()
+
+
+CONFIG_VALUES = """
+import numpy as np
+from expkit import Experiment
+
+ex = Experiment("values")
+ex.add_config({"scalar": np.float64(0.25), "when": "2024-01-02"})
+
+
+@ex.config
+def cfg():
+    pair = (1, "two")
+    nested = {"inner": (3.5, None), "flag": True}
+
+
+@ex.main
+def main(pair, nested, scalar, when):
+    print("pair is a", type(pair).__name__)
+    return [pair, scalar]
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+PLAIN_CONFIG = {
+    "scalar": 0.25,
+    "when": "2024-01-02",
+    "pair": [1, "two"],
+    "nested": {"inner": [3.5, None], "flag": True},
+}
+
+
+def test_config_values_are_stored_as_data_never_pickled(
+    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str]
+) -> None:
+    script = tmp_path / "exp_values.py"
+    script.write_text(CONFIG_VALUES)
+    url = mongo_url(mongo)
+    done = run_script(script, "-F", "runs", "-t", "db", "-m", url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "pair is a tuple" in done.stdout
+
+    file_config = json.loads((tmp_path / "runs" / "1" / "config.json").read_text())
+    [tiny] = json.loads((tmp_path / "db" / "metadata.json").read_text())["runs"].values()
+    [mongo_doc] = mongo_db(url).runs.find()
+    for config in [file_config, tiny["config"], mongo_doc["config"]]:
+        assert {k: v for k, v in config.items() if k != "seed"} == PLAIN_CONFIG
+    stored = all_text(tmp_path / "runs") + all_text(tmp_path / "db")
+    stored += "".join(repr(doc) for _, _, doc in mongo.all_documents())
+    for marker in ["py/object", "py/tuple", "py/reduce", "numpy.ndarray", "Binary("]:
+        assert marker not in stored
+    for folder in [tmp_path / "runs", tmp_path / "db"]:
+        for path in folder.rglob("*"):
+            assert not (path.is_file() and path.read_bytes().startswith(b"\x80")), path
+
+
+OBJECT_IN_CONFIG = """
+import numpy as np
+from pathlib import Path
+from expkit import Experiment
+
+ex = Experiment("objects")
+
+
+@ex.config
+def cfg():
+    thing = {value}
+
+
+@ex.main
+def main(thing):
+    return 1
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+@pytest.mark.parametrize(("value", "kind"), [("np.arange(3)", "ndarray"), ("Path('x')", "Path")])
+def test_config_values_that_are_no_data_are_refused_not_pickled(
+    tmp_path: Path, env: dict[str, str], value: str, kind: str
+) -> None:
+    script = tmp_path / "exp_objects.py"
+    script.write_text(OBJECT_IN_CONFIG.format(value=value))
+    done = run_script(script, "-F", "runs", env=env)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ERROR: "), done.stderr
+    [line] = done.stderr.splitlines()
+    assert "thing" in line and kind in line
+    assert not (tmp_path / "runs").exists()
