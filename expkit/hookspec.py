@@ -193,6 +193,18 @@ def expkit_store_for_url(url: str) -> Any:
     """
 
 
+@hookspec(firstresult=True)
+def expkit_reader_for_url(url: str) -> Any:
+    """Return a reader of the runs stored at ``url``, or ``None`` when the URL is not yours.
+
+    A reader has ``list_runs() -> Iterable[RunRecord]`` (summaries, without
+    ``captured_out`` and ``metrics``), ``get_run(run_id) -> RunRecord`` (everything),
+    ``read_source(run_id, name) -> bytes`` (a stored source file by its relative name),
+    ``read_artifact(run_id, name) -> bytes`` and ``delete_run(run_id)``; an unknown id
+    raises :class:`KeyError`. See :class:`expkit.records.RunRecord`. *firstresult*.
+    """
+
+
 @hookspec
 def expkit_store_schemes() -> list[str] | None:
     """Return the URL schemes this plugin's stores claim, for error messages."""

@@ -72,3 +72,39 @@ class ConfigDefault:
     key: str
     value: Any
     doc: str = ""
+
+
+@attrs.frozen
+class RunRecord:
+    """A stored run as every store's reader returns it.
+
+    ``captured_out`` and ``metrics`` are ``None`` in the summaries a listing returns
+    (loading them costs); :meth:`RunReader.get_run` fills them in.
+    """
+
+    id: Any
+    store: str  # the URL (password redacted) of the store holding the run
+    experiment: str  # the experiment's name
+    status: str
+    command: str | None = None
+    start_time: datetime.datetime | None = None
+    stop_time: datetime.datetime | None = None
+    heartbeat: datetime.datetime | None = None
+    config: dict = attrs.field(factory=dict)
+    result: Any = None
+    meta: dict = attrs.field(factory=dict)  # Sacred's meta: command, options, comment, ...
+    host: dict = attrs.field(factory=dict)
+    # Sacred's "experiment" document: name, base_dir, mainfile, sources [[name, ref]],
+    # dependencies ["pkg==version"], repositories [{url, commit, dirty}]
+    experiment_info: dict = attrs.field(factory=dict)
+    info: dict = attrs.field(factory=dict)
+    fail_trace: list[str] | None = None
+    artifacts: tuple[str, ...] = ()
+    captured_out: str | None = None
+    metrics: dict[str, dict] | None = None  # name -> {"steps", "values", "timestamps"}
+
+    @property
+    def duration(self) -> datetime.timedelta | None:
+        """How long the run ran (until its stop, or its last heartbeat while running)."""
+        end = self.stop_time or self.heartbeat
+        return None if end is None or self.start_time is None else end - self.start_time
