@@ -53,7 +53,8 @@ class Parser:
 
     def parse(self, args: list[str]) -> argparse.Namespace:
         """Parse ``args``; a mistake raises :class:`~expkit.errors.UsageError`."""
-        return self._parser.parse_args(args)
+        # Options and positional arguments may come in any order, as in pytest.
+        return self._parser.parse_intermixed_args(args)
 
     def format_help(self) -> str:
         """The help text."""

@@ -78,6 +78,8 @@ class PluginManager(pluggy.PluginManager):
         except ImportError as exc:
             raise UsageError(f"cannot load plugin {name!r}: {exc}") from exc
         seconds = time.perf_counter() - start
+        if self.is_registered(module):
+            return module  # loaded already under its entry-point name
         self.register(module, name=name)
         self.infos[name] = PluginInfo(
             name=name, origin=origin, module=modname, import_seconds=seconds, **extra

@@ -11,12 +11,23 @@
     <basedir>/<id>/<artifacts>
     <basedir>/_sources/<stem>_<md5><ext>
     <basedir>/_resources/<stem>_<md5><ext>
+    <basedir>/_index/runs.jsonl   one summary line per finished run (see below)
 
 Unlike Sacred's observer it never loses or tears a file: JSON files are
 replaced atomically, ids are claimed with ``os.mkdir`` so concurrent processes
 get distinct ones, ``metrics.json`` is rewritten only when the number of points
 has doubled (the log holds every point in between), and artifact names cannot
 leave the run folder.
+
+The index makes listing thousands of runs cheap: when a run ends the observer
+appends one line (the run's summary: id, experiment, status, times, result,
+config, meta without its options) with a single ``O_APPEND`` write, so lines of
+concurrent processes never interleave. :class:`FileStoreReader` folds it (the
+last line of an id wins) and treats it as a cache: runs it does not know (still
+running, queued, written by Sacred, or whose line is torn) are read from their
+folders, and the index is rebuilt (:func:`rebuild_index`) when it is missing or
+mostly superseded lines. Running runs are not indexed: their heartbeat changes
+all the time, and there are few of them.
 """
 
 from __future__ import annotations
@@ -33,11 +44,14 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
+
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
-from expkit.serialize import dumps, format_time, to_data
-from expkit.utils import file_md5
+from expkit.records import RunRecord
+from expkit.serialize import dumps, format_time, parse_time, to_data
+from expkit.utils import file_md5, redact_url
 
 log = logging.getLogger("expkit")
 
@@ -47,6 +61,9 @@ COUT_FILE = "cout.txt"
 METRICS_FILE = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
 INFO_FILE = "info.json"
+# In a folder of its own: Sacred-era readers skip "_" folders they cannot read as runs,
+# but would stumble over a plain file beside the run folders.
+INDEX_FILE = os.path.join("_index", "runs.jsonl")
 SOURCES_DIR = "_sources"
 RESOURCES_DIR = "_resources"
 # Artifacts may not take these names: the store itself writes them.
@@ -398,6 +415,16 @@ class FileStorageObserver(RunObserver):
         if self._points_saved is not None and self._points != self._points_saved:
             self._save_metrics()
         self._save_run()
+        self._append_index()
+
+    def _append_index(self) -> None:
+        run_id = os.path.basename(self._rundir())
+        line = _index_line(_summary(run_id, to_data(self.run_entry), to_data(self.config)))
+        try:
+            _append_bytes(os.path.join(self.basedir, INDEX_FILE), line)
+        except OSError as exc:
+            # The index is a cache: readers find this run from its folder.
+            log.debug("%s not updated: %s", INDEX_FILE, exc)
 
 
 # --- plugin hooks -------------------------------------------------------------------
@@ -416,6 +443,21 @@ def expkit_store_for_url(url: str) -> FileStorageObserver | None:
     if not url:
         raise UsageError("store path is empty: give a folder or file://PATH")
     return FileStorageObserver(url)
+
+
+@hookimpl
+def expkit_reader_for_url(url: str) -> FileStoreReader | None:
+    """Read the stores of :func:`expkit_store_for_url`: ``file://PATH`` and plain paths."""
+    if url.startswith("file://"):
+        path = url[len("file://") :]
+        if not path:
+            raise UsageError(f"store URL {url!r} names no folder: write file://PATH")
+        return FileStoreReader(path, url)
+    if "://" in url:
+        return None
+    if not url:
+        raise UsageError("store path is empty: give a folder or file://PATH")
+    return FileStoreReader(url, url)
 
 
 @hookimpl
@@ -482,6 +524,246 @@ def _load_json(path: str, default: Any = None) -> Any:
         return default
     except ValueError as exc:
         raise ExpkitError(f"{path} is not valid JSON: {exc}") from None
+
+
+_FINAL = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT"})
+_SUMMARY_KEYS = ("command", "start_time", "stop_time", "heartbeat", "result", "meta")
+
+
+class FileStoreReader:
+    """Read the runs of a file store: summaries from its index, everything from the folders."""
+
+    def __init__(self, basedir: str | os.PathLike[str], url: str | None = None) -> None:
+        self.basedir = os.path.abspath(basedir)
+        self.url = url if url is not None else os.fspath(basedir)
+        if not os.path.isdir(self.basedir):
+            raise UsageError(f"no file store at {self.basedir}: the folder does not exist")
+
+    def __repr__(self) -> str:
+        return f"FileStoreReader({self.basedir!r})"
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every run as a summary (no output, metrics, host or experiment info), in id order."""
+        index_path = os.path.join(self.basedir, INDEX_FILE)
+        indexed, lines, intact = _fold_index(index_path)
+        summaries: dict[str, dict] = {}
+        repaired: list[dict] = []
+        for name in _run_folders(self.basedir):
+            summary = indexed.get(name)
+            if summary is None or summary.get("status") not in _FINAL:
+                # Unknown to the index, or maybe changed since: the folder is the truth.
+                summary = self._summary_from_folder(name)
+                if summary is None:
+                    continue
+                if summary.get("status") in _FINAL:
+                    repaired.append(summary)
+            summaries[name] = summary
+        ordered = sorted(summaries.values(), key=_id_order)
+        if not intact or lines > 3 * len(ordered) + 64:
+            # Missing, torn at the end, or mostly superseded lines: write it anew.
+            _write_index(index_path, ordered)
+        elif repaired:
+            with contextlib.suppress(OSError):  # a read-only store is still listed
+                _append_bytes(index_path, b"".join(_index_line(s) for s in repaired))
+        return [self._record(s) for s in ordered]
+
+    def get_run(self, run_id: Any) -> RunRecord:
+        """Everything recorded about run ``run_id``; :class:`KeyError` when there is none."""
+        rundir = self._rundir(run_id)
+        name = os.path.basename(rundir)
+        data = read_run(self.basedir, name)
+        try:
+            with open(os.path.join(rundir, COUT_FILE), encoding="utf-8", errors="replace") as f:
+                captured_out = f.read()
+        except FileNotFoundError:
+            captured_out = ""
+        summary = _summary(name, data, data["config"])
+        return attrs.evolve(
+            self._record(summary),
+            host=data.get("host") or {},
+            experiment_info=data.get("experiment") or {},
+            info=data["info"],
+            fail_trace=data.get("fail_trace"),
+            artifacts=tuple(data.get("artifacts") or ()),
+            captured_out=captured_out,
+            metrics=_metrics_with_times(data["metrics"]),
+        )
+
+    def read_source(self, run_id: Any, name: str) -> bytes:
+        """The stored copy of the run's source file ``name`` (relative to its base dir)."""
+        entry = _load_json(os.path.join(self._rundir(run_id), RUN_FILE))
+        for relpath, stored in _source_pairs(entry.get("experiment") or {}):
+            if relpath == name:
+                return _read_bytes(os.path.join(self.basedir, stored), f"source {name!r}")
+        raise KeyError(f"run {str(run_id)!r} in {self.basedir} has no source {name!r}")
+
+    def read_artifact(self, run_id: Any, name: str) -> bytes:
+        """The content of the run's artifact ``name``."""
+        rundir = self._rundir(run_id)
+        entry = _load_json(os.path.join(rundir, RUN_FILE))
+        # Only listed names are read: they were checked to stay inside the run folder.
+        if name not in (entry.get("artifacts") or ()):
+            raise KeyError(f"run {str(run_id)!r} in {self.basedir} has no artifact {name!r}")
+        return _read_bytes(os.path.join(rundir, name), f"artifact {name!r}")
+
+    def delete_run(self, run_id: Any) -> None:
+        """Remove the run's folder (its sources in ``_sources`` may be shared and stay)."""
+        shutil.rmtree(self._rundir(run_id))
+
+    def _rundir(self, run_id: Any) -> str:
+        try:
+            name = _checked_id(run_id)
+        except UsageError:
+            raise KeyError(f"no run {str(run_id)!r} in {self.basedir}") from None
+        rundir = os.path.join(self.basedir, name)
+        if not os.path.isfile(os.path.join(rundir, RUN_FILE)):
+            raise KeyError(f"no run {name!r} in {self.basedir}")
+        return rundir
+
+    def _summary_from_folder(self, name: str) -> dict | None:
+        rundir = os.path.join(self.basedir, name)
+        try:
+            entry = _load_json(os.path.join(rundir, RUN_FILE))
+            config = _load_json(os.path.join(rundir, CONFIG_FILE), default={})
+        except FileNotFoundError:
+            return None  # not a run folder, or a run whose start is being written
+        except ExpkitError as exc:
+            log.warning("skipping run %s: %s", name, exc)
+            return None
+        if not isinstance(entry, dict):
+            log.warning("skipping run %s: %s holds no JSON object", name, RUN_FILE)
+            return None
+        return _summary(name, entry, config)
+
+    def _record(self, summary: dict) -> RunRecord:
+        return RunRecord(
+            id=summary["id"],
+            store=redact_url(self.url),
+            experiment=summary.get("experiment") or "",
+            status=summary.get("status") or "",
+            command=summary.get("command"),
+            start_time=_time(summary.get("start_time")),
+            stop_time=_time(summary.get("stop_time")),
+            heartbeat=_time(summary.get("heartbeat")),
+            config=summary.get("config") or {},
+            result=summary.get("result"),
+            meta=summary.get("meta") or {},
+        )
+
+
+def rebuild_index(basedir: str | os.PathLike[str]) -> int:
+    """Write ``<basedir>/_index/runs.jsonl`` anew from the run folders; return the number of runs."""
+    reader = FileStoreReader(basedir)
+    summaries = [
+        s for name in _run_folders(reader.basedir) if (s := reader._summary_from_folder(name))
+    ]
+    _write_index(os.path.join(reader.basedir, INDEX_FILE), sorted(summaries, key=_id_order))
+    return len(summaries)
+
+
+def _summary(run_id: str, entry: dict, config: Any) -> dict:
+    """The index line of a run: what listing and filtering need, small enough to read 10,000."""
+    experiment = entry.get("experiment")
+    summary = {
+        "id": run_id,
+        "experiment": experiment.get("name") if isinstance(experiment, dict) else None,
+        "status": entry.get("status"),
+        "config": config if isinstance(config, dict) else {},
+    }
+    for key in _SUMMARY_KEYS:
+        summary[key] = entry.get(key)
+    if isinstance(summary["meta"], dict):
+        # The command-line options take most of the space and no listing shows them.
+        summary["meta"] = {k: v for k, v in summary["meta"].items() if k != "options"}
+    return summary
+
+
+def _index_line(summary: dict) -> bytes:
+    return (_compact(summary) + "\n").encode("utf-8", errors="replace")
+
+
+def _fold_index(path: str) -> tuple[dict[str, dict], int, bool]:
+    """The last summary of every id in the index, its number of lines, and whether it is
+    there and whole (appending after a torn line would damage the next one too)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}, 0, False
+    except OSError as exc:
+        log.warning("cannot read %s (%s): reading the run folders instead", path, exc)
+        return {}, 0, False
+    folded: dict[str, dict] = {}
+    lines = 0
+    damaged = False
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            summary = json.loads(line)
+            folded[str(summary["id"])] = summary
+        except (ValueError, TypeError, KeyError):
+            # A torn or damaged line: its run is read from its folder instead.
+            damaged = True
+    return folded, lines, not damaged and (not data or data.endswith(b"\n"))
+
+
+def _write_index(path: str, summaries: Iterable[dict]) -> None:
+    data = b"".join(_index_line(s) for s in summaries)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _replace_from(path, lambda f: f.write(data))
+    except OSError as exc:
+        log.debug("%s not rewritten: %s", path, exc)
+
+
+def _run_folders(basedir: str) -> list[str]:
+    with os.scandir(basedir) as entries:
+        return [
+            entry.name
+            for entry in entries
+            if entry.name not in (SOURCES_DIR, RESOURCES_DIR, os.path.dirname(INDEX_FILE))
+            and not entry.name.startswith(".")
+            and entry.is_dir()
+        ]
+
+
+def _id_order(summary: dict) -> tuple:
+    name = str(summary["id"])
+    return (0, int(name), "") if name.isascii() and name.isdigit() else (1, 0, name)
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if isinstance(value, datetime.datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None  # not a time expkit or Sacred wrote: shown as unknown
+
+
+def _metrics_with_times(metrics: dict) -> dict[str, dict]:
+    return {
+        name: {
+            "steps": list(series.get("steps", ())),
+            "values": list(series.get("values", ())),
+            "timestamps": [_time(t) for t in series.get("timestamps", ())],
+        }
+        for name, series in metrics.items()
+    }
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ExpkitError(
+            f"{what} is recorded but cannot be read from {path}: {exc.strerror}"
+        ) from None
 
 
 # --- files ------------------------------------------------------------------------------
@@ -624,6 +906,18 @@ def _symlink_atomic(source: str, path: str) -> None:
     temp = f"{path}.{secrets.token_hex(6)}.tmp"
     os.symlink(source, temp)
     os.replace(temp, path)
+
+
+def _append_bytes(path: str, data: bytes) -> None:
+    """Append ``data`` with one ``O_APPEND`` write: concurrent appenders never interleave."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _append_text(path: str, text: str) -> None:

@@ -42,6 +42,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
+from expkit.records import RunRecord
 from expkit.serialize import to_data, utcnow
 from expkit.utils import file_md5
 
@@ -216,6 +217,185 @@ def load_info(runs: Collection, run_id: Any) -> dict:
         return info
     data = gridfs.GridFS(runs.database).get(note["file_id"]).read()
     return json_util.loads(data.decode("utf-8"))
+
+
+class MongoRunReader:
+    """The read side of a MongoDB store for :func:`expkit.runs.runs` (``expkit_reader_for_url``).
+
+    Reads Sacred's schema too: runs of Sacred's ``MongoObserver`` list and load alike.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        db_name: str = DEFAULT_DB,
+        *,
+        client: Any = None,
+        runs: str = "runs",
+        metrics: str = "metrics",
+    ) -> None:
+        gridfs, pymongo = _import_pymongo()
+        self._url = url
+        self._owns_client = client is None
+        if client is None:
+            try:
+                client = pymongo.MongoClient(url, **_defaults_not_in(url))
+            except (pymongo.errors.PyMongoError, ValueError, TypeError) as exc:
+                raise UsageError(
+                    f"invalid MongoDB URL {redact_url(url or '')}: "
+                    f"{_redact_text(_reason(exc), _password(url))}"
+                ) from None
+        self._client = client
+        db = client[db_name]
+        self.runs = db[runs]
+        self.metrics = db[metrics]
+        self.captured_out = db[f"{runs}.captured_out"]
+        self.fs = gridfs.GridFS(db)
+        self.url = redact_url(url) if url else f"mongodb://{db_name}"
+
+    def __repr__(self) -> str:
+        return f"MongoRunReader({self.url!r}, runs={self.runs.full_name!r})"
+
+    def close(self) -> None:
+        """Close the connection this reader opened."""
+        if self._owns_client:
+            self._client.close()
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every run as a summary (without captured output, info and metrics), in id order."""
+        with self._errors("listing runs"):
+            docs = self.runs.find({}, {"captured_out": 0, "info": 0}, sort=[("_id", 1)])
+            return [self._record(doc) for doc in docs]
+
+    def get_run(self, run_id: Any) -> RunRecord:
+        """Everything stored about run ``run_id``; :class:`KeyError` when there is none."""
+        with self._errors(f"reading run {run_id!r}"):
+            doc = self._find(run_id)
+            _id = doc["_id"]
+            metrics = {
+                str(m.get("name")): {
+                    "steps": list(m.get("steps", ())),
+                    "values": list(m.get("values", ())),
+                    "timestamps": list(m.get("timestamps", ())),
+                }
+                for m in self.metrics.find({"run_id": _id})
+            }
+            info = _without_metric_refs(load_info(self.runs, _id))
+            captured_out = load_captured_out(self.runs, _id)
+        return attrs.evolve(
+            self._record(doc),
+            host=doc.get("host") or {},
+            experiment_info=doc.get("experiment") or {},
+            info=info,
+            fail_trace=doc.get("fail_trace"),
+            captured_out=captured_out,
+            metrics=metrics,
+        )
+
+    def read_source(self, run_id: Any, name: str) -> bytes:
+        """The content of the run's source ``name``, from GridFS."""
+        with self._errors(f"reading a source of run {run_id!r}"):
+            doc = self._find(run_id, {"experiment.sources": 1})
+            for source in (doc.get("experiment") or {}).get("sources") or ():
+                if source and source[0] == name:
+                    return self._read_file(source[1] if len(source) > 1 else None, name)
+        raise KeyError(f"run {run_id!r} in {self._where()} has no source {name!r}")
+
+    def read_artifact(self, run_id: Any, name: str) -> bytes:
+        """The content of the run's artifact ``name``, from GridFS (the last one of that name)."""
+        with self._errors(f"reading an artifact of run {run_id!r}"):
+            doc = self._find(run_id, {"artifacts": 1})
+            for artifact in reversed(doc.get("artifacts") or ()):
+                if isinstance(artifact, dict) and artifact.get("name") == name:
+                    return self._read_file(artifact.get("file_id"), name)
+        raise KeyError(f"run {run_id!r} in {self._where()} has no artifact {name!r}")
+
+    def delete_run(self, run_id: Any) -> None:
+        """Remove the run, its metrics, output pieces, artifacts and large info from the store.
+
+        Sources and resources stay: other runs share them (they are stored once per path and md5).
+        """
+        with self._errors(f"deleting run {run_id!r}"):
+            doc = self._find(run_id, {"artifacts": 1, "info": 1})
+            _id = doc["_id"]
+            files = [a.get("file_id") for a in doc.get("artifacts") or () if isinstance(a, dict)]
+            note = (doc.get("info") or {}).get(_INFO_FILE_KEY)
+            if isinstance(note, dict):
+                files.append(note.get("file_id"))
+            self.metrics.delete_many({"run_id": _id})
+            self.captured_out.delete_many({"run_id": _id})
+            for file_id in files:
+                if file_id is not None:
+                    self.fs.delete(file_id)
+            # The run document goes last: a deletion cut short can be run again.
+            self.runs.delete_one({"_id": _id})
+
+    def _find(self, run_id: Any, projection: dict | None = None) -> dict:
+        # Ids typed on a command line are strings; expkit and Sacred store numbers.
+        candidates = [run_id]
+        if isinstance(run_id, str) and run_id.lstrip("-").isdigit():
+            candidates.insert(0, int(run_id))
+        for candidate in candidates:
+            doc = self.runs.find_one({"_id": candidate}, projection)
+            if doc is not None:
+                return doc
+        raise KeyError(f"no run {run_id!r} in {self._where()}")
+
+    def _read_file(self, file_id: Any, name: str) -> bytes:
+        gridfs = _import_pymongo()[0]
+        if file_id is None:
+            raise MongoStoreError(f"{name!r} is recorded in {self._where()} but was not stored")
+        try:
+            return self.fs.get(file_id).read()
+        except gridfs.errors.NoFile:
+            raise MongoStoreError(
+                f"{name!r} is recorded in {self._where()} but GridFS has no file {file_id}"
+            ) from None
+
+    def _record(self, doc: dict) -> RunRecord:
+        experiment = doc.get("experiment")
+        meta = doc.get("meta") or {}
+        artifacts = doc.get("artifacts") or ()
+        return RunRecord(
+            id=doc.get("_id"),
+            store=self.url,
+            experiment=(experiment.get("name") if isinstance(experiment, dict) else None) or "",
+            status=doc.get("status") or "",
+            command=doc.get("command"),
+            start_time=doc.get("start_time") or meta.get("queue_time"),
+            stop_time=doc.get("stop_time"),
+            heartbeat=doc.get("heartbeat"),
+            config=doc.get("config") or {},
+            result=doc.get("result"),
+            meta=meta,
+            artifacts=tuple(a["name"] for a in artifacts if isinstance(a, dict) and "name" in a),
+        )
+
+    def _where(self) -> str:
+        return f"{self.runs.database.name}.{self.runs.name} at {self.url}"
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        pymongo = _import_pymongo()[1]
+        try:
+            yield
+        except pymongo.errors.PyMongoError as exc:
+            reason = _redact_text(_reason(exc), _password(self._url))
+            raise MongoStoreError(
+                f"MongoDB store {self._where()}: {what} failed ({reason})"
+            ) from None
+
+
+def _without_metric_refs(info: dict) -> dict:
+    """``info`` without the links to metrics documents the store adds to ``info["metrics"]``."""
+    refs = info.get("metrics")
+    if not isinstance(refs, list):
+        return info
+    kept = [r for r in refs if not (isinstance(r, dict) and set(r) == {"name", "id"})]
+    info = {k: v for k, v in info.items() if k != "metrics"}
+    if kept:
+        info["metrics"] = kept
+    return info
 
 
 # --- the observer ------------------------------------------------------------------
@@ -982,6 +1162,16 @@ def expkit_store_for_url(url: str) -> MongoObserver | None:
         return None
     url = f"{scheme.lower()}://{rest}"  # pymongo knows the scheme in lower case only
     return MongoObserver(url=url, db_name=_db_name(url))
+
+
+@hookimpl
+def expkit_reader_for_url(url: str) -> MongoRunReader | None:
+    """A :class:`MongoRunReader` for the URLs :func:`expkit_store_for_url` claims."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        return None
+    url = f"{scheme.lower()}://{rest}"
+    return MongoRunReader(url=url, db_name=_db_name(url))
 
 
 @hookimpl

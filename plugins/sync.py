@@ -1,12 +1,20 @@
-"""``expkit sync SRC DST``: deliver spooled runs (events a failing store missed) to a store.
+"""``expkit sync SRC DST``: deliver spooled runs to a store, or copy runs between stores.
 
-``SRC`` is a spool folder: ``.expkit/spool`` (every store's), or one store's
-folder inside it. Each spooled run is replayed in order and removed once the
-store took all of it; a run the store still refuses stays spooled.
+``SRC`` is a spool folder (events a failing store missed): ``.expkit/spool`` (every
+store's), or one store's folder inside it. Each spooled run is replayed in order
+and removed once the store took all of it; a run the store still refuses stays
+spooled.
+
+Or ``SRC`` is a store: every run its reader returns is sent to ``DST`` as the
+observer events that made it, with its own times, keeping its id where ``DST`` has
+it free. Each copy records ``meta["synced_from"]``, so a second sync skips it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +22,11 @@ from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
+from expkit.records import RunRecord
 from expkit.run import store_for_url
+from expkit.serialize import utcnow
 from expkit.utils import redact_url
+from expkit_plugins.runs import close, reader_for, source_names
 
 
 def spooled_runs(folder: Path) -> list[SpooledRun]:
@@ -35,9 +46,13 @@ def expkit_cmdline_main(config: Any) -> int | None:
     if len(args) != 2:
         raise UsageError("expkit sync takes two arguments: expkit sync SPOOL_FOLDER STORE_URL")
     source, url = Path(args[0]), args[1]
+    if "://" in args[0]:
+        return copy_store(config.pluginmanager, args[0], url)
     if not source.is_dir():
         raise UsageError(f"no spool folder {source}")
     runs = spooled_runs(source)
+    if not runs and _holds_runs(config.pluginmanager, args[0]):
+        return copy_store(config.pluginmanager, args[0], url)
     if not runs:
         print(f"nothing spooled in {source}")
         return ExitCode.OK
@@ -54,3 +69,157 @@ def expkit_cmdline_main(config: Any) -> int | None:
             print(f"delivered {spooled.folder.name} to {redact_url(url)} as run {run_id}")
     print(f"{delivered} delivered, {failed} still spooled")
     return ExitCode.OK if not failed else ExitCode.RUNS_FAILED
+
+
+# --- store to store ----------------------------------------------------------------------------
+
+
+def _holds_runs(pm: Any, url: str) -> bool:
+    reader = pm.hook.expkit_reader_for_url(url=url)
+    if reader is None:
+        return False
+    try:
+        return any(True for _ in reader.list_runs())
+    finally:
+        close(reader)
+
+
+def copy_store(pm: Any, src_url: str, dst_url: str) -> int:
+    """Copy every run of ``src_url`` into ``dst_url`` unless it is there; print the ids."""
+    store_for_url(pm, dst_url)  # a URL nobody stores to fails before anything is read
+    fresh = "://" not in dst_url and not os.path.exists(dst_url)  # a store yet to be made
+    existing = [] if fresh else _all_runs(pm, dst_url)
+    reader = reader_for(pm, src_url)
+    try:
+        return _copy_runs(pm, reader, existing, dst_url)
+    finally:
+        close(reader)
+
+
+def _all_runs(pm: Any, url: str) -> list[RunRecord]:
+    reader = reader_for(pm, url)
+    try:
+        return list(reader.list_runs())
+    finally:
+        close(reader)
+
+
+def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) -> int:
+    taken = {str(r.id) for r in existing}
+    # Every run a destination run is a copy of, through earlier syncs, and the run itself.
+    there = {key: r.id for r in existing for key in _identities(r)}
+    copied = skipped = 0
+    for summary in reader.list_runs():
+        found = next((there[k] for k in _identities(summary) if k in there), None)
+        if found is not None:
+            print(f"{summary.id} -> {found} (already there)")
+            skipped += 1
+            continue
+        store = store_for_url(pm, dst_url)
+        keep = None if str(summary.id) in taken else summary.id
+        origin = {"store": summary.store, "id": summary.id}
+        if isinstance(summary.meta.get("synced_from"), dict):
+            origin["synced_from"] = summary.meta["synced_from"]
+        record = reader.get_run(summary.id)
+        new_id = replay_record(reader, record, store, run_id=keep, meta={"synced_from": origin})
+        taken.add(str(new_id))
+        there.update(dict.fromkeys(_identities(summary), new_id))
+        copied += 1
+        print(f"{summary.id} -> {new_id}")
+    print(f"{copied} copied, {skipped} already in {redact_url(dst_url)}")
+    return ExitCode.OK
+
+
+def _identities(record: RunRecord) -> list[tuple[str, str]]:
+    """The run as ``(store, id)``, then each run it was synced from, nearest first."""
+    keys = [(record.store, str(record.id))]
+    origin = record.meta.get("synced_from")
+    while isinstance(origin, dict) and len(keys) < 100:
+        keys.append((str(origin.get("store")), str(origin.get("id"))))
+        origin = origin.get("synced_from")
+    return keys
+
+
+def replay_record(
+    reader: Any,
+    record: RunRecord,
+    store: Any,
+    *,
+    run_id: Any = None,
+    meta: dict | None = None,
+    base_dir: str | None = None,
+) -> Any:
+    """Send ``store`` the events that recorded ``record``, with its own times; the new id.
+
+    ``meta`` adds entries to the run's meta. The sources and artifacts come from
+    ``reader``. The run keeps ``base_dir`` (default: its own) when the files there are
+    the stored ones; else its base dir is a temporary folder holding them, since a
+    store takes the sources from the base dir.
+    """
+    with tempfile.TemporaryDirectory(prefix="expkit-sync-") as tmp:
+        ex_info = _experiment_info(reader, record, Path(tmp) / "sources", base_dir)
+        start = record.start_time or utcnow()
+        common = {
+            "ex_info": ex_info,
+            "command": record.command or "",
+            "host_info": dict(record.host),
+            "config": record.config,
+            "meta_info": {**record.meta, **(meta or {})},
+            "_id": run_id,
+        }
+        if record.status == "QUEUED":
+            new_id = store.queued_event(queue_time=start, **common)
+            return run_id if new_id is None else new_id
+        new_id = store.started_event(start_time=start, **common)
+        new_id = run_id if new_id is None else new_id
+        if record.metrics:
+            metrics = {name: {"name": name, **m} for name, m in record.metrics.items()}
+            store.log_metrics(metrics_by_name=metrics, info=dict(record.info))
+        for number, name in enumerate(record.artifacts):
+            path = Path(tmp, "artifacts", str(number), Path(name).name or "artifact")
+            path.parent.mkdir(parents=True)
+            path.write_bytes(reader.read_artifact(record.id, name))
+            store.artifact_event(name=name, filename=str(path))
+        beat = record.heartbeat or record.stop_time or start
+        store.heartbeat_event(
+            info=dict(record.info),
+            captured_out=record.captured_out or "",
+            beat_time=beat,
+            result=record.result,
+        )
+        end = record.stop_time or beat
+        if record.status == "COMPLETED":
+            store.completed_event(stop_time=end, result=record.result)
+        elif record.status == "FAILED":
+            store.failed_event(fail_time=end, fail_trace=list(record.fail_trace or ()))
+        elif record.status != "RUNNING":
+            store.interrupted_event(interrupt_time=end, status=record.status)
+        if hasattr(store, "join"):
+            store.join()
+    return new_id
+
+
+def _experiment_info(reader: Any, record: RunRecord, folder: Path, base_dir: str | None) -> dict:
+    info = dict(record.experiment_info)
+    base = base_dir or info.get("base_dir") or ""
+    stored = {}
+    for name in source_names(record):
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise UsageError(f"run {record.id} has a source outside its base dir: {name!r}")
+        stored[name] = reader.read_source(record.id, name)
+    unchanged = bool(base) and all(
+        Path(base, name).is_file() and Path(base, name).read_bytes() == data
+        for name, data in stored.items()
+    )
+    if not unchanged:
+        for name, data in stored.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        base = str(folder)
+    info["base_dir"] = base
+    info["sources"] = [[name, _md5(data)] for name, data in stored.items()]
+    return info
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

@@ -31,6 +31,7 @@ the file atomically, so plain ``tinydb`` readers never see half a file.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -45,13 +46,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from tinydb import Query, TinyDB
 from tinydb.table import Document
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import hookimpl
-from expkit.serialize import to_data
+from expkit.records import RunRecord
+from expkit.serialize import parse_time, to_data
+from expkit.utils import redact_url
 
 FORMAT = "TinyDbObserver-expkit-1"
 SCHEME = "tinydb"
@@ -637,6 +641,156 @@ class TinyDbReader:
         ]
 
 
+class TinyDbRunReader:
+    """The read side of a TinyDB store for :func:`expkit.runs.runs` (``expkit_reader_for_url``)."""
+
+    def __init__(
+        self, path: str | os.PathLike, *, db_file: str = DB_FILE, url: str | None = None
+    ) -> None:
+        self.root = Path(path).expanduser()
+        self.db_path = self.root / db_file
+        self.url = url if url is not None else f"{SCHEME}://{path}"
+        if not self.root.is_dir():
+            raise UsageError(f"no TinyDB store at {str(self.root)!r}: the folder does not exist")
+
+    def __repr__(self) -> str:
+        return f"TinyDbRunReader({str(self.root)!r})"
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every run as a summary (without captured output and metrics), in stored order."""
+        return [self._record(doc) for doc in self._read(lambda d: list(_table(d, "runs")))]
+
+    def get_run(self, run_id: Any) -> RunRecord:
+        """Everything stored about run ``run_id``; :class:`KeyError` when there is none."""
+
+        def fetch(data: dict) -> tuple[dict, dict]:
+            doc = self._find(data, run_id)
+            metrics = {
+                str(m.get("name")): {
+                    "steps": list(m.get("steps", ())),
+                    "values": list(m.get("values", ())),
+                    "timestamps": [_time(t) for t in m.get("timestamps", ())],
+                }
+                for m in _table(data, "metrics")
+                if m.get("run_id") == doc["_id"]
+            }
+            return doc, metrics
+
+        doc, metrics = self._read(fetch)
+        return attrs.evolve(
+            self._record(doc),
+            host=doc.get("host") or {},
+            experiment_info=doc.get("experiment") or {},
+            info=doc.get("info") or {},
+            fail_trace=doc.get("fail_trace"),
+            captured_out=doc.get("captured_out") or "",
+            metrics=metrics,
+        )
+
+    def read_source(self, run_id: Any, name: str) -> bytes:
+        """The stored content of the run's source ``name`` (from hashfs)."""
+        doc = self._read(lambda d: self._find(d, run_id))
+        for source in (doc.get("experiment") or {}).get("sources") or ():
+            if source and source[0] == name:
+                # Sacred's own entries hold a file handle's repr where expkit keeps the path.
+                return self._read_file(_stored_path(source, 1, 2), f"source {name!r}")
+        raise KeyError(f"run {run_id!r} in {self.db_path} has no source {name!r}")
+
+    def read_artifact(self, run_id: Any, name: str) -> bytes:
+        """The stored content of the run's artifact ``name`` (from hashfs)."""
+        doc = self._read(lambda d: self._find(d, run_id))
+        for artifact in reversed(doc.get("artifacts") or ()):
+            if artifact and artifact[0] == name:
+                return self._read_file(_stored_path(artifact, 2, 3), f"artifact {name!r}")
+        raise KeyError(f"run {run_id!r} in {self.db_path} has no artifact {name!r}")
+
+    def delete_run(self, run_id: Any) -> None:
+        """Remove the run's document and its metrics (hashfs files may be shared and stay)."""
+
+        def delete(data: dict) -> None:
+            key = _find(data, "runs", self._find(data, run_id)["_id"])
+            run = data["runs"].pop(key)
+            _drop_metrics(data, run["_id"])
+
+        if not self.db_path.exists():
+            raise KeyError(f"no run {run_id!r} in {self.db_path}")
+        _SharedJsonFile(self.db_path).update(delete)
+
+    def _read(self, fn: Callable[[dict], Any]) -> Any:
+        if not self.db_path.exists():
+            return fn({})
+        # A new file object each time: records handed out must not share its cached data.
+        return _SharedJsonFile(self.db_path).read(fn)
+
+    def _find(self, data: dict, run_id: Any) -> dict:
+        # Ids typed on a command line are strings; Sacred-era stores may hold numbers.
+        candidates = [run_id]
+        if isinstance(run_id, str) and run_id.isdigit():
+            candidates.append(int(run_id))
+        for candidate in candidates:
+            key = _find(data, "runs", candidate)
+            if key is not None:
+                return data["runs"][key]
+        raise KeyError(f"no run {run_id!r} in {self.db_path}")
+
+    def _read_file(self, relpath: str | None, what: str) -> bytes:
+        if relpath is None:
+            raise StoreError(f"{what} is recorded in {self.db_path} but was not stored")
+        path = self.root / relpath
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{what} is recorded but cannot be read from {path}: {exc}") from None
+
+    def _record(self, doc: dict) -> RunRecord:
+        experiment = doc.get("experiment")
+        meta = doc.get("meta") or {}
+        return RunRecord(
+            id=doc.get("_id"),
+            store=redact_url(self.url),
+            experiment=(experiment.get("name") if isinstance(experiment, dict) else None) or "",
+            status=doc.get("status") or "",
+            command=doc.get("command"),
+            start_time=_time(doc.get("start_time") or meta.get("queue_time")),
+            stop_time=_time(doc.get("stop_time")),
+            heartbeat=_time(doc.get("heartbeat")),
+            config=doc.get("config") or {},
+            result=doc.get("result"),
+            meta=meta,
+            artifacts=tuple(a[0] for a in doc.get("artifacts") or () if a),
+        )
+
+
+def _table(data: dict, name: str) -> list[dict]:
+    return [doc for doc in data.get(name, {}).values() if isinstance(doc, dict)]
+
+
+def _stored_path(entry: list, md5_at: int, path_at: int) -> str | None:
+    """The hashfs path of a stored file entry: recorded by expkit, or derived from its md5."""
+    relpath = entry[path_at] if len(entry) > path_at else None
+    if isinstance(relpath, str) and relpath.startswith(HASHFS_DIR + "/"):
+        return relpath
+    md5 = entry[md5_at] if len(entry) > md5_at else None
+    if isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5):
+        return _hashfs_relpath(md5)
+    return None
+
+
+_SACRED_DATE = "{TinyDate}:"
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    """A stored time as a datetime: expkit's ISO strings and Sacred's ``{TinyDate}:`` ones."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time(value.removeprefix(_SACRED_DATE))
+    except ValueError:
+        return None
+
+
 # --- hooks ------------------------------------------------------------------------
 
 
@@ -653,6 +807,21 @@ def expkit_store_for_url(url: str) -> TinyDbObserver | None:
     if path.suffix == ".json" and not path.is_dir():
         return TinyDbObserver(path.parent, db_file=path.name)
     return TinyDbObserver(path)
+
+
+@hookimpl
+def expkit_reader_for_url(url: str) -> TinyDbRunReader | None:
+    """Read the stores :func:`expkit_store_for_url` claims (``tinydb://PATH[/NAME.json]``)."""
+    prefix = f"{SCHEME}://"
+    if not url.lower().startswith(prefix):
+        return None
+    rest = url[len(prefix) :]
+    if not rest:
+        raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
+    path = Path(rest).expanduser()
+    if path.suffix == ".json" and not path.is_dir():
+        return TinyDbRunReader(path.parent, db_file=path.name, url=url)
+    return TinyDbRunReader(path, url=url)
 
 
 @hookimpl

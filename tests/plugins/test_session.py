@@ -158,10 +158,13 @@ def test_store_a_folder_and_tinydb_at_once(project: Path) -> None:
 
 
 def test_unobserved_writes_nothing(project: Path) -> None:
-    before = sorted(p.name for p in project.iterdir())
+    def listing() -> list[str]:
+        return sorted(p.name for p in project.iterdir() if p.name != "__pycache__")
+
+    before = listing()
     proc = run_expkit("run", "exp_values.py", "-u", cwd=project)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(p.name for p in project.iterdir()) == before
+    assert listing() == before
     assert "id=" not in proc.stdout
     assert "store: none" in proc.stdout
 

@@ -1,0 +1,290 @@
+"""``expkit rerun ID``: run a stored run again from its stored sources, and compare.
+
+The run's sources are restored into a fresh temporary folder, the experiment runs
+there in a child process with the stored config (seed included) plus the ``-o``
+overrides, into a temporary store; the new run is then copied into the original
+store with ``meta["rerun_of"]`` (and ``meta["derived_from"]`` when overridden).
+The report says whether result and metrics are identical, or what differs, and
+what drifted since the original: sources, packages, Python, host and git.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from expkit.errors import UsageError
+from expkit.nodes import ExitCode
+from expkit.pluginmanager import hookimpl
+from expkit.records import RunRecord
+from expkit.run import store_for_url
+from expkit.serialize import to_data
+from expkit.utils import redact_url, suggest
+from expkit_plugins.runs import (
+    close,
+    dependencies,
+    fetch,
+    flatten,
+    reader_for,
+    source_diff,
+    source_names,
+    store_url,
+)
+from expkit_plugins.session import parse_overrides
+from expkit_plugins.sync import replay_record
+
+
+@hookimpl
+def expkit_addoption(parser: Any) -> None:
+    group = parser.getgroup("rerun", "re-running a stored run (expkit rerun ID)")
+    group.addoption(
+        "--check", action="store_true", help="rerun: exit 1 when the result is not the same"
+    )
+
+
+@hookimpl(trylast=True)
+def expkit_cmdline_main(config: Any) -> int | None:
+    if config.command != "rerun":
+        return None
+    args = list(config.getoption("paths") or ())
+    if len(args) != 1:
+        raise UsageError("expkit rerun takes one run id: expkit rerun ID [-o KEY=VALUE ...]")
+    url = store_url(config)
+    pm = config.pluginmanager
+    reader = reader_for(pm, url)
+    try:
+        return _rerun(config, reader, url, args[0])
+    finally:
+        close(reader)
+
+
+def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
+    pm = config.pluginmanager
+    original = fetch(reader, url, run_id)
+    overrides = parse_overrides(list(config.getoption("overrides") or ()))
+    entries = _entries(original, overrides)
+    with tempfile.TemporaryDirectory(prefix="expkit-rerun-") as tmp:
+        workdir = Path(tmp, "code")
+        _restore_sources(reader, original, workdir)
+        scratch = Path(tmp, "store")
+        argv = rerun_command(original, entries, scratch)
+        print(f"re-running run {original.id} of {original.experiment} in {workdir}")
+        sys.stdout.flush()
+        code = subprocess.call(argv, cwd=workdir)
+        if not scratch.exists():
+            print(f"the re-run stored no run (its command exited with {code})")
+            return ExitCode.RUNS_FAILED
+        scratch_reader = reader_for(pm, str(scratch))
+        rerun = scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
+        link = {"store": original.store, "id": original.id}
+        meta: dict[str, Any] = {"rerun_of": link}
+        if overrides:
+            meta["derived_from"] = {**link, "overrides": overrides}
+        new_id = replay_record(
+            scratch_reader,
+            rerun,
+            store_for_url(pm, url),
+            meta=meta,
+            base_dir=original.experiment_info.get("base_dir"),
+        )
+    same_result = same(original.result, rerun.result)
+    print(f"recorded the re-run as run {new_id} in {redact_url(url)} ({rerun.status})")
+    print("\n".join(report_lines(reader, original, rerun, new_id)))
+    if rerun.status != "COMPLETED":
+        return ExitCode.RUNS_FAILED
+    if config.getoption("check") and not same_result:
+        return ExitCode.RUNS_FAILED
+    return ExitCode.OK
+
+
+def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The stored config as dotted entries, with ``overrides`` replacing what they name."""
+    flat = flatten(original.config)
+    for key in overrides:
+        inside = [k for k in flat if k == key or k.startswith(key + ".")]
+        if not inside:
+            raise UsageError(
+                f"-o {key}: run {original.id} has no config entry {key!r}"
+                + suggest(key, list(flat))
+            )
+        for k in inside:
+            del flat[k]
+    flat.update(overrides)
+    return flat
+
+
+def _restore_sources(reader: Any, record: RunRecord, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in source_names(record):
+        target = (folder / name).resolve()
+        if os.path.isabs(name) or not target.is_relative_to(folder.resolve()):
+            raise UsageError(f"run {record.id} has a source outside its base dir: {name!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(reader.read_source(record.id, name))
+
+
+def rerun_command(record: RunRecord, entries: dict[str, Any], store: Path) -> list[str]:
+    """The command line that runs ``record``'s experiment again with ``entries``."""
+    mainfile = record.experiment_info.get("mainfile")
+    if not mainfile:
+        raise UsageError(f"run {record.id} recorded no main file: it cannot be re-run")
+    settings = [f"{key}={value!r}" for key, value in entries.items()]
+    # -f: a JSON round trip turns tuples into lists; that is no change of the experiment.
+    if "::" in record.experiment:
+        node = f"{mainfile}::{record.experiment.rsplit('::', 1)[1]}"
+        overrides = [arg for s in settings for arg in ("-o", s)]
+        return [
+            sys.executable,
+            "-m",
+            "expkit",
+            "run",
+            node,
+            *overrides,
+            "-f",
+            "--store",
+            str(store),
+        ]
+    command = [sys.executable, mainfile, *([record.command] if record.command else [])]
+    return [*command, "with", *settings, "-f", "-F", str(store)]
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether two stored values are the same data (NaN equals NaN)."""
+    return json.dumps(to_data(a), sort_keys=True) == json.dumps(to_data(b), sort_keys=True)
+
+
+def report_lines(reader: Any, original: RunRecord, rerun: RunRecord, new_id: Any) -> list[str]:
+    """What differs between the original run and its re-run, and what drifted since."""
+    old, new = f"run {original.id}", f"run {new_id}"
+    if same(original.result, rerun.result):
+        lines = [f"result: identical ({json.dumps(to_data(rerun.result))})"]
+    else:
+        lines = [
+            f"result: differs: {json.dumps(to_data(original.result))} ({old}) "
+            f"vs {json.dumps(to_data(rerun.result))} ({new})"
+        ]
+    lines += metric_lines(original.metrics or {}, rerun.metrics or {}, old, new)
+    lines += _source_drift(reader, original)
+    lines += _changes("packages", dependencies(original), dependencies(rerun))
+    lines += _changes(
+        "python",
+        {"version": original.host.get("python_version")},
+        {"version": rerun.host.get("python_version")},
+    )
+    host_keys = ("hostname", "os", "cpu", "gpus")
+    lines += _changes(
+        "host",
+        {k: original.host.get(k) for k in host_keys},
+        {k: rerun.host.get(k) for k in host_keys},
+    )
+    lines += _git_drift(original)
+    return lines
+
+
+def metric_lines(old: dict[str, dict], new: dict[str, dict], old_name: str, new_name: str) -> list:
+    """``metrics: identical`` or, per metric, the first step where the two runs differ."""
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        if name not in new or name not in old:
+            lines.append(f"metric {name}: only in {old_name if name in old else new_name}")
+            continue
+        step = first_difference(old[name], new[name])
+        if step is not None:
+            lines.append(f"metric {name}: {step}")
+    return lines or [f"metrics: identical ({len(old)})"]
+
+
+def first_difference(old: dict, new: dict) -> str | None:
+    """Where two series of one metric first differ, said in words; ``None`` if nowhere."""
+    a = list(zip(old.get("steps") or (), old.get("values") or ()))
+    b = list(zip(new.get("steps") or (), new.get("values") or ()))
+    for (step_a, value_a), (step_b, value_b) in zip(a, b):
+        if step_a != step_b:
+            return f"first differs at step {step_a}: logged at step {step_b} instead"
+        if not _same_value(value_a, value_b):
+            return f"first differs at step {step_a}: {value_a!r} vs {value_b!r}"
+    if len(a) != len(b):
+        longer = a if len(a) > len(b) else b
+        return (
+            f"first differs at step {longer[min(len(a), len(b))][0]}: {len(a)} vs {len(b)} values"
+        )
+    return None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def _source_drift(reader: Any, original: RunRecord) -> list[str]:
+    base = original.experiment_info.get("base_dir") or ""
+    lines: list[str] = []
+    for name in source_names(original):
+        stored = reader.read_source(original.id, name)
+        path = Path(base, name)
+        current = path.read_bytes() if path.is_file() else None
+        if current != stored:
+            lines += [
+                f"source {name}: changed since run {original.id} (working copy {path})",
+                *(
+                    f"  {line}"
+                    for line in source_diff(stored, current, f"run {original.id}", str(path))
+                ),
+            ]
+    return lines or [f"sources: the working copy in {base} is as stored"]
+
+
+def _changes(what: str, old: dict, new: dict) -> list[str]:
+    changed = [
+        f"{what}: {key} {_shown(old.get(key))} -> {_shown(new.get(key))}"
+        for key in sorted(set(old) | set(new))
+        if not same(old.get(key), new.get(key))
+    ]
+    return changed or [f"{what}: same"]
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else str(value) if isinstance(value, str) else repr(value)
+
+
+def _git_drift(original: RunRecord) -> list[str]:
+    repos = original.experiment_info.get("repositories") or []
+    base = original.experiment_info.get("base_dir") or ""
+    now = git_state(base)
+    then = {"commit": repos[0].get("commit"), "dirty": repos[0].get("dirty")} if repos else None
+    if then is None and now is None:
+        return ["git: no repository, then or now"]
+    if then is None or now is None:
+        return [f"git: {'no repository' if then is None else then} then, {now or 'none'} now"]
+    return _changes("git", then, now)
+
+
+def git_state(folder: str) -> dict | None:
+    """The commit and dirty flag of the git work tree holding ``folder``, or ``None``."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
+        )
+        status = subprocess.run(
+            ["git", "-C", folder, "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}

@@ -1,0 +1,114 @@
+"""``expkit rerun ID``: real experiments, real processes, a real file store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_helpers import child_env, run_expkit, stored_runs, write_project
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = """\
+    import expkit
+    import numpy as np
+
+    @expkit.config
+    def cfg():
+        C = 1.0
+        n = 5
+
+    def exp_noise(C, n, _seed, _run):
+        rng = np.random.default_rng(_seed)
+        for step in range(3):
+            _run.log_scalar("loss", float(rng.random()) * C, step)
+        return float(rng.random(n).sum() * C)
+"""
+
+SCRIPT = """\
+    from expkit import Experiment
+    import numpy as np
+
+    ex = Experiment("scripty")
+
+    @ex.config
+    def cfg():
+        scale = 2
+        opts = {"depth": 3}
+
+    @ex.automain
+    def main(scale, opts, _seed):
+        return float(np.random.default_rng(_seed).random() * scale * opts["depth"])
+"""
+
+ENV = child_env(EXPKIT_PLUGINS="expkit_plugins.runs,expkit_plugins.rerun")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = write_project(tmp_path / "proj", {"exp_noise.py": EXPERIMENT, "script.py": SCRIPT})
+    done = run_expkit("run", "exp_noise.py", cwd=root, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root
+
+
+def test_a_numpy_experiment_is_reproduced_exactly(project: Path) -> None:
+    done = run_expkit("rerun", "1", "--check", cwd=project, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    original, rerun = stored_runs(project / "runs")
+    assert rerun["result"] == original["result"]
+    assert rerun["meta"]["rerun_of"] == {"store": str(project / "runs"), "id": "1"}
+    assert "derived_from" not in rerun["meta"]
+    assert rerun["config"] == original["config"]
+    lines = done.stdout.splitlines()
+    assert f"result: identical ({original['result']})" in lines
+    assert "metrics: identical (1)" in lines
+    assert f"sources: the working copy in {project} is as stored" in lines
+
+
+def test_a_changed_source_is_reported_line_by_line(project: Path) -> None:
+    path = project / "exp_noise.py"
+    path.write_text(path.read_text().replace("C = 1.0", "C = 4.0"))
+    done = run_expkit("rerun", "1", cwd=project, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    # The re-run ran the stored code, so it still reproduces the result.
+    assert any(line.startswith("result: identical") for line in lines)
+    assert f"source exp_noise.py: changed since run 1 (working copy {path})" in lines
+    assert "  -    C = 1.0" in lines and "  +    C = 4.0" in lines
+
+
+def test_an_override_records_the_link_and_check_fails_on_a_new_result(project: Path) -> None:
+    done = run_expkit("rerun", "1", "-o", "C=2.0", "--check", cwd=project, env=ENV)
+    assert done.returncode == 1, done.stdout + done.stderr
+    original, rerun = stored_runs(project / "runs")
+    link = {"store": str(project / "runs"), "id": "1"}
+    assert rerun["meta"]["rerun_of"] == link
+    assert rerun["meta"]["derived_from"] == {**link, "overrides": {"C": 2.0}}
+    assert rerun["config"] == {**original["config"], "C": 2.0}
+    assert rerun["result"] == pytest.approx(2 * original["result"])
+    assert any(line.startswith("result: differs:") for line in done.stdout.splitlines())
+    assert any("metric loss: first differs at step 0" in line for line in done.stdout.splitlines())
+
+
+def test_a_script_experiment_reruns_with_its_nested_config(project: Path) -> None:
+    first = subprocess.run(
+        [sys.executable, "script.py", "-F", "runs"], cwd=project, env=ENV, capture_output=True
+    )
+    assert first.returncode == 0, first.stderr
+    done = run_expkit("rerun", "2", "-o", "opts.depth=1", cwd=project, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rerun = stored_runs(project / "runs")[-1]
+    assert rerun["config"]["opts"] == {"depth": 1}
+    assert json.dumps(rerun["meta"]["derived_from"]["overrides"]) == '{"opts.depth": 1}'
+
+
+def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
+    done = run_expkit("rerun", "1", "-o", "Cx=2", cwd=project, env=ENV)
+    assert done.returncode == 4
+    assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"

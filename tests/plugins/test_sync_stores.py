@@ -1,0 +1,130 @@
+"""``expkit sync SRC DST`` between real stores: file, TinyDB and MongoDB (in memory)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import expkit
+from expkit.pluginmanager import get_plugin_manager
+from expkit.records import RunRecord
+from expkit_plugins.file_store import FileStorageObserver
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_runs_command import T0, store_run
+
+
+@pytest.fixture
+def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file store with two runs, one of them with an artifact."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    store_run(runs, tmp_path / "a", {"C": 1}, 0.5)
+    store_run(runs, tmp_path / "b", {"C": 2}, 0.75, source="x = 2\n")
+    (tmp_path / "model.txt").write_text("weights")
+    obs = FileStorageObserver(runs)
+    obs.resume("2")
+    obs.artifact_event("model.txt", str(tmp_path / "model.txt"))
+    return runs
+
+
+def read_all(url: str) -> dict[str, RunRecord]:
+    reader = get_plugin_manager().hook.expkit_reader_for_url(url=url)
+    try:
+        return {str(r.id): reader.get_run(r.id) for r in reader.list_runs()}
+    finally:
+        if hasattr(reader, "close"):
+            reader.close()
+
+
+def source_bytes(url: str, run_id: object, name: str) -> bytes:
+    return get_plugin_manager().hook.expkit_reader_for_url(url=url).read_source(run_id, name)
+
+
+def assert_copied(src: RunRecord, dst: RunRecord, same_base: bool = True) -> None:
+    assert (dst.config, dst.result, dst.status) == (src.config, src.result, src.status)
+    assert (dst.start_time, dst.stop_time) == (src.start_time, src.stop_time)
+    assert dst.captured_out == src.captured_out
+    assert dst.metrics["acc"]["values"] == [0.5, 0.75]
+    origin = dst.meta["synced_from"]
+    assert (origin["store"], origin["id"]) == (src.store, src.id)
+    if same_base:
+        assert dst.experiment_info["base_dir"] == src.experiment_info["base_dir"]
+
+
+def test_file_to_tinydb_twice_copies_once(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dst = f"tinydb://{tmp_path / 'db'}"
+    assert expkit.main(["sync", str(source), dst]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "1 -> 1",
+        "2 -> 2",
+        f"2 copied, 0 already in {dst}",
+    ]
+    assert expkit.main(["sync", str(source), dst]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 2 already in {dst}"
+    src, copied = read_all(str(source)), read_all(dst)
+    assert sorted(copied) == ["1", "2"]
+    for run_id in src:
+        assert_copied(src[run_id], copied[run_id])
+    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    assert reader.read_artifact("2", "model.txt") == b"weights"
+    assert reader.read_source("2", "exp.py") == b"x = 2\n"
+
+
+def test_tinydb_to_file_and_back_makes_no_duplicates(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    db = f"tinydb://{tmp_path / 'db'}"
+    assert expkit.main(["sync", str(source), db]) == 0
+    (tmp_path / "a" / "exp.py").write_text("x = 'changed since'\n")
+    assert expkit.main(["sync", db, str(tmp_path / "copy")]) == 0
+    copied = read_all(str(tmp_path / "copy"))
+    assert_copied(read_all(db)["1"], copied["1"], same_base=False)
+    # The source changed on disk: the stored one is copied, from a folder of its own.
+    assert source_bytes(str(tmp_path / "copy"), "1", "exp.py") == b"x = 1\n"
+    capsys.readouterr()
+    assert expkit.main(["sync", str(tmp_path / "copy"), str(source)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 2 already in {source}"
+    assert sorted(read_all(str(source))) == ["1", "2"]
+
+
+def test_ids_taken_in_the_destination_get_new_ones(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = tmp_path / "other"
+    store_run(other, tmp_path / "c", {"C": 9}, 0.1, start=T0)
+    assert expkit.main(["sync", str(source), str(other)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["1 -> 2", "2 -> 3"]
+    assert read_all(str(other))["3"].config == {"C": 2}
+
+
+@pytest.fixture
+def mongo_url() -> Iterator[str]:
+    pytest.importorskip("pymongo")
+    pytest.importorskip("mockupdb")
+    from mongo_server import MemoryMongo
+
+    server = MemoryMongo().start()
+    try:
+        yield server.url("expkit_sync")
+    finally:
+        server.stop()
+
+
+def test_file_to_mongo_twice_copies_once(
+    source: Path, mongo_url: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert expkit.main(["sync", str(source), mongo_url]) == 0
+    assert expkit.main(["sync", str(source), mongo_url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("0 copied, 2 already in mongodb://")
+    src, copied = read_all(str(source)), read_all(mongo_url)
+    assert sorted(copied) == ["1", "2"]
+    for run_id in src:
+        assert_copied(src[run_id], copied[run_id])

@@ -1,0 +1,161 @@
+"""The TinyDB store's read side: TinyDbRunReader on stores written by real runs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+
+from expkit.errors import UsageError
+from expkit.pluginmanager import create_plugin_manager
+from expkit_plugins import tinydb_store
+from expkit_plugins.tinydb_store import TinyDbObserver, TinyDbRunReader, _hashfs_relpath
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "db"
+
+
+def run_experiment(root: Path, tmp_path: Path, lr: float = 0.1, fail: bool = False) -> str:
+    """One real run of a small experiment into the TinyDB store at ``root``; its id."""
+    from expkit import Experiment
+
+    model = tmp_path / f"model_{lr}.txt"
+    model.write_text(f"weights {lr}\n")
+    ex = Experiment("tiny")
+    observer = TinyDbObserver(root)
+    ex.observers.append(observer)
+    ex.add_config(lr=lr)
+
+    @ex.main
+    def main(lr, _run):
+        print("training with", lr)
+        for step in range(3):
+            _run.log_scalar("loss", lr / (step + 1))
+        _run.info["best"] = lr
+        _run.add_artifact(str(model), name="model.txt")
+        if fail:
+            raise RuntimeError("diverged")
+        return lr * 10
+
+    try:
+        return ex.run(options={"--capture": "sys"})._id
+    except RuntimeError:
+        return observer._entry["_id"]
+
+
+def test_list_runs_gives_summaries(root, tmp_path):
+    first = run_experiment(root, tmp_path, 0.1)
+    second = run_experiment(root, tmp_path, 0.2, fail=True)
+    runs = TinyDbRunReader(root).list_runs()
+    assert [(r.id, r.status) for r in runs] == [(first, "COMPLETED"), (second, "FAILED")]
+    assert runs[0].experiment == "tiny" and runs[0].result == 1.0
+    assert runs[0].config["lr"] == 0.1
+    assert isinstance(runs[0].start_time, datetime.datetime)
+    assert runs[0].start_time <= runs[0].stop_time
+    assert runs[0].artifacts == ("model.txt",)
+    assert runs[0].captured_out is None and runs[0].metrics is None
+
+
+def test_get_run_returns_everything_recorded(root, tmp_path):
+    run_id = run_experiment(root, tmp_path)
+    record = TinyDbRunReader(root).get_run(run_id)
+    assert record.store == f"tinydb://{root}"
+    assert record.info == {"best": 0.1}
+    assert record.metrics["loss"]["values"] == [0.1, 0.05, 0.1 / 3]
+    assert record.metrics["loss"]["steps"] == [0, 1, 2]
+    assert all(isinstance(t, datetime.datetime) for t in record.metrics["loss"]["timestamps"])
+    assert "training with 0.1" in record.captured_out
+    assert record.host["hostname"] and record.experiment_info["name"] == "tiny"
+    assert record.heartbeat is not None and record.duration >= datetime.timedelta(0)
+
+
+def test_read_source_and_artifact(root, tmp_path):
+    run_id = run_experiment(root, tmp_path)
+    reader = TinyDbRunReader(root)
+    names = [s[0] for s in reader.get_run(run_id).experiment_info["sources"]]
+    [mine] = [name for name in names if name.endswith(Path(__file__).name)]
+    assert reader.read_source(run_id, mine) == Path(__file__).read_bytes()
+    assert reader.read_artifact(run_id, "model.txt") == b"weights 0.1\n"
+    with pytest.raises(KeyError, match="has no source"):
+        reader.read_source(run_id, "nope.py")
+    with pytest.raises(KeyError, match="has no artifact"):
+        reader.read_artifact(run_id, "nope.txt")
+
+
+def test_delete_run_drops_its_document_and_metrics(root, tmp_path):
+    first = run_experiment(root, tmp_path, 0.1)
+    second = run_experiment(root, tmp_path, 0.2)
+    reader = TinyDbRunReader(root)
+    reader.delete_run(first)
+    assert [r.id for r in reader.list_runs()] == [second]
+    data = json.loads((root / "metadata.json").read_text())
+    assert {m["run_id"] for m in data["metrics"].values()} == {second}
+    assert reader.get_run(second).metrics["loss"]["values"][0] == 0.2
+    with pytest.raises(KeyError):
+        reader.get_run(first)
+    with pytest.raises(KeyError):
+        reader.delete_run(first)
+    # An observer still running into the store keeps working after the deletion.
+    third = run_experiment(root, tmp_path, 0.3)
+    assert [r.id for r in reader.list_runs()] == [second, third]
+
+
+def test_records_do_not_share_state_with_later_reads(root, tmp_path):
+    run_id = run_experiment(root, tmp_path)
+    reader = TinyDbRunReader(root)
+    reader.list_runs()[0].config["lr"] = 99
+    assert reader.get_run(run_id).config["lr"] == 0.1
+
+
+def test_empty_and_missing_stores(root, tmp_path):
+    root.mkdir()
+    assert TinyDbRunReader(root).list_runs() == []
+    with pytest.raises(KeyError):
+        TinyDbRunReader(root).get_run("x")
+    with pytest.raises(UsageError, match="no TinyDB store at"):
+        TinyDbRunReader(tmp_path / "nowhere")
+
+
+def test_sacred_era_documents_are_read(root):
+    """Sacred's TinyDbObserver tagged times and kept file handles instead of hashfs paths."""
+    content = b"print('old')\n"
+    md5 = "5a3bb7e8f50cf6a8e0e9dec3d02c23b1"
+    (root / _hashfs_relpath(md5)).parent.mkdir(parents=True)
+    (root / _hashfs_relpath(md5)).write_bytes(content)
+    doc = {
+        "_id": 3,
+        "experiment": {"name": "old", "sources": [["old.py", md5, "<BufferedReader name='x'>"]]},
+        "command": "main",
+        "start_time": "{TinyDate}:2020-01-02T03:04:05.000000",
+        "stop_time": "{TinyDate}:2020-01-02T03:04:09.000000",
+        "status": "COMPLETED",
+        "config": {"C": 1},
+        "result": 5,
+        "artifacts": [],
+    }
+    (root / "metadata.json").write_text(json.dumps({"runs": {"1": doc}}))
+    reader = TinyDbRunReader(root)
+    [record] = reader.list_runs()
+    assert record.id == 3 and record.duration == datetime.timedelta(seconds=4)
+    assert reader.get_run("3").result == 5  # an id typed on a command line
+    assert reader.read_source(3, "old.py") == content
+
+
+def test_reader_claims_the_urls_of_the_store(root, tmp_path):
+    run_experiment(root, tmp_path)
+    pm = create_plugin_manager()
+    for url, db_file in (
+        (f"tinydb://{root}", "metadata.json"),
+        (f"tinydb://{root}/x.json", "x.json"),
+    ):
+        reader = pm.hook.expkit_reader_for_url(url=url)
+        assert isinstance(reader, TinyDbRunReader)
+        assert reader.db_path == root / db_file
+    assert len(pm.hook.expkit_reader_for_url(url=f"tinydb://{root}").list_runs()) == 1
+    assert tinydb_store.expkit_reader_for_url(url=str(root)) is None
+    with pytest.raises(UsageError, match="has no path"):
+        tinydb_store.expkit_reader_for_url(url="tinydb://")
