@@ -652,7 +652,7 @@ class FileStoreReader:
 
 
 def rebuild_index(basedir: str | os.PathLike[str]) -> int:
-    """Write ``<basedir>/_index/runs.jsonl`` anew from the run folders; return the number of runs."""
+    """Write ``<basedir>/_index/runs.jsonl`` anew from the run folders; return the run count."""
     reader = FileStoreReader(basedir)
     summaries = [
         s for name in _run_folders(reader.basedir) if (s := reader._summary_from_folder(name))
