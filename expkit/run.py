@@ -9,6 +9,7 @@ keeps the experiment going.
 
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
 import logging
@@ -597,7 +598,8 @@ class Run:
         # Asked before output capture replaces stdout: commands colour their output by it.
         self.stdout_is_terminal = sys.stdout.isatty()
         self._output = CapturedOutput(experiment.captured_out_filter)
-        self._metrics: list[tuple[str, int, Any, float]] = []
+        # A deque: appends from the run's thread and draining from the heartbeat's are safe.
+        self._metrics: collections.deque[tuple[str, int, Any, float]] = collections.deque()
         self._steps: dict[str, int] = {}
         self._capture: Any = None
         self._beat_lock = threading.Lock()
@@ -816,9 +818,8 @@ class Run:
             self._emit_heartbeat(final=False)
 
     def _drain_metrics(self) -> list[tuple[str, int, Any, float]]:
-        # Swapping the list is atomic under the GIL, so log_scalar never waits.
-        batch, self._metrics = self._metrics, []
-        return batch
+        metrics = self._metrics
+        return [metrics.popleft() for _ in range(len(metrics))]
 
     def _emit_heartbeat(self, final: bool) -> None:
         with self._beat_lock:

@@ -308,14 +308,16 @@ class FileStorageObserver(RunObserver):
         """Append the new points to the metrics log; refresh metrics.json when they doubled."""
         with self._lock:
             batch, count = _plain_metrics(metrics_by_name or {})
+            text = _compact(batch) if count else "{}"
             if count:
-                _append_text(self._path(METRICS_LOG), _compact(batch) + "\n")
+                _append_text(self._path(METRICS_LOG), text + "\n")
                 self._points += count
             saved = self._points_saved
             # Rewriting only after doubling keeps the total work linear in the points.
             if saved is None or (self._points > saved and self._points >= 2 * saved):
                 try:
-                    self._save_metrics()
+                    # The first batch is the whole log: its text is metrics.json as it is.
+                    self._save_metrics(text if self._points == count else None)
                 except OSError as exc:
                     # The points are in the log already: failing here would make a replay
                     # record them twice. metrics.json is rebuilt at the next chance.
@@ -406,9 +408,11 @@ class FileStorageObserver(RunObserver):
             _write_atomic(self._path(INFO_FILE), text)
             self._info_text = text
 
-    def _save_metrics(self) -> None:
-        metrics = read_metrics_log(self._path(METRICS_LOG))
-        _write_atomic(self._path(METRICS_FILE), dumps(metrics))
+    def _save_metrics(self, text: str | None = None) -> None:
+        if text is None:
+            # Compact: an indented dump takes json's slow pure-Python path, and this is big.
+            text = _compact(read_metrics_log(self._path(METRICS_LOG)))
+        _write_atomic(self._path(METRICS_FILE), text)
         self._points_saved = self._points
 
     def _finish(self) -> None:
@@ -926,7 +930,15 @@ def _append_text(path: str, text: str) -> None:
 
 
 def _compact(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=True)
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=True)
+
+
+def _numbers(values: Any) -> list:
+    """``values`` as a JSON list; plain numbers, the usual case, need no conversion."""
+    values = list(values)
+    if all(type(v) is float or type(v) is int for v in values):
+        return values
+    return to_data(values)
 
 
 def _plain_metrics(metrics_by_name: dict) -> tuple[dict, int]:
@@ -934,16 +946,16 @@ def _plain_metrics(metrics_by_name: dict) -> tuple[dict, int]:
     batch = {}
     count = 0
     for name, series in metrics_by_name.items():
-        steps = to_data(list(series.get("steps", ())))
+        steps = _numbers(series.get("steps", ()))
         if not steps:
             continue
         batch[str(name)] = {
             "steps": steps,
             "timestamps": [
-                format_time(t) if isinstance(t, datetime.datetime) else t
+                t.isoformat(timespec="microseconds") if isinstance(t, datetime.datetime) else t
                 for t in series.get("timestamps", ())
             ],
-            "values": to_data(list(series.get("values", ()))),
+            "values": _numbers(series.get("values", ())),
         }
         count += len(steps)
     return batch, count
