@@ -121,8 +121,16 @@ def _dist_of(ep: Any) -> tuple[str | None, str | None]:
         return None, None
     key = id(ep.dist)
     if key not in _DISTS:
-        meta = ep.dist.metadata  # parsed on every access: read it once
-        _DISTS[key] = (meta["Name"], meta["Version"])
+        # The folder name says which distribution it is; parsing its METADATA (and importing
+        # the email package to do so) is needed only for third-party plugins' versions.
+        folder_name = getattr(ep.dist, "_normalized_name", None)
+        if folder_name is not None and _canonical(folder_name) == _DIST_NAME:
+            from expkit import __version__
+
+            _DISTS[key] = (_DIST_NAME, __version__)
+        else:
+            meta = ep.dist.metadata  # parsed on every access: read it once
+            _DISTS[key] = (meta["Name"], meta["Version"])
     return _DISTS[key]
 
 
