@@ -147,8 +147,12 @@ class CapturedFunction:
                 values[name] = view[name]
             elif name in self.params.required:
                 missing.append(name)
+        # Config values are copied per call so calls cannot change the config; fixtures are
+        # handed over as they are: computed once per run and meant to be shared.
         mutable = frozenset(
-            n for n, v in values.items() if n != "_run" and n != "_log" and not _immutable(v)
+            n
+            for n, v in values.items()
+            if n not in ("_run", "_log") and not (extra and n in extra) and not _immutable(v)
         )
         fast = dict(values) if not (per_call or missing or mutable) else None
         fast_args = None

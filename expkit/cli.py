@@ -107,8 +107,23 @@ def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
     return early, blocked
 
 
+# Options of the built-in plugins that take a value, which is not a path to search from.
+_TAKES_VALUE = frozenset(
+    {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
+)
+
+
 def _positional(args: list[str]) -> list[str]:
-    return [a for a in args if not a.startswith("-")]
+    """The arguments that name paths or node ids (for finding the project root)."""
+    found, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _TAKES_VALUE
+        else:
+            found.append(arg)
+    return found
 
 
 def main(args: list[str] | None = None, plugins: Any = ()) -> int:
@@ -163,7 +178,10 @@ def main(args: list[str] | None = None, plugins: Any = ()) -> int:
         sys.stderr.write("Interrupted\n")
         return ExitCode.INTERRUPTED
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or ExitCode.OK
+        sys.stderr.write(f"{exc.code}\n")
+        return ExitCode.RUNS_FAILED
     except Exception:
         sys.stderr.write("INTERNAL ERROR: expkit itself failed; please report this:\n")
         traceback.print_exc()

@@ -250,33 +250,38 @@ class ConfigScope:
                     "or ingredient"
                 )
         namespace = dict(self.func.__globals__)
+        # The scope's own names are its locals: a module global of the same name must not
+        # leak into the config through a branch that was not taken.
+        for name in self.assigned:
+            namespace.pop(name, None)
         # As in Sacred, earlier entries and ingredients are readable only when declared.
         namespace.update({k: v for k, v in fallback.items() if k in self.arg_names})
         namespace.update({k: copy.deepcopy(v) for k, v in preset.items() if k in self.arg_names})
+        pinned: dict = {}  # key -> the value fixed entries must have; never handed to the scope
+        placed: dict = {}  # key -> the object put into the namespace for it
         for key, value in fixed.items():
             # A partial update of a dict entry the scope reads keeps the entry's other keys.
             current = namespace.get(key) if key in self.arg_names else None
             if isinstance(value, dict) and isinstance(current, dict):
-                namespace[key] = merge(copy.deepcopy(current), value)
-            else:
-                namespace[key] = copy.deepcopy(value)
-            fixed[key] = namespace[key]
+                value = merge(copy.deepcopy(current), value)
+            pinned[key] = copy.deepcopy(value)
+            namespace[key] = placed[key] = copy.deepcopy(value)
         defaults: dict = {}
 
         def fix() -> None:
-            for key, value in fixed.items():
+            for key, value in pinned.items():
                 current = namespace.get(key, _MISSING)
-                if current is value:
+                if current is placed[key]:
+                    if isinstance(value, dict):
+                        merge(current, value)  # changed in place: the fixed leaves win again
                     continue
                 if current is not _MISSING and key in self.assigned:
                     _record_defaults(defaults, key, current, value)
                 if isinstance(value, dict) and isinstance(current, dict):
-                    namespace[key] = merge(copy.deepcopy(current), value)
+                    new = merge(copy.deepcopy(current), value)
                 else:
-                    namespace[key] = (
-                        copy.deepcopy(value) if isinstance(value, (dict, list)) else value
-                    )
-                fixed[key] = namespace[key]
+                    new = copy.deepcopy(value)
+                namespace[key] = placed[key] = new
 
         namespace[_FIX] = fix
         exec(self._code, namespace)  # the scope's own code, compiled from its source

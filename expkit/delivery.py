@@ -11,6 +11,7 @@ itself never waits on a broken store longer than the store's own time-outs.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
@@ -29,6 +30,8 @@ from expkit.utils import redact_url
 
 log = logging.getLogger("expkit")
 
+# Events raised straight from what the user asked for: a refusal goes back to the user.
+_USER_EVENTS = frozenset({"started_event", "queued_event", "artifact_event", "resource_event"})
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 _OLD_RUNS_WAIT = 30.0  # how long the end of a run waits for older spooled runs
 
@@ -65,12 +68,43 @@ def _decode(value: Any) -> Any:
     return value
 
 
+class SpoolBusy(Exception):
+    """Another process (or store) is writing or replaying this spooled run."""
+
+
 class SpooledRun:
-    """The undelivered events of one run for one store, in a folder of their own."""
+    """The undelivered events of one run for one store, in a folder of their own.
+
+    Whoever writes or replays a spooled run holds an exclusive lock on its folder, so that
+    a run still spooling is never replayed (and removed) under its feet.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.events = folder / "events.jsonl"
+        self._lock_fd: int | None = None
+
+    def try_lock(self) -> bool:
+        """Take the folder's lock unless someone else holds it; True when it is ours."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        """Let others replay this run."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @classmethod
     def create(cls, root: Path, meta: dict) -> SpooledRun:
@@ -78,8 +112,10 @@ class SpooledRun:
         # Named by time to the microsecond, so that a listing is in the order they were made.
         folder = root / f"{datetime.datetime.now():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
+        spooled = cls(folder)
+        spooled.try_lock()
         (folder / "meta.json").write_text(json.dumps(_encode(meta), indent=2))
-        return cls(folder)
+        return spooled
 
     @property
     def meta(self) -> dict:
@@ -126,6 +162,7 @@ class SpooledRun:
     def remove(self) -> None:
         """Forget the run: every event reached the store."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.unlock()
 
 
 def replay(spooled: SpooledRun, store: Any) -> Any:
@@ -135,14 +172,22 @@ def replay(spooled: SpooledRun, store: Any) -> Any:
     under its id (``store.resume(id)``), so nothing is recorded twice. A replay cut
     short (the store failed again, the process ended) goes on where it stopped.
     """
-    meta = spooled.meta
-    if meta.get("started") and meta.get("store_id") is not None and hasattr(store, "resume"):
-        store.resume(meta["store_id"])
-    done = meta.get("delivered", 0)
-    for number, (method, kwargs) in enumerate(spooled.read()):
-        if number >= done:
-            _deliver(spooled, store, method, kwargs)
-            spooled.update_meta(delivered=number + 1)
+    held = getattr(spooled, "_lock_fd", None) is not None  # the owner replays its own spool
+    if not spooled.try_lock():
+        raise SpoolBusy(f"{spooled.folder} is being written or replayed by another process")
+    try:
+        meta = spooled.meta
+        if meta.get("started") and meta.get("store_id") is not None and hasattr(store, "resume"):
+            store.resume(meta["store_id"])
+        done = meta.get("delivered", 0)
+        for number, (method, kwargs) in enumerate(spooled.read()):
+            if number >= done:
+                _deliver(spooled, store, method, kwargs)
+                spooled.update_meta(delivered=number + 1)
+    except BaseException:
+        if not held:
+            spooled.unlock()
+        raise
     run_id = spooled.meta.get("store_id")
     spooled.remove()
     return run_id
@@ -211,7 +256,9 @@ class GuardedStore:
                 try:
                     result = fn(**kwargs)
                 except UsageError:
-                    raise
+                    if method in _USER_EVENTS:
+                        raise  # a taken id, a bad artifact name: the user must hear of it
+                    self._fail(method, UsageError("refused"))
                 except Exception as exc:
                     self._fail(method, exc)
                 else:
@@ -293,6 +340,8 @@ class GuardedStore:
             self.try_replay()
         self._stop.set()
         if self.spooled is not None:
+            if isinstance(self.spooled, SpooledRun):
+                self.spooled.unlock()  # from now on the next run or expkit sync may replay it
             where = getattr(self.spooled, "folder", "memory")
             log.warning(
                 "store %s did not come back: the run is kept in %s; "
@@ -326,6 +375,8 @@ class GuardedStore:
             for spooled in old:
                 try:
                     replay(spooled, factory())
+                except SpoolBusy:
+                    continue  # a run still going, or another process replaying it
                 except Exception as exc:
                     log.debug("an earlier spooled run is not delivered yet: %s", exc)
                     return
@@ -348,6 +399,12 @@ class _MemorySpool:
 
     def update_meta(self, **changes: Any) -> None:
         self._meta.update(changes)
+
+    def try_lock(self) -> bool:
+        return True
+
+    def unlock(self) -> None:
+        pass
 
     def append(self, method: str, kwargs: dict) -> None:
         self._events.append((method, dict(kwargs)))

@@ -607,6 +607,7 @@ class Run:
         self._beat_thread: threading.Thread | None = None
         self._delivery = Delivery(self, self.observers)
         self._started = False
+        self._thread: int | None = None
 
     # --- what the experiment calls ----------------------------------------------------
 
@@ -720,11 +721,24 @@ class Run:
     def _execute(self, args: tuple) -> Any:
         pm = self.plugin_manager
         experiment = self.experiment
+        running = experiment.current_run
+        if running is not None and running._thread != threading.get_ident():
+            # Captured functions hold one binding each: two runs at once would mix configs.
+            raise ExpkitError(
+                f"experiment {experiment.name!r} is already running in another thread; "
+                "run it in another process, or make one Experiment per thread"
+            )
+        self._thread = threading.get_ident()
         # Seeding and other set-up come first: a run they refuse never starts.
         pm.hook.expkit_run_setup(run=self)
         previous_run, experiment.current_run = experiment.current_run, self
-        bound = self._bind()
-        self._capture = pm.hook.expkit_make_capture(run=self, mode=self.capture_mode)
+        bound: list = []
+        try:
+            bound = self._bind()
+            self._capture = pm.hook.expkit_make_capture(run=self, mode=self.capture_mode)
+        except BaseException:
+            self._unbind(bound, previous_run)
+            raise
         old_handler = _install_sigterm()
         outcome: BaseException | None = None
         try:
@@ -767,38 +781,48 @@ class Run:
         return self.result
 
     def _finish(self, bound: list, previous_run: Run | None) -> None:
-        self.stop_time = utcnow()
-        self._stop_beat.set()
-        if self._beat_thread is not None:
-            self._beat_thread.join(timeout=max(self.beat_interval, 1.0) + 5.0)
-        elapsed = self.stop_time - (self.start_time or self.stop_time)
-        if self.status == COMPLETED:
-            self.run_logger.info("Completed after %s", _elapsed(elapsed))
-        elif self.status == FAILED:
-            self.run_logger.error("Failed after %s!", _elapsed(elapsed))
-        else:
-            self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
-        if self._capture is not None:
-            try:
-                self._capture.stop()
-            finally:
-                self._output.append(self._capture.read())
-        self._emit_heartbeat(final=True)
-        if self.status == COMPLETED:
-            self._delivery.call("completed_event", stop_time=self.stop_time, result=self.result)
-            self._delivery.hook("expkit_run_completed")
-        elif self.status == FAILED:
-            self._delivery.call(
-                "failed_event", fail_time=self.stop_time, fail_trace=self.fail_trace
-            )
-            self._delivery.hook("expkit_run_failed")
-        else:
-            self._delivery.call(
-                "interrupted_event", interrupt_time=self.stop_time, status=self.status
-            )
-            self._delivery.hook("expkit_run_interrupted")
-        self._delivery.call("join")
-        self._delivery.finish()
+        # Every step is guarded: whatever fails here, the stores still hear how the run
+        # ended and the captured functions are released.
+        try:
+            self.stop_time = utcnow()
+            self._stop_beat.set()
+            if self._beat_thread is not None:
+                self._beat_thread.join(timeout=max(self.beat_interval, 1.0) + 5.0)
+            elapsed = self.stop_time - (self.start_time or self.stop_time)
+            if self.status == COMPLETED:
+                self.run_logger.info("Completed after %s", _elapsed(elapsed))
+            elif self.status == FAILED:
+                self.run_logger.error("Failed after %s!", _elapsed(elapsed))
+            else:
+                self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
+            if self._capture is not None:
+                with self._beat_lock:
+                    _guarded(self._capture.stop, "stopping the output capture")
+                    _guarded(lambda: self._output.append(self._capture.read()), "reading output")
+            _guarded(lambda: self._emit_heartbeat(final=True), "the last heartbeat")
+            if self.status == COMPLETED:
+                event = ("completed_event", {"stop_time": self.stop_time, "result": self.result})
+                hook = "expkit_run_completed"
+            elif self.status == FAILED:
+                event = (
+                    "failed_event",
+                    {"fail_time": self.stop_time, "fail_trace": self.fail_trace},
+                )
+                hook = "expkit_run_failed"
+            else:
+                event = (
+                    "interrupted_event",
+                    {"interrupt_time": self.stop_time, "status": self.status},
+                )
+                hook = "expkit_run_interrupted"
+            _guarded(lambda: self._delivery.call(event[0], **event[1]), "telling the stores")
+            self._delivery.hook(hook)
+            _guarded(lambda: self._delivery.call("join"), "waiting for the stores")
+            _guarded(self._delivery.finish, "retrying failed stores")
+        finally:
+            self._unbind(bound, previous_run)
+
+    def _unbind(self, bound: list, previous_run: Run | None) -> None:
         for fn in bound:
             captured_state(fn).unbind()
         self.experiment.current_run = previous_run
@@ -815,7 +839,7 @@ class Run:
 
     def _beat_loop(self) -> None:
         while not self._stop_beat.wait(self.beat_interval):
-            self._emit_heartbeat(final=False)
+            _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
 
     def _drain_metrics(self) -> list[tuple[str, int, Any, float]]:
         metrics = self._metrics
@@ -830,7 +854,7 @@ class Run:
             text = self._output.text if final else self._output.stable_text
             self._delivery.call(
                 "heartbeat_event",
-                info=self.info,
+                info=_snapshot(self.info),
                 captured_out=text,
                 beat_time=self.heartbeat_time,
                 result=self.result,
@@ -853,13 +877,36 @@ class Run:
             self._delivery.hook("expkit_log_metrics", metrics=points)
 
 
+def _guarded(step: Callable[[], Any], what: str) -> None:
+    """Do ``step``; an exception is logged, not raised (the end of a run must go on)."""
+    try:
+        step()
+    except Exception as exc:
+        logging.getLogger("expkit").error("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+def _snapshot(info: dict) -> dict:
+    """A copy of ``info`` for the stores, taken while the run may still be changing it."""
+    for _ in range(3):
+        try:
+            return copy.deepcopy(info)
+        except RuntimeError:  # changed while being copied: try again
+            continue
+        except Exception:
+            break
+    return dict(info)
+
+
 def _elapsed(delta: datetime.timedelta) -> str:
     return str(datetime.timedelta(seconds=round(delta.total_seconds())))
 
 
+_NOT_INSTALLED = object()
+
+
 def _install_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return _NOT_INSTALLED
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise SigtermInterrupt("the process received SIGTERM")
@@ -868,8 +915,9 @@ def _install_sigterm() -> Any:
 
 
 def _restore_sigterm(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+    if previous is not _NOT_INSTALLED:
+        # None: the handler was set outside Python; the default is the closest to it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _internal_folders() -> tuple[str, ...]:

@@ -103,7 +103,7 @@ def expkit_collect_file(path: Path, config: Any) -> list | None:
         if folder not in sys.path:
             sys.path.insert(0, folder)
         module = _import_file(path, _module_name(path))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         return [CollectError(file_id, path, _user_traceback(exc, path))]
     parts.append(module_parts(module))
     items: list[Item] = []

@@ -82,9 +82,11 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
     while args:
         token = args.pop(0)
         if token.startswith("-") and len(token) > 1 and not _is_number(token):
-            name, _, inline = token.partition("=")
-            if name not in table and not name.startswith("--") and len(name) > 2:
-                name, inline = name[:2], name[2:]  # -n NAME written as -nNAME
+            if not token.startswith("--") and len(token) > 2 and token[:2] in table:
+                name, inline = token[:2], token[2:]  # -n NAME written as -nNAME
+                inline = inline[1:] if inline.startswith("=") else inline
+            else:
+                name, _, inline = token.partition("=")
             if name not in table:
                 raise UsageError(f"unknown flag {name!r}{suggest(name, list(table))}; see --help")
             long, takes_value = table[name]

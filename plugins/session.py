@@ -208,8 +208,11 @@ def run_item(session: Session, item: Item) -> RunReport:
         run()
     except KeyboardInterrupt:
         session.shouldstop = True
-    except BaseException:
-        pass
+    except BaseException as exc:
+        if run.status is None:
+            # Refused before it started (a seed that is no integer, ...): say why.
+            status = "ERROR" if isinstance(exc, ExpkitError) else FAILED
+            return RunReport(item.nodeid, status, time.perf_counter() - start, message=str(exc))
     duration = time.perf_counter() - start
     message = None
     if run.status == FAILED and run.fail_trace:

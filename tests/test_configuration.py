@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from expkit import ConfigAddedError, ConfigError, Experiment, ExpkitError, Ingredient
+from expkit.configuration import ConfigScope
 from expkit.errors import NamedConfigNotFoundError
 from expkit.observers import RunObserver
 from expkit.run import resolve_config
@@ -1086,3 +1087,30 @@ def test_script_refuses_an_unused_added_entry_unless_forced(script: Path) -> Non
     code, result, stderr = run_script(script, "with", "lr=0.3", "-f")
     assert code == 0, stderr
     assert result is not None and result["a"] == 1
+
+
+API_TOKEN = "a module global that is no config entry"
+
+
+def _scope_with_untaken_branch():
+    lr = 0.1
+    if lr > 1:
+        API_TOKEN = "never"
+
+
+def test_a_module_global_of_an_assigned_name_does_not_leak_into_the_config() -> None:
+    # The scope's names are its locals: a branch not taken leaves them unset.
+    result = ConfigScope(_scope_with_untaken_branch)()
+    assert result.config == {"lr": 0.1}
+
+
+def _scope_changing_a_dict_in_place():
+    opt = {"lr": 0.1}
+    opt["lr"] = 0.5
+    scaled = opt["lr"] * 2
+
+
+def test_a_fixed_entry_changed_in_place_stays_fixed_for_what_follows() -> None:
+    result = ConfigScope(_scope_changing_a_dict_in_place)(fixed={"opt": {"lr": 0.01}})
+    assert result.config["opt"] == {"lr": 0.01}
+    assert result.config["scaled"] == 0.02

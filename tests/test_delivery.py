@@ -146,7 +146,7 @@ def test_meta_changes_are_kept(tmp_path: Path) -> None:
     spooled = SpooledRun.create(tmp_path / "spool", {"started": False, "store_id": None})
     spooled.update_meta(started=True, store_id="3")
     assert SpooledRun(spooled.folder).meta == {"started": True, "store_id": "3"}
-    assert sorted(p.name for p in spooled.folder.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in spooled.folder.iterdir()) == ["lock", "meta.json"]
 
 
 def test_pending_lists_spooled_runs_oldest_first(tmp_path: Path) -> None:
@@ -224,6 +224,7 @@ def test_a_store_that_failed_mid_run_is_resumed_not_started_again(
     guard.call("completed_event", {"stop_time": T2, "result": 7})
     [kept] = pending(spool, store_key(guard.store, str(runs)))
     assert (kept.meta["started"], kept.meta["store_id"]) == (True, "1")
+    guard.finish()  # the run ends with the store still away
 
     (tmp_path / "away").rename(runs / "1")
     # As `expkit sync` does it: a new store object, which must go on with run 1.
@@ -472,3 +473,28 @@ def test_a_failing_experiment_with_a_broken_store_still_fails_as_itself(
     assert ex.current_run is None
     [kept] = list(spool.glob("*/*/events.jsonl"))
     assert '"failed_event"' in kept.read_text()
+
+
+def test_a_run_still_spooling_is_not_replayed_by_another_run(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    # Two runs into one failing store: the second must not replay (and remove) the first's
+    # spool while the first is still writing to it, or the first run's end would be lost.
+    runs = tmp_path / "runs"
+    runs.write_text("in the way")
+    first = guarded(FileStorageObserver(runs), str(runs))
+    first.call("started_event", started(ex_info))
+    assert first.spooled is not None
+    runs.unlink()
+    second = guarded(FileStorageObserver(runs), str(runs), lambda: FileStorageObserver(runs))
+    if second._old_runs is not None:
+        second._old_runs.join(timeout=10)
+    assert first.spooled.folder.exists()  # left alone: it is still the first run's
+    first.call("heartbeat_event", beat("one\ntwo\n", T2))
+    first.call("log_metrics", metrics(0, 4))
+    first.call("completed_event", {"stop_time": T2, "result": 7})
+    first.finish()
+    assert first.spooled is None
+    record = read_run(runs, "1")
+    assert (record["status"], record["result"]) == ("COMPLETED", 7)
+    assert record["metrics"]["loss"]["steps"] == [0, 1, 2, 3]

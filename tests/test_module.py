@@ -459,3 +459,39 @@ def test_a_module_experiment_records_what_a_sacred_style_one_records(tmp_path: P
     stored = tmp_path / "runs" / sources["exp_module.py"]
     assert stored.read_text() == (tmp_path / "exp_module.py").read_text()
     assert module["host"]["hostname"] and module["start_time"] and module["stop_time"]
+
+
+def test_a_fixture_value_is_shared_not_copied(tmp_path) -> None:
+    # Fixtures are computed once per run and handed over as they are: objects that cannot be
+    # copied (a lock) work, and what one user of the fixture changes the next one sees.
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "exp_shared.py").write_text(
+        textwrap.dedent(
+            """
+            import threading
+            import expkit
+
+            @expkit.fixture
+            def state():
+                return {"lock": threading.Lock(), "seen": []}
+
+            @expkit.fixture
+            def model(state):
+                state["seen"].append("model")
+                return "m"
+
+            def exp_uses_both(state, model):
+                with state["lock"]:
+                    return state["seen"]
+            """
+        )
+    )
+    code = "import expkit, sys; sys.exit(expkit.main(['run', 'exp_shared.py', '-u', '-q']))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result=['model']" in done.stdout

@@ -977,3 +977,59 @@ def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path:
     assert "from python\\n" in captured
     assert "from a child process\\n" in captured
     assert os.listdir(tmp_path) == ["exp_status.py"]
+
+
+def test_a_failing_output_filter_does_not_lose_the_end_of_the_run() -> None:
+    events: list[str] = []
+
+    class Recorder(RunObserver):
+        def started_event(self, **kwargs):
+            events.append("started")
+
+        def completed_event(self, **kwargs):
+            events.append("completed")
+
+    ex = Experiment("filter_breaks", interactive=True)
+    ex.observers.append(Recorder())
+
+    def broken(text: str) -> str:
+        raise ValueError("the filter broke")
+
+    ex.captured_out_filter = broken
+
+    @ex.main
+    def main():
+        print("some output")
+        return 42
+
+    run = ex.run(options={"--capture": "sys"})
+    assert (run.status, run.result) == ("COMPLETED", 42)
+    assert events == ["started", "completed"]
+    assert ex.current_run is None
+
+
+def test_one_experiment_cannot_run_in_two_threads_at_once() -> None:
+    import threading
+
+    from expkit import ExpkitError
+
+    ex = Experiment("one_at_a_time", interactive=True)
+    started, release = threading.Event(), threading.Event()
+
+    @ex.main
+    def main():
+        started.set()
+        release.wait(10)
+        return "first"
+
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(ex.run().result))
+    thread.start()
+    started.wait(10)
+    try:
+        with pytest.raises(ExpkitError, match="already running in another thread"):
+            ex.run()
+    finally:
+        release.set()
+        thread.join(10)
+    assert results == ["first"]

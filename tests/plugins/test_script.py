@@ -574,3 +574,12 @@ def test_error_in_a_config_scope_points_at_the_users_line(tmp_path: Path) -> Non
     assert "b = a / 0" in proc.stderr
     frames = _frame_files(proc.stderr)
     assert not any(_is_expkit_internal(f) for f in frames), frames
+
+
+def test_a_short_flag_keeps_everything_after_it_in_its_value() -> None:
+    from expkit import Experiment
+    from expkit_plugins.script import parse_argv
+
+    ex = Experiment("flags", interactive=True)
+    assert parse_argv(ex, ["-ctry=lr 0.1"])["options"]["--comment"] == "try=lr 0.1"
+    assert parse_argv(ex, ["-c=note"])["options"]["--comment"] == "note"
