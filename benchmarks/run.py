@@ -33,7 +33,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("expkit", "sacred")
-WORKLOADS = ("P1", "P2", "P3", "P4", "P5", "P6")
+WORKLOADS = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 
 FULL_SIZES = {
     "calls": 200_000,
@@ -43,6 +43,7 @@ FULL_SIZES = {
     "file_runs": 5_000,
     "tinydb_runs": 2_000,
     "lines": 100_000,
+    "list_runs": 10_000,
 }
 QUICK_SIZES = {
     "calls": 20_000,
@@ -52,6 +53,7 @@ QUICK_SIZES = {
     "file_runs": 200,
     "tinydb_runs": 100,
     "lines": 5_000,
+    "list_runs": 300,
 }
 SMALL_STORE = 10  # runs in the "small" store of P5
 
@@ -693,7 +695,56 @@ def _warm_up(bench: dict) -> None:
     _interleave(jobs, 1, {**bench, "samples": {}})
 
 
-RUNNERS = {"P1": run_p1, "P2": run_p2, "P3": run_p3, "P4": run_p4, "P5": run_p5, "P6": run_p6}
+def run_p7(bench: dict) -> list[dict]:
+    """Listing (issue #6): ``expkit runs list`` over a file store of many runs; expkit only."""
+    n = bench["sizes"]["list_runs"]
+    store = bench["work"] / "p7-runs"
+    _fill_store("file", "-F", store, n, bench["dirs"]["expkit"], bench)
+    argv = [*_script("expkit"), "runs", "list", "--store", str(store)]
+
+    def count_rows(sample: dict) -> None:
+        rows = [line.split() for line in sample["stdout"].splitlines()]
+        # Table rows start with the run's id; the closing line is "N run(s) in STORE".
+        sample["listed"] = sum(
+            1 for r in rows if len(r) > 1 and r[0].isdigit() and r[1] != "run(s)"
+        )
+
+    first = _job("list-first/expkit", argv, bench["work"], after=count_rows)
+    again = _job("list/expkit", argv, bench["work"], after=count_rows)
+    _interleave([first], 1, bench)  # builds the index from the run folders
+    _interleave([again], bench["repeat"], bench)
+    for label in ("list-first/expkit", "list/expkit"):
+        counts = {s.get("listed") for s in bench["samples"].get(label, [])}
+        if counts != {n}:
+            bench["failures"].append(f"P7 {label}: listed {sorted(counts, key=str)} runs, not {n}")
+    return [
+        _row(
+            "P7-first",
+            f"P7 `expkit runs list` over {n:,} runs, first time (index built from the folders)",
+            "s",
+            {"expkit": _median(bench, "list-first/expkit")},
+        ),
+        _row(
+            "P7",
+            f"P7 `expkit runs list` over {n:,} runs (index kept by the store)",
+            "s",
+            {"expkit": _median(bench, "list/expkit")},
+            1.0,
+            judge="expkit",
+            target="expkit ≤ 1 s",
+        ),
+    ]
+
+
+RUNNERS = {
+    "P1": run_p1,
+    "P2": run_p2,
+    "P3": run_p3,
+    "P4": run_p4,
+    "P5": run_p5,
+    "P6": run_p6,
+    "P7": run_p7,
+}
 
 
 # -- profiles of missed targets --------------------------------------------------------------
@@ -940,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [w.strip().upper() for w in args.only.split(",") if w.strip()] or list(WORKLOADS)
     unknown = sorted(set(only) - set(WORKLOADS))
     if unknown:
-        print(f"benchmarks: --only: unknown workload {', '.join(unknown)} (known: P1-P6)")
+        print(f"benchmarks: --only: unknown workload {', '.join(unknown)} (known: P1-P7)")
         return 4
     repeat = args.repeat or (1 if args.quick else 5)
     if repeat < 1:
