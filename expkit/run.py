@@ -351,16 +351,15 @@ def _mongo_url(arg: str) -> str:
 def store_for_url(pm: PluginManager, url: str) -> Any:
     """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
     store = pm.hook.expkit_store_for_url(url=url)
-    if store is not None:
-        # Kept so that events a failing store missed can be replayed into a new one.
-        store._expkit_url = url
-        store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
     if store is None:
         schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
         raise UsageError(
             f"no store plugin handles {redact_url(url)!r}; known schemes: "
             f"{', '.join(s + '://' for s in schemes) or 'none'} (or a plain folder path)"
         )
+    # Kept so that events a failing store missed can be replayed into a new one.
+    store._expkit_url = url
+    store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
     return store
 
 
@@ -490,7 +489,7 @@ def create_run(
         meta_info=meta,
         observers=sorted(stores, key=lambda o: -getattr(o, "priority", 0)),
         options=options,
-        beat_interval=float(beat) if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
+        beat_interval=beat if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
         capture_mode=options["--capture"] or SETTINGS.CAPTURE_MODE,
         info=dict(info or {}),
     )

@@ -20,10 +20,9 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
+from expkit.projectconfig import CAPTURE_MODES
 from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
 from expkit.utils import parse_literal
-
-CAPTURE_MODES = ("fd", "sys", "no")
 
 
 @attrs.define
