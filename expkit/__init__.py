@@ -7,9 +7,8 @@ and every concern a pluggy plugin.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
-from expkit.commandline import cli_option
 from expkit.errors import (
     ConfigAddedError,
     ConfigError,
@@ -21,11 +20,48 @@ from expkit.errors import (
     TimeoutInterrupt,
     UsageError,
 )
-from expkit.experiment import Experiment, Ingredient
-from expkit.module import config, fixture, named_config
-from expkit.observers import RunObserver
-from expkit.run import IgnoreHostInfo, Run, host_info_gatherer
-from expkit.settings import SETTINGS
+
+# Without importing typing, which costs more than the rest of ``import expkit``.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from expkit.commandline import cli_option
+    from expkit.experiment import Experiment, Ingredient
+    from expkit.module import config, fixture, named_config
+    from expkit.observers import RunObserver
+    from expkit.run import IgnoreHostInfo, Run, host_info_gatherer
+    from expkit.settings import SETTINGS
+
+# Imported on first use, so that ``import expkit`` (a plugin, a tool that only asks the
+# version) does not pay for the experiment model; ``from expkit import Experiment`` does.
+_LAZY = {
+    "Experiment": "expkit.experiment",
+    "Ingredient": "expkit.experiment",
+    "config": "expkit.module",
+    "fixture": "expkit.module",
+    "named_config": "expkit.module",
+    "RunObserver": "expkit.observers",
+    "IgnoreHostInfo": "expkit.run",
+    "Run": "expkit.run",
+    "host_info_gatherer": "expkit.run",
+    "cli_option": "expkit.commandline",
+    "SETTINGS": "expkit.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'expkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
