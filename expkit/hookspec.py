@@ -200,8 +200,9 @@ def expkit_reader_for_url(url: str) -> Any:
     A reader has ``list_runs() -> Iterable[RunRecord]`` (summaries, without
     ``captured_out`` and ``metrics``), ``get_run(run_id) -> RunRecord`` (everything),
     ``read_source(run_id, name) -> bytes`` (a stored source file by its relative name),
-    ``read_artifact(run_id, name) -> bytes`` and ``delete_run(run_id)``; an unknown id
-    raises :class:`KeyError`. See :class:`expkit.records.RunRecord`. *firstresult*.
+    ``read_artifact(run_id, name) -> bytes``, ``read_resource(run_id, path) -> bytes``
+    (a stored input file by its original path) and ``delete_run(run_id)``; an unknown id
+    or name raises :class:`KeyError`. See :class:`expkit.records.RunRecord`. *firstresult*.
     """
 
 

@@ -100,6 +100,7 @@ class RunRecord:
     info: dict = attrs.field(factory=dict)
     fail_trace: list[str] | None = None
     artifacts: tuple[str, ...] = ()
+    resources: tuple[tuple[str, str], ...] = ()  # (original absolute path, md5) of each input
     captured_out: str | None = None
     metrics: dict[str, dict] | None = None  # name -> {"steps", "values", "timestamps"}
 

@@ -589,6 +589,9 @@ class FileStoreReader:
             info=data["info"],
             fail_trace=data.get("fail_trace"),
             artifacts=tuple(data.get("artifacts") or ()),
+            resources=tuple(
+                (path, self._stored_md5(stored)) for path, stored in _resource_pairs(data)
+            ),
             captured_out=captured_out,
             metrics=_metrics_with_times(data["metrics"]),
         )
@@ -610,6 +613,14 @@ class FileStoreReader:
             raise KeyError(f"run {str(run_id)!r} in {self.basedir} has no artifact {name!r}")
         return _read_bytes(os.path.join(rundir, name), f"artifact {name!r}")
 
+    def read_resource(self, run_id: Any, path: str) -> bytes:
+        """The stored copy of the input file the run recorded under its original ``path``."""
+        entry = _load_json(os.path.join(self._rundir(run_id), RUN_FILE))
+        for original, stored in _resource_pairs(entry):
+            if original == path:
+                return _read_bytes(os.path.join(self.basedir, stored), f"resource {path!r}")
+        raise KeyError(f"run {str(run_id)!r} in {self.basedir} has no resource {path!r}")
+
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's folder (its sources in ``_sources`` may be shared and stay)."""
         shutil.rmtree(self._rundir(run_id))
@@ -623,6 +634,12 @@ class FileStoreReader:
         if not os.path.isfile(os.path.join(rundir, RUN_FILE)):
             raise KeyError(f"no run {name!r} in {self.basedir}")
         return rundir
+
+    def _stored_md5(self, stored: str) -> str:
+        try:
+            return file_md5(os.path.join(self.basedir, stored))
+        except OSError:
+            return ""  # recorded but gone: the run is still readable, read_resource says why
 
     def _summary_from_folder(self, name: str) -> dict | None:
         rundir = os.path.join(self.basedir, name)
@@ -795,6 +812,13 @@ def _max_numeric_id(basedir: str) -> int:
             if name.isascii() and name.isdigit() and entry.is_dir():
                 best = max(best, int(name))
     return best
+
+
+def _resource_pairs(entry: dict) -> Iterable[tuple[str, str]]:
+    """``(original path, stored path relative to basedir)`` of each resource in ``run.json``."""
+    for item in entry.get("resources") or ():
+        if isinstance(item, list | tuple) and len(item) >= 2:
+            yield str(item[0]), str(item[1])
 
 
 def _source_pairs(ex_info: dict) -> Iterable[tuple[str, str]]:

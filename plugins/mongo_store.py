@@ -288,6 +288,11 @@ class MongoRunReader:
             experiment_info=doc.get("experiment") or {},
             info=info,
             fail_trace=doc.get("fail_trace"),
+            resources=tuple(
+                (str(r[0]), str(r[1]) if len(r) > 1 else "")
+                for r in doc.get("resources") or ()
+                if r
+            ),
             captured_out=captured_out,
             metrics=metrics,
         )
@@ -309,6 +314,19 @@ class MongoRunReader:
                 if isinstance(artifact, dict) and artifact.get("name") == name:
                     return self._read_file(artifact.get("file_id"), name)
         raise KeyError(f"run {run_id!r} in {self._where()} has no artifact {name!r}")
+
+    def read_resource(self, run_id: Any, path: str) -> bytes:
+        """The content of the input file the run recorded under ``path``, from GridFS."""
+        with self._errors(f"reading a resource of run {run_id!r}"):
+            doc = self._find(run_id, {"resources": 1})
+            for resource in reversed(doc.get("resources") or ()):
+                if resource and resource[0] == path:
+                    md5 = resource[1] if len(resource) > 1 else None
+                    # Kept once per path and md5: in metadata by expkit, by GridFS for Sacred.
+                    found = self.fs.find_one({"filename": path, "metadata.md5": md5})
+                    found = found or self.fs.find_one({"filename": path, "md5": md5})
+                    return self._read_file(found._id if found else None, path)
+        raise KeyError(f"run {run_id!r} in {self._where()} has no resource {path!r}")
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run, its metrics, output pieces, artifacts and large info from the store.

@@ -151,8 +151,8 @@ def replay_record(
 ) -> Any:
     """Send ``store`` the events that recorded ``record``, with its own times; the new id.
 
-    ``meta`` adds entries to the run's meta. The sources and artifacts come from
-    ``reader``. The run keeps ``base_dir`` (default: its own) when the files there are
+    ``meta`` adds entries to the run's meta. The sources, artifacts and resources come
+    from ``reader``. The run keeps ``base_dir`` (default: its own) when the files there are
     the stored ones; else its base dir is a temporary folder holding them, since a
     store takes the sources from the base dir.
     """
@@ -180,6 +180,12 @@ def replay_record(
             path.parent.mkdir(parents=True)
             path.write_bytes(reader.read_artifact(record.id, name))
             store.artifact_event(name=name, filename=str(path))
+        for number, (original, _md5sum) in enumerate(record.resources):
+            # Stores take a resource from a file: one under the original's name, here.
+            path = Path(tmp, "resources", str(number), Path(original).name or "resource")
+            path.parent.mkdir(parents=True)
+            path.write_bytes(reader.read_resource(record.id, original))
+            store.resource_event(filename=str(path))
         beat = record.heartbeat or record.stop_time or start
         store.heartbeat_event(
             info=dict(record.info),

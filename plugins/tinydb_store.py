@@ -683,6 +683,11 @@ class TinyDbRunReader:
             experiment_info=doc.get("experiment") or {},
             info=doc.get("info") or {},
             fail_trace=doc.get("fail_trace"),
+            resources=tuple(
+                (str(r[0]), str(r[1]) if len(r) > 1 else "")
+                for r in doc.get("resources") or ()
+                if r
+            ),
             captured_out=doc.get("captured_out") or "",
             metrics=metrics,
         )
@@ -703,6 +708,14 @@ class TinyDbRunReader:
             if artifact and artifact[0] == name:
                 return self._read_file(_stored_path(artifact, 2, 3), f"artifact {name!r}")
         raise KeyError(f"run {run_id!r} in {self.db_path} has no artifact {name!r}")
+
+    def read_resource(self, run_id: Any, path: str) -> bytes:
+        """The stored content of the input file the run recorded under ``path`` (from hashfs)."""
+        doc = self._read(lambda d: self._find(d, run_id))
+        for resource in reversed(doc.get("resources") or ()):
+            if resource and resource[0] == path:
+                return self._read_file(_stored_path(resource, 1, 2), f"resource {path!r}")
+        raise KeyError(f"run {run_id!r} in {self.db_path} has no resource {path!r}")
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's document and its metrics (hashfs files may be shared and stay)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import multiprocessing
 import os
@@ -30,7 +31,9 @@ def basedir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-def run_experiment(basedir: Path, tmp_path: Path, lr: float = 0.1, fail: bool = False) -> str:
+def run_experiment(
+    basedir: Path, tmp_path: Path, lr: float = 0.1, fail: bool = False, resource: Path | None = None
+) -> str:
     """One real run of a small experiment into ``basedir``; its id."""
     from expkit import Experiment
 
@@ -46,6 +49,8 @@ def run_experiment(basedir: Path, tmp_path: Path, lr: float = 0.1, fail: bool = 
         for step in range(3):
             _run.log_scalar("loss", lr / (step + 1))
         _run.info["best"] = lr
+        if resource is not None:
+            _run.add_resource(str(resource))
         _run.add_artifact(str(model), name="out/model.txt")
         if fail:
             raise RuntimeError("diverged")
@@ -106,6 +111,23 @@ def test_read_source_and_artifact(basedir, tmp_path):
         reader.read_source(run_id, "other.py")
     with pytest.raises(KeyError, match=r"has no artifact 'run.json'"):
         reader.read_artifact(run_id, "run.json")
+
+
+def test_read_resource_by_its_original_path(basedir, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b\n1,2\n")
+    run_id = run_experiment(basedir, tmp_path, resource=data)
+    data.write_bytes(b"changed since")  # the stored copy is what the reader returns
+    reader = FileStoreReader(basedir)
+    assert reader.get_run(run_id).resources == (
+        (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
+    )
+    assert reader.list_runs()[0].resources == ()
+    assert reader.read_resource(run_id, str(data)) == b"a,b\n1,2\n"
+    with pytest.raises(KeyError, match=r"has no resource 'other.csv'"):
+        reader.read_resource(run_id, "other.csv")
+    with pytest.raises(KeyError):
+        reader.read_resource("7", str(data))
 
 
 @pytest.mark.parametrize("bad", ["7", "../runs", "_sources", "", "a/b"])

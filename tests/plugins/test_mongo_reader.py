@@ -4,6 +4,7 @@ in-memory server of tests/mongo_server.py over a real socket."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import sys
 import uuid
 from collections.abc import Iterator
@@ -52,7 +53,9 @@ def reader(url: str) -> Iterator[MongoRunReader]:
     made.close()
 
 
-def run_experiment(url: str, tmp_path: Path, lr: float = 0.1, output: str = "") -> Any:
+def run_experiment(
+    url: str, tmp_path: Path, lr: float = 0.1, output: str = "", resource: Path | None = None
+) -> Any:
     """One real run of a small experiment into the database of ``url``; its id."""
     from expkit import Experiment
 
@@ -70,6 +73,8 @@ def run_experiment(url: str, tmp_path: Path, lr: float = 0.1, output: str = "") 
         for step in range(3):
             _run.log_scalar("loss", lr / (step + 1))
         _run.info["best"] = lr
+        if resource is not None:
+            _run.add_resource(str(resource))
         _run.add_artifact(str(model), name="model.txt")
         return lr * 10
 
@@ -124,6 +129,21 @@ def test_read_source_and_artifact(url, reader, tmp_path):
         reader.read_source(run_id, "nope.py")
     with pytest.raises(KeyError, match="has no artifact"):
         reader.read_artifact(run_id, "nope.txt")
+
+
+def test_read_resource_by_its_original_path(url, reader, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b\n1,2\n")
+    run_id = run_experiment(url, tmp_path, resource=data)
+    data.write_bytes(b"changed since")  # the stored copy is what the reader returns
+    assert reader.get_run(run_id).resources == (
+        (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
+    )
+    assert reader.read_resource(run_id, str(data)) == b"a,b\n1,2\n"
+    with pytest.raises(KeyError, match=r"has no resource 'other.csv'"):
+        reader.read_resource(run_id, "other.csv")
+    with pytest.raises(KeyError):
+        reader.read_resource(12345, str(data))
 
 
 def test_delete_run_removes_everything_of_the_run(url, reader, db, tmp_path):

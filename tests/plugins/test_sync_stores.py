@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_runs_command import T0, store_run
 
+DATA = b"x,y\n1,2\n"
+
 
 @pytest.fixture
 def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A file store with two runs, one of them with an artifact."""
+    """A file store with two runs, one of them with an artifact and a resource."""
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     store_run(runs, tmp_path / "a", {"C": 1}, 0.5)
@@ -29,6 +32,8 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     obs = FileStorageObserver(runs)
     obs.resume("2")
     obs.artifact_event("model.txt", str(tmp_path / "model.txt"))
+    (tmp_path / "data.csv").write_bytes(DATA)
+    obs.resource_event(str(tmp_path / "data.csv"))
     return runs
 
 
@@ -128,3 +133,29 @@ def test_file_to_mongo_twice_copies_once(
     assert sorted(copied) == ["1", "2"]
     for run_id in src:
         assert_copied(src[run_id], copied[run_id])
+
+
+@pytest.mark.parametrize("direction", ["file->tinydb", "tinydb->file", "file->mongo"])
+def test_resources_are_copied(
+    direction: str, source: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    db = f"tinydb://{tmp_path / 'db'}"
+    if direction == "file->tinydb":
+        dst = db
+    elif direction == "tinydb->file":
+        assert expkit.main(["sync", str(source), db]) == 0
+        (tmp_path / "data.csv").write_bytes(b"changed since")  # the stored copy is what counts
+        source, dst = db, str(tmp_path / "copy")
+    else:
+        dst = request.getfixturevalue("mongo_url")
+    assert expkit.main(["sync", str(source), dst]) == 0
+    [(path, md5)] = read_all(dst)["2"].resources
+    assert Path(path).name == "data.csv"
+    assert md5 == hashlib.md5(DATA).hexdigest()
+    assert read_all(dst)["1"].resources == ()
+    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    try:
+        assert reader.read_resource("2", path) == DATA
+    finally:
+        if hasattr(reader, "close"):
+            reader.close()

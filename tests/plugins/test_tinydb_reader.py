@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "db"
 
 
-def run_experiment(root: Path, tmp_path: Path, lr: float = 0.1, fail: bool = False) -> str:
+def run_experiment(
+    root: Path, tmp_path: Path, lr: float = 0.1, fail: bool = False, resource: Path | None = None
+) -> str:
     """One real run of a small experiment into the TinyDB store at ``root``; its id."""
     from expkit import Experiment
 
@@ -36,6 +39,8 @@ def run_experiment(root: Path, tmp_path: Path, lr: float = 0.1, fail: bool = Fal
         for step in range(3):
             _run.log_scalar("loss", lr / (step + 1))
         _run.info["best"] = lr
+        if resource is not None:
+            _run.add_resource(str(resource))
         _run.add_artifact(str(model), name="model.txt")
         if fail:
             raise RuntimeError("diverged")
@@ -84,6 +89,22 @@ def test_read_source_and_artifact(root, tmp_path):
         reader.read_source(run_id, "nope.py")
     with pytest.raises(KeyError, match="has no artifact"):
         reader.read_artifact(run_id, "nope.txt")
+
+
+def test_read_resource_by_its_original_path(root, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b\n1,2\n")
+    run_id = run_experiment(root, tmp_path, resource=data)
+    data.write_bytes(b"changed since")  # the stored copy is what the reader returns
+    reader = TinyDbRunReader(root)
+    assert reader.get_run(run_id).resources == (
+        (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
+    )
+    assert reader.read_resource(run_id, str(data)) == b"a,b\n1,2\n"
+    with pytest.raises(KeyError, match=r"has no resource 'other.csv'"):
+        reader.read_resource(run_id, "other.csv")
+    with pytest.raises(KeyError):
+        reader.read_resource("nope", str(data))
 
 
 def test_delete_run_drops_its_document_and_metrics(root, tmp_path):
