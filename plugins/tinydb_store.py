@@ -694,28 +694,28 @@ class TinyDbRunReader:
 
     def read_source(self, run_id: Any, name: str) -> bytes:
         """The stored content of the run's source ``name`` (from hashfs)."""
-        doc = self._read(lambda d: self._find(d, run_id))
-        for source in (doc.get("experiment") or {}).get("sources") or ():
-            if source and source[0] == name:
-                # Sacred's own entries hold a file handle's repr where expkit keeps the path.
-                return self._read_file(_stored_path(source, 1, 2), f"source {name!r}")
-        raise KeyError(f"run {run_id!r} in {self.db_path} has no source {name!r}")
+        # Sacred's own entries hold a file handle's repr where expkit keeps the path.
+        return self._stored(run_id, "source", name, 1, 2)
 
     def read_artifact(self, run_id: Any, name: str) -> bytes:
         """The stored content of the run's artifact ``name`` (from hashfs)."""
-        doc = self._read(lambda d: self._find(d, run_id))
-        for artifact in reversed(doc.get("artifacts") or ()):
-            if artifact and artifact[0] == name:
-                return self._read_file(_stored_path(artifact, 2, 3), f"artifact {name!r}")
-        raise KeyError(f"run {run_id!r} in {self.db_path} has no artifact {name!r}")
+        return self._stored(run_id, "artifact", name, 2, 3)
 
     def read_resource(self, run_id: Any, path: str) -> bytes:
         """The stored content of the input file the run recorded under ``path`` (from hashfs)."""
+        return self._stored(run_id, "resource", path, 1, 2)
+
+    def _stored(self, run_id: Any, kind: str, name: str, md5_at: int, path_at: int) -> bytes:
+        """The content of the run's newest ``kind`` entry called ``name``."""
         doc = self._read(lambda d: self._find(d, run_id))
-        for resource in reversed(doc.get("resources") or ()):
-            if resource and resource[0] == path:
-                return self._read_file(_stored_path(resource, 1, 2), f"resource {path!r}")
-        raise KeyError(f"run {run_id!r} in {self.db_path} has no resource {path!r}")
+        if kind == "source":
+            entries = (doc.get("experiment") or {}).get("sources") or ()
+        else:
+            entries = doc.get(kind + "s") or ()
+        for entry in reversed(entries):
+            if entry and entry[0] == name:
+                return self._read_file(_stored_path(entry, md5_at, path_at), f"{kind} {name!r}")
+        raise KeyError(f"run {run_id!r} in {self.db_path} has no {kind} {name!r}")
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's document and its metrics (hashfs files may be shared and stay)."""
