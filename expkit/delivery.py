@@ -334,11 +334,14 @@ class GuardedStore:
         if self._old_runs is not None:
             # Older runs being delivered in the background must not be cut off at exit.
             self._old_runs.join(timeout=_OLD_RUNS_WAIT)
+        # Stop the background retries first, so that what is spooled stays as it is now.
+        self._stop.set()
+        if self._retry is not None:
+            self._retry.join(timeout=_OLD_RUNS_WAIT)
         if self.spooled is None:
             return
         if self._reachable():
             self.try_replay()
-        self._stop.set()
         if self.spooled is not None:
             if isinstance(self.spooled, SpooledRun):
                 self.spooled.unlock()  # from now on the next run or expkit sync may replay it
