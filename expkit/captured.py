@@ -11,7 +11,7 @@ import copy
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -182,13 +182,24 @@ class CapturedFunction:
         if self.binding is not None:
             self._set(self.binding.previous)
 
+    def check_resolvable(self, config: Mapping, fixtures: Iterable[str] = ()) -> None:
+        """Raise before a run starts when a required parameter names nothing."""
+        fixtures = list(fixtures)
+        known = {*SPECIAL_NAMES, *fixtures, *self.config_view(config)}
+        missing = [n for n in self.params.names if n in self.params.required and n not in known]
+        if missing:
+            raise self.missing_error(missing, config, fixtures)
+
     def missing_error(
-        self, names: tuple[str, ...] | list[str], run: Run | None = None
+        self,
+        names: tuple[str, ...] | list[str],
+        config: Mapping | None = None,
+        fixtures: Iterable[str] = (),
     ) -> MissingConfigError:
         """The error for parameters nothing can fill, with near misses."""
-        candidates = list(SPECIAL_NAMES)
-        if run is not None:
-            candidates += list(self.config_view(run.config))
+        candidates = [*SPECIAL_NAMES, *fixtures]
+        if config is not None:
+            candidates += list(self.config_view(config))
         lines = [
             f"{self.describe()} has parameter {name!r} that is neither a config entry, "
             f"a fixture nor a special name{suggest(name, candidates)}"
@@ -225,7 +236,7 @@ class CapturedFunction:
                     out["_rnd"] = seeder.rnd(seed)
         missing = [n for n in binding.missing if n not in out and n not in taken]
         if missing:
-            raise self.missing_error(missing, binding.run)
+            raise self.missing_error(missing, binding.run.config)
         return out
 
 

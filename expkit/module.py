@@ -18,9 +18,8 @@ import attrs
 
 from expkit.captured import SPECIAL_NAMES, capture, captured_state
 from expkit.configuration import ConfigScope
-from expkit.errors import ConfigError, MissingConfigError
+from expkit.errors import ConfigError
 from expkit.experiment import Experiment
-from expkit.utils import suggest
 
 
 def config(function: Callable) -> ConfigScope:
@@ -135,15 +134,8 @@ class ModuleExperiment(Experiment):
     def check_resolvable(self, config: dict) -> None:
         """Fail before the run starts when a parameter names nothing; suggest near misses."""
         needed = self.requested_fixtures()
-        known = set(SPECIAL_NAMES) | set(self.fixtures) | set(config)
         for fn in [self._experiment_function] + [self._fixture_functions[n] for n in needed]:
-            cf = captured_state(fn)
-            for param in cf.params.required:
-                if param not in known:
-                    raise MissingConfigError(
-                        f"{cf.describe()} has parameter {param!r} that is neither a special name, "
-                        f"a fixture nor a config entry{suggest(param, known)}"
-                    )
+            captured_state(fn).check_resolvable(config, self.fixtures)
 
 
 def _make_main(experiment: ModuleExperiment) -> Callable:

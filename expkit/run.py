@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pluggy
 
-from expkit.captured import SPECIAL_NAMES, captured_state
+from expkit.captured import captured_state
 from expkit.configuration import (
     ConfigDict,
     ConfigSummary,
@@ -495,11 +495,7 @@ def create_run(
     )
     run._id = options["--id"]
     for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
-        cf = captured_state(fn)
-        view = cf.config_view(run.config)
-        missing = [n for n in cf.params.required if n not in view and n not in SPECIAL_NAMES]
-        if missing:
-            raise cf.missing_error(missing, run)
+        captured_state(fn).check_resolvable(run.config)
     experiment.check_resolvable(run.config)
     return run
 
