@@ -372,7 +372,7 @@ class Experiment(Ingredient):
         result = self.plugin_manager.hook.expkit_run_commandline(experiment=self, argv=list(argv))
         if result is None:
             raise ExpkitError("no plugin handles the script command line (is 'script' blocked?)")
-        return result[0]
+        return result
 
     def check_resolvable(self, config: dict) -> None:
         """Raise when a function the run will call has a parameter nothing fills."""

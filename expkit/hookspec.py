@@ -176,8 +176,8 @@ def expkit_builtin_commands(experiment: Ingredient) -> dict | None:
 def expkit_run_commandline(experiment: Ingredient, argv: list[str]) -> Any:
     """Parse a script's own command line (``python exp.py ...``) and carry it out.
 
-    Return the finished :class:`expkit.run.Run` (or ``None`` when nothing ran)
-    wrapped in a one-element list so that ``None`` can be a result. *firstresult*.
+    Return the :class:`expkit.run.Run` it made; help and mistakes end the process
+    instead (``SystemExit``). *firstresult*.
     """
 
 

@@ -241,7 +241,7 @@ def _print_user_traceback(exc: BaseException) -> None:
 
 
 @hookimpl(trylast=True)
-def expkit_run_commandline(experiment: Any, argv: list[str]) -> list:
+def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
     prog = os.path.basename(argv[0]) if argv else experiment.name
     options: dict = {}
     try:
@@ -253,7 +253,7 @@ def expkit_run_commandline(experiment: Any, argv: list[str]) -> list:
         if parsed["help_for"]:
             print(_command_help(experiment, parsed["help_for"]))
             sys.exit(0)
-        return [_run(experiment, parsed)]
+        return _run(experiment, parsed)
     except ExpkitError as exc:
         if options.get("--debug"):
             raise
