@@ -14,13 +14,12 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from importlib import metadata
 from typing import Any
 
 import attrs
 import pluggy
 
-from expkit import hookspec
+from expkit import hookspec, installed
 from expkit.errors import UsageError
 
 hookimpl = pluggy.HookimplMarker("expkit")
@@ -73,9 +72,13 @@ class PluginManager(pluggy.PluginManager):
         if self.is_blocked(name) or self.has_plugin(name):
             return self.get_plugin(name)
         start = time.perf_counter()
+        # An entry point may name an object in a module: "package.module:plugin".
+        module_name, _, attr = modname.partition(":")
         try:
-            module = importlib.import_module(modname)
-        except ImportError as exc:
+            module = importlib.import_module(module_name.strip())
+            for part in filter(None, attr.strip().split(".")):
+                module = getattr(module, part)
+        except (ImportError, AttributeError) as exc:
             raise UsageError(f"cannot load plugin {name!r}: {exc}") from exc
         seconds = time.perf_counter() - start
         if self.is_registered(module):
@@ -89,8 +92,7 @@ class PluginManager(pluggy.PluginManager):
     def load_entry_points(self, builtin_only: bool = False) -> None:
         """Register the plugins of the ``expkit`` entry-point group."""
         for ep in _entry_points():
-            dist, version = _dist_of(ep)
-            builtin = dist is not None and _canonical(dist) == _DIST_NAME
+            builtin = ep.dist.canonical_name == _DIST_NAME
             if builtin_only != builtin:
                 continue
             if self.is_blocked(ep.name) or self.has_plugin(ep.name):
@@ -99,8 +101,8 @@ class PluginManager(pluggy.PluginManager):
                 ep.value,
                 name=ep.name,
                 origin="builtin" if builtin else "entrypoint",
-                distribution=dist,
-                version=version,
+                distribution=ep.dist.name,
+                version=ep.dist.version,
             )
 
     def block(self, name: str) -> None:
@@ -112,40 +114,8 @@ class PluginManager(pluggy.PluginManager):
                 self.set_blocked(ep.name)
 
 
-_DISTS: dict[int, tuple[str | None, str | None]] = {}
-
-
-def _dist_of(ep: Any) -> tuple[str | None, str | None]:
-    """The name and version of the distribution shipping ``ep``, read once per distribution."""
-    if ep.dist is None:
-        return None, None
-    key = id(ep.dist)
-    if key not in _DISTS:
-        # The folder name says which distribution it is; parsing its METADATA (and importing
-        # the email package to do so) is needed only for third-party plugins' versions.
-        folder_name = getattr(ep.dist, "_normalized_name", None)
-        if folder_name is not None and _canonical(folder_name) == _DIST_NAME:
-            from expkit import __version__
-
-            _DISTS[key] = (_DIST_NAME, __version__)
-        else:
-            meta = ep.dist.metadata  # parsed on every access: read it once
-            _DISTS[key] = (meta["Name"], meta["Version"])
-    return _DISTS[key]
-
-
-def _canonical(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
-_ENTRY_POINTS: list | None = None
-
-
-def _entry_points() -> list:
-    global _ENTRY_POINTS
-    if _ENTRY_POINTS is None:
-        _ENTRY_POINTS = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return _ENTRY_POINTS
+def _entry_points() -> list[installed.EntryPoint]:
+    return installed.entry_points(ENTRY_POINT_GROUP)
 
 
 def create_plugin_manager(
@@ -161,7 +131,7 @@ def create_plugin_manager(
             pm.register_module(modname, origin="-p")
     for ep in _entry_points():
         if ep.name in set(early) and not pm.has_plugin(ep.name) and not pm.is_blocked(ep.name):
-            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=_dist_of(ep)[0])
+            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=ep.dist.name)
     if not os.environ.get("EXPKIT_DISABLE_PLUGIN_AUTOLOAD"):
         pm.load_entry_points(builtin_only=False)
     for modname in filter(None, os.environ.get("EXPKIT_PLUGINS", "").split(",")):

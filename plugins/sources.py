@@ -15,9 +15,9 @@ import subprocess
 import sys
 import types
 from collections.abc import Iterable
-from importlib import metadata
 from typing import Any
 
+from expkit import installed
 from expkit.errors import UsageError
 from expkit.pluginmanager import hookimpl
 from expkit.records import Dependency, Repository, Source
@@ -163,10 +163,8 @@ def gather_dependencies(
                 if version is not None:
                     found.add(Dependency(name=dist, version=version))
     elif mode == "pkg":
-        for dist in metadata.distributions():
-            name = dist.metadata["Name"]
-            if name:
-                found.add(Dependency(name=name, version=dist.version))
+        for dist in installed.distributions().values():
+            found.add(Dependency(name=dist.name, version=dist.version))
     numpy_version = _version("numpy")
     if numpy_version is not None:
         found.add(Dependency(name="numpy", version=numpy_version))
@@ -222,30 +220,28 @@ def _distributions_of(top: str) -> list[str]:
     # Most distributions are named like their package (numpy, pluggy): asking for that name
     # reads one folder, where mapping every installed distribution reads them all.
     for name in dict.fromkeys((top, top.replace("_", "-"))):
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
+        dist = installed.distribution(name)
+        if dist is None:
             continue
         declared = (dist.read_text("top_level.txt") or "").split()
         if not declared or top in declared:
-            return [dist.metadata["Name"]]
+            return [dist.name]
     return _packages_distributions().get(top, [])
 
 
 @functools.cache
 def _packages_distributions() -> dict[str, list[str]]:
-    # Scanning every installed distribution takes ~0.1 s: do it once per process.
+    # Reads every installed distribution's file list (~0.1 s): only for packages not named
+    # like their distribution (sklearn, yaml), once per process.
+    from importlib import metadata
+
     return {
         top: list(dict.fromkeys(dists)) for top, dists in metadata.packages_distributions().items()
     }
 
 
-@functools.cache
 def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+    return installed.version(dist)
 
 
 def _setting_mode(name: str, allowed: tuple[str, ...]) -> str:
