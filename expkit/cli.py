@@ -139,6 +139,7 @@ def main(args: list[str] | None = None, plugins: Any = ()) -> int:
             blocked=[*settings.blocked_plugins, *blocked],
             early=[*settings.enabled_plugins, *early],
             plugins=plugins,
+            command=True,
         )
         previous, installed = set_plugin_manager(pm), True
         parser = Parser()

@@ -2,9 +2,10 @@
 
 Order: names blocked with ``-p no:NAME`` are blocked first; then the built-in
 plugins (entry points of the ``expkit`` group shipped by the expkit
-distribution); then plugins named with ``-p NAME``; then third-party entry
-points (unless ``EXPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set); then modules listed
-in ``EXPKIT_PLUGINS``. ``expconf.py`` files are registered by the collector.
+distribution; those in ``COMMAND_PLUGINS`` only for the ``expkit`` command);
+then plugins named with ``-p NAME``; then third-party entry points (unless
+``EXPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set); then modules listed in
+``EXPKIT_PLUGINS``. ``expconf.py`` files are registered by the collector.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ hookimpl = pluggy.HookimplMarker("expkit")
 
 ENTRY_POINT_GROUP = "expkit"
 _DIST_NAME = "expkit"
+# Built-in plugins whose hooks only the `expkit` command calls (options, collection, the
+# session, its report, the runs commands). An experiment run from Python or from its own
+# command line never calls them, so its manager does not import them: start-up counts.
+COMMAND_PLUGINS = frozenset(
+    {"python", "session", "selection", "terminal", "helpconfig", "runs", "rerun", "sync"}
+)
 
 
 @attrs.frozen
@@ -89,11 +96,14 @@ class PluginManager(pluggy.PluginManager):
         )
         return module
 
-    def load_entry_points(self, builtin_only: bool = False) -> None:
-        """Register the plugins of the ``expkit`` entry-point group."""
+    def load_entry_points(self, builtin_only: bool = False, command: bool = True) -> None:
+        """Register the plugins of the ``expkit`` entry-point group.
+
+        ``command=False`` leaves out the built-in ``COMMAND_PLUGINS``.
+        """
         for ep in _entry_points():
             builtin = ep.dist.canonical_name == _DIST_NAME
-            if builtin_only != builtin:
+            if builtin_only != builtin or (builtin and not command and ep.name in COMMAND_PLUGINS):
                 continue
             if self.is_blocked(ep.name) or self.has_plugin(ep.name):
                 continue
@@ -119,13 +129,19 @@ def _entry_points() -> list[installed.EntryPoint]:
 
 
 def create_plugin_manager(
-    blocked: Iterable[str] = (), early: Iterable[str] = (), plugins: Iterable[Any] = ()
+    blocked: Iterable[str] = (),
+    early: Iterable[str] = (),
+    plugins: Iterable[Any] = (),
+    command: bool = False,
 ) -> PluginManager:
-    """Build a manager with every plugin loaded in pytest's order."""
+    """Build a manager with every plugin loaded in pytest's order.
+
+    ``command=True`` is the ``expkit`` command's manager: it loads ``COMMAND_PLUGINS`` too.
+    """
     pm = PluginManager()
     for name in blocked:
         pm.block(name)
-    pm.load_entry_points(builtin_only=True)
+    pm.load_entry_points(builtin_only=True, command=command)
     for modname in early:
         if modname not in {ep.name for ep in _entry_points()}:
             pm.register_module(modname, origin="-p")
@@ -170,6 +186,7 @@ def loaded_module_names(pm: PluginManager) -> list[str]:
 
 
 __all__ = [
+    "COMMAND_PLUGINS",
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",

@@ -12,11 +12,6 @@ import attrs
 
 from expkit.errors import UsageError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
-
 __all__ = ["CAPTURE_MODES", "ProjectSettings", "find_rootdir", "load_settings"]
 
 CAPTURE_MODES = ("fd", "sys", "no")
@@ -105,6 +100,12 @@ def _common_ancestor(args: list[str], cwd: Path) -> Path:
 
 
 def _expkit_table(pyproject: Path) -> dict[str, Any] | None:
+    # Imported here: only projects with a pyproject.toml pay for the parser.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised only on Python 3.10
+        import tomli as tomllib
+
     try:
         with open(pyproject, "rb") as file:
             document = tomllib.load(file)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import difflib
 import hashlib
 import os
 import re
@@ -21,6 +20,10 @@ __all__ = [
 ]
 
 _CONTROL = re.compile(r"([\r\b])")
+
+# ANSI colour codes for terminal output (no colour library: plain escape sequences).
+RED, GREEN, YELLOW, BLUE = "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[34m"
+BRIGHT, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 
 def _render_line(line: str) -> str:
@@ -195,6 +198,8 @@ def file_md5(path: str | os.PathLike[str]) -> str:
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` naming up to three near misses of ``name``, else ``""``."""
+    import difflib  # only when a name is wrong: not on every start-up
+
     matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     if not matches:
         return ""

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import pprint
 import sys
 from typing import Any
-
-from colorama import Fore, Style
 
 from expkit.configuration import ConfigScope, join_path
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
+from expkit.utils import BLUE, DIM, GREEN, RED, RESET
 
-_COLOURS = {"modified": Fore.BLUE, "added": Fore.GREEN, "typechanged": Fore.RED, "doc": Style.DIM}
-_RESET = Style.RESET_ALL
+_COLOURS = {"modified": BLUE, "added": GREEN, "typechanged": RED, "doc": DIM}
 _DOC_COLUMN = 35
 
 
@@ -27,11 +24,13 @@ def _use_colour(run: Any = None) -> bool:
 
 
 def _paint(text: str, kind: str | None, colour: bool) -> str:
-    return f"{_COLOURS[kind]}{text}{_RESET}" if colour and kind else text
+    return f"{_COLOURS[kind]}{text}{RESET}" if colour and kind else text
 
 
 def format_config(config: dict, summary: Any, colour: bool) -> str:
     """The config as ``print_config`` shows it: changes coloured, docs aligned."""
+    import pprint  # here, not at the top: every run loads this plugin, few print their config
+
     added = set(getattr(summary, "added", ()))
     modified = set(getattr(summary, "modified", ()))
     typechanged = set(getattr(summary, "typechanged", {}))

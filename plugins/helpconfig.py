@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import expkit
-from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 
 
@@ -40,6 +39,8 @@ def expkit_report_header(config: Any) -> list[str]:
 
 @hookimpl(tryfirst=True)
 def expkit_cmdline_main(config: Any) -> int | None:
+    from expkit.nodes import ExitCode  # the `expkit` command's; `python exp.py` never needs it
+
     if config.option.version:
         print(f"expkit {expkit.__version__}")
         return ExitCode.OK

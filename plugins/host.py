@@ -17,9 +17,7 @@ import copy
 import functools
 import os
 import platform
-import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from typing import Any
 
 from expkit.pluginmanager import hookimpl
@@ -74,12 +72,16 @@ def _linux_cpu_name() -> str | None:
 @functools.cache
 def _gpu_info() -> dict[str, Any] | None:
     """``nvidia-smi``'s GPUs and driver version, asked once per process; ``None`` without it."""
+    if not _on_path("nvidia-smi"):
+        return None  # the usual case: no process to start
     xml = _run("nvidia-smi", "-q", "-x")
     return None if xml is None else parse_nvidia_smi(xml)
 
 
 def parse_nvidia_smi(xml: str) -> dict[str, Any] | None:
     """The GPUs in the XML ``nvidia-smi -q -x`` prints, or ``None`` when it is not that."""
+    import xml.etree.ElementTree as ET  # only on machines with nvidia-smi
+
     try:
         root = ET.fromstring(xml)
         gpus = [
@@ -95,8 +97,15 @@ def parse_nvidia_smi(xml: str) -> dict[str, Any] | None:
     return {"gpus": gpus, "driver_version": root.findtext("driver_version", "").strip() or None}
 
 
+def _on_path(program: str) -> bool:
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return any(os.access(os.path.join(d or ".", program), os.X_OK) for d in folders)
+
+
 def _run(*command: str) -> str | None:
     """``command``'s output, or ``None`` when it is missing, fails or hangs."""
+    import subprocess
+
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, check=False

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +63,10 @@ def expkit_cmdline_main(config: Any) -> int | None:
 
 
 def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
+    # subprocess and tempfile are imported where used: every `python exp.py` loads this plugin.
+    import subprocess
+    import tempfile
+
     pm = config.pluginmanager
     original = fetch(reader, url, run_id)
     overrides = parse_overrides(list(config.getoption("overrides") or ()))
@@ -273,6 +275,8 @@ def git_state(folder: str) -> dict | None:
     """The commit and dirty flag of the git work tree holding ``folder``, or ``None``."""
     if not folder or not os.path.isdir(folder):
         return None
+    import subprocess
+
     try:
         commit = subprocess.run(
             ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30

@@ -8,7 +8,6 @@ else ``runs/`` under the project root, as for ``expkit run``.
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import sys
 from collections.abc import Iterable
@@ -120,11 +119,12 @@ def dependencies(record: RunRecord) -> dict[str, str]:
 
 def source_diff(old: bytes | None, new: bytes | None, old_name: str, new_name: str) -> list[str]:
     """The unified diff, line by line, of two versions of a source (``None``: missing)."""
-    return list(
-        difflib.unified_diff(
-            _lines(old), _lines(new), fromfile=old_name, tofile=new_name, lineterm=""
-        )
+    import difflib  # here: every `python exp.py` loads this plugin, few compare runs
+
+    diff = difflib.unified_diff(
+        _lines(old), _lines(new), fromfile=old_name, tofile=new_name, lineterm=""
     )
+    return list(diff)
 
 
 def _lines(data: bytes | None) -> list[str]:

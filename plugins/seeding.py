@@ -10,9 +10,7 @@ does not change what another receives.
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import random
-import secrets
 import sys
 from typing import Any
 
@@ -21,11 +19,12 @@ from expkit.records import ConfigDefault
 
 SEED_DOC = "the random seed for this experiment"
 _MAX_SEED = 10**9
+_SYSTEM_RANDOM = random.SystemRandom()  # os.urandom: no seeded generator affects it
 
 
 def new_seed() -> int:
     """A fresh seed in [1, 1e9], independent of every seeded generator."""
-    return secrets.randbelow(_MAX_SEED) + 1
+    return _SYSTEM_RANDOM.randrange(_MAX_SEED) + 1
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -69,11 +68,13 @@ def _seed_torch(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-class _SeedOnImport(importlib.abc.MetaPathFinder):
+class _SeedOnImport:
     """Seeds numpy's global generator when numpy is first imported during a run.
 
     Importing numpy up front would cost every run its import time; seeding it on
     import keeps ``numpy.random`` reproducible for code that imports it late.
+    A meta path finder and its loader need only their methods; the ``importlib.abc``
+    base classes would cost every start-up a millisecond of imports.
     """
 
     def __init__(self, seed: int) -> None:
@@ -93,7 +94,7 @@ class _SeedOnImport(importlib.abc.MetaPathFinder):
             return None
         loader, seed = spec.loader, self.seed
 
-        class _Loader(importlib.abc.Loader):
+        class _Loader:
             def create_module(self, spec: Any) -> Any:
                 return loader.create_module(spec)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from expkit.keywords import compile_keyword_expression
 from expkit.pluginmanager import hookimpl
 
 
@@ -24,5 +23,8 @@ def expkit_collection_modifyitems(config: Any, items: list) -> None:
     text = getattr(config.option, "keyword", "")
     if not text or not text.strip():
         return
+    # Imported only when -k is given: `python exp.py` loads this plugin too.
+    from expkit.keywords import compile_keyword_expression
+
     expression = compile_keyword_expression(text)
     items[:] = [item for item in items if expression.matches(item.keywords)]

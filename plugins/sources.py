@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 import types
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit import installed
 from expkit.errors import UsageError
@@ -23,6 +22,9 @@ from expkit.pluginmanager import hookimpl
 from expkit.records import Dependency, Repository, Source
 from expkit.settings import SETTINGS
 from expkit.utils import file_md5, redact_url
+
+if TYPE_CHECKING:
+    import subprocess
 
 _BLOCK_SIZE = 1 << 20
 _GIT_TIMEOUT = 5.0
@@ -78,6 +80,8 @@ def _imported_local_files(base: str) -> set[str]:
         filename = getattr(module, "__file__", None)
         if not isinstance(filename, str) or not filename.endswith(".py"):
             continue
+        if not _is_local(_in_real_folder(filename), base):
+            continue
         path = _real(filename)
         if _is_local(path, base) and os.path.isfile(path):
             found.add(path)
@@ -131,6 +135,16 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _in_real_folder(path: str) -> str:
+    """``path`` with its folder's symlinks resolved: one ``realpath`` per folder, not per file.
+
+    Hundreds of modules share a few dozen folders; a symlinked file itself (rare) is only
+    resolved for the files this check keeps.
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(_real(folder), name)
+
+
 def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -180,7 +194,7 @@ def _imported_top_level(base: str) -> set[str]:
         if "." in name or name.startswith("_") or name in skip or module is None:
             continue
         location = _location(module)
-        if location is not None and _is_local(_real(location), base):
+        if location is not None and _is_local(_in_real_folder(location), base):
             continue
         tops.add(name)
     return tops
@@ -191,7 +205,7 @@ def _referenced_top_level(base: str) -> set[str]:
     tops = set()
     for module in list(sys.modules.values()):
         location = _location(module) if module is not None else None
-        if location is None or not _is_local(_real(location), base):
+        if location is None or not _is_local(_in_real_folder(location), base):
             continue
         for value in list(vars(module).values()):
             if isinstance(value, types.ModuleType):
@@ -310,6 +324,8 @@ def _probe(root: str) -> Repository | None:
 
 
 def _git(root: str, *args: str) -> subprocess.CompletedProcess[str] | None:
+    import subprocess  # only for experiments in a git work tree
+
     # GIT_OPTIONAL_LOCKS=0: status must not take the index lock from a git the user runs.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     try:

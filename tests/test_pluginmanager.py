@@ -18,7 +18,7 @@ import pytest
 import expkit
 from expkit import Experiment, hookspec
 from expkit.errors import UsageError
-from expkit.pluginmanager import create_plugin_manager, hookimpl
+from expkit.pluginmanager import COMMAND_PLUGINS, create_plugin_manager, hookimpl
 
 # The concerns SPEC 5 names as built-in plugins (the group may declare more).
 CONCERNS = {
@@ -43,6 +43,8 @@ DECLARED = {
     if ep.dist is not None and ep.dist.name == "expkit"
 }
 BUILTINS = set(DECLARED)
+# What an experiment run from Python or its own command line loads.
+RUN_BUILTINS = BUILTINS - COMMAND_PLUGINS
 
 # The hooks a third-party store needs, with their arguments (SPEC 5).
 STORE_HOOKS = {
@@ -177,7 +179,7 @@ def _run_main(pm: Any, result: Any = "done") -> Any:
 
 
 def test_builtin_plugins_come_from_the_expkit_entry_point_group() -> None:
-    pm = create_plugin_manager()
+    pm = create_plugin_manager(command=True)
     assert CONCERNS <= BUILTINS
     assert {name for name, info in pm.infos.items() if info.origin == "builtin"} == BUILTINS
     for name, module in DECLARED.items():
@@ -187,12 +189,55 @@ def test_builtin_plugins_come_from_the_expkit_entry_point_group() -> None:
 
 
 def test_every_module_in_plugins_is_loaded_as_an_entry_point() -> None:
-    pm = create_plugin_manager()
+    pm = create_plugin_manager(command=True)
     modules = {p.stem for p in PLUGINS_DIR.glob("*.py") if p.stem != "__init__"}
     assert {module.rsplit(".", 1)[-1] for module in DECLARED.values()} == modules
     for name in BUILTINS:
         # The module of the built-in plugins' package (from plugins/, installed or not).
         assert pm.get_plugin(name).__name__.startswith("expkit_plugins.")
+
+
+def test_an_experiments_manager_leaves_out_the_command_plugins() -> None:
+    pm = create_plugin_manager()
+    loaded = {name for name, info in pm.infos.items() if info.origin == "builtin"}
+    assert COMMAND_PLUGINS < BUILTINS
+    assert loaded == RUN_BUILTINS
+    assert loaded >= CONCERNS
+
+
+def test_python_exp_py_does_not_import_the_command_plugins(tmp_path: Path) -> None:
+    script = tmp_path / "exp_quiet.py"
+    script.write_text(
+        "import sys\n"
+        "from expkit import Experiment\n"
+        "ex = Experiment('quiet')\n"
+        "@ex.main\n"
+        "def main():\n"
+        "    return sorted(m for m in sys.modules if m.startswith('expkit_plugins.'))\n"
+        "if __name__ == '__main__':\n"
+        "    print(ex.run_commandline().result)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), "-l", "WARNING"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    imported = {name.rsplit(".", 1)[-1] for name in ast.literal_eval(done.stdout.strip())}
+    assert imported == RUN_BUILTINS
+
+
+def test_the_expkit_command_loads_the_command_plugins(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "expkit", "plugins"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    for name in COMMAND_PLUGINS:
+        assert f"  {name} " in done.stdout
 
 
 def test_a_builtin_plugin_does_its_work_in_a_run() -> None:
@@ -222,9 +267,8 @@ def test_blocking_by_module_name_blocks_the_entry_point_too() -> None:
 
 def test_blocking_one_plugin_keeps_the_others() -> None:
     pm = create_plugin_manager(blocked=["seeding"])
-    assert {name for name, info in pm.infos.items() if info.origin == "builtin"} == BUILTINS - {
-        "seeding"
-    }
+    loaded = {name for name, info in pm.infos.items() if info.origin == "builtin"}
+    assert loaded == RUN_BUILTINS - {"seeding"}
 
 
 # --- third-party plugins and the autoload switch ---------------------------------------
@@ -235,7 +279,7 @@ def test_third_party_entry_point_is_loaded_and_its_hooks_fire(
 ) -> None:
     report, log = _drive(tmp_path, third_party)
     assert report["origins"]["fake"] == "entrypoint"
-    assert all(report["origins"][name] == "builtin" for name in BUILTINS)
+    assert all(report["origins"][name] == "builtin" for name in RUN_BUILTINS)
     assert report["host_info"]["from_fake_plugin"] == "driven"
     assert log == ["completed 42"]
 
@@ -245,7 +289,7 @@ def test_disable_autoload_keeps_third_party_out_and_builtins_in(
 ) -> None:
     report, log = _drive(tmp_path, third_party, EXPKIT_DISABLE_PLUGIN_AUTOLOAD="1")
     assert "fake" not in report["origins"]
-    assert {n for n, o in report["origins"].items() if o == "builtin"} == BUILTINS
+    assert {n for n, o in report["origins"].items() if o == "builtin"} == RUN_BUILTINS
     assert "from_fake_plugin" not in report["host_info"]
     assert "seed" in report["config"]
     assert log == []
