@@ -32,7 +32,7 @@ def expkit_host_info() -> dict[str, Any]:
     settings = SETTINGS.HOST_INFO
     info: dict[str, Any] = {
         "hostname": platform.node(),
-        "os": [platform.system(), platform.platform()],
+        "os": [platform.system(), platform_name()],
         "python_version": platform.python_version(),
         "cpu": _cpu_name() if settings.INCLUDE_CPU_INFO else None,
     }
@@ -44,6 +44,26 @@ def expkit_host_info() -> dict[str, Any]:
             info["gpus"] = copy.deepcopy(gpus)
     info["ENV"] = {name: os.environ[name] for name in settings.CAPTURED_ENV if name in os.environ}
     return info
+
+
+@functools.cache
+def platform_name() -> str:
+    """What ``platform.platform()`` returns, without its child process on Linux."""
+    if not sys.platform.startswith("linux"):
+        return platform.platform()
+    # There platform.platform() runs `uname -p` (a child process: ~4 ms, most of a no-op
+    # run's host probing) for a processor name it drops when it is "unknown" or repeats the
+    # machine, as on every distribution we know of; the rest comes from uname and the libc.
+    uname = platform.uname()  # its processor field is only asked for when read
+    libc, version = platform.libc_ver()
+    name = "-".join(p.strip() for p in (uname.system, uname.release, uname.machine) if p)
+    name = f"{name}-with-{libc}{version}"
+    name = name.replace(" ", "_").replace("unknown", "")
+    for char in '/\\:;"()':
+        name = name.replace(char, "-")
+    while "--" in name:
+        name = name.replace("--", "-")
+    return name.strip("-")
 
 
 @functools.cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,26 @@ def test_keys_and_types() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/cpuinfo")
+def test_the_os_name_is_what_platform_platform_says() -> None:
+    assert host.platform_name() == platform.platform()
+
+
+def test_host_info_starts_no_child_process_without_nvidia_smi(tmp_path: Path) -> None:
+    # An empty PATH: no nvidia-smi, and uname could not be found if it were asked.
+    code = (
+        "import sys\n"
+        "from expkit_plugins import host\n"
+        "info = host.expkit_host_info()\n"
+        "print(info['os'][1], 'gpus' in info, 'subprocess' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    env["PATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == [platform.platform(), "False", "False"]
+
+
 def test_cpu_is_the_model_name_from_proc_cpuinfo() -> None:
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
