@@ -363,11 +363,11 @@ class Experiment(Ingredient):
 
     def run_commandline(self, argv: Sequence[str] | str | None = None) -> Run | None:
         """Run as ``python exp.py [COMMAND] [with UPDATE ...] [flags]`` does; exits on errors."""
-        import shlex
-
         if argv is None:
             argv = sys.argv
         elif isinstance(argv, str):
+            import shlex  # only for a command line given as one string
+
             argv = shlex.split(argv)
         result = self.plugin_manager.hook.expkit_run_commandline(experiment=self, argv=list(argv))
         if result is None:
