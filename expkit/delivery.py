@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from expkit.errors import UsageError
+from expkit.observers import columns_to_sacred
 from expkit.serialize import to_data
 from expkit.utils import redact_url
 
@@ -195,6 +196,10 @@ def replay(spooled: SpooledRun, store: Any) -> Any:
 
 def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None:
     kwargs.pop("original", None)
+    if method == "log_metric_columns" and not hasattr(store, method):
+        # Replayed into a store of another kind (expkit sync): it takes Sacred's shape.
+        method = "log_metrics"
+        kwargs = {"metrics_by_name": columns_to_sacred(kwargs["columns"]), "info": kwargs["info"]}
     if method not in ("started_event", "queued_event"):
         getattr(store, method)(**kwargs)
         return

@@ -286,7 +286,7 @@ def expkit_run_interrupted(run: Run) -> None:
 
 @hookspec
 def expkit_log_metrics(run: Run, metrics: list[MetricPoint]) -> None:
-    """New metric points of ``run``, delivered in batches at each heartbeat."""
+    """New metric points of ``run`` in time order, delivered in batches at each heartbeat."""
 
 
 @hookspec

@@ -9,7 +9,6 @@ keeps the experiment going.
 
 from __future__ import annotations
 
-import collections
 import copy
 import datetime
 import logging
@@ -47,6 +46,7 @@ from expkit.errors import (
     NamedConfigNotFoundError,
     UsageError,
 )
+from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
 from expkit.serialize import to_data, utcnow
 from expkit.settings import SETTINGS
@@ -593,9 +593,8 @@ class Run:
         # Asked before output capture replaces stdout: commands colour their output by it.
         self.stdout_is_terminal = sys.stdout.isatty()
         self._output = CapturedOutput(experiment.captured_out_filter)
-        # A deque: appends from the run's thread and draining from the heartbeat's are safe.
-        self._metrics: collections.deque[tuple[str, int, Any, float]] = collections.deque()
-        self._steps: dict[str, int] = {}
+        # Per metric name, its points not yet delivered and the next implicit step.
+        self._series: dict[str, _Series] = {}
         self._capture: Any = None
         self._beat_lock = threading.Lock()
         self._stop_beat = threading.Event()
@@ -613,12 +612,16 @@ class Run:
 
     def log_scalar(self, metric_name: str, value: Any, step: int | None = None) -> None:
         """Record a metric value; without ``step`` the metric's own counter is used."""
+        series = self._series.get(metric_name)
+        if series is None:
+            series = self._series.setdefault(metric_name, _Series())
         if step is None:
-            step = self._steps.get(metric_name, 0)
-        self._steps[metric_name] = step + 1
+            step = series.next_step
+        series.next_step = step + 1
         if type(value) is not float and type(value) is not int:
             value = to_data(value)
-        self._metrics.append((metric_name, step, value, time.time()))
+        # One extend: atomic, so points logged from several threads never interleave.
+        series.points.extend((step, value, time.time()))
 
     def add_artifact(
         self,
@@ -836,9 +839,22 @@ class Run:
         while not self._stop_beat.wait(self.beat_interval):
             _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
 
-    def _drain_metrics(self) -> list[tuple[str, int, Any, float]]:
-        metrics = self._metrics
-        return [metrics.popleft() for _ in range(len(metrics))]
+    def _drain_metrics(self) -> dict[str, dict]:
+        """The points logged since the last drain, as columns per name (epoch-second times)."""
+        columns = {}
+        for name, series in self._series.copy().items():
+            points = series.points
+            # Only the points there now: the run's thread may be adding more meanwhile.
+            end = len(points)
+            if end:
+                columns[name] = {
+                    "steps": points[0:end:3],
+                    "values": points[1:end:3],
+                    "timestamps": points[2:end:3],
+                    "name": name,
+                }
+                del points[:end]
+        return columns
 
     def _emit_heartbeat(self, final: bool) -> None:
         with self._beat_lock:
@@ -856,20 +872,38 @@ class Run:
             )
             self._delivery.hook("expkit_run_heartbeat")
 
-    def _deliver_metrics(self, batch: list[tuple[str, int, Any, float]]) -> None:
-        by_name: dict[str, dict] = {}
-        fromts = datetime.datetime.utcfromtimestamp
-        for name, step, value, ts in batch:
-            entry = by_name.get(name)
-            if entry is None:
-                entry = by_name[name] = {"steps": [], "values": [], "timestamps": [], "name": name}
-            entry["steps"].append(step)
-            entry["values"].append(value)
-            entry["timestamps"].append(fromts(ts))
-        self._delivery.call("log_metrics", metrics_by_name=by_name, info=self.info)
-        if batch and self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
-            points = [MetricPoint(n, s, v, fromts(t)) for n, s, v, t in batch]
+    def _deliver_metrics(self, columns: dict[str, dict]) -> None:
+        # Stores with their own log_metric_columns take the columns as they are; the others
+        # share one copy in Sacred's shape, with a datetime per point.
+        sacred = None
+        for guard in self._delivery.guards:
+            own = getattr(type(guard.store), "log_metric_columns", RunObserver.log_metric_columns)
+            if own is not RunObserver.log_metric_columns:
+                guard.call("log_metric_columns", {"columns": columns, "info": self.info})
+                continue
+            if sacred is None:
+                sacred = columns_to_sacred(columns)
+            guard.call("log_metrics", {"metrics_by_name": sacred, "info": self.info})
+        if columns and self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
+            points = [
+                MetricPoint(name, step, value, at)
+                for name, series in columns.items()
+                for step, value, at in zip(
+                    series["steps"], series["values"], utc_datetimes(series["timestamps"])
+                )
+            ]
+            points.sort(key=lambda p: p.timestamp)  # stable: in the order logged, across names
             self._delivery.hook("expkit_log_metrics", metrics=points)
+
+
+class _Series:
+    """The undelivered points of one metric, flat (step, value, time, step, ...)."""
+
+    __slots__ = ("next_step", "points")
+
+    def __init__(self) -> None:
+        self.points: list = []
+        self.next_step = 0
 
 
 def _guarded(step: Callable[[], Any], what: str) -> None:

@@ -47,7 +47,7 @@ from typing import Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver
+from expkit.observers import RunObserver, utc_isoformat_json
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import dumps, format_time, parse_time, to_data
@@ -306,18 +306,37 @@ class FileStorageObserver(RunObserver):
 
     def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
         """Append the new points to the metrics log; refresh metrics.json when they doubled."""
+        series = []
+        for name, metric in (metrics_by_name or {}).items():
+            times = [
+                t.isoformat(timespec="microseconds") if isinstance(t, datetime.datetime) else t
+                for t in metric.get("timestamps", ())
+            ]
+            steps, values = metric.get("steps", ()), metric.get("values", ())
+            series.append((name, steps, _json_list(times).encode(), values))
+        self._add_metrics(series)
+
+    def log_metric_columns(self, columns: dict, info: dict) -> None:
+        """:meth:`log_metrics` for the columns of a run, without a datetime per point."""
+        self._add_metrics(
+            [
+                (name, c["steps"], utc_isoformat_json(c["timestamps"]), c["values"])
+                for name, c in columns.items()
+            ]
+        )
+
+    def _add_metrics(self, series: list[tuple[Any, Any, bytes, Any]]) -> None:
         with self._lock:
-            batch, count = _plain_metrics(metrics_by_name or {})
-            text = _compact(batch) if count else "{}"
+            parts, count = _metrics_json(series)
             if count:
-                _append_text(self._path(METRICS_LOG), text + "\n")
+                _append_parts(self._path(METRICS_LOG), [*parts, b"\n"])
                 self._points += count
             saved = self._points_saved
             # Rewriting only after doubling keeps the total work linear in the points.
             if saved is None or (self._points > saved and self._points >= 2 * saved):
                 try:
                     # The first batch is the whole log: its text is metrics.json as it is.
-                    self._save_metrics(text if self._points == count else None)
+                    self._save_metrics(parts if self._points == count else None)
                 except OSError as exc:
                     # The points are in the log already: failing here would make a replay
                     # record them twice. metrics.json is rebuilt at the next chance.
@@ -408,11 +427,11 @@ class FileStorageObserver(RunObserver):
             _write_atomic(self._path(INFO_FILE), text)
             self._info_text = text
 
-    def _save_metrics(self, text: str | None = None) -> None:
-        if text is None:
+    def _save_metrics(self, parts: list[bytes] | None = None) -> None:
+        if parts is None:
             # Compact: an indented dump takes json's slow pure-Python path, and this is big.
-            text = _compact(read_metrics_log(self._path(METRICS_LOG)))
-        _write_atomic(self._path(METRICS_FILE), text)
+            parts = [_compact(read_metrics_log(self._path(METRICS_LOG))).encode()]
+        _replace_from(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
         self._points_saved = self._points
 
     def _finish(self) -> None:
@@ -957,29 +976,38 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=True)
 
 
-def _numbers(values: Any) -> list:
-    """``values`` as a JSON list; plain numbers, the usual case, need no conversion."""
-    values = list(values)
-    if all(type(v) is float or type(v) is int for v in values):
-        return values
-    return to_data(values)
+def _json_list(values: Any) -> str:
+    """``values`` as a compact JSON array; what json cannot write goes through ``to_data``."""
+    try:
+        return json.dumps(values, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):
+        return json.dumps(to_data(list(values)), separators=(",", ":"), allow_nan=True)
 
 
-def _plain_metrics(metrics_by_name: dict) -> tuple[dict, int]:
-    """Sacred's ``metrics_by_name`` as plain JSON data, and the number of points in it."""
-    batch = {}
+def _metrics_json(series: list[tuple[Any, Any, bytes, Any]]) -> tuple[list[bytes], int]:
+    """The compact JSON object of a batch ``[(name, steps, timestamps as JSON, values)]``
+    in pieces (so that no copy of it all is made), and the number of points in it.
+
+    The text is what :func:`_compact` gives for ``{name: {"steps", "timestamps", "values"}}``.
+    """
+    parts = [b"{"]
     count = 0
-    for name, series in metrics_by_name.items():
-        steps = _numbers(series.get("steps", ()))
-        if not steps:
+    for name, steps, times, values in sorted(series, key=lambda s: str(s[0])):
+        if not len(steps):
             continue
-        batch[str(name)] = {
-            "steps": steps,
-            "timestamps": [
-                t.isoformat(timespec="microseconds") if isinstance(t, datetime.datetime) else t
-                for t in series.get("timestamps", ())
-            ],
-            "values": _numbers(series.get("values", ())),
-        }
+        head = f'{"," if count else ""}{json.dumps(str(name))}:{{"steps":{_json_list(steps)}'
+        values_text = f',"values":{_json_list(values)}}}'
+        parts += [head.encode(), b',"timestamps":', times, values_text.encode()]
         count += len(steps)
-    return batch, count
+    parts.append(b"}")
+    return parts, count
+
+
+def _write_parts(f: Any, parts: list[bytes]) -> None:
+    for part in parts:
+        f.write(part)
+
+
+def _append_parts(path: str, parts: list[bytes]) -> None:
+    with open(path, "ab") as f:
+        _write_parts(f, parts)

@@ -28,19 +28,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import mimetypes
 import os
 import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver
+from expkit.observers import RunObserver, utc_datetimes
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import to_data, utcnow
@@ -672,6 +671,8 @@ class MongoObserver(RunObserver):
         if not os.path.isfile(path):
             raise UsageError(f"artifact {name!r}: {path} is not a readable file")
         if content_type is None:
+            import mimetypes  # reads the system's type tables: only when an artifact needs it
+
             content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         with self._lock:
             if self.run_entry is None:
@@ -688,16 +689,23 @@ class MongoObserver(RunObserver):
 
     def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
         """``$push`` new points to one ``metrics`` document per name; link new names in info."""
+        self._add_metrics((name, m, m["timestamps"]) for name, m in metrics_by_name.items())
+
+    def log_metric_columns(self, columns: dict, info: dict) -> None:
+        """:meth:`log_metrics` for the columns of a run (BSON needs a datetime per point)."""
+        self._add_metrics((name, c, utc_datetimes(c["timestamps"])) for name, c in columns.items())
+
+    def _add_metrics(self, series: Iterable[tuple[str, dict, list]]) -> None:
         with self._lock:
             if self.run_entry is None:
                 return
-            for name, metric in metrics_by_name.items():
+            for name, metric, times in series:
                 pending = self._pending_metrics.setdefault(
                     name, {"steps": [], "values": [], "timestamps": []}
                 )
                 pending["steps"].extend(self._bson(metric["steps"]))
                 pending["values"].extend(self._bson(metric["values"]))
-                pending["timestamps"].extend(metric["timestamps"])
+                pending["timestamps"].extend(times)
             self._attempt(self._send_metrics, "storing metrics")
 
     def join(self) -> None:

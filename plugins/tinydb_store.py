@@ -42,20 +42,21 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from tinydb import Query, TinyDB
-from tinydb.table import Document
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver
+from expkit.observers import RunObserver, utc_isoformat
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import parse_time, to_data
 from expkit.utils import redact_url
+
+if TYPE_CHECKING:
+    from tinydb.table import Document
 
 FORMAT = "TinyDbObserver-expkit-1"
 SCHEME = "tinydb"
@@ -376,14 +377,28 @@ class TinyDbObserver(RunObserver):
 
     def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
         """Add new metric values to the run's documents in the ``metrics`` table."""
+        self._add_metrics(
+            (name, to_data(list(m["steps"])), to_data(list(m["values"])), to_data(m["timestamps"]))
+            for name, m in metrics_by_name.items()
+        )
+
+    def log_metric_columns(self, columns: dict, info: dict) -> None:
+        """:meth:`log_metrics` for the columns of a run, without a datetime per point."""
+        self._add_metrics(
+            (name, c["steps"], c["values"], utc_isoformat(c["timestamps"]))
+            for name, c in columns.items()
+        )
+
+    def _add_metrics(self, series: Iterable[tuple[Any, list, list, list]]) -> None:
         with self._lock:
             self._require("log_metrics")
-            for name, metric in metrics_by_name.items():
+            for name, steps, values, times in series:
                 pending = self._pending_metrics.setdefault(
                     str(name), {"steps": [], "values": [], "timestamps": []}
                 )
-                for key in pending:
-                    pending[key].extend(to_data(list(metric[key])))
+                pending["steps"].extend(steps)
+                pending["values"].extend(values)
+                pending["timestamps"].extend(times)
             self._dirty = True
             self._save_soon()
 
@@ -582,6 +597,8 @@ class TinyDbReader:
     def _search(self, table: str, query: Any = None) -> list[Document]:
         # A new TinyDB each time: the observer replaces the file, and an open
         # TinyDB would keep reading the old one.
+        from tinydb import TinyDB  # imported when a store is read, not when expkit starts
+
         with TinyDB(self.db_path, access_mode="r") as db:
             t = db.table(table)
             return t.search(query) if query is not None else t.all()
@@ -600,6 +617,8 @@ class TinyDbReader:
                 re.compile(exp_name)
             except re.error as exc:
                 raise UsageError(f"exp_name {exp_name!r} is not a valid regex: {exc}") from None
+            from tinydb import Query
+
             by_name = Query().experiment.name.search(exp_name)
             q = by_name if q is None else by_name & q
         runs = self._search("runs", q)
@@ -614,6 +633,8 @@ class TinyDbReader:
 
     def fetch_metrics(self, run_id: Any) -> dict[str, Document]:
         """The metrics of run ``run_id``: ``{name: {"steps", "values", "timestamps", ...}}``."""
+        from tinydb import Query
+
         docs = self._search("metrics", Query().run_id == run_id)
         return {doc["name"]: doc for doc in docs}
 

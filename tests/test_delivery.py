@@ -406,6 +406,46 @@ class FillingDisk(RunObserver):
         self._write("completed_event", **kwargs)
 
 
+class SacredOnly:
+    """A store with Sacred's interface only, not derived from ``RunObserver``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def started_event(self, **kwargs: Any) -> Any:
+        self.calls.append(("started_event", kwargs))
+        return 5
+
+    def log_metrics(self, metrics_by_name: dict, info: dict) -> None:
+        self.calls.append(("log_metrics", {"metrics_by_name": metrics_by_name, "info": info}))
+
+
+def test_spooled_metric_columns_reach_a_store_without_them_as_sacreds_shape(
+    tmp_path: Path, ex_info: dict
+) -> None:
+    spooled = SpooledRun.create(tmp_path / "spool", {"started": False, "store_id": None})
+    spooled.append("started_event", started(ex_info))
+    columns = {"loss": {"name": "loss", "steps": [0, 1], "values": [1.0, 0.5]}}
+    columns["loss"]["timestamps"] = [1714564801.00025, 1714564802.5]
+    spooled.append("log_metric_columns", {"columns": columns, "info": {"epoch": 1}})
+    store = SacredOnly()
+    assert replay(spooled, store) == 5
+    assert store.calls[1] == (
+        "log_metrics",
+        {
+            "metrics_by_name": {
+                "loss": {
+                    "name": "loss",
+                    "steps": [0, 1],
+                    "values": [1.0, 0.5],
+                    "timestamps": [T1, datetime.datetime(2024, 5, 1, 12, 0, 2, 500000)],
+                }
+            },
+            "info": {"epoch": 1},
+        },
+    )
+
+
 def test_a_replay_cut_short_and_done_again_records_nothing_twice(
     tmp_path: Path, ex_info: dict
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from expkit.errors import ExpkitError, UsageError
+from expkit.observers import columns_to_sacred
 from expkit.pluginmanager import create_plugin_manager
 from expkit_plugins import file_store
 from expkit_plugins.file_store import FileStorageObserver, read_run
@@ -496,6 +497,37 @@ def test_metric_values_are_plain_json(obs, ex_info, basedir):
     )
     stored = load(basedir / "1" / "metrics.json")["m"]["values"]
     assert stored[:2] == [0.25, 3] and stored[2] != stored[2]
+
+
+def test_columns_with_epoch_times_are_written_as_sacreds_datetimes_would_be(ex_info, tmp_path):
+    stamps = [1714564801.000250, 1714564801.9999996, 1714564802.5, 1714564803.0000005]
+    columns = {
+        "loss": {
+            "steps": [0, 1, 2, 3],
+            "values": [1.0, 0.5, float("nan"), 2],
+            "timestamps": stamps,
+        },
+        "größe": {"steps": [7], "values": ["text"], "timestamps": [stamps[0]]},
+        "empty": {"steps": [], "values": [], "timestamps": []},
+    }
+    columns = {name: {**c, "name": name} for name, c in columns.items()}
+    by_columns, by_datetimes = (FileStorageObserver(tmp_path / n) for n in ("a", "b"))
+    for observer in (by_columns, by_datetimes):
+        start(observer, ex_info)
+    by_columns.log_metric_columns(columns, info={})
+    by_datetimes.log_metrics(columns_to_sacred(columns), info={})
+    for name in ("metrics.json", "metrics.jsonl"):
+        written = (tmp_path / "a" / "1" / name).read_bytes()
+        assert written == (tmp_path / "b" / "1" / name).read_bytes()
+        text = written.decode("ascii").rstrip("\n")
+        assert text == file_store._compact(json.loads(text))  # compact, keys sorted, ASCII
+    loss = load(tmp_path / "a" / "1" / "metrics.json")["loss"]
+    assert loss["timestamps"] == [
+        "2024-05-01T12:00:01.000250",
+        "2024-05-01T12:00:02.000000",  # rounded up into the next second
+        "2024-05-01T12:00:02.500000",
+        "2024-05-01T12:00:03.000000",  # half a microsecond: to even
+    ]
 
 
 KILLED_RUN = """

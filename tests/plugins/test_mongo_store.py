@@ -417,6 +417,24 @@ def test_metrics_are_pushed_and_linked_from_info(
         assert db.metrics.find_one({"_id": ObjectId(ref["id"])})["name"] == ref["name"]
 
 
+def test_metric_columns_are_stored_as_datetimes(
+    observer: MongoObserver, experiment: dict, db: Any
+) -> None:
+    run_id = start(observer, experiment)
+    stamps = [1714979299.25, 1714979299.9999996]
+    columns = {
+        "loss": {"name": "loss", "steps": [0, 1], "values": [1.0, 0.5], "timestamps": stamps}
+    }
+    observer.log_metric_columns(columns, info={})
+    observer.completed_event(stop_time=utcnow(), result=None)
+    loss = db.metrics.find_one({"run_id": run_id, "name": "loss"})
+    assert (loss["steps"], loss["values"]) == ([0, 1], [1.0, 0.5])
+    assert loss["timestamps"] == [
+        datetime.datetime(2024, 5, 6, 7, 8, 19, 250000),
+        datetime.datetime(2024, 5, 6, 7, 8, 20),
+    ]
+
+
 def test_one_observer_serves_many_runs(observer: MongoObserver, experiment: dict, db: Any) -> None:
     ids = []
     for value in (1.0, 2.0):

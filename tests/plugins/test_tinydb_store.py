@@ -16,6 +16,7 @@ import pytest
 from tinydb import Query, TinyDB
 
 from expkit.errors import ExpkitError, UsageError
+from expkit.observers import columns_to_sacred
 from expkit.pluginmanager import create_plugin_manager
 from expkit_plugins import tinydb_store
 from expkit_plugins.tinydb_store import FORMAT, StoreError, TinyDbObserver, TinyDbReader
@@ -245,6 +246,24 @@ def test_metrics_go_to_their_own_table(obs: TinyDbObserver, db: Path, ex_info: d
         "timestamps": ["2024-05-06T07:08:19.000000"] * 3,
     }
     assert other not in {m["run_id"] for m in stored_metrics(db)}
+
+
+def test_metric_columns_are_stored_as_log_metrics_stores_them(db: Path, ex_info: dict) -> None:
+    stamps = [1714979299.0, 1714979299.9999996]
+    columns = {
+        "loss": {"name": "loss", "steps": [0, 1], "values": [1.0, 0.5], "timestamps": stamps}
+    }
+    by_columns, by_datetimes = TinyDbObserver(db), TinyDbObserver(db)
+    first = start(by_columns, ex_info)
+    by_columns.log_metric_columns(columns, info={})
+    second = start(by_datetimes, ex_info)
+    by_datetimes.log_metrics(columns_to_sacred(columns), info={})
+    by_run = {m["run_id"]: m for m in stored_metrics(db)}
+    assert by_run[first]["timestamps"] == [
+        "2024-05-06T07:08:19.000000",
+        "2024-05-06T07:08:20.000000",
+    ]
+    assert {**by_run[first], "run_id": None} == {**by_run[second], "run_id": None}
 
 
 def test_metrics_of_two_runs_stay_apart(db: Path, ex_info: dict) -> None:
