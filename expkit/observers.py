@@ -84,10 +84,11 @@ class RunObserver:
 
 def columns_to_sacred(columns: dict) -> dict:
     """``log_metric_columns``' argument as ``log_metrics``' (UTC datetimes for timestamps)."""
+    # Copies: an observer that changes its lists must not change what the stores got.
     return {
         name: {
-            "steps": series["steps"],
-            "values": series["values"],
+            "steps": list(series["steps"]),
+            "values": list(series["values"]),
             "timestamps": utc_datetimes(series["timestamps"]),
             "name": name,
         }
