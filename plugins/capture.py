@@ -9,7 +9,6 @@ processes is captured too.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import os
 import select
 import sys
@@ -24,7 +23,12 @@ MODES = ("fd", "sys", "no")
 
 # How long stop() waits for the end of a pipe that a still-running child process holds open.
 _DRAIN_TIMEOUT = 1.0
-_READ_SIZE = 1 << 16
+# Pipes are grown to this (four times Linux's default) where the system allows: the reader
+# can then wait longer between reads without holding up a fast writer.
+_PIPE_SIZE = 1 << 18
+# How long a pipe's reader lets writes pile up before it reads them: short enough for the
+# console to look live, long enough to take thousands of tiny writes in one read.
+_COALESCE = 0.01
 
 # Captures that are on, oldest first. Runs in threads may stop in any order, so a capture
 # that stops under a later one hands what it saved to that one instead of putting it back.
@@ -159,6 +163,8 @@ def _flush_std_streams() -> None:
         except Exception:
             pass
     try:
+        import ctypes  # only here: importing it costs more than the rest of this module
+
         ctypes.CDLL(None).fflush(None)
     except Exception:
         pass
@@ -190,58 +196,130 @@ def _close_quietly(fd: int) -> None:
 class _PipeReader:
     """Reads one pipe in a thread: forwards the bytes to the console, keeps the text.
 
-    Text is handed to the shared buffer a complete line at a time (or when the capture is
-    read), so that lines from two pipes do not cut into each other.
+    While writes keep coming, the thread waits a moment before each read, so that many small
+    writes (``print(..., flush=True)``, ``PYTHONUNBUFFERED``) are taken in one read instead of
+    waking it, and contending for the GIL, once each. Text is handed to the shared buffer a
+    complete line at a time (or when the capture is read), so that lines from two pipes do not
+    cut into each other.
     """
 
-    def __init__(self, fd: int, read_fd: int, console_fd: int | None, buffer: _Buffer) -> None:
+    def __init__(
+        self,
+        fd: int,
+        read_fd: int,
+        console_fd: int | None,
+        buffer: _Buffer,
+        readers: list[_PipeReader],
+        lock: threading.Lock,
+    ) -> None:
         self.fd = fd  # the first descriptor redirected into this pipe
         self.pipe = _identity(read_fd)  # both ends of a pipe are the same file
         self._read_fd = read_fd
         self._console_fd = console_fd
         self._buffer = buffer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._lock = threading.Lock()
+        # The capture's readers, this one included, and the lock they all take to move bytes
+        # out of their pipes: the threads and read() (a heartbeat) cannot reorder them.
+        self._readers = readers
+        self._lock = lock
         self._partial = ""  # decoded text after the last line end, not yet in the buffer
         self._capturing = True
+        self._ended = False  # the pipe reached its end
+        self.since: float | None = None  # when the bytes in the pipe began to arrive, if known
+        self._hurry = threading.Event()  # set by hurry(): read without waiting
+        self._capacity = _grow(read_fd)
+        os.set_blocking(read_fd, False)
+        self._poller = select.poll()
+        self._poller.register(read_fd, select.POLLIN)
+        with lock:
+            readers.append(self)
         name = f"expkit-capture-fd{fd}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        half = self._capacity // 2
+        wait = 0.0
+        last = time.monotonic()
         try:
-            while True:
-                try:
-                    data = os.read(self._read_fd, _READ_SIZE)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break
-                if not data:
-                    break
-                console = self._console_fd
-                if console is not None and not _write_all(console, data):
-                    with self._lock:  # the console is gone; keep capturing all the same
-                        _close_quietly(console)
-                        self._console_fd = None
-                self._add(data)
+            while not self._ended:
+                self._poller.poll()
+                self.since = woken = time.monotonic()
+                if woken - last > _COALESCE:
+                    # After a quiet spell read at once: a lone line shows without delay, and
+                    # keeps its place among the lines of the other pipe.
+                    wait = 0.0
+                elif wait:
+                    self._hurry.wait(wait)
+                taken = self.drain()
+                now = time.monotonic()
+                if taken > 3 * half // 2:
+                    wait = 0.0  # the pipe was about full and may have held the writer back
+                else:
+                    # While writes keep coming, wait a little longer each time, up to
+                    # _COALESCE, but not so long that the pipe would fill up.
+                    rate = taken / max(now - last, 1e-6)
+                    wait = min(max(2 * wait, _COALESCE / 16), _COALESCE, half / max(rate, 1.0))
+                last = now
         finally:
             self.flush(final=True)
-            _close_quietly(self._read_fd)
+            with self._lock:
+                # Only this thread closes it: the number could be reused under its poll.
+                self._ended = True
+                _close_quietly(self._read_fd)
             if self._console_fd is not None:
                 _close_quietly(self._console_fd)
 
-    def _add(self, data: bytes) -> None:
+    def drain(self) -> int:
+        """Forward and keep what the capture's pipes hold now; return this pipe's bytes.
+
+        The pipe whose bytes have waited longest comes first, so that a line logged to
+        stderr lands after the lines printed to stdout before it, though those waited in
+        their pipe to be read together.
+        """
+        taken = 0
         with self._lock:
-            if not self._capturing:
-                return
-            text = self._decoder.decode(data)
-            end = text.rfind("\n") + 1
-            if end:
-                self._buffer.add(self._partial + text[:end])
-                self._partial = text[end:]
-            else:
-                self._partial += text
+            for reader in sorted(self._readers, key=_waiting_since):
+                if reader is self:
+                    taken = reader._take()
+                else:
+                    reader._take()
+        return taken
+
+    def _take(self) -> int:
+        """Forward and keep what this pipe holds; called with the lock held."""
+        taken = 0
+        while not self._ended:
+            try:
+                data = os.read(self._read_fd, self._capacity)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._ended = True
+                break
+            taken += len(data)
+            console = self._console_fd
+            if console is not None and not _write_all(console, data):
+                _close_quietly(console)  # the console is gone; keep capturing all the same
+                self._console_fd = None
+            self._add(data)
+            if len(data) < self._capacity:
+                break  # a read takes all the pipe holds: it is empty now
+        self.since = None
+        return taken
+
+    def _add(self, data: bytes) -> None:
+        if not self._capturing:
+            return
+        text = self._decoder.decode(data)
+        end = text.rfind("\n") + 1
+        if end:
+            self._buffer.add(self._partial + text[:end])
+            self._partial = text[end:]
+        else:
+            self._partial += text
 
     def flush(self, final: bool = False) -> None:
         """Hand the unfinished line to the buffer; ``final``: an incomplete character too."""
@@ -266,6 +344,10 @@ class _PipeReader:
                 # dup2 swaps the file under the number the thread writes to, atomically.
                 _point(self._console_fd, fd)
 
+    def hurry(self) -> None:
+        """Read from now on as soon as anything comes: the capture is stopping."""
+        self._hurry.set()
+
     def finish(self, deadline: float) -> None:
         """Wait until ``deadline`` (a ``time.monotonic()``) for the end of the pipe."""
         self._thread.join(max(deadline - time.monotonic(), 0.0))
@@ -273,6 +355,25 @@ class _PipeReader:
             # A child still holds the pipe open. Leave the thread to forward its output to the
             # console until it ends, so the child is not killed by a broken pipe.
             self.flush(final=True)
+
+
+def _waiting_since(reader: _PipeReader) -> tuple[bool, float]:
+    """Sorts readers by how long their bytes have waited, longest first, unknown last."""
+    return reader.since is None, reader.since or 0.0
+
+
+def _grow(pipe: int) -> int:
+    """Grow ``pipe`` to ``_PIPE_SIZE`` if allowed; return how many bytes it holds now."""
+    import fcntl  # only fd mode needs it
+
+    try:
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (AttributeError, OSError):
+        pass  # not Linux, or the user's pipes already hold all the kernel allows them
+    try:
+        return fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+    except (AttributeError, OSError):
+        return 1 << 14  # no way to ask (macOS, BSD): the smallest pipes they make
 
 
 def _identity(fd: int) -> tuple[int, int] | None:
@@ -331,15 +432,18 @@ class FdCapture:
             self._saved = {fd: _save(fd) for fd in (1, 2)}
             out, err = self._saved[1], self._saved[2]
             shared = out is not None and err is not None and _identity(out) == _identity(err)
+            readers: list[_PipeReader] = []
+            lock = threading.Lock()
             for fds in [[1, 2]] if shared else [[1], [2]]:
                 read_fd, write_fd = os.pipe()
                 saved = self._saved[fds[0]]
                 # The reader owns its copy of the console descriptor and closes it at the end.
                 console = os.dup(saved) if saved is not None else None
-                self._readers.append(_PipeReader(fds[0], read_fd, console, self._buffer))
+                _PipeReader(fds[0], read_fd, console, self._buffer, readers, lock)
                 for fd in fds:
                     os.dup2(write_fd, fd)
                 os.close(write_fd)
+            self._readers = readers
             _ACTIVE_FD.append(self)
             # Python streams that do not write to descriptor 1 or 2 (pytest's capture, a
             # notebook's output) are teed as well, or their text would be missed.
@@ -362,6 +466,7 @@ class FdCapture:
                 except Exception:
                     pass
         for reader in self._readers:
+            reader.drain()
             reader.flush()
         return self._buffer.take()
 
@@ -390,6 +495,8 @@ class FdCapture:
             _ACTIVE_FD.remove(self)
             self._saved = {}
             readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.hurry()
         deadline = time.monotonic() + _DRAIN_TIMEOUT
         for reader in readers:
             reader.finish(deadline)

@@ -178,6 +178,158 @@ def test_fd_capture_with_closed_descriptors(tmp_path):
     assert proc.stdout == repr(("into the pipe\n", True)), proc.stderr
 
 
+def _python(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter that has PYTHONUNBUFFERED set."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, text=True, timeout=60, **kwargs
+    )
+
+
+def test_fd_keeps_many_tiny_unbuffered_writes_whole_and_in_order(tmp_path):
+    # Unbuffered, each print is several writes of a few bytes: every one of them must be
+    # captured and echoed, in order, also while heartbeats read the capture meanwhile.
+    script = (
+        "import json, sys\n"
+        "from expkit_plugins.capture import FdCapture\n"
+        "cap = FdCapture()\n"
+        "cap.start()\n"
+        "text = ''\n"
+        "for i in range(20000):\n"
+        "    print('line', i, file=sys.stderr if i % 7 == 0 else sys.stdout)\n"
+        "    if i % 1000 == 0:\n"
+        "        text += cap.read()\n"
+        "cap.stop()\n"
+        "with open(sys.argv[1], 'w') as f:\n"
+        "    json.dump(text + cap.read(), f)\n"
+    )
+    result = tmp_path / "text.json"
+    proc = _python(script, str(result), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    expected = "".join(f"line {i}\n" for i in range(20000))
+    assert proc.stdout == expected
+    assert json.loads(result.read_text()) == expected
+
+
+def test_fd_read_returns_everything_written_before_it():
+    script = (
+        "import os\n"
+        "from expkit_plugins.capture import FdCapture\n"
+        "cap = FdCapture()\n"
+        "cap.start()\n"
+        "os.write(1, b'one\\n')\n"
+        "first = cap.read()\n"
+        "print('two', end='')\n"
+        "second = cap.read()\n"
+        "cap.stop()\n"
+        "os.write(1, repr((first, second)).encode())\n"
+    )
+    proc = _python(script, capture_output=True)
+    assert proc.stdout == "one\ntwo" + repr(("one\n", "two")), proc.stderr
+
+
+LAST_WORDS = """\
+import os
+import signal
+import time
+
+from expkit import Experiment
+
+ex = Experiment("last_words")
+
+
+@ex.config
+def cfg():
+    end = "sigterm"
+
+
+@ex.main
+def main(end):
+    for i in range(3000):
+        print("line", i)
+    print("last words")
+    if end == "crash":
+        raise RuntimeError("crashed on purpose")
+    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stops a job
+    time.sleep(30)
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+@pytest.mark.parametrize("end", ["crash", "sigterm"])
+def test_output_printed_right_before_the_end_reaches_cout_txt(tmp_path, end):
+    (tmp_path / "exp_last.py").write_text(LAST_WORDS)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "exp_last.py", "-F", "store", "-C", "fd", "with", f"end={end}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    expected = "".join(f"line {i}\n" for i in range(3000)) + "last words\n"
+    assert proc.stdout == expected
+    cout = (tmp_path / "store" / "1" / "cout.txt").read_text()
+    # The log lines on stderr come through a pipe of their own: their place among the
+    # printed lines is only as good as the reads, so they are left out here.
+    printed = [line for line in cout.splitlines() if " - last_words - " not in line]
+    assert printed == expected.splitlines()
+    status = json.loads((tmp_path / "store" / "1" / "run.json").read_text())["status"]
+    assert status == ("FAILED" if end == "crash" else "INTERRUPTED")
+
+
+LIVE_ECHO = """\
+import os
+import time
+
+from expkit import Experiment
+
+ex = Experiment("live_echo")
+
+
+@ex.main
+def main():
+    print("early", flush=True)
+    # Go on only once the console has shown it: the test creates "go" when it sees it.
+    deadline = time.monotonic() + 30
+    while not os.path.exists("go"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the console never showed the first line")
+        time.sleep(0.01)
+    print("late")
+
+
+if __name__ == "__main__":
+    ex.run_commandline()
+"""
+
+
+def test_fd_echoes_to_the_console_while_the_run_goes_on(tmp_path):
+    (tmp_path / "exp_live.py").write_text(LIVE_ECHO)
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "exp_live.py", "-u", "-C", "fd"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            first = proc.stdout.readline()
+            (tmp_path / "go").touch()
+            rest = proc.stdout.read()
+            returncode = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert returncode == 0, (tmp_path / "err.txt").read_text()
+    assert (first, rest) == ("early\n", "late\n")
+
+
 def _wait_for(path: Path, text: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
