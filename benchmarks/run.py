@@ -643,9 +643,11 @@ def run_p6(bench: dict) -> list[dict]:
     # Against a baseline extra of zero or less no ratio is computed, and nothing judged.
     extra, cpu = _extra(bench, "wall"), _extra(bench, "cpu")
     rows.append(_row("P6-extra", "P6 extra time of `fd` over `no`", "s", extra, 0.3, cpu=cpu))
+    # Both systems run unbuffered here. The same bound is shown, but the target is
+    # the buffered row above.
     extra, cpu = _extra(bench, "wall", "-u"), _extra(bench, "cpu", "-u")
-    workload = "P6 extra time of `fd` over `no`, with PYTHONUNBUFFERED=1"
-    rows.append(_row("P6-extra-unbuffered", workload, "s", extra, cpu=cpu))
+    workload = "P6 extra time of `fd` over `no`, with PYTHONUNBUFFERED=1 (both systems)"
+    rows.append(_row("P6-extra-unbuffered", workload, "s", extra, 0.3, cpu=cpu))
     complete = {}
     for system in SYSTEMS:
         samples = {
