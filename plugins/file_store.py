@@ -159,6 +159,8 @@ class FileStorageObserver(RunObserver):
             except OSError:
                 text = ""
             self._cout_len, self._cout_tail = len(text), text[-_COUT_TAIL:]
+            # A batch torn by the failure is replayed whole: new lines must not extend it.
+            _cut_torn_line(self._path(METRICS_LOG))
             metrics = read_metrics_log(self._path(METRICS_LOG))
             self._points = sum(len(m.get("steps", ())) for m in metrics.values())
             self._points_saved = self._points if metrics else None
@@ -965,6 +967,25 @@ def _append_bytes(path: str, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def _cut_torn_line(path: str) -> None:
+    """Cut off the end of ``path`` after its last newline: a line a failed write left half."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - _CHUNK)
+            f.seek(start)
+            newline = f.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+        if keep < end:
+            f.truncate(keep)
 
 
 def _append_text(path: str, text: str) -> None:

@@ -560,6 +560,19 @@ def test_a_killed_process_loses_no_metric(basedir):
     assert (basedir / "1" / "cout.txt").read_text() == "".join(f"beat {i}\n" for i in range(5))
 
 
+def test_a_resumed_run_drops_a_batch_torn_by_the_failure_and_gets_it_again(obs, ex_info, basedir):
+    start(obs, ex_info)
+    obs.log_metrics(batch("loss", 0, 2), info={})
+    with (basedir / "1" / "metrics.jsonl").open("a") as f:
+        f.write('{"loss":{"steps":[2')  # the disk filled up in the middle of the next batch
+    replayed = FileStorageObserver(basedir)
+    replayed.resume("1")
+    replayed.log_metrics(batch("loss", 2, 2), info={})  # the spooled batch, replayed
+    replayed.completed_event(stop_time=T2, result=None)
+    assert read_run(basedir, "1")["metrics"]["loss"]["steps"] == [0, 1, 2, 3]
+    assert load(basedir / "1" / "metrics.json")["loss"]["steps"] == [0, 1, 2, 3]
+
+
 def _io_counters() -> tuple[int, int]:
     fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
     return int(fields["rchar"]), int(fields["wchar"])
