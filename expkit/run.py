@@ -37,7 +37,6 @@ from expkit.configuration import (
     set_path,
     type_changed,
 )
-from expkit.delivery import GuardedStore
 from expkit.errors import (
     CommandNotFoundError,
     ConfigAddedError,
@@ -508,12 +507,17 @@ class Delivery:
 
     def __init__(self, run: Run, observers: list) -> None:
         self.run = run
-        self.guards = [
-            GuardedStore(
-                obs, getattr(obs, "_expkit_url", None), getattr(obs, "_expkit_factory", None)
-            )
-            for obs in observers
-        ]
+        self.guards: list = []
+        if observers:
+            # Imported only for runs with stores: the spool's modules cost a run without any.
+            from expkit.delivery import GuardedStore
+
+            self.guards = [
+                GuardedStore(
+                    obs, getattr(obs, "_expkit_url", None), getattr(obs, "_expkit_factory", None)
+                )
+                for obs in observers
+            ]
         self.log = logging.getLogger("expkit")
 
     def call(self, method: str, **kwargs: Any) -> None:

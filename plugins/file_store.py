@@ -37,8 +37,6 @@ import datetime
 import json
 import logging
 import os
-import secrets
-import shutil
 import stat
 import threading
 from collections.abc import Iterable
@@ -644,6 +642,8 @@ class FileStoreReader:
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's folder (its sources in ``_sources`` may be shared and stay)."""
+        import shutil  # not at the top: every run loads this plugin, few delete runs
+
         shutil.rmtree(self._rundir(run_id))
 
     def _rundir(self, run_id: Any) -> str:
@@ -918,7 +918,7 @@ def _temp_beside(path: str) -> tuple[int, str]:
     # Not tempfile.mkstemp: its 0600 mode would hide run files from other users.
     folder, name = os.path.split(path)
     while True:
-        temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        temp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
         try:
             return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
         except FileExistsError:
@@ -947,12 +947,16 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _copy_atomic(source: str, path: str) -> None:
-    with open(source, "rb") as src:
-        _replace_from(path, lambda f: shutil.copyfileobj(src, f, _CHUNK))
+    def fill(out: Any) -> None:
+        with open(source, "rb") as src:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+
+    _replace_from(path, fill)
 
 
 def _symlink_atomic(source: str, path: str) -> None:
-    temp = f"{path}.{secrets.token_hex(6)}.tmp"
+    temp = f"{path}.{os.urandom(6).hex()}.tmp"
     os.symlink(source, temp)
     os.replace(temp, path)
 

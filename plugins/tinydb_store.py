@@ -38,12 +38,9 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -56,6 +53,8 @@ from expkit.serialize import parse_time, to_data
 from expkit.utils import redact_url
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tinydb.table import Document
 
 FORMAT = "TinyDbObserver-expkit-1"
@@ -130,6 +129,8 @@ class _SharedJsonFile:
             mode = os.stat(self.path).st_mode & 0o777
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK
+        import tempfile  # these imports wait for a TinyDB store: every run loads this plugin
+
         tmp_fd, tmp = tempfile.mkstemp(
             dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
         )
@@ -157,6 +158,12 @@ def _read_counter(fd: int) -> int:
         return int(os.pread(fd, 32, 0) or b"0")
     except ValueError:
         return 0
+
+
+def _path(name: str | os.PathLike[str]) -> Path:
+    from pathlib import Path  # as late as tempfile and uuid above
+
+    return Path(name)
 
 
 def _parse(path: Path) -> dict:
@@ -189,6 +196,8 @@ def _put_file(root: Path, source: Path) -> tuple[str, str]:
     """Copy ``source`` into the store's hashfs unless already there; return (md5, relpath)."""
     hashfs = root / HASHFS_DIR
     hashfs.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     digest = hashlib.md5()
     tmp_fd, tmp = tempfile.mkstemp(dir=hashfs, prefix=".put-", suffix=".tmp")
     try:
@@ -240,7 +249,7 @@ class TinyDbObserver(RunObserver):
         write_interval: float = 0.0,
         db_file: str = DB_FILE,
     ) -> None:
-        root = Path(path).expanduser()
+        root = _path(path).expanduser()
         if root.exists() and not root.is_dir():
             raise UsageError(f"TinyDB store path {str(root)!r} is a file, not a directory")
         if not write_interval >= 0:
@@ -439,7 +448,7 @@ class TinyDbObserver(RunObserver):
         """``ex_info`` with each source ``[name, md5]`` stored and recorded as Sacred's
         ``[name, md5, hashfs path]``; ``ex_info`` itself is left alone."""
         experiment = to_data(ex_info)
-        base_dir = Path(ex_info.get("base_dir") or ".")
+        base_dir = _path(ex_info.get("base_dir") or ".")
         sources = []
         for name, md5 in ex_info.get("sources", []):
             try:
@@ -452,7 +461,7 @@ class TinyDbObserver(RunObserver):
         return experiment
 
     def _put(self, filename: str, what: str) -> tuple[str, str]:
-        source = Path(filename)
+        source = _path(filename)
         if not source.is_file():
             raise UsageError(f"cannot store {what} {str(filename)!r}: no such file")
         return _put_file(self.root, source)
@@ -480,6 +489,8 @@ class TinyDbObserver(RunObserver):
                 self._overwrite_used = True
                 _id = self.overwrite
             elif _id is None:
+                import uuid
+
                 _id = uuid.uuid4().hex
             self._entry = {"_id": to_data(_id), **to_data(entry)}
             self._doc_id = None
@@ -589,7 +600,7 @@ class TinyDbReader:
     """Read a store written by :class:`TinyDbObserver` (Sacred's reader, in short)."""
 
     def __init__(self, path: str | os.PathLike = "./runs_db", *, db_file: str = DB_FILE) -> None:
-        self.root = Path(path).expanduser()
+        self.root = _path(path).expanduser()
         self.db_path = self.root / db_file
         if not self.db_path.is_file():
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
@@ -668,7 +679,7 @@ class TinyDbRunReader:
     def __init__(
         self, path: str | os.PathLike, *, db_file: str = DB_FILE, url: str | None = None
     ) -> None:
-        self.root = Path(path).expanduser()
+        self.root = _path(path).expanduser()
         self.db_path = self.root / db_file
         self.url = url if url is not None else f"{SCHEME}://{path}"
         if not self.root.is_dir():
@@ -837,7 +848,7 @@ def expkit_store_for_url(url: str) -> TinyDbObserver | None:
     rest = url[len(prefix) :]
     if not rest:
         raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
-    path = Path(rest).expanduser()
+    path = _path(rest).expanduser()
     if path.suffix == ".json" and not path.is_dir():
         return TinyDbObserver(path.parent, db_file=path.name)
     return TinyDbObserver(path)
@@ -852,7 +863,7 @@ def expkit_reader_for_url(url: str) -> TinyDbRunReader | None:
     rest = url[len(prefix) :]
     if not rest:
         raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
-    path = Path(rest).expanduser()
+    path = _path(rest).expanduser()
     if path.suffix == ".json" and not path.is_dir():
         return TinyDbRunReader(path.parent, db_file=path.name, url=url)
     return TinyDbRunReader(path, url=url)

@@ -205,7 +205,23 @@ def test_an_experiments_manager_leaves_out_the_command_plugins() -> None:
     assert loaded >= CONCERNS
 
 
-def test_python_exp_py_does_not_import_the_command_plugins(tmp_path: Path) -> None:
+# Modules a run without stores has no use for; each costs start-up (issue #5, P1).
+NOT_FOR_A_PLAIN_RUN = {
+    "importlib.metadata",
+    "pathlib",
+    "shutil",
+    "subprocess",
+    "tempfile",
+    "uuid",
+    "secrets",
+    "tinydb",
+    "pymongo",
+    "expkit.delivery",
+    "expkit.nodes",
+}
+
+
+def test_python_exp_py_imports_only_what_a_run_uses(tmp_path: Path) -> None:
     script = tmp_path / "exp_quiet.py"
     script.write_text(
         "import sys\n"
@@ -213,19 +229,35 @@ def test_python_exp_py_does_not_import_the_command_plugins(tmp_path: Path) -> No
         "ex = Experiment('quiet')\n"
         "@ex.main\n"
         "def main():\n"
-        "    return sorted(m for m in sys.modules if m.startswith('expkit_plugins.'))\n"
+        "    return sorted(sys.modules)\n"
         "if __name__ == '__main__':\n"
         "    print(ex.run_commandline().result)\n"
     )
+    # Coverage, when it measures the child, imports what it needs: leave it out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     done = subprocess.run(
         [sys.executable, str(script), "-l", "WARNING"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=env,
         check=True,
     )
-    imported = {name.rsplit(".", 1)[-1] for name in ast.literal_eval(done.stdout.strip())}
-    assert imported == RUN_BUILTINS
+    modules = set(ast.literal_eval(done.stdout.strip()))
+    plugins = {m.rsplit(".", 1)[-1] for m in modules if m.startswith("expkit_plugins.")}
+    assert plugins == RUN_BUILTINS
+    # What the interpreter imports by itself (site, .pth files: an editable install's finder
+    # imports pathlib) does not count.
+    bare = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
+    added = modules - set(ast.literal_eval(bare.stdout.strip()))
+    assert added & NOT_FOR_A_PLAIN_RUN == set()
 
 
 def test_the_expkit_command_loads_the_command_plugins(tmp_path: Path) -> None:
