@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,7 +29,8 @@ SETTINGS = _Section(
         INCLUDE_CPU_INFO=True,
         CAPTURED_ENV=[],
     ),
-    CAPTURE_MODE="fd",
+    # fd capture reads pipes with select.poll, which Windows lacks: Sacred's default there too.
+    CAPTURE_MODE="sys" if sys.platform == "win32" else "fd",
     DISCOVER_SOURCES="imported",
     DISCOVER_DEPENDENCIES="imported",
     DEFAULT_BEAT_INTERVAL=10.0,
