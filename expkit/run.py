@@ -489,7 +489,8 @@ def create_run(
         observers=sorted(stores, key=lambda o: -getattr(o, "priority", 0)),
         options=options,
         beat_interval=beat if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
-        capture_mode=options["--capture"] or SETTINGS.CAPTURE_MODE,
+        # As in Sacred: output nobody stores is not captured unless asked for.
+        capture_mode=options["--capture"] or (SETTINGS.CAPTURE_MODE if stores else "no"),
         info=dict(info or {}),
     )
     run._id = options["--id"]

@@ -950,6 +950,7 @@ def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path:
             import sys
 
             from expkit import Experiment
+            from expkit.observers import RunObserver
 
             ex = Experiment("status")
 
@@ -962,8 +963,11 @@ def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path:
 
             if __name__ == "__main__":
                 run = ex.run()
+                print("UNSTORED", run.capture_mode, repr(run.captured_out))
+                ex.observers.append(RunObserver())  # a store that keeps nothing
+                run = ex.run()
                 print("STATUS", run.status, run.result)
-                print("CAPTURED", repr(run.captured_out))
+                print("CAPTURED", run.capture_mode, repr(run.captured_out))
             """
         )
     )
@@ -972,8 +976,11 @@ def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
+    # As in Sacred: without a store and without -C, output is not captured.
+    assert "UNSTORED no ''" in lines
     assert "STATUS COMPLETED 3" in lines
     captured = next(line for line in lines if line.startswith("CAPTURED "))
+    assert captured.startswith("CAPTURED fd ")
     assert "from python\\n" in captured
     assert "from a child process\\n" in captured
     assert os.listdir(tmp_path) == ["exp_status.py"]
