@@ -28,6 +28,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def fresh_python(*args: str, cwd: Path | None = None, **env: str) -> str:
+    """The output of ``python ARGS`` in a fresh interpreter that coverage does not measure.
+
+    Tests of what a process imports use it: coverage, measuring a child, imports more.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    environ.update(env)
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=environ, check=True
+    )
+    return done.stdout
+
+
 def write_project(root: Path, files: dict[str, str], pyproject: str | None = "") -> Path:
     """Write ``files`` (dedented) under ``root`` and a ``pyproject.toml`` pinning the root there.
 

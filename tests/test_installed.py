@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from importlib import metadata
 
 import pytest
+from cli_helpers import fresh_python
 
 from expkit import installed
 
@@ -105,9 +104,4 @@ def test_starting_expkit_does_not_import_importlib_metadata():
         "get_plugin_manager()\n"
         "print('importlib.metadata' in sys.modules)\n"
     )
-    # Coverage, when it measures the child, imports whatever it needs: leave it out.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    assert out.stdout.strip() == "False"
+    assert fresh_python("-c", code).strip() == "False"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import fresh_python
 
 import expkit
 from expkit import Experiment, hookspec
@@ -233,30 +234,13 @@ def test_python_exp_py_imports_only_what_a_run_uses(tmp_path: Path) -> None:
         "if __name__ == '__main__':\n"
         "    print(ex.run_commandline().result)\n"
     )
-    # Coverage, when it measures the child, imports what it needs: leave it out.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    done = subprocess.run(
-        [sys.executable, str(script), "-l", "WARNING"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        check=True,
-    )
-    modules = set(ast.literal_eval(done.stdout.strip()))
+    modules = set(ast.literal_eval(fresh_python(str(script), "-l", "WARNING", cwd=tmp_path)))
     plugins = {m.rsplit(".", 1)[-1] for m in modules if m.startswith("expkit_plugins.")}
     assert plugins == RUN_BUILTINS
     # What the interpreter imports by itself (site, .pth files: an editable install's finder
     # imports pathlib) does not count.
-    bare = subprocess.run(
-        [sys.executable, "-c", "import sys; print(sorted(sys.modules))"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        check=True,
-    )
-    added = modules - set(ast.literal_eval(bare.stdout.strip()))
+    bare = fresh_python("-c", "import sys; print(sorted(sys.modules))", cwd=tmp_path)
+    added = modules - set(ast.literal_eval(bare))
     assert added & NOT_FOR_A_PLAIN_RUN == set()
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import fresh_python
 
 from expkit.pluginmanager import create_plugin_manager
 from expkit.settings import SETTINGS
@@ -115,12 +115,8 @@ def test_host_info_starts_no_child_process_without_nvidia_smi(tmp_path: Path) ->
         "info = host.expkit_host_info()\n"
         "print(info['os'][1], 'gpus' in info, 'subprocess' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-    env["PATH"] = str(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert done.stdout.split() == [platform.platform(), "False", "False"]
+    out = fresh_python("-c", code, PATH=str(tmp_path))
+    assert out.split() == [platform.platform(), "False", "False"]
 
 
 def test_cpu_is_the_model_name_from_proc_cpuinfo() -> None:
