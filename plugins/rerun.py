@@ -95,6 +95,9 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
             meta=meta,
             base_dir=original.experiment_info.get("base_dir"),
         )
+    # Compared as stored: a store may change what it records (MongoDB renames keys with
+    # "." or "$"), so the original is compared with its re-run in the same store.
+    rerun = reader.get_run(new_id)
     same_result = same(original.result, rerun.result)
     print(f"recorded the re-run as run {new_id} in {redact_url(url)} ({rerun.status})")
     print("\n".join(report_lines(reader, original, rerun, new_id)))
