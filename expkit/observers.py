@@ -62,6 +62,10 @@ class RunObserver:
     def resource_event(self, filename: str) -> None:
         """The run used the input file ``filename``."""
 
+    def copied_resource_event(self, filename: str, original: str) -> None:
+        """The run used the input file ``original``, now in ``filename`` (by default passed on)."""
+        self.resource_event(filename)
+
     def artifact_event(
         self,
         name: str,

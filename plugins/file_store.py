@@ -271,14 +271,23 @@ class FileStorageObserver(RunObserver):
             filename = os.path.abspath(filename)
             _check_readable_file(filename, "resource")
             if not self.copy_artifacts and _is_inside(filename, self.basedir):
-                stored = filename
+                self._record_resource(filename, filename)
             else:
-                stored = _store_by_md5(filename, self.resource_dir)
-            entry = [filename, os.path.relpath(stored, self.basedir)]
-            resources = self.run_entry.setdefault("resources", [])
-            if entry not in resources:
-                resources.append(entry)
-            self._save_run()
+                self._record_resource(filename, _store_by_md5(filename, self.resource_dir))
+
+    def copied_resource_event(self, filename: str, original: str) -> None:
+        """Keep ``filename`` in ``_resources``, named and recorded as the resource ``original``."""
+        with self._lock:
+            _check_readable_file(filename, "resource")
+            stored = _store_by_md5(filename, self.resource_dir, name=original)
+            self._record_resource(str(original), stored)
+
+    def _record_resource(self, original: str, stored: str) -> None:
+        entry = [original, os.path.relpath(stored, self.basedir)]
+        resources = self.run_entry.setdefault("resources", [])
+        if entry not in resources:
+            resources.append(entry)
+        self._save_run()
 
     def artifact_event(
         self,
@@ -904,9 +913,9 @@ def _is_inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def _store_by_md5(path: str, store_dir: str) -> str:
-    """Copy ``path`` to ``store_dir/<stem>_<md5><ext>`` unless that file is already there."""
-    stem, ext = os.path.splitext(os.path.basename(path))
+def _store_by_md5(path: str, store_dir: str, name: str | None = None) -> str:
+    """Copy ``path`` to ``store_dir/<stem>_<md5><ext>`` of ``name`` (default: ``path``) once."""
+    stem, ext = os.path.splitext(os.path.basename(name or path))
     target = os.path.join(store_dir, f"{stem}_{file_md5(path)}{ext}")
     if not os.path.exists(target):
         os.makedirs(store_dir, exist_ok=True)

@@ -647,16 +647,24 @@ class MongoObserver(RunObserver):
     def resource_event(self, filename: str) -> None:
         """Record ``[path, md5]`` in ``resources`` and keep the file in GridFS (once per md5)."""
         path = os.path.abspath(filename)
+        self._add_resource(path, path)
+
+    def copied_resource_event(self, filename: str, original: str) -> None:
+        """Keep ``filename`` in GridFS under the name ``original``; record ``[original, md5]``."""
+        self._add_resource(os.path.abspath(filename), str(original))
+
+    def _add_resource(self, content: str, path: str) -> None:
         try:
-            md5 = file_md5(path)
+            md5 = file_md5(content)
         except OSError as exc:
-            raise UsageError(f"resource {path}: cannot read it ({exc.strerror})") from None
+            raise UsageError(f"resource {content}: cannot read it ({exc.strerror})") from None
         with self._lock:
             if self.run_entry is None or [path, md5] in self.run_entry["resources"]:
                 return
             if any(p.get("path") == path and p.get("md5") == md5 for p in self._pending_files):
                 return
-            self._pending_files.append({"kind": "resource", "path": path, "md5": md5})
+            item = {"kind": "resource", "path": path, "md5": md5, "content": content}
+            self._pending_files.append(item)
             self._attempt(self._send_files, "storing a resource")
 
     def artifact_event(
@@ -783,23 +791,27 @@ class MongoObserver(RunObserver):
         experiment["sources"] = sources
         return experiment
 
-    def _put_file(self, path: str, md5: str | None, what: str) -> Any:
-        """The GridFS id of ``path``, uploaded unless a file of that path and md5 is stored."""
+    def _put_file(self, path: str, md5: str | None, what: str, content: str | None = None) -> Any:
+        """The GridFS id of ``path``, uploaded unless a file of that path and md5 is stored.
+
+        The bytes come from ``content`` when given (a copy of ``path``'s), else from ``path``.
+        """
         if md5 is not None:
             found = self.fs.find_one({"filename": path, "metadata.md5": md5})
             if found is not None:
                 return found._id
+        content = content or path
         try:
-            actual = file_md5(path)
+            actual = file_md5(content)
             if actual != md5:  # changed since it was recorded: store what is there now
                 found = self.fs.find_one({"filename": path, "metadata.md5": actual})
                 if found is not None:
                     return found._id
-            with open(path, "rb") as f:
+            with open(content, "rb") as f:
                 return self.fs.put(f, filename=path, metadata={"md5": actual})
         except OSError as exc:
             log.warning(
-                "MongoDB store: %s %s cannot be read (%s); not stored", what, path, exc.strerror
+                "MongoDB store: %s %s cannot be read (%s); not stored", what, content, exc.strerror
             )
             return None
 
@@ -1015,7 +1027,9 @@ class MongoObserver(RunObserver):
             item = self._pending_files[0]
             if item["kind"] == "resource":
                 if "file_id" not in item:
-                    item["file_id"] = self._put_file(item["path"], item["md5"], "resource")
+                    item["file_id"] = self._put_file(
+                        item["path"], item["md5"], "resource", item["content"]
+                    )
                 entry = [item["path"], item["md5"]]
                 self.runs.update_one(
                     {"_id": self.run_entry["_id"]}, {"$push": {"resources": entry}}

@@ -180,12 +180,16 @@ def replay_record(
             path.parent.mkdir(parents=True)
             path.write_bytes(reader.read_artifact(record.id, name))
             store.artifact_event(name=name, filename=str(path))
+        copied = getattr(store, "copied_resource_event", None)
         for number, (original, _md5sum) in enumerate(record.resources):
             # Stores take a resource from a file: one under the original's name, here.
             path = Path(tmp, "resources", str(number), Path(original).name or "resource")
             path.parent.mkdir(parents=True)
             path.write_bytes(reader.read_resource(record.id, original))
-            store.resource_event(filename=str(path))
+            if copied is None:
+                store.resource_event(filename=str(path))
+            else:
+                copied(filename=str(path), original=original)
         beat = record.heartbeat or record.stop_time or start
         store.heartbeat_event(
             info=dict(record.info),

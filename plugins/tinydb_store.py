@@ -356,11 +356,18 @@ class TinyDbObserver(RunObserver):
 
     def resource_event(self, filename: str) -> None:
         """Keep ``filename`` in hashfs and record ``[filename, md5, hashfs path]``."""
+        self._add_resource(filename, str(filename), "resource_event")
+
+    def copied_resource_event(self, filename: str, original: str) -> None:
+        """Keep ``filename`` in hashfs and record ``[original, md5, hashfs path]``."""
+        self._add_resource(filename, str(original), "copied_resource_event")
+
+    def _add_resource(self, filename: str, original: str, event: str) -> None:
         md5, relpath = self._put(filename, "resource")
         with self._lock:
-            resources = self._require("resource_event")["resources"]
-            if not any(r[0] == str(filename) and r[1] == md5 for r in resources):
-                self._change(resources=[*resources, [str(filename), md5, relpath]])
+            resources = self._require(event)["resources"]
+            if not any(r[0] == original and r[1] == md5 for r in resources):
+                self._change(resources=[*resources, [original, md5, relpath]])
             self._save_soon()
 
     def artifact_event(

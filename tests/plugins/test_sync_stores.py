@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 import expkit
+from expkit.observers import RunObserver
 from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
 from expkit_plugins.file_store import FileStorageObserver
+from expkit_plugins.sync import replay_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -136,7 +138,7 @@ def test_file_to_mongo_twice_copies_once(
 
 
 @pytest.mark.parametrize("direction", ["file->tinydb", "tinydb->file", "file->mongo"])
-def test_resources_are_copied(
+def test_resources_keep_the_path_the_run_read(
     direction: str, source: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     db = f"tinydb://{tmp_path / 'db'}"
@@ -148,14 +150,33 @@ def test_resources_are_copied(
         source, dst = db, str(tmp_path / "copy")
     else:
         dst = request.getfixturevalue("mongo_url")
-    assert expkit.main(["sync", str(source), dst]) == 0
-    [(path, md5)] = read_all(dst)["2"].resources
-    assert Path(path).name == "data.csv"
-    assert md5 == hashlib.md5(DATA).hexdigest()
-    assert read_all(dst)["1"].resources == ()
+    original = str(tmp_path / "data.csv")
+    for _ in range(2):
+        assert expkit.main(["sync", str(source), dst]) == 0
+        copied = read_all(dst)
+        assert sorted(copied) == ["1", "2"]
+        assert copied["2"].resources == ((original, hashlib.md5(DATA).hexdigest()),)
+        assert copied["1"].resources == ()
     reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
     try:
-        assert reader.read_resource("2", path) == DATA
+        assert reader.read_resource("2", original) == DATA
     finally:
         if hasattr(reader, "close"):
             reader.close()
+
+
+class SacredStyleObserver(RunObserver):
+    """An observer written for Sacred: it knows ``resource_event`` only."""
+
+    def __init__(self) -> None:
+        self.resources: list[tuple[str, bytes]] = []
+
+    def resource_event(self, filename: str) -> None:
+        self.resources.append((Path(filename).name, Path(filename).read_bytes()))
+
+
+def test_an_observer_written_for_sacred_still_gets_the_resource_file(source: Path) -> None:
+    reader = get_plugin_manager().hook.expkit_reader_for_url(url=str(source))
+    observer = SacredStyleObserver()
+    replay_record(reader, reader.get_run("2"), observer)
+    assert observer.resources == [("data.csv", DATA)]
