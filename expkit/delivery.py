@@ -195,7 +195,10 @@ def replay(spooled: SpooledRun, store: Any) -> Any:
 
 
 def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None:
-    kwargs.pop("original", None)
+    original = kwargs.pop("original", None)
+    if method == "resource_event" and original and hasattr(store, "copied_resource_event"):
+        # The file is the spool's copy: the store records the path the run read.
+        method, kwargs = "copied_resource_event", {**kwargs, "original": original}
     if method == "log_metric_columns" and not hasattr(store, method):
         # Replayed into a store of another kind (expkit sync): it takes Sacred's shape.
         method = "log_metrics"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import socket
 import subprocess
@@ -33,7 +34,7 @@ def sync(*args: str) -> int:
     return expkit.main(["sync", *args])
 
 
-def spool_run(runs: Path, tag: str, url: str = "runs") -> Path:
+def spool_run(runs: Path, tag: str, url: str = "runs", resource: Path | None = None) -> Path:
     """Spool a whole run for the file store at ``runs`` (which is in the way); its folder."""
     runs.parent.mkdir(parents=True, exist_ok=True)
     if not runs.exists():
@@ -52,6 +53,8 @@ def spool_run(runs: Path, tag: str, url: str = "runs") -> Path:
             "_id": None,
         },
     )
+    if resource is not None:
+        guard.call("resource_event", {"filename": str(resource)})
     points = {"name": "acc", "steps": [0, 1], "values": [0.5, 0.75], "timestamps": [T1, T1]}
     guard.call("log_metrics", {"metrics_by_name": {"acc": points}, "info": {}})
     guard.call(
@@ -159,6 +162,20 @@ def test_the_source_may_be_one_stores_folder_or_one_run(
     assert capsys.readouterr().out.endswith("1 delivered, 0 still spooled\n")
     assert_delivered(here / "runs", "1", "only")
     assert other.exists()  # another store's run is left where it waits
+
+
+def test_a_spooled_resource_is_recorded_under_the_path_the_run_read(
+    here: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = here / "data.csv"
+    data.write_bytes(b"x,y\n1,2\n")
+    spool_run(here / "runs", "read", resource=data)
+    data.write_bytes(b"changed since")  # what the run read is the spooled copy
+    (here / "runs").unlink()
+    assert sync("spool", "runs") == 0
+    md5 = hashlib.md5(b"x,y\n1,2\n").hexdigest()
+    assert read_run(here / "runs", "1")["resources"] == [[str(data), f"_resources/data_{md5}.csv"]]
+    assert (here / "runs" / "_resources" / f"data_{md5}.csv").read_bytes() == b"x,y\n1,2\n"
 
 
 def test_a_store_still_failing_keeps_the_run_spooled_and_says_so(
