@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import NamedTuple
+
+import attrs
 
 
-class Distribution(NamedTuple):
+@attrs.frozen
+class Distribution:
     """An installed distribution's metadata folder, found on ``sys.path``."""
 
-    folder: str
+    folder: str  # absolute
     canonical_name: str  # lower case, runs of ``-_.`` as one ``-``
 
     def read_text(self, filename: str) -> str | None:
@@ -30,9 +32,9 @@ class Distribution(NamedTuple):
         return self._headers().get("name") or self.canonical_name
 
     @property
-    def version(self) -> str:
-        """The version the distribution declares (``Version:`` in its metadata)."""
-        return self._headers().get("version", "")
+    def version(self) -> str | None:
+        """The version the distribution declares (``Version:`` in its metadata), if any."""
+        return self._headers().get("version") or None
 
     def _headers(self) -> dict[str, str]:
         cached = _HEADERS.get(self.folder)
@@ -43,7 +45,8 @@ class Distribution(NamedTuple):
         return cached
 
 
-class EntryPoint(NamedTuple):
+@attrs.frozen
+class EntryPoint:
     """One ``name = value`` line of a group in a distribution's ``entry_points.txt``."""
 
     name: str
@@ -52,8 +55,10 @@ class EntryPoint(NamedTuple):
     dist: Distribution
 
 
+# Read once per process: installing packages while a process runs is not expected to show.
 _HEADERS: dict[str, dict[str, str]] = {}
 _SCANS: dict[tuple[str, ...], dict[str, Distribution]] = {}
+_ENTRY_POINTS: dict[tuple[tuple[str, ...], str], list[EntryPoint]] = {}
 _SUFFIXES = (".dist-info", ".egg-info")
 
 
@@ -64,11 +69,17 @@ def canonical(name: str) -> str:
 
 def distributions() -> dict[str, Distribution]:
     """Every distribution visible on ``sys.path``, by canonical name, scanned once per path."""
-    key = tuple(sys.path)
+    key = _search_path()
     found = _SCANS.get(key)
     if found is None:
         found = _SCANS[key] = _scan(key)
     return found
+
+
+def _search_path() -> tuple[str, ...]:
+    # Absolute: "" (the working directory, first in `python -c` and notebooks) must not
+    # resolve somewhere else after an os.chdir.
+    return tuple(os.path.abspath(entry or ".") for entry in sys.path)
 
 
 def distribution(name: str) -> Distribution | None:
@@ -84,24 +95,25 @@ def version(name: str) -> str | None:
 
 def entry_points(group: str) -> list[EntryPoint]:
     """The entry points of ``group``, in ``sys.path`` order of their distributions."""
-    header = f"[{group}]"
-    found = []
-    for dist in distributions().values():
-        text = dist.read_text("entry_points.txt")
-        if not text or header not in text:
-            continue
-        found.extend(
-            EntryPoint(name, value, group, dist)
-            for section, name, value in _parse_ini(text)
-            if section == group
-        )
-    return found
+    key = (_search_path(), group)
+    found = _ENTRY_POINTS.get(key)
+    if found is None:
+        header = f"[{group}]"
+        found = _ENTRY_POINTS[key] = []
+        for dist in distributions().values():
+            text = dist.read_text("entry_points.txt")
+            if text and header in text:
+                found.extend(
+                    EntryPoint(name, value, group, dist)
+                    for section, name, value in _parse_ini(text)
+                    if section == group
+                )
+    return list(found)
 
 
 def _scan(path: tuple[str, ...]) -> dict[str, Distribution]:
     found: dict[str, Distribution] = {}
-    for entry in path:
-        folder = entry or "."
+    for folder in path:
         try:
             names = sorted(os.listdir(folder))
         except OSError:  # not a folder: a zip, a missing entry
@@ -110,8 +122,8 @@ def _scan(path: tuple[str, ...]) -> dict[str, Distribution]:
             if name.lower().endswith(_SUFFIXES):
                 # "foo_bar-1.0.dist-info", "foo_bar.egg-info", "foo_bar-1.0-py3.11.egg-info"
                 _add(found, name.rpartition(".")[0], os.path.join(folder, name))
-            elif name == "EGG-INFO" and entry.lower().endswith(".egg"):
-                _add(found, os.path.basename(entry).rpartition(".")[0], os.path.join(folder, name))
+            elif name == "EGG-INFO" and folder.lower().endswith(".egg"):
+                _add(found, os.path.basename(folder).rpartition(".")[0], os.path.join(folder, name))
     return found
 
 

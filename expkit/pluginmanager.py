@@ -79,8 +79,8 @@ class PluginManager(pluggy.PluginManager):
         if self.is_blocked(name) or self.has_plugin(name):
             return self.get_plugin(name)
         start = time.perf_counter()
-        # An entry point may name an object in a module: "package.module:plugin".
-        module_name, _, attr = modname.partition(":")
+        # An entry point may name an object in a module, and extras: "pkg.mod:plugin [extra]".
+        module_name, _, attr = modname.partition("[")[0].partition(":")
         try:
             module = importlib.import_module(module_name.strip())
             for part in filter(None, attr.strip().split(".")):
@@ -96,7 +96,7 @@ class PluginManager(pluggy.PluginManager):
         )
         return module
 
-    def load_entry_points(self, builtin_only: bool = False, command: bool = True) -> None:
+    def load_entry_points(self, builtin_only: bool = False, command: bool = False) -> None:
         """Register the plugins of the ``expkit`` entry-point group.
 
         ``command=False`` leaves out the built-in ``COMMAND_PLUGINS``.

@@ -178,7 +178,8 @@ def gather_dependencies(
                     found.add(Dependency(name=dist, version=version))
     elif mode == "pkg":
         for dist in installed.distributions().values():
-            found.add(Dependency(name=dist.name, version=dist.version))
+            if dist.version is not None:
+                found.add(Dependency(name=dist.name, version=dist.version))
     numpy_version = _version("numpy")
     if numpy_version is not None:
         found.add(Dependency(name="numpy", version=numpy_version))

@@ -105,3 +105,25 @@ def test_starting_expkit_does_not_import_importlib_metadata():
         "print('importlib.metadata' in sys.modules)\n"
     )
     assert fresh_python("-c", code).strip() == "False"
+
+
+def test_the_working_directory_on_sys_path_is_the_current_one(site, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _dist_info(project, "here-1.0.dist-info", "here", "1.0", "[expkit]\nhere = here.plugin\n")
+    monkeypatch.chdir(project)
+    sys.path.insert(0, "")  # as in `python -c`, the REPL and notebooks
+    assert [ep.name for ep in installed.entry_points("expkit")] == ["here"]
+    monkeypatch.chdir(tmp_path)
+    # "" now means tmp_path, which holds no distribution: the scan follows the working directory.
+    assert installed.entry_points("expkit") == []
+    monkeypatch.chdir(project)
+    assert installed.version("here") == "1.0"
+
+
+def test_a_distribution_without_a_version_has_none(site):
+    first, _ = site
+    folder = first / "bare-0.dist-info"
+    folder.mkdir()
+    (folder / "METADATA").write_text("Metadata-Version: 2.1\nName: bare\n")
+    assert installed.distribution("bare").name == "bare"
+    assert installed.version("bare") is None

@@ -19,7 +19,12 @@ from cli_helpers import fresh_python
 import expkit
 from expkit import Experiment, hookspec
 from expkit.errors import UsageError
-from expkit.pluginmanager import COMMAND_PLUGINS, create_plugin_manager, hookimpl
+from expkit.pluginmanager import (
+    COMMAND_PLUGINS,
+    PluginManager,
+    create_plugin_manager,
+    hookimpl,
+)
 
 # The concerns SPEC 5 names as built-in plugins (the group may declare more).
 CONCERNS = {
@@ -279,6 +284,13 @@ def test_blocking_by_module_name_blocks_the_entry_point_too() -> None:
     pm = create_plugin_manager(blocked=["expkit_plugins.host"])
     assert "host" not in pm.infos
     assert "hostname" not in _run_main(pm).host_info
+
+
+def test_an_entry_point_may_name_an_object_and_extras() -> None:
+    pm = PluginManager()
+    plugin = pm.register_module("os:path [speedups]", name="paths", origin="entrypoint")
+    assert plugin is os.path
+    assert pm.get_plugin("paths") is os.path
 
 
 def test_blocking_one_plugin_keeps_the_others() -> None:
