@@ -219,18 +219,28 @@ class _PipeReader:
         self._buffer = buffer
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # The capture's readers, this one included, and the lock they all take to move bytes
-        # out of their pipes: the threads and read() (a heartbeat) cannot reorder them.
+        # out of their pipes, so that no two threads reorder them. Only this reader's thread
+        # writes to its console, outside the lock: a console that blocks (a paused terminal,
+        # a slow pipe) holds up this reader alone, never another one or a heartbeat.
         self._readers = readers
         self._lock = lock
+        self._unforwarded: list[bytes] = []  # taken from the pipe, not yet on the console
         self._partial = ""  # decoded text after the last line end, not yet in the buffer
         self._capturing = True
         self._ended = False  # the pipe reached its end
+        self._closed = False  # the thread closed its descriptors
         self.since: float | None = None  # when the bytes in the pipe began to arrive, if known
         self._hurry = threading.Event()  # set by hurry(): read without waiting
         self._capacity = _grow(read_fd)
         os.set_blocking(read_fd, False)
+        # Another reader's thread that takes this pipe's bytes rings here, so that this thread
+        # wakes up to forward them even though the pipe is empty again.
+        self._bell_r, self._bell_w = os.pipe()
+        os.set_blocking(self._bell_r, False)
+        os.set_blocking(self._bell_w, False)
         self._poller = select.poll()
         self._poller.register(read_fd, select.POLLIN)
+        self._poller.register(self._bell_r, select.POLLIN)
         with lock:
             readers.append(self)
         name = f"expkit-capture-fd{fd}"
@@ -251,7 +261,7 @@ class _PipeReader:
                     wait = 0.0
                 elif wait:
                     self._hurry.wait(wait)
-                taken = self.drain()
+                taken = self._drain()
                 now = time.monotonic()
                 if taken > 3 * half // 2:
                     wait = 0.0  # the pipe was about full and may have held the writer back
@@ -264,31 +274,57 @@ class _PipeReader:
         finally:
             self.flush(final=True)
             with self._lock:
-                # Only this thread closes it: the number could be reused under its poll.
-                self._ended = True
-                _close_quietly(self._read_fd)
-            if self._console_fd is not None:
-                _close_quietly(self._console_fd)
+                # Closed under the lock: other threads ring the bell and retarget the console
+                # under it, and a closed number could be reused by any open() meanwhile.
+                self._ended = self._closed = True
+                for fd in (self._read_fd, self._bell_r, self._bell_w):
+                    _close_quietly(fd)
+                chunks, self._unforwarded = self._unforwarded, []
+            self._forward(chunks)
+            with self._lock:
+                if self._console_fd is not None:
+                    _close_quietly(self._console_fd)
+                    self._console_fd = None
 
-    def drain(self) -> int:
-        """Forward and keep what the capture's pipes hold now; return this pipe's bytes.
+    def _drain(self) -> int:
+        """Keep what the capture's pipes hold now, forward this pipe's; return its bytes.
 
         The pipe whose bytes have waited longest comes first, so that a line logged to
         stderr lands after the lines printed to stdout before it, though those waited in
         their pipe to be read together.
         """
-        taken = 0
         with self._lock:
             for reader in sorted(self._readers, key=_waiting_since):
-                if reader is self:
-                    taken = reader._take()
-                else:
-                    reader._take()
-        return taken
+                chunks = reader._take()
+                reader._unforwarded += chunks
+                if chunks and reader is not self and not reader._closed:
+                    reader._ring()
+            chunks, self._unforwarded = self._unforwarded, []
+            while True:  # silence the bell: what it rang for is in hand
+                try:
+                    os.read(self._bell_r, 1 << 10)
+                except OSError:
+                    break
+        self._forward(chunks)
+        return sum(map(len, chunks))
 
-    def _take(self) -> int:
-        """Forward and keep what this pipe holds; called with the lock held."""
-        taken = 0
+    def _ring(self) -> None:
+        try:
+            os.write(self._bell_w, b"!")
+        except OSError:
+            pass  # full, or closed because the thread ended: it has been rung already
+
+    def _forward(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` to the console; only this reader's thread calls it."""
+        for data in chunks:
+            console = self._console_fd
+            if console is not None and not _write_all(console, data):
+                _close_quietly(console)  # the console is gone; keep capturing all the same
+                self._console_fd = None
+
+    def _take(self) -> list[bytes]:
+        """Keep what this pipe holds and return it, to forward; called with the lock held."""
+        taken: list[bytes] = []
         while not self._ended:
             try:
                 data = os.read(self._read_fd, self._capacity)
@@ -299,11 +335,7 @@ class _PipeReader:
             if not data:
                 self._ended = True
                 break
-            taken += len(data)
-            console = self._console_fd
-            if console is not None and not _write_all(console, data):
-                _close_quietly(console)  # the console is gone; keep capturing all the same
-                self._console_fd = None
+            taken.append(data)
             self._add(data)
             if len(data) < self._capacity:
                 break  # a read takes all the pipe holds: it is empty now
@@ -457,7 +489,7 @@ class FdCapture:
             self._streams.start()
 
     def read(self) -> str:
-        """Return the text written since the last read."""
+        """Return the text the readers took since the last read (they lag by a few ms)."""
         if self._saved:
             # Let Python's buffered output reach the pipe in time for the next read.
             for stream in (sys.stdout, sys.stderr):
@@ -465,8 +497,9 @@ class FdCapture:
                     stream.flush()
                 except Exception:
                     pass
+        # Not _drain(): reading the pipes here would make the heartbeat forward to the
+        # console, and a console that blocks would stop the heartbeats.
         for reader in self._readers:
-            reader.drain()
             reader.flush()
         return self._buffer.take()
 

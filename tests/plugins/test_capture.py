@@ -210,21 +210,61 @@ def test_fd_keeps_many_tiny_unbuffered_writes_whole_and_in_order(tmp_path):
     assert json.loads(result.read_text()) == expected
 
 
-def test_fd_read_returns_everything_written_before_it():
+def test_fd_reads_get_all_output_in_order_and_partial_lines_too():
     script = (
-        "import os\n"
+        "import os, time\n"
         "from expkit_plugins.capture import FdCapture\n"
+        "def read_until(cap, text):\n"
+        "    seen, deadline = '', time.monotonic() + 5\n"
+        "    while seen != text and time.monotonic() < deadline:\n"
+        "        seen += cap.read()\n"
+        "        time.sleep(0.005)\n"
+        "    return seen\n"
         "cap = FdCapture()\n"
         "cap.start()\n"
         "os.write(1, b'one\\n')\n"
-        "first = cap.read()\n"
+        "first = read_until(cap, 'one\\n')\n"
         "print('two', end='')\n"
-        "second = cap.read()\n"
+        "second = read_until(cap, 'two')\n"
         "cap.stop()\n"
-        "os.write(1, repr((first, second)).encode())\n"
+        "os.write(1, repr((first, second, cap.read())).encode())\n"
     )
     proc = _python(script, capture_output=True)
-    assert proc.stdout == "one\ntwo" + repr(("one\n", "two")), proc.stderr
+    assert proc.stdout == "one\ntwo" + repr(("one\n", "two", "")), proc.stderr
+
+
+def test_a_blocked_console_does_not_hold_up_reads(tmp_path):
+    # The console is a pipe nobody reads: once full, forwarding to it blocks.
+    script = (
+        "import os, sys, time\n"
+        "from expkit_plugins.capture import FdCapture\n"
+        "report = os.dup(2)\n"
+        "cap = FdCapture()\n"
+        "cap.start()\n"
+        "os.write(1, b'x' * 100_000 + b'\\n')\n"  # more than the console pipe holds
+        "time.sleep(0.5)\n"
+        "start = time.monotonic()\n"
+        "text = cap.read()\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "time.sleep(0.5)\n"
+        "os.write(report, repr((len(text), time.monotonic() - start < 2)).encode())\n"
+        "os._exit(0)\n"  # the capture cannot stop while its console is blocked
+    )
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=20,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # The heartbeat's read returned at once with the text, and stderr still got through.
+    assert proc.stderr == "to stderr\n" + repr((100_001, True))
 
 
 LAST_WORDS = """\
