@@ -21,10 +21,6 @@ __all__ = [
 
 _CONTROL = re.compile(r"([\r\b])")
 
-# ANSI colour codes for terminal output (no colour library: plain escape sequences).
-RED, GREEN, YELLOW, BLUE = "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[34m"
-BRIGHT, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
-
 
 def _render_line(line: str) -> str:
     """Draw one line (no ``\\n`` in it) the way a terminal shows it."""

@@ -10,9 +10,7 @@ from typing import Any
 from expkit.configuration import ConfigScope, join_path
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
-from expkit.utils import BLUE, DIM, GREEN, RED, RESET
 
-_COLOURS = {"modified": BLUE, "added": GREEN, "typechanged": RED, "doc": DIM}
 _DOC_COLUMN = 35
 
 
@@ -24,7 +22,18 @@ def _use_colour(run: Any = None) -> bool:
 
 
 def _paint(text: str, kind: str | None, colour: bool) -> str:
-    return f"{_COLOURS[kind]}{text}{RESET}" if colour and kind else text
+    if not (colour and kind):
+        return text
+    # colorama only when colouring: most runs never print their config to a terminal.
+    from colorama import Fore, Style
+
+    colours = {
+        "modified": Fore.BLUE,
+        "added": Fore.GREEN,
+        "typechanged": Fore.RED,
+        "doc": Style.DIM,
+    }
+    return f"{colours[kind]}{text}{Style.RESET_ALL}"
 
 
 def format_config(config: dict, summary: Any, colour: bool) -> str:

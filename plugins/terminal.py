@@ -13,17 +13,18 @@ import sys
 import time
 from typing import Any, TextIO
 
+from colorama import Fore, Style
+
 import expkit
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
-from expkit.utils import BRIGHT, GREEN, RED, RESET, YELLOW
 
 _STATUS_COLOUR = {
-    "COMPLETED": GREEN,
-    "FAILED": RED,
-    "ERROR": RED,
-    "INTERRUPTED": YELLOW,
+    "COMPLETED": Fore.GREEN,
+    "FAILED": Fore.RED,
+    "ERROR": Fore.RED,
+    "INTERRUPTED": Fore.YELLOW,
 }
 _ORDER = ["completed", "failed", "error", "interrupted", "deselected"]
 
@@ -42,7 +43,7 @@ class TerminalReporter:
     def write_line(self, text: str = "", colour: str | None = None) -> None:
         """Write one line, coloured when the output is a terminal."""
         if colour and self.colour:
-            text = f"{colour}{text}{RESET}"
+            text = f"{colour}{text}{Style.RESET_ALL}"
         self.file.write(text + "\n")
         self.file.flush()
 
@@ -59,7 +60,7 @@ class TerminalReporter:
     def header(self, session: Any) -> None:
         """Version, root folder, stores and plugins."""
         config = self.config
-        self.sep("=", "expkit session starts", BRIGHT)
+        self.sep("=", "expkit session starts", Style.BRIGHT)
         self.write_line(f"expkit {expkit.__version__}, Python {platform.python_version()}")
         rootline = f"rootdir: {config.rootdir}"
         if config.inifile:
@@ -107,20 +108,20 @@ class TerminalReporter:
             parts.append(f"result={_short(to_data(report.result))}")
         elif report.message:
             parts.append(report.message)
-        self.write_line("  ".join(parts), _STATUS_COLOUR.get(report.status, YELLOW))
+        self.write_line("  ".join(parts), _STATUS_COLOUR.get(report.status, Fore.YELLOW))
 
     def summary(self, session: Any, exitstatus: int) -> None:
         """Collection errors, failures and the closing line."""
         if session.errors:
-            self.sep("=", "ERRORS", RED)
+            self.sep("=", "ERRORS", Fore.RED)
             for error in session.errors:
-                self.sep("_", f"ERROR collecting {error.nodeid}", RED)
+                self.sep("_", f"ERROR collecting {error.nodeid}", Fore.RED)
                 self.write_line(error.message.rstrip())
         failed = [r for r in session.reports if not r.ok and r.longrepr]
         if failed:
-            self.sep("=", "FAILURES", RED)
+            self.sep("=", "FAILURES", Fore.RED)
             for report in failed:
-                self.sep("_", report.nodeid, RED)
+                self.sep("_", report.nodeid, Fore.RED)
                 self.write_line(report.longrepr.rstrip())
         stored = [str(r.run_id) for r in session.reports if r.run_id is not None]
         if stored and session.store_urls:
@@ -144,7 +145,7 @@ class TerminalReporter:
             keys = sorted(counts, key=lambda k: _ORDER.index(k) if k in _ORDER else len(_ORDER))
             text = ", ".join(_count(counts[k], k) for k in keys) or "no experiments ran"
         seconds = time.perf_counter() - self.start
-        colour = GREEN if exitstatus == ExitCode.OK else RED
+        colour = Fore.GREEN if exitstatus == ExitCode.OK else Fore.RED
         if self.verbosity < 0:
             self.write_line(f"{text} in {seconds:.2f}s", colour)
         else:
