@@ -136,13 +136,14 @@ def _real(path: str) -> str:
 
 
 def _in_real_folder(path: str) -> str:
-    """``path`` with its folder's symlinks resolved: one ``realpath`` per folder, not per file.
+    """``path`` with its symlinks resolved: one ``realpath`` per folder, not per file.
 
-    Hundreds of modules share a few dozen folders; a symlinked file itself (rare) is only
-    resolved for the files this check keeps.
+    Hundreds of modules share a few dozen folders. A file that is a symlink itself
+    (``flit install --symlink`` of a one-module project) is resolved whole.
     """
     folder, name = os.path.split(path)
-    return os.path.join(_real(folder), name)
+    real = os.path.join(_real(folder), name)
+    return _real(real) if os.path.islink(real) else real
 
 
 def _is_under(path: str, folder: str) -> bool:

@@ -143,6 +143,25 @@ def test_main_file_and_imported_local_modules_are_sources(
     assert by_name["exp_main.py"].md5 == hashlib.md5(main.read_bytes()).hexdigest()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="symlinks")
+def test_a_module_symlinked_from_elsewhere_into_the_project_is_a_source(
+    tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
+) -> None:
+    # As `flit install --symlink` leaves a one-module project: site-packages/mod.py -> project.
+    project = tmp_path / "project"
+    real = write(project / "symmod_abc.py", "VALUE = 1\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "symmod_abc.py").symlink_to(real)
+    import_module(site, "symmod_abc")
+
+    found = info(experiment(project))
+    assert [(s.name, s.path) for s in found["sources"]] == [
+        ("symmod_abc.py", os.path.realpath(real))
+    ]
+    assert not any(d.name == "symmod_abc" for d in found["dependencies"])
+
+
 def test_installed_code_under_base_dir_is_no_source(
     tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
 ) -> None:
