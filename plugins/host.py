@@ -118,6 +118,8 @@ def parse_nvidia_smi(xml: str) -> dict[str, Any] | None:
 
 
 def _on_path(program: str) -> bool:
+    if sys.platform == "win32":
+        return True  # programs there end in one of PATHEXT's suffixes: let the start tell
     folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
     return any(os.access(os.path.join(d or ".", program), os.X_OK) for d in folders)
 
