@@ -489,8 +489,7 @@ def create_run(
         observers=sorted(stores, key=lambda o: -getattr(o, "priority", 0)),
         options=options,
         beat_interval=beat if beat is not None else SETTINGS.DEFAULT_BEAT_INTERVAL,
-        # As in Sacred: output nobody stores is not captured unless asked for.
-        capture_mode=options["--capture"] or (SETTINGS.CAPTURE_MODE if stores else "no"),
+        capture_mode=options["--capture"] or _default_capture(experiment.plugin_manager, stores),
         info=dict(info or {}),
     )
     run._id = options["--id"]
@@ -498,6 +497,31 @@ def create_run(
         captured_state(fn).check_resolvable(run.config)
     experiment.check_resolvable(run.config)
     return run
+
+
+_OUTPUT_HOOKS = (
+    "expkit_run_heartbeat",
+    "expkit_run_completed",
+    "expkit_run_failed",
+    "expkit_run_interrupted",
+)
+
+
+def _default_capture(pm: pluggy.PluginManager, stores: list) -> str:
+    """``SETTINGS.CAPTURE_MODE`` if anyone may want the output, else ``"no"``.
+
+    As in Sacred, output is not captured for nobody; but besides stores, a plugin of the
+    user's (not a built-in one) that implements a run hook may read ``run.captured_out``.
+    """
+    if stores:
+        return SETTINGS.CAPTURE_MODE
+    infos = getattr(pm, "infos", {})
+    for name in _OUTPUT_HOOKS:
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            info = infos.get(impl.plugin_name)
+            if info is None or info.origin != "builtin":
+                return SETTINGS.CAPTURE_MODE
+    return "no"
 
 
 # --- delivering events to stores -------------------------------------------------------

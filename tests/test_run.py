@@ -24,6 +24,7 @@ import expkit
 from expkit import Experiment, ExpkitError, RunObserver, TimeoutInterrupt
 from expkit.pluginmanager import create_plugin_manager, hookimpl
 from expkit.records import Artifact, MetricPoint, Resource
+from expkit.settings import SETTINGS
 
 EXPKIT_DIR = Path(expkit.__file__).resolve().parent
 PLUGINS_DIR = EXPKIT_DIR.parent / "plugins"
@@ -939,6 +940,41 @@ def test_two_overlapping_runs_leave_stdout_and_stderr_where_they_were(
     thread_a.join(30)
     thread_b.join(30)
     assert {fd: _where(fd) for fd in (1, 2)} == before
+
+
+class _OutputReader:
+    """A user's plugin that reads the output at the end of each run (no store)."""
+
+    def __init__(self) -> None:
+        self.outputs: list[str] = []
+
+    @hookimpl
+    def expkit_run_completed(self, run):
+        self.outputs.append(run.captured_out)
+
+
+def test_output_is_captured_for_a_plugin_of_the_users_without_a_store() -> None:
+    reader = _OutputReader()
+    ex = Experiment("told", plugin_manager=create_plugin_manager(plugins=[reader]))
+
+    @ex.main
+    def main():
+        print("for the plugin")
+
+    run = ex.run()
+    assert run.capture_mode == SETTINGS.CAPTURE_MODE
+    assert reader.outputs == ["for the plugin\n"]
+
+
+def test_with_built_in_plugins_only_and_no_store_nothing_is_captured() -> None:
+    ex = Experiment("untold", plugin_manager=create_plugin_manager())
+
+    @ex.main
+    def main():
+        print("for nobody")
+
+    run = ex.run()
+    assert (run.capture_mode, run.captured_out) == ("no", "")
 
 
 def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path: Path) -> None:
