@@ -567,4 +567,6 @@ def expkit_make_capture(mode: str) -> Any:
     factory = _CAPTURES.get(mode)
     if factory is None:
         raise UsageError(f"unknown capture mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if mode == "fd" and not hasattr(select, "poll"):
+        raise UsageError("capture mode 'fd' needs select.poll, which Windows lacks: use 'sys'")
     return factory()
