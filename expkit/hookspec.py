@@ -286,7 +286,11 @@ def expkit_run_interrupted(run: Run) -> None:
 
 @hookspec
 def expkit_log_metrics(run: Run, metrics: list[MetricPoint]) -> None:
-    """New metric points of ``run`` in time order, delivered in batches at each heartbeat."""
+    """New metric points of ``run``, delivered in batches at each heartbeat.
+
+    Each metric's points come in the order they were logged; the metrics are interleaved
+    by time.
+    """
 
 
 @hookspec

@@ -550,6 +550,18 @@ class Delivery:
         for guard in self.guards:
             guard.call(method, kwargs)
 
+    def metrics(self, columns: dict[str, dict], info: dict) -> None:
+        """Deliver new metric points: as columns where a store takes them, else as Sacred's."""
+        sacred = None  # one copy in Sacred's shape, a datetime per point, shared
+        for guard in self.guards:
+            own = getattr(type(guard.store), "log_metric_columns", RunObserver.log_metric_columns)
+            if own is not RunObserver.log_metric_columns:
+                guard.call("log_metric_columns", {"columns": columns, "info": info})
+                continue
+            if sacred is None:
+                sacred = columns_to_sacred(columns)
+            guard.call("log_metrics", {"metrics_by_name": sacred, "info": info})
+
     def finish(self) -> None:
         """Give failed stores a last chance; what they still miss stays spooled."""
         for guard in self.guards:
@@ -902,26 +914,22 @@ class Run:
             self._delivery.hook("expkit_run_heartbeat")
 
     def _deliver_metrics(self, columns: dict[str, dict]) -> None:
-        # Stores with their own log_metric_columns take the columns as they are; the others
-        # share one copy in Sacred's shape, with a datetime per point.
-        sacred = None
-        for guard in self._delivery.guards:
-            own = getattr(type(guard.store), "log_metric_columns", RunObserver.log_metric_columns)
-            if own is not RunObserver.log_metric_columns:
-                guard.call("log_metric_columns", {"columns": columns, "info": self.info})
-                continue
-            if sacred is None:
-                sacred = columns_to_sacred(columns)
-            guard.call("log_metrics", {"metrics_by_name": sacred, "info": self.info})
+        self._delivery.metrics(columns, self.info)
         if columns and self.plugin_manager.hook.expkit_log_metrics.get_hookimpls():
-            points = [
-                MetricPoint(name, step, value, at)
-                for name, series in columns.items()
-                for step, value, at in zip(
-                    series["steps"], series["values"], utc_datetimes(series["timestamps"])
-                )
+            import heapq
+
+            series = [
+                [
+                    MetricPoint(name, step, value, at)
+                    for step, value, at in zip(
+                        s["steps"], s["values"], utc_datetimes(s["timestamps"])
+                    )
+                ]
+                for name, s in columns.items()
             ]
-            points.sort(key=lambda p: p.timestamp)  # stable: in the order logged, across names
+            # Each metric's points in the order logged (even if the clock stepped back),
+            # the metrics interleaved by time.
+            points = list(heapq.merge(*series, key=lambda p: p.timestamp))
             self._delivery.hook("expkit_log_metrics", metrics=points)
 
 

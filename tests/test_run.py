@@ -317,6 +317,28 @@ def test_log_scalar_counts_implicit_steps_and_keeps_explicit_ones(
     ]
 
 
+def test_metric_hook_keeps_each_metrics_order_when_the_clock_steps_back(
+    ex: Experiment, hooks: HookLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    clock = iter([1000.0, 1003.0, 999.0, 1001.0, 1002.0])  # an NTP step back after the 2nd
+    monkeypatch.setattr("expkit.run.time", types.SimpleNamespace(time=lambda: next(clock)))
+
+    @ex.main
+    def main(_run):
+        _run.log_scalar("loss", 0.5)  # 1000
+        _run.log_scalar("loss", 0.4)  # 1003
+        _run.log_scalar("loss", 0.3)  # 999
+        _run.log_scalar("acc", 0.7)  # 1001
+        _run.log_scalar("acc", 0.8)  # 1002
+
+    ex.run(options=QUIET)
+    points = [p for name, kw in hooks.calls if name == "log_metrics" for p in kw["metrics"]]
+    by_name = {n: [p.value for p in points if p.name == n] for n in ("loss", "acc")}
+    assert by_name == {"loss": [0.5, 0.4, 0.3], "acc": [0.7, 0.8]}
+
+
 def test_add_artifact_reaches_observers_and_hooks(
     ex: Experiment, log: EventLog, hooks: HookLog, tmp_path: Path
 ) -> None:
