@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import fresh_python
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -247,5 +247,4 @@ def test_loading_a_store_plugin_imports_no_database_library(plugin: str) -> None
         "print([m for m in ('tinydb', 'pymongo', 'gridfs', 'bson', 'mimetypes') "
         "if m in sys.modules])"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert fresh_python("-c", code).strip() == "[]"
