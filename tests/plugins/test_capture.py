@@ -596,10 +596,11 @@ def _where(fd: int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _read_until(capture, text: str) -> str:
+def _read_until(capture, lines: set[str]) -> str:
+    """Read ``capture`` until it has given all of ``lines``, in any order (10 s at most)."""
     seen = ""
     deadline = time.monotonic() + 10
-    while text not in seen and time.monotonic() < deadline:
+    while not lines <= set(_lines(seen)) and time.monotonic() < deadline:
         seen += capture.read()
         time.sleep(0.005)
     return seen
@@ -614,7 +615,7 @@ def test_fd_captures_stopping_out_of_order_put_the_descriptors_back(capfd):
     os.write(1, b"both\n")
     os.write(2, b"both, err\n")
     # The second capture forwards into the first one's pipe: let it have done so.
-    seen_second = _read_until(second, "both\nboth, err\n")
+    seen_second = _read_until(second, {"both", "both, err"})
     first.stop()  # while the second is still on
     os.write(1, b"second only\n")
     second.stop()
