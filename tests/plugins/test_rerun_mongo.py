@@ -23,31 +23,21 @@ from cli_helpers import run_expkit, write_project  # noqa: E402
 from mongo_server import MemoryMongo  # noqa: E402
 from test_mongo_store import _with_db  # noqa: E402
 from test_rerun import ENV  # noqa: E402
+from test_rerun import EXPERIMENT as RERUN_EXPERIMENT  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 REAL_URL = os.environ.get("EXPKIT_TEST_MONGO_URL")
 USER, PASSWORD = "rerun", "pw-Vb71nLq4"
 
-# A seed-dependent result and metric, and a result whose keys MongoDB cannot store as they are.
-EXPERIMENT = """\
-    import expkit
-    import numpy as np
-
-    @expkit.config
-    def cfg():
-        C = 1.0
-        n = 5
-
-    def exp_noise(C, n, _seed, _run):
-        rng = np.random.default_rng(_seed)
-        for step in range(3):
-            _run.log_scalar("loss", float(rng.random()) * C, step)
-        return float(rng.random(n).sum() * C)
-
+# test_rerun's experiment, and one whose result has keys MongoDB cannot store as they are.
+EXPERIMENT = (
+    RERUN_EXPERIMENT
+    + """
     def exp_scores(C, _seed):
         return {"val.acc": float(np.random.default_rng(_seed).random() * C), "$n": 1}
 """
+)
 
 
 @pytest.fixture(scope="module")
