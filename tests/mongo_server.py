@@ -50,6 +50,9 @@ _DEFAULT_FIRST_BATCH = 101
 _NO_AUTH_NEEDED = {"ismaster", "hello", "ping", "buildinfo", "saslstart", "saslcontinue"}
 _SCRAM_ITERATIONS = 4096
 
+# The one account of the suite's server (tests/conftest.py), so that its URLs carry a password.
+USER, PASSWORD = "expkit", "pw-Zq8wX3vR"
+
 
 class CommandError(Exception):
     """A command failed; becomes an ``{ok: 0, code, errmsg}`` reply."""

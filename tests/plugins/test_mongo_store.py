@@ -6,21 +6,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pymongo = pytest.importorskip("pymongo")
+pytest.importorskip("pymongo")
+pytest.importorskip("mockupdb")
 gridfs = pytest.importorskip("gridfs")
 import bson  # noqa: E402
 from bson import ObjectId, json_util  # noqa: E402
@@ -41,63 +40,9 @@ from expkit_plugins.mongo_store import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import MemoryMongo  # noqa: E402
+from mongo_server import PASSWORD, MemoryMongo  # noqa: E402
 
-REAL_URL = os.environ.get("EXPKIT_TEST_MONGO_URL")
-USER, PASSWORD = "expkit", "pw-Zq8wX3vR"
-memory_only = pytest.mark.skipif(bool(REAL_URL), reason="needs the in-memory server")
-
-
-# --- fixtures --------------------------------------------------------------------------
-
-
-def _with_db(url: str, db: str) -> str:
-    """``url`` pointing at database ``db``, still authenticating where it did before."""
-    scheme, _, rest = url.partition("://")
-    rest, _, query = rest.partition("?")
-    hosts, _, old_db = rest.partition("/")
-    options = [o for o in query.split("&") if o]
-    if not any(o.lower().startswith("authsource=") for o in options) and "@" in hosts:
-        options.append(f"authSource={old_db or 'admin'}")
-    return f"{scheme}://{hosts}/{db}" + ("?" + "&".join(options) if options else "")
-
-
-@pytest.fixture(scope="session")
-def memory_server() -> Iterator[MemoryMongo | None]:
-    if REAL_URL:
-        yield None
-        return
-    server = MemoryMongo(users={USER: PASSWORD}).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def memory(memory_server: MemoryMongo | None) -> MemoryMongo | None:
-    """The in-memory server (with a user, so URLs carry a password), or None on a real server."""
-    if memory_server is not None:
-        memory_server.log.clear()
-    return memory_server
-
-
-@pytest.fixture
-def mongo_url(memory: MemoryMongo | None) -> Iterator[str]:
-    """A URL of a fresh, empty database; the database is dropped afterwards."""
-    db = f"expkit_test_{uuid.uuid4().hex[:12]}"
-    url = _with_db(REAL_URL, db) if REAL_URL else memory.url(db, USER, PASSWORD)
-    yield url
-    if memory is not None:
-        memory.down = False  # a test that took the server away gives it back
-    with pymongo.MongoClient(url, serverSelectionTimeoutMS=5000) as client:
-        client.drop_database(db)
-
-
-@pytest.fixture
-def db(mongo_url: str) -> Iterator[Any]:
-    """The test database, through a client of its own (what a reader such as Omniboard sees)."""
-    client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
-    yield client.get_default_database()
-    client.close()
+# --- fixtures (the server, its URL and database: tests/conftest.py) ----------------------
 
 
 class _Listener(monitoring.CommandListener):
@@ -142,12 +87,18 @@ def observer(make_observer: Callable[..., MongoObserver]) -> MongoObserver:
 
 
 @pytest.fixture
-def sent(memory: MemoryMongo | None, listener: _Listener, db: Any) -> Callable[..., list[tuple]]:
+def sent(
+    mongo_server: MemoryMongo | None, listener: _Listener, mongo_db: Any
+) -> Callable[..., list[tuple]]:
     """``sent(name, collection)``: the commands the server received, as ``(doc, size)``."""
 
     def sent(name: str, collection: str) -> list[tuple[dict, int]]:
-        if memory is not None:
-            return [(s.doc, s.size) for s in memory.commands(name, collection) if s.db == db.name]
+        if mongo_server is not None:
+            return [
+                (s.doc, s.size)
+                for s in mongo_server.commands(name, collection)
+                if s.db == mongo_db.name
+            ]
         return [
             (dict(e.command), len(bson.encode(e.command)))
             for e in listener.started_events
@@ -205,7 +156,7 @@ def points(name: str, steps: list[int], values: list[float]) -> dict:
 
 
 def test_run_document_has_sacreds_schema(
-    observer: MongoObserver, experiment: dict, db: Any, tmp_path: Path
+    observer: MongoObserver, experiment: dict, mongo_db: Any, tmp_path: Path
 ) -> None:
     t0 = utcnow()
     run_id = observer.started_event(
@@ -217,7 +168,7 @@ def test_run_document_has_sacreds_schema(
         meta_info=META,
         _id=None,
     )
-    running = db.runs.find_one({"_id": run_id})
+    running = mongo_db.runs.find_one({"_id": run_id})
     assert running["status"] == "RUNNING"
     assert running["heartbeat"] is None
     assert (
@@ -237,7 +188,7 @@ def test_run_document_has_sacreds_schema(
     t2 = utcnow()
     observer.completed_event(stop_time=t2, result=0.93)
 
-    run = db.runs.find_one({"_id": run_id})
+    run = mongo_db.runs.find_one({"_id": run_id})
     assert run_id == 1 and isinstance(run["_id"], int)
     assert run["format"] == "MongoObserver-0.7.0"
     assert run["status"] == "COMPLETED"
@@ -266,7 +217,9 @@ def test_run_document_has_sacreds_schema(
     assert "fail_trace" not in run
 
 
-def test_failed_and_interrupted_runs(make_observer: Callable, experiment: dict, db: Any) -> None:
+def test_failed_and_interrupted_runs(
+    make_observer: Callable, experiment: dict, mongo_db: Any
+) -> None:
     obs = make_observer()
     failed = start(obs, experiment)
     trace = ["Traceback (most recent call last):\n", "ValueError: boom\n"]
@@ -274,20 +227,20 @@ def test_failed_and_interrupted_runs(make_observer: Callable, experiment: dict, 
     stopped = start(obs, experiment)
     obs.interrupted_event(interrupt_time=utcnow(), status="TIMEOUT")
 
-    run = db.runs.find_one({"_id": failed})
+    run = mongo_db.runs.find_one({"_id": failed})
     assert (run["status"], run["fail_trace"]) == ("FAILED", trace)
     assert isinstance(run["stop_time"], datetime.datetime)
-    run = db.runs.find_one({"_id": stopped})
+    run = mongo_db.runs.find_one({"_id": stopped})
     assert run["status"] == "TIMEOUT" and isinstance(run["stop_time"], datetime.datetime)
     assert "fail_trace" not in run
 
 
-def test_values_are_made_storable(observer: MongoObserver, experiment: dict, db: Any) -> None:
+def test_values_are_made_storable(observer: MongoObserver, experiment: dict, mongo_db: Any) -> None:
     np = pytest.importorskip("numpy")
     run_id = start(observer, experiment)
     info = {"a.b": 1, "$weird": np.float32(0.5), "arr": np.arange(3), "big": 2**70, "t": (1, 2)}
     observer.heartbeat_event(info=info, captured_out="", beat_time=utcnow(), result=np.int64(3))
-    run = db.runs.find_one({"_id": run_id})
+    run = mongo_db.runs.find_one({"_id": run_id})
     # Sacred's substitutions for keys MongoDB refuses.
     assert run["info"] == {
         "a,b": 1,
@@ -303,19 +256,26 @@ def test_values_are_made_storable(observer: MongoObserver, experiment: dict, db:
 
 
 def test_ids_count_up_from_the_largest_number(
-    make_observer: Callable, experiment: dict, db: Any
+    make_observer: Callable, experiment: dict, mongo_db: Any
 ) -> None:
-    db.runs.insert_one({"_id": "a-string-id"})  # ids of other observers must not break numbering
+    mongo_db.runs.insert_one(
+        {"_id": "a-string-id"}
+    )  # ids of other observers must not break numbering
     obs = make_observer()
     assert start(obs, experiment) == 1
     assert start(obs, experiment) == 2
     assert start(obs, experiment, _id="7") == 7  # --id 7: stored as a number, for Omniboard
     assert start(obs, experiment) == 8
-    assert sorted(r["_id"] for r in db.runs.find({"_id": {"$type": "number"}})) == [1, 2, 7, 8]
+    assert sorted(r["_id"] for r in mongo_db.runs.find({"_id": {"$type": "number"}})) == [
+        1,
+        2,
+        7,
+        8,
+    ]
 
 
 def test_concurrent_runs_get_distinct_ids(
-    make_observer: Callable, experiment: dict, db: Any
+    make_observer: Callable, experiment: dict, mongo_db: Any
 ) -> None:
     observers = [make_observer() for _ in range(6)]
     ids: list[Any] = []
@@ -336,7 +296,7 @@ def test_concurrent_runs_get_distinct_ids(
         t.join(30)
     assert errors == []
     assert sorted(ids) == [1, 2, 3, 4, 5, 6]
-    assert db.runs.count_documents({}) == 6
+    assert mongo_db.runs.count_documents({}) == 6
 
 
 def test_given_id_that_exists_is_a_clear_error(observer: MongoObserver, experiment: dict) -> None:
@@ -348,7 +308,7 @@ def test_given_id_that_exists_is_a_clear_error(observer: MongoObserver, experime
 
 
 def test_queued_run_then_started_under_its_id(
-    observer: MongoObserver, experiment: dict, db: Any
+    observer: MongoObserver, experiment: dict, mongo_db: Any
 ) -> None:
     queued_at = utcnow()
     run_id = observer.queued_event(
@@ -360,32 +320,34 @@ def test_queued_run_then_started_under_its_id(
         meta_info=META,
         _id=None,
     )
-    doc = db.runs.find_one({"_id": run_id})
+    doc = mongo_db.runs.find_one({"_id": run_id})
     assert set(doc) == {"_id", "experiment", "command", "host", "config", "meta", "status"}
     assert doc["status"] == "QUEUED"
     assert doc["meta"]["queue_time"] == bson_time(queued_at)
     assert isinstance(doc["experiment"]["sources"][0][1], ObjectId)
 
     assert start(observer, experiment, _id=run_id) == run_id
-    assert db.runs.find_one({"_id": run_id})["status"] == "RUNNING"
+    assert mongo_db.runs.find_one({"_id": run_id})["status"] == "RUNNING"
 
 
-def test_overwrite_reuses_a_document(make_observer: Callable, experiment: dict, db: Any) -> None:
+def test_overwrite_reuses_a_document(
+    make_observer: Callable, experiment: dict, mongo_db: Any
+) -> None:
     first = make_observer()
     run_id = start(first, experiment)
     first.log_metrics(points("loss", [0], [1.0]), info={})
     first.failed_event(fail_time=utcnow(), fail_trace=["boom\n"])
-    db.runs.update_one({"_id": run_id}, {"$set": {"omniboard": {"tags": ["keep"]}}})
+    mongo_db.runs.update_one({"_id": run_id}, {"$set": {"omniboard": {"tags": ["keep"]}}})
 
     again = make_observer(overwrite=run_id)
     assert start(again, experiment) == run_id
     again.completed_event(stop_time=utcnow(), result=1)
-    run = db.runs.find_one({"_id": run_id})
+    run = mongo_db.runs.find_one({"_id": run_id})
     assert run["status"] == "COMPLETED" and run["result"] == 1
     assert run["omniboard"] == {"tags": ["keep"]}  # what other tools wrote stays
     assert "fail_trace" not in run  # the old outcome does not
-    assert db.metrics.count_documents({"run_id": run_id}) == 0
-    assert db.runs.count_documents({}) == 1
+    assert mongo_db.metrics.count_documents({"run_id": run_id}) == 0
+    assert mongo_db.runs.count_documents({}) == 1
 
     with pytest.raises(UsageError, match="no run with _id 99 to overwrite"):
         start(make_observer(overwrite=99), experiment)
@@ -395,7 +357,7 @@ def test_overwrite_reuses_a_document(make_observer: Callable, experiment: dict, 
 
 
 def test_metrics_are_pushed_and_linked_from_info(
-    observer: MongoObserver, experiment: dict, db: Any
+    observer: MongoObserver, experiment: dict, mongo_db: Any
 ) -> None:
     run_id = start(observer, experiment)
     observer.log_metrics(points("loss", [0, 1], [1.0, 0.5]), info={})
@@ -404,21 +366,21 @@ def test_metrics_are_pushed_and_linked_from_info(
     observer.log_metrics(batch, info={})
     observer.completed_event(stop_time=utcnow(), result=None)
 
-    loss = db.metrics.find_one({"run_id": run_id, "name": "loss"})
+    loss = mongo_db.metrics.find_one({"run_id": run_id, "name": "loss"})
     assert (loss["steps"], loss["values"]) == ([0, 1, 2], [1.0, 0.5, 0.25])
     assert all(isinstance(t, datetime.datetime) for t in loss["timestamps"])
     assert len(loss["timestamps"]) == 3
     assert isinstance(loss["run_id"], int)
-    assert db.metrics.count_documents({"run_id": run_id}) == 2
+    assert mongo_db.metrics.count_documents({"run_id": run_id}) == 2
     # Omniboard joins info.metrics[].id ($toObjectId) to metrics._id.
-    refs = db.runs.find_one({"_id": run_id})["info"]["metrics"]
+    refs = mongo_db.runs.find_one({"_id": run_id})["info"]["metrics"]
     assert sorted(r["name"] for r in refs) == ["acc", "loss"]
     for ref in refs:
-        assert db.metrics.find_one({"_id": ObjectId(ref["id"])})["name"] == ref["name"]
+        assert mongo_db.metrics.find_one({"_id": ObjectId(ref["id"])})["name"] == ref["name"]
 
 
 def test_metric_columns_are_stored_as_datetimes(
-    observer: MongoObserver, experiment: dict, db: Any
+    observer: MongoObserver, experiment: dict, mongo_db: Any
 ) -> None:
     run_id = start(observer, experiment)
     stamps = [1714979299.25, 1714979299.9999996]
@@ -427,7 +389,7 @@ def test_metric_columns_are_stored_as_datetimes(
     }
     observer.log_metric_columns(columns, info={})
     observer.completed_event(stop_time=utcnow(), result=None)
-    loss = db.metrics.find_one({"run_id": run_id, "name": "loss"})
+    loss = mongo_db.metrics.find_one({"run_id": run_id, "name": "loss"})
     assert (loss["steps"], loss["values"]) == ([0, 1], [1.0, 0.5])
     assert loss["timestamps"] == [
         datetime.datetime(2024, 5, 6, 7, 8, 19, 250000),
@@ -435,7 +397,9 @@ def test_metric_columns_are_stored_as_datetimes(
     ]
 
 
-def test_one_observer_serves_many_runs(observer: MongoObserver, experiment: dict, db: Any) -> None:
+def test_one_observer_serves_many_runs(
+    observer: MongoObserver, experiment: dict, mongo_db: Any
+) -> None:
     ids = []
     for value in (1.0, 2.0):
         ids.append(start(observer, experiment))
@@ -446,23 +410,23 @@ def test_one_observer_serves_many_runs(observer: MongoObserver, experiment: dict
         observer.completed_event(stop_time=utcnow(), result=value)
     assert ids == [1, 2]
     for run_id, value in zip(ids, (1.0, 2.0)):
-        run = db.runs.find_one({"_id": run_id})
+        run = mongo_db.runs.find_one({"_id": run_id})
         assert run["captured_out"] == f"run {value}\n"
         [ref] = run["info"]["metrics"]
-        assert db.metrics.find_one({"_id": ObjectId(ref["id"])})["values"] == [value]
+        assert mongo_db.metrics.find_one({"_id": ObjectId(ref["id"])})["values"] == [value]
 
 
 # --- GridFS: sources, artifacts, resources ---------------------------------------------------
 
 
 def test_sources_are_stored_once_per_content(
-    make_observer: Callable, experiment: dict, db: Any, tmp_path: Path
+    make_observer: Callable, experiment: dict, mongo_db: Any, tmp_path: Path
 ) -> None:
     obs = make_observer()
-    first = db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
-    second = db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
+    first = mongo_db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
+    second = mongo_db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
     assert first == second
-    fs = gridfs.GridFS(db)
+    fs = gridfs.GridFS(mongo_db)
     stored = fs.get(first)
     source = tmp_path / "exp_demo.py"
     assert stored.read() == source.read_bytes()
@@ -471,13 +435,13 @@ def test_sources_are_stored_once_per_content(
 
     source.write_text("print('changed')\n")
     experiment["sources"] = [["exp_demo.py", hashlib.md5(source.read_bytes()).hexdigest()]]
-    third = db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
+    third = mongo_db.runs.find_one({"_id": start(obs, experiment)})["experiment"]["sources"][0][1]
     assert third != first and fs.get(third).read() == b"print('changed')\n"
-    assert db["fs.files"].count_documents({}) == 2
+    assert mongo_db["fs.files"].count_documents({}) == 2
 
 
 def test_artifacts_go_to_gridfs(
-    observer: MongoObserver, experiment: dict, db: Any, tmp_path: Path
+    observer: MongoObserver, experiment: dict, mongo_db: Any, tmp_path: Path
 ) -> None:
     run_id = start(observer, experiment)
     plot = tmp_path / "plot.txt"
@@ -490,13 +454,13 @@ def test_artifacts_go_to_gridfs(
     )
     observer.completed_event(stop_time=utcnow(), result=None)
 
-    artifacts = db.runs.find_one({"_id": run_id})["artifacts"]
+    artifacts = mongo_db.runs.find_one({"_id": run_id})["artifacts"]
     assert [a["name"] for a in artifacts] == ["plot.txt", "weights"]
-    fs = gridfs.GridFS(db)
+    fs = gridfs.GridFS(mongo_db)
     text, weights = (fs.get(a["file_id"]) for a in artifacts)
     assert text.read() == b"some numbers\n"
     assert text.filename == f"artifact://runs/{run_id}/plot.txt"
-    files = {f["_id"]: f for f in db["fs.files"].find()}
+    files = {f["_id"]: f for f in mongo_db["fs.files"].find()}
     assert files[text._id]["contentType"] == "text/plain"  # guessed; Incense reads it
     assert weights.read() == model.read_bytes()
     assert files[weights._id]["contentType"] == "application/x-w"
@@ -507,7 +471,7 @@ def test_artifacts_go_to_gridfs(
 
 
 def test_resources_are_uploaded(
-    observer: MongoObserver, experiment: dict, db: Any, tmp_path: Path
+    observer: MongoObserver, experiment: dict, mongo_db: Any, tmp_path: Path
 ) -> None:
     run_id = start(observer, experiment)
     data = tmp_path / "data.csv"
@@ -515,8 +479,8 @@ def test_resources_are_uploaded(
     observer.resource_event(filename=str(data))
     observer.resource_event(filename=str(data))  # the same file twice is listed once
     md5 = hashlib.md5(data.read_bytes()).hexdigest()
-    assert db.runs.find_one({"_id": run_id})["resources"] == [[str(data), md5]]
-    stored = gridfs.GridFS(db).find_one({"filename": str(data), "metadata.md5": md5})
+    assert mongo_db.runs.find_one({"_id": run_id})["resources"] == [[str(data), md5]]
+    stored = gridfs.GridFS(mongo_db).find_one({"filename": str(data), "metadata.md5": md5})
     assert stored is not None and stored.read() == b"x,y\n1,2\n"
 
 
@@ -524,7 +488,7 @@ def test_resources_are_uploaded(
 
 
 def test_heartbeat_sends_only_what_changed(
-    observer: MongoObserver, experiment: dict, db: Any, sent: Callable
+    observer: MongoObserver, experiment: dict, mongo_db: Any, sent: Callable
 ) -> None:
     run_id = start(observer, experiment)
     info = {"history": list(range(5000)), "note": "x"}
@@ -560,7 +524,7 @@ def test_heartbeat_sends_only_what_changed(
     observer.completed_event(stop_time=utcnow(), result=5)
     final = sent("update", "runs")[-1][0]["updates"][0]["u"]
     assert final["$set"].keys() == {"stop_time", "result", "status"}
-    run = db.runs.find_one({"_id": run_id})
+    run = mongo_db.runs.find_one({"_id": run_id})
     assert run["info"] == {"history": list(range(5000))}
     assert run["captured_out"] == out and run["result"] == 5
     for doc, _ in sent("update", "runs"):  # the run's fixed parts are sent once, at its start
@@ -568,7 +532,7 @@ def test_heartbeat_sends_only_what_changed(
 
 
 def test_captured_output_beyond_the_tail_is_complete(
-    observer: MongoObserver, experiment: dict, db: Any, sent: Callable
+    observer: MongoObserver, experiment: dict, mongo_db: Any, sent: Callable
 ) -> None:
     run_id = start(observer, experiment)
     out = ""
@@ -578,12 +542,12 @@ def test_captured_output_beyond_the_tail_is_complete(
     observer.completed_event(stop_time=utcnow(), result=None)
     assert len(out) > 1_500_000
 
-    run = db.runs.find_one({"_id": run_id})
+    run = mongo_db.runs.find_one({"_id": run_id})
     note, _, tail = run["captured_out"].partition("\n")
     assert "runs.captured_out" in note
     assert out.endswith(tail) and TAIL_CHARS - 1024 <= len(tail) <= TAIL_CHARS
     assert tail.startswith("beat 5 line")  # cut at a line boundary
-    assert load_captured_out(db.runs, run_id) == out
+    assert load_captured_out(mongo_db.runs, run_id) == out
     # Each beat sent its new output once and the run document only its bounded tail.
     assert all(size < TAIL_CHARS + 10_000 for _, size in sent("update", "runs"))
     stored = sum(size for _, size in sent("insert", "runs.captured_out"))
@@ -591,61 +555,65 @@ def test_captured_output_beyond_the_tail_is_complete(
 
 
 def test_output_rewritten_by_a_filter_is_replaced(
-    observer: MongoObserver, experiment: dict, db: Any
+    observer: MongoObserver, experiment: dict, mongo_db: Any
 ) -> None:
     run_id = start(observer, experiment)
     out = "progress 1%\n" + "x" * (TAIL_CHARS + 100)
     observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
     out = "progress 100%\n" + "x" * (TAIL_CHARS + 100) + "done\n"
     observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
-    assert load_captured_out(db.runs, run_id) == out
+    assert load_captured_out(mongo_db.runs, run_id) == out
     out = "Output capturing turned off."  # a filter that replaces everything
     observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
-    assert load_captured_out(db.runs, run_id) == out
-    assert db.runs.find_one({"_id": run_id})["captured_out"] == out
+    assert load_captured_out(mongo_db.runs, run_id) == out
+    assert mongo_db.runs.find_one({"_id": run_id})["captured_out"] == out
 
 
 def test_short_output_stays_in_the_run_document(
-    observer: MongoObserver, experiment: dict, db: Any
+    observer: MongoObserver, experiment: dict, mongo_db: Any
 ) -> None:
     run_id = start(observer, experiment)
     observer.heartbeat_event(info={}, captured_out="hi\n", beat_time=utcnow(), result=None)
-    assert db["runs.captured_out"].count_documents({}) == 0
-    assert load_captured_out(db.runs, run_id) == "hi\n"
+    assert mongo_db["runs.captured_out"].count_documents({}) == 0
+    assert load_captured_out(mongo_db.runs, run_id) == "hi\n"
 
 
-def test_large_info_moves_to_gridfs(observer: MongoObserver, experiment: dict, db: Any) -> None:
+def test_large_info_moves_to_gridfs(
+    observer: MongoObserver, experiment: dict, mongo_db: Any
+) -> None:
     run_id = start(observer, experiment)
     observer.log_metrics(points("loss", [0], [1.0]), info={})
     big = {"samples": ["y" * 1000] * (INFO_LIMIT // 1000 + 10)}
     observer.heartbeat_event(info=big, captured_out="", beat_time=utcnow(), result=None)
 
-    info = db.runs.find_one({"_id": run_id})["info"]
+    info = mongo_db.runs.find_one({"_id": run_id})["info"]
     assert "samples" not in info
     assert info["metrics"][0]["name"] == "loss"  # Omniboard still finds the metrics
     assert info["expkit_info_file"]["bytes"] > INFO_LIMIT
-    full = load_info(db.runs, run_id)
+    full = load_info(mongo_db.runs, run_id)
     assert full["samples"] == big["samples"] and full["metrics"] == info["metrics"]
 
     observer.heartbeat_event(info={"small": 1}, captured_out="", beat_time=utcnow(), result=None)
-    info = db.runs.find_one({"_id": run_id})["info"]
+    info = mongo_db.runs.find_one({"_id": run_id})["info"]
     assert info == {"small": 1, "metrics": full["metrics"]}
-    assert load_info(db.runs, run_id) == info
-    assert db["fs.files"].count_documents({"filename": {"$in": [f"info://runs/{run_id}"]}}) == 0
+    assert load_info(mongo_db.runs, run_id) == info
+    assert (
+        mongo_db["fs.files"].count_documents({"filename": {"$in": [f"info://runs/{run_id}"]}}) == 0
+    )
 
 
 # --- collections and construction ---------------------------------------------------------
 
 
 def test_collection_prefix_and_create_from(
-    make_observer: Callable, experiment: dict, db: Any
+    make_observer: Callable, experiment: dict, mongo_db: Any
 ) -> None:
     obs = make_observer(collection_prefix="proj")
     run_id = start(obs, experiment)
     obs.log_metrics(points("loss", [0], [1.0]), info={})
     obs.completed_event(stop_time=utcnow(), result=None)
-    assert db.proj_runs.find_one({"_id": run_id})["status"] == "COMPLETED"
-    assert db.proj_metrics.count_documents({"run_id": run_id}) == 1
+    assert mongo_db.proj_runs.find_one({"_id": run_id})["status"] == "COMPLETED"
+    assert mongo_db.proj_metrics.count_documents({"run_id": run_id}) == 1
 
     with pytest.warns(DeprecationWarning):
         old_style = make_observer(collection="legacy")
@@ -653,13 +621,15 @@ def test_collection_prefix_and_create_from(
     with pytest.raises(UsageError, match=r"'fs\.files' is reserved"):
         make_observer(collection="fs.files")
 
-    made = MongoObserver.create_from(db.other, gridfs.GridFS(db), metrics_collection=db.other_m)
+    made = MongoObserver.create_from(
+        mongo_db.other, gridfs.GridFS(mongo_db), metrics_collection=mongo_db.other_m
+    )
     assert made.priority == 30
     run_id = start(made, experiment)
     made.log_metrics(points("acc", [0], [0.5]), info={})
     made.completed_event(stop_time=utcnow(), result=2)
-    assert db.other.find_one({"_id": run_id})["result"] == 2
-    assert db.other_m.count_documents({"run_id": run_id}) == 1
+    assert mongo_db.other.find_one({"_id": run_id})["result"] == 2
+    assert mongo_db.other_m.count_documents({"run_id": run_id}) == 1
 
 
 # --- passwords --------------------------------------------------------------------------
@@ -689,31 +659,29 @@ def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
-def _stored_text(db: Any) -> str:
-    """Every document of every collection in ``db``, GridFS chunks decoded, as one text."""
+def _stored_text(mongo_db: Any) -> str:
+    """Every document of every collection in ``mongo_db``, GridFS chunks decoded, as one text."""
     parts = []
-    for name in db.list_collection_names():
-        for doc in db[name].find():
+    for name in mongo_db.list_collection_names():
+        for doc in mongo_db[name].find():
             if name.endswith(".chunks"):
                 doc["data"] = bytes(doc["data"]).decode("latin-1")
             parts.append(json_util.dumps(doc))
     return "\n".join(parts)
 
 
-@pytest.mark.skipif(
-    bool(REAL_URL) and not mongo_store._password(REAL_URL),
-    reason="the real server's URL has no password",
-)
 def test_password_never_stored_logged_or_shown(
     make_observer: Callable,
     mongo_url: str,
     experiment: dict,
-    db: Any,
+    mongo_db: Any,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    memory: MemoryMongo | None,
+    mongo_server: MemoryMongo | None,
 ) -> None:
-    password = PASSWORD if memory else mongo_store._password(mongo_url)
+    password = PASSWORD if mongo_server else mongo_store._password(mongo_url)
+    if not password:
+        pytest.skip("the real server's URL has no password")
     assert password in mongo_url
     caplog.set_level(logging.DEBUG)
     obs = make_observer()
@@ -737,8 +705,8 @@ def test_password_never_stored_logged_or_shown(
     obs.artifact_event(name="notes.txt", filename=str(artifact), metadata={"from": mongo_url})
     obs.failed_event(fail_time=utcnow(), fail_trace=[f"ConnectionError: {mongo_url}\n"])
 
-    stored = _stored_text(db)
-    assert db.runs.find_one({"_id": run_id})["meta"]["options"]["--store"] == [
+    stored = _stored_text(mongo_db)
+    assert mongo_db.runs.find_one({"_id": run_id})["meta"]["options"]["--store"] == [
         redact_url(mongo_url)
     ]
     assert "***" in stored
@@ -794,18 +762,17 @@ def test_unreachable_server_with_default_timeouts(experiment: dict) -> None:
     obs.close()
 
 
-@memory_only
 def test_a_call_while_the_server_is_away_raises_one_line_quickly(
     make_observer: Callable,
     experiment: dict,
-    memory: MemoryMongo,
+    memory_mongo: MemoryMongo,
     tmp_path: Path,
 ) -> None:
     # The store keeps nothing back in memory: it raises, and the core spools the event
     # and replays it when the server is back (tests/test_faults.py).
     obs = make_observer(serverSelectionTimeoutMS=300)
     start(obs, experiment)
-    memory.down = True
+    memory_mongo.down = True
     artifact = tmp_path / "a.txt"
     artifact.write_text("kept\n")
     calls = [
@@ -821,17 +788,16 @@ def test_a_call_while_the_server_is_away_raises_one_line_quickly(
             call()
         assert time.monotonic() - began < 5
         assert "\n" not in str(err.value) and "localhost" in str(err.value)
-    memory.down = False
+    memory_mongo.down = False
 
 
-@memory_only
 def test_end_of_run_kept_in_failure_dir_when_the_server_is_gone(
-    make_observer: Callable, experiment: dict, memory: MemoryMongo, tmp_path: Path
+    make_observer: Callable, experiment: dict, memory_mongo: MemoryMongo, tmp_path: Path
 ) -> None:
     obs = make_observer(serverSelectionTimeoutMS=300, failure_dir=tmp_path / "failed")
     run_id = start(obs, experiment)
     obs.heartbeat_event(info={}, captured_out="last words\n", beat_time=utcnow(), result=None)
-    memory.down = True
+    memory_mongo.down = True
     with pytest.raises(MongoStoreError):
         obs.log_metrics(points("loss", [0], [3.0]), info={})
     with pytest.raises(
@@ -849,14 +815,14 @@ def test_end_of_run_kept_in_failure_dir_when_the_server_is_gone(
 # --- plugin hooks -------------------------------------------------------------------------
 
 
-def test_plugin_hooks_claim_mongodb_urls(mongo_url: str, experiment: dict, db: Any) -> None:
+def test_plugin_hooks_claim_mongodb_urls(mongo_url: str, experiment: dict, mongo_db: Any) -> None:
     hook = create_plugin_manager().hook
     obs = hook.expkit_store_for_url(url=mongo_url)
     try:
         assert isinstance(obs, MongoObserver)
-        assert obs.runs.database.name == db.name
+        assert obs.runs.database.name == mongo_db.name
         assert start(obs, experiment) == 1
-        assert db.runs.count_documents({}) == 1
+        assert mongo_db.runs.count_documents({}) == 1
     finally:
         obs.close()
     schemes = [s for found in hook.expkit_store_schemes() for s in found or []]
@@ -897,7 +863,7 @@ def test_plugin_loads_without_pymongo(tmp_path: Path) -> None:
 
 
 def test_experiment_runs_into_mongo(
-    observer: MongoObserver, db: Any, capsys: pytest.CaptureFixture
+    observer: MongoObserver, mongo_db: Any, capsys: pytest.CaptureFixture
 ) -> None:
     expkit = pytest.importorskip("expkit")
     if not hasattr(expkit, "Experiment"):
@@ -918,10 +884,10 @@ def test_experiment_runs_into_mongo(
 
     with capsys.disabled():  # pytest's own capture would hide the output from expkit's
         run = ex.run()
-    doc = db.runs.find_one({"_id": run._id})
+    doc = mongo_db.runs.find_one({"_id": run._id})
     assert doc["status"] == "COMPLETED" and doc["result"] == 0.2
     assert doc["config"]["lr"] == 0.1 and isinstance(doc["config"]["seed"], int)
     assert doc["experiment"]["name"] == "mongo_demo"
     assert "training" in doc["captured_out"]
     [ref] = doc["info"]["metrics"]
-    assert db.metrics.find_one({"_id": ObjectId(ref["id"])})["values"] == [0.5, 0.25]
+    assert mongo_db.metrics.find_one({"_id": ObjectId(ref["id"])})["values"] == [0.5, 0.25]
