@@ -1,54 +1,33 @@
 """The MongoDB store's read side: MongoRunReader on runs written by real runs, served by the
-in-memory server of tests/mongo_server.py over a real socket."""
+in-memory server of tests/mongo_server.py over a real socket or, when
+``EXPKIT_TEST_MONGO_URL`` is set, by a real MongoDB."""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pymongo = pytest.importorskip("pymongo")
+pytest.importorskip("pymongo")
 pytest.importorskip("mockupdb")
 
-from expkit.errors import UsageError  # noqa: E402
-from expkit.pluginmanager import create_plugin_manager  # noqa: E402
-from expkit_plugins import mongo_store  # noqa: E402
-from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader  # noqa: E402
+from expkit.errors import UsageError
+from expkit.pluginmanager import create_plugin_manager
+from expkit_plugins import mongo_store
+from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import MemoryMongo  # noqa: E402
-
-USER, PASSWORD = "reader", "pw-Kd93hQ1z"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MemoryMongo]:
-    with MemoryMongo(users={USER: PASSWORD}) as memory:
-        yield memory
+from mongo_server import PASSWORD
 
 
 @pytest.fixture
-def url(server: MemoryMongo) -> str:
-    """The URL (with a password) of a fresh database."""
-    return server.url(f"readers_{uuid.uuid4().hex[:10]}", USER, PASSWORD)
-
-
-@pytest.fixture
-def db(url: str) -> Iterator[Any]:
-    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
-    yield client.get_default_database()
-    client.close()
-
-
-@pytest.fixture
-def reader(url: str) -> Iterator[MongoRunReader]:
-    made = mongo_store.expkit_reader_for_url(url=url)
+def reader(mongo_url: str) -> Iterator[MongoRunReader]:
+    made = mongo_store.expkit_reader_for_url(url=mongo_url)
     yield made
     made.close()
 
@@ -84,9 +63,9 @@ def run_experiment(
         observer.close()
 
 
-def test_list_runs_gives_summaries(url, reader, tmp_path):
-    first = run_experiment(url, tmp_path, 0.1)
-    second = run_experiment(url, tmp_path, 0.2)
+def test_list_runs_gives_summaries(mongo_url, mongo_server, reader, tmp_path):
+    first = run_experiment(mongo_url, tmp_path, 0.1)
+    second = run_experiment(mongo_url, tmp_path, 0.2)
     runs = reader.list_runs()
     assert [(r.id, r.status, r.result) for r in runs] == [
         (first, "COMPLETED", 1.0),
@@ -97,11 +76,13 @@ def test_list_runs_gives_summaries(url, reader, tmp_path):
     assert runs[0].artifacts == ("model.txt",)
     assert runs[0].captured_out is None and runs[0].metrics is None
     # The store is named without its password.
-    assert PASSWORD not in runs[0].store and "***" in runs[0].store
+    assert runs[0].store == mongo_store.redact_url(mongo_url)
+    if mongo_server is not None:  # its URLs have a password; a real server's may have none
+        assert PASSWORD not in runs[0].store and "***" in runs[0].store
 
 
-def test_get_run_returns_everything_recorded(url, reader, tmp_path):
-    run_id = run_experiment(url, tmp_path)
+def test_get_run_returns_everything_recorded(mongo_url, reader, tmp_path):
+    run_id = run_experiment(mongo_url, tmp_path)
     for asked in (run_id, str(run_id)):  # ids typed on a command line are text
         record = reader.get_run(asked)
         assert record.id == run_id
@@ -113,14 +94,14 @@ def test_get_run_returns_everything_recorded(url, reader, tmp_path):
     assert record.stop_time >= record.start_time
 
 
-def test_output_larger_than_the_run_document_comes_back_whole(url, reader, tmp_path):
+def test_output_larger_than_the_run_document_comes_back_whole(mongo_url, reader, tmp_path):
     long = "".join(f"line {i:07d}\n" for i in range(TAIL_CHARS // 10))
-    run_id = run_experiment(url, tmp_path, output=long)
+    run_id = run_experiment(mongo_url, tmp_path, output=long)
     assert reader.get_run(run_id).captured_out.endswith(long)
 
 
-def test_read_source_and_artifact(url, reader, tmp_path):
-    run_id = run_experiment(url, tmp_path)
+def test_read_source_and_artifact(mongo_url, reader, tmp_path):
+    run_id = run_experiment(mongo_url, tmp_path)
     names = [s[0] for s in reader.get_run(run_id).experiment_info["sources"]]
     [mine] = [name for name in names if name.endswith(Path(__file__).name)]
     assert reader.read_source(run_id, mine) == Path(__file__).read_bytes()
@@ -131,10 +112,10 @@ def test_read_source_and_artifact(url, reader, tmp_path):
         reader.read_artifact(run_id, "nope.txt")
 
 
-def test_read_resource_by_its_original_path(url, reader, tmp_path):
+def test_read_resource_by_its_original_path(mongo_url, reader, tmp_path):
     data = tmp_path / "data.csv"
     data.write_bytes(b"a,b\n1,2\n")
-    run_id = run_experiment(url, tmp_path, resource=data)
+    run_id = run_experiment(mongo_url, tmp_path, resource=data)
     data.write_bytes(b"changed since")  # the stored copy is what the reader returns
     assert reader.get_run(run_id).resources == (
         (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
@@ -146,17 +127,17 @@ def test_read_resource_by_its_original_path(url, reader, tmp_path):
         reader.read_resource(12345, str(data))
 
 
-def test_delete_run_removes_everything_of_the_run(url, reader, db, tmp_path):
+def test_delete_run_removes_everything_of_the_run(mongo_url, reader, mongo_db, tmp_path):
     long = "x" * (TAIL_CHARS + 10)
-    first = run_experiment(url, tmp_path, 0.1, output=long)
-    second = run_experiment(url, tmp_path, 0.2)
-    assert db["runs.captured_out"].count_documents({"run_id": first}) > 0
+    first = run_experiment(mongo_url, tmp_path, 0.1, output=long)
+    second = run_experiment(mongo_url, tmp_path, 0.2)
+    assert mongo_db["runs.captured_out"].count_documents({"run_id": first}) > 0
     reader.delete_run(str(first))
     assert [r.id for r in reader.list_runs()] == [second]
-    assert db.metrics.count_documents({"run_id": first}) == 0
-    assert db.metrics.count_documents({"run_id": second}) == 1
-    assert db["runs.captured_out"].count_documents({"run_id": first}) == 0
-    files = [f["filename"] for f in db["fs.files"].find()]
+    assert mongo_db.metrics.count_documents({"run_id": first}) == 0
+    assert mongo_db.metrics.count_documents({"run_id": second}) == 1
+    assert mongo_db["runs.captured_out"].count_documents({"run_id": first}) == 0
+    files = [f["filename"] for f in mongo_db["fs.files"].find()]
     assert not any(name.endswith(f"/{first}/model.txt") for name in files)
     assert any(name.endswith(f"/{second}/model.txt") for name in files)
     # Sources are shared by path and content: the remaining run still has its own.
@@ -168,15 +149,15 @@ def test_delete_run_removes_everything_of_the_run(url, reader, db, tmp_path):
         reader.delete_run(first)
 
 
-def test_unknown_ids_raise_key_error(url, reader, tmp_path):
-    run_experiment(url, tmp_path)
+def test_unknown_ids_raise_key_error(mongo_url, reader, tmp_path):
+    run_experiment(mongo_url, tmp_path)
     for bad in (99, "99", "abc", None):
         with pytest.raises(KeyError, match="no run"):
             reader.get_run(bad)
 
 
-def test_sacred_documents_without_expkit_fields_are_read(db, reader):
-    db.runs.insert_one(
+def test_sacred_documents_without_expkit_fields_are_read(mongo_db, reader):
+    mongo_db.runs.insert_one(
         {
             "_id": 1,
             "experiment": {"name": "old", "sources": []},
@@ -194,12 +175,12 @@ def test_sacred_documents_without_expkit_fields_are_read(db, reader):
     assert (record.captured_out, record.info, record.metrics) == ("hello\n", {}, {})
 
 
-def test_reader_claims_the_urls_of_the_store(url, tmp_path):
+def test_reader_claims_the_urls_of_the_store(mongo_url, tmp_path):
     pm = create_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=url)
+    reader = pm.hook.expkit_reader_for_url(url=mongo_url)
     try:
         assert isinstance(reader, MongoRunReader)
-        assert reader.runs.database.name == url.rpartition("/")[2].partition("?")[0]
+        assert reader.runs.database.name == mongo_url.rpartition("/")[2].partition("?")[0]
     finally:
         reader.close()
     assert mongo_store.expkit_reader_for_url(url="tinydb://x") is None
@@ -207,14 +188,14 @@ def test_reader_claims_the_urls_of_the_store(url, tmp_path):
         mongo_store.expkit_reader_for_url(url="mongodb://user:secret@:bad:port/")
 
 
-def test_server_gone_is_one_clear_error(url, server):
-    quick = url + ("&" if "?" in url else "?") + "serverSelectionTimeoutMS=300"
+def test_server_gone_is_one_clear_error(mongo_url, memory_mongo):
+    quick = mongo_url + ("&" if "?" in mongo_url else "?") + "serverSelectionTimeoutMS=300"
     reader = mongo_store.expkit_reader_for_url(url=quick)
-    server.down = True
+    memory_mongo.down = True
     try:
         with pytest.raises(mongo_store.MongoStoreError, match="listing runs failed") as info:
             reader.list_runs()
         assert "\n" not in str(info.value) and PASSWORD not in str(info.value)
     finally:
-        server.down = False
+        memory_mongo.down = False
         reader.close()
