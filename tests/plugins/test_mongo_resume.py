@@ -1,23 +1,24 @@
 """``MongoObserver.resume(_id)``: another observer (``expkit sync``, the next run) goes on with
 a stored run, so replayed events extend its documents instead of making new ones. Against the
-in-memory server of tests/mongo_server.py (real sockets, real pymongo)."""
+in-memory server of tests/mongo_server.py (real sockets, real pymongo) or, when
+``EXPKIT_TEST_MONGO_URL`` is set, a real MongoDB."""
 
 from __future__ import annotations
 
 import datetime
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pymongo = pytest.importorskip("pymongo")
+pytest.importorskip("pymongo")
+pytest.importorskip("mockupdb")
 
-from expkit.delivery import SpooledRun, replay  # noqa: E402
-from expkit.errors import UsageError  # noqa: E402
-from expkit_plugins.mongo_store import (  # noqa: E402
+from expkit.delivery import SpooledRun, replay
+from expkit.errors import UsageError
+from expkit_plugins.mongo_store import (
     TAIL_CHARS,
     MongoObserver,
     MongoStoreError,
@@ -25,47 +26,27 @@ from expkit_plugins.mongo_store import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import MemoryMongo  # noqa: E402
+from mongo_server import MemoryMongo
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 0)
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250000)
 T2 = datetime.datetime(2024, 5, 1, 12, 0, 2, 500000)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[MemoryMongo]:
-    with MemoryMongo() as running:
-        yield running
-
-
 @pytest.fixture
-def url(server: MemoryMongo) -> Iterator[str]:
-    name = f"resume_{uuid.uuid4().hex[:8]}"
-    yield server.url(name) + "?serverSelectionTimeoutMS=300"
-    server.down = False
-    server.databases.pop(name, None)
-
-
-@pytest.fixture
-def make(url: str) -> Iterator[Callable[[], MongoObserver]]:
+def make(mongo_url: str, mongo_db: Any) -> Iterator[Callable[[], MongoObserver]]:
     """Observers on the test database, each with a connection of its own."""
     made: list[MongoObserver] = []
 
     def new() -> MongoObserver:
-        obs = MongoObserver(url=url, db_name=url.rpartition("/")[2].partition("?")[0])
+        # A short server selection time-out keeps a call with the server away quick.
+        obs = MongoObserver(url=mongo_url, db_name=mongo_db.name, serverSelectionTimeoutMS=300)
         made.append(obs)
         return obs
 
     yield new
     for obs in made:
         obs.close()
-
-
-@pytest.fixture
-def db(url: str) -> Iterator[Any]:
-    client = pymongo.MongoClient(url)
-    yield client.get_default_database()
-    client.close()
 
 
 @pytest.fixture
@@ -97,7 +78,7 @@ def points(steps: list[int]) -> dict:
 
 
 def test_a_new_observer_goes_on_with_a_stored_run(
-    make: Callable[[], MongoObserver], db: Any, ex_info: dict
+    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict
 ) -> None:
     first = make()
     run_id = start(first, ex_info)
@@ -110,18 +91,18 @@ def test_a_new_observer_goes_on_with_a_stored_run(
     later.heartbeat_event(info={"epoch": 2}, captured_out="one\ntwo\n", beat_time=T2, result=5)
     later.completed_event(stop_time=T2, result=5)
 
-    [doc] = db.runs.find()
+    [doc] = mongo_db.runs.find()
     assert (doc["_id"], doc["status"], doc["result"]) == (run_id, "COMPLETED", 5)
     assert doc["captured_out"] == "one\ntwo\n"
     assert doc["start_time"] == T0 and doc["config"] == {"lr": 0.1}
-    [loss] = db.metrics.find()  # the same metrics document, extended
+    [loss] = mongo_db.metrics.find()  # the same metrics document, extended
     assert (loss["run_id"], loss["steps"]) == (run_id, [0, 1, 2, 3])
     assert doc["info"]["epoch"] == 2
     assert doc["info"]["metrics"] == [{"name": "loss", "id": str(loss["_id"])}]  # linked once
 
 
 def test_long_output_is_continued_not_stored_twice(
-    make: Callable[[], MongoObserver], db: Any, ex_info: dict
+    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict
 ) -> None:
     first = make()
     run_id = start(first, ex_info)
@@ -134,50 +115,52 @@ def test_long_output_is_continued_not_stored_twice(
     later.heartbeat_event(info={}, captured_out=whole, beat_time=T2, result=None)
     later.completed_event(stop_time=T2, result=None)
 
-    assert load_captured_out(db.runs, run_id) == whole
-    assert db.runs.find_one({"_id": run_id})["captured_out"].endswith("the end\n")
+    assert load_captured_out(mongo_db.runs, run_id) == whole
+    assert mongo_db.runs.find_one({"_id": run_id})["captured_out"].endswith("the end\n")
 
 
 def test_a_digit_string_id_resumes_the_numeric_run(
-    make: Callable[[], MongoObserver], db: Any, ex_info: dict
+    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict
 ) -> None:
     run_id = start(make(), ex_info)
     later = make()
     later.resume(str(run_id))
     later.interrupted_event(interrupt_time=T2, status="INTERRUPTED")
-    assert db.runs.find_one({"_id": run_id})["status"] == "INTERRUPTED"
+    assert mongo_db.runs.find_one({"_id": run_id})["status"] == "INTERRUPTED"
 
 
 def test_resuming_a_run_that_is_not_stored_is_a_clear_error(
-    make: Callable[[], MongoObserver], ex_info: dict
+    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict
 ) -> None:
     start(make(), ex_info)
-    with pytest.raises(UsageError, match=r"cannot resume run 99: it is not in resume_\w+\.runs"):
+    with pytest.raises(
+        UsageError, match=rf"cannot resume run 99: it is not in {mongo_db.name}\.runs"
+    ):
         make().resume(99)
 
 
 def test_resuming_the_observer_that_failed_records_every_point_once(
-    make: Callable[[], MongoObserver], server: MemoryMongo, db: Any, ex_info: dict
+    make: Callable[[], MongoObserver], memory_mongo: MemoryMongo, mongo_db: Any, ex_info: dict
 ) -> None:
     # Events the store failed to send are replayed after resume(); what the failed calls
     # left in the observer's memory must not be sent a second time.
     obs = make()
     run_id = start(obs, ex_info)
-    server.down = True
+    memory_mongo.down = True
     with pytest.raises(MongoStoreError):
         obs.log_metrics(points([0, 1]), info={})
-    server.down = False
+    memory_mongo.down = False
     obs.resume(run_id)
     obs.log_metrics(points([0, 1]), info={})  # the replayed event
     obs.heartbeat_event(info={}, captured_out="replayed\n", beat_time=T1, result=None)
     obs.completed_event(stop_time=T2, result=1)
-    doc = db.runs.find_one({"_id": run_id})
+    doc = mongo_db.runs.find_one({"_id": run_id})
     assert (doc["status"], doc["captured_out"]) == ("COMPLETED", "replayed\n")
-    assert db.metrics.find_one({"run_id": run_id})["steps"] == [0, 1]
+    assert mongo_db.metrics.find_one({"run_id": run_id})["steps"] == [0, 1]
 
 
 def test_a_spooled_end_is_replayed_onto_the_stored_run(
-    make: Callable[[], MongoObserver], db: Any, ex_info: dict, tmp_path: Path
+    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict, tmp_path: Path
 ) -> None:
     obs = make()
     run_id = start(obs, ex_info)
@@ -191,11 +174,11 @@ def test_a_spooled_end_is_replayed_onto_the_stored_run(
     spooled.append("completed_event", {"stop_time": T2, "result": 3})
 
     assert replay(spooled, make()) == run_id
-    [doc] = db.runs.find()
+    [doc] = mongo_db.runs.find()
     assert (doc["status"], doc["result"], doc["captured_out"]) == (
         "COMPLETED",
         3,
         "stored\nspooled\n",
     )
-    assert db.metrics.find_one({"run_id": run_id})["steps"] == [0]
+    assert mongo_db.metrics.find_one({"run_id": run_id})["steps"] == [0]
     assert not spooled.folder.exists()
