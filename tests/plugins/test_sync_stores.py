@@ -1,10 +1,10 @@
-"""``expkit sync SRC DST`` between real stores: file, TinyDB and MongoDB (in memory)."""
+"""``expkit sync SRC DST`` between real stores: file, TinyDB and MongoDB (in memory, or the
+server of ``EXPKIT_TEST_MONGO_URL``)."""
 
 from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,19 +109,6 @@ def test_ids_taken_in_the_destination_get_new_ones(
     assert expkit.main(["sync", str(source), str(other)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == ["1 -> 2", "2 -> 3"]
     assert read_all(str(other))["3"].config == {"C": 2}
-
-
-@pytest.fixture
-def mongo_url() -> Iterator[str]:
-    pytest.importorskip("pymongo")
-    pytest.importorskip("mockupdb")
-    from mongo_server import MemoryMongo
-
-    server = MemoryMongo().start()
-    try:
-        yield server.url("expkit_sync")
-    finally:
-        server.stop()
 
 
 def test_file_to_mongo_twice_copies_once(
