@@ -11,25 +11,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from expkit import Experiment
 from expkit.errors import UsageError
 from expkit_plugins.file_store import FileStorageObserver, read_run
+from expkit_plugins.mongo_store import load_captured_out
 
-try:  # the MongoDB store is an optional extra; the other stores are tested without it
-    import pymongo
+if TYPE_CHECKING:
     from mongo_server import MemoryMongo
 
-    from expkit_plugins.mongo_store import load_captured_out
-except ImportError:
-    pymongo = None
-
-USER, PASSWORD = "alice", "Pw-h1dden-4711"
 TIMEOUT = 60
 
 
@@ -269,34 +264,11 @@ def test_tinydb_store_gone_at_the_end_gets_everything_from_expkit_sync(
 # --- (2) a MongoDB server that goes down mid-run ---------------------------------------------
 
 
-def _need_mongo() -> None:
-    if pymongo is None:
-        pytest.skip("needs pymongo and mockupdb (pip install 'expkit[mongo]')")
-
-
-@pytest.fixture(scope="module")
-def mongo_server() -> Iterator[MemoryMongo]:
-    _need_mongo()
-    server = MemoryMongo().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def mongo(mongo_server: MemoryMongo) -> Iterator[MemoryMongo]:
-    mongo_server.down = False
-    mongo_server.databases.clear()
-    yield mongo_server
-    mongo_server.down = False
-
-
-def mongo_url(server: MemoryMongo, **credentials: str) -> str:
-    # A short server selection time-out keeps a run with the server away quick.
-    return server.url("faults", **credentials) + "?serverSelectionTimeoutMS=300"
-
-
-def mongo_db(url: str) -> Any:
-    return pymongo.MongoClient(url, serverSelectionTimeoutMS=2000)["faults"]
+def quick_url(mongo_url: str) -> str:
+    """The test database's URL with a short server selection time-out, which keeps a run with
+    the server away quick."""
+    return mongo_url + ("&" if "?" in mongo_url else "?") + "serverSelectionTimeoutMS=300"
 
 
 def outage_experiment(gone: Callable[[], None], back: Callable[[], None]) -> Experiment:
@@ -336,43 +308,44 @@ def assert_mongo_run_complete(db: Any, run_id: Any) -> None:
 
 
 def test_mongo_back_during_the_run_gets_everything(
-    mongo: MemoryMongo, caplog: pytest.LogCaptureFixture
+    memory_mongo: MemoryMongo, quick_url: str, mongo_db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = mongo_url(mongo)
-
     def gone() -> None:
-        mongo.down = True
+        memory_mongo.down = True
 
     def back() -> None:
-        mongo.down = False
+        memory_mongo.down = False
 
     ex = outage_experiment(gone, back)
-    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": url, "--capture": "sys"})
+    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": quick_url, "--capture": "sys"})
     assert run.status == "COMPLETED"
     assert "store MongoObserver failed" in caplog.text
     assert "store MongoObserver is back" in caplog.text
-    assert_mongo_run_complete(mongo_db(url), run._id)
+    assert_mongo_run_complete(mongo_db, run._id)
 
 
 def test_mongo_back_after_the_run_gets_everything_from_expkit_sync(
-    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str], caplog: pytest.LogCaptureFixture
+    memory_mongo: MemoryMongo,
+    quick_url: str,
+    mongo_db: Any,
+    tmp_path: Path,
+    env: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    url = mongo_url(mongo)
-
     def gone() -> None:
-        mongo.down = True
+        memory_mongo.down = True
 
     ex = outage_experiment(gone, lambda: None)
-    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": url, "--capture": "sys"})
+    run = ex.run(options={"--beat-interval": 0.05, "--mongo_db": quick_url, "--capture": "sys"})
     assert (run.status, run.result) == ("COMPLETED", 42)
     assert f"kept in {tmp_path / 'spool'}" in caplog.text
     assert len(spooled(tmp_path / "spool")) == 1
 
-    mongo.down = False
-    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    memory_mongo.down = False
+    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 delivered, 0 still spooled" in done.stdout
-    assert_mongo_run_complete(mongo_db(url), run._id)
+    assert_mongo_run_complete(mongo_db, run._id)
 
 
 # --- (3) a store that is down from the start ------------------------------------------------
@@ -447,23 +420,26 @@ def test_file_store_down_from_the_start_then_synced(
 
 
 def test_mongo_down_from_the_start_then_synced(
-    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str], quick: Path
+    memory_mongo: MemoryMongo,
+    quick_url: str,
+    mongo_db: Any,
+    tmp_path: Path,
+    env: dict[str, str],
+    quick: Path,
 ) -> None:
-    url = mongo_url(mongo)
-    mongo.down = True
-    done = run_script(quick, "-m", url, env=env)
+    memory_mongo.down = True
+    done = run_script(quick, "-m", quick_url, env=env)
     assert done.returncode == 0, done.stderr
     assert "store MongoObserver failed" in done.stderr
     assert len(spooled(tmp_path / "spool")) == 1
 
-    mongo.down = False
-    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    memory_mongo.down = False
+    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    db = mongo_db(url)
-    [doc] = db.runs.find()
+    [doc] = mongo_db.runs.find()
     assert (doc["_id"], doc["status"], doc["result"]) == (1, "COMPLETED", "first")
     assert "hello from first" in doc["captured_out"]
-    [x] = db.metrics.find()
+    [x] = mongo_db.metrics.find()
     assert (x["run_id"], x["values"]) == (1, [1.5, 2.5])
 
 
@@ -538,11 +514,10 @@ def store(request: pytest.FixtureRequest) -> tuple[list[str], Callable[[Path], t
         return ["-F", "runs"], read_file_store
     if request.param == "tinydb":
         return ["-t", "db"], read_tinydb
-    server = request.getfixturevalue("mongo")
-    url = mongo_url(server)
+    url = request.getfixturevalue("quick_url")
+    db = request.getfixturevalue("mongo_db")
 
     def read_mongo(tmp_path: Path) -> tuple[str, str]:
-        db = mongo_db(url)
         [doc] = db.runs.find()
         return doc["status"], load_captured_out(db.runs, doc["_id"])
 
@@ -673,34 +648,36 @@ def test_the_file_store_itself_refuses_names_that_leave_the_run_folder(tmp_path:
 
 @pytest.mark.slow
 def test_a_mongodb_password_is_stored_nowhere(
-    tmp_path: Path, env: dict[str, str], quick: Path
+    tmp_path: Path,
+    env: dict[str, str],
+    quick: Path,
+    memory_mongo: MemoryMongo,
+    quick_url: str,
+    mongo_db: Any,
 ) -> None:
-    _need_mongo()
-    server = MemoryMongo(users={USER: PASSWORD}).start()
-    try:
-        url = mongo_url(server, user=USER, password=PASSWORD)
-        # Stored in MongoDB and, as the command line, in the file store.
-        done = run_script(quick, "-m", url, "-F", "runs", env=env)
-        assert done.returncode == 0, done.stderr
-        # Away from the start: spooled, then synced.
-        server.down = True
-        done2 = run_script(quick, "with", "tag=second", "-m", url, env=env)
-        assert done2.returncode == 0, done2.stderr
-        assert len(spooled(tmp_path / "spool")) == 1
-        spool_text = all_text(tmp_path / "spool")
-        server.down = False
-        synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
-        assert synced.returncode == 0, synced.stdout + synced.stderr
+    [(user, password)] = memory_mongo.users.items()
+    assert f"{user}:{password}@" in quick_url
+    # Stored in MongoDB and, as the command line, in the file store.
+    done = run_script(quick, "-m", quick_url, "-F", "runs", env=env)
+    assert done.returncode == 0, done.stderr
+    # Away from the start: spooled, then synced.
+    memory_mongo.down = True
+    done2 = run_script(quick, "with", "tag=second", "-m", quick_url, env=env)
+    assert done2.returncode == 0, done2.stderr
+    assert len(spooled(tmp_path / "spool")) == 1
+    spool_text = all_text(tmp_path / "spool")
+    memory_mongo.down = False
+    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
 
-        docs = [repr(doc) for _, _, doc in server.all_documents()]
-        assert len([d for d in docs if "'status': 'COMPLETED'" in d]) == 2
-        for text in [*docs, all_text(tmp_path / "runs"), spool_text]:
-            assert PASSWORD not in text
-        for output in [done, done2, synced]:
-            assert PASSWORD not in output.stdout + output.stderr
-        assert f"{USER}:***@" in all_text(tmp_path / "runs")
-    finally:
-        server.stop()
+    docs = [(db, repr(doc)) for db, _, doc in memory_mongo.all_documents()]
+    completed = [d for db, d in docs if db == mongo_db.name and "'status': 'COMPLETED'" in d]
+    assert len(completed) == 2
+    for text in [*(d for _, d in docs), all_text(tmp_path / "runs"), spool_text]:
+        assert password not in text
+    for output in [done, done2, synced]:
+        assert password not in output.stdout + output.stderr
+    assert f"{user}:***@" in all_text(tmp_path / "runs")
 
 
 CONFIG_VALUES = """
@@ -736,22 +713,21 @@ PLAIN_CONFIG = {
 
 
 def test_config_values_are_stored_as_data_never_pickled(
-    mongo: MemoryMongo, tmp_path: Path, env: dict[str, str]
+    memory_mongo: MemoryMongo, mongo_url: str, mongo_db: Any, tmp_path: Path, env: dict[str, str]
 ) -> None:
     script = tmp_path / "exp_values.py"
     script.write_text(CONFIG_VALUES)
-    url = mongo_url(mongo)
-    done = run_script(script, "-F", "runs", "-t", "db", "-m", url, env=env)
+    done = run_script(script, "-F", "runs", "-t", "db", "-m", mongo_url, env=env)
     assert done.returncode == 0, done.stderr
     assert "pair is a tuple" in done.stdout
 
     file_config = json.loads((tmp_path / "runs" / "1" / "config.json").read_text())
     [tiny] = json.loads((tmp_path / "db" / "metadata.json").read_text())["runs"].values()
-    [mongo_doc] = mongo_db(url).runs.find()
+    [mongo_doc] = mongo_db.runs.find()
     for config in [file_config, tiny["config"], mongo_doc["config"]]:
         assert {k: v for k, v in config.items() if k != "seed"} == PLAIN_CONFIG
     stored = all_text(tmp_path / "runs") + all_text(tmp_path / "db")
-    stored += "".join(repr(doc) for _, _, doc in mongo.all_documents())
+    stored += "".join(repr(doc) for _, _, doc in memory_mongo.all_documents())
     for marker in ["py/object", "py/tuple", "py/reduce", "numpy.ndarray", "Binary("]:
         assert marker not in stored
     for folder in [tmp_path / "runs", tmp_path / "db"]:
