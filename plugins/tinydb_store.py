@@ -846,9 +846,8 @@ def _time(value: Any) -> datetime.datetime | None:
 # --- hooks ------------------------------------------------------------------------
 
 
-@hookimpl
-def expkit_store_for_url(url: str) -> TinyDbObserver | None:
-    """Claim ``tinydb://PATH`` (a store directory) and ``tinydb://PATH/NAME.json``."""
+def _store_location(url: str) -> tuple[Path, str] | None:
+    """The folder and database file of ``tinydb://PATH`` or ``tinydb://PATH/NAME.json``."""
     prefix = f"{SCHEME}://"
     if not url.lower().startswith(prefix):
         return None
@@ -857,23 +856,28 @@ def expkit_store_for_url(url: str) -> TinyDbObserver | None:
         raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
     path = _path(rest).expanduser()
     if path.suffix == ".json" and not path.is_dir():
-        return TinyDbObserver(path.parent, db_file=path.name)
-    return TinyDbObserver(path)
+        return path.parent, path.name
+    return path, DB_FILE
+
+
+@hookimpl
+def expkit_store_for_url(url: str) -> TinyDbObserver | None:
+    """Claim ``tinydb://PATH`` (a store directory) and ``tinydb://PATH/NAME.json``."""
+    location = _store_location(url)
+    if location is None:
+        return None
+    folder, db_file = location
+    return TinyDbObserver(folder, db_file=db_file)
 
 
 @hookimpl
 def expkit_reader_for_url(url: str) -> TinyDbRunReader | None:
     """Read the stores :func:`expkit_store_for_url` claims (``tinydb://PATH[/NAME.json]``)."""
-    prefix = f"{SCHEME}://"
-    if not url.lower().startswith(prefix):
+    location = _store_location(url)
+    if location is None:
         return None
-    rest = url[len(prefix) :]
-    if not rest:
-        raise UsageError(f"store URL {url!r} has no path; write e.g. tinydb://runs_db")
-    path = _path(rest).expanduser()
-    if path.suffix == ".json" and not path.is_dir():
-        return TinyDbRunReader(path.parent, db_file=path.name, url=url)
-    return TinyDbRunReader(path, url=url)
+    folder, db_file = location
+    return TinyDbRunReader(folder, db_file=db_file, url=url)
 
 
 @hookimpl
