@@ -233,18 +233,10 @@ class MongoRunReader:
         runs: str = "runs",
         metrics: str = "metrics",
     ) -> None:
-        gridfs, pymongo = _import_pymongo()
+        gridfs, _ = _import_pymongo()
         self._url = url
         self._owns_client = client is None
-        if client is None:
-            try:
-                client = pymongo.MongoClient(url, **_defaults_not_in(url))
-            except (pymongo.errors.PyMongoError, ValueError, TypeError) as exc:
-                raise UsageError(
-                    f"invalid MongoDB URL {redact_url(url or '')}: "
-                    f"{_redact_text(_reason(exc), _password(url))}"
-                ) from None
-        self._client = client
+        self._client = client = _connect(url) if client is None else client
         db = client[db_name]
         self.runs = db[runs]
         self.metrics = db[metrics]
@@ -444,7 +436,7 @@ class MongoObserver(RunObserver):
         failure_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        gridfs, pymongo = _import_pymongo()
+        gridfs, _ = _import_pymongo()
         if client is not None and url is not None:
             raise UsageError("MongoObserver: give either url or client, not both")
         if collection != "runs":
@@ -465,16 +457,7 @@ class MongoObserver(RunObserver):
             )
         self._url = url
         self._owns_client = client is None
-        if client is None:
-            options = {**_defaults_not_in(url), **kwargs}
-            try:
-                client = pymongo.MongoClient(url, **options)
-            except (pymongo.errors.PyMongoError, ValueError, TypeError) as exc:
-                raise UsageError(
-                    f"invalid MongoDB URL {redact_url(url or '')}: "
-                    f"{_redact_text(_reason(exc), _password(url))}"
-                ) from None
-        self._client = client
+        self._client = client = _connect(url, **kwargs) if client is None else client
         db = client[db_name]
         self._bind(
             db[runs_name], gridfs.GridFS(db), overwrite, db[metrics_name], failure_dir, priority
@@ -1172,6 +1155,18 @@ def _import_bson() -> Any:
     import bson.json_util
 
     return bson
+
+
+def _connect(url: str | None, **options: Any) -> Any:
+    """A client for ``url``, with expkit's time-outs where the URL sets none."""
+    _, pymongo = _import_pymongo()
+    try:
+        return pymongo.MongoClient(url, **{**_defaults_not_in(url), **options})
+    except (pymongo.errors.PyMongoError, ValueError, TypeError) as exc:
+        raise UsageError(
+            f"invalid MongoDB URL {redact_url(url or '')}: "
+            f"{_redact_text(_reason(exc), _password(url))}"
+        ) from None
 
 
 def _defaults_not_in(url: str | None) -> dict:
