@@ -207,13 +207,14 @@ class ConfigDict:
     ) -> ScopeResult:
         """Evaluate: ``fixed`` entries win over this dict's, ``preset`` ones are kept."""
         config = merge(merge({}, preset or {}), self.entries)
+        entries = list(flatten(self.entries))
         defaults = {
             path: value
-            for path, value in flatten(self.entries)
+            for path, value in entries
             if get_path(fixed or {}, path, _MISSING) is not _MISSING
         }
         merge(config, fixed or {})
-        defined = frozenset(path for path, _ in flatten(self.entries))
+        defined = frozenset(path for path, _ in entries)
         return ScopeResult(config=config, defaults=defaults, docs={}, defined=defined)
 
 
