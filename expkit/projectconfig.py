@@ -11,10 +11,9 @@ from typing import Any
 import attrs
 
 from expkit.errors import UsageError
+from expkit.settings import CAPTURE_MODES
 
 __all__ = ["CAPTURE_MODES", "ProjectSettings", "find_rootdir", "load_settings"]
-
-CAPTURE_MODES = ("fd", "sys", "no")
 
 
 @attrs.frozen

@@ -17,6 +17,8 @@ class _Section(SimpleNamespace):
         super().__setattr__(name, value)
 
 
+CAPTURE_MODES = ("fd", "sys", "no")
+
 SETTINGS = _Section(
     CONFIG=_Section(
         ENFORCE_KEYS_MONGO_COMPATIBLE=True,

@@ -18,8 +18,7 @@ from typing import Any, TextIO
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import hookimpl
-
-MODES = ("fd", "sys", "no")
+from expkit.settings import CAPTURE_MODES
 
 # How long stop() waits for the end of a pipe that a still-running child process holds open.
 _DRAIN_TIMEOUT = 1.0
@@ -566,7 +565,8 @@ def expkit_make_capture(mode: str) -> Any:
     """Return the capture for ``mode``: ``fd``, ``sys`` or ``no``."""
     factory = _CAPTURES.get(mode)
     if factory is None:
-        raise UsageError(f"unknown capture mode {mode!r}; choose one of: {', '.join(MODES)}")
+        modes = ", ".join(CAPTURE_MODES)
+        raise UsageError(f"unknown capture mode {mode!r}; choose one of: {modes}")
     if mode == "fd" and not hasattr(select, "poll"):
         raise UsageError("capture mode 'fd' needs select.poll, which Windows lacks: use 'sys'")
     return factory()

@@ -109,8 +109,7 @@ class _SeedOnImport:
 def seed_globals(seed: int) -> None:
     """Seed ``random``, numpy (now or when imported) and torch (when imported)."""
     random.seed(seed)
-    for finder in [f for f in sys.meta_path if isinstance(f, _SeedOnImport)]:
-        sys.meta_path.remove(finder)
+    _forget_import_seeding()
     if "numpy" in sys.modules:
         _seed_numpy(seed)
     else:

@@ -23,7 +23,7 @@ def expkit_collection_modifyitems(config: Any, items: list) -> None:
     text = getattr(config.option, "keyword", "")
     if not text or not text.strip():
         return
-    # Imported only when -k is given: `python exp.py` loads this plugin too.
+    # Imported only when -k is given.
     from expkit.keywords import compile_keyword_expression
 
     expression = compile_keyword_expression(text)

@@ -20,8 +20,8 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.projectconfig import CAPTURE_MODES
 from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
+from expkit.settings import CAPTURE_MODES
 from expkit.utils import parse_literal
 
 
@@ -36,8 +36,6 @@ class Session:
     deselected: list[Item] = attrs.field(factory=list)
     stores: list = attrs.field(factory=list)
     store_urls: list[str] = attrs.field(factory=list)
-    collect_seconds: float = 0.0
-    start: float = attrs.field(factory=time.perf_counter)
     shouldstop: bool = False
 
 
@@ -115,7 +113,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def collect(session: Session) -> None:
     """Find the files, collect their items, apply node-id selection and ``-k``."""
     config = session.config
-    start = time.perf_counter()
     args = list(config.option.paths) or [str(config.rootdir / p) for p in config.settings.paths]
     wanted: dict[Path, set[str] | None] = {}
     for arg in args:
@@ -143,10 +140,10 @@ def collect(session: Session) -> None:
                 raise UsageError(f"no experiment {name!r} in {file.name}")
     before = list(session.items)
     hook.expkit_collection_modifyitems(config=config, items=session.items)
-    session.deselected = [i for i in before if i not in session.items]
+    kept = {id(item) for item in session.items}  # identity: comparing attrs items is slow
+    session.deselected = [i for i in before if id(i) not in kept]
     if session.deselected:
         hook.expkit_deselected(items=session.deselected)
-    session.collect_seconds = time.perf_counter() - start
     hook.expkit_collection_finish(session=session)
 
 
