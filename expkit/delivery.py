@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -239,7 +238,6 @@ class GuardedStore:
         self.url = url
         self.factory = factory  # makes another store like this one, to replay old runs
         self.name = type(store).__name__
-        self.priority = getattr(store, "priority", 0)
         self.root = spool_root() / store_key(store, url)
         self.started = False  # the store accepted started_event/queued_event
         self.store_id: Any = None
@@ -247,7 +245,6 @@ class GuardedStore:
         self._lock = threading.RLock()
         self._retry: threading.Thread | None = None
         self._stop = threading.Event()
-        self._last_failure = 0.0
         self._old_runs: threading.Thread | None = None
         self._replay_old()
 
@@ -278,7 +275,6 @@ class GuardedStore:
             return None
 
     def _fail(self, method: str, exc: Exception) -> None:
-        self._last_failure = time.monotonic()
         log.warning(
             "store %s failed (%s: %s); its events are kept in %s and retried",
             self.name,
@@ -330,7 +326,6 @@ class GuardedStore:
             try:
                 run_id = replay(self.spooled, self.store)
             except Exception as exc:
-                self._last_failure = time.monotonic()
                 log.debug("store %s still failing: %s", self.name, redact_url(str(exc)))
                 return False
             self.started, self.store_id, self.spooled = True, run_id, None
@@ -338,7 +333,7 @@ class GuardedStore:
             return True
 
     def finish(self) -> None:
-        """At the end of the run: one more try unless the store just failed, then leave the rest."""
+        """At the end of the run: one more try if the store answers, then leave the rest."""
         if self._old_runs is not None:
             # Older runs being delivered in the background must not be cut off at exit.
             self._old_runs.join(timeout=_OLD_RUNS_WAIT)

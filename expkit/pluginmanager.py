@@ -180,11 +180,6 @@ def set_plugin_manager(pm: PluginManager | None) -> PluginManager | None:
     return previous
 
 
-def loaded_module_names(pm: PluginManager) -> list[str]:
-    """Names of the modules of registered plugins, for reports."""
-    return [getattr(p, "__name__", type(p).__name__) for p in pm.get_plugins()]
-
-
 __all__ = [
     "COMMAND_PLUGINS",
     "ENTRY_POINT_GROUP",

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 from typing import Any
-
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 def format_time(t: datetime.datetime | None) -> str | None:
     """ISO time that always carries microseconds (Sacred-era readers parse ``.%f``)."""
-    # isoformat with timespec is strftime's TIME_FORMAT, about five times faster.
+    # isoformat with timespec is strftime's "%Y-%m-%dT%H:%M:%S.%f", about five times faster.
     return None if t is None else t.isoformat(timespec="microseconds")
 
 
@@ -47,24 +44,6 @@ def to_data(obj: Any) -> Any:
     return repr(obj)
 
 
-def is_data(obj: Any) -> bool:
-    """Whether ``obj`` is already plain JSON data (tuples allowed)."""
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return True
-    if isinstance(obj, float):
-        return True
-    if isinstance(obj, dict):
-        return all(isinstance(k, str) and is_data(v) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return all(is_data(v) for v in obj)
-    return False
-
-
 def dumps(obj: Any) -> str:
     """JSON text as the file store writes it: sorted keys, two-space indent."""
     return json.dumps(to_data(obj), sort_keys=True, indent=2, allow_nan=True)
-
-
-def finite_or_none(x: float) -> float | None:
-    """``x`` unless it is NaN or infinite (for stores that reject those)."""
-    return x if math.isfinite(x) else None
