@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from expkit.run import Run
 
 
-# PEP 440 versions: epoch, release, pre-, post- and dev-release, local part.
-_VERSION = re.compile(
+# PEP 440 versions: epoch, release, pre-, post- and dev-release, local part. A string, not
+# compiled here: every experiment imports this module, few declare package versions.
+_VERSION = (
     r"^v?(\d+!)?\d+(\.\d+)*([-_.]?(a|b|c|rc|alpha|beta|pre|preview)[-_.]?\d*)?"
-    r"((-\d+)|([-_.]?(post|rev|r)[-_.]?\d*))?([-_.]?dev[-_.]?\d*)?(\+[a-z0-9]+([-_.][a-z0-9]+)*)?$",
-    re.IGNORECASE,
+    r"((-\d+)|([-_.]?(post|rev|r)[-_.]?\d*))?([-_.]?dev[-_.]?\d*)?(\+[a-z0-9]+([-_.][a-z0-9]+)*)?$"
 )
 
 
@@ -176,7 +176,7 @@ class Ingredient:
 
     def add_package_dependency(self, package_name: str, version: str) -> None:
         """Record ``package_name==version`` with every run."""
-        if not _VERSION.match(version):
+        if not re.match(_VERSION, version, re.IGNORECASE):
             raise ValueError(f"Invalid Version: {version!r}")
         self.extra_dependencies.add(Dependency(package_name, version))
 
