@@ -248,6 +248,8 @@ def to_dataframe(records: Iterable[RunRecord]) -> Any:
         import pandas
     except ImportError:
         raise UsageError("to_dataframe needs pandas: pip install pandas") from None
+    from expkit.configuration import flatten
+
     base = ("experiment", "status", "command", "start_time", "stop_time", "heartbeat")
     rows = []
     for record in records:
@@ -255,7 +257,7 @@ def to_dataframe(records: Iterable[RunRecord]) -> Any:
         row.update((name, getattr(record, name)) for name in base)
         row["duration"] = record.duration
         row["result"] = record.result
-        for key, value in _flatten(record.config):
+        for key, value in flatten(record.config):
             row[f"config.{key}" if key in row else key] = value
         rows.append(row)
     frame = pandas.DataFrame(rows, columns=None if rows else ["id", *base, "duration", "result"])
@@ -366,12 +368,3 @@ def _sort_key(value: Any) -> tuple:
     if isinstance(value, str):
         return (2, value)
     return (3, repr(value))
-
-
-def _flatten(config: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            yield from _flatten(value, name + ".")
-        else:
-            yield name, value

@@ -91,16 +91,11 @@ def _id_candidates(run_id: Any) -> list[Any]:
     return [run_id]
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(config: dict) -> dict[str, Any]:
     """``{"a": {"b": 1}}`` as ``{"a.b": 1}``; an empty dict stays a value."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
+    from expkit.configuration import flatten as leaves
+
+    return dict(leaves(config))
 
 
 def source_names(record: RunRecord) -> list[str]:
@@ -194,7 +189,7 @@ def _subcommand(config: Any, reader: Any, url: str, sub: str, rest: list[str]) -
         if not rest:
             raise UsageError("expkit runs rm takes one or more run ids: expkit runs rm 3")
         return _rm(config, reader, url, [fetch(reader, url, i) for i in rest])
-    return _export(config, url, rest)
+    return _export(config, reader, url, rest)
 
 
 def _parse_time(text: str | None, option: str) -> datetime.datetime | None:
@@ -519,15 +514,13 @@ def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
     return ExitCode.OK
 
 
-def _export(config: Any, url: str, filters: list[str]) -> int:
-    from expkit.runs import get_run
-
+def _export(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     records = _select(config, url, filters)
     output = config.getoption("output")
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         for summary in records:
-            record = get_run(url, summary.id, config.pluginmanager)
+            record = fetch(reader, url, summary.id)  # one reader for all: one connection
             out.write(json.dumps(as_json(record), sort_keys=True) + "\n")
     finally:
         if output:
