@@ -35,6 +35,7 @@ from expkit_plugins.runs import (
     store_url,
 )
 from expkit_plugins.session import parse_overrides
+from expkit_plugins.sources import repository_of
 from expkit_plugins.sync import replay_record
 
 
@@ -278,20 +279,8 @@ def git_state(folder: str) -> dict | None:
     """The commit and dirty flag of the git work tree holding ``folder``, or ``None``."""
     if not folder or not os.path.isdir(folder):
         return None
-    import subprocess
-
-    try:
-        commit = subprocess.run(
-            ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30
-        )
-        status = subprocess.run(
-            ["git", "-C", folder, "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    # Probed as a run records it (untracked files do not count), so that then and now compare.
+    repository = repository_of(folder)
+    if repository is None or repository.commit is None:
         return None
-    if commit.returncode != 0:
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": repository.commit, "dirty": repository.dirty}

@@ -277,6 +277,12 @@ def gather_repositories(paths: Iterable[str]) -> list[Repository]:
     return list(dict.fromkeys(r for r in repositories if r is not None))
 
 
+def repository_of(folder: str) -> Repository | None:
+    """The git state of the work tree holding ``folder``, as a run records it, or ``None``."""
+    root = _repo_root(os.path.join(folder, ""))  # a path inside the folder: its own root
+    return None if root is None else _probe(root)
+
+
 def _repo_root(path: str) -> str | None:
     """The work tree holding ``path``: the nearest folder above it with a ``.git``."""
     folder = os.path.dirname(os.path.abspath(path))
