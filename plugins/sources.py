@@ -272,20 +272,21 @@ def _setting_mode(name: str, allowed: tuple[str, ...]) -> str:
 
 def gather_repositories(paths: Iterable[str]) -> list[Repository]:
     """The git state of every repository holding one of ``paths``, each probed once."""
-    roots = dict.fromkeys(r for r in map(_repo_root, paths) if r is not None)
+    roots = dict.fromkeys(
+        r for r in (_repo_root(os.path.dirname(os.path.abspath(p))) for p in paths) if r
+    )
     repositories = (_probe(root) for root in roots)
     return list(dict.fromkeys(r for r in repositories if r is not None))
 
 
 def repository_of(folder: str) -> Repository | None:
     """The git state of the work tree holding ``folder``, as a run records it, or ``None``."""
-    root = _repo_root(os.path.join(folder, ""))  # a path inside the folder: its own root
+    root = _repo_root(os.path.abspath(folder))
     return None if root is None else _probe(root)
 
 
-def _repo_root(path: str) -> str | None:
-    """The work tree holding ``path``: the nearest folder above it with a ``.git``."""
-    folder = os.path.dirname(os.path.abspath(path))
+def _repo_root(folder: str) -> str | None:
+    """The work tree holding ``folder``: the nearest folder from it up with a ``.git``."""
     visited = []
     root: str | None = None
     while True:

@@ -358,6 +358,17 @@ def test_untracked_files_do_not_make_a_repository_dirty(repo: Path) -> None:
 
 
 @needs_git
+def test_rerun_sees_the_git_state_as_a_run_records_it(repo: Path) -> None:
+    from expkit_plugins.rerun import git_state
+
+    [recorded] = info(experiment(repo, repo / "exp.py"))["repositories"]
+    write(repo / "runs" / "1" / "run.json", "{}")  # untracked, as a store in the work tree
+    assert git_state(str(repo)) == {"commit": recorded.commit, "dirty": False}
+    write(repo / "exp.py", "print('changed')\n")
+    assert sources.repository_of(str(repo)).dirty is True
+
+
+@needs_git
 def test_changed_tracked_file_makes_a_repository_dirty(repo: Path) -> None:
     write(repo / "exp.py", "print('changed')\n")
     [repository] = info(experiment(repo, repo / "exp.py"))["repositories"]
