@@ -53,6 +53,8 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__("expkit")
         self.add_hookspecs(hookspec)
+        # Historic: a plugin gets the call when it is registered, later ones included.
+        self.hook.expkit_addhooks.call_historic(kwargs={"pluginmanager": self})
         self.infos: dict[str, PluginInfo] = {}
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 from cli_helpers import fresh_python
 
@@ -284,6 +285,27 @@ def test_blocking_by_module_name_blocks_the_entry_point_too() -> None:
     pm = create_plugin_manager(blocked=["expkit_plugins.host"])
     assert "host" not in pm.infos
     assert "hostname" not in _run_main(pm).host_info
+
+
+def test_a_plugin_adds_its_own_hooks_through_expkit_addhooks() -> None:
+    class NewHooks:
+        @staticmethod
+        @pluggy.HookspecMarker("expkit")
+        def expkit_new_event(value):
+            """A hook another plugin may implement."""
+
+    class Adds:
+        @hookimpl
+        def expkit_addhooks(self, pluginmanager):
+            pluginmanager.add_hookspecs(NewHooks)
+
+    class Answers:
+        @hookimpl
+        def expkit_new_event(self, value):
+            return value * 2
+
+    pm = create_plugin_manager(plugins=[Adds(), Answers()])
+    assert pm.hook.expkit_new_event(value=21) == [42]
 
 
 def test_an_entry_point_may_name_an_object_and_extras() -> None:
