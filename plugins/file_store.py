@@ -462,34 +462,32 @@ class FileStorageObserver(RunObserver):
 # --- plugin hooks -------------------------------------------------------------------
 
 
-@hookimpl
-def expkit_store_for_url(url: str) -> FileStorageObserver | None:
-    """Claim ``file://PATH`` and plain paths."""
+def _folder_of(url: str) -> str | None:
+    """The folder of ``file://PATH`` or of a plain path; ``None`` for other schemes."""
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path:
             raise UsageError(f"store URL {url!r} names no folder: write file://PATH")
-        return FileStorageObserver(path)
+        return path
     if "://" in url:
         return None
     if not url:
         raise UsageError("store path is empty: give a folder or file://PATH")
-    return FileStorageObserver(url)
+    return url
+
+
+@hookimpl
+def expkit_store_for_url(url: str) -> FileStorageObserver | None:
+    """Claim ``file://PATH`` and plain paths."""
+    folder = _folder_of(url)
+    return None if folder is None else FileStorageObserver(folder)
 
 
 @hookimpl
 def expkit_reader_for_url(url: str) -> FileStoreReader | None:
     """Read the stores of :func:`expkit_store_for_url`: ``file://PATH`` and plain paths."""
-    if url.startswith("file://"):
-        path = url[len("file://") :]
-        if not path:
-            raise UsageError(f"store URL {url!r} names no folder: write file://PATH")
-        return FileStoreReader(path, url)
-    if "://" in url:
-        return None
-    if not url:
-        raise UsageError("store path is empty: give a folder or file://PATH")
-    return FileStoreReader(url, url)
+    folder = _folder_of(url)
+    return None if folder is None else FileStoreReader(folder, url)
 
 
 @hookimpl

@@ -1189,24 +1189,26 @@ def _db_name(url: str) -> str:
 # --- hooks ------------------------------------------------------------------------------
 
 
-@hookimpl
-def expkit_store_for_url(url: str) -> MongoObserver | None:
-    """A :class:`MongoObserver` for ``mongodb://`` and ``mongodb+srv://`` URLs."""
+def _claimed(url: str) -> str | None:
+    """``url`` with its scheme in lower case (as pymongo needs) if it is MongoDB's, else None."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in SCHEMES:
         return None
-    url = f"{scheme.lower()}://{rest}"  # pymongo knows the scheme in lower case only
-    return MongoObserver(url=url, db_name=_db_name(url))
+    return f"{scheme.lower()}://{rest}"
+
+
+@hookimpl
+def expkit_store_for_url(url: str) -> MongoObserver | None:
+    """A :class:`MongoObserver` for ``mongodb://`` and ``mongodb+srv://`` URLs."""
+    claimed = _claimed(url)
+    return None if claimed is None else MongoObserver(url=claimed, db_name=_db_name(claimed))
 
 
 @hookimpl
 def expkit_reader_for_url(url: str) -> MongoRunReader | None:
     """A :class:`MongoRunReader` for the URLs :func:`expkit_store_for_url` claims."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in SCHEMES:
-        return None
-    url = f"{scheme.lower()}://{rest}"
-    return MongoRunReader(url=url, db_name=_db_name(url))
+    claimed = _claimed(url)
+    return None if claimed is None else MongoRunReader(url=claimed, db_name=_db_name(claimed))
 
 
 @hookimpl
