@@ -566,6 +566,7 @@ class FileStoreReader:
     def __init__(self, basedir: str | os.PathLike[str], url: str | None = None) -> None:
         self.basedir = os.path.abspath(basedir)
         self.url = url if url is not None else os.fspath(basedir)
+        self._redacted_url = redact_url(self.url)  # once: every record names it
         if not os.path.isdir(self.basedir):
             raise UsageError(f"no file store at {self.basedir}: the folder does not exist")
 
@@ -687,7 +688,7 @@ class FileStoreReader:
     def _record(self, summary: dict) -> RunRecord:
         return RunRecord(
             id=summary["id"],
-            store=redact_url(self.url),
+            store=self._redacted_url,
             experiment=summary.get("experiment") or "",
             status=summary.get("status") or "",
             command=summary.get("command"),

@@ -689,6 +689,7 @@ class TinyDbRunReader:
         self.root = _path(path).expanduser()
         self.db_path = self.root / db_file
         self.url = url if url is not None else f"{SCHEME}://{path}"
+        self._redacted_url = redact_url(self.url)  # once: every record names it
         if not self.root.is_dir():
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: the folder does not exist")
 
@@ -799,7 +800,7 @@ class TinyDbRunReader:
         meta = doc.get("meta") or {}
         return RunRecord(
             id=doc.get("_id"),
-            store=redact_url(self.url),
+            store=self._redacted_url,
             experiment=(experiment.get("name") if isinstance(experiment, dict) else None) or "",
             status=doc.get("status") or "",
             command=doc.get("command"),
