@@ -70,7 +70,7 @@ def reader_for(pm: Any, url: str) -> Any:
 
 
 def close(reader: Any) -> None:
-    """Let go of a reader's connection, for the readers that hold one."""
+    """Let go of a reader's or a store's connection, for those that hold one."""
     if callable(getattr(reader, "close", None)):
         reader.close()
 

@@ -67,6 +67,8 @@ def expkit_cmdline_main(config: Any) -> int | None:
         else:
             delivered += 1
             print(f"delivered {spooled.folder.name} to {redact_url(url)} as run {run_id}")
+        finally:
+            close(store)  # a store per run, as in a run; its connection goes with it
     print(f"{delivered} delivered, {failed} still spooled")
     return ExitCode.OK if not failed else ExitCode.RUNS_FAILED
 
@@ -86,7 +88,7 @@ def _holds_runs(pm: Any, url: str) -> bool:
 
 def copy_store(pm: Any, src_url: str, dst_url: str) -> int:
     """Copy every run of ``src_url`` into ``dst_url`` unless it is there; print the ids."""
-    store_for_url(pm, dst_url)  # a URL nobody stores to fails before anything is read
+    close(store_for_url(pm, dst_url))  # a URL nobody stores to fails before anything is read
     fresh = "://" not in dst_url and not os.path.exists(dst_url)  # a store yet to be made
     existing = [] if fresh else _all_runs(pm, dst_url)
     reader = reader_for(pm, src_url)
@@ -121,7 +123,10 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
         if isinstance(summary.meta.get("synced_from"), dict):
             origin["synced_from"] = summary.meta["synced_from"]
         record = reader.get_run(summary.id)
-        new_id = replay_record(reader, record, store, run_id=keep, meta={"synced_from": origin})
+        try:
+            new_id = replay_record(reader, record, store, run_id=keep, meta={"synced_from": origin})
+        finally:
+            close(store)
         taken.add(str(new_id))
         there.update(dict.fromkeys(_identities(summary), new_id))
         copied += 1
