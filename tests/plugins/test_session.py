@@ -496,6 +496,8 @@ def test_the_advice_for_an_unknown_key_can_be_followed(tmp_path: Path) -> None:
     write_project(tmp_path, MIXED)
     proc = run_expkit("run", "exp_b.py", "-o", "C=3", cwd=tmp_path)
     (line,) = [line for line in proc.stdout.splitlines() if "exp_b.py::exp_b" in line]
-    for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line.split("  ", 3)[-1]):
+    flags = re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line.split("  ", 3)[-1])
+    assert flags, line  # the advice names a flag to retry with
+    for flag in flags:
         retry = run_expkit("run", "exp_b.py", "-u", "-o", "C=3", flag, cwd=tmp_path)
         assert "unrecognized arguments" not in retry.stderr, (line, retry.stderr)

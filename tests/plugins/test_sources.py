@@ -284,7 +284,6 @@ def test_packages_only_other_packages_import_are_no_dependencies(
 def test_numpy_is_a_dependency_even_when_not_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("numpy")
     monkeypatch.setattr(SETTINGS, "DISCOVER_DEPENDENCIES", "none")
     deps = info(experiment(tmp_path))["dependencies"]
     assert deps == [Dependency("numpy", metadata.version("numpy"))]

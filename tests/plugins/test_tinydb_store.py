@@ -782,7 +782,6 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def experiment_script(tmp_path: Path) -> Path:
-    pytest.importorskip("expkit.run", reason="the core is not available yet")
     script = tmp_path / "exp_scripted.py"
     script.write_text(EXPERIMENT_SCRIPT)
     return script
@@ -831,7 +830,6 @@ def test_end_to_end_failure(experiment_script: Path, tmp_path: Path) -> None:
 def test_end_to_end_with_a_write_interval_writes_twice_per_run(
     db: Path, replaces: list[str]
 ) -> None:
-    pytest.importorskip("expkit.run", reason="the core is not available yet")
     from expkit import Experiment
     from expkit.observers import RunObserver
     from expkit.observers import TinyDbObserver as Observer
