@@ -46,19 +46,17 @@ SCRIPT = """\
         return float(np.random.default_rng(_seed).random() * scale * opts["depth"])
 """
 
-ENV = child_env(EXPKIT_PLUGINS="expkit_plugins.runs,expkit_plugins.rerun")
-
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = write_project(tmp_path / "proj", {"exp_noise.py": EXPERIMENT, "script.py": SCRIPT})
-    done = run_expkit("run", "exp_noise.py", cwd=root, env=ENV)
+    done = run_expkit("run", "exp_noise.py", cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
 
 def test_a_numpy_experiment_is_reproduced_exactly(project: Path) -> None:
-    done = run_expkit("rerun", "1", "--check", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", "--check", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     original, rerun = stored_runs(project / "runs")
     assert rerun["result"] == original["result"]
@@ -74,7 +72,7 @@ def test_a_numpy_experiment_is_reproduced_exactly(project: Path) -> None:
 def test_a_changed_source_is_reported_line_by_line(project: Path) -> None:
     path = project / "exp_noise.py"
     path.write_text(path.read_text().replace("C = 1.0", "C = 4.0"))
-    done = run_expkit("rerun", "1", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     # The re-run ran the stored code, so it still reproduces the result.
@@ -84,7 +82,7 @@ def test_a_changed_source_is_reported_line_by_line(project: Path) -> None:
 
 
 def test_an_override_records_the_link_and_check_fails_on_a_new_result(project: Path) -> None:
-    done = run_expkit("rerun", "1", "-o", "C=2.0", "--check", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", "-o", "C=2.0", "--check", cwd=project)
     assert done.returncode == 1, done.stdout + done.stderr
     original, rerun = stored_runs(project / "runs")
     link = {"store": str(project / "runs"), "id": "1"}
@@ -98,10 +96,13 @@ def test_an_override_records_the_link_and_check_fails_on_a_new_result(project: P
 
 def test_a_script_experiment_reruns_with_its_nested_config(project: Path) -> None:
     first = subprocess.run(
-        [sys.executable, "script.py", "-F", "runs"], cwd=project, env=ENV, capture_output=True
+        [sys.executable, "script.py", "-F", "runs"],
+        cwd=project,
+        env=child_env(),
+        capture_output=True,
     )
     assert first.returncode == 0, first.stderr
-    done = run_expkit("rerun", "2", "-o", "opts.depth=1", cwd=project, env=ENV)
+    done = run_expkit("rerun", "2", "-o", "opts.depth=1", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     rerun = stored_runs(project / "runs")[-1]
     assert rerun["config"]["opts"] == {"depth": 1}
@@ -109,6 +110,6 @@ def test_a_script_experiment_reruns_with_its_nested_config(project: Path) -> Non
 
 
 def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
-    done = run_expkit("rerun", "1", "-o", "Cx=2", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", "-o", "Cx=2", cwd=project)
     assert done.returncode == 4
     assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"

@@ -17,7 +17,6 @@ from expkit_plugins.mongo_store import redact_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import run_expkit, write_project
-from test_rerun import ENV
 from test_rerun import EXPERIMENT as RERUN_EXPERIMENT
 
 pytestmark = pytest.mark.slow
@@ -36,7 +35,7 @@ EXPERIMENT = (
 def project(tmp_path: Path, mongo_url: str) -> Path:
     """A project whose ``exp_noise`` ran once into the database: run 1."""
     root = write_project(tmp_path / "proj", {"exp_noise.py": EXPERIMENT})
-    done = run_expkit("run", "exp_noise.py::exp_noise", "--store", mongo_url, cwd=root, env=ENV)
+    done = run_expkit("run", "exp_noise.py::exp_noise", "--store", mongo_url, cwd=root)
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -48,7 +47,7 @@ def losses(db: Any, run_id: int) -> list[float]:
 def test_a_numpy_experiment_is_reproduced_exactly(
     project: Path, mongo_url: str, mongo_db: Any
 ) -> None:
-    done = run_expkit("rerun", "1", "--store", mongo_url, "--check", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", "--store", mongo_url, "--check", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     original, rerun = mongo_db.runs.find_one({"_id": 1}), mongo_db.runs.find_one({"_id": 2})
     assert rerun["status"] == "COMPLETED"
@@ -68,7 +67,7 @@ def test_a_numpy_experiment_is_reproduced_exactly(
 def test_an_override_records_the_link_and_reports_the_difference(
     project: Path, mongo_url: str, mongo_db: Any
 ) -> None:
-    done = run_expkit("rerun", "1", "--store", mongo_url, "-o", "C=2.0", cwd=project, env=ENV)
+    done = run_expkit("rerun", "1", "--store", mongo_url, "-o", "C=2.0", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     original, rerun = mongo_db.runs.find_one({"_id": 1}), mongo_db.runs.find_one({"_id": 2})
     link = {"store": redact_url(mongo_url), "id": 1}
@@ -85,9 +84,9 @@ def test_an_override_records_the_link_and_reports_the_difference(
 def test_a_result_with_keys_mongodb_renames_is_still_identical(
     project: Path, mongo_url: str, mongo_db: Any
 ) -> None:
-    done = run_expkit("run", "exp_noise.py::exp_scores", "--store", mongo_url, cwd=project, env=ENV)
+    done = run_expkit("run", "exp_noise.py::exp_scores", "--store", mongo_url, cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
-    done = run_expkit("rerun", "2", "--store", mongo_url, "--check", cwd=project, env=ENV)
+    done = run_expkit("rerun", "2", "--store", mongo_url, "--check", cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     original, rerun = mongo_db.runs.find_one({"_id": 2}), mongo_db.runs.find_one({"_id": 3})
     # As Sacred's MongoObserver stores them: "." becomes "," and a leading "$" becomes "@".

@@ -59,7 +59,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def runs(*args: str) -> int:
-    return expkit.main(["runs", *args, "-p", "expkit_plugins.runs"])
+    return expkit.main(["runs", *args])
 
 
 def test_list_shows_the_runs_and_only_the_config_entries_that_differ(
