@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import os
 import re
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = [
     "CapturedOutput",
@@ -16,7 +18,9 @@ __all__ = [
     "parse_literal",
     "redact_argv",
     "redact_url",
+    "replace_file",
     "suggest",
+    "temp_file_beside",
 ]
 
 _CONTROL = re.compile(r"([\r\b])")
@@ -190,6 +194,38 @@ def file_md5(path: str | os.PathLike[str]) -> str:
                 md5.update(block)
         digest = _md5_cache[key] = md5.hexdigest()
     return digest
+
+
+def temp_file_beside(path: str) -> tuple[int, str]:
+    """A new, empty, open file ``.NAME.RANDOM.tmp`` beside ``path``: (descriptor, path)."""
+    # Not tempfile.mkstemp: its 0600 mode would hide run files from other users.
+    folder, name = os.path.split(path)
+    while True:
+        temp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+        except FileExistsError:
+            continue
+
+
+def replace_file(path: str, fill: Callable[[Any], Any]) -> None:
+    """Write a temp file beside ``path`` with ``fill(binary file)`` and move it over ``path``.
+
+    Readers see the old file or the new one, never a part; an existing file keeps its mode.
+    """
+    fd, temp = temp_file_beside(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(temp, os.stat(path).st_mode & 0o7777)
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

@@ -49,7 +49,7 @@ from expkit.observers import RunObserver, utc_isoformat_json
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import dumps, format_time, parse_time, to_data
-from expkit.utils import file_md5, redact_url
+from expkit.utils import file_md5, redact_url, replace_file
 
 log = logging.getLogger("expkit")
 
@@ -440,7 +440,7 @@ class FileStorageObserver(RunObserver):
         if parts is None:
             # Compact: an indented dump takes json's slow pure-Python path, and this is big.
             parts = [_compact(read_metrics_log(self._path(METRICS_LOG))).encode()]
-        _replace_from(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
+        replace_file(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
         self._points_saved = self._points
 
     def _finish(self) -> None:
@@ -763,7 +763,7 @@ def _write_index(path: str, summaries: Iterable[dict]) -> None:
     data = b"".join(_index_line(s) for s in summaries)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _replace_from(path, lambda f: f.write(data))
+        replace_file(path, lambda f: f.write(data))
     except OSError as exc:
         log.debug("%s not rewritten: %s", path, exc)
 
@@ -922,36 +922,10 @@ def _store_by_md5(path: str, store_dir: str, name: str | None = None) -> str:
     return target
 
 
-def _temp_beside(path: str) -> tuple[int, str]:
-    # Not tempfile.mkstemp: its 0600 mode would hide run files from other users.
-    folder, name = os.path.split(path)
-    while True:
-        temp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
-        try:
-            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
-        except FileExistsError:
-            continue
-
-
-def _replace_from(path: str, fill: Any) -> None:
-    """Write a temp file beside ``path`` with ``fill(file)`` and move it over ``path``."""
-    fd, temp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def _write_atomic(path: str, text: str) -> None:
     """Replace ``path`` by ``text``: readers see the old file or the new one, never a part."""
     data = text.encode("utf-8", errors="replace")
-    _replace_from(path, lambda f: f.write(data))
+    replace_file(path, lambda f: f.write(data))
 
 
 def _copy_atomic(source: str, path: str) -> None:
@@ -960,7 +934,7 @@ def _copy_atomic(source: str, path: str) -> None:
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
 
-    _replace_from(path, fill)
+    replace_file(path, fill)
 
 
 def _symlink_atomic(source: str, path: str) -> None:

@@ -50,7 +50,7 @@ from expkit.observers import RunObserver, utc_isoformat
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import parse_time, to_data
-from expkit.utils import redact_url
+from expkit.utils import redact_url, replace_file, temp_file_beside
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -63,8 +63,6 @@ DB_FILE = "metadata.json"
 HASHFS_DIR = "hashfs"
 
 _log = logging.getLogger(__name__)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 _FINAL_ATTEMPTS = 3
 
 
@@ -124,27 +122,8 @@ class _SharedJsonFile:
         return self._data
 
     def _write(self, fd: int, data: dict) -> None:
-        text = json.dumps(data)  # ASCII only, so any reader's locale decodes it
-        try:
-            mode = os.stat(self.path).st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
-        import tempfile  # these imports wait for a TinyDB store: every run loads this plugin
-
-        tmp_fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(tmp_fd, "w", encoding="ascii") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        data_bytes = json.dumps(data).encode("ascii")  # ASCII: any reader's locale decodes it
+        replace_file(str(self.path), lambda f: f.write(data_bytes))
         counter = _read_counter(fd) + 1
         payload = str(counter).encode()
         os.pwrite(fd, payload, 0)
@@ -161,7 +140,7 @@ def _read_counter(fd: int) -> int:
 
 
 def _path(name: str | os.PathLike[str]) -> Path:
-    from pathlib import Path  # as late as tempfile and uuid above
+    from pathlib import Path  # only once a TinyDB store is used: every run loads this plugin
 
     return Path(name)
 
@@ -196,10 +175,8 @@ def _put_file(root: Path, source: Path) -> tuple[str, str]:
     """Copy ``source`` into the store's hashfs unless already there; return (md5, relpath)."""
     hashfs = root / HASHFS_DIR
     hashfs.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
     digest = hashlib.md5()
-    tmp_fd, tmp = tempfile.mkstemp(dir=hashfs, prefix=".put-", suffix=".tmp")
+    tmp_fd, tmp = temp_file_beside(str(hashfs / "put"))
     try:
         with os.fdopen(tmp_fd, "wb") as out, open(source, "rb") as src:
             for block in iter(lambda: src.read(1 << 20), b""):
@@ -212,7 +189,6 @@ def _put_file(root: Path, source: Path) -> tuple[str, str]:
             os.unlink(tmp)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, target)  # same content from a racing process is harmless
     except BaseException:
         with contextlib.suppress(OSError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from expkit.utils import (
     parse_literal,
     redact_argv,
     redact_url,
+    replace_file,
     suggest,
 )
 
@@ -305,3 +308,20 @@ def test_parse_literal_refuses_an_unfinished_or_broken_literal(text):
     # an error to report, not a string to store.
     with pytest.raises(ValueError, match="not a valid Python literal"):
         parse_literal(text)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_replace_file_writes_whole_files_and_keeps_an_existing_mode(tmp_path: Path) -> None:
+    target = tmp_path / "data.json"
+    path = str(target)
+    replace_file(path, lambda f: f.write(b"first"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    replace_file(path, lambda f: f.write(b"second"))
+    assert (target.read_bytes(), os.stat(path).st_mode & 0o777) == (b"second", 0o640)
+    with pytest.raises(ZeroDivisionError):
+        replace_file(path, lambda f: 1 / 0)
+    assert target.read_bytes() == b"second"
+    assert os.listdir(tmp_path) == ["data.json"]  # no temp file left behind
