@@ -83,6 +83,8 @@ class SpooledRun:
         self.folder = folder
         self.events = folder / "events.jsonl"
         self._lock_fd: int | None = None
+        # Read once the lock is ours: only its holder changes it, through update_meta.
+        self._meta: dict | None = None
 
     def try_lock(self) -> bool:
         """Take the folder's lock unless someone else holds it; True when it is ours."""
@@ -98,6 +100,7 @@ class SpooledRun:
             os.close(fd)
             return False
         self._lock_fd = fd
+        self._meta = None  # whoever held it before may have changed it
         return True
 
     def unlock(self) -> None:
@@ -115,12 +118,15 @@ class SpooledRun:
         spooled = cls(folder)
         spooled.try_lock()
         (folder / "meta.json").write_text(json.dumps(_encode(meta), indent=2))
+        spooled._meta = dict(meta)
         return spooled
 
     @property
     def meta(self) -> dict:
         """Which store and run these events belong to."""
-        return _decode(json.loads((self.folder / "meta.json").read_text()))
+        if self._meta is None:
+            self._meta = _decode(json.loads((self.folder / "meta.json").read_text()))
+        return dict(self._meta)
 
     def update_meta(self, **changes: Any) -> None:
         """Change entries of the meta data (e.g. the id a store gave the run)."""
@@ -129,6 +135,7 @@ class SpooledRun:
         tmp = self.folder / "meta.json.tmp"
         tmp.write_text(json.dumps(_encode(meta), indent=2))
         os.replace(tmp, self.folder / "meta.json")
+        self._meta = meta
 
     def append(self, method: str, kwargs: dict) -> None:
         """Add one event; files the event names are copied in, so they survive the run."""
