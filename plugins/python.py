@@ -8,6 +8,7 @@ its folder; those are registered as local plugins, so their hook functions work.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -26,13 +27,18 @@ EXPCONF = "expconf.py"
 _expconfs: dict[Path, tuple[types.ModuleType, ModuleParts]] = {}
 
 
-def nodeid_of(path: Path, rootdir: Path, name: str | None = None) -> str:
-    """``sub/exp_x.py::name``: the path relative to the root (or absolute outside it)."""
+def nodeid_of(path: Path, rootdir: Path) -> str:
+    """``sub/exp_x.py``: the (resolved) path relative to the root, or absolute outside it."""
     try:
-        rel = path.resolve().relative_to(rootdir.resolve()).as_posix()
+        return path.relative_to(_resolved(rootdir)).as_posix()
     except ValueError:
-        rel = path.resolve().as_posix()
-    return f"{rel}::{name}" if name else rel
+        return path.as_posix()
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(folder: Path) -> Path:
+    # The root and the folders of the files: shared by many files, resolved once each.
+    return folder.resolve()
 
 
 def _import_file(path: Path, name: str) -> types.ModuleType:
@@ -58,15 +64,15 @@ def _module_name(path: Path) -> str:
     return name
 
 
-def _user_traceback(exc: BaseException, path: Path) -> str:
+def _user_traceback(exc: BaseException) -> str:
     lines = format_user_traceback(exc, hide=("importlib",))
     return "".join(lines[1:])
 
 
 def expconf_parts(directory: Path, rootdir: Path, pm: Any) -> list[ModuleParts]:
     """The parts of the ``expconf.py`` files from the root down to ``directory``."""
-    directory = directory.resolve()
-    root = rootdir.resolve()
+    directory = _resolved(directory)
+    root = _resolved(rootdir)
     folders = [directory, *directory.parents]
     if root in folders:
         folders = folders[: folders.index(root) + 1]
@@ -104,7 +110,7 @@ def expkit_collect_file(path: Path, config: Any) -> list | None:
             sys.path.insert(0, folder)
         module = _import_file(path, _module_name(path))
     except (Exception, SystemExit) as exc:
-        return [CollectError(file_id, path, _user_traceback(exc, path))]
+        return [CollectError(file_id, path, _user_traceback(exc))]
     parts.append(module_parts(module))
     items: list[Item] = []
     patterns = config.settings.function_patterns
@@ -116,7 +122,7 @@ def expkit_collect_file(path: Path, config: Any) -> list | None:
             try:
                 experiment: Any = ModuleExperiment(value, nodeid, parts, plugin_manager=pm)
             except Exception as exc:
-                items.append(CollectError(nodeid, path, _user_traceback(exc, path)))  # type: ignore[arg-type]
+                items.append(CollectError(nodeid, path, _user_traceback(exc)))  # type: ignore[arg-type]
                 continue
             items.append(_item(nodeid, path, attr, experiment))
         elif isinstance(value, Experiment) and not isinstance(value, ModuleExperiment):
