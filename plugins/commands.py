@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 from expkit.configuration import ConfigScope, join_path
 from expkit.pluginmanager import hookimpl
-from expkit.serialize import to_data
+from expkit.serialize import dumps, to_data
 
 _DOC_COLUMN = 35
 
@@ -112,7 +111,7 @@ def save_config(_config: dict, _log: Any, config_filename: str = "config.json") 
 
         text = yaml.safe_dump(data, sort_keys=True)
     elif ext == ".json":
-        text = json.dumps(data, sort_keys=True, indent=2) + "\n"
+        text = dumps(data) + "\n"
     else:
         from expkit.errors import UsageError
 

@@ -76,10 +76,11 @@ class MongoStoreError(ExpkitError):
 
 # --- passwords ----------------------------------------------------------------------
 
-_SECRET_OPTION = re.compile(r"pass|secret|token", re.IGNORECASE)
+# Patterns, compiled (and cached by re) on first use: every run imports this plugin.
+_SECRET_OPTION = r"(?i)pass|secret|token"
 # A URL with credentials inside free text; the password runs to the last "@" of the word,
 # which may hide more than the password but never less.
-_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@")
+_URL_CREDENTIALS = r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@"
 
 
 def redact_url(url: str) -> str:
@@ -90,7 +91,7 @@ def redact_url(url: str) -> str:
     """
     scheme, sep, rest = str(url).partition("://")
     if not sep:
-        return _URL_CREDENTIALS.sub(r"\g<head>:***@", str(url))
+        return re.sub(_URL_CREDENTIALS, r"\g<head>:***@", str(url))
     at = _userinfo_end(rest)
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
@@ -116,12 +117,12 @@ def _userinfo_end(rest: str) -> int:
 
 def _redact_option(option: str) -> str:
     key, eq, value = option.partition("=")
-    if eq and _SECRET_OPTION.search(key):
+    if eq and re.search(_SECRET_OPTION, key):
         return f"{key}=***"
     if eq and ":" in value:  # authMechanismProperties=AWS_SESSION_TOKEN:...
         pairs = [p.partition(":") for p in value.split(",")]
         value = ",".join(
-            f"{k}{c}***" if c and _SECRET_OPTION.search(k) else k + c + v for k, c, v in pairs
+            f"{k}{c}***" if c and re.search(_SECRET_OPTION, k) else k + c + v for k, c, v in pairs
         )
     return f"{key}{eq}{value}"
 
@@ -142,7 +143,7 @@ def _password(url: str | None) -> str:
 def _redact_text(text: str, secret: str = "") -> str:
     """``text`` with every URL password, and the literal ``secret``, replaced by ``***``."""
     if "://" in text:
-        text = _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
+        text = re.sub(_URL_CREDENTIALS, r"\g<head>:***@", text)
     if secret and secret in text:
         text = text.replace(secret, "***")
     return text
