@@ -36,6 +36,7 @@ class Session:
     deselected: list[Item] = attrs.field(factory=list)
     stores: list = attrs.field(factory=list)
     store_urls: list[str] = attrs.field(factory=list)
+    updates: dict[str, Any] = attrs.field(factory=dict)  # -o and --seed, for every run
     shouldstop: bool = False
 
 
@@ -110,6 +111,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return updates
 
 
+def _updates(config: Any) -> dict[str, Any]:
+    """The config updates every run of the session gets: ``-o`` entries and ``--seed``."""
+    updates = parse_overrides(config.option.overrides)
+    if config.option.seed is not None:
+        updates["seed"] = config.option.seed
+    return updates
+
+
 def collect(session: Session) -> None:
     """Find the files, collect their items, apply node-id selection and ``-k``."""
     config = session.config
@@ -166,9 +175,7 @@ def run_item(session: Session, item: Item) -> RunReport:
     """Run one item with the session's overrides; never raises for the experiment's sake."""
     config = session.config
     option = config.option
-    updates = parse_overrides(option.overrides)
-    if option.seed is not None:
-        updates["seed"] = option.seed
+    updates = dict(session.updates)
     capture = option.capture or config.settings.capture
     beat = config.settings.beat_interval
     options = {
@@ -267,7 +274,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
     config.session = session
     _configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
-    parse_overrides(config.option.overrides)  # a malformed -o stops before collection
+    session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
     collect(session)
     if config.option.collect_only:
         code = _collect_only_code(session)
@@ -306,9 +313,7 @@ def _config_command(config: Any) -> int:
     if session.errors:
         raise UsageError(f"cannot collect {config.option.paths[0]}:\n{session.errors[0].message}")
     item = session.items[0]
-    updates = parse_overrides(config.option.overrides)
-    if config.option.seed is not None:
-        updates["seed"] = config.option.seed
+    updates = _updates(config)
     try:
         item.experiment.run(
             "print_config",
