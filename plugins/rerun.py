@@ -29,9 +29,9 @@ from expkit_plugins.runs import (
     dependencies,
     fetch,
     flatten,
+    read_sources,
     reader_for,
     source_diff,
-    source_names,
     store_url,
 )
 from expkit_plugins.session import parse_overrides
@@ -72,9 +72,10 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     original = fetch(reader, url, run_id)
     overrides = parse_overrides(list(config.getoption("overrides") or ()))
     entries = _entries(original, overrides)
+    sources = read_sources(reader, original)  # once: restored now, compared at the end
     with tempfile.TemporaryDirectory(prefix="expkit-rerun-") as tmp:
         workdir = Path(tmp, "code")
-        _restore_sources(reader, original, workdir)
+        _restore_sources(sources, workdir)
         scratch = Path(tmp, "store")
         argv = rerun_command(original, entries, scratch)
         print(f"re-running run {original.id} of {original.experiment} in {workdir}")
@@ -101,7 +102,7 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     rerun = reader.get_run(new_id)
     same_result = same(original.result, rerun.result)
     print(f"recorded the re-run as run {new_id} in {redact_url(url)} ({rerun.status})")
-    print("\n".join(report_lines(reader, original, rerun, new_id)))
+    print("\n".join(report_lines(original, rerun, new_id, sources)))
     if rerun.status != "COMPLETED":
         return ExitCode.RUNS_FAILED
     if config.getoption("check") and not same_result:
@@ -125,14 +126,12 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _restore_sources(reader: Any, record: RunRecord, folder: Path) -> None:
+def _restore_sources(sources: dict[str, bytes], folder: Path) -> None:
     folder.mkdir(parents=True)
-    for name in source_names(record):
-        target = (folder / name).resolve()
-        if os.path.isabs(name) or not target.is_relative_to(folder.resolve()):
-            raise UsageError(f"run {record.id} has a source outside its base dir: {name!r}")
+    for name, data in sources.items():
+        target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(reader.read_source(record.id, name))
+        target.write_bytes(data)
 
 
 def rerun_command(record: RunRecord, entries: dict[str, Any], store: Path) -> list[str]:
@@ -168,8 +167,13 @@ def same(a: Any, b: Any) -> bool:
     return json.dumps(to_data(a), sort_keys=True) == json.dumps(to_data(b), sort_keys=True)
 
 
-def report_lines(reader: Any, original: RunRecord, rerun: RunRecord, new_id: Any) -> list[str]:
-    """What differs between the original run and its re-run, and what drifted since."""
+def report_lines(
+    original: RunRecord, rerun: RunRecord, new_id: Any, sources: dict[str, bytes]
+) -> list[str]:
+    """What differs between the original run and its re-run, and what drifted since.
+
+    ``sources`` are the original's stored sources (:func:`read_sources`).
+    """
     old, new = f"run {original.id}", f"run {new_id}"
     if same(original.result, rerun.result):
         lines = [f"result: identical ({json.dumps(to_data(rerun.result))})"]
@@ -179,7 +183,7 @@ def report_lines(reader: Any, original: RunRecord, rerun: RunRecord, new_id: Any
             f"vs {json.dumps(to_data(rerun.result))} ({new})"
         ]
     lines += metric_lines(original.metrics or {}, rerun.metrics or {}, old, new)
-    lines += _source_drift(reader, original)
+    lines += _source_drift(original, sources)
     lines += _changes("packages", dependencies(original), dependencies(rerun))
     lines += _changes(
         "python",
@@ -232,11 +236,10 @@ def _same_value(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _source_drift(reader: Any, original: RunRecord) -> list[str]:
+def _source_drift(original: RunRecord, sources: dict[str, bytes]) -> list[str]:
     base = original.experiment_info.get("base_dir") or ""
     lines: list[str] = []
-    for name in source_names(original):
-        stored = reader.read_source(original.id, name)
+    for name, stored in sources.items():
         path = Path(base, name)
         current = path.read_bytes() if path.is_file() else None
         if current != stored:

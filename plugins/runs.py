@@ -103,6 +103,16 @@ def source_names(record: RunRecord) -> list[str]:
     return [str(entry[0]) for entry in record.experiment_info.get("sources") or ()]
 
 
+def read_sources(reader: Any, record: RunRecord) -> dict[str, bytes]:
+    """The content of each source the run stored; a name outside its base dir is refused."""
+    sources = {}
+    for name in source_names(record):
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise UsageError(f"run {record.id} has a source outside its base dir: {name!r}")
+        sources[name] = reader.read_source(record.id, name)
+    return sources
+
+
 def dependencies(record: RunRecord) -> dict[str, str]:
     """The run's packages as ``{name: version}``."""
     found = {}

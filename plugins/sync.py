@@ -26,7 +26,7 @@ from expkit.records import RunRecord
 from expkit.run import store_for_url
 from expkit.serialize import utcnow
 from expkit.utils import redact_url
-from expkit_plugins.runs import close, reader_for, source_names
+from expkit_plugins.runs import close, read_sources, reader_for
 
 
 def spooled_runs(folder: Path) -> list[SpooledRun]:
@@ -217,11 +217,7 @@ def replay_record(
 def _experiment_info(reader: Any, record: RunRecord, folder: Path, base_dir: str | None) -> dict:
     info = dict(record.experiment_info)
     base = base_dir or info.get("base_dir") or ""
-    stored = {}
-    for name in source_names(record):
-        if os.path.isabs(name) or ".." in Path(name).parts:
-            raise UsageError(f"run {record.id} has a source outside its base dir: {name!r}")
-        stored[name] = reader.read_source(record.id, name)
+    stored = read_sources(reader, record)
     unchanged = bool(base) and all(
         Path(base, name).is_file() and Path(base, name).read_bytes() == data
         for name, data in stored.items()

@@ -150,3 +150,19 @@ def test_export_writes_one_whole_run_per_line(store: Path, tmp_path: Path) -> No
 def test_an_unknown_subcommand_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("lst") == 4
     assert "one of list, show, diff, rm, export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../outside.py", "/etc/passwd", "a/../../b.py"])
+def test_a_stored_source_named_outside_the_base_dir_is_refused(name: str) -> None:
+    from expkit.errors import UsageError
+    from expkit.records import RunRecord
+    from expkit_plugins.runs import read_sources
+
+    class NeverRead:
+        def read_source(self, run_id, source):
+            raise AssertionError(f"read {source!r} although its name is refused")
+
+    sources = {"sources": [[name, "0"]]}
+    record = RunRecord(1, "file://x", "exp", "COMPLETED", experiment_info=sources)
+    with pytest.raises(UsageError, match="outside its base dir"):
+        read_sources(NeverRead(), record)
