@@ -169,8 +169,31 @@ _URL_PASSWORD = re.compile(
 
 
 def redact_url(url: str) -> str:
-    """Replace the password in ``scheme://user:password@host/...`` by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***", url)
+    """Replace the password in ``scheme://user:password@host/...?...`` by ``***``.
+
+    The values of query options named like a secret (``...pass...``, ``secret``, ``token``,
+    and such keys inside ``K:V,...`` values) are replaced too.
+    """
+    url = _URL_PASSWORD.sub(r"\g<head>***", url)
+    base, q, query = url.partition("?")
+    if q and "://" in base:
+        query = "&".join(_redact_option(option) for option in query.split("&"))
+    return base + q + query
+
+
+_SECRET_OPTION = r"(?i)pass|secret|token"  # compiled and cached by re on first use
+
+
+def _redact_option(option: str) -> str:
+    key, eq, value = option.partition("=")
+    if eq and re.search(_SECRET_OPTION, key):
+        return f"{key}=***"
+    if eq and ":" in value:  # authMechanismProperties=AWS_SESSION_TOKEN:...
+        pairs = [p.partition(":") for p in value.split(",")]
+        value = ",".join(
+            f"{k}{c}***" if c and re.search(_SECRET_OPTION, k) else k + c + v for k, c, v in pairs
+        )
+    return f"{key}{eq}{value}"
 
 
 def redact_argv(argv: list[str]) -> list[str]:

@@ -44,6 +44,7 @@ from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import to_data, utcnow
 from expkit.utils import file_md5
+from expkit.utils import redact_url as _redact_generic
 
 if TYPE_CHECKING:
     from gridfs import GridFS
@@ -76,8 +77,7 @@ class MongoStoreError(ExpkitError):
 
 # --- passwords ----------------------------------------------------------------------
 
-# Patterns, compiled (and cached by re) on first use: every run imports this plugin.
-_SECRET_OPTION = r"(?i)pass|secret|token"
+# Compiled (and cached by re) on first use: every run imports this plugin.
 # A URL with credentials inside free text; the password runs to the last "@" of the word,
 # which may hide more than the password but never less.
 _URL_CREDENTIALS = r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@"
@@ -86,8 +86,8 @@ _URL_CREDENTIALS = r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@"
 def redact_url(url: str) -> str:
     """``url`` with its password and secret query options replaced by ``***``.
 
-    Stricter than :func:`expkit.utils.redact_url`: MongoDB URLs may carry an unencoded ``@``
-    in the password and secrets in query options.
+    Stricter than :func:`expkit.utils.redact_url`, which it ends with: a MongoDB URL may
+    carry an unencoded ``@`` in its password.
     """
     scheme, sep, rest = str(url).partition("://")
     if not sep:
@@ -96,10 +96,7 @@ def redact_url(url: str) -> str:
     if at >= 0:
         user, colon, _ = rest[:at].partition(":")
         rest = (f"{user}:***" if colon else user) + rest[at:]
-    base, q, query = rest.partition("?")
-    if q:
-        query = "&".join(_redact_option(option) for option in query.split("&"))
-    return f"{scheme}://{base}{q}{query}"
+    return _redact_generic(f"{scheme}://{rest}")
 
 
 def _userinfo_end(rest: str) -> int:
@@ -113,18 +110,6 @@ def _userinfo_end(rest: str) -> int:
     # An "@" after the "?" belongs to the password unless an option (k=v) came first.
     at = rest.rfind("@")
     return at if at > q and "=" not in rest[q:at] else -1
-
-
-def _redact_option(option: str) -> str:
-    key, eq, value = option.partition("=")
-    if eq and re.search(_SECRET_OPTION, key):
-        return f"{key}=***"
-    if eq and ":" in value:  # authMechanismProperties=AWS_SESSION_TOKEN:...
-        pairs = [p.partition(":") for p in value.split(",")]
-        value = ",".join(
-            f"{k}{c}***" if c and re.search(_SECRET_OPTION, k) else k + c + v for k, c, v in pairs
-        )
-    return f"{key}{eq}{value}"
 
 
 def _password(url: str | None) -> str:

@@ -221,6 +221,16 @@ def test_empty_chunks_change_nothing():
         ("mongodb://user@host/db", "mongodb://user@host/db"),
         ("mongodb://host:27017/db", "mongodb://host:27017/db"),
         ("http://host:8080/path@v2", "http://host:8080/path@v2"),
+        (
+            "mongodb://h/db?tlsCertificateKeyFilePassword=s3&w=1",
+            "mongodb://h/db?tlsCertificateKeyFilePassword=***&w=1",
+        ),
+        (
+            "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:abc,SERVICE_NAME:x",
+            "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:***,SERVICE_NAME:x",
+        ),
+        ("https://h/x?token=t&page=2", "https://h/x?token=***&page=2"),
+        ("data/x.csv?token=t", "data/x.csv?token=t"),
         ("data/x.csv", "data/x.csv"),
         ("user:pass@host", "user:pass@host"),
         ("", ""),
