@@ -156,19 +156,22 @@ def collect(session: Session) -> None:
     hook.expkit_collection_finish(session=session)
 
 
-def _stores(session: Session) -> None:
-    config = session.config
-    if config.option.unobserved:
-        return
+def store_urls(config: Any) -> list[str]:
+    """Where the session's runs go: ``--store``, else ``[tool.expkit] store``, else ./runs."""
     urls = list(config.option.stores)
     if not urls and config.settings.store:
         # A folder written in pyproject.toml is relative to the project root, like `paths`.
         store = config.settings.store
         urls = [store if "://" in store else str(config.rootdir / store)]
-    if not urls:
-        urls = [str(config.rootdir / "runs")]
-    session.store_urls = urls
-    session.stores = [store_for_url(config.pluginmanager, url) for url in urls]
+    return urls or [str(config.rootdir / "runs")]
+
+
+def _stores(session: Session) -> None:
+    config = session.config
+    if config.option.unobserved:
+        return
+    session.store_urls = store_urls(config)
+    session.stores = [store_for_url(config.pluginmanager, url) for url in session.store_urls]
 
 
 def run_item(session: Session, item: Item) -> RunReport:

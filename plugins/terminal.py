@@ -19,6 +19,8 @@ import expkit
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
+from expkit.utils import redact_url
+from expkit_plugins.session import store_urls
 
 _STATUS_COLOUR = {
     "COMPLETED": Fore.GREEN,
@@ -212,8 +214,7 @@ def expkit_report_header(config: Any) -> list[str]:
     if config.option.unobserved:
         lines.append("store: none (-u)")
     elif session is not None:
-        urls = config.option.stores or ([config.settings.store] if config.settings.store else [])
-        lines.append(f"store: {', '.join(urls) if urls else config.rootdir / 'runs'}")
+        lines.append(f"store: {', '.join(map(redact_url, store_urls(config)))}")
     third_party = [
         f"{info.name}-{info.version}" if info.version else info.name
         for info in config.pluginmanager.infos.values()

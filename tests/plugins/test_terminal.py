@@ -52,6 +52,17 @@ def test_header_lines(project: Path) -> None:
     assert lines[4] == "collected 2 experiments"
 
 
+def test_header_names_the_store_the_runs_go_to(tmp_path: Path) -> None:
+    # A store in pyproject.toml is relative to the project root, in the header as in the runs.
+    project = write_project(tmp_path / "p", PROJECT, pyproject='store = "results"\n')
+    proc = run_expkit("run", "exp_a.py", "--collect-only", cwd=project)
+    assert f"store: {project / 'results'}" in proc.stdout.splitlines()
+    url = "mongodb://me:s3cret@127.0.0.1:1/db"
+    proc = run_expkit("run", "exp_a.py", "--collect-only", "--store", url, cwd=project)
+    assert "store: mongodb://me:***@127.0.0.1:1/db" in proc.stdout.splitlines()
+    assert "s3cret" not in proc.stdout
+
+
 def test_one_line_per_run_with_progress_id_status_duration_result(project: Path) -> None:
     proc = run_expkit("run", cwd=project)
     assert proc.returncode == 1
