@@ -107,9 +107,7 @@ class PluginManager(pluggy.PluginManager):
             builtin = ep.dist.canonical_name == _DIST_NAME
             if builtin_only != builtin or (builtin and not command and ep.name in COMMAND_PLUGINS):
                 continue
-            if self.is_blocked(ep.name) or self.has_plugin(ep.name):
-                continue
-            self.register_module(
+            self.register_module(  # blocked or loaded already: it does nothing
                 ep.value,
                 name=ep.name,
                 origin="builtin" if builtin else "entrypoint",
@@ -144,12 +142,18 @@ def create_plugin_manager(
     for name in blocked:
         pm.block(name)
     pm.load_entry_points(builtin_only=True, command=command)
+    early = list(early)
+    eps = _entry_points()
+    names = {ep.name for ep in eps}
     for modname in early:
-        if modname not in {ep.name for ep in _entry_points()}:
+        if modname not in names:
             pm.register_module(modname, origin="-p")
-    for ep in _entry_points():
-        if ep.name in set(early) and not pm.has_plugin(ep.name) and not pm.is_blocked(ep.name):
-            pm.register_module(ep.value, name=ep.name, origin="-p", distribution=ep.dist.name)
+    for ep in eps:
+        if ep.name in early:
+            dist = ep.dist
+            pm.register_module(
+                ep.value, name=ep.name, origin="-p", distribution=dist.name, version=dist.version
+            )
     if not os.environ.get("EXPKIT_DISABLE_PLUGIN_AUTOLOAD"):
         pm.load_entry_points(builtin_only=False)
     for modname in filter(None, os.environ.get("EXPKIT_PLUGINS", "").split(",")):
