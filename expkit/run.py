@@ -746,15 +746,13 @@ class Run:
         }
 
     def _bind(self) -> list:
-        bound = []
-        for ing, _ in self.experiment.traverse_ingredients():
-            for fn in ing.captured_functions:
-                captured_state(fn).bind(self)
-                bound.append(fn)
-        for fn in builtin_commands(self.experiment).values():
-            if fn not in bound:
-                captured_state(fn).bind(self)
-                bound.append(fn)
+        bound = [
+            fn for ing, _ in self.experiment.traverse_ingredients() for fn in ing.captured_functions
+        ]
+        if self.main_function not in bound:
+            bound.append(self.main_function)  # a built-in command (print_config, ...)
+        for fn in bound:
+            captured_state(fn).bind(self)
         return bound
 
     def _execute(self, args: tuple) -> Any:
