@@ -387,10 +387,16 @@ def builtin_commands(experiment: Experiment) -> dict[str, Callable]:
     return cache
 
 
-def find_command(experiment: Experiment, name: str) -> Callable:
-    """The command called ``name``: the experiment's own, an ingredient's, or a built-in one."""
+def all_commands(experiment: Experiment) -> dict[str, Callable]:
+    """Every command by name: the built-in ones, then the experiment's and its ingredients'."""
     commands = dict(builtin_commands(experiment))
     commands.update(experiment.gather_commands())
+    return commands
+
+
+def find_command(experiment: Experiment, name: str) -> Callable:
+    """The command called ``name``: the experiment's own, an ingredient's, or a built-in one."""
+    commands = all_commands(experiment)
     if name.startswith(experiment.path + "."):
         name = name[len(experiment.path) + 1 :]
     if name not in commands:

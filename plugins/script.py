@@ -149,7 +149,7 @@ def _is_number(token: str) -> bool:
 
 def usage(experiment: Any, prog: str) -> str:
     """The help text: usage lines, the module's docstring, flags and commands."""
-    from expkit.run import builtin_commands
+    from expkit.run import all_commands
 
     lines = [
         "Usage:",
@@ -177,9 +177,7 @@ def usage(experiment: Any, prog: str) -> str:
         "",
         "Commands:",
     ]
-    commands = dict(builtin_commands(experiment))
-    commands.update(experiment.gather_commands())
-    for name, fn in commands.items():
+    for name, fn in all_commands(experiment).items():
         first = (fn.__doc__ or "").strip().split("\n")[0]
         lines.append(f"  {name:<28} {first}")
     return "\n".join(lines)
