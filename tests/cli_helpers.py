@@ -71,6 +71,26 @@ def run_expkit(
     )
 
 
+def run_script(
+    script: str | Path,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python SCRIPT ARGS`` the way a user does and wait for it."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env() if env is None else env,
+        **kwargs,
+    )
+
+
 def run_in_terminal(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, str]:
     """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output."""
     master, slave = os.openpty()

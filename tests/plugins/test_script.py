@@ -6,12 +6,12 @@ import ast
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pluggy
 import pytest
+from cli_helpers import run_script
 
 import expkit
 import expkit_plugins
@@ -94,20 +94,6 @@ def main():
 """
 
 
-def run_script(cwd: Path, *args: str, script: str = "exp.py", **kw) -> subprocess.CompletedProcess:
-    """Run ``python script args...`` in ``cwd`` the way a user does."""
-    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        **kw,
-    )
-
-
 def values_of(proc: subprocess.CompletedProcess) -> dict:
     """The values ``main`` received, as it printed them."""
     assert proc.returncode == 0, proc.stderr
@@ -144,7 +130,7 @@ def exp_dir(tmp_path: Path) -> Path:
 
 
 def test_plain_run_uses_the_defaults(exp_dir: Path) -> None:
-    proc = run_script(exp_dir)
+    proc = run_script("exp.py", cwd=exp_dir)
     values = values_of(proc)
     assert values["a"] == 1 and values["b"] == 3 and values["name"] == "x"
     assert values["dataset"] == ("data.csv", 10)
@@ -153,7 +139,7 @@ def test_plain_run_uses_the_defaults(exp_dir: Path) -> None:
 
 
 def test_updates_fixed_before_the_scope_runs(exp_dir: Path) -> None:
-    values = values_of(run_script(exp_dir, "with", "a=23"))
+    values = values_of(run_script("exp.py", "with", "a=23", cwd=exp_dir))
     assert values["a"] == 23
     assert values["b"] == 69
 
@@ -174,35 +160,39 @@ def test_updates_fixed_before_the_scope_runs(exp_dir: Path) -> None:
     ],
 )
 def test_values_are_python_literals(exp_dir: Path, token: str, key: str, expected: object) -> None:
-    values = values_of(run_script(exp_dir, "with", token))
+    values = values_of(run_script("exp.py", "with", token, cwd=exp_dir))
     assert values[key] == expected
     assert type(values[key]) is type(expected)
 
 
 def test_several_updates_and_paper_example(exp_dir: Path) -> None:
-    values = values_of(run_script(exp_dir, "with", "a=3.4e-2", "more=0.5"))
+    values = values_of(run_script("exp.py", "with", "a=3.4e-2", "more=0.5", cwd=exp_dir))
     assert values["a"] == 0.034
     assert values["more"] == 0.5
 
 
 def test_dotted_keys_reach_nested_entries_and_ingredients(exp_dir: Path) -> None:
-    values = values_of(run_script(exp_dir, "with", "opt.lr=0.5", "dataset.path=other.csv"))
+    values = values_of(
+        run_script("exp.py", "with", "opt.lr=0.5", "dataset.path=other.csv", cwd=exp_dir)
+    )
     assert values["opt"] == {"lr": 0.5, "layers": [2, 3]}
     assert values["dataset"] == ("other.csv", 10)
 
 
 def test_named_configs_in_order_and_plain_updates_win(exp_dir: Path) -> None:
-    assert values_of(run_script(exp_dir, "with", "big"))["a"] == 100
-    values = values_of(run_script(exp_dir, "with", "big", "small"))
+    assert values_of(run_script("exp.py", "with", "big", cwd=exp_dir))["a"] == 100
+    values = values_of(run_script("exp.py", "with", "big", "small", cwd=exp_dir))
     assert (values["a"], values["name"]) == (-1, "small")
-    values = values_of(run_script(exp_dir, "with", "a=7", "big"))
+    values = values_of(run_script("exp.py", "with", "a=7", "big", cwd=exp_dir))
     assert (values["a"], values["b"], values["name"]) == (7, 21, "big")
 
 
 def test_config_files_are_named_updates(exp_dir: Path) -> None:
     (exp_dir / "variant.json").write_text('{"a": 5, "opt": {"lr": 0.25}}')
     (exp_dir / "variant.yaml").write_text("name: from-yaml\n")
-    values = values_of(run_script(exp_dir, "with", "variant.json", "variant.yaml", "a=6"))
+    values = values_of(
+        run_script("exp.py", "with", "variant.json", "variant.yaml", "a=6", cwd=exp_dir)
+    )
     assert values["a"] == 6
     assert values["b"] == 18
     assert values["opt"] == {"lr": 0.25, "layers": [2, 3]}
@@ -211,14 +201,16 @@ def test_config_files_are_named_updates(exp_dir: Path) -> None:
 
 def test_update_values_are_never_evaluated(exp_dir: Path) -> None:
     attack = "__import__('os').system('touch pwned')"
-    values = values_of(run_script(exp_dir, "-f", "with", f"name={attack}"))
+    values = values_of(run_script("exp.py", "-f", "with", f"name={attack}", cwd=exp_dir))
     assert values["name"] == attack
     assert not (exp_dir / "pwned").exists()
     assert not list(exp_dir.glob("pwned*"))
 
 
 def test_updates_may_come_before_and_after_flags(exp_dir: Path) -> None:
-    values = values_of(run_script(exp_dir, "with", "a=2", "-l", "WARNING", "name=late"))
+    values = values_of(
+        run_script("exp.py", "with", "a=2", "-l", "WARNING", "name=late", cwd=exp_dir)
+    )
     assert (values["a"], values["name"]) == (2, "late")
 
 
@@ -226,7 +218,7 @@ def test_updates_may_come_before_and_after_flags(exp_dir: Path) -> None:
 
 
 def test_custom_command_runs_with_the_config(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "show", "with", "a=5")
+    proc = run_script("exp.py", "show", "with", "a=5", cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert "SHOW 5 15" in proc.stdout
     assert "VALUES" not in proc.stdout
@@ -250,11 +242,11 @@ def test_unobserved_command_writes_no_run(tmp_path: Path) -> None:
         "def main():\n"
         "    pass\n"
     )
-    proc = run_script(tmp_path, "peek", "-F", "runs")
+    proc = run_script("exp.py", "peek", "-F", "runs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "PEEK 1" in proc.stdout
     assert not any(p.is_dir() and p.name.isdigit() for p in (tmp_path / "runs").glob("*"))
-    proc = run_script(tmp_path, "record", "-F", "runs")
+    proc = run_script("exp.py", "record", "-F", "runs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_json = load_json(only_run_dir(tmp_path / "runs") / "run.json")
     assert run_json["command"] == "record"
@@ -265,7 +257,7 @@ def test_unobserved_command_writes_no_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_flag_prints_usage_flags_and_commands(exp_dir: Path, flag: str) -> None:
-    proc = run_script(exp_dir, flag)
+    proc = run_script("exp.py", flag, cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Usage:" in out
@@ -280,13 +272,13 @@ def test_help_flag_prints_usage_flags_and_commands(exp_dir: Path, flag: str) -> 
 
 
 def test_help_command_without_argument_prints_usage(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "help")
+    proc = run_script("exp.py", "help", cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout and "Commands:" in proc.stdout
 
 
 def test_help_for_a_command_shows_its_signature_and_doc(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "help", "show")
+    proc = run_script("exp.py", "help", "show", cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert "show(a, b)" in proc.stdout
     assert "Show a and b." in proc.stdout
@@ -314,7 +306,7 @@ LONG = [
 
 @pytest.mark.parametrize("flags", [SHORT, LONG], ids=["short", "long"])
 def test_recording_flags(exp_dir: Path, flags: list[str]) -> None:
-    proc = run_script(exp_dir, *flags, "with", "a=2")
+    proc = run_script("exp.py", *flags, "with", "a=2", cwd=exp_dir)
     values = values_of(proc)
     assert values["beat_interval"] == 0.25
     run_dir = exp_dir / "runs" / "my-id"
@@ -330,7 +322,7 @@ def test_recording_flags(exp_dir: Path, flags: list[str]) -> None:
 
 
 def test_flag_values_inline(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "--file_storage=runs", "--comment=inline", "-iX")
+    proc = run_script("exp.py", "--file_storage=runs", "--comment=inline", "-iX", cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert load_json(exp_dir / "runs" / "X" / "run.json")["meta"]["comment"] == "inline"
 
@@ -340,7 +332,7 @@ def test_flag_values_inline(exp_dir: Path) -> None:
     [("fd", {"py-out", "fd-out"}), ("sys", {"py-out"}), ("no", set())],
 )
 def test_capture_modes(exp_dir: Path, mode: str, captured: set[str]) -> None:
-    proc = run_script(exp_dir, "-F", "runs", "--capture", mode)
+    proc = run_script("exp.py", "-F", "runs", "--capture", mode, cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert "py-out" in proc.stdout and "fd-out" in proc.stdout  # the console still sees all
     cout = (only_run_dir(exp_dir / "runs") / "cout.txt").read_text()
@@ -349,7 +341,7 @@ def test_capture_modes(exp_dir: Path, mode: str, captured: set[str]) -> None:
 
 @pytest.mark.parametrize("flag", ["-u", "--unobserved"])
 def test_unobserved_stores_nothing(exp_dir: Path, flag: str) -> None:
-    proc = run_script(exp_dir, "-F", "runs", flag)
+    proc = run_script("exp.py", "-F", "runs", flag, cwd=exp_dir)
     assert values_of(proc)["a"] == 1
     store = exp_dir / "runs"
     assert not store.exists() or not any(p.is_dir() for p in store.iterdir())
@@ -357,7 +349,7 @@ def test_unobserved_stores_nothing(exp_dir: Path, flag: str) -> None:
 
 @pytest.mark.parametrize("flags", [["-q", "-P", "3"], ["--queue", "--priority", "3"]])
 def test_queue_records_without_running(exp_dir: Path, flags: list[str]) -> None:
-    proc = run_script(exp_dir, "-F", "runs", *flags)
+    proc = run_script("exp.py", "-F", "runs", *flags, cwd=exp_dir)
     assert proc.returncode == 0, proc.stderr
     assert "VALUES" not in proc.stdout
     assert "Queued-up run" in proc.stderr
@@ -369,7 +361,7 @@ def test_queue_records_without_running(exp_dir: Path, flags: list[str]) -> None:
 
 @pytest.mark.parametrize("flag", ["-p", "--print-config"])
 def test_print_config_flag_prints_then_runs(exp_dir: Path, flag: str) -> None:
-    proc = run_script(exp_dir, flag, "with", "a=4")
+    proc = run_script("exp.py", flag, "with", "a=4", cwd=exp_dir)
     values = values_of(proc)
     assert values["a"] == 4
     config_part, _, run_part = proc.stdout.partition("-" * 79 + "\n")
@@ -380,28 +372,28 @@ def test_print_config_flag_prints_then_runs(exp_dir: Path, flag: str) -> None:
 
 @pytest.mark.parametrize("flags", [["-l", "WARNING"], ["--loglevel", "ERROR"], ["-l", "30"]])
 def test_loglevel_silences_info_lines(exp_dir: Path, flags: list[str]) -> None:
-    proc = run_script(exp_dir, *flags)
+    proc = run_script("exp.py", *flags, cwd=exp_dir)
     assert values_of(proc)["a"] == 1
     assert "INFO" not in proc.stderr
     assert "Result:" not in proc.stderr
 
 
 def test_loglevel_debug_keeps_info_lines(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "--loglevel", "DEBUG")
+    proc = run_script("exp.py", "--loglevel", "DEBUG", cwd=exp_dir)
     assert values_of(proc)["a"] == 1
     assert "Result: 4" in proc.stderr
 
 
 @pytest.mark.parametrize("flag", ["-f", "--force"])
 def test_force_allows_unused_added_entries(exp_dir: Path, flag: str) -> None:
-    refused = run_script(exp_dir, "with", "unused_entry=1")
+    refused = run_script("exp.py", "with", "unused_entry=1", cwd=exp_dir)
     assert "unused_entry" in error_line(refused)
-    assert values_of(run_script(exp_dir, flag, "with", "unused_entry=1"))["a"] == 1
+    assert values_of(run_script("exp.py", flag, "with", "unused_entry=1", cwd=exp_dir))["a"] == 1
 
 
 @pytest.mark.parametrize("flag", ["-t", "--tiny_db"])
 def test_tiny_db_records_the_run(exp_dir: Path, flag: str) -> None:
-    proc = run_script(exp_dir, flag, "tdb", "with", "a=5")
+    proc = run_script("exp.py", flag, "tdb", "with", "a=5", cwd=exp_dir)
     assert values_of(proc)["a"] == 5
     documents = load_json(exp_dir / "tdb" / "metadata.json")["runs"]
     assert len(documents) == 1
@@ -414,7 +406,7 @@ def test_tiny_db_records_the_run(exp_dir: Path, flag: str) -> None:
 @pytest.mark.parametrize("flag", ["-m", "--mongo_db"])
 def test_mongo_db_unreachable_does_not_hang(exp_dir: Path, flag: str) -> None:
     start = time.monotonic()
-    proc = run_script(exp_dir, flag, "127.0.0.1:1:expkit_test")
+    proc = run_script("exp.py", flag, "127.0.0.1:1:expkit_test", cwd=exp_dir)
     assert time.monotonic() - start < 10
     assert "Traceback" not in proc.stderr
     if proc.returncode == 1:
@@ -439,22 +431,22 @@ def test_enforce_clean_in_a_git_repository(exp_dir: Path, flag: str) -> None:
     _git(exp_dir, "init", "-q")
     _git(exp_dir, "add", "exp.py")
     _git(exp_dir, "commit", "-q", "-m", "initial")
-    assert values_of(run_script(exp_dir, flag))["a"] == 1
+    assert values_of(run_script("exp.py", flag, cwd=exp_dir))["a"] == 1
     with (exp_dir / "exp.py").open("a") as f:
         f.write("# an uncommitted change\n")
-    line = error_line(run_script(exp_dir, flag))
+    line = error_line(run_script("exp.py", flag, cwd=exp_dir))
     assert "uncommitted" in line or "dirty" in line
 
 
 def test_enforce_clean_outside_a_repository_refuses(exp_dir: Path) -> None:
-    line = error_line(run_script(exp_dir, "--enforce_clean"))
+    line = error_line(run_script("exp.py", "--enforce_clean", cwd=exp_dir))
     assert "git" in line
 
 
 @pytest.mark.parametrize("flag", ["-d", "--debug"])
 def test_debug_shows_the_full_traceback(tmp_path: Path, flag: str) -> None:
     (tmp_path / "failing.py").write_text(FAILING)
-    proc = run_script(tmp_path, flag, script="failing.py")
+    proc = run_script("failing.py", flag, cwd=tmp_path)
     assert proc.returncode == 1
     assert "ValueError: boom 3" in proc.stderr
     frames = _frame_files(proc.stderr)
@@ -464,7 +456,7 @@ def test_debug_shows_the_full_traceback(tmp_path: Path, flag: str) -> None:
 @pytest.mark.parametrize("flag", ["-D", "--pdb"])
 def test_pdb_starts_the_debugger_after_a_failure(tmp_path: Path, flag: str) -> None:
     (tmp_path / "failing.py").write_text(FAILING)
-    proc = run_script(tmp_path, flag, script="failing.py", input="p x\nq\n")
+    proc = run_script("failing.py", flag, cwd=tmp_path, input="p x\nq\n")
     assert proc.returncode == 1
     assert "(Pdb)" in proc.stdout
     assert "3" in proc.stdout.split("(Pdb)", 1)[1]  # ``p x`` in the failing frame
@@ -499,20 +491,20 @@ MISTAKES = [
 def test_mistakes_give_one_line_and_exit_code_1(
     exp_dir: Path, args: list[str], words: list[str]
 ) -> None:
-    line = error_line(run_script(exp_dir, *args))
+    line = error_line(run_script("exp.py", *args, cwd=exp_dir))
     for word in words:
         assert word in line
 
 
 @pytest.mark.parametrize("token", ["a=[1, 2", "a={'k': 1", "a=(1,", "a='unclosed"])
 def test_malformed_literal_is_an_error(exp_dir: Path, token: str) -> None:
-    line = error_line(run_script(exp_dir, "with", token))
+    line = error_line(run_script("exp.py", "with", token, cwd=exp_dir))
     assert token.partition("=")[2] in line
 
 
 def test_broken_config_file_names_the_file(exp_dir: Path) -> None:
     (exp_dir / "broken.json").write_text('{"a": 1,,}')
-    line = error_line(run_script(exp_dir, "with", "broken.json"))
+    line = error_line(run_script("exp.py", "with", "broken.json", cwd=exp_dir))
     assert "broken.json" in line
 
 
@@ -540,7 +532,7 @@ def _is_expkit_internal(filename: str) -> bool:
 
 def test_user_traceback_without_expkit_frames(tmp_path: Path) -> None:
     (tmp_path / "failing.py").write_text(FAILING)
-    proc = run_script(tmp_path, script="failing.py")
+    proc = run_script("failing.py", cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr
     assert proc.stderr.rstrip().endswith("ValueError: boom 3")
@@ -563,7 +555,7 @@ def test_error_in_a_config_scope_points_at_the_users_line(tmp_path: Path) -> Non
         "def main(a, b):\n"
         "    pass\n"
     )
-    proc = run_script(tmp_path)
+    proc = run_script("exp.py", cwd=tmp_path)
     assert proc.returncode == 1
     assert "ZeroDivisionError" in proc.stderr
     assert "b = a / 0" in proc.stderr
