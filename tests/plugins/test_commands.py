@@ -17,6 +17,7 @@ from types import ModuleType
 
 import numpy
 import pytest
+from cli_helpers import child_env, run_script
 
 EXP = '''\
 """Experiment for the command tests."""
@@ -83,22 +84,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BLUE, GREEN, RED, DIM, RESET = "\x1b[34m", "\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[0m"
 
 
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-
-
-def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python exp.py args...`` with stdout a pipe (not a terminal)."""
-    return subprocess.run(
-        [sys.executable, "exp.py", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-    )
-
-
 def run_in_terminal(cwd: Path, *args: str) -> str:
     """``python exp.py args...`` with stdout a pseudo-terminal; returns what it printed there."""
     master, slave = os.openpty()
@@ -108,7 +93,7 @@ def run_in_terminal(cwd: Path, *args: str) -> str:
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=child_env(),
     )
     os.close(slave)
     chunks = []
@@ -166,7 +151,9 @@ def exp_module(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Modul
 
 
 def test_print_config_plain_when_not_a_terminal(exp_dir: Path) -> None:
-    out = ok(run_script(exp_dir, "print_config", "with", "a=2", "added_one=3", "name=3"))
+    out = ok(
+        run_script("exp.py", "print_config", "with", "a=2", "added_one=3", "name=3", cwd=exp_dir)
+    )
     assert "\x1b" not in out
     lines = out.splitlines()
     assert lines[0] == "Configuration (modified, added, typechanged, doc):"
@@ -184,7 +171,7 @@ def test_print_config_plain_when_not_a_terminal(exp_dir: Path) -> None:
 
 
 def test_print_config_docs_aligned(exp_dir: Path) -> None:
-    out = ok(run_script(exp_dir, "print_config"))
+    out = ok(run_script("exp.py", "print_config", cwd=exp_dir))
     assert "# the first number" in out and "# a ratio" in out and "# where the data lives" in out
     columns = doc_columns(out)
     assert len(columns) == 1, out
@@ -213,13 +200,13 @@ def test_print_config_colours_in_a_terminal(exp_dir: Path) -> None:
 
 
 def test_print_config_is_unobserved(exp_dir: Path) -> None:
-    ok(run_script(exp_dir, "print_config", "-F", "runs"))
+    ok(run_script("exp.py", "print_config", "-F", "runs", cwd=exp_dir))
     store = exp_dir / "runs"
     assert not store.exists() or not [p for p in store.iterdir() if not p.name.startswith("_")]
 
 
 def test_print_config_shows_named_configs_applied(exp_dir: Path) -> None:
-    out = ok(run_script(exp_dir, "print_config", "with", "big", "dataset.tiny"))
+    out = ok(run_script("exp.py", "print_config", "with", "big", "dataset.tiny", cwd=exp_dir))
     assert re.search(r"^  a = 100\b", out, re.M)
     assert re.search(r"^    size = 2\b", out, re.M)
 
@@ -241,7 +228,7 @@ def test_run_command_print_config_returns_the_run(
 
 
 def test_print_dependencies_lists_packages_and_sources(exp_dir: Path) -> None:
-    out = ok(run_script(exp_dir, "print_dependencies"))
+    out = ok(run_script("exp.py", "print_dependencies", cwd=exp_dir))
     lines = out.splitlines()
     assert lines[0] == "Dependencies:"
     assert f"  {'numpy':<20} == {numpy.__version__}" in lines
@@ -268,13 +255,13 @@ def test_print_dependencies_shows_the_git_state(exp_dir: Path) -> None:
     _git(exp_dir, "add", "exp.py", "cmdhelper.py")
     _git(exp_dir, "commit", "-q", "-m", "initial")
     commit = _git(exp_dir, "rev-parse", "HEAD")
-    out = ok(run_script(exp_dir, "print_dependencies"))
+    out = ok(run_script("exp.py", "print_dependencies", cwd=exp_dir))
     assert "Version Control:" in out
     (line,) = [ln for ln in out.splitlines() if commit in ln]
     assert line.startswith("  ")  # clean: no M
     with (exp_dir / "cmdhelper.py").open("a") as f:
         f.write("# changed\n")
-    out = ok(run_script(exp_dir, "print_dependencies"))
+    out = ok(run_script("exp.py", "print_dependencies", cwd=exp_dir))
     (line,) = [ln for ln in out.splitlines() if commit in ln]
     assert line.startswith("M ")
 
@@ -283,7 +270,7 @@ def test_print_dependencies_shows_the_git_state(exp_dir: Path) -> None:
 
 
 def test_save_config_writes_config_json(exp_dir: Path) -> None:
-    ok(run_script(exp_dir, "save_config", "with", "a=5", "opt.lr=0.5"))
+    ok(run_script("exp.py", "save_config", "with", "a=5", "opt.lr=0.5", cwd=exp_dir))
     saved = json.loads((exp_dir / "config.json").read_text())
     assert saved["a"] == 5
     assert saved["opt"] == {"lr": 0.5, "layers": [2, 3]}
@@ -295,7 +282,11 @@ def test_save_config_writes_config_json(exp_dir: Path) -> None:
 @pytest.mark.parametrize("filename", ["mine.yaml", "mine.yml", "other.json"])
 def test_save_config_to_a_chosen_file(exp_dir: Path, filename: str) -> None:
     yaml = pytest.importorskip("yaml")
-    ok(run_script(exp_dir, "save_config", "with", f"config_filename={filename}", "seed=42"))
+    ok(
+        run_script(
+            "exp.py", "save_config", "with", f"config_filename={filename}", "seed=42", cwd=exp_dir
+        )
+    )
     text = (exp_dir / filename).read_text()
     saved = json.loads(text) if filename.endswith(".json") else yaml.safe_load(text)
     assert saved["seed"] == 42
@@ -306,14 +297,14 @@ def test_save_config_to_a_chosen_file(exp_dir: Path, filename: str) -> None:
 
 
 def test_save_config_round_trips_as_a_config_file(exp_dir: Path) -> None:
-    ok(run_script(exp_dir, "save_config", "with", "a=9", "seed=5"))
-    out = ok(run_script(exp_dir, "print_config", "with", "config.json"))
+    ok(run_script("exp.py", "save_config", "with", "a=9", "seed=5", cwd=exp_dir))
+    out = ok(run_script("exp.py", "print_config", "with", "config.json", cwd=exp_dir))
     assert re.search(r"^  a = 9\b", out, re.M)
     assert re.search(r"^  seed = 5\b", out, re.M)
 
 
 def test_save_config_unknown_extension_is_one_line(exp_dir: Path) -> None:
-    proc = run_script(exp_dir, "save_config", "with", "config_filename=cfg.txt")
+    proc = run_script("exp.py", "save_config", "with", "config_filename=cfg.txt", cwd=exp_dir)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "cfg.txt" in ln]
@@ -325,7 +316,7 @@ def test_save_config_unknown_extension_is_one_line(exp_dir: Path) -> None:
 
 
 def test_print_named_configs_with_docs(exp_dir: Path) -> None:
-    out = ok(run_script(exp_dir, "print_named_configs"))
+    out = ok(run_script("exp.py", "print_named_configs", cwd=exp_dir))
     assert "\x1b" not in out
     lines = out.splitlines()
     assert lines[0] == "Named Configurations (doc):"
@@ -347,7 +338,7 @@ def test_print_named_configs_when_there_are_none(tmp_path: Path) -> None:
         "def main():\n"
         "    pass\n"
     )
-    out = ok(run_script(tmp_path, "print_named_configs"))
+    out = ok(run_script("exp.py", "print_named_configs", cwd=tmp_path))
     assert out.splitlines() == ["Named Configurations (doc):", "  No named configs"]
 
 
@@ -368,7 +359,7 @@ def test_print_named_configs_doc_dim_in_a_terminal(exp_dir: Path) -> None:
     ],
 )
 def test_help_for_builtin_and_main_commands(exp_dir: Path, command: str, words: list[str]) -> None:
-    out = ok(run_script(exp_dir, "help", command))
+    out = ok(run_script("exp.py", "help", command, cwd=exp_dir))
     for word in words:
         assert word in out
     assert "MAIN RAN" not in out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_script
 
 from expkit import Experiment
 from expkit.errors import ConfigError, ExpkitError
@@ -217,21 +216,10 @@ def main(a, b, opt):
 """
 
 
-def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "exp.py", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
-
-
 def test_script_with_a_config_file_derives_entries(tmp_path: Path) -> None:
     write(tmp_path, "exp.py", SCRIPT)
     write(tmp_path, "fast.toml", "a = 4\n[opt]\nlr = 0.5\n")
-    proc = run_script(tmp_path, "with", "fast.toml")
+    proc = run_script("exp.py", "with", "fast.toml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "GOT 4 12 0.5" in proc.stdout
 
@@ -249,7 +237,7 @@ def test_script_bad_config_file_is_one_line(
 ) -> None:
     write(tmp_path, "exp.py", SCRIPT)
     write(tmp_path, name, text)
-    proc = run_script(tmp_path, "with", name)
+    proc = run_script("exp.py", "with", name, cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
