@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from cli_helpers import child_env, run_script
 
 pytest.importorskip("sklearn")
 
@@ -38,21 +39,6 @@ def run(C, gamma):
     clf.fit(iris.data[:90], iris.target[:90])
     return clf.score(iris.data[90:], iris.target[90:])
 """
-
-
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
-
-
-def run_iris(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "exp_iris.py", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(),
-    )
 
 
 def recorded(store: Path) -> tuple[dict, dict]:
@@ -80,7 +66,7 @@ def iris(iris_dir: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 def test_script_runs_with_the_defaults(iris_dir: Path) -> None:
-    proc = run_iris(iris_dir, "-F", "runs")
+    proc = run_script("exp_iris.py", "-F", "runs", cwd=iris_dir, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"Result: [01]\.\d+", proc.stderr), proc.stderr
     run_json, config = recorded(iris_dir / "runs")
@@ -91,7 +77,9 @@ def test_script_runs_with_the_defaults(iris_dir: Path) -> None:
 
 
 def test_script_with_updates_uses_them(iris_dir: Path) -> None:
-    proc = run_iris(iris_dir, "with", "C=3.4e-2", "gamma=0.5", "-F", "runs")
+    proc = run_script(
+        "exp_iris.py", "with", "C=3.4e-2", "gamma=0.5", "-F", "runs", cwd=iris_dir, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     run_json, config = recorded(iris_dir / "runs")
     assert config["C"] == pytest.approx(0.034)
@@ -140,7 +128,7 @@ def test_print_config_marks_gamma_in_a_terminal(iris_dir: Path, update: str, col
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=child_env(),
     )
     os.close(slave)
     chunks = []
