@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_script
 from tinydb import Query, TinyDB
 
 from expkit.errors import ExpkitError, UsageError
@@ -787,19 +788,11 @@ def experiment_script(tmp_path: Path) -> Path:
     return script
 
 
-def run_script(script: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=script.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_end_to_end_with_the_tiny_db_flag(experiment_script: Path, tmp_path: Path) -> None:
     db = tmp_path / "cli_db"
-    done = run_script(experiment_script, "with", "n=4", "-t", str(db), "-b", "0.01")
+    done = run_script(
+        experiment_script, "with", "n=4", "-t", str(db), "-b", "0.01", cwd=tmp_path, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     [doc] = stored_runs(db)
     assert (doc["status"], doc["result"], doc["config"]["n"]) == ("COMPLETED", 40, 4)
@@ -819,7 +812,9 @@ def test_end_to_end_with_the_tiny_db_flag(experiment_script: Path, tmp_path: Pat
 
 def test_end_to_end_failure(experiment_script: Path, tmp_path: Path) -> None:
     db = tmp_path / "cli_db"
-    done = run_script(experiment_script, "with", "fail=True", "-t", str(db))
+    done = run_script(
+        experiment_script, "with", "fail=True", "-t", str(db), cwd=tmp_path, timeout=120
+    )
     assert done.returncode != 0
     [doc] = stored_runs(db)
     assert doc["status"] == "FAILED"
