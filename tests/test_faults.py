@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from cli_helpers import child_env, run_expkit, run_script
 
 from expkit import Experiment
 from expkit.errors import UsageError
@@ -37,11 +38,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     ``tmp_path``."""
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path / "spool"))
-    return {
-        **os.environ,
-        "EXPKIT_SPOOL": str(tmp_path / "spool"),
-        "TMPDIR": str(tmp_path / "tmp"),
-    }
+    return child_env(EXPKIT_SPOOL=str(tmp_path / "spool"), TMPDIR=str(tmp_path / "tmp"))
 
 
 def start(script: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
@@ -53,29 +50,6 @@ def start(script: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-
-
-def run_script(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=script.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def expkit_cmd(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The ``expkit`` command, as a user types it."""
-    return subprocess.run(
-        [sys.executable, "-m", "expkit", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
     )
 
 
@@ -224,7 +198,7 @@ def test_file_store_back_after_the_run_gets_everything_from_expkit_sync(
     [kept] = spooled(tmp_path / "spool")
 
     away.rename(runs / "1")
-    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "runs", env=env)
+    done = run_expkit("sync", str(tmp_path / "spool"), "runs", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"delivered {kept.name} to runs as run 1" in done.stdout
     assert_file_run_complete(runs)
@@ -250,7 +224,7 @@ def test_tinydb_store_gone_at_the_end_gets_everything_from_expkit_sync(
     assert str(tmp_path / "spool") in err
     assert not store.exists(), "the store wrote a new, partial database"
     away.rename(store)
-    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "tinydb://db", env=env)
+    done = run_expkit("sync", str(tmp_path / "spool"), "tinydb://db", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
 
     tables = json.loads((store / "metadata.json").read_text())
@@ -342,7 +316,7 @@ def test_mongo_back_after_the_run_gets_everything_from_expkit_sync(
     assert len(spooled(tmp_path / "spool")) == 1
 
     memory_mongo.down = False
-    done = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
+    done = run_expkit("sync", str(tmp_path / "spool"), quick_url, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 delivered, 0 still spooled" in done.stdout
     assert_mongo_run_complete(mongo_db, run._id)
@@ -405,14 +379,14 @@ def test_file_store_down_from_the_start_then_synced(
     quick: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:
     (tmp_path / "runs").write_text("a file where the store's folder should be\n")
-    done = run_script(quick, "-F", "runs", env=env)
+    done = run_script(quick, "-F", "runs", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "hello from first" in done.stdout
     assert f"kept in {tmp_path / 'spool'}" in done.stderr
     assert len(spooled(tmp_path / "spool")) == 1
 
     (tmp_path / "runs").unlink()
-    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), "runs", env=env)
+    synced = run_expkit("sync", str(tmp_path / "spool"), "runs", cwd=tmp_path, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "as run 1" in synced.stdout
     assert_quick_run(read_run(tmp_path / "runs", "1"), tmp_path / "runs", "first")
@@ -428,13 +402,13 @@ def test_mongo_down_from_the_start_then_synced(
     quick: Path,
 ) -> None:
     memory_mongo.down = True
-    done = run_script(quick, "-m", quick_url, env=env)
+    done = run_script(quick, "-m", quick_url, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "store MongoObserver failed" in done.stderr
     assert len(spooled(tmp_path / "spool")) == 1
 
     memory_mongo.down = False
-    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
+    synced = run_expkit("sync", str(tmp_path / "spool"), quick_url, cwd=tmp_path, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     [doc] = mongo_db.runs.find()
     assert (doc["_id"], doc["status"], doc["result"]) == (1, "COMPLETED", "first")
@@ -453,12 +427,14 @@ def test_next_run_into_the_store_delivers_an_earlier_spooled_run(
     runs = tmp_path / "runs"
     runs.write_text("in the way\n")
     # Long enough, with heartbeats, that replaying it takes longer than the next run.
-    first = run_script(quick, "with", "wait=0.5", "-b", "0.01", "-F", "runs", env=env)
+    first = run_script(quick, "with", "wait=0.5", "-b", "0.01", "-F", "runs", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     assert len(spooled(tmp_path / "spool")) == 1
 
     runs.unlink()
-    done = run_script(quick, "with", "tag=second", f"wait={wait}", "-F", "runs", env=env)
+    done = run_script(
+        quick, "with", "tag=second", f"wait={wait}", "-F", "runs", cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stderr
     # Nothing else was asked of the user: when the next run has ended, both are stored.
     found = runs_by_tag(runs)
@@ -535,7 +511,7 @@ def test_output_before_an_early_failure_is_kept(
     store: tuple, last_words: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:
     flags, read = store
-    done = run_script(last_words, *flags, env=env)
+    done = run_script(last_words, *flags, cwd=tmp_path, env=env)
     assert done.returncode == 1
     assert "RuntimeError: early failure" in done.stderr
     status, output = read(tmp_path)
@@ -607,7 +583,7 @@ def test_artifact_names_cannot_place_files_outside_any_store(
     flags, read = store
     outside = tmp_path / "outside"
     outside.mkdir()
-    done = run_script(escapes, *flags, env={**env, "OUTSIDE": str(outside)})
+    done = run_script(escapes, *flags, cwd=tmp_path, env={**env, "OUTSIDE": str(outside)})
     assert done.returncode == 0, done.stderr
     assert "refused ../escaped.txt UsageError" in done.stdout
     assert f"refused {outside / 'absolute.txt'} UsageError" in done.stdout
@@ -658,16 +634,16 @@ def test_a_mongodb_password_is_stored_nowhere(
     [(user, password)] = memory_mongo.users.items()
     assert f"{user}:{password}@" in quick_url
     # Stored in MongoDB and, as the command line, in the file store.
-    done = run_script(quick, "-m", quick_url, "-F", "runs", env=env)
+    done = run_script(quick, "-m", quick_url, "-F", "runs", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     # Away from the start: spooled, then synced.
     memory_mongo.down = True
-    done2 = run_script(quick, "with", "tag=second", "-m", quick_url, env=env)
+    done2 = run_script(quick, "with", "tag=second", "-m", quick_url, cwd=tmp_path, env=env)
     assert done2.returncode == 0, done2.stderr
     assert len(spooled(tmp_path / "spool")) == 1
     spool_text = all_text(tmp_path / "spool")
     memory_mongo.down = False
-    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), quick_url, env=env)
+    synced = run_expkit("sync", str(tmp_path / "spool"), quick_url, cwd=tmp_path, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
 
     docs = [(db, repr(doc)) for db, _, doc in memory_mongo.all_documents()]
@@ -717,7 +693,7 @@ def test_config_values_are_stored_as_data_never_pickled(
 ) -> None:
     script = tmp_path / "exp_values.py"
     script.write_text(CONFIG_VALUES)
-    done = run_script(script, "-F", "runs", "-t", "db", "-m", mongo_url, env=env)
+    done = run_script(script, "-F", "runs", "-t", "db", "-m", mongo_url, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "pair is a tuple" in done.stdout
 
@@ -764,7 +740,7 @@ def test_config_values_that_are_no_data_are_refused_not_pickled(
 ) -> None:
     script = tmp_path / "exp_objects.py"
     script.write_text(OBJECT_IN_CONFIG.format(value=value))
-    done = run_script(script, "-F", "runs", env=env)
+    done = run_script(script, "-F", "runs", cwd=tmp_path, env=env)
     assert done.returncode == 1
     assert done.stderr.startswith("ERROR: "), done.stderr
     [line] = done.stderr.splitlines()
