@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import run_script
 
 from expkit import Experiment, Ingredient, MissingConfigError, Run, UsageError
 from expkit.observers import RunObserver
@@ -414,9 +415,7 @@ def test_script_reports_an_unknown_parameter_in_one_line(tmp_path: Path) -> None
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
+    proc = run_script(script, cwd=tmp_path)
     assert proc.returncode == 1
     assert "MAIN RAN" not in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -754,13 +753,7 @@ AUTOMAIN = textwrap.dedent(
 
 def test_automain_runs_the_command_line_only_as_a_script(tmp_path: Path) -> None:
     (tmp_path / "exp_auto.py").write_text(AUTOMAIN)
-    proc = subprocess.run(
-        [sys.executable, "exp_auto.py", "with", "a=4"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_script("exp_auto.py", "with", "a=4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "MAIN 4" in proc.stdout
 

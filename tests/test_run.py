@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_script
 
 import expkit
 from expkit import Experiment, ExpkitError, RunObserver, TimeoutInterrupt
@@ -1029,9 +1030,7 @@ def test_a_run_in_a_real_process_captures_output_with_the_default_mode(tmp_path:
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
+    proc = run_script(script, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     # As in Sacred: without a store and without -C, output is not captured.
