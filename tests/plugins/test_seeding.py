@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 import textwrap
 import types
@@ -14,6 +12,7 @@ from typing import Any
 
 import numpy
 import pytest
+from cli_helpers import child_env, run_script
 
 from expkit import Experiment, RunObserver
 from expkit.errors import ConfigError
@@ -102,13 +101,7 @@ def test_the_seed_entry_is_documented_in_print_config(tmp_path: Path) -> None:
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(script), "print_config", "with", "seed=77"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_script(script, "print_config", "with", "seed=77", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     seed_line = next(line for line in proc.stdout.splitlines() if "seed" in line)
     assert "seed = 77" in seed_line
@@ -167,9 +160,7 @@ if __name__ == "__main__":
 def test_numpy_imported_only_during_the_run_is_still_seeded(tmp_path: Path) -> None:
     script = tmp_path / "late.py"
     script.write_text(LATE_NUMPY)
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
+    proc = run_script(script, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     loaded_before, value = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded_before is False  # numpy really was imported by main, not by expkit
@@ -250,14 +241,7 @@ def test_the_same_seed_gives_the_same_numbers_in_another_process(tmp_path: Path)
     script.write_text(SAME_NUMBERS)
     results = []
     for hash_seed in ("1", "2"):  # str hashing differs between the two processes
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=60,
-            env={**os.environ, "PYTHONHASHSEED": hash_seed},
-        )
+        proc = run_script(script, cwd=tmp_path, env=child_env(PYTHONHASHSEED=hash_seed))
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert results[0] == results[1]
@@ -333,13 +317,7 @@ def test_a_bad_seed_on_the_script_command_line_is_one_error_line(tmp_path: Path)
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(script), "with", "seed=1.5"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_script(script, "with", "seed=1.5", cwd=tmp_path)
     assert proc.returncode == 1
     assert "main ran" not in proc.stdout
     assert "Traceback" not in proc.stderr
