@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_expkit, run_script
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "third_party_store"
-TIMEOUT = 60
 
 EXPERIMENT = """
 from expkit import Experiment
@@ -65,17 +63,6 @@ def exp_file(tmp_path: Path) -> Path:
     return path
 
 
-def expkit_cmd(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "expkit", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -93,7 +80,7 @@ def assert_one_complete_run(path: Path) -> None:
 
 
 def test_the_plugin_is_listed_as_an_entry_point(tmp_path: Path, env: dict[str, str]) -> None:
-    done = expkit_cmd(tmp_path, "plugins", env=env)
+    done = run_expkit("plugins", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if "memstore" in line]
     assert "entrypoint" in line and "expkit-memstore 1.0" in line and "expkit_memstore" in line
@@ -103,7 +90,9 @@ def test_expkit_run_stores_into_the_plugins_url(
     tmp_path: Path, env: dict[str, str], exp_file: Path
 ) -> None:
     target = tmp_path / "events.jsonl"
-    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", f"memstore://{target}", env=env)
+    done = run_expkit(
+        "run", exp_file.name, "--store", f"memstore://{target}", cwd=tmp_path, env=env
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "COMPLETED" in done.stdout
     assert_one_complete_run(target)
@@ -116,13 +105,8 @@ def test_the_scripts_own_command_line_finds_the_plugin_too(
     script = tmp_path / "exp_script.py"
     script.write_text(SCRIPT)
     target = tmp_path / "events.jsonl"
-    done = subprocess.run(
-        [sys.executable, str(script), "with", "n=2"],
-        cwd=tmp_path,
-        env={**env, "MEMSTORE_FILE": str(target)},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    done = run_script(
+        script, "with", "n=2", cwd=tmp_path, env={**env, "MEMSTORE_FILE": str(target)}
     )
     assert done.returncode == 0, done.stderr
     assert_one_complete_run(target)
@@ -133,7 +117,9 @@ def test_without_autoload_the_scheme_is_unknown(
 ) -> None:
     target = tmp_path / "events.jsonl"
     env["EXPKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", f"memstore://{target}", env=env)
+    done = run_expkit(
+        "run", exp_file.name, "--store", f"memstore://{target}", cwd=tmp_path, env=env
+    )
     assert done.returncode == 4
     [line] = done.stderr.splitlines()
     assert line.startswith(f"ERROR: no store plugin handles 'memstore://{target}'")
@@ -143,8 +129,15 @@ def test_without_autoload_the_scheme_is_unknown(
     assert not (tmp_path / "runs").exists()
 
     # Named with -p, it loads again even without autoload, as in pytest.
-    done = expkit_cmd(
-        tmp_path, "run", exp_file.name, "-p", "memstore", "--store", f"memstore://{target}", env=env
+    done = run_expkit(
+        "run",
+        exp_file.name,
+        "-p",
+        "memstore",
+        "--store",
+        f"memstore://{target}",
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert_one_complete_run(target)
@@ -152,14 +145,14 @@ def test_without_autoload_the_scheme_is_unknown(
 
 def test_blocking_the_plugin_by_name(tmp_path: Path, env: dict[str, str], exp_file: Path) -> None:
     target = tmp_path / "events.jsonl"
-    done = expkit_cmd(
-        tmp_path,
+    done = run_expkit(
         "run",
         exp_file.name,
         "-p",
         "no:memstore",
         "--store",
         f"memstore://{target}",
+        cwd=tmp_path,
         env=env,
     )
     assert done.returncode == 4
@@ -170,8 +163,8 @@ def test_blocking_the_plugin_by_name(tmp_path: Path, env: dict[str, str], exp_fi
 def test_the_plugins_own_usage_error_is_one_line(
     tmp_path: Path, env: dict[str, str], exp_file: Path
 ) -> None:
-    done = expkit_cmd(
-        tmp_path, "run", exp_file.name, "--store", "memstore://relative/events.jsonl", env=env
+    done = run_expkit(
+        "run", exp_file.name, "--store", "memstore://relative/events.jsonl", cwd=tmp_path, env=env
     )
     assert done.returncode == 4
     assert done.stderr == "ERROR: memstore needs an absolute path, got 'relative/events.jsonl'\n"
@@ -182,13 +175,13 @@ def test_a_third_party_store_that_fails_is_spooled_and_synced_like_any_other(
 ) -> None:
     target = tmp_path / "later" / "events.jsonl"  # its folder does not exist yet
     url = f"memstore://{target}"
-    done = expkit_cmd(tmp_path, "run", exp_file.name, "--store", url, env=env)
+    done = run_expkit("run", exp_file.name, "--store", url, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "store MemStoreObserver failed" in done.stderr
     assert str(tmp_path / "spool") in done.stderr
 
     target.parent.mkdir()
-    synced = expkit_cmd(tmp_path, "sync", str(tmp_path / "spool"), url, env=env)
+    synced = run_expkit("sync", str(tmp_path / "spool"), url, cwd=tmp_path, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert synced.stdout.endswith("1 delivered, 0 still spooled\n")
     assert_one_complete_run(target)
