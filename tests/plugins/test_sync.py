@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_helpers import child_env, run_expkit
 
 import expkit
 from expkit.delivery import GuardedStore
@@ -216,15 +213,8 @@ def test_sync_from_the_command_line(here: Path) -> None:
     """The same, as a user types it: ``expkit sync .expkit/spool runs`` in a fresh process."""
     spool_run(here / "runs", "typed")
     (here / "runs").unlink()
-    env: dict[str, Any] = {**os.environ, "EXPKIT_SPOOL": str(here / "spool")}
-    done = subprocess.run(
-        [sys.executable, "-m", "expkit", "sync", "spool", "runs"],
-        cwd=here,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = child_env(EXPKIT_SPOOL=str(here / "spool"))
+    done = run_expkit("sync", "spool", "runs", cwd=here, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("1 delivered, 0 still spooled\n")
     assert_delivered(here / "runs", "1", "typed")
