@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,12 @@ import pytest
 pytest.importorskip("pymongo")
 pytest.importorskip("mockupdb")
 
+from mongo_server import PASSWORD
+
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
 from expkit_plugins import mongo_store
 from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import PASSWORD
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ in-memory server of tests/mongo_server.py (real sockets, real pymongo) or, when
 from __future__ import annotations
 
 import datetime
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ import pytest
 pytest.importorskip("pymongo")
 pytest.importorskip("mockupdb")
 
+from mongo_server import MemoryMongo
+
 from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
 from expkit_plugins.mongo_store import (
@@ -24,9 +25,6 @@ from expkit_plugins.mongo_store import (
     MongoStoreError,
     load_captured_out,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import MemoryMongo
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 0)
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250000)

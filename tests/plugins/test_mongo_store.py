@@ -23,6 +23,7 @@ pytest.importorskip("mockupdb")
 gridfs = pytest.importorskip("gridfs")
 import bson  # noqa: E402
 from bson import ObjectId, json_util  # noqa: E402
+from mongo_server import PASSWORD, MemoryMongo  # noqa: E402
 from pymongo import monitoring  # noqa: E402
 
 from expkit.errors import ExpkitError, UsageError  # noqa: E402
@@ -38,9 +39,6 @@ from expkit_plugins.mongo_store import (  # noqa: E402
     load_info,
     redact_url,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mongo_server import PASSWORD, MemoryMongo  # noqa: E402
 
 # --- fixtures (the server, its URL and database: tests/conftest.py) ----------------------
 

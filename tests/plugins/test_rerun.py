@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import child_env, run_expkit, stored_runs, write_project
 
 pytestmark = pytest.mark.slow

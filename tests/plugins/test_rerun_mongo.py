@@ -3,7 +3,6 @@ when ``EXPKIT_TEST_MONGO_URL`` is set, a real MongoDB (one fresh database per te
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,10 @@ import pytest
 pytest.importorskip("pymongo")
 pytest.importorskip("mockupdb")
 
-from expkit_plugins.mongo_store import redact_url
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import run_expkit, write_project
 from test_rerun import EXPERIMENT as RERUN_EXPERIMENT
+
+from expkit_plugins.mongo_store import redact_url
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ server of ``EXPKIT_TEST_MONGO_URL``)."""
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
+from test_runs_command import T0, store_run
 
 import expkit
 from expkit.observers import RunObserver
@@ -15,10 +15,6 @@ from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
 from expkit_plugins.file_store import FileStorageObserver
 from expkit_plugins.sync import replay_record
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_runs_command import T0, store_run
 
 DATA = b"x,y\n1,2\n"
 
