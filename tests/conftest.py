@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,11 +15,12 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(autouse=True)
-def _spool_in_tmp_path(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's spool folder, ``tmp_path/spool`` (not made yet), set as ``EXPKIT_SPOOL``."""
     # Events of failing stores are spooled; tests must not leave them in the working directory.
-    monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path_factory.mktemp("spool")))
+    folder = tmp_path / "spool"
+    monkeypatch.setenv("EXPKIT_SPOOL", str(folder))
+    return folder
 
 
 # --- MongoDB: the in-memory server of mongo_server.py, or EXPKIT_TEST_MONGO_URL's ---------

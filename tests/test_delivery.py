@@ -28,13 +28,6 @@ T2 = datetime.datetime(2024, 5, 1, 12, 0, 2, 500000)
 
 
 @pytest.fixture
-def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "spool"
-    monkeypatch.setenv("EXPKIT_SPOOL", str(folder))
-    return folder
-
-
-@pytest.fixture
 def guarded() -> Iterator[Callable[..., GuardedStore]]:
     """Make guarded stores; their retry threads are stopped after the test."""
     made: list[GuardedStore] = []

@@ -33,12 +33,11 @@ TIMEOUT = 60
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment of the processes (and this one): spool and temporary files inside
+def env(tmp_path: Path, spool: Path) -> dict[str, str]:
+    """The environment of the processes: this one's spool, and temporary files inside
     ``tmp_path``."""
     (tmp_path / "tmp").mkdir()
-    monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path / "spool"))
-    return child_env(EXPKIT_SPOOL=str(tmp_path / "spool"), TMPDIR=str(tmp_path / "tmp"))
+    return child_env(EXPKIT_SPOOL=str(spool), TMPDIR=str(tmp_path / "tmp"))
 
 
 def start(script: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:

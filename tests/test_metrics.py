@@ -198,9 +198,8 @@ def test_points_logged_from_threads_while_heartbeats_drain_arrive_once(tmp_path:
 
 
 def test_a_store_that_fails_mid_run_and_comes_back_keeps_every_point(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path / "spool"))
     runs, away = tmp_path / "runs", tmp_path / "away"
     ex = Experiment("outage", interactive=True)
     ex.observers.append(FileStorageObserver(runs))

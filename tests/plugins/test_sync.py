@@ -23,7 +23,6 @@ T1 = datetime.datetime(2024, 5, 1, 12, 0, 3, 140000)
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Work in ``tmp_path``, with the spool in ``tmp_path/spool``."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("EXPKIT_SPOOL", str(tmp_path / "spool"))
     yield tmp_path
 
 

@@ -45,14 +45,13 @@ if __name__ == "__main__":
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def env() -> dict[str, str]:
     """The package is installed the simplest way: its folder is on the path."""
     environ = {k: v for k, v in os.environ.items() if k not in ("EXPKIT_PLUGINS",)}
     environ.pop("EXPKIT_DISABLE_PLUGIN_AUTOLOAD", None)
     environ["PYTHONPATH"] = os.pathsep.join(
         [str(PACKAGE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
-    environ["EXPKIT_SPOOL"] = str(tmp_path / "spool")
     return environ
 
 
