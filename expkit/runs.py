@@ -156,17 +156,10 @@ def probably_dead(
 
 
 def reader_for_url(store_url: str, plugin_manager: Any = None) -> Any:
-    """The reader a store plugin gives for ``store_url``; a URL nobody reads is a UsageError."""
-    pm = plugin_manager or _default_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=str(store_url))
-    if reader is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        known = ", ".join(s + "://" for s in schemes) or "none"
-        raise UsageError(
-            f"no store plugin reads {redact_url(str(store_url))!r}; "
-            f"known schemes: {known} (or a plain folder path)"
-        )
-    return reader
+    """The reader of the runs at ``store_url``; a URL nobody reads is a UsageError."""
+    from expkit.store import open_reader
+
+    return open_reader(plugin_manager or _default_plugin_manager(), str(store_url))
 
 
 def runs(
