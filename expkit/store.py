@@ -114,17 +114,31 @@ class Storage:
         """Save the fields ``changed`` (top-level keys) of the run document ``doc``."""
         raise NotImplementedError
 
-    def put_file(self, kind: str, name: str, path: str, md5: str | None) -> Any:
+    def put_file(
+        self,
+        kind: str,
+        name: str,
+        path: str,
+        md5: str | None,
+        metadata: dict | None = None,
+        content_type: str | None = None,
+    ) -> Any:
         """Keep the file ``path`` as the run's ``kind`` (``"source"``, ``"resource"``,
-        ``"artifact"``) called ``name``; return its ``ref``. ``md5`` is ``None`` for artifacts."""
+        ``"artifact"``) called ``name``; return its ``ref``. ``md5`` is ``None`` for artifacts,
+        which alone come with ``metadata`` and ``content_type``."""
         raise NotImplementedError
 
     def append_metrics(self, run_id: Any, columns: dict[str, dict]) -> None:
-        """Add points ``{name: {"steps", "values", "timestamps"}}`` (epoch seconds) to a run."""
+        """Add points ``{name: {"steps", "values", "timestamps"}}`` (epoch seconds) to a run.
+
+        An :meth:`update` always follows in the same write (with no ``changed`` fields
+        when only metrics are new), so a storage may keep the points and write both at once.
+        """
         raise NotImplementedError
 
     def summaries(self) -> Iterable[dict]:
-        """Every run's document without ``captured_out``, ``info``, host and files, in id order."""
+        """Every run's document without ``captured_out``, ``info`` and host, in id order
+        (files may be left out; the names of artifacts given are listed)."""
         raise NotImplementedError
 
     def load(self, run_id: Any) -> dict:
@@ -291,7 +305,8 @@ class StoreObserver(RunObserver):
         name = str(name) if name else os.path.basename(filename)
         with self._lock:
             doc = self._require("artifact_event")
-            ref = self.storage.put_file("artifact", name, os.path.abspath(filename), None)
+            path = os.path.abspath(filename)
+            ref = self.storage.put_file("artifact", name, path, None, metadata, content_type)
             stored = StoredFile(name, None, ref, metadata, content_type)
             artifacts = doc.setdefault("artifacts", [])
             same = [i for i, a in enumerate(artifacts) if a.name == name]
@@ -405,14 +420,15 @@ class StoreObserver(RunObserver):
     def _write(self) -> None:
         doc = self._require("a write")
         # Metrics first: a store may link them from the document.
-        if self._pending is not None:
+        metrics = self._pending is not None
+        if metrics:
             pending, self._pending = self._pending, None
             try:
                 self.storage.append_metrics(doc["_id"], pending)
             except BaseException:
                 self._pending = _joined(pending, self._pending or {})
                 raise
-        if self._changed:
+        if self._changed or metrics:
             changed = frozenset(self._changed)
             self.storage.update(doc, changed)
             self._changed -= changed
@@ -427,7 +443,8 @@ class StoreObserver(RunObserver):
 def _same(old: Any, new: Any) -> bool:
     """Whether ``new`` is known to equal ``old`` (numpy arrays and the like are never)."""
     if old is new:
-        return True
+        # The caller's own dict or list again: it may have been changed in place.
+        return not isinstance(old, (dict, list))
     try:
         return type(old) is type(new) and bool(old == new)
     except Exception:
@@ -511,7 +528,7 @@ class StoreReader:
 
     def get_run(self, run_id: Any) -> RunRecord:
         """Everything recorded about run ``run_id``; :class:`KeyError` when there is none."""
-        doc = self.storage.load(run_id)
+        doc = self._load(run_id)
         record = self._record(doc, whole=True)
         if record is None:
             raise StoreError(f"run {run_id!r} in {self.url} is damaged: its document is unreadable")
@@ -524,35 +541,30 @@ class StoreReader:
 
     def read_source(self, run_id: Any, name: str) -> bytes:
         """The stored copy of the run's source file ``name`` (relative to its base dir)."""
-        doc = self.storage.load(run_id)
-        return self._read(
-            run_id, "source", _files(_dict(doc.get("experiment")).get("sources")), name
-        )
+        doc = self._load(run_id)
+        return self._read(doc, "source", _dict(doc.get("experiment")).get("sources"), name)
 
     def read_artifact(self, run_id: Any, name: str) -> bytes:
         """The content of the run's artifact ``name``."""
-        return self._read(
-            run_id, "artifact", _files(self.storage.load(run_id).get("artifacts")), name
-        )
+        doc = self._load(run_id)
+        return self._read(doc, "artifact", doc.get("artifacts"), name)
 
     def read_resource(self, run_id: Any, path: str) -> bytes:
         """The stored copy of the input file the run recorded under its original ``path``."""
-        return self._read(
-            run_id, "resource", _files(self.storage.load(run_id).get("resources")), path
-        )
+        doc = self._load(run_id)
+        return self._read(doc, "resource", doc.get("resources"), path)
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run from the store."""
         self._need("delete")
-        self.storage.load(run_id)  # KeyError for an unknown id
-        self.storage.delete(run_id)
+        self.storage.delete(self._load(run_id)["_id"])
 
     def edit_run(
         self, run_id: Any, *, comment: str | None = None, tags: Sequence[str] | None = None
     ) -> RunRecord:
         """Set the run's ``meta.comment`` and/or ``meta.tags``; return the run as now stored."""
         self._need("edit")
-        doc = self.storage.load(run_id)
+        doc = self._load(run_id)
         meta = dict(_dict(doc.get("meta")))
         if comment is not None:
             meta["comment"] = str(comment)
@@ -570,8 +582,17 @@ class StoreReader:
         if capability not in self.storage.capabilities:
             raise UsageError(f"the store {self.url} cannot {capability} runs")
 
-    def _read(self, run_id: Any, kind: str, files: list[StoredFile], name: str) -> bytes:
-        for file in reversed(files):  # the latest of a name
+    def _load(self, run_id: Any) -> dict:
+        for candidate in id_candidates(run_id):
+            try:
+                return self.storage.load(candidate)
+            except KeyError:
+                continue
+        raise KeyError(f"no run {run_id!r} in {self.url}")
+
+    def _read(self, doc: dict, kind: str, files: Any, name: str) -> bytes:
+        run_id = doc["_id"]
+        for file in reversed(_files(files)):  # the latest of a name
             if file.name == name:
                 if file.ref is None:
                     raise StoreError(f"{kind} {name!r} of run {run_id!r} was recorded, not kept")
@@ -598,6 +619,7 @@ class StoreReader:
             config=_dict(doc.get("config")),
             result=doc.get("result"),
             meta=_dict(doc.get("meta")),
+            artifacts=tuple(dict.fromkeys(f.name for f in _files(doc.get("artifacts")))),
         )
         if not whole:
             return record
@@ -611,12 +633,25 @@ class StoreReader:
             },
             info=_dict(doc.get("info")),
             fail_trace=[str(line) for line in trace] if isinstance(trace, list) else None,
-            artifacts=tuple(dict.fromkeys(f.name for f in _files(doc.get("artifacts")))),
             resources=tuple((f.name, f.md5 or "") for f in _files(doc.get("resources"))),
             captured_out=doc.get("captured_out")
             if isinstance(doc.get("captured_out"), str)
             else "",
         )
+
+
+def numeric_id(run_id: Any) -> Any:
+    """``run_id`` as an int when it is a digit string (``--id 7``, an id typed on a command
+    line), else as it is: the one place that decides when text is a number."""
+    if isinstance(run_id, str) and run_id.isascii() and run_id.removeprefix("-").isdigit():
+        return int(run_id)
+    return run_id
+
+
+def id_candidates(run_id: Any) -> list[Any]:
+    """The ids a store may hold run ``run_id`` under: as given, then as a number."""
+    number = numeric_id(run_id)
+    return [run_id] if number is run_id else [run_id, number]
 
 
 def _dict(value: Any) -> dict:

@@ -13,7 +13,6 @@ it free. Each copy records ``meta["synced_from"]``, so a second sync skips it.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -90,8 +89,10 @@ def _holds_runs(pm: Any, url: str) -> bool:
 def copy_store(pm: Any, src_url: str, dst_url: str) -> int:
     """Copy every run of ``src_url`` into ``dst_url`` unless it is there; print the ids."""
     close(store_for_url(pm, dst_url))  # a URL nobody stores to fails before anything is read
-    fresh = "://" not in dst_url and not os.path.exists(dst_url)  # a store yet to be made
-    existing = [] if fresh else _all_runs(pm, dst_url)
+    try:
+        existing = _all_runs(pm, dst_url)
+    except UsageError:
+        existing = []  # a store yet to be made (its folder does not exist)
     reader = reader_for(pm, src_url)
     try:
         return _copy_runs(pm, reader, existing, dst_url)

@@ -19,13 +19,19 @@ from mongo_server import PASSWORD
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
-from expkit_plugins import mongo_store
-from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
+from expkit.store import StoreError, StoreReader, open_reader, open_store
+from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader, redact_url
+from expkit_plugins.mongo_store.storage import MongoStorage
+
+
+@pytest.fixture(scope="module")
+def pm() -> Any:
+    return create_plugin_manager()
 
 
 @pytest.fixture
-def reader(mongo_url: str) -> Iterator[MongoRunReader]:
-    made = mongo_store.expkit_reader_for_url(url=mongo_url)
+def reader(pm: Any, mongo_url: str) -> Iterator[StoreReader]:
+    made = open_reader(pm, mongo_url)
     yield made
     made.close()
 
@@ -39,7 +45,7 @@ def run_experiment(
     model = tmp_path / f"model_{lr}.txt"
     model.write_text(f"weights {lr}\n")
     ex = Experiment("mongo_reader")
-    observer = mongo_store.expkit_store_for_url(url=url)
+    observer = open_store(create_plugin_manager(), url)
     ex.observers.append(observer)
     ex.add_config(lr=lr)
 
@@ -74,7 +80,7 @@ def test_list_runs_gives_summaries(mongo_url, mongo_server, reader, tmp_path):
     assert runs[0].artifacts == ("model.txt",)
     assert runs[0].captured_out is None and runs[0].metrics is None
     # The store is named without its password.
-    assert runs[0].store == mongo_store.redact_url(mongo_url)
+    assert runs[0].store == redact_url(mongo_url)
     if mongo_server is not None:  # its URLs have a password; a real server's may have none
         assert PASSWORD not in runs[0].store and "***" in runs[0].store
 
@@ -173,25 +179,46 @@ def test_sacred_documents_without_expkit_fields_are_read(mongo_db, reader):
     assert (record.captured_out, record.info, record.metrics) == ("hello\n", {}, {})
 
 
-def test_reader_claims_the_urls_of_the_store(mongo_url, tmp_path):
-    pm = create_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=mongo_url)
+def test_reader_claims_the_urls_of_the_store(pm, mongo_url, tmp_path):
+    run_id = run_experiment(mongo_url, tmp_path)
+    db_name = mongo_url.rpartition("/")[2].partition("?")[0]
+    reader = open_reader(pm, mongo_url)
     try:
-        assert isinstance(reader, MongoRunReader)
-        assert reader.runs.database.name == mongo_url.rpartition("/")[2].partition("?")[0]
+        assert isinstance(reader.storage, MongoStorage)
+        assert reader.storage.runs.database.name == db_name
+        assert reader.capabilities == {"delete", "edit"}
     finally:
         reader.close()
-    assert mongo_store.expkit_reader_for_url(url="tinydb://x") is None
-    with pytest.raises(UsageError, match="invalid MongoDB URL"):
-        mongo_store.expkit_reader_for_url(url="mongodb://user:secret@:bad:port/")
+    with pytest.raises(UsageError, match="invalid MongoDB URL") as info:
+        open_reader(pm, "mongodb://user:secret@:bad:port/")
+    assert "secret" not in str(info.value)
+    # Sacred-style: the database by name, the URL without one.
+    by_name = MongoRunReader(mongo_url.replace(f"/{db_name}", "/"), db_name)
+    try:
+        assert [r.id for r in by_name.list_runs()] == [run_id]
+        assert by_name.runs.name == "runs"
+    finally:
+        by_name.close()
 
 
-def test_server_gone_is_one_clear_error(mongo_url, memory_mongo):
+def test_comment_and_tags_are_edited_in_place(pm, mongo_url, mongo_db, reader, tmp_path):
+    run_id = run_experiment(mongo_url, tmp_path)
+    mongo_db.runs.update_one({"_id": run_id}, {"$set": {"omniboard": {"notes": "kept"}}})
+    edited = reader.edit_run(str(run_id), comment="best so far", tags=["keep", "paper"])
+    assert (edited.meta["comment"], edited.meta["tags"]) == ("best so far", ["keep", "paper"])
+    doc = mongo_db.runs.find_one({"_id": run_id})
+    assert doc["meta"]["comment"] == "best so far" and doc["meta"]["tags"] == ["keep", "paper"]
+    assert doc["meta"]["command"] == "main"  # the rest of meta stays
+    assert doc["omniboard"] == {"notes": "kept"}  # so does what other tools wrote
+    assert doc["status"] == "COMPLETED"
+
+
+def test_server_gone_is_one_clear_error(pm, mongo_url, memory_mongo):
     quick = mongo_url + ("&" if "?" in mongo_url else "?") + "serverSelectionTimeoutMS=300"
-    reader = mongo_store.expkit_reader_for_url(url=quick)
+    reader = open_reader(pm, quick)
     memory_mongo.down = True
     try:
-        with pytest.raises(mongo_store.MongoStoreError, match="listing runs failed") as info:
+        with pytest.raises(StoreError, match="listing runs failed") as info:
             reader.list_runs()
         assert "\n" not in str(info.value) and PASSWORD not in str(info.value)
     finally:

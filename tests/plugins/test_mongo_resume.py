@@ -19,12 +19,8 @@ from mongo_server import MemoryMongo
 
 from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
-from expkit_plugins.mongo_store import (
-    TAIL_CHARS,
-    MongoObserver,
-    MongoStoreError,
-    load_captured_out,
-)
+from expkit.store import StoreError
+from expkit_plugins.mongo_store import TAIL_CHARS, MongoObserver, load_captured_out
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 0)
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250000)
@@ -145,7 +141,7 @@ def test_resuming_the_observer_that_failed_records_every_point_once(
     obs = make()
     run_id = start(obs, ex_info)
     memory_mongo.down = True
-    with pytest.raises(MongoStoreError):
+    with pytest.raises(StoreError):
         obs.log_metrics(points([0, 1]), info={})
     memory_mongo.down = False
     obs.resume(run_id)

@@ -29,16 +29,17 @@ from pymongo import monitoring  # noqa: E402
 from expkit.errors import ExpkitError, UsageError  # noqa: E402
 from expkit.pluginmanager import create_plugin_manager  # noqa: E402
 from expkit.serialize import utcnow  # noqa: E402
-from expkit_plugins import mongo_store  # noqa: E402
+from expkit.store import StoreError, backends, open_store  # noqa: E402
 from expkit_plugins.mongo_store import (  # noqa: E402
     INFO_LIMIT,
     TAIL_CHARS,
     MongoObserver,
-    MongoStoreError,
     load_captured_out,
     load_info,
     redact_url,
+    storage,
 )
+from expkit_plugins.mongo_store.storage import MongoStorage  # noqa: E402
 
 # --- fixtures (the server, its URL and database: tests/conftest.py) ----------------------
 
@@ -301,7 +302,7 @@ def test_concurrent_runs_get_distinct_ids(
 def test_given_id_that_exists_is_a_clear_error(observer: MongoObserver, experiment: dict) -> None:
     start(observer, experiment, _id=5)
     with pytest.raises(
-        MongoStoreError, match=r"a run with _id 5 already exists in expkit_test_\w+\.runs"
+        StoreError, match=r"a run with _id 5 already exists in expkit_test_\w+\.runs"
     ):
         start(observer, experiment, _id=5)
 
@@ -465,7 +466,7 @@ def test_artifacts_go_to_gridfs(
     assert files[weights._id]["contentType"] == "application/x-w"
     assert weights.metadata == {"epoch": 3}
 
-    with pytest.raises(UsageError, match=r"artifact 'nope'.*is not a readable file"):
+    with pytest.raises(UsageError, match=r"artifact file .*missing does not exist"):
         observer.artifact_event(name="nope", filename=str(tmp_path / "missing"))
 
 
@@ -678,7 +679,7 @@ def test_password_never_stored_logged_or_shown(
     caplog: pytest.LogCaptureFixture,
     mongo_server: MemoryMongo | None,
 ) -> None:
-    password = PASSWORD if mongo_server else mongo_store._password(mongo_url)
+    password = PASSWORD if mongo_server else storage._password(mongo_url)
     if not password:
         pytest.skip("the real server's URL has no password")
     assert password in mongo_url
@@ -713,19 +714,24 @@ def test_password_never_stored_logged_or_shown(
     assert password not in caplog.text
 
     wrong = mongo_url.replace(password, "not-the-password")
-    with pytest.raises(MongoStoreError) as info:
+    with pytest.raises(StoreError) as info:
         start(make_observer(url=wrong, serverSelectionTimeoutMS=3000), experiment)
     assert "not-the-password" not in str(info.value) and "***" in str(info.value)
     shown = "".join(traceback.format_exception(info.value))  # what a traceback would print
     assert "not-the-password" not in shown
 
 
-def test_invalid_url_is_a_usage_error_without_the_password() -> None:
+@pytest.fixture(scope="module")
+def pm() -> Any:
+    return create_plugin_manager()
+
+
+def test_invalid_url_is_a_usage_error_without_the_password(pm: Any) -> None:
     with pytest.raises(UsageError, match=r"invalid MongoDB URL mongodb\+srv://u:\*\*\*@") as info:
-        mongo_store.expkit_store_for_url(url="mongodb+srv://u:hush-hush@nonexistent.invalid/db")
+        open_store(pm, "mongodb+srv://u:hush-hush@nonexistent.invalid/db")
     assert "hush-hush" not in str(info.value)
     with pytest.raises(UsageError, match="invalid MongoDB URL") as info:
-        mongo_store.expkit_store_for_url(url="mongodb://u:hush-hush@host:notaport/db")
+        open_store(pm, "mongodb://u:hush-hush@host:notaport/db")
     assert "hush-hush" not in str(info.value)
 
 
@@ -738,9 +744,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_server_fails_fast_and_clearly(experiment: dict) -> None:
+def test_unreachable_server_fails_fast_and_clearly(pm: Any, experiment: dict) -> None:
     url = f"mongodb://user:hidden-pw@127.0.0.1:{_closed_port()}/db?serverSelectionTimeoutMS=300"
-    obs = mongo_store.expkit_store_for_url(url=url)
+    obs = open_store(pm, url)
     began = time.monotonic()
     with pytest.raises(
         ExpkitError, match=r"cannot reach MongoDB at db\.runs at mongodb://user:\*\*\*@"
@@ -752,10 +758,10 @@ def test_unreachable_server_fails_fast_and_clearly(experiment: dict) -> None:
 
 
 @pytest.mark.slow
-def test_unreachable_server_with_default_timeouts(experiment: dict) -> None:
-    obs = mongo_store.expkit_store_for_url(url=f"mongodb://127.0.0.1:{_closed_port()}/db")
+def test_unreachable_server_with_default_timeouts(pm: Any, experiment: dict) -> None:
+    obs = open_store(pm, f"mongodb://127.0.0.1:{_closed_port()}/db")
     began = time.monotonic()
-    with pytest.raises(MongoStoreError, match="cannot reach MongoDB"):
+    with pytest.raises(StoreError, match="cannot reach MongoDB"):
         start(obs, experiment)
     assert time.monotonic() - began < 10
     obs.close()
@@ -783,7 +789,7 @@ def test_a_call_while_the_server_is_away_raises_one_line_quickly(
     ]
     for call in calls:
         began = time.monotonic()
-        with pytest.raises(MongoStoreError) as err:
+        with pytest.raises(StoreError) as err:
             call()
         assert time.monotonic() - began < 5
         assert "\n" not in str(err.value) and "localhost" in str(err.value)
@@ -797,10 +803,10 @@ def test_end_of_run_kept_in_failure_dir_when_the_server_is_gone(
     run_id = start(obs, experiment)
     obs.heartbeat_event(info={}, captured_out="last words\n", beat_time=utcnow(), result=None)
     memory_mongo.down = True
-    with pytest.raises(MongoStoreError):
+    with pytest.raises(StoreError):
         obs.log_metrics(points("loss", [0], [3.0]), info={})
     with pytest.raises(
-        MongoStoreError, match=r"could not save the end of run 1 .*; it was kept in "
+        StoreError, match=r"could not save the end of run 1 .*; it was kept in "
     ):
         obs.completed_event(stop_time=utcnow(), result=42)
     [dump] = (tmp_path / "failed").iterdir()
@@ -814,43 +820,45 @@ def test_end_of_run_kept_in_failure_dir_when_the_server_is_gone(
 # --- plugin hooks -------------------------------------------------------------------------
 
 
-def test_plugin_hooks_claim_mongodb_urls(mongo_url: str, experiment: dict, mongo_db: Any) -> None:
-    hook = create_plugin_manager().hook
-    obs = hook.expkit_store_for_url(url=mongo_url)
+def test_plugin_hooks_claim_mongodb_urls(
+    pm: Any, mongo_url: str, experiment: dict, mongo_db: Any
+) -> None:
+    obs = open_store(pm, mongo_url)
     try:
-        assert isinstance(obs, MongoObserver)
-        assert obs.runs.database.name == mongo_db.name
+        assert isinstance(obs.storage, MongoStorage)
+        assert obs.storage.runs.database.name == mongo_db.name
         assert start(obs, experiment) == 1
         assert mongo_db.runs.count_documents({}) == 1
+        assert obs.name == redact_url(mongo_url)  # what messages about the store say
     finally:
         obs.close()
-    schemes = [s for found in hook.expkit_store_schemes() for s in found or []]
-    assert {"mongodb", "mongodb+srv"} <= set(schemes)
-    assert hook.expkit_observer_class(name="MongoObserver") is MongoObserver
+    [mongo] = [b for b in backends(pm) if b.name == "mongodb"]
+    assert mongo.schemes == ("mongodb", "mongodb+srv")
+    assert mongo.claims("MongoDB://h/db") and not mongo.claims("tinydb://runs.json")
+    assert not mongo.claims("runs")
+    assert mongo.redact("mongodb://u:p@ss@h/db") == "mongodb://u:***@h/db"
+    assert pm.hook.expkit_observer_class(name="MongoObserver") is MongoObserver
     from expkit.observers import MongoObserver as exported
 
     assert exported is MongoObserver
 
 
-def test_url_without_database_uses_sacred() -> None:
-    obs = mongo_store.expkit_store_for_url(url="mongodb://127.0.0.1:1")
-    assert (obs.runs.database.name, obs.runs.name, obs.metrics.name) == (
-        "sacred",
-        "runs",
-        "metrics",
-    )
+def test_url_without_database_uses_sacred(pm: Any) -> None:
+    obs = open_store(pm, "mongodb://127.0.0.1:1")
+    assert (obs.storage.runs.database.name, obs.storage.runs.name) == ("sacred", "runs")
+    assert obs.storage.metrics.name == "metrics"
     obs.close()
-    assert mongo_store.expkit_store_for_url(url="tinydb://runs.json") is None
-    assert mongo_store.expkit_store_for_url(url="runs") is None
 
 
 def test_plugin_loads_without_pymongo(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['pymongo'] = None; sys.modules['gridfs'] = None\n"
-        "import expkit_plugins.mongo_store as m\n"
+        "from expkit.errors import UsageError\n"
+        "from expkit.pluginmanager import create_plugin_manager\n"
+        "from expkit.store import open_store\n"
         "try:\n"
-        "    m.expkit_store_for_url(url='mongodb://localhost/db')\n"
-        "except m.UsageError as e:\n"
+        "    open_store(create_plugin_manager(), 'mongodb://localhost/db')\n"
+        "except UsageError as e:\n"
         "    print(e)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

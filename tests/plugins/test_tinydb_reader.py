@@ -11,8 +11,9 @@ import pytest
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
-from expkit_plugins import tinydb_store
-from expkit_plugins.tinydb_store import TinyDbObserver, TinyDbRunReader, _hashfs_relpath
+from expkit.store import open_reader
+from expkit_plugins.tinydb_store import TinyDbObserver, TinyDbRunReader
+from expkit_plugins.tinydb_store.storage import TinyDbStorage, _hashfs_relpath
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def run_experiment(
     try:
         return ex.run(options={"--capture": "sys"})._id
     except RuntimeError:
-        return observer._entry["_id"]
+        return observer.run_entry["_id"]
 
 
 def test_list_runs_gives_summaries(root, tmp_path):
@@ -173,10 +174,12 @@ def test_reader_claims_the_urls_of_the_store(root, tmp_path):
         (f"tinydb://{root}", "metadata.json"),
         (f"tinydb://{root}/x.json", "x.json"),
     ):
-        reader = pm.hook.expkit_reader_for_url(url=url)
-        assert isinstance(reader, TinyDbRunReader)
-        assert reader.db_path == root / db_file
-    assert len(pm.hook.expkit_reader_for_url(url=f"tinydb://{root}").list_runs()) == 1
-    assert tinydb_store.expkit_reader_for_url(url=str(root)) is None
+        reader = open_reader(pm, url)
+        assert isinstance(reader.storage, TinyDbStorage)
+        assert reader.storage.db_path == root / db_file
+        assert reader.url == url
+    assert len(open_reader(pm, f"tinydb://{root}").list_runs()) == 1
     with pytest.raises(UsageError, match="has no path"):
-        tinydb_store.expkit_reader_for_url(url="tinydb://")
+        open_reader(pm, "tinydb://")
+    with pytest.raises(UsageError, match="no TinyDB store at .*nowhere"):
+        open_reader(pm, f"tinydb://{root / 'nowhere'}").list_runs()

@@ -13,7 +13,8 @@ from tinydb import Query, TinyDB
 
 from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
-from expkit_plugins.tinydb_store import StoreError, TinyDbObserver
+from expkit.store import StoreError
+from expkit_plugins.tinydb_store import TinyDbObserver
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 0)
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250)

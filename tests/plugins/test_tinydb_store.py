@@ -19,8 +19,9 @@ from tinydb import Query, TinyDB
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import columns_to_sacred
 from expkit.pluginmanager import create_plugin_manager
-from expkit_plugins import tinydb_store
-from expkit_plugins.tinydb_store import FORMAT, StoreError, TinyDbObserver, TinyDbReader
+from expkit.store import StoreError, backends, open_reader, open_store
+from expkit_plugins.tinydb_store import FORMAT, TinyDbObserver, TinyDbReader, storage
+from expkit_plugins.tinydb_store.storage import TinyDbStorage, _hashfs_relpath
 
 T0 = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456)
 T1 = datetime.datetime(2024, 5, 6, 7, 8, 19)
@@ -287,7 +288,7 @@ def test_resource_is_kept_once(
     obs.resource_event(str(data))
     resources = stored_runs(db)[0]["resources"]
     digest = md5(b"a,b\n1,2\n")
-    assert resources == [[str(data), digest, tinydb_store._hashfs_relpath(digest)]]
+    assert resources == [[str(data), digest, _hashfs_relpath(digest)]]
     assert (db / resources[0][2]).read_text() == "a,b\n1,2\n"
 
 
@@ -305,18 +306,18 @@ def test_artifact_is_kept_with_its_metadata(
             "model",
             str(model),
             digest,
-            tinydb_store._hashfs_relpath(digest),
+            _hashfs_relpath(digest),
             {"metadata": {"epoch": 3}, "content_type": "application/x"},
         ],
         [
             "model.bin",
             str(model),
             digest,
-            tinydb_store._hashfs_relpath(digest),
+            _hashfs_relpath(digest),
             {"metadata": None, "content_type": None},
         ],
     ]
-    assert (db / tinydb_store._hashfs_relpath(digest)).read_bytes() == b"\x00weights"
+    assert (db / _hashfs_relpath(digest)).read_bytes() == b"\x00weights"
 
 
 def test_an_artifact_added_again_replaces_its_entry(
@@ -329,7 +330,7 @@ def test_an_artifact_added_again_replaces_its_entry(
         obs.artifact_event("ckpt", str(ckpt))
     [entry] = stored_runs(db)[0]["artifacts"]
     assert (db / entry[3]).read_bytes() == b"two"
-    assert (db / tinydb_store._hashfs_relpath(md5(b"one"))).read_bytes() == b"one"
+    assert (db / _hashfs_relpath(md5(b"one"))).read_bytes() == b"one"
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped-abs", "a/../../../escaped", ".."])
@@ -349,9 +350,9 @@ def test_artifact_names_never_place_files(
 
 def test_missing_artifact_file_is_a_clear_error(obs: TinyDbObserver, ex_info: dict) -> None:
     start(obs, ex_info)
-    with pytest.raises(UsageError, match="cannot store artifact '/no/such/file': no such file"):
+    with pytest.raises(UsageError, match="artifact file /no/such/file does not exist"):
         obs.artifact_event("x", "/no/such/file")
-    with pytest.raises(UsageError, match="cannot store resource"):
+    with pytest.raises(UsageError, match="resource file /no/such/file does not exist"):
         obs.resource_event("/no/such/file")
 
 
@@ -468,7 +469,7 @@ def test_a_failed_heartbeat_write_raises_and_a_replay_completes_the_run(
     # replays it after resume() once the store is back.
     run_id = start(obs, ex_info)
     aside = _break(db)
-    with pytest.raises(StoreError, match="cannot write to"):
+    with pytest.raises(StoreError, match=r"cannot write run '[0-9a-f]{32}' to .*metadata.json"):
         obs.heartbeat_event(info={"a": 1}, captured_out="out", beat_time=T1, result=None)
     db.unlink()
     aside.rename(db)
@@ -558,13 +559,13 @@ def test_heartbeats_are_written_once_the_interval_passed(
 @pytest.fixture
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real = tinydb_store._parse
+    real = storage._parse
 
     def counting(path: Path) -> dict:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(tinydb_store, "_parse", counting)
+    monkeypatch.setattr(storage, "_parse", counting)
     return calls
 
 
@@ -580,7 +581,7 @@ def test_the_file_is_parsed_again_only_when_someone_else_wrote(
     mine.heartbeat_event(info={}, captured_out="", beat_time=T1, result="x")
     mine.heartbeat_event(info={}, captured_out="", beat_time=T1, result="y")
     assert len(parses) == 2  # once by the new observer, once by mine after its write
-    assert {d["_id"] for d in stored_runs(db)} == {mine._entry["_id"], other}
+    assert {d["_id"] for d in stored_runs(db)} == {mine.run_entry["_id"], other}
 
 
 # --- several writers ------------------------------------------------------------------
@@ -704,14 +705,14 @@ def pm():
 
 
 def test_store_for_tinydb_url(pm, tmp_path: Path) -> None:
-    store = pm.hook.expkit_store_for_url(url=f"tinydb://{tmp_path}/db")
-    assert isinstance(store, TinyDbObserver)
-    assert store.db_path == tmp_path / "db" / "metadata.json"
+    store = open_store(pm, f"tinydb://{tmp_path}/db")
+    assert isinstance(store.storage, TinyDbStorage)
+    assert store.storage.db_path == tmp_path / "db" / "metadata.json"
 
 
 def test_store_for_url_naming_the_json_file(pm, tmp_path: Path, ex_info: dict) -> None:
-    store = pm.hook.expkit_store_for_url(url=f"tinydb://{tmp_path}/runs.json")
-    assert store.db_path == tmp_path / "runs.json"
+    store = open_store(pm, f"tinydb://{tmp_path}/runs.json")
+    assert store.storage.db_path == tmp_path / "runs.json"
     start(store, ex_info)
     with TinyDB(tmp_path / "runs.json") as plain:
         assert len(plain.table("runs")) == 1
@@ -721,24 +722,29 @@ def test_relative_url_is_relative_to_the_working_dir(
     pm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = pm.hook.expkit_store_for_url(url="tinydb://runs_db")
-    assert store.db_path.resolve() == tmp_path / "runs_db" / "metadata.json"
+    store = open_store(pm, "tinydb://runs_db")
+    assert store.storage.db_path.resolve() == tmp_path / "runs_db" / "metadata.json"
 
 
-def test_other_urls_are_not_claimed(tmp_path: Path) -> None:
-    assert tinydb_store.expkit_store_for_url(url="mongodb://localhost/db") is None
-    assert tinydb_store.expkit_store_for_url(url=str(tmp_path)) is None
+def test_other_urls_are_not_claimed(pm, tmp_path: Path) -> None:
+    [tinydb] = [b for b in backends(pm) if b.name == "tinydb"]
+    assert tinydb.claims("tinydb://x") and tinydb.claims("TinyDB://x")
+    assert not tinydb.claims("mongodb://localhost/db")
+    assert not tinydb.claims(str(tmp_path))
 
 
 def test_url_without_path(pm) -> None:
-    with pytest.raises(UsageError, match="store URL 'tinydb://' has no path"):
-        pm.hook.expkit_store_for_url(url="tinydb://")
+    for open_ in (open_store, open_reader):
+        with pytest.raises(UsageError, match="store URL 'tinydb://' has no path"):
+            open_(pm, "tinydb://")
 
 
 def test_scheme_and_observer_classes(pm) -> None:
-    assert ["tinydb"] in pm.hook.expkit_store_schemes()
+    assert "tinydb" in {s for b in backends(pm) for s in b.schemes}
     assert pm.hook.expkit_observer_class(name="TinyDbObserver") is TinyDbObserver
     assert pm.hook.expkit_observer_class(name="TinyDbReader") is TinyDbReader
+    from expkit_plugins import tinydb_store
+
     assert tinydb_store.expkit_observer_class(name="MongoObserver") is None
 
 
