@@ -114,18 +114,10 @@ class Storage:
         """Save the fields ``changed`` (top-level keys) of the run document ``doc``."""
         raise NotImplementedError
 
-    def put_file(
-        self,
-        kind: str,
-        name: str,
-        path: str,
-        md5: str | None,
-        metadata: dict | None = None,
-        content_type: str | None = None,
-    ) -> Any:
+    def put_file(self, kind: str, file: StoredFile, path: str) -> Any:
         """Keep the file ``path`` as the run's ``kind`` (``"source"``, ``"resource"``,
-        ``"artifact"``) called ``name``; return its ``ref``. ``md5`` is ``None`` for artifacts,
-        which alone come with ``metadata`` and ``content_type``."""
+        ``"artifact"``) described by ``file`` (its ``ref`` still ``None``); return its ref.
+        ``file.md5`` is ``None`` for artifacts, which alone have metadata and a content type."""
         raise NotImplementedError
 
     def append_metrics(self, run_id: Any, columns: dict[str, dict]) -> None:
@@ -305,9 +297,8 @@ class StoreObserver(RunObserver):
         name = str(name) if name else os.path.basename(filename)
         with self._lock:
             doc = self._require("artifact_event")
-            path = os.path.abspath(filename)
-            ref = self.storage.put_file("artifact", name, path, None, metadata, content_type)
-            stored = StoredFile(name, None, ref, metadata, content_type)
+            stored = StoredFile(name, None, None, metadata, content_type)
+            stored = self._keep("artifact", stored, os.path.abspath(filename))
             artifacts = doc.setdefault("artifacts", [])
             same = [i for i, a in enumerate(artifacts) if a.name == name]
             if same:
@@ -380,12 +371,12 @@ class StoreObserver(RunObserver):
         sources = []
         for name, md5 in _source_pairs(experiment.get("sources") or ()):
             path = os.path.abspath(os.path.join(base, name))
-            ref = None
+            source = StoredFile(name, md5, None)
             if os.path.isfile(path):
-                ref = self.storage.put_file("source", name, path, md5)
+                source = self._keep("source", source, path)
             else:
                 log.warning("source %s is gone: recorded by name and md5 only", path)
-            sources.append(StoredFile(name, md5, ref))
+            sources.append(source)
         experiment["sources"] = sources
         experiment["dependencies"] = [str(d) for d in experiment.get("dependencies") or ()]
         experiment["repositories"] = [_repository(r) for r in experiment.get("repositories") or ()]
@@ -402,9 +393,11 @@ class StoreObserver(RunObserver):
             resources = doc.setdefault("resources", [])
             if any(r.name == original and r.md5 == md5 for r in resources):
                 return
-            ref = self.storage.put_file("resource", original, path, md5)
-            resources.append(StoredFile(original, md5, ref))
+            resources.append(self._keep("resource", StoredFile(original, md5, None), path))
             self._save({"resources"})
+
+    def _keep(self, kind: str, file: StoredFile, path: str) -> StoredFile:
+        return attrs.evolve(file, ref=self.storage.put_file(kind, file, path))
 
     def _end(self, **fields: Any) -> None:
         with self._lock:

@@ -184,18 +184,10 @@ class FileStorage(Storage):
                     self._save_metrics_if_behind()
                 self._append_index(doc)
 
-    def put_file(
-        self,
-        kind: str,
-        name: str,
-        path: str,
-        md5: str | None,
-        metadata: dict | None = None,
-        content_type: str | None = None,
-    ) -> str:
+    def put_file(self, kind: str, file: StoredFile, path: str) -> str:
         """Sources and resources once per content in ``_sources``/``_resources``; artifacts
-        in the run folder under their name (which may hold subfolders, never leave it).
-        Sacred's layout has no place for an artifact's metadata and content type."""
+        in the run folder under their name (which may hold subfolders, never leave it)."""
+        name = file.name
         with self._lock:
             if kind == "source":
                 if not self.copy_sources:

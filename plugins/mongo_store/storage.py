@@ -381,22 +381,15 @@ class MongoStorage(Storage):
         if done.matched_count == 0:
             raise KeyError(f"no run {doc['_id']!r} in {self._where()}")
 
-    def put_file(
-        self,
-        kind: str,
-        name: str,
-        path: str,
-        md5: str | None,
-        metadata: dict | None = None,
-        content_type: str | None = None,
-    ) -> Any:
+    def put_file(self, kind: str, file: StoredFile, path: str) -> Any:
         """Upload the file to GridFS; its ref is the GridFS id. Sources (named by their path)
         and resources (by their original path) are stored once per name and md5; an artifact
         is ``artifact://<runs>/<id>/<name>`` with its metadata and content type."""
-        with self._lock, self._errors(f"storing the {kind} {name!r}"):
+        with self._lock, self._errors(f"storing the {kind} {file.name!r}"):
             try:
                 if kind != "artifact":
-                    return self._put_once(path if kind == "source" else name, path, md5)
+                    return self._put_once(path if kind == "source" else file.name, path, file.md5)
+                content_type = file.content_type
                 if content_type is None:
                     import mimetypes  # reads the system's type tables: only when needed
 
@@ -405,8 +398,8 @@ class MongoStorage(Storage):
                 with open(path, "rb") as f:
                     return self.fs.put(
                         f,
-                        filename=f"artifact://{self.runs.name}/{self._entry['_id']}/{name}",
-                        metadata=None if metadata is None else self._bson(metadata),
+                        filename=f"artifact://{self.runs.name}/{self._entry['_id']}/{file.name}",
+                        metadata=None if file.metadata is None else self._bson(file.metadata),
                         content_type=content_type,
                     )
             except OSError as exc:
@@ -736,9 +729,7 @@ class MongoStorage(Storage):
         """
         with self._errors(f"deleting run {run_id!r}"):
             entry = self.runs.find_one({"_id": run_id}, {"artifacts": 1, "info": 1}) or {}
-            files = [
-                a.get("file_id") for a in entry.get("artifacts") or () if isinstance(a, dict)
-            ]
+            files = [a.get("file_id") for a in entry.get("artifacts") or () if isinstance(a, dict)]
             note = (entry.get("info") or {}).get(_INFO_FILE_KEY)
             if isinstance(note, dict):
                 files.append(note.get("file_id"))
@@ -898,9 +889,9 @@ class MongoObserver(StoreObserver):
         return self
 
     def __repr__(self) -> str:
-        storage = self.storage
-        where = storage.url or storage.runs.database.name
-        return f"MongoObserver({where!r}, db={storage.runs.database.name!r}, runs={storage.runs.name!r})"
+        runs = self.storage.runs
+        where = self.storage.url or runs.database.name
+        return f"MongoObserver({where!r}, db={runs.database.name!r}, runs={runs.name!r})"
 
     def ping(self, timeout: float = 1.0) -> bool:
         """Whether the server answers within ``timeout`` seconds."""

@@ -29,7 +29,6 @@ file atomically, so plain ``tinydb`` readers never see half a file.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import hashlib
 import json
@@ -156,7 +155,11 @@ def _next_doc_id(table: dict) -> int:
 def _find(data: dict, table: str, run_id: Any) -> str | None:
     """The document key of the run with ``_id == run_id`` in ``table``."""
     return next(
-        (k for k, d in data.get(table, {}).items() if isinstance(d, dict) and d.get("_id") == run_id),
+        (
+            k
+            for k, d in data.get(table, {}).items()
+            if isinstance(d, dict) and d.get("_id") == run_id
+        ),
         None,
     )
 
@@ -284,7 +287,9 @@ class TinyDbStorage(Storage):
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise UsageError(f"cannot create TinyDB store at {str(self.root)!r}: {exc}") from None
+                raise UsageError(
+                    f"cannot create TinyDB store at {str(self.root)!r}: {exc}"
+                ) from None
             entry = _entry({**doc, "_id": run_id})
             self._write(run_id, lambda data: self._insert(data, entry))
             return run_id
@@ -294,9 +299,7 @@ class TinyDbStorage(Storage):
         key = _find(data, "runs", entry["_id"])
         if self.overwrite is not None:
             if key is None:
-                raise UsageError(
-                    f"no run with _id {entry['_id']!r} to overwrite in {self.db_path}"
-                )
+                raise UsageError(f"no run with _id {entry['_id']!r} to overwrite in {self.db_path}")
             _drop_metrics(data, entry["_id"])
         elif key is not None:
             raise UsageError(
@@ -368,7 +371,9 @@ class TinyDbStorage(Storage):
                     (
                         k
                         for k, d in table.items()
-                        if isinstance(d, dict) and d.get("run_id") == run_id and d.get("name") == name
+                        if isinstance(d, dict)
+                        and d.get("run_id") == run_id
+                        and d.get("name") == name
                     ),
                     None,
                 )
@@ -385,15 +390,7 @@ class TinyDbStorage(Storage):
             table[key] = {**doc, **{k: [*doc.get(k, []), *v] for k, v in new.items()}}
             self._metric_keys[name] = key
 
-    def put_file(
-        self,
-        kind: str,
-        name: str,
-        path: str,
-        md5: str | None,
-        metadata: dict | None = None,
-        content_type: str | None = None,
-    ) -> Any:
+    def put_file(self, kind: str, file: StoredFile, path: str) -> Any:
         """Copy the file into hashfs; its ref is its hashfs path (and, for an artifact, the
         file's own path first, as Sacred records it)."""
         try:
@@ -439,14 +436,18 @@ class TinyDbStorage(Storage):
 
     def load(self, run_id: Any) -> dict:
         """The stored document of run ``run_id``."""
-        entry = self._read(lambda data: data["runs"][k] if (k := _find(data, "runs", run_id)) else None)
+        entry = self._read(
+            lambda data: data["runs"][k] if (k := _find(data, "runs", run_id)) else None
+        )
         if entry is None:
             raise KeyError(f"no run {run_id!r} in {self.db_path}")
         return _doc(entry)
 
     def load_metrics(self, run_id: Any) -> dict[str, dict]:
         """The run's documents of the ``metrics`` table, by name."""
-        docs = self._read(lambda data: [m for m in _table(data, "metrics") if m.get("run_id") == run_id])
+        docs = self._read(
+            lambda data: [m for m in _table(data, "metrics") if m.get("run_id") == run_id]
+        )
         return {
             str(m.get("name")): {
                 "steps": list(m.get("steps") or ()),
@@ -550,7 +551,9 @@ def _doc(entry: Any) -> Any:
             extra = a[4] if len(a) > 4 and isinstance(a[4], dict) else {}
             ref = (_at(a, 1), relpath) if relpath is not None else None
             artifacts.append(
-                StoredFile(str(a[0]), _at(a, 2), ref, extra.get("metadata"), extra.get("content_type"))
+                StoredFile(
+                    str(a[0]), _at(a, 2), ref, extra.get("metadata"), extra.get("content_type")
+                )
             )
         doc["artifacts"] = artifacts
     return doc

@@ -805,9 +805,7 @@ def test_end_of_run_kept_in_failure_dir_when_the_server_is_gone(
     memory_mongo.down = True
     with pytest.raises(StoreError):
         obs.log_metrics(points("loss", [0], [3.0]), info={})
-    with pytest.raises(
-        StoreError, match=r"could not save the end of run 1 .*; it was kept in "
-    ):
+    with pytest.raises(StoreError, match=r"could not save the end of run 1 .*; it was kept in "):
         obs.completed_event(stop_time=utcnow(), result=42)
     [dump] = (tmp_path / "failed").iterdir()
     assert dump.name.startswith(f"expkit_mongo_fail_{run_id}_")

@@ -181,5 +181,5 @@ def test_reader_claims_the_urls_of_the_store(root, tmp_path):
     assert len(open_reader(pm, f"tinydb://{root}").list_runs()) == 1
     with pytest.raises(UsageError, match="has no path"):
         open_reader(pm, "tinydb://")
-    with pytest.raises(UsageError, match="no TinyDB store at .*nowhere"):
+    with pytest.raises(UsageError, match=r"no TinyDB store at .*nowhere"):
         open_reader(pm, f"tinydb://{root / 'nowhere'}").list_runs()
