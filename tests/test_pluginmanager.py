@@ -226,6 +226,10 @@ NOT_FOR_A_PLAIN_RUN = {
     "pymongo",
     "expkit.delivery",
     "expkit.nodes",
+    # The stores' code: their plugin modules only declare a backend.
+    "expkit_plugins.file_store.storage",
+    "expkit_plugins.tinydb_store.storage",
+    "expkit_plugins.mongo_store.storage",
 }
 
 

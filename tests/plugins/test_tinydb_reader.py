@@ -165,6 +165,41 @@ def test_sacred_era_documents_are_read(root):
     assert record.id == 3 and record.duration == datetime.timedelta(seconds=4)
     assert reader.get_run("3").result == 5  # an id typed on a command line
     assert reader.read_source(3, "old.py") == content
+    # Editing changes the run's meta only: the rest stays as Sacred wrote it.
+    edited = reader.edit_run("3", comment="from 2020", tags=["old"])
+    assert (edited.meta, edited.duration) == (
+        {"comment": "from 2020", "tags": ["old"]},
+        datetime.timedelta(seconds=4),
+    )
+    [stored] = json.loads((root / "metadata.json").read_text())["runs"].values()
+    assert stored == {**doc, "meta": {"comment": "from 2020", "tags": ["old"]}}
+
+
+def test_a_run_is_edited_and_deleted_while_another_records(root, tmp_path):
+    first = run_experiment(root, tmp_path, 0.1)
+    recording = TinyDbObserver(root)
+    second = recording.started_event(
+        ex_info={"name": "tiny", "base_dir": str(tmp_path), "sources": []},
+        command="main",
+        host_info={},
+        start_time=datetime.datetime(2024, 1, 2),
+        config={"lr": 0.5},
+        meta_info={"command": "main"},
+        _id=None,
+    )
+    reader = TinyDbRunReader(root)
+    assert reader.capabilities == {"delete", "edit"}
+    reader.edit_run(first, tags=["kept"])
+    recording.completed_event(stop_time=datetime.datetime(2024, 1, 3), result=5)
+    runs = {r.id: r for r in reader.list_runs()}
+    assert runs[first].meta["tags"] == ["kept"] and runs[first].result == 1.0
+    assert (runs[second].status, runs[second].result, runs[second].meta) == (
+        "COMPLETED",
+        5,
+        {"command": "main"},
+    )
+    reader.delete_run(second)
+    assert [r.id for r in reader.list_runs()] == [first]
 
 
 def test_reader_claims_the_urls_of_the_store(root, tmp_path):

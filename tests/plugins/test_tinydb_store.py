@@ -183,6 +183,19 @@ def test_heartbeat_records_info_output_time_and_result(
     assert doc["status"] == "RUNNING"
 
 
+def test_info_changed_in_place_between_heartbeats_is_stored(
+    obs: TinyDbObserver, db: Path, ex_info: dict
+) -> None:
+    # Sacred's observers get the run's own info dict at every beat.
+    start(obs, ex_info)
+    info = {"epoch": 1}
+    obs.heartbeat_event(info=info, captured_out="", beat_time=T1, result=None)
+    info["epoch"] = 2
+    info["best"] = [0.5]
+    obs.heartbeat_event(info=info, captured_out="", beat_time=T2, result=None)
+    assert stored_runs(db)[0]["info"] == {"epoch": 2, "best": [0.5]}
+
+
 def test_completed(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
     start(obs, ex_info)
     obs.completed_event(stop_time=T2, result={"acc": 0.9})
