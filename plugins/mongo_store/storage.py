@@ -351,7 +351,7 @@ class MongoStorage(Storage):
             entry.setdefault("resources", [])
             entry.setdefault("artifacts", [])
             self._entry = entry
-            return self._doc(entry)
+            return self._whole_doc(entry)
 
     def update(self, doc: dict, changed: frozenset[str]) -> None:
         """Send new points and files, then one ``$set`` of what changed since it was stored."""
@@ -686,10 +686,7 @@ class MongoStorage(Storage):
             entry = self.runs.find_one({"_id": run_id})
             if entry is None:
                 raise KeyError(f"no run {run_id!r} in {self._where()}")
-            doc = self._doc(entry)
-            doc["captured_out"] = _whole_output(self.runs, run_id, entry.get("captured_out"))
-            doc["info"] = _without_metric_refs(_whole_info(self.runs, entry.get("info")))
-            return doc
+            return self._whole_doc(entry)
 
     def load_metrics(self, run_id: Any) -> dict[str, dict]:
         """The run's documents of the metrics collection, by name."""
@@ -740,6 +737,13 @@ class MongoStorage(Storage):
                     self.fs.delete(file_id)
             # The run document goes last: a deletion cut short can be run again.
             self.runs.delete_one({"_id": run_id})
+
+    def _whole_doc(self, entry: dict) -> dict:
+        """:meth:`_doc` with the whole output and info, wherever they are kept."""
+        doc = self._doc(entry)
+        doc["captured_out"] = _whole_output(self.runs, entry["_id"], entry.get("captured_out"))
+        doc["info"] = _without_metric_refs(_whole_info(self.runs, entry.get("info")))
+        return doc
 
     def _doc(self, entry: dict) -> dict:
         """A run document as the layer's: file entries as stored files."""
