@@ -153,7 +153,18 @@ def _forget_import_seeding() -> None:
         sys.meta_path.remove(finder)
 
 
+def seed_name(function: Any) -> str:
+    """``fn`` or ``ingredient.fn``: what a captured function's seeds derive from.
+
+    The experiment's own name is left out: a module experiment is named by its node id,
+    which holds the file's path, and a re-run must draw the same numbers wherever it runs.
+    """
+    ingredient = function.ingredient
+    if ingredient is None or ingredient.is_experiment:
+        return function.fn.__qualname__
+    return f"{ingredient.path}.{function.fn.__qualname__}"
+
+
 @hookimpl
 def expkit_function_seeder(run: Any, function: Any) -> FunctionSeeder:
-    name = f"{function.ingredient.path if function.ingredient else ''}.{function.fn.__qualname__}"
-    return FunctionSeeder(derive_seed(run.config["seed"], name))
+    return FunctionSeeder(derive_seed(run.config["seed"], seed_name(function)))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy
 import pytest
-from cli_helpers import child_env, run_script
+from cli_helpers import child_env, only_run, run_expkit, run_script, write_project
 
 from expkit import Experiment, RunObserver
 from expkit.errors import ConfigError
@@ -323,3 +323,68 @@ def test_a_bad_seed_on_the_script_command_line_is_one_error_line(tmp_path: Path)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
     assert errors == ["ERROR: the config entry 'seed' must be an integer, not 1.5"]
+
+
+# --- seeds never depend on where the files lie -------------------------------------------
+
+MODULE_DRAWS = """\
+    import expkit
+
+
+    @expkit.fixture
+    def data(_seed, _rnd):
+        return [_seed, float(_rnd.random())]
+
+
+    def exp_draws(data, _seed, _rnd):
+        return {"fixture": data, "experiment": [_seed, float(_rnd.random())]}
+"""
+
+
+def test_module_experiment_draws_do_not_depend_on_folder_or_cwd(tmp_path: Path) -> None:
+    # The same file, run with the same seed from two folders and two working directories.
+    first = write_project(tmp_path / "one", {"studies/cv/exp_draws.py": MODULE_DRAWS})
+    second = write_project(tmp_path / "two", {"exp_draws.py": MODULE_DRAWS}, pyproject=None)
+    results = []
+    for cwd, target, store in (
+        (first, "studies/cv/exp_draws.py", tmp_path / "store-one"),
+        (tmp_path, "two/exp_draws.py", tmp_path / "store-two"),
+    ):
+        done = run_expkit("run", target, "--seed", "5", "--store", str(store), cwd=cwd)
+        assert done.returncode == 0, done.stdout + done.stderr
+        results.append(only_run(store))
+    assert results[0]["experiment"]["name"] != results[1]["experiment"]["name"]
+    assert results[0]["result"] == results[1]["result"]
+    fixture_seed, experiment_seed = (results[0]["result"][k][0] for k in ("fixture", "experiment"))
+    assert fixture_seed != experiment_seed  # each function still has a stream of its own
+
+
+SCRIPT_DRAWS = """\
+    import sys
+
+    from expkit import Experiment
+
+    ex = Experiment()
+
+
+    @ex.capture
+    def draw(_seed, _rnd):
+        return [_seed, float(_rnd.random())]
+
+
+    @ex.automain
+    def main():
+        return [draw(), draw()]
+"""
+
+
+def test_script_draws_do_not_depend_on_folder_or_cwd(tmp_path: Path) -> None:
+    write_project(tmp_path / "a/b", {"exp_s.py": SCRIPT_DRAWS}, pyproject=None)
+    write_project(tmp_path / "c", {"exp_s.py": SCRIPT_DRAWS}, pyproject=None)
+    results = []
+    for cwd, script in ((tmp_path, "a/b/exp_s.py"), (tmp_path / "c", "exp_s.py")):
+        store = cwd / "store"
+        proc = run_script(script, "with", "seed=11", "-F", str(store), cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        results.append(only_run(store)["result"])
+    assert results[0] == results[1]
