@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
@@ -85,7 +87,9 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
             print(f"the re-run stored no run (its command exited with {code})")
             return ExitCode.RUNS_FAILED
         scratch_reader = reader_for(pm, str(scratch))
-        rerun = scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
+        rerun = _as_named_by(
+            original, scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
+        )
         link = {"store": original.store, "id": original.id}
         meta: dict[str, Any] = {"rerun_of": link}
         if overrides:
@@ -108,6 +112,16 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     if config.getoption("check") and not same_result:
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
+
+
+def _as_named_by(original: RunRecord, rerun: RunRecord) -> RunRecord:
+    """``rerun`` under ``original``'s experiment name, so that listings group the two.
+
+    A module experiment is named by its node id, which holds the file's path from the
+    project root; restored flat into a temporary folder it gets another one.
+    """
+    info = {**rerun.experiment_info, "name": original.experiment}
+    return attrs.evolve(rerun, experiment=original.experiment, experiment_info=info)
 
 
 def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +154,7 @@ def rerun_command(record: RunRecord, entries: dict[str, Any], store: Path) -> li
     if not mainfile:
         raise UsageError(f"run {record.id} recorded no main file: it cannot be re-run")
     settings = [f"{key}={value!r}" for key, value in entries.items()]
-    # -f: a JSON round trip turns tuples into lists; that is no change of the experiment.
+    # -f: the stored config holds what named configs and -f added; -o alone would refuse it.
     if "::" in record.experiment:
         node = f"{mainfile}::{record.experiment.rsplit('::', 1)[1]}"
         overrides = [arg for s in settings for arg in ("-o", s)]

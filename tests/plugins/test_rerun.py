@@ -111,3 +111,29 @@ def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
     done = run_expkit("rerun", "1", "-o", "Cx=2", cwd=project)
     assert done.returncode == 4
     assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"
+
+
+TUPLES = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        shape = (2, 3)
+        padded = shape + (1,)
+        opts = {"kernel": (3, 3)}
+
+    def exp_shapes(shape, padded, opts):
+        return [type(shape).__name__, type(padded).__name__, type(opts["kernel"]).__name__]
+"""
+
+
+def test_a_rerun_keeps_tuples_and_the_experiment_name(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"studies/exp_shapes.py": TUPLES})
+    done = run_expkit("run", "studies/exp_shapes.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    original, rerun = stored_runs(root / "runs")
+    assert original["result"] == rerun["result"] == ["tuple", "tuple", "tuple"]
+    assert rerun["experiment"]["name"] == "studies/exp_shapes.py::exp_shapes"
+    assert rerun["config"] == original["config"]
