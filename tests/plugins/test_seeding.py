@@ -344,7 +344,7 @@ MODULE_DRAWS = """\
 def test_module_experiment_draws_do_not_depend_on_folder_or_cwd(tmp_path: Path) -> None:
     # The same file, run with the same seed from two folders and two working directories.
     first = write_project(tmp_path / "one", {"studies/cv/exp_draws.py": MODULE_DRAWS})
-    second = write_project(tmp_path / "two", {"exp_draws.py": MODULE_DRAWS}, pyproject=None)
+    write_project(tmp_path / "two", {"exp_draws.py": MODULE_DRAWS}, pyproject=None)
     results = []
     for cwd, target, store in (
         (first, "studies/cv/exp_draws.py", tmp_path / "store-one"),
