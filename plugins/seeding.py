@@ -16,6 +16,7 @@ from typing import Any
 
 from expkit.pluginmanager import hookimpl
 from expkit.records import ConfigDefault
+from expkit.settings import SETTINGS
 
 SEED_DOC = "the random seed for this experiment"
 _MAX_SEED = 10**9
@@ -34,11 +35,18 @@ def derive_seed(seed: int, name: str) -> int:
 
 
 def make_rnd(seed: int) -> Any:
-    """A random generator seeded with ``seed``: numpy's when numpy is installed."""
+    """A random generator seeded with ``seed``: numpy's when numpy is installed.
+
+    A ``numpy.random.Generator``, or a ``RandomState`` when
+    ``SETTINGS.CONFIG.NUMPY_RANDOM_LEGACY_API`` is true (code written for it calls
+    ``randint`` or ``rand``, which a Generator lacks).
+    """
     try:
         import numpy
     except ImportError:
         return random.Random(seed)
+    if SETTINGS.CONFIG.NUMPY_RANDOM_LEGACY_API:
+        return numpy.random.RandomState(seed)
     return numpy.random.default_rng(seed)
 
 

@@ -17,6 +17,7 @@ from cli_helpers import child_env, only_run, run_expkit, run_script, write_proje
 from expkit import Experiment, RunObserver
 from expkit.errors import ConfigError
 from expkit.pluginmanager import create_plugin_manager
+from expkit.settings import SETTINGS
 
 QUIET = {"--capture": "sys", "--beat-interval": 0}
 SEED_DOC = "the random seed for this experiment"
@@ -203,6 +204,19 @@ def test_rnd_is_a_numpy_generator_seeded_with_the_calls_seed() -> None:
     seed, kind, value = ex.run(options=QUIET).result
     assert kind is numpy.random.Generator
     assert value == numpy.random.default_rng(seed).random()
+
+
+def test_the_legacy_setting_makes_rnd_a_random_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SETTINGS.CONFIG, "NUMPY_RANDOM_LEGACY_API", True)
+    ex = Experiment("legacy", plugin_manager=create_plugin_manager())
+
+    @ex.main
+    def main(_seed, _rnd):
+        return _seed, type(_rnd), int(_rnd.randint(0, 100))  # Sacred's 06_randomness calls it
+
+    seed, kind, value = ex.run(options=QUIET).result
+    assert kind is numpy.random.RandomState
+    assert value == numpy.random.RandomState(seed).randint(0, 100)
 
 
 def test_calls_in_one_function_do_not_shift_another_functions_stream(ex: Experiment) -> None:
