@@ -14,7 +14,7 @@ import numpy
 import pytest
 from cli_helpers import child_env, only_run, run_expkit, run_script, write_project
 
-from expkit import Experiment, RunObserver
+from expkit import Experiment, Ingredient, RunObserver
 from expkit.errors import ConfigError
 from expkit.pluginmanager import create_plugin_manager
 from expkit.settings import SETTINGS
@@ -224,6 +224,34 @@ def test_calls_in_one_function_do_not_shift_another_functions_stream(ex: Experim
     busy = _result(ex, seed=9, extra_first_calls=5)
     assert busy["second"] == plain["second"]
     assert busy["first"] != plain["first"]
+
+
+def test_seeds_follow_the_function_name_not_the_experiment_name() -> None:
+    # Renaming the experiment (a module experiment's name is its node id, a path) keeps
+    # the numbers; a function of an ingredient has a stream of its own.
+    def build(name: str) -> Experiment:
+        data = Ingredient("dataset")
+
+        @data.capture
+        def load(_seed):
+            return _seed
+
+        ex = Experiment(name, ingredients=[data], plugin_manager=create_plugin_manager())
+
+        @ex.capture
+        def load(_seed):  # noqa: F811 - the same name as the ingredient's
+            return _seed
+
+        @ex.main
+        def main():
+            return [load(), data.captured_functions[0]()]
+
+        return ex
+
+    first = build("one").run(config_updates={"seed": 3}, options=QUIET).result
+    second = build("sub/exp_two.py::two").run(config_updates={"seed": 3}, options=QUIET).result
+    assert first == second
+    assert first[0] != first[1]
 
 
 SAME_NUMBERS = """
