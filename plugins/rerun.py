@@ -82,11 +82,11 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     sources = read_sources(reader, original)  # once: restored now, compared at the end
     tampered = tampered_sources(original, sources)
     if tampered and not config.getoption("force"):
-        name, copy, actual, recorded = tampered[0]
+        name, actual, recorded = tampered[0]
         raise UsageError(
-            f"run {original.id}: the stored copy of source {name!r} ({copy} in {redact_url(url)}) "
-            f"has md5 {actual}, not the {recorded} the run recorded: it was changed after the "
-            "run; re-run it anyway with --force"
+            f"run {original.id}: source {name!r} as stored in {redact_url(url)} has md5 "
+            f"{actual}, not the {recorded} the run recorded: the stored copy was changed after "
+            "the run; re-run it anyway with --force"
         )
     with tempfile.TemporaryDirectory(prefix="expkit-rerun-") as tmp:
         workdir = Path(tmp, "code")
@@ -167,16 +167,13 @@ def recorded_md5(entry: Any) -> str | None:
     return None
 
 
-def tampered_sources(
-    record: RunRecord, sources: dict[str, bytes]
-) -> list[tuple[str, str, str, str]]:
-    """``(name, stored copy, its md5, recorded md5)`` of each source changed in the store."""
-    copies = {str(e[0]): str(e[-1]) for e in record.experiment_info.get("sources") or ()}
+def tampered_sources(record: RunRecord, sources: dict[str, bytes]) -> list[tuple[str, str, str]]:
+    """``(name, md5 of the stored copy, recorded md5)`` of each source changed in the store."""
     found = []
     for name, recorded in _recorded_md5s(record).items():
         actual = _md5(sources[name]) if name in sources else recorded
         if actual != recorded:
-            found.append((name, copies[name], actual, recorded))
+            found.append((name, actual, recorded))
     return found
 
 
@@ -308,7 +305,7 @@ def _source_drift(original: RunRecord, sources: dict[str, bytes]) -> list[str]:
     lines = [
         f"source {name}: the stored copy has md5 {actual}, not the recorded {recorded}; "
         "the re-run ran it (--force)"
-        for name, _, actual, recorded in tampered_sources(original, sources)
+        for name, actual, recorded in tampered_sources(original, sources)
     ]
     recorded = _recorded_md5s(original)
     drifted = []

@@ -166,8 +166,8 @@ def test_a_tampered_stored_source_is_refused_unless_forced(tmp_path: Path, kind:
     refused = run_expkit("rerun", run_id, "--store", url, cwd=root)
     assert refused.returncode == 4, refused.stdout + refused.stderr
     assert refused.stderr == (
-        f"ERROR: run {run_id}: the stored copy of source 'exp_noise.py' ({copy} in {url}) has md5 "
-        f"{tampered}, not the {digest} the run recorded: it was changed after the run; "
+        f"ERROR: run {run_id}: source 'exp_noise.py' as stored in {url} has md5 {tampered}, "
+        f"not the {digest} the run recorded: the stored copy was changed after the run; "
         "re-run it anyway with --force\n"
     )
     assert "re-running" not in refused.stdout
