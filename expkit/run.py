@@ -34,6 +34,7 @@ from expkit.configuration import (
     merge,
     nest_dotted,
     normalize,
+    restore_tuples,
     set_path,
     type_changed,
 )
@@ -258,6 +259,7 @@ def resolve_config(
             set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
         else:
             merge(config, entries)
+    restore_tuples(fixed, own_values)
     merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
 
     for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
