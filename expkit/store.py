@@ -36,7 +36,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.records import RunRecord
-from expkit.serialize import parse_time
+from expkit.serialize import parse_time, to_data
 from expkit.utils import file_md5, redact_url
 
 log = logging.getLogger("expkit")
@@ -149,6 +149,51 @@ class Storage:
 
     def close(self) -> None:
         """Let go of connections and files."""
+
+
+def doc_to_data(doc: dict) -> dict:
+    """The run document as plain JSON data: stored files as dicts, times as ISO text.
+
+    For stores that keep the document as JSON; :func:`doc_from_data` reverses it.
+    """
+    out = to_data({k: v for k, v in doc.items() if k not in _FILE_LISTS and k != "experiment"})
+    experiment = dict(doc.get("experiment") or {})
+    sources = experiment.pop("sources", [])
+    out["experiment"] = {**to_data(experiment), "sources": [_file_data(f) for f in sources]}
+    for key in _FILE_LISTS:
+        if key in doc:
+            out[key] = [_file_data(f) for f in doc[key]]
+    return out
+
+
+def doc_from_data(data: dict) -> dict:
+    """The run document :func:`doc_to_data` made; times stay ISO text (readers parse it)."""
+    doc = dict(data)
+    experiment = dict(_dict(data.get("experiment")))
+    experiment["sources"] = _file_list(experiment.get("sources"))
+    doc["experiment"] = experiment
+    for key in _FILE_LISTS:
+        if key in data:
+            doc[key] = _file_list(data[key])
+    return doc
+
+
+_FILE_LISTS = ("resources", "artifacts")
+
+
+def _file_data(file: StoredFile) -> dict:
+    return to_data(attrs.asdict(file, recurse=False))
+
+
+def _file_list(value: Any) -> list[StoredFile]:
+    if not isinstance(value, list):
+        return []
+    files = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            fields = {f.name: item.get(f.name) for f in attrs.fields(StoredFile)}
+            files.append(StoredFile(**fields))
+    return files
 
 
 # --- writing ------------------------------------------------------------------------------
