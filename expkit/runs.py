@@ -31,6 +31,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
+from expkit.store import Query, StoreReader
 from expkit.utils import parse_literal, redact_url
 
 __all__ = [
@@ -205,9 +206,17 @@ def runs(
 
     reader = reader_for_url(store_url, plugin_manager)
     try:
-        selected = [r for r in reader.list_runs() if keep(r)]
+        if isinstance(reader, StoreReader):
+            query = Query(experiment, frozenset(wanted) if wanted else None, start, end,
+                          tuple(filters), sort, descending, limit)  # fmt: skip
+            candidates, exact = reader.select(query)
+        else:  # a reader of a plugin written before the store layer
+            candidates, exact = list(reader.list_runs()), False
     finally:
         _close(reader)
+    selected = [r for r in candidates if keep(r)]  # a store's selection is checked, too
+    if exact:
+        return selected
     if sort:
         selected = _sorted(selected, sort, descending)
     return selected if limit is None else selected[:limit]

@@ -67,6 +67,24 @@ class StoredFile:
 
 
 @attrs.frozen
+class Query:
+    """What a listing asks for, for stores that select runs themselves (capability ``query``).
+
+    ``where`` holds parsed filters (:class:`expkit.runs.Filter`). ``sort`` is a run field
+    or config key, ``None`` for id order; ``limit`` applies after sorting.
+    """
+
+    experiment: str | None = None  # a name or a glob pattern
+    statuses: frozenset[str] | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    where: tuple[Any, ...] = ()
+    sort: str | None = None
+    descending: bool = False
+    limit: int | None = None
+
+
+@attrs.frozen
 class StoreBackend:
     """A kind of store: the URL schemes it claims and how to open a store of it.
 
@@ -125,6 +143,15 @@ class Storage:
 
     def summaries(self) -> Iterable[dict]:
         """Every run's document without ``captured_out``, ``info``, host and files, in id order."""
+        raise NotImplementedError
+
+    def select(self, query: Query) -> tuple[list[dict], bool]:
+        """The summaries ``query`` asks for, and whether they are exactly those.
+
+        ``True``: every condition, the order and the limit were applied. ``False``: the
+        summaries are candidates (a superset, in id order) that the core filters, sorts
+        and cuts. Only stores with the ``query`` capability are asked.
+        """
         raise NotImplementedError
 
     def load(self, run_id: Any) -> dict:
@@ -553,6 +580,16 @@ class StoreReader:
             if record is not None:
                 records.append(record)
         return records
+
+    def select(self, query: Query) -> tuple[list[RunRecord], bool]:
+        """The runs ``query`` asks for, and whether the store applied all of it.
+
+        ``False`` means the records are candidates still to be filtered, sorted and cut.
+        """
+        if "query" not in self.storage.capabilities:
+            return self.list_runs(), False
+        docs, exact = self.storage.select(query)
+        return [r for r in map(self._record, docs) if r is not None], exact
 
     def get_run(self, run_id: Any) -> RunRecord:
         """Everything recorded about run ``run_id``; :class:`KeyError` when there is none."""

@@ -7,10 +7,12 @@ only when a run or a reader uses an SQL store; install them with ``expkit[sql]``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit.pluginmanager import hookimpl
-from expkit.store import Storage, StoreBackend
+
+if TYPE_CHECKING:
+    from expkit.store import Storage, StoreBackend
 
 
 def _open(url: str) -> Storage:
@@ -22,6 +24,8 @@ def _open(url: str) -> Storage:
 @hookimpl
 def expkit_store_backends() -> list[StoreBackend]:
     """The SQL store claims ``sqlite://`` and ``postgresql://`` (with any ``+driver``)."""
+    from expkit.store import StoreBackend  # not at import: a run without stores never needs it
+
     return [StoreBackend("sql", ("sqlite", "postgresql"), _open)]
 
 

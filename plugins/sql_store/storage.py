@@ -41,7 +41,7 @@ from sqlalchemy.dialects import sqlite
 
 from expkit.errors import UsageError
 from expkit.serialize import to_data
-from expkit.store import Storage, StoredFile, StoreError, StoreObserver
+from expkit.store import Query, Storage, StoredFile, StoreError, StoreObserver
 from expkit.utils import redact_url
 
 log = logging.getLogger("expkit")
@@ -130,7 +130,7 @@ _SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", 
 class SqlStorage(Storage):
     """Runs in the tables of an SQL database: the primitives of the SQL store."""
 
-    capabilities = frozenset({"delete", "edit"})
+    capabilities = frozenset({"delete", "edit", "query"})
 
     def __init__(self, url: str, echo: bool = False, engine: sa.Engine | None = None) -> None:
         self.url = url
@@ -246,6 +246,22 @@ class SqlStorage(Storage):
         with self._read("listing runs") as conn:
             rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
         return [_summary_doc(row) for row in rows]
+
+    def select(self, query: Query) -> tuple[list[dict], bool]:
+        """The query as SQL where it can be (see :func:`_conditions`); candidates otherwise."""
+        dialect = self.engine.dialect.name
+        conditions, exact = _conditions(query, dialect)
+        order = _order(query, dialect) if exact else None
+        stmt = sa.select(*(runs.c[name] for name in _SUMMARY)).where(*conditions)
+        if order is None:
+            stmt = stmt.order_by(runs.c.id)
+        else:
+            stmt = stmt.order_by(*order)
+            if query.limit is not None:
+                stmt = stmt.limit(query.limit)
+        with self._read("selecting runs") as conn:
+            rows = conn.execute(stmt).all()
+        return [_summary_doc(row) for row in rows], order is not None
 
     def load(self, run_id: Any) -> dict:
         """The run's row and its files' rows, as the layer's document."""
@@ -470,6 +486,144 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 
 def _insert(engine: sa.Engine) -> Any:
     return pg.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+# The run fields a filter names first (as expkit.runs.lookup has them), and their columns.
+_RUN_FIELDS = {"id": runs.c.id, "experiment": runs.c.experiment, "status": runs.c.status,
+               "command": runs.c.command}  # fmt: skip
+_TIME_COLUMNS = {"start_time": runs.c.start_time, "stop_time": runs.c.stop_time,
+                 "heartbeat": runs.c.heartbeat}  # fmt: skip
+_SQL_OPS = {"==": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__",
+            ">=": "__ge__"}  # fmt: skip
+
+
+def _conditions(query: Query, dialect: str) -> tuple[list, bool]:
+    """SQL conditions meaning what the core's filters mean, and whether they are all of them.
+
+    A condition is pushed down only where SQL compares as Python does: numbers (bools as
+    0 and 1) with numbers, text with text by code point, ids as numbers. Anything else
+    (lists, dicts, None, keys through list items, probably-dead runs) stays with the core,
+    which receives candidates instead.
+    """
+    conditions: list = []
+    exact = True
+    if query.experiment is not None:
+        pattern = query.experiment
+        if not any(c in pattern for c in "*?["):
+            conditions.append(runs.c.experiment == pattern)
+        elif "[" not in pattern:
+            like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = like.replace("*", "%").replace("?", "_")
+            conditions.append(runs.c.experiment.like(like, escape="\\"))
+        else:
+            exact = False
+    if query.statuses is not None:
+        if "PROBABLY_DEAD" in query.statuses:
+            exact = False
+        else:
+            conditions.append(runs.c.status.in_(sorted(query.statuses)))
+    if query.since is not None:
+        conditions.append(runs.c.start_time >= query.since)
+    if query.until is not None:
+        conditions.append(runs.c.start_time <= query.until)
+    for where in query.where:
+        condition = _filter(where, dialect)
+        if condition is None:
+            exact = False
+        else:
+            conditions.append(condition)
+    return conditions, exact
+
+
+def _filter(where: Any, dialect: str) -> Any:
+    """One ``KEY OP VALUE`` filter as SQL, or ``None`` when SQL would not mean the same."""
+    key, op, value = where.key, where.op, where.value
+    first, _, rest = key.partition(".")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if first in _RUN_FIELDS:
+        if rest:
+            return sa.false()  # Python looks inside an id or a name and finds nothing
+        column = _RUN_FIELDS[first]
+        if first == "id":
+            if isinstance(value, str):
+                if not (value.isascii() and value.isdigit()):
+                    return None
+                value = int(value)
+            return getattr(column, _SQL_OPS[op])(value)
+        if not isinstance(value, str):
+            return sa.true() if op == "!=" else sa.false()
+        if first == "status":
+            value = value.upper()
+        compare = getattr(_codepoint(column, dialect), _SQL_OPS[op])(value)
+        return sa.or_(column.is_(None), compare) if op == "!=" else compare
+    if (first in _TIME_COLUMNS or first == "duration") and not rest:
+        return None
+    if first == "result":
+        column, path = runs.c.result, rest.split(".") if rest else []
+    elif first == "config" and rest:
+        column, path = runs.c.config, rest.split(".")
+    else:
+        column, path = runs.c.config, key.split(".")
+    if any(part.isdigit() for part in path):
+        return None  # Python looks such a part up in a dict, or as a list index
+    return _json_compare(column, path, op, value, dialect)
+
+
+def _json_compare(column: Any, path: list[str], op: str, value: Any, dialect: str) -> Any:
+    number = not isinstance(value, str)
+    if dialect == "sqlite":
+        where = "$" + "".join(f'."{p}"' for p in path) if path else "$"
+        kind = sa.func.json_type(column, where)
+        found = kind.is_not(None)
+        if number:
+            same_kind = kind.in_(["integer", "real", "true", "false"])
+        else:
+            same_kind = kind == "text"
+        extracted = sa.func.json_extract(column, where)
+    elif dialect == "postgresql":
+        node = column.op("#>")(sa.literal(path, pg.ARRAY(sa.Text))) if path else column
+        kind = sa.func.jsonb_typeof(node)
+        found = node.is_not(None)
+        text = node.op("#>>")(sa.literal([], pg.ARRAY(sa.Text)))
+        if number:
+            same_kind = kind.in_(["number", "boolean"])
+            extracted = sa.case(
+                (kind == "number", sa.cast(text, sa.Float)),
+                (text == "true", sa.literal(1.0)),
+                else_=sa.literal(0.0),
+            )
+        else:
+            same_kind = kind == "string"
+            extracted = sa.collate(text, "C")
+    else:
+        return None
+    compare = getattr(extracted, _SQL_OPS[op])(value)
+    if op == "!=":
+        # Python: a value of another kind is unequal too, as long as the key is there.
+        return sa.and_(found, sa.or_(sa.not_(same_kind), compare))
+    return sa.and_(same_kind, compare)
+
+
+def _codepoint(column: Any, dialect: str) -> Any:
+    return sa.collate(column, "C") if dialect == "postgresql" else column
+
+
+def _order(query: Query, dialect: str) -> list | None:
+    """ORDER BY as the core sorts (missing values last, ties in id order), or ``None``."""
+    key = query.sort
+    if key is None:
+        return [runs.c.id]
+    if key == "id":
+        return [runs.c.id.desc() if query.descending else runs.c.id]
+    column = _TIME_COLUMNS.get(key)
+    if column is None:
+        return None
+    return [column.is_(None), column.desc() if query.descending else column, runs.c.id]
 
 
 # --- values --------------------------------------------------------------------------------
