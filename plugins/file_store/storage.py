@@ -385,7 +385,7 @@ class FileStorage(Storage):
         run_id = os.path.basename(self._current())
         entry = to_data(_run_json(doc))
         summary = _summary(run_id, entry, to_data(doc.get("config") or {}))
-        summary["run_json"] = _stamp(os.path.join(self._current(), RUN_FILE))
+        summary["files"] = _stamp(self._current())
         try:
             _append_bytes(os.path.join(self.basedir, INDEX_FILE), _index_line(summary))
         except OSError as exc:
@@ -396,7 +396,7 @@ class FileStorage(Storage):
         rundir = os.path.join(self.basedir, name)
         run_path = os.path.join(rundir, RUN_FILE)
         try:
-            stamp = _stamp(run_path)
+            stamp = _stamp(rundir)
             entry = _load_json(run_path)
         except FileNotFoundError:
             return None  # not a run folder, or a run whose start is being written
@@ -408,7 +408,7 @@ class FileStorage(Storage):
             return None
         config = _load_json(os.path.join(rundir, CONFIG_FILE), default={}, damaged={})
         summary = _summary(name, entry, config)
-        summary["run_json"] = stamp
+        summary["files"] = stamp
         return summary
 
 
@@ -523,21 +523,29 @@ def _md5_of(stored: str) -> str | None:
     return md5 if len(md5) == 32 and all(c in "0123456789abcdef" for c in md5) else None
 
 
-def _stamp(path: str) -> list[int]:
-    """Size and modification time of ``path``: the index line is current while they hold."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+def _stamp(rundir: str) -> list[int]:
+    """Sizes and modification times of run.json and config.json: an index line is current
+    while they hold."""
+    stamp = []
+    for name in (RUN_FILE, CONFIG_FILE):
+        try:
+            st = os.stat(os.path.join(rundir, name))
+        except FileNotFoundError:
+            stamp += [-1, 0]
+        else:
+            stamp += [st.st_size, st.st_mtime_ns]
+    return stamp
 
 
 def _current(summary: dict, basedir: str) -> bool:
     """Whether an index line still describes its run: it ended and run.json is unchanged."""
     if summary.get("status") not in FINAL_STATUSES:
         return False
-    stamp = summary.get("run_json")
+    stamp = summary.get("files")
     if stamp is None:
         return True  # written before stamps: taken as it is
     try:
-        return _stamp(os.path.join(basedir, str(summary["id"]), RUN_FILE)) == stamp
+        return _stamp(os.path.join(basedir, str(summary["id"]))) == stamp
     except OSError:
         return False
 
