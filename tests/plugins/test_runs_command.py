@@ -68,10 +68,11 @@ def test_list_shows_the_runs_and_only_the_config_entries_that_differ(
     assert runs("list") == 0
     out = capsys.readouterr().out
     header, *rows = out.splitlines()
-    assert header.split() == ["id", "experiment", "status", "start", "duration", "result", "C"]
-    assert rows[0].split()[:3] == ["2", "demo", "COMPLETED"] and rows[0].split()[-1] == "2"
+    # One experiment: named in the last line, not in a column.
+    assert header.split() == ["id", "status", "start_time", "duration", "result", "C"]
+    assert rows[0].split()[:2] == ["2", "COMPLETED"] and rows[0].split()[-1] == "2"
     assert "kernel" not in out
-    assert rows[-1] == f"2 run(s) in {store}"
+    assert rows[-1] == f"2 runs of demo in {store}"
 
 
 def test_list_filters_by_config(store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -91,14 +92,14 @@ def test_a_running_run_without_heartbeat_for_long_is_probably_dead(
 def test_show_prints_everything_recorded(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("show", "1") == 0
     out = capsys.readouterr().out
-    for expected in ("C = 1", "result:     0.9", "numpy==1.0", "acc: 2 value(s), last 0.75"):
+    for expected in ("C = 1", "result:     0.9", "numpy==1.0", "acc: 2 values, last 0.75"):
         assert expected in out
     assert out.rstrip().endswith("training {'C': 1, 'kernel': 'rbf'}")
 
 
 def test_show_of_an_unknown_run_is_one_line(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("show", "99") == 4
-    assert capsys.readouterr().err == f"ERROR: no run 99 in {store}\n"
+    assert capsys.readouterr().err == f"ERROR: no run '99' in the store {store}\n"
 
 
 def test_diff_shows_config_result_and_source_lines(
@@ -107,10 +108,10 @@ def test_diff_shows_config_result_and_source_lines(
     assert runs("diff", "1", "2") == 0
     out = capsys.readouterr().out.splitlines()
     assert "  -x = 1" in out and "  +x = 2" in out
-    assert out[-1] == "same: dependencies, host, git"
+    assert out[-1] == "same: experiment, metrics, dependencies, host, git"
     assert runs("diff", "1", "2", "--json") == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["config"] == {"C": [1, 2]}
+    assert report["config"] == {"C": {"1": 1, "2": 2}}
     assert report["result"] == [0.9, 0.95]
     assert "+x = 2" in report["sources"]["exp.py"]["2"]
 
@@ -149,7 +150,7 @@ def test_export_writes_one_whole_run_per_line(store: Path, tmp_path: Path) -> No
 
 def test_an_unknown_subcommand_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("lst") == 4
-    assert "one of list, show, diff, rm, export" in capsys.readouterr().err
+    assert "one of list, show, diff, rm, export, metrics, artifact" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["../outside.py", "/etc/passwd", "a/../../b.py"])
