@@ -146,3 +146,33 @@ def test_collected_line_counts_deselected(project: Path) -> None:
     assert "collected 4 experiments / 3 deselected" in proc.stdout.splitlines()
     last = proc.stdout.splitlines()[-1]
     assert re.fullmatch(r"=+ 1 completed, 3 deselected in \d+\.\d\ds =+", last), last
+
+
+def test_results_are_plain_values(tmp_path: Path) -> None:
+    project = write_project(
+        tmp_path,
+        {
+            "exp_np.py": """\
+                import numpy as np
+
+                def exp_score():
+                    return np.float64(0.97)
+
+                def exp_scores():
+                    return {"acc": np.float64(0.5), "name": np.str_("svm"), "n": np.int64(3)}
+                """
+        },
+    )
+    proc = run_expkit("run", "-u", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "np.float64" not in proc.stdout and "np.str_" not in proc.stdout
+    assert "exp_np.py::exp_score  COMPLETED" in proc.stdout
+    assert re.search(r"exp_score  COMPLETED  \d+\.\d\ds  result=0\.97$", proc.stdout, re.M)
+    assert "result={'acc': 0.5, 'name': 'svm', 'n': 3}" in proc.stdout
+
+
+def test_exitfirst_says_how_many_experiments_it_did_not_run(project: Path) -> None:
+    proc = run_expkit("run", "sub/exp_b.py", "exp_a.py", "-x", cwd=project)
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"!+ stopping after 1 failure \(-x\): 3 experiments not run !+", lines[-2])
+    assert re.fullmatch(r"=+ 1 failed in \d+\.\d\ds =+", lines[-1]), lines[-1]
