@@ -260,7 +260,8 @@ def runs(
     """The runs in ``store_url`` that pass every filter, sorted and cut to ``limit``.
 
     ``where`` holds filters (see the module doc), all of which must hold.
-    ``experiment`` is a name or a glob pattern. ``status`` is one status or several
+    ``experiment`` is a name, a glob pattern, or a file of module experiments
+    (``exp_iris.py`` for ``exp_iris.py::exp_rbf_svm``). ``status`` is one status or several
     (case does not matter; ``PROBABLY_DEAD`` picks running runs that stopped beating).
     ``since``/``until`` bound the start time (datetimes or ISO text, UTC). ``sort``
     is a run field or a config key; runs without it come last. The records are
@@ -530,7 +531,8 @@ def _naive_utc(t: datetime.datetime) -> datetime.datetime:
 
 
 def _name_matches(name: str, pattern: str) -> bool:
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+    # "exp_iris.py" picks the experiments of that file, named "exp_iris.py::NAME".
+    return name == pattern or name.startswith(pattern + "::") or fnmatch.fnmatchcase(name, pattern)
 
 
 def _sorted(records: list[RunRecord], key: str, descending: bool) -> list[RunRecord]:

@@ -83,7 +83,10 @@ _ASCII_BLOCKS = "_.-=+*#@"
 def expkit_addoption(parser: Any) -> None:
     group = parser.getgroup("runs", "finding and comparing stored runs (expkit runs --help)")
     group.addoption(
-        "--experiment", default=None, metavar="NAME", help="only this experiment (glob patterns)"
+        "--experiment",
+        default=None,
+        metavar="NAME",
+        help="only this experiment (a name, glob or file)",
     )
     group.addoption("--status", default=None, metavar="S", help="only this status (S,S: several)")
     group.addoption("--since", default=None, metavar="ISO", help="only runs started then or after")

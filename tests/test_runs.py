@@ -410,3 +410,12 @@ def test_a_number_never_names_a_longer_number(named_runs):
     # Run 1 was deleted: "1" must not stand for run 15.
     with pytest.raises(RunNotFoundError, match=r"^no run '1' in the store "):
         get_run(named_runs, "1")
+
+
+def test_experiment_option_takes_the_file_of_module_experiments(tmp_path):
+    from mixed_store import record_mixed
+
+    record_mixed(str(tmp_path / "runs"))
+    found = runs(str(tmp_path / "runs"), experiment="exp_svm.py")
+    assert {r.experiment for r in found} == {"exp_svm.py::exp_svm"} and len(found) == 3
+    assert runs(str(tmp_path / "runs"), experiment="exp_svm") == []
