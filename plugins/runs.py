@@ -461,7 +461,7 @@ def runs_table(
         )
     for key, priority in (("status", _KEEP), ("start_time", _START), ("duration", _DURATION)):
         columns.append(column(key, [lookup(r, key) for r in records], None, priority))
-    columns.append(column("result", [(True, r.result) for r in records], 10, _RESULT))
+    columns.append(column("result", [(True, r.result) for r in records], 14, _RESULT))
     if wide:
         config_keys = list(dict.fromkeys(k for r in records for k in flatten(r.config)))
     elif len(experiments) == 1:
@@ -492,7 +492,7 @@ def _labels(records: list[RunRecord], cap: int | None) -> Column:
         flat = flatten(record.config)
         pairs = [f"{k}={_value_text(flat[k], cap)}" for k in keys[record.experiment] if k in flat]
         cells.append(" ".join(pairs))
-    return Column("config", cells, 24, _CONFIG, END)
+    return Column("config", cells, 20, _CONFIG, END)
 
 
 def _cut_of(key: str) -> str:
