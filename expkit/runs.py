@@ -26,8 +26,9 @@ numbers, booleans, times, text, lists, dicts, then the runs without the key (or
 with ``null``); the direction orders the values within each kind.
 
 A run id that names no run is tried as the start of one (``2a1a`` for TinyDB's
-``2a1a0c...``): a prefix that starts exactly one id names that run. Numeric ids
-(file and MongoDB stores) are never abbreviated: ``1`` never means run ``15``.
+``2a1a0c...``): a prefix of at least 4 characters that starts exactly one id names
+that run. Numeric ids (file and MongoDB stores) are never abbreviated: ``1`` never
+means run ``15``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ _SORT_FIELDS = ("start_time", "stop_time", "heartbeat", "duration")
 _RECORD_FIELDS = ("metrics", "info")
 # Run ids shown in a table are cut to this many characters, or more where that is ambiguous.
 SHORT_ID_LENGTH = 8
+# A run id may be abbreviated to no fewer characters than this (git's shortest, too).
+MIN_PREFIX = 4
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "==": lambda a, b: a == b,
@@ -485,9 +488,12 @@ def _id_candidates(run_id: Any) -> list[Any]:
 
 
 def _abbreviates(prefix: str, run_id: Any) -> bool:
-    # A number never stands for a longer one: run 1 deleted, "1" must not mean run 15.
+    # A number never stands for a longer one: run 1 deleted, "1" must not mean run 15; nor
+    # does a prefix shorter than git's shortest ("1" must not mean 1b2db113... either).
     text = str(run_id)
-    return bool(prefix) and not text.isdigit() and text.startswith(prefix) and text != prefix
+    if len(prefix) < MIN_PREFIX or text.isdigit():
+        return False
+    return text.startswith(prefix) and text != prefix
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -362,7 +362,7 @@ def test_short_ids_are_eight_characters_unless_that_is_ambiguous():
 
 @pytest.fixture(params=["tinydb", "mongo", "file"])
 def named_runs(request, tmp_path):
-    """A store whose runs have the ids 2a1a0c9e, 2a1f3b77, 15 and 1 (run 1 then deleted)."""
+    """A store whose runs have the ids 2a1a0c9e, 2a1af3b7, 15 and 1 (run 1 then deleted)."""
     if request.param == "tinydb":
         url = f"tinydb://{tmp_path / 'db'}"
     elif request.param == "mongo":
@@ -373,7 +373,7 @@ def named_runs(request, tmp_path):
     from expkit.pluginmanager import get_plugin_manager
     from expkit.run import store_for_url
 
-    for run_id in ("2a1a0c9e", "2a1f3b77", "15", "1"):
+    for run_id in ("2a1a0c9e", "2a1af3b7", "15", "1"):
         ex = Experiment("named")
         ex.main(_own_id)
         store = store_for_url(get_plugin_manager(), url)
@@ -393,23 +393,25 @@ def _own_id(_run):
 
 
 def test_a_unique_prefix_names_a_run_in_every_store(named_runs):
-    assert get_run(named_runs, "2a1a").result == "2a1a0c9e"
-    assert get_run(named_runs, "2a1f3").result == "2a1f3b77"
+    assert get_run(named_runs, "2a1a0").result == "2a1a0c9e"
+    assert get_run(named_runs, "2a1af").result == "2a1af3b7"
     assert get_run(named_runs, "15").result == "15"
 
 
 def test_an_ambiguous_prefix_lists_the_runs_it_could_be(named_runs):
     with pytest.raises(UsageError) as info:
-        get_run(named_runs, "2a1")
-    assert str(info.value).startswith("run id '2a1' is ambiguous in the store ") and str(
-        info.value
-    ).endswith(": it starts 2 run ids (2a1a0c9e, 2a1f3b77); give more of the id")
+        get_run(named_runs, "2a1a")
+    message = str(info.value)
+    assert message.startswith("run id '2a1a' is ambiguous in the store ")
+    assert message.endswith(": it starts 2 run ids (2a1a0c9e, 2a1af3b7); give more of the id")
 
 
-def test_a_number_never_names_a_longer_number(named_runs):
+def test_a_number_or_a_short_prefix_never_names_a_longer_id(named_runs):
     # Run 1 was deleted: "1" must not stand for run 15.
     with pytest.raises(RunNotFoundError, match=r"^no run '1' in the store "):
         get_run(named_runs, "1")
+    with pytest.raises(RunNotFoundError, match=r"^no run '2a1' in the store "):
+        get_run(named_runs, "2a1")
 
 
 def test_experiment_option_takes_the_file_of_module_experiments(tmp_path):
