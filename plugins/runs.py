@@ -242,8 +242,22 @@ def expkit_cmdline_main(config: Any) -> int | None:
     reader = reader_for(config.pluginmanager, url)
     try:
         return _subcommand(config, reader, url, sub, args[1:], output)
+    except BrokenPipeError:
+        # `expkit runs metrics 3 --csv | head`: the reader has all it wants.
+        _silence_stdout()
+        return ExitCode.OK
     finally:
         close(reader)
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
+    except (OSError, ValueError):
+        pass
 
 
 def help_text(config: Any, sub: str | None = None) -> str:

@@ -388,3 +388,27 @@ def test_each_subcommand_has_its_own_help(
     assert all(text in proc.stdout for text in has), proc.stdout
     assert not any(text in proc.stdout for text in lacks), proc.stdout
     assert "--store URL" in proc.stdout
+
+
+def test_output_cut_short_by_a_pipe_is_no_error(tmp_path: Path) -> None:
+    from expkit import Experiment
+    from expkit_plugins.file_store import FileStorageObserver
+
+    ex = Experiment("long")
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+
+    @ex.main
+    def main(_run):
+        for step in range(20000):
+            _run.log_scalar("loss", 1 / (step + 1))
+
+    ex.run(options={"--capture": "sys"})
+    proc = subprocess.Popen(
+        [EXPKIT, "runs", "metrics", "1", "--csv", "--store", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=child_env(),
+    )  # fmt: skip
+    assert proc.stdout.readline() == b"metric,step,value,timestamp\n"
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
