@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -402,6 +401,8 @@ def _list(config: Any, reader: Any, url: str, filters: list[str], output: str | 
     columns = runs_table(records, ids, keys, wide, _beat(config))
     hidden: list[str] = []
     if not wide:
+        import shutil  # here: every `python exp.py` loads this plugin, few list runs
+
         width = shutil.get_terminal_size((80, 24)).columns
         columns, hidden = fit(columns, width)
     rows = [list(row) for row in zip(*(c.cells for c in columns))]

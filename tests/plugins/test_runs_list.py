@@ -3,19 +3,14 @@ fits the terminal, chosen columns, sorting of mixed kinds, filters on metrics an
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import select
-import struct
 import subprocess
-import termios
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import EXPKIT, child_env
+from cli_helpers import EXPKIT, child_env, run_in_terminal
 from mixed_store import LONG_PATH, record_mixed
 
 import expkit
@@ -173,39 +168,12 @@ def test_columns_env_is_honoured_and_a_terminal_too(mixed_file: str, tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()[:-1]) <= 60
     # Without COLUMNS, on a pseudo-terminal 50 columns wide.
-    out = list_in_terminal(mixed_file, columns=50, cwd=tmp_path)
-    lines = out.splitlines()
+    code, out = run_in_terminal("runs", "list", "--store", mixed_file, cwd=tmp_path, columns=50)
+    assert code == 0
+    lines = out.replace("\r\n", "\n").splitlines()
     assert len(lines) == 14, out
     assert max(len(line) for line in lines[:-1]) <= 50, out
     assert lines[0].split()[:2] == ["id", "experiment"]
-
-
-def list_in_terminal(url: str, columns: int, cwd: Path) -> str:
-    """``expkit runs list`` with its output on a pseudo-terminal ``columns`` wide."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {k: v for k, v in child_env().items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(
-        [EXPKIT, "runs", "list", "--store", url],
-        cwd=cwd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env,
-    )  # fmt: skip
-    os.close(slave)
-    return b"".join(_read_all(master, proc)).decode().replace("\r\n", "\n")
-
-
-def _read_all(master: int, proc: subprocess.Popen) -> Iterator[bytes]:
-    try:
-        while select.select([master], [], [], 30)[0]:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            yield data
-    finally:
-        os.close(master)
-        proc.wait(timeout=30)
 
 
 # --- chosen columns, metrics and info ----------------------------------------------------------
