@@ -44,6 +44,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
+from expkit.store import Query, StoreReader
 from expkit.utils import parse_literal, redact_url
 
 __all__ = [
@@ -235,17 +236,10 @@ def probably_dead(
 
 
 def reader_for_url(store_url: str, plugin_manager: Any = None) -> Any:
-    """The reader a store plugin gives for ``store_url``; a URL nobody reads is a UsageError."""
-    pm = plugin_manager or _default_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=str(store_url))
-    if reader is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        known = ", ".join(s + "://" for s in schemes) or "none"
-        raise UsageError(
-            f"no store plugin reads {redact_url(str(store_url))!r}; "
-            f"known schemes: {known} (or a plain folder path)"
-        )
-    return reader
+    """The reader of the runs at ``store_url``; a URL nobody reads is a UsageError."""
+    from expkit.store import open_reader
+
+    return open_reader(plugin_manager or _default_plugin_manager(), str(store_url))
 
 
 def runs(
@@ -275,7 +269,6 @@ def runs(
     try:
         return select_runs(
             reader,
-            reader.list_runs(),
             where=where,
             experiment=experiment,
             status=status,
@@ -291,7 +284,6 @@ def runs(
 
 def select_runs(
     reader: Any,
-    summaries: Iterable[RunRecord],
     where: str | Iterable[str] = (),
     experiment: str | None = None,
     status: str | Iterable[str] | None = None,
@@ -301,7 +293,7 @@ def select_runs(
     descending: bool = True,
     limit: int | None = None,
 ) -> list[RunRecord]:
-    """:func:`runs` over ``summaries`` that ``reader`` listed; it reads whole runs as needed."""
+    """:func:`runs` through an open ``reader``, which it asks for whole runs where needed."""
     filters = [parse_filter(where)] if isinstance(where, str) else [parse_filter(w) for w in where]
     wanted = _statuses(status)
     start = _time_bound(since, "since")
@@ -320,21 +312,56 @@ def select_runs(
             return False
         return not (end is not None and (record.start_time is None or record.start_time > end))
 
-    candidates = [r for r in summaries if keep(r)]
-    if any(needs_full_record(k) for k in [*(f.key for f in filters), sort or ""]):
+    # A store that selects runs itself gets what it can answer from summaries: metrics and
+    # info keys stay with the core, and so does a name that may be a file of experiments.
+    whole = [k for k in [*(f.key for f in filters), sort or ""] if needs_full_record(k)]
+    widened = experiment is not None and _may_be_a_file(experiment)
+    pushed = Query(
+        None if widened else experiment,
+        frozenset(wanted) if wanted else None,
+        start,
+        end,
+        tuple(f for f in filters if not needs_full_record(f.key)),
+        None if whole else sort,
+        descending,
+        None if whole or widened else limit,
+    )
+    candidates, exact = _select(reader, pushed)
+    candidates = [r for r in candidates if keep(r)]  # a store's selection is checked, too
+    exact = exact and not whole and not widened
+    if whole:
         candidates = full_records(reader, candidates)
-    selected = [r for r in candidates if all(f.matches(r) for f in filters)]
-    if not selected and candidates:
+    selected = candidates if exact else [r for r in candidates if _passes(r, filters)]
+    if not selected and filters:
+        if exact:  # the store filtered: the runs the filters chose from, to check the keys
+            broad = attrs.evolve(pushed, where=(), sort=None, limit=None)
+            candidates = [r for r in _select(reader, broad)[0] if keep(r)]
         for f in filters:
-            if not any(lookup(r, f.key)[0] for r in candidates):
+            if candidates and not any(lookup(r, f.key)[0] for r in candidates):
                 sample = full_records(reader, candidates[:_SUGGESTION_SAMPLE])
                 raise unknown_key_error(f.key, f"wrong filter: {f.text}", sample)
+    if exact:
+        return selected
     if sort:
         if selected and not any(lookup(r, sort)[0] for r in selected):
             sample = full_records(reader, selected[:_SUGGESTION_SAMPLE])
             raise unknown_key_error(sort, f"cannot sort by {sort!r}", sample)
         selected = _sorted(selected, sort, descending)
     return selected if limit is None else selected[:limit]
+
+
+def _select(reader: Any, query: Query) -> tuple[list[RunRecord], bool]:
+    if isinstance(reader, StoreReader):
+        return reader.select(query)
+    return list(reader.list_runs()), False  # a reader of a plugin written before the layer
+
+
+def _passes(record: RunRecord, filters: list[Filter]) -> bool:
+    return all(f.matches(record) for f in filters)
+
+
+def _may_be_a_file(pattern: str) -> bool:
+    return "::" not in pattern and not any(c in pattern for c in "*?[")
 
 
 # Near misses of a mistyped key are looked for in this many whole runs at most.

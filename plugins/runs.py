@@ -332,14 +332,13 @@ def _parse_time(text: str | None, option: str) -> datetime.datetime | None:
         ) from None
 
 
-def _select(config: Any, reader: Any, summaries: list[RunRecord], filters: list[str]) -> list:
+def _select(config: Any, reader: Any, filters: list[str]) -> list[RunRecord]:
     from expkit.runs import select_runs
 
     sort = config.getoption("sort")
     order = {"sort": sort, "descending": bool(config.getoption("descending"))} if sort else {}
     return select_runs(
         reader,
-        summaries,
         where=filters,
         experiment=config.getoption("experiment"),
         status=config.getoption("status"),
@@ -375,8 +374,7 @@ class Column:
 def _list(config: Any, reader: Any, url: str, filters: list[str], output: str | None) -> int:
     from expkit.runs import full_records, needs_full_record, short_ids
 
-    summaries = list(reader.list_runs())
-    records = _select(config, reader, summaries, filters)
+    records = _select(config, reader, filters)
     if config.getoption("json"):
         now = utcnow()
         rows = []
@@ -396,7 +394,7 @@ def _list(config: Any, reader: Any, url: str, filters: list[str], output: str | 
         if any(needs_full_record(k) for k in keys):
             records = full_records(reader, records)
         _check_columns(keys, records)
-    ids = short_ids([r.id for r in records], [s.id for s in summaries])
+    ids = short_ids([r.id for r in records], _every_id(reader, records))
     wide = bool(config.getoption("wide"))
     columns = runs_table(records, ids, keys, wide, _beat(config))
     hidden: list[str] = []
@@ -414,6 +412,13 @@ def _list(config: Any, reader: Any, url: str, filters: list[str], output: str | 
         footer += f"; not shown: {', '.join(hidden)} (see --wide)"
     print(footer)
     return ExitCode.OK
+
+
+def _every_id(reader: Any, records: list[RunRecord]) -> list[Any]:
+    # Short ids must be apart from every id of the store; numbers are never shortened.
+    if all(str(r.id).isdigit() for r in records):
+        return []
+    return [r.id for r in reader.list_runs()]
 
 
 def _chosen_keys(config: Any) -> list[str] | None:
@@ -1120,7 +1125,7 @@ def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
 def _export(config: Any, reader: Any, url: str, filters: list[str], output: str | None) -> int:
     from expkit.runs import full_records
 
-    records = _select(config, reader, list(reader.list_runs()), filters)
+    records = _select(config, reader, filters)
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         for record in full_records(reader, records):  # one reader for all: one connection

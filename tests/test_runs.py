@@ -316,32 +316,35 @@ def test_a_key_absent_from_the_selected_runs_only_is_no_error(store):
 # --- sorting values of different kinds ---------------------------------------------------------
 
 
-def test_sort_orders_kinds_the_same_way_in_both_directions(tmp_path):
-    from expkit.runs import select_runs
+SORT_VALUES = [0.977, {"acc": 1}, "b", None, 2, [1, 2], "a", float("nan"), True, {"acc": 0}, [1]]
 
-    values = [0.977, {"acc": 1}, "b", None, 2, [1, 2], "a", float("nan"), True, {"acc": 0}, [1]]
-    records = [
-        RunRecord(id=n, store="s", experiment="e", status="COMPLETED", result=v)
-        for n, v in enumerate(values)
-    ]
-    up = [
-        records[i].result
-        for i in _order(select_runs(None, records, sort="result", descending=False))
-    ]
-    down = [records[i].result for i in _order(select_runs(None, records, sort="result"))]
+
+def test_sort_orders_kinds_the_same_way_in_both_directions(tmp_path):
+    from expkit import Experiment
+
+    ex = Experiment("kinds")
+    ex.add_config(n=0)
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+    ex.main(_value_number)
+    for n in range(len(SORT_VALUES)):
+        ex.run(config_updates={"n": n}, options={"--capture": "sys"})
+    store = str(tmp_path / "runs")
+    up = [r.result for r in runs(store, sort="result", descending=False)]
+    down = [r.result for r in runs(store, sort="result")]
     assert up[:2] == [0.977, 2] and down[:2] == [2, 0.977]
     for order in (up, down):
         assert str(order[2]) == "nan" and order[3] is True
         assert set(order[4:6]) == {"a", "b"}
         assert sorted(map(str, order[6:8])) == ["[1, 2]", "[1]"]
         assert order[8:10] in ([{"acc": 0}, {"acc": 1}], [{"acc": 1}, {"acc": 0}])
-        assert order[10] is None
+        assert order[10] is None  # no result: last either way
     assert up[4:6] == ["a", "b"] and down[4:6] == ["b", "a"]
     assert up[6:8] == [[1], [1, 2]] and up[8:10] == [{"acc": 0}, {"acc": 1}]
+    assert down[6:8] == [[1, 2], [1]] and down[8:10] == [{"acc": 1}, {"acc": 0}]
 
 
-def _order(records):
-    return [r.id for r in records]
+def _value_number(n):
+    return SORT_VALUES[n]
 
 
 # --- short ids ----------------------------------------------------------------------------------

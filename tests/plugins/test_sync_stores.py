@@ -14,6 +14,7 @@ import expkit
 from expkit.observers import RunObserver
 from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
+from expkit.store import open_reader
 from expkit_plugins.file_store import FileStorageObserver
 from expkit_plugins.sync import replay_record
 
@@ -37,7 +38,7 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def read_all(url: str) -> dict[str, RunRecord]:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=url)
+    reader = open_reader(get_plugin_manager(), url)
     try:
         return {str(r.id): reader.get_run(r.id) for r in reader.list_runs()}
     finally:
@@ -46,7 +47,7 @@ def read_all(url: str) -> dict[str, RunRecord]:
 
 
 def source_bytes(url: str, run_id: object, name: str) -> bytes:
-    return get_plugin_manager().hook.expkit_reader_for_url(url=url).read_source(run_id, name)
+    return open_reader(get_plugin_manager(), url).read_source(run_id, name)
 
 
 def assert_copied(src: RunRecord, dst: RunRecord, same_base: bool = True) -> None:
@@ -85,7 +86,7 @@ def test_file_to_tinydb_twice_copies_once(
     assert sorted(copied) == ["1", "2"] and len(read_all(dst)) == 2
     for run_id in src:
         assert_copied(src[run_id], copied[run_id])
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    reader = open_reader(get_plugin_manager(), dst)
     assert reader.read_artifact(copied["2"].id, "model.txt") == b"weights"
     assert reader.read_source(copied["2"].id, "exp.py") == b"x = 2\n"
 
@@ -165,7 +166,7 @@ def test_resources_keep_the_path_the_run_read(
         copied = {str(r.config["C"]): r for r in read_all(dst).values()}
         assert copied["2"].resources == ((original, hashlib.md5(DATA).hexdigest()),)
         assert copied["1"].resources == ()
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    reader = open_reader(get_plugin_manager(), dst)
     try:
         assert reader.read_resource(copied["2"].id, original) == DATA
     finally:
@@ -184,7 +185,7 @@ class SacredStyleObserver(RunObserver):
 
 
 def test_an_observer_written_for_sacred_still_gets_the_resource_file(source: Path) -> None:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=str(source))
+    reader = open_reader(get_plugin_manager(), str(source))
     observer = SacredStyleObserver()
     replay_record(reader, reader.get_run("2"), observer)
     assert observer.resources == [("data.csv", DATA)]
