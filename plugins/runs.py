@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -250,8 +251,6 @@ def expkit_cmdline_main(config: Any) -> int | None:
 
 
 def _silence_stdout() -> None:
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
@@ -298,8 +297,10 @@ def _output(config: Any, sub: str) -> str | None:
 def _subcommand(
     config: Any, reader: Any, url: str, sub: str, rest: list[str], output: str | None
 ) -> int:
-    if sub in ("list", "export"):
-        return (_list if sub == "list" else _export)(config, reader, url, rest, output)
+    if sub == "list":
+        return _list(config, reader, url, rest)
+    if sub == "export":
+        return _export(config, reader, url, rest, output)
     usage = {
         "show": ("one run id", 1, 1),
         "diff": ("two or more run ids", 2, None),
@@ -371,7 +372,7 @@ class Column:
     cut: str = MIDDLE
 
 
-def _list(config: Any, reader: Any, url: str, filters: list[str], output: str | None) -> int:
+def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     from expkit.runs import full_records, needs_full_record, short_ids
 
     records = _select(config, reader, filters)
