@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,8 @@ class Parser:
     """Where plugins add their command-line options (``expkit_addoption``)."""
 
     def __init__(self) -> None:
-        self._parser = _ArgumentParser(
-            prog="expkit",
-            description="Run experiments and keep track of every run.",
-            usage="expkit [run|config|plugins|runs|rerun|sync] [PATH|NODEID ...] [options]",
-        )
+        # -h is helpconfig's option: it prints the help of the command it follows.
+        self._parser = _ArgumentParser(prog="expkit", add_help=False)
         self._groups: dict[str, Any] = {}
 
     def addoption(self, *names: str, **kwargs: Any) -> None:
@@ -59,6 +57,30 @@ class Parser:
     def format_help(self) -> str:
         """The help text."""
         return self._parser.format_help()
+
+    def format_options(
+        self, dests: Iterable[str] | None = None, skip_groups: Iterable[str] = ()
+    ) -> str:
+        """The help of every option group but ``skip_groups``; or, given ``dests``, of
+        those options in that order, under one heading."""
+        formatter = self._parser._get_formatter()
+        if dests is not None:
+            order = {dest: n for n, dest in enumerate(dests)}
+            actions = [a for a in self._parser._actions if a.dest in order]
+            formatter.start_section("options")
+            formatter.add_arguments(sorted(actions, key=lambda a: order[a.dest]))
+            formatter.end_section()
+            return formatter.format_help()
+        for group in self._parser._action_groups:
+            if group._group_actions and group.title not in skip_groups:
+                formatter.start_section(group.title)
+                formatter.add_arguments(group._group_actions)
+                formatter.end_section()
+        return formatter.format_help()
+
+    def option_strings(self, dest: str) -> list[str]:
+        """The flags of the option stored under ``dest`` (``["-x", "--exitfirst"]``)."""
+        return next((a.option_strings for a in self._parser._actions if a.dest == dest), [])
 
 
 @attrs.define

@@ -25,13 +25,18 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+_PLAIN = (bool, int, float, str)
+
+
 def to_data(obj: Any) -> Any:
     """``obj`` as JSON data: numpy scalars and arrays become numbers and lists,
     tuples become lists, times become ISO strings; anything else becomes its repr."""
-    if obj is None or isinstance(obj, (bool, int, str)):
+    if obj is None or type(obj) in _PLAIN:
         return obj
-    if isinstance(obj, float):
-        return obj
+    # Subclasses as their base type: np.float64(0.97) is 0.97, np.str_("a") is "a".
+    for base in _PLAIN:
+        if isinstance(obj, base):
+            return base(obj) if base is not str else str.__str__(obj)
     if isinstance(obj, dict):
         return {str(k): to_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):

@@ -334,7 +334,14 @@ def _changes(what: str, old: dict, new: dict) -> list[str]:
 
 
 def _shown(value: Any) -> str:
-    return "(none)" if value is None else str(value) if isinstance(value, str) else repr(value)
+    # Plain words, never a Python repr: "(none)", "Linux, x86_64", "name=GPU 0".
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) or "(none)"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_shown(v) for v in value) or "(none)"
+    return str(to_data(value))
 
 
 def _git_drift(original: RunRecord) -> list[str]:
@@ -344,9 +351,17 @@ def _git_drift(original: RunRecord) -> list[str]:
     then = {"commit": repos[0].get("commit"), "dirty": repos[0].get("dirty")} if repos else None
     if then is None and now is None:
         return ["git: no repository, then or now"]
-    if then is None or now is None:
-        return [f"git: {'no repository' if then is None else then} then, {now or 'none'} now"]
-    return _changes("git", then, now)
+    if then == now:
+        return [f"git: same ({_git_text(now)})"]
+    return [f"git: {_git_text(then)} then, {_git_text(now)} now"]
+
+
+def _git_text(state: dict | None) -> str:
+    if state is None:
+        return "no repository"
+    commit = state.get("commit")
+    text = f"commit {commit}" if commit else "a repository without commits"
+    return text + (" with uncommitted changes" if state.get("dirty") else "")
 
 
 def git_state(folder: str) -> dict | None:

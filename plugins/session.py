@@ -1,4 +1,4 @@
-"""The ``expkit run`` and ``expkit config`` commands: collect, select, run, report.
+"""The ``expkit run`` command: collect, select, run, report.
 
 Every collected experiment runs once, with the ``-o`` overrides and ``-w`` named
 configs, into the stores given with ``--store`` (default: ``runs/`` under the
@@ -270,8 +270,6 @@ def _configure_logging(verbose: int) -> None:
 
 @hookimpl(trylast=True)
 def expkit_cmdline_main(config: Any) -> int | None:
-    if config.command == "config":
-        return _config_command(config)
     if config.command != "run":
         return None
     session = Session(config)
@@ -306,25 +304,4 @@ def _collect_only_code(session: Session) -> ExitCode:
         return ExitCode.INTERRUPTED
     if not session.items:
         return ExitCode.NO_EXPERIMENTS_COLLECTED
-    return ExitCode.OK
-
-
-def _config_command(config: Any) -> int:
-    session = Session(config)
-    if len(config.option.paths) != 1 or "::" not in config.option.paths[0]:
-        raise UsageError("expkit config takes one node id: expkit config exp_iris.py::exp_rbf_svm")
-    collect(session)
-    if session.errors:
-        raise UsageError(f"cannot collect {config.option.paths[0]}:\n{session.errors[0].message}")
-    item = session.items[0]
-    updates = _updates(config)
-    try:
-        item.experiment.run(
-            "print_config",
-            config_updates=updates or None,
-            named_configs=list(config.option.named),
-            options={"--unobserved": True, "--capture": "no", "--force": bool(config.option.force)},
-        )
-    except ExpkitError as exc:
-        raise UsageError(f"{item.nodeid}: {exc}") from None
     return ExitCode.OK

@@ -7,7 +7,9 @@ spooled.
 
 Or ``SRC`` is a store: every run its reader returns is sent to ``DST`` as the
 observer events that made it, with its own times, keeping its id where ``DST`` has
-it free. Each copy records ``meta["synced_from"]``, so a second sync skips it.
+it free and it fits the ids ``DST`` gives (numbers for file and MongoDB stores,
+uuids for TinyDB); otherwise ``DST`` gives it one. Each copy records
+``meta["synced_from"]``, so a second sync skips it.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ def _all_runs(pm: Any, url: str) -> list[RunRecord]:
 
 def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) -> int:
     taken = {str(r.id) for r in existing}
+    # Whether the destination numbers its runs (file, MongoDB) or names them otherwise
+    # (TinyDB's uuids): told by its runs, or else by the id it gives the first copy.
+    numbered = _numbered(existing[0].id) if existing else None
     # Every run a destination run is a copy of, through earlier syncs, and the run itself.
     there = {key: r.id for r in existing for key in _identities(r)}
     copied = skipped = 0
@@ -119,7 +124,8 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
             skipped += 1
             continue
         store = store_for_url(pm, dst_url)
-        keep = None if str(summary.id) in taken else summary.id
+        fits = numbered is not None and _numbered(summary.id) == numbered
+        keep = summary.id if fits and str(summary.id) not in taken else None
         origin = {"store": summary.store, "id": summary.id}
         if isinstance(summary.meta.get("synced_from"), dict):
             origin["synced_from"] = summary.meta["synced_from"]
@@ -128,12 +134,19 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
             new_id = replay_record(reader, record, store, run_id=keep, meta={"synced_from": origin})
         finally:
             close(store)
+        if numbered is None:
+            numbered = _numbered(new_id)
         taken.add(str(new_id))
         there.update(dict.fromkeys(_identities(summary), new_id))
         copied += 1
         print(f"{summary.id} -> {new_id}")
     print(f"{copied} copied, {skipped} already in {redact_url(dst_url)}")
     return ExitCode.OK
+
+
+def _numbered(run_id: Any) -> bool:
+    """Whether ``run_id`` is a run number (``7`` or ``"7"``) rather than a name or uuid."""
+    return isinstance(run_id, int) or (isinstance(run_id, str) and run_id.isdigit())
 
 
 def _identities(record: RunRecord) -> list[tuple[str, str]]:

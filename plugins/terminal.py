@@ -28,7 +28,8 @@ _STATUS_COLOUR = {
     "ERROR": Fore.RED,
     "INTERRUPTED": Fore.YELLOW,
 }
-_ORDER = ["completed", "failed", "error", "interrupted", "deselected"]
+# pytest's order ("1 failed, 3 passed, 1 skipped, 2 deselected, 1 error"); others after.
+_ORDER = ["failed", "completed", "skipped", "interrupted", "deselected", "error"]
 
 
 class TerminalReporter:
@@ -107,7 +108,7 @@ class TerminalReporter:
             parts.append(f"id={report.run_id}")
         parts.append(f"{report.duration:.2f}s")
         if report.ok and report.result is not None:
-            parts.append(f"result={_short(to_data(report.result))}")
+            parts.append(f"result={_short(to_data(report.result))}")  # 0.97, not np.float64
         elif report.message:
             parts.append(report.message)
         self.write_line("  ".join(parts), _STATUS_COLOUR.get(report.status, Fore.YELLOW))
@@ -132,6 +133,9 @@ class TerminalReporter:
         self.config.pluginmanager.hook.expkit_terminal_summary(
             terminalreporter=self, exitstatus=exitstatus
         )
+        not_run = len(session.items) - len(session.reports)
+        if not_run > 0 and session.reports and not self.config.option.collect_only:
+            self.sep("!", _stopped(session, not_run), Fore.RED)
         counts: dict[str, int] = {}
         for report in session.reports:
             key = "completed" if report.ok else report.status.lower()
@@ -152,6 +156,15 @@ class TerminalReporter:
             self.write_line(f"{text} in {seconds:.2f}s", colour)
         else:
             self.sep("=", f"{text} in {seconds:.2f}s", colour)
+
+
+def _stopped(session: Any, not_run: int) -> str:
+    """Why the session ended early, and how many experiments it did not run."""
+    what = f"{not_run} experiment{'s' if not_run != 1 else ''} not run"
+    failed = sum(1 for r in session.reports if not r.ok)
+    if session.config.option.exitfirst and failed and not session.shouldstop:
+        return f"stopping after {failed} failure{'s' if failed != 1 else ''} (-x): {what}"
+    return f"interrupted: {what}"
 
 
 def _count(n: int, word: str) -> str:

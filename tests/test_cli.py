@@ -85,7 +85,7 @@ def test_exit_code_1_when_a_run_fails(tmp_path: Path) -> None:
     write_project(tmp_path, FAILING)
     proc = run_expkit("run", cwd=tmp_path)
     assert proc.returncode == ExitCode.RUNS_FAILED == 1, proc.stdout + proc.stderr
-    assert "1 completed, 1 failed in" in proc.stdout
+    assert "1 failed, 1 completed in" in proc.stdout
 
 
 def test_exit_code_2_on_a_collection_error_and_nothing_runs(tmp_path: Path) -> None:

@@ -170,5 +170,6 @@ def test_the_readmes_run_is_reproduced_by_rerun_check(tmp_path: Path) -> None:
     assert original["experiment"]["name"] == rerun["experiment"]["name"] == name
     listed = run_expkit("runs", "list", "--experiment", name, "--store", str(store), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
-    assert sorted(row[0] for row in rows if row[1:2] == [name]) == ["1", "2"]
+    lines = listed.stdout.splitlines()
+    assert lines[-1] == f"2 runs of {name} in {store}"  # one experiment: named below the table
+    assert sorted(line.split()[0] for line in lines[1:-1]) == ["1", "2"]

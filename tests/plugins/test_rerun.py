@@ -115,6 +115,39 @@ def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
     assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"
 
 
+def _git(folder: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=folder, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_git_drift_is_said_in_words(tmp_path: Path) -> None:
+    from expkit.records import RunRecord
+    from expkit_plugins.rerun import report_lines
+
+    (tmp_path / "exp.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "exp.py")
+    _git(tmp_path, "commit", "-qm", "first")
+    commit = _git(tmp_path, "rev-parse", "HEAD")
+
+    def git_line(repositories: list) -> str:
+        info = {"base_dir": str(tmp_path), "repositories": repositories}
+        record = RunRecord(1, "s", "e", "COMPLETED", experiment_info=info)
+        lines = report_lines(record, record, 2, {})
+        return next(line for line in lines if line.startswith("git:"))
+
+    then = [{"url": str(tmp_path), "commit": commit, "dirty": False}]
+    assert git_line(then) == f"git: same (commit {commit})"
+    (tmp_path / "exp.py").write_text("x = 2\n")
+    assert git_line(then) == (
+        f"git: commit {commit} then, commit {commit} with uncommitted changes now"
+    )
+    assert git_line([]) == f"git: no repository then, commit {commit} with uncommitted changes now"
+
+
 TUPLES = """\
     import expkit
 
@@ -172,7 +205,7 @@ def test_a_tampered_stored_source_is_refused_unless_forced(tmp_path: Path, kind:
     )
     assert "re-running" not in refused.stdout
     listed = run_expkit("runs", "list", "--store", url, cwd=root)
-    assert "1 run(s)" in listed.stdout, listed.stdout
+    assert "1 run of exp_noise.py::exp_noise in " in listed.stdout, listed.stdout
 
     forced = run_expkit("rerun", run_id, "--force", "--store", url, cwd=root)
     assert forced.returncode == 0, forced.stdout + forced.stderr

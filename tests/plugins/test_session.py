@@ -227,7 +227,10 @@ def test_exitfirst_stops_after_the_first_failure(tmp_path: Path) -> None:
     runs = stored_runs(tmp_path / "runs")
     assert [r["experiment"]["name"] for r in runs] == ["exp_a.py::exp_a", "exp_b.py::exp_b"]
     assert "exp_c.py::exp_c" not in proc.stdout.split("collected", 1)[1]
-    assert re.search(r"1 completed, 1 failed in \d+\.\d\ds", proc.stdout)
+    assert re.search(
+        r"^!+ stopping after 1 failure \(-x\): 1 experiment not run !+$", proc.stdout, re.M
+    )
+    assert re.search(r"1 failed, 1 completed in \d+\.\d\ds", proc.stdout)
 
 
 def test_quiet_drops_the_header_and_verbose_shows_the_log(project: Path) -> None:
@@ -375,11 +378,11 @@ def test_config_with_named_config(project: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["exp_values.py"], "node id"),
+        (["exp_values.py", "exp_values.py"], "one node id or file"),
         (["exp_values.py::exp_values", "-o", "gama=1"], "did you mean 'gamma'?"),
         (["exp_values.py::exp_values", "-w", "nope"], "'nope'"),
     ],
-    ids=["not-a-node-id", "unknown-key", "unknown-named-config"],
+    ids=["two-node-ids", "unknown-key", "unknown-named-config"],
 )
 def test_config_mistakes_are_one_line(project: Path, args: list[str], message: str) -> None:
     proc = run_expkit("config", *args, cwd=project)

@@ -95,7 +95,8 @@ def test_a_single_run_has_no_progress_count(project: Path) -> None:
 def test_closing_summary_line(project: Path) -> None:
     proc = run_expkit("run", cwd=project)
     last = proc.stdout.splitlines()[-1]
-    assert re.fullmatch(r"=+ 3 completed, 1 failed in \d+\.\d\ds =+", last), last
+    # pytest's order: failures first.
+    assert re.fullmatch(r"=+ 1 failed, 3 completed in \d+\.\d\ds =+", last), last
     ok = run_expkit("run", "exp_a.py", cwd=project).stdout.splitlines()[-1]
     assert re.fullmatch(r"=+ 2 completed in \d+\.\d\ds =+", ok), ok
 
@@ -132,7 +133,7 @@ def test_colour_on_a_terminal(project: Path) -> None:
     assert code == 1
     assert re.search(r"\x1b\[32m\[1/4\] exp_a\.py::exp_double  COMPLETED .*\x1b\[0m", out), out
     assert re.search(r"\x1b\[31m\[3/4\] sub/exp_b\.py::exp_broken  FAILED .*\x1b\[0m", out), out
-    assert re.search(r"\x1b\[31m=+ 3 completed, 1 failed in", out)
+    assert re.search(r"\x1b\[31m=+ 1 failed, 3 completed in", out)
 
 
 def test_the_experiments_own_output_is_shown(project: Path) -> None:
@@ -145,3 +146,33 @@ def test_collected_line_counts_deselected(project: Path) -> None:
     assert "collected 4 experiments / 3 deselected" in proc.stdout.splitlines()
     last = proc.stdout.splitlines()[-1]
     assert re.fullmatch(r"=+ 1 completed, 3 deselected in \d+\.\d\ds =+", last), last
+
+
+def test_results_are_plain_values(tmp_path: Path) -> None:
+    project = write_project(
+        tmp_path,
+        {
+            "exp_np.py": """\
+                import numpy as np
+
+                def exp_score():
+                    return np.float64(0.97)
+
+                def exp_scores():
+                    return {"acc": np.float64(0.5), "name": np.str_("svm"), "n": np.int64(3)}
+                """
+        },
+    )
+    proc = run_expkit("run", "-u", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "np.float64" not in proc.stdout and "np.str_" not in proc.stdout
+    assert "exp_np.py::exp_score  COMPLETED" in proc.stdout
+    assert re.search(r"exp_score  COMPLETED  \d+\.\d\ds  result=0\.97$", proc.stdout, re.M)
+    assert "result={'acc': 0.5, 'name': 'svm', 'n': 3}" in proc.stdout
+
+
+def test_exitfirst_says_how_many_experiments_it_did_not_run(project: Path) -> None:
+    proc = run_expkit("run", "sub/exp_b.py", "exp_a.py", "-x", cwd=project)
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"!+ stopping after 1 failure \(-x\): 3 experiments not run !+", lines[-2])
+    assert re.fullmatch(r"=+ 1 failed in \d+\.\d\ds =+", lines[-1]), lines[-1]

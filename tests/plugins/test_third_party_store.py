@@ -213,13 +213,15 @@ def test_a_store_backend_is_written_and_read_back_by_expkit_runs(
 
     listed = run_expkit("runs", "list", "--store", url, cwd=tmp_path, env=env)
     assert listed.returncode == 0, listed.stderr
-    [row] = [line for line in listed.stdout.splitlines() if line.startswith(run_id)]
-    assert row.split()[1:3] == ["mem", "COMPLETED"]
+    # A uuid is listed by its first 8 characters, the one experiment in the last line.
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(run_id[:8] + " ")]
+    assert row.split()[1] == "COMPLETED"
+    assert listed.stdout.splitlines()[-1] == f"1 run of mem in {url}"
 
     shown = run_expkit("runs", "show", run_id, "--store", url, cwd=tmp_path, env=env)
     assert shown.returncode == 0, shown.stderr
     assert "result:     6" in shown.stdout
-    assert "loss: 2 value(s), last 0.25" in shown.stdout
+    assert "loss: 2 values, last 0.25" in shown.stdout
     assert "n is 2" in shown.stdout  # the captured output came back
 
 
