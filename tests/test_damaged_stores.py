@@ -124,5 +124,5 @@ def test_a_torn_metrics_log_falls_back_to_what_is_readable(project: Path) -> Non
     log.write_text('{"loss": {"steps": [9], "timesta\n' + good + '{"loss": {"st')
     done = run_expkit("runs", "show", "5", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert "loss: 3 value(s)" in done.stdout  # the damaged first and torn last batch left out
+    assert "loss: 3 values" in done.stdout  # the damaged first and torn last batch left out
     assert "line 1 is damaged" in done.stderr
