@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from expkit.errors import UsageError
+from expkit.errors import ExpkitInterrupt, UsageError
 from expkit.observers import columns_to_sacred
 from expkit.serialize import to_data
 from expkit.utils import redact_url
@@ -271,6 +271,11 @@ class GuardedStore:
                     if method in _USER_EVENTS:
                         raise  # a taken id, a bad artifact name: the user must hear of it
                     self._fail(method, UsageError("refused"))
+                except ExpkitInterrupt:
+                    # The user's interrupt (a time limit's signal) landed while the store
+                    # wrote: it stops the run, it is no failure of the store. (SIGTERM and
+                    # Ctrl-C are no Exception: they pass by themselves.)
+                    raise
                 except Exception as exc:
                     self._fail(method, exc)
                 else:
