@@ -694,7 +694,7 @@ class Run:
         self._beat_lock = threading.Lock()
         self._stop_beat = threading.Event()
         self._beat_thread: threading.Thread | None = None
-        self._unstorable_warned: set[str] = set()  # info keys already reported
+        self._unstorable_warned: set[str] = set()  # info entries already reported
         self._delivery = Delivery(self, self.observers)
         self._started = False
         self._thread: int | None = None
@@ -896,8 +896,8 @@ class Run:
             raise NotStorableError(f"the result cannot be stored: {problem}")
         problems = _storable_info(_snapshot(self.info))[1]
         if problems:
-            key, problem = next(iter(problems.items()))
-            raise NotStorableError(f"run.info[{key!r}] cannot be stored: {problem}")
+            what, problem = next(iter(problems.items()))
+            raise NotStorableError(f"{what} cannot be stored: {problem}")
 
     def _finish(self, bound: list, previous_run: Run | None) -> None:
         # Every step is guarded: whatever fails here, the stores still hear how the run
@@ -1002,12 +1002,10 @@ class Run:
             self.heartbeat_time = utcnow()
             text = self._output.text if final else self._output.stable_text
             info, problems = _storable_info(_snapshot(self.info))
-            for key, problem in problems.items():
-                if key not in self._unstorable_warned:
-                    self._unstorable_warned.add(key)
-                    logging.getLogger("expkit").warning(
-                        "run.info[%r] cannot be stored: %s", key, problem
-                    )
+            for what, problem in problems.items():
+                if what not in self._unstorable_warned:
+                    self._unstorable_warned.add(what)
+                    logging.getLogger("expkit").warning("%s cannot be stored: %s", what, problem)
             self._delivery.call(
                 "heartbeat_event",
                 info=info,
@@ -1096,15 +1094,18 @@ def _snapshot(info: dict) -> dict:
     return dict(info)
 
 
-def _storable_info(info: dict) -> tuple[dict, dict[str, str]]:
-    """``info`` with each entry no store could keep replaced by why; and those reasons."""
+def _storable_info(info: Any) -> tuple[dict, dict[str, str]]:
+    """``info`` with each entry no store could keep replaced by why; and, by what cannot be
+    stored (``run.info['key']``), why."""
+    if not isinstance(info, Mapping):
+        return {}, {"run.info": f"it must be a dict, not {type(info).__name__}"}
     kept, problems = {}, {}
     for key, value in info.items():
         problem = storable_problem(value)
         if problem is None:
             kept[key] = value
         else:
-            problems[str(key)] = problem
+            problems[f"run.info[{key!r}]"] = problem
             kept[key] = f"<not stored: {problem}>"
     return kept, problems
 

@@ -154,6 +154,8 @@ def test_a_users_timeout_interrupt_while_a_store_writes_ends_the_run_timeout(
 # --- what expkit cannot store ends the run FAILED ----------------------------------------------
 
 UNSTORABLE = """
+import time
+
 from expkit import Experiment
 
 ex = Experiment("unstorable")
@@ -181,6 +183,10 @@ def main(kind, _run):
         loop = {}
         loop["self"] = loop
         _run.info["loop"] = loop
+    if kind == "info_not_a_dict":
+        _run.info = 5
+    if kind.startswith("info"):
+        time.sleep(0.5)  # heartbeats (every 0.1 s) while the entry is there
     if kind == "metric_text":
         _run.log_scalar("loss", "low")
     if kind == "metric_big_int":
@@ -197,6 +203,7 @@ UNSTORABLE_CASES = {
     "result_cycle": "the result cannot be stored: it contains itself",
     "info_big_int": "run.info['huge'] cannot be stored: Exceeds the limit (4300 digits)",
     "info_cycle": "run.info['loop'] cannot be stored: it contains itself",
+    "info_not_a_dict": "run.info cannot be stored: it must be a dict, not int",
     "metric_text": "log_scalar('loss', ...): the value must be a number, not str",
     "metric_big_int": "log_scalar('loss', ...): the value must be a number, not an int of 5001",
 }
@@ -204,7 +211,7 @@ UNSTORABLE_CASES = {
 
 @pytest.mark.parametrize("kind", list(UNSTORABLE_CASES))
 def test_a_value_expkit_cannot_store_ends_the_run_failed(tmp_path: Path, kind: str) -> None:
-    write_project(tmp_path, {"exp_unstorable.py": UNSTORABLE})
+    write_project(tmp_path, {"exp_unstorable.py": UNSTORABLE}, pyproject="beat_interval = 0.1\n")
     done = run_expkit("run", "--store", "store", "-o", f"kind={kind!r}", cwd=tmp_path)
     message = UNSTORABLE_CASES[kind]
     assert done.returncode == ExitCode.RUNS_FAILED, done.stdout + done.stderr
@@ -215,9 +222,14 @@ def test_a_value_expkit_cannot_store_ends_the_run_failed(tmp_path: Path, kind: s
     run = only_run(tmp_path / "store")
     assert run["status"] == "FAILED"
     assert message in run["fail_trace"][-1]
-    # What was recorded before is kept.
+    # What was recorded before is kept; the heartbeats went on, and said what is wrong once.
     assert "computed something" in run["cout"]
-    assert run["info"]["fine"] == 1
+    if kind.startswith("info"):
+        assert done.stderr.count(message) == 1, done.stderr
+    if kind in ("info_big_int", "info_cycle"):
+        assert run["info"][re.search(r"\['(\w+)'\]", message)[1]].startswith("<not stored: ")
+    if kind != "info_not_a_dict":
+        assert run["info"]["fine"] == 1
     metrics = read_metrics_log(tmp_path / "store" / run["_dir"] / "metrics.jsonl")
     assert metrics["loss"]["values"][0] == 0.5
 
