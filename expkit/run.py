@@ -98,8 +98,8 @@ class SigtermInterrupt(KeyboardInterrupt):
 
 # How often new metric points are delivered to the stores between heartbeats (seconds).
 METRICS_FLUSH_INTERVAL = 1.0
-# The largest int a metric value may be: what a float can hold (every store keeps floats).
-_METRIC_INT_LIMIT = 2**1024
+# The ints a metric value may be: what a float can hold (every store keeps floats).
+_METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 
 
 # --- the records a run carries -----------------------------------------------------
@@ -715,7 +715,7 @@ class Run:
             step = series.next_step
         series.next_step = step + 1
         if type(value) is not float and (
-            type(value) is not int or not -_METRIC_INT_LIMIT < value < _METRIC_INT_LIMIT
+            type(value) is not int or not _METRIC_INT_MIN < value < _METRIC_INT_MAX
         ):
             value = _metric_number(metric_name, value)
         # One extend: atomic, so points logged from several threads never interleave.
@@ -1040,7 +1040,7 @@ def _metric_number(name: str, value: Any) -> int | float:
     if isinstance(value, float):
         return float(value)
     if isinstance(value, int):
-        if -_METRIC_INT_LIMIT < value < _METRIC_INT_LIMIT:
+        if _METRIC_INT_MIN < value < _METRIC_INT_MAX:
             return int(value)
         what = f"an int of {_digits(value)} digits, more than a float can hold"
     elif type(value).__module__ == "numpy":
