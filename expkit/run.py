@@ -938,7 +938,7 @@ class Run:
                 )
                 hook = "expkit_run_interrupted"
             _guarded(lambda: self._delivery.call(event[0], **event[1]), "telling the stores")
-            self._delivery.hook(hook)
+            _guarded(lambda: self._delivery.hook(hook), "telling the plugins")
             _guarded(lambda: self._delivery.call("join"), "waiting for the stores")
             _guarded(self._delivery.finish, "retrying failed stores")
         finally:

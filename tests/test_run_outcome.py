@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import EXPKIT, child_env, only_run, run_expkit, run_script, write_project
 
+from expkit import Experiment, RunObserver, TimeoutInterrupt
 from expkit.nodes import ExitCode
 from expkit_plugins.file_store import read_metrics_log
 
@@ -357,3 +358,28 @@ def test_metrics_reach_the_store_within_about_a_second_of_being_logged(tmp_path:
     age = killed - last.replace(tzinfo=datetime.timezone.utc).timestamp()
     # Flushed about once a second; the rest is the time a busy machine takes to write.
     assert age < 1.6, f"the last stored point was logged {age:.2f} s before the kill"
+
+
+def test_an_interrupt_landing_in_a_stores_last_event_loses_nothing() -> None:
+    # A user's time limit that fires as the run ends, while a store writes its end: the run
+    # has ended, so the event is kept and given to the store again.
+    class CutOnce(RunObserver):
+        def __init__(self) -> None:
+            self.ends: list[object] = []
+
+        def started_event(self, **kwargs: object) -> int:
+            return 1
+
+        def completed_event(self, stop_time: object, result: object) -> None:
+            if not self.ends:
+                self.ends.append("cut")
+                raise TimeoutInterrupt()
+            self.ends.append(result)
+
+    store = CutOnce()
+    ex = Experiment("cut_once")
+    ex.observers.append(store)
+    ex.main(lambda: 7)
+    run = ex.run(options={"--capture": "no"})
+    assert run.status == "COMPLETED"
+    assert store.ends == ["cut", 7]
