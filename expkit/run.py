@@ -739,6 +739,9 @@ class Run:
                 f"artifact name {name!r} must be a relative path inside the run's folder "
                 "(no '..', no leading '/')"
             )
+        problem = None if metadata is None else storable_problem(metadata)
+        if problem is not None:
+            raise UsageError(f"add_artifact: the metadata of {name!r} cannot be stored: {problem}")
         artifact = Artifact(name, path, metadata, content_type)
         self.artifacts.append(artifact)
         self._delivery.call(

@@ -192,6 +192,10 @@ def main(kind, _run):
         _run.log_scalar("loss", "low")
     if kind == "metric_big_int":
         _run.log_scalar("loss", 10**5000)
+    if kind == "artifact_metadata":
+        with open("model.txt", "w") as f:
+            f.write("weights")
+        _run.add_artifact("model.txt", metadata={"size": 10**5000})
     return 1
 
 
@@ -207,6 +211,7 @@ UNSTORABLE_CASES = {
     "info_not_a_dict": "run.info cannot be stored: it must be a dict, not int",
     "metric_text": "log_scalar('loss', ...): the value must be a number, not str",
     "metric_big_int": "log_scalar('loss', ...): the value must be a number, not an int of 5001",
+    "artifact_metadata": "add_artifact: the metadata of 'model.txt' cannot be stored: Exceeds",
 }
 
 
