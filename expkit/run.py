@@ -97,7 +97,7 @@ class SigtermInterrupt(KeyboardInterrupt):
 
 
 # How often new metric points are delivered to the stores between heartbeats (seconds).
-METRICS_FLUSH_INTERVAL = 1.0
+_METRICS_FLUSH_INTERVAL = 1.0
 # The ints a metric value may be: what a float can hold (every store keeps floats).
 _METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 
@@ -325,7 +325,7 @@ def check_added_entries(
 
 # The ``keep(text)`` of the captures of the runs going on, innermost last.
 _LOG_KEEPERS: list[Callable[[str], None]] = []
-LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
+_LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
 
 
 class ConsoleLogHandler(logging.StreamHandler):
@@ -336,7 +336,7 @@ class ConsoleLogHandler(logging.StreamHandler):
     def __init__(self, shown_level: int = logging.NOTSET) -> None:
         super().__init__()
         self.shown_level = shown_level
-        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
@@ -967,7 +967,7 @@ class Run:
         # process loses at most the last second of them.
         next_beat = time.monotonic() + self.beat_interval
         while True:
-            wait = min(METRICS_FLUSH_INTERVAL, next_beat - time.monotonic())
+            wait = min(_METRICS_FLUSH_INTERVAL, next_beat - time.monotonic())
             if self._stop_beat.wait(max(wait, 0.0)):
                 return
             if time.monotonic() >= next_beat:
