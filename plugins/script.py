@@ -243,7 +243,10 @@ def _print_user_traceback(exc: BaseException) -> None:
 def _end_by_sigterm() -> None:
     """End the process the way SIGTERM ends a script (and a Sacred one): by the signal."""
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # closed, or a reader that went away: nothing more to show
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
     sys.exit(128 + signal.SIGTERM)  # only if the signal is blocked
