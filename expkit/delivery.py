@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from expkit.errors import UsageError
+from expkit.errors import ExpkitInterrupt, UsageError
 from expkit.observers import RunObserver, columns_to_sacred
 from expkit.serialize import to_data
 from expkit.utils import redact_url
@@ -271,6 +271,14 @@ class GuardedStore:
                     if method in _USER_EVENTS:
                         raise  # a taken id, a bad artifact name: the user must hear of it
                     self._fail(method, UsageError("refused"))
+                except ExpkitInterrupt as exc:
+                    # The user's interrupt (a time limit's signal) landed while the store
+                    # wrote. During the run it is meant for the run, not a failure of the
+                    # store; once the run ended, the event is kept and retried. (SIGTERM
+                    # and Ctrl-C are no Exception: they pass by themselves.)
+                    if method in _USER_EVENTS:
+                        raise
+                    self._fail(method, exc)
                 except Exception as exc:
                     self._fail(method, exc)
                 else:

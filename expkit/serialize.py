@@ -6,6 +6,12 @@ import datetime
 import json
 from typing import Any
 
+from expkit.errors import ExpkitError
+
+
+class NotStorableError(ExpkitError):
+    """A value of a run (its result, an info entry) cannot be kept as JSON data."""
+
 
 def format_time(t: datetime.datetime | None) -> str | None:
     """ISO time that always carries microseconds (Sacred-era readers parse ``.%f``)."""
@@ -47,6 +53,17 @@ def to_data(obj: Any) -> Any:
     if callable(tolist) and type(obj).__module__ == "numpy":
         return to_data(tolist())
     return repr(obj)
+
+
+def storable_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be kept as JSON data (what every store keeps), or None if it can."""
+    try:
+        json.dumps(to_data(value), allow_nan=True)
+    except RecursionError:
+        return "it contains itself (or is nested deeper than Python's recursion limit)"
+    except Exception as exc:  # an int too long for text, a __repr__ that raises, ...
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def dumps(obj: Any) -> str:

@@ -20,7 +20,14 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
+from expkit.run import (
+    COMPLETED,
+    FAILED,
+    ConsoleLogHandler,
+    create_run,
+    format_user_traceback,
+    store_for_url,
+)
 from expkit.settings import CAPTURE_MODES
 from expkit.utils import parse_literal
 
@@ -259,13 +266,15 @@ def exit_code(session: Session) -> ExitCode:
 
 
 def _configure_logging(verbose: int) -> None:
-    # Runs log "Started run ..." at INFO; the reporter says that, so show it only with -v.
+    # Runs log "Started run ..." at INFO; the reporter says that, so the terminal shows it
+    # only with -v. The runs' captured output holds INFO lines either way.
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s - %(name)s - %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose > 0 else logging.WARNING)
+    shown = logging.INFO if verbose > 0 else logging.WARNING
+    if root.handlers:
+        root.setLevel(shown)  # logging set up by someone else: leave its handlers be
+        return
+    root.addHandler(ConsoleLogHandler(shown_level=shown))
+    root.setLevel(logging.INFO)
 
 
 @hookimpl(trylast=True)

@@ -372,8 +372,7 @@ class FileStorage(Storage):
 
     def _save_metrics(self, parts: list[bytes] | None = None) -> None:
         if parts is None:
-            # Compact: an indented dump takes json's slow pure-Python path, and this is big.
-            parts = [_compact(read_metrics_log(self._path(METRICS_LOG))).encode()]
+            parts = spliced_metrics_json(self._path(METRICS_LOG))
         replace_file(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
         self._points_saved = self._points
 
@@ -600,6 +599,81 @@ def read_metrics_log(path: str | os.PathLike[str]) -> dict:
                 series["timestamps"].extend(times)
                 series["values"].extend(values)
     return metrics
+
+
+def spliced_metrics_json(path: str | os.PathLike[str]) -> list[bytes]:
+    """metrics.json's text from the metrics log: what ``_compact(read_metrics_log(path))``
+    gives, made by joining the text of the log's arrays.
+
+    Metrics reach the store about once a second, so a long run's metrics.json is rebuilt
+    from the log; decoding and encoding millions of floats again would cost seconds.
+    """
+    series: dict[str, tuple[str, tuple[list[bytes], list[bytes], list[bytes]]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the process died while writing this batch
+            for name, name_json, arrays in _batch_arrays(line):
+                pieces = series.setdefault(name, (name_json, ([], [], [])))[1]
+                for kept, text in zip(pieces, arrays):
+                    if text:
+                        kept.append(b"," + text.encode() if kept else text.encode())
+    parts = [b"{"]
+    for number, name in enumerate(sorted(series)):
+        name_json, (steps, times, values) = series[name]
+        parts.append(f'{"," if number else ""}{name_json}:{{"steps":['.encode())
+        parts += [*steps, b'],"timestamps":[', *times, b'],"values":[', *values, b"]}"]
+    parts.append(b"}")
+    return parts
+
+
+_ARRAY_KEYS = ('"steps":[', ',"timestamps":[', ',"values":[')
+
+
+def _batch_arrays(line: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each metric of a metrics log line: its name, the name as JSON, and the text inside
+    its steps, timestamps and values arrays."""
+    found = []
+    try:
+        pos = 1
+        while line[pos] == '"':
+            name, end = json.decoder.scanstring(line, pos + 1)
+            name_json = line[pos:end]
+            if line[end : end + 2] != ":{":
+                raise ValueError("no object after the name")
+            pos = end + 2
+            arrays = []
+            for key in _ARRAY_KEYS:
+                if not line.startswith(key, pos):
+                    raise ValueError(f"{key} expected")
+                start = pos + len(key)
+                pos = line.index("]", start)
+                text = line[start:pos]
+                if key != ',"timestamps":[' and '"' in text:
+                    raise ValueError("a string among the numbers")  # it may hold a "]"
+                arrays.append(text)
+                pos += 1
+            if line[pos] != "}":
+                raise ValueError("} expected")
+            found.append((name, name_json, tuple(arrays)))
+            if line[pos + 1] == ",":
+                pos += 2
+            elif line[pos + 1] == "}":
+                return found
+            else:
+                raise ValueError(", or } expected")
+        if line[pos] != "}":
+            raise ValueError("} expected")
+    except (ValueError, IndexError):
+        # Not the text _metrics_json writes (strings among the values): decode it.
+        return [
+            (name, json.dumps(name), tuple(_compact(m[k])[1:-1] for k in _SERIES_KEYS))
+            for name, m in json.loads(line).items()
+        ]
+    return found
+
+
+_SERIES_KEYS = ("steps", "timestamps", "values")
 
 
 _NO_DEFAULT = object()

@@ -177,12 +177,18 @@ def test_unobserved_writes_nothing(project: Path) -> None:
 )
 def test_capture_modes(project: Path, mode: str, expected: str) -> None:
     run = _run(project, "--capture", mode)
-    assert run["cout"] == expected
+    assert _printed(run["cout"]) == expected
+    # The run's INFO lines are kept though the terminal shows them only with -v.
+    assert ('Started run with ID "1"' in run["cout"]) == (mode != "no")
     assert run["meta"]["options"]["--capture"] == mode
 
 
+def _printed(cout: str) -> str:
+    return "".join(li for li in cout.splitlines(keepends=True) if not li.startswith("INFO - "))
+
+
 def test_capture_defaults_to_fd(project: Path) -> None:
-    assert _run(project)["cout"] == "py-out\nfd-out\n"
+    assert _printed(_run(project)["cout"]) == "py-out\nfd-out\n"
 
 
 def test_seed_is_recorded_and_fresh_otherwise(project: Path) -> None:
@@ -402,11 +408,11 @@ def test_pyproject_store_and_capture(tmp_path: Path) -> None:
     proc = run_expkit("run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = only_run(tmp_path / "results")
-    assert run["cout"] == "py-out\n"
+    assert _printed(run["cout"]) == "py-out\n"
     assert not (tmp_path / "runs").exists()
     # The command line wins over the file.
     proc = run_expkit("run", "exp_values.py", "--capture", "fd", "--store", "cli", cwd=tmp_path)
-    assert only_run(tmp_path / "cli")["cout"] == "py-out\nfd-out\n"
+    assert _printed(only_run(tmp_path / "cli")["cout"]) == "py-out\nfd-out\n"
 
 
 def test_pyproject_store_is_relative_to_the_root(tmp_path: Path) -> None:
