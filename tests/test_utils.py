@@ -220,7 +220,13 @@ def test_empty_chunks_change_nothing():
         ("redis://:token@host", "redis://:***@host"),
         ("mongodb://user@host/db", "mongodb://user@host/db"),
         ("mongodb://host:27017/db", "mongodb://host:27017/db"),
-        ("http://host:8080/path@v2", "http://host:8080/path@v2"),
+        ("mongodb://u:pa/ss@h/db", "mongodb://u:***@h/db"),
+        ("mongodb+srv://u:p@ss/w@cluster.example.net/", "mongodb+srv://u:***@cluster.example.net/"),
+        ("mongodb://u:pa?ss@h/db", "mongodb://u:***@h/db"),
+        ("mongodb://h:27017/db?appname=me@host", "mongodb://h:27017/db?appname=me@host"),
+        # An "@" in a path after host:port may be a password's: hiding more, never less.
+        ("http://host:8080/path@v2", "http://host:***@v2"),
+        ("http://host/path@v2", "http://host/path@v2"),
         (
             "mongodb://h/db?tlsCertificateKeyFilePassword=s3&w=1",
             "mongodb://h/db?tlsCertificateKeyFilePassword=***&w=1",
@@ -233,7 +239,15 @@ def test_empty_chunks_change_nothing():
         ("data/x.csv?token=t", "data/x.csv?token=t"),
         ("data/x.csv", "data/x.csv"),
         ("user:pass@host", "user:pass@host"),
+        ("localhost:27017", "localhost:27017"),
         ("", ""),
+        # URLs inside text: error messages, command lines, captured output.
+        (
+            "cannot reach mongodb://a:PW@h/db (refused); try 'mongodb+srv://b:PW2@c/d'",
+            "cannot reach mongodb://a:***@h/db (refused); try 'mongodb+srv://b:***@c/d'",
+        ),
+        ("stored in runs, mongodb://alice:PW@host/db: id 1", "stored in runs, mongodb://alice:***@host/db: id 1"),
+        ("--store=mongodb://u:p@h", "--store=mongodb://u:***@h"),
     ],
 )
 def test_redact_url(url, redacted):
