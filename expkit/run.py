@@ -49,7 +49,14 @@ from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
 from expkit.serialize import to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.utils import CapturedOutput, file_md5, redact_url, suggest
+from expkit.utils import (
+    CapturedOutput,
+    file_md5,
+    has_control_chars,
+    printable,
+    redact_url,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -348,8 +355,17 @@ def _mongo_url(arg: str) -> str:
 
 
 def store_for_url(pm: PluginManager, url: str) -> Any:
-    """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
-    store = pm.hook.expkit_store_for_url(url=url)
+    """The store a plugin makes for ``url``; a URL nobody claims, or a store that cannot be
+    made, is a one-line usage error naming the store."""
+    try:
+        store = pm.hook.expkit_store_for_url(url=url)
+    except UsageError:
+        raise
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or "no reason given"
+        raise UsageError(
+            f"cannot open the store {redact_url(url)!r}: {type(exc).__name__}: {redact_url(reason)}"
+        ) from None
     if store is None:
         schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
         raise UsageError(
@@ -359,6 +375,8 @@ def store_for_url(pm: PluginManager, url: str) -> Any:
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
     store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
+    # And a reader, to check that a run to resume there is still this run.
+    store._expkit_reader = lambda: pm.hook.expkit_reader_for_url(url=url)
     return store
 
 
@@ -498,6 +516,8 @@ def create_run(
         capture_mode=options["--capture"] or _default_capture(experiment.plugin_manager, stores),
         info=dict(info or {}),
     )
+    if isinstance(options["--id"], str) and has_control_chars(options["--id"]):
+        raise UsageError(f"--id '{printable(options['--id'])}' holds control characters")
     run._id = options["--id"]
     for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
         captured_state(fn).check_resolvable(run.config)
@@ -651,6 +671,11 @@ class Run:
         self._thread: int | None = None
 
     # --- what the experiment calls ----------------------------------------------------
+
+    @property
+    def stored(self) -> list:
+        """Where the run went, one :class:`expkit.delivery.StoreOutcome` per store."""
+        return [guard.outcome() for guard in self._delivery.guards]
 
     @property
     def captured_out(self) -> str:

@@ -20,7 +20,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import to_data, utcnow
-from expkit.utils import redact_url
+from expkit.utils import printable, redact_url
 
 SUBCOMMANDS = ("list", "show", "diff", "rm", "export")
 _RESULT_WIDTH = 24
@@ -279,7 +279,9 @@ def differing_keys(flat_configs: list[dict[str, Any]]) -> list[str]:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, separated by two spaces."""
+    """Columns padded to their widest cell, separated by two spaces; control characters
+    in a cell are escaped (a name must not rewrite the terminal)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()
@@ -321,7 +323,7 @@ def describe(record: RunRecord, beat_interval: float = 10.0) -> list[str]:
     """Everything recorded about a run, as lines of text."""
     info = record.experiment_info
     lines = [
-        f"run {record.id} of {record.experiment} in {record.store}",
+        f"run {printable(record.id)} of {printable(record.experiment)} in {record.store}",
         f"status:     {shown_status(record, beat_interval=beat_interval)}",
         f"command:    {record.command or ''}",
         f"started:    {_short_time(record.start_time)}",
@@ -504,7 +506,7 @@ def diff_lines(report: dict) -> list[str]:
 
 
 def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
-    ids = ", ".join(str(r.id) for r in records)
+    ids = ", ".join(printable(r.id) for r in records)
     if not config.getoption("yes"):
         sys.stdout.write(f"delete {len(records)} run(s) from {redact_url(url)}: {ids}? [y/N] ")
         sys.stdout.flush()

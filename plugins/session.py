@@ -231,6 +231,7 @@ def run_item(session: Session, item: Item) -> RunReport:
         result=run.result,
         message=message,
         longrepr="".join(run.fail_trace) if run.fail_trace else None,
+        stored=tuple(run.stored),
     )
 
 
@@ -278,6 +279,8 @@ def expkit_cmdline_main(config: Any) -> int | None:
     _configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
     session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
+    if not config.option.collect_only:
+        _stores(session)  # a store URL nobody claims stops before the session header
     collect(session)
     if config.option.collect_only:
         code = _collect_only_code(session)
@@ -293,7 +296,6 @@ def expkit_cmdline_main(config: Any) -> int | None:
                 f"{len(session.deselected)} collected experiments\n"
             )
     else:
-        _stores(session)
         hook.expkit_runtestloop(session=session)
         code = exit_code(session)
     hook.expkit_sessionfinish(session=session, exitstatus=code)
