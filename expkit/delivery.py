@@ -16,6 +16,7 @@ replays; ``expkit sync`` lists it.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime
 import fcntl
@@ -401,7 +402,7 @@ class GuardedStore:
         self.store_id: Any = None
         self.spooled: SpooledRun | _MemorySpool | None = None
         self.error: str | None = None  # the store's first failure, one line
-        self._start: tuple[str, dict] | None = None  # the run's start: a spool begins with it
+        self._history = _History()  # what the store took: a spool begins with it
         self._lock = threading.RLock()
         self._retry: threading.Thread | None = None
         self._stop = threading.Event()
@@ -429,14 +430,16 @@ class GuardedStore:
                 else:
                     if method in _START_EVENTS:
                         return self._started(method, kwargs, result)
+                    self._history.add(method, kwargs)
                     return result
             if method != "join":
                 self._spool(method, kwargs)
+                self._history.add(method, kwargs)  # the spool goes to the store, or stays
             return None
 
     def _started(self, method: str, kwargs: dict, result: Any) -> Any:
         """Note the store's id for the run; an id with control characters is refused."""
-        self._start = (method, dict(kwargs))
+        self._history.add(method, kwargs)
         if isinstance(result, str) and has_control_chars(result):
             # Ids are printed and name folders: one that can rewrite the terminal is no id.
             bad = f"it named the run '{printable(result)}', an id with control characters"
@@ -455,16 +458,19 @@ class GuardedStore:
             "target": store_target(self.url),
             "started": self.started,
             "store_id": self.store_id,
-            # The store has the start: a spool holds it all the same, for any other store.
-            "delivered": 1 if self.started else 0,
         }
         try:
             self.spooled = SpooledRun.create(self.root, meta)
         except OSError as err:
             log.error("cannot spool the events of store %s: %s", self.name, err)
             self.spooled = _MemorySpool(meta)
-        if self.started and self._start is not None:
-            self._spool(*self._start)
+        if self.started:
+            # What the store took goes first, so that any other store can take the whole run.
+            taken = self._history.events()
+            for event in taken:
+                self._spool(*event)
+            with contextlib.suppress(OSError):
+                self.spooled.update_meta(delivered=len(taken))
         if _refused(exc):
             self._give_up(f"the store refused its {method}: {self.error}")
             return
@@ -533,8 +539,8 @@ class GuardedStore:
                 return False
             reader = None
             try:
-                if self.reader_factory is not None and self.spooled.meta.get("started"):
-                    reader = self.reader_factory()
+                if self.spooled.meta.get("started"):
+                    reader = open_reader(self.reader_factory)
                 run_id = replay(self.spooled, self.store, url=self.url, reader=reader, live=True)
             except Undeliverable as exc:
                 self._give_up(str(exc))
@@ -553,6 +559,8 @@ class GuardedStore:
         if self._old_runs is not None:
             # Older runs being delivered in the background must not be cut off at exit.
             self._old_runs.join(timeout=_OLD_RUNS_WAIT)
+        if self._stop.is_set():
+            return  # finished already
         # Stop the background retries first, so that what is spooled stays as it is now.
         self._stop.set()
         if self._retry is not None:
@@ -612,7 +620,7 @@ class GuardedStore:
 
         def work() -> None:
             delivered = 0
-            reader = self.reader_factory() if self.reader_factory is not None else None
+            reader = open_reader(self.reader_factory)
             try:
                 for spooled in old:
                     store = factory()
@@ -645,6 +653,85 @@ class GuardedStore:
 
         self._old_runs = threading.Thread(target=work, name="expkit-replay", daemon=True)
         self._old_runs.start()
+
+
+def open_reader(factory: Callable[[], Any] | None) -> Any:
+    """A reader of the store from ``factory``, or ``None`` when there is none to be had
+    (e.g. a folder store whose folder is gone: it holds no run to resume either)."""
+    if factory is None:
+        return None
+    try:
+        return factory()
+    except Exception as exc:
+        log.debug("no reader to check a run to resume: %s", _reason(exc))
+        return None
+
+
+class _History:
+    """What a store took, kept to start a spool with: the run's start, its metric points
+    (merged, in compact arrays), artifacts and resources, and the latest heartbeat, which
+    holds all output and info so far."""
+
+    def __init__(self) -> None:
+        self.start: tuple[str, dict] | None = None
+        self.columns: dict[str, dict[str, Any]] = {}
+        self.info: dict = {}
+        self.others: list[tuple[str, dict]] = []  # in order: Sacred-shaped metrics, files
+        self.beat: dict | None = None
+
+    def add(self, method: str, kwargs: dict) -> None:
+        """Note one event the store took (or will take from the spool)."""
+        if method in _START_EVENTS:
+            self.start = (method, dict(kwargs))
+        elif method == "heartbeat_event":
+            self.beat = dict(kwargs)
+        elif method == "log_metric_columns":
+            for name, series in kwargs["columns"].items():
+                kept = self.columns.setdefault(name, {})
+                for key in ("steps", "values", "timestamps"):
+                    kept[key] = _extended(kept.get(key), series[key])
+            self.info = kwargs["info"]
+        elif method in ("log_metrics", "artifact_event", "resource_event"):
+            self.others.append((method, dict(kwargs)))
+
+    def events(self) -> list[tuple[str, dict]]:
+        """The events that recreate what the store took, in an order any store takes."""
+        if self.start is None:
+            return []
+        events = [self.start]
+        if self.columns:
+            columns = {
+                name: {key: list(column) for key, column in series.items()}
+                for name, series in self.columns.items()
+            }
+            events.append(("log_metric_columns", {"columns": columns, "info": self.info}))
+        events += self.others
+        if self.beat is not None:
+            events.append(("heartbeat_event", self.beat))
+        return events
+
+
+def _extended(column: Any, items: list) -> Any:
+    """``column`` (``None`` at first) with ``items`` added: an array of 8-byte numbers while
+    they are all floats (or all ints, for steps), else a list; a point costs 24 bytes, not 100."""
+    if column is None:
+        if all(type(x) is float for x in items):
+            column = array.array("d")
+        elif all(type(x) is int for x in items):
+            column = array.array("q")
+        else:
+            column = []
+    if isinstance(column, array.array):
+        kind = float if column.typecode == "d" else int
+        if all(type(x) is kind for x in items):
+            try:
+                column += array.array(column.typecode, items)  # made whole, or not at all
+                return column
+            except OverflowError:  # an int beyond 64 bits
+                pass
+        column = column.tolist()
+    column.extend(items)
+    return column
 
 
 def _close(store_or_reader: Any) -> None:

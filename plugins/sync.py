@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from expkit.delivery import SpooledRun, Undeliverable, replay
+from expkit.delivery import SpooledRun, Undeliverable, open_reader, replay
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
@@ -61,7 +61,8 @@ def expkit_cmdline_main(config: Any) -> int | None:
     pm = config.pluginmanager
     named = len(runs) == 1 and runs[0].folder == source
     delivered = failed = 0
-    reader = pm.hook.expkit_reader_for_url(url=url)  # to tell whether a run is there already
+    # To tell whether a run the store had is still there, or another one took its id.
+    reader = open_reader(lambda: pm.hook.expkit_reader_for_url(url=url))
     try:
         for spooled in runs:
             ok = _deliver(pm, spooled, url, reader, retry=named)

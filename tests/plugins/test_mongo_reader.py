@@ -18,8 +18,8 @@ pytest.importorskip("mockupdb")
 from mongo_server import PASSWORD
 
 from expkit.errors import UsageError
-from expkit.utils import redact_url
 from expkit.pluginmanager import create_plugin_manager
+from expkit.utils import redact_url
 from expkit_plugins import mongo_store
 from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
 

@@ -29,6 +29,7 @@ from pymongo import monitoring  # noqa: E402
 from expkit.errors import ExpkitError, UsageError  # noqa: E402
 from expkit.pluginmanager import create_plugin_manager  # noqa: E402
 from expkit.serialize import utcnow  # noqa: E402
+from expkit.utils import redact_url  # noqa: E402
 from expkit_plugins import mongo_store  # noqa: E402
 from expkit_plugins.mongo_store import (  # noqa: E402
     INFO_LIMIT,
@@ -38,7 +39,6 @@ from expkit_plugins.mongo_store import (  # noqa: E402
     load_captured_out,
     load_info,
 )
-from expkit.utils import redact_url  # noqa: E402
 
 # --- fixtures (the server, its URL and database: tests/conftest.py) ----------------------
 
