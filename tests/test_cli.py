@@ -406,23 +406,6 @@ def test_a_closed_pipe_ends_the_command_quietly(project: Path, command: list[str
     assert proc.returncode == ExitCode.INTERRUPTED
 
 
-def test_head_reads_the_first_line_of_a_long_listing(project: Path) -> None:
-    write_project(project, {"exp_many.py": "def exp_many(i=0):\n    return i\n"})
-    for i in range(3):
-        assert run_expkit("run", "exp_many.py", "-o", f"i={i}", cwd=project).returncode == 0
-    proc = subprocess.run(
-        f"'{EXPKIT}' runs list --store runs | head -1",
-        shell=True,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-    )
-    assert proc.stdout.startswith("id  experiment")
-    assert proc.stderr == ""
-
-
 ESCAPES = "\x1b[2J\x1b]0;owned\x07"
 
 
