@@ -16,7 +16,6 @@ replays; ``expkit sync`` lists it.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import datetime
 import fcntl
@@ -668,13 +667,14 @@ def open_reader(factory: Callable[[], Any] | None) -> Any:
 
 
 class _History:
-    """What a store took, kept to start a spool with: the run's start, its metric points
-    (merged, in compact arrays), artifacts and resources, and the latest heartbeat, which
-    holds all output and info so far."""
+    """What a store took, kept to start a spool with: the run's start, its metric points,
+    artifacts and resources, and the latest heartbeat (which holds all output and info)."""
 
     def __init__(self) -> None:
         self.start: tuple[str, dict] | None = None
-        self.columns: dict[str, dict[str, Any]] = {}
+        # name -> column -> the lists as delivered: kept, never copied, so that keeping
+        # them costs a run no time (a point's memory lives on, ~100 bytes).
+        self.columns: dict[str, dict[str, list[list]]] = {}
         self.info: dict = {}
         self.others: list[tuple[str, dict]] = []  # in order: Sacred-shaped metrics, files
         self.beat: dict | None = None
@@ -687,9 +687,9 @@ class _History:
             self.beat = dict(kwargs)
         elif method == "log_metric_columns":
             for name, series in kwargs["columns"].items():
-                kept = self.columns.setdefault(name, {})
-                for key in ("steps", "values", "timestamps"):
-                    kept[key] = _extended(kept.get(key), series[key])
+                kept = self.columns.setdefault(name, {"steps": [], "values": [], "timestamps": []})
+                for key, chunks in kept.items():
+                    chunks.append(series[key])
             self.info = kwargs["info"]
         elif method in ("log_metrics", "artifact_event", "resource_event"):
             self.others.append((method, dict(kwargs)))
@@ -701,37 +701,14 @@ class _History:
         events = [self.start]
         if self.columns:
             columns = {
-                name: {key: list(column) for key, column in series.items()}
-                for name, series in self.columns.items()
+                name: {key: [x for chunk in chunks for x in chunk] for key, chunks in kept.items()}
+                for name, kept in self.columns.items()
             }
             events.append(("log_metric_columns", {"columns": columns, "info": self.info}))
         events += self.others
         if self.beat is not None:
             events.append(("heartbeat_event", self.beat))
         return events
-
-
-def _extended(column: Any, items: list) -> Any:
-    """``column`` (``None`` at first) with ``items`` added: an array of 8-byte numbers while
-    they are all floats (or all ints, for steps), else a list; a point costs 24 bytes, not 100."""
-    if column is None:
-        if all(type(x) is float for x in items):
-            column = array.array("d")
-        elif all(type(x) is int for x in items):
-            column = array.array("q")
-        else:
-            column = []
-    if isinstance(column, array.array):
-        kind = float if column.typecode == "d" else int
-        if all(type(x) is kind for x in items):
-            try:
-                column += array.array(column.typecode, items)  # made whole, or not at all
-                return column
-            except OverflowError:  # an int beyond 64 bits
-                pass
-        column = column.tolist()
-    column.extend(items)
-    return column
 
 
 def _close(store_or_reader: Any) -> None:

@@ -741,3 +741,37 @@ def test_a_disk_that_fills_up_mid_run_leaves_the_run_spooled_not_stored(
     assert (outcome.state, outcome.run_id) == ("spooled", "1")
     assert outcome.folder == str(spool / store_key(guard.store, str(tmp_path / "runs")))
     assert "No space left on device" in outcome.reason
+
+
+def columns(steps: list, values: list) -> dict:
+    return {
+        "columns": {"acc": {"steps": steps, "values": values, "timestamps": [1.7e9] * len(steps)}},
+        "info": {"n": len(steps)},
+    }
+
+
+def test_points_the_store_took_before_it_failed_are_kept_as_they_were(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info))
+    guard.call("log_metric_columns", columns([0, 1], [0.5, 1]))
+    guard.call("log_metric_columns", columns([2], ["n/a"]))
+    guard.call("heartbeat_event", beat("so far\n"))
+    (runs / "1").rename(tmp_path / "away")
+    guard.call("log_metric_columns", columns([3], [0.75]))
+    guard.finish()
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    events = kept.read()
+    assert [m for m, _ in events] == [
+        "started_event",
+        "log_metric_columns",
+        "heartbeat_event",
+        "log_metric_columns",
+    ]
+    acc = events[1][1]["columns"]["acc"]
+    assert (acc["steps"], acc["values"]) == ([0, 1, 2], [0.5, 1, "n/a"])
+    assert [type(v) for v in acc["values"]] == [float, int, str]
+    assert events[2][1]["captured_out"] == "so far\n"
+    assert kept.meta["delivered"] == 3
