@@ -334,9 +334,9 @@ def parse_literal(text: str) -> object:
         if text.lstrip()[:1] in ("[", "{", "(", "'", '"'):
             reason = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
             raise ValueError(f"{text!r} is not a valid Python literal ({reason})") from None
-        digits = len(re.sub(r"[^0-9]", "", text))
         limit = sys.get_int_max_str_digits()
-        if _DECIMAL_INT.fullmatch(text.strip()) and limit and digits > limit:
+        digits = sum(c.isdigit() for c in text) if _DECIMAL_INT.fullmatch(text.strip()) else 0
+        if limit and digits > limit:
             raise ValueError(
                 f"an int of {digits} digits is longer than Python reads from text ({limit}); "
                 "compute it in the config instead (e.g. n = 10**5000)"

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from colorama import Fore, Style
@@ -154,7 +155,7 @@ class TerminalReporter:
             self.sep("=", f"{text} in {seconds:.2f}s", colour)
 
 
-def store_lines(reports: list, urls: list[str] = ()) -> list[str]:
+def store_lines(reports: Sequence[Any], urls: Sequence[str] = ()) -> list[str]:
     """Where the runs went, per store (``urls`` first, in order): stored (with their ids),
     spooled (with the command that delivers them), undeliverable (why, and where they are
     kept) or lost."""
