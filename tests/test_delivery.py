@@ -775,3 +775,25 @@ def test_points_the_store_took_before_it_failed_are_kept_as_they_were(
     assert [type(v) for v in acc["values"]] == [float, int, str]
     assert events[2][1]["captured_out"] == "so far\n"
     assert kept.meta["delivered"] == 3
+
+
+def test_a_run_neither_the_store_nor_the_spool_can_keep_is_said_to_be_lost(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ex_info: dict,
+    guarded: Callable[..., GuardedStore],
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so no folder can be made below it")
+    monkeypatch.setenv("EXPKIT_SPOOL", str(blocker / "spool"))
+    runs = tmp_path / "runs"
+    runs.write_text("in the way")
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    feed(guard, ex_info)
+    guard.finish()
+    outcome = guard.outcome()
+    assert outcome.state == "lost"
+    assert outcome.reason.startswith("FileExistsError: ")
+    assert outcome.reason.endswith(
+        f"the spool folder {spool_root()}/{guard.root.name} could not be written"
+    )
