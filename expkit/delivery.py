@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import columns_to_sacred
+from expkit.observers import RunObserver, columns_to_sacred
 from expkit.serialize import to_data
 from expkit.utils import has_control_chars, printable, redact_url
 
@@ -395,7 +395,7 @@ class GuardedStore:
         self.factory = factory  # makes another store like this one, to replay old runs
         # Makes the store's reader, to check that a run to resume is this one.
         self.reader_factory: Callable[[], Any] | None = getattr(store, "_expkit_reader", None)
-        self.name = type(store).__name__
+        self.name = store.name if isinstance(store, RunObserver) else type(store).__name__
         self.root = spool_root() / store_key(store, url)
         self.started = False  # the store accepted started_event/queued_event
         self.store_id: Any = None
@@ -539,7 +539,7 @@ class GuardedStore:
             reader = None
             try:
                 if self.spooled.meta.get("started"):
-                    reader = open_reader(self.reader_factory)
+                    reader = reader_or_none(self.reader_factory)
                 run_id = replay(self.spooled, self.store, url=self.url, reader=reader, live=True)
             except Undeliverable as exc:
                 self._give_up(str(exc))
@@ -619,7 +619,7 @@ class GuardedStore:
 
         def work() -> None:
             delivered = 0
-            reader = open_reader(self.reader_factory)
+            reader = reader_or_none(self.reader_factory)
             try:
                 for spooled in old:
                     store = factory()
@@ -654,7 +654,7 @@ class GuardedStore:
         self._old_runs.start()
 
 
-def open_reader(factory: Callable[[], Any] | None) -> Any:
+def reader_or_none(factory: Callable[[], Any] | None) -> Any:
     """A reader of the store from ``factory``, or ``None`` when there is none to be had
     (e.g. a folder store whose folder is gone: it holds no run to resume either)."""
     if factory is None:

@@ -34,6 +34,7 @@ from expkit.configuration import (
     merge,
     nest_dotted,
     normalize,
+    restore_tuples,
     set_path,
     type_changed,
 )
@@ -265,6 +266,7 @@ def resolve_config(
             set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
         else:
             merge(config, entries)
+    restore_tuples(fixed, own_values)
     merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
 
     for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
@@ -357,26 +359,24 @@ def _mongo_url(arg: str) -> str:
 def store_for_url(pm: PluginManager, url: str) -> Any:
     """The store a plugin makes for ``url``; a URL nobody claims, or a store that cannot be
     made, is a one-line usage error naming the store."""
+    from expkit.store import StoreError, open_reader, open_store
+
     try:
-        store = pm.hook.expkit_store_for_url(url=url)
+        store = open_store(pm, url)
     except UsageError:
         raise
-    except Exception as exc:
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # a plugin of the deprecated expkit_store_for_url hook
         reason = " ".join(str(exc).split()) or "no reason given"
         raise UsageError(
             f"cannot open the store {redact_url(url)!r}: {type(exc).__name__}: {redact_url(reason)}"
         ) from None
-    if store is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        raise UsageError(
-            f"no store plugin handles {redact_url(url)!r}; known schemes: "
-            f"{', '.join(s + '://' for s in schemes) or 'none'} (or a plain folder path)"
-        )
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
-    store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
+    store._expkit_factory = lambda: open_store(pm, url)
     # And a reader, to check that a run to resume there is still this run.
-    store._expkit_reader = lambda: pm.hook.expkit_reader_for_url(url=url)
+    store._expkit_reader = lambda: open_reader(pm, url)
     return store
 
 

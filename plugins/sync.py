@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from expkit.delivery import SpooledRun, Undeliverable, open_reader, replay
+from expkit.delivery import SpooledRun, Undeliverable, reader_or_none, replay
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
@@ -62,7 +62,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
     named = len(runs) == 1 and runs[0].folder == source
     delivered = failed = 0
     # To tell whether a run the store had is still there, or another one took its id.
-    reader = open_reader(lambda: pm.hook.expkit_reader_for_url(url=url))
+    reader = reader_or_none(lambda: reader_for(pm, url))
     try:
         for spooled in runs:
             ok = _deliver(pm, spooled, url, reader, retry=named)
@@ -106,8 +106,9 @@ def _deliver(pm: Any, spooled: SpooledRun, url: str, reader: Any, retry: bool) -
 
 
 def _holds_runs(pm: Any, url: str) -> bool:
-    reader = pm.hook.expkit_reader_for_url(url=url)
-    if reader is None:
+    try:
+        reader = reader_for(pm, url)
+    except UsageError:
         return False
     try:
         return any(True for _ in reader.list_runs())

@@ -355,10 +355,9 @@ def test_a_store_url_nobody_claims_stops_before_the_session_header(project: Path
     proc = run_expkit("run", "--store", "ftp://u:pw@somewhere/runs", cwd=project)
     assert proc.returncode == ExitCode.USAGE_ERROR
     assert proc.stdout == ""  # no header, no "collected", nothing half-said
-    assert error_lines(proc.stderr) == [
-        "ERROR: no store plugin handles 'ftp://u:***@somewhere/runs'; known schemes: file://, "
-        "mongodb://, mongodb+srv://, tinydb:// (or a plain folder path)"
-    ]
+    [line] = error_lines(proc.stderr)
+    assert line.startswith("ERROR: no store plugin handles 'ftp://u:***@somewhere/runs'; known ")
+    assert "file://" in line and "mongodb://" in line and "pw" not in line
 
 
 BROKEN_STORE = """\

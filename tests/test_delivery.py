@@ -169,7 +169,7 @@ def test_a_store_down_from_the_start_is_reported_once_and_spooled(
         feed(guard, ex_info)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1
-    assert "store FileStorageObserver failed (started_event" in failures[0]
+    assert f"store {runs} failed (started_event" in failures[0]
     assert str(spool) in failures[0]
     [kept] = spooled_here = pending(spool, store_key(guard.store, str(runs)))
     assert spooled_here[0].meta["started"] is False
@@ -344,7 +344,7 @@ def test_a_spool_that_cannot_be_written_keeps_the_events_in_memory(
     runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
     feed(guard, ex_info)
-    assert "cannot spool the events of store FileStorageObserver" in caplog.text
+    assert f"cannot spool the events of store {runs}" in caplog.text
     runs.unlink()
     assert guard.try_replay()
     assert_whole_run(runs)
@@ -609,7 +609,7 @@ def test_a_run_the_store_lost_is_recreated_by_sync_not_by_automatic_replays(
 def test_a_run_is_never_resumed_into_another_run_that_took_its_id(
     tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
 ) -> None:
-    from expkit_plugins.file_store import expkit_reader_for_url
+    from expkit.runs import reader_for_url
 
     runs = tmp_path / "runs"
     guard = guarded(FileStorageObserver(runs), str(runs))
@@ -624,7 +624,7 @@ def test_a_run_is_never_resumed_into_another_run_that_took_its_id(
     [kept] = pending(spool, store_key(guard.store, str(runs)))
     kept.unlock()
 
-    reader = expkit_reader_for_url(url=str(runs))
+    reader = reader_for_url(str(runs))
     run_id = replay(kept, FileStorageObserver(runs), url=str(runs), reader=reader, recreate=True)
     assert run_id == "2"
     assert read_run(runs, "1")["config"] == {"who": "other"}  # left alone

@@ -263,3 +263,28 @@ def test_a_run_a_store_refuses_is_marked_and_said_so_in_one_line(
     assert out[0].startswith(f"not delivered: {kept.name}: the store refused its started_event: ")
     assert out[0].endswith("(marked undeliverable)")
     assert "Exceeds the limit" in SpooledRun(kept).failed
+
+
+def test_sync_never_resumes_a_run_into_another_that_took_its_id(
+    here: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = here / "runs"
+    guard = GuardedStore(FileStorageObserver(runs), "runs")
+    ex_info = {"name": "demo", "base_dir": str(here), "sources": [], "mainfile": None}
+    start = {"ex_info": ex_info, "command": "main", "host_info": {}, "config": {"tag": "mine"}}
+    guard.call("started_event", {**start, "start_time": T0, "meta_info": {}, "_id": None})
+    (runs / "1").rename(here / "gone")  # the store loses run 1 ...
+    guard.call("completed_event", {"stop_time": T1, "result": "mine"})
+    guard.finish()
+    # ... and another run, started later, is given id 1 there.
+    other = FileStorageObserver(runs)
+    other.started_event(
+        **{**start, "config": {"tag": "other"}}, start_time=T1, meta_info={}, _id=None
+    )
+    assert sync("spool", "runs") == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("to runs as run 2")
+    assert read_run(runs, "1")["config"] == {"tag": "other"}
+    assert (read_run(runs, "2")["config"], read_run(runs, "2")["result"]) == (
+        {"tag": "mine"},
+        "mine",
+    )
