@@ -8,6 +8,8 @@ configured (``expkit_configure``) and one of them carries out the command
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 import traceback
 from collections.abc import Iterable
@@ -148,6 +150,21 @@ def _positional(args: list[str]) -> list[str]:
     return found
 
 
+def output_closed() -> ExitCode:
+    """The reader of the output went away (``expkit runs list | head -1``): stop quietly.
+
+    Standard output is pointed at the null device, so that the flush at exit does not
+    fail again; the exit code is that of an interrupted command.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # no file descriptor behind sys.stdout (an in-process caller captures it)
+    return ExitCode.INTERRUPTED
+
+
 def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     """Run the ``expkit`` command line with ``args``; return the exit code."""
     args = list(sys.argv[1:] if args is None else args)
@@ -204,6 +221,8 @@ def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return output_closed()
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or ExitCode.OK

@@ -50,7 +50,14 @@ from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
 from expkit.serialize import NotStorableError, storable_problem, to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.utils import CapturedOutput, file_md5, redact_url, suggest
+from expkit.utils import (
+    CapturedOutput,
+    file_md5,
+    has_control_chars,
+    printable,
+    redact_url,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -396,13 +403,26 @@ def _mongo_url(arg: str) -> str:
 
 
 def store_for_url(pm: PluginManager, url: str) -> Any:
-    """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
-    from expkit.store import open_store
+    """The store a plugin makes for ``url``; a URL nobody claims, or a store that cannot be
+    made, is a one-line usage error naming the store."""
+    from expkit.store import StoreError, open_reader, open_store
 
-    store = open_store(pm, url)
+    try:
+        store = open_store(pm, url)
+    except UsageError:
+        raise
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # a plugin of the deprecated expkit_store_for_url hook
+        reason = " ".join(str(exc).split()) or "no reason given"
+        raise UsageError(
+            f"cannot open the store {redact_url(url)!r}: {type(exc).__name__}: {redact_url(reason)}"
+        ) from None
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
     store._expkit_factory = lambda: open_store(pm, url)
+    # And a reader, to check that a run to resume there is still this run.
+    store._expkit_reader = lambda: open_reader(pm, url)
     return store
 
 
@@ -542,6 +562,8 @@ def create_run(
         capture_mode=options["--capture"] or _default_capture(experiment.plugin_manager, stores),
         info=dict(info or {}),
     )
+    if isinstance(options["--id"], str) and has_control_chars(options["--id"]):
+        raise UsageError(f"--id '{printable(options['--id'])}' holds control characters")
     run._id = options["--id"]
     for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
         captured_state(fn).check_resolvable(run.config)
@@ -698,6 +720,11 @@ class Run:
         self._thread: int | None = None
 
     # --- what the experiment calls ----------------------------------------------------
+
+    @property
+    def stored(self) -> list:
+        """Where the run went, one :class:`expkit.delivery.StoreOutcome` per store."""
+        return [guard.outcome() for guard in self._delivery.guards]
 
     @property
     def captured_out(self) -> str:

@@ -22,7 +22,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import format_time, to_data, utcnow
-from expkit.utils import redact_url, suggest
+from expkit.utils import printable, redact_url, suggest
 
 
 @attrs.frozen
@@ -643,7 +643,9 @@ def _as_text(d: dict, key: str) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, separated by two spaces."""
+    """Columns padded to their widest cell, separated by two spaces; control characters
+    in a cell are escaped (a name must not rewrite the terminal)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths)).rstrip()
@@ -702,7 +704,7 @@ def describe(record: RunRecord, beat_interval: float = 10.0) -> list[str]:
     """Everything recorded about a run, as lines of text."""
     info = record.experiment_info
     lines = [
-        f"run {record.id} of {record.experiment} in {record.store}",
+        f"run {printable(record.id)} of {printable(record.experiment)} in {record.store}",
         f"status:     {shown_status(record, beat_interval=beat_interval)}",
         f"command:    {record.command or ''}",
         f"started:    {_long_time(record.start_time)}",
@@ -1103,7 +1105,7 @@ def _step(steps: dict[str, Any], runs: dict[str, dict], run_id: str, first: str)
 
 
 def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
-    ids = ", ".join(str(r.id) for r in records)
+    ids = ", ".join(printable(r.id) for r in records)
     if not config.getoption("yes"):
         sys.stdout.write(f"delete {len(records)} run(s) from {redact_url(url)}: {ids}? [y/N] ")
         sys.stdout.flush()

@@ -127,8 +127,12 @@ def _updates(config: Any) -> dict[str, Any]:
     return updates
 
 
-def collect(session: Session) -> None:
-    """Find the files, collect their items, apply node-id selection and ``-k``."""
+def collect(session: Session, open_stores: bool = False) -> None:
+    """Find the files, collect their items, apply node-id selection and ``-k``.
+
+    ``open_stores`` makes the session's stores once the ``expconf.py`` files (which may
+    add store plugins) are loaded, and before the header: a store URL nobody claims stops
+    the session there."""
     config = session.config
     args = list(config.option.paths) or [str(config.rootdir / p) for p in config.settings.paths]
     wanted: dict[Path, set[str] | None] = {}
@@ -161,6 +165,8 @@ def collect(session: Session) -> None:
     session.deselected = [i for i in before if id(i) not in kept]
     if session.deselected:
         hook.expkit_deselected(items=session.deselected)
+    if open_stores:
+        _stores(session)
     hook.expkit_collection_finish(session=session)
 
 
@@ -239,6 +245,7 @@ def run_item(session: Session, item: Item) -> RunReport:
         result=run.result,
         message=message,
         longrepr="".join(run.fail_trace) if run.fail_trace else None,
+        stored=tuple(run.stored),
     )
 
 
@@ -286,7 +293,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
     _configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
     session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
-    collect(session)
+    collect(session, open_stores=not config.option.collect_only)
     if config.option.collect_only:
         code = _collect_only_code(session)
         hook.expkit_sessionfinish(session=session, exitstatus=code)
@@ -301,7 +308,6 @@ def expkit_cmdline_main(config: Any) -> int | None:
                 f"{len(session.deselected)} collected experiments\n"
             )
     else:
-        _stores(session)
         hook.expkit_runtestloop(session=session)
         code = exit_code(session)
     hook.expkit_sessionfinish(session=session, exitstatus=code)

@@ -14,7 +14,7 @@ pytest.importorskip("mockupdb")
 from cli_helpers import run_expkit, write_project
 from test_rerun import EXPERIMENT as RERUN_EXPERIMENT
 
-from expkit_plugins.mongo_store import redact_url
+from expkit.utils import redact_url
 
 pytestmark = pytest.mark.slow
 

@@ -176,3 +176,62 @@ def test_exitfirst_says_how_many_experiments_it_did_not_run(project: Path) -> No
     lines = proc.stdout.splitlines()
     assert re.fullmatch(r"!+ stopping after 1 failure \(-x\): 3 experiments not run !+", lines[-2])
     assert re.fullmatch(r"=+ 1 failed in \d+\.\d\ds =+", lines[-1]), lines[-1]
+
+
+# --- where the runs went, per store (issue 10, point 3) -------------------------------------
+
+
+def test_the_closing_lines_say_per_store_where_each_run_went() -> None:
+    from expkit.delivery import StoreOutcome
+    from expkit.nodes import RunReport
+    from expkit_plugins.terminal import store_lines
+
+    mongo = "mongodb://me:***@db.lab/exp"
+    reports = [
+        RunReport(
+            "exp_a.py::exp_one",
+            "COMPLETED",
+            1.0,
+            run_id="1",
+            stored=(
+                StoreOutcome("runs", "stored", run_id="1"),
+                StoreOutcome(mongo, "spooled", folder="/spool/MongoObserver-ab"),
+            ),
+        ),
+        RunReport(
+            "exp_a.py::exp_two",
+            "COMPLETED",
+            1.0,
+            run_id="2",
+            stored=(
+                StoreOutcome(mongo, "stored", run_id=7),
+                StoreOutcome(
+                    "runs", "undeliverable", folder="/spool/F-1/20261202", reason="it refused"
+                ),
+            ),
+        ),
+        RunReport(
+            "exp_a.py::exp_three",
+            "FAILED",
+            1.0,
+            stored=(StoreOutcome("db\x1b[2J", "lost", reason="disk full; spool unwritable"),),
+        ),
+    ]
+    assert store_lines(reports, ["runs", "mongodb://me:secret@db.lab/exp"]) == [
+        "stored 1 run(s) in runs: id 1",
+        "not stored in runs: it refused; kept in /spool/F-1/20261202",
+        "stored 1 run(s) in mongodb://me:***@db.lab/exp: id 7",
+        "spooled 1 run(s) for mongodb://me:***@db.lab/exp (not stored yet); deliver with: "
+        "expkit sync /spool/MongoObserver-ab 'mongodb://me:***@db.lab/exp' "
+        "(the password in place of ***)",
+        "not stored in db\\x1b[2J, and lost: disk full; spool unwritable",
+    ]
+
+
+def test_the_closing_line_never_shows_a_password(tmp_path: Path) -> None:
+    write_project(tmp_path, PROJECT)
+    url = "tinydb://me:Pw-77-secret@db"  # a path that looks like a URL with a password
+    proc = run_expkit(
+        "run", "exp_a.py::exp_double", "--store", "runs", "--store", url, cwd=tmp_path
+    )
+    assert "Pw-77-secret" not in proc.stdout + proc.stderr
