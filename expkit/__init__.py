@@ -78,7 +78,12 @@ def console_main() -> int:
     import sys
 
     code = main(sys.argv[1:])
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        from expkit.cli import output_closed
+
+        return output_closed()
     return code
 
 

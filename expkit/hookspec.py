@@ -254,7 +254,9 @@ def expkit_make_capture(run: Run, mode: str) -> Any:
     """Return an output capture for ``mode`` (``"fd"``, ``"sys"`` or ``"no"``).
 
     A capture has ``start()``, ``read() -> str`` (the text written since the
-    last read) and ``stop()``. Called once per run, before it starts. *firstresult*.
+    last read) and ``stop()``; it may have ``keep(text)``, which adds log lines
+    the terminal does not show to the captured output. Called once per run,
+    before it starts. *firstresult*.
     """
 
 

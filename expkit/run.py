@@ -34,6 +34,7 @@ from expkit.configuration import (
     merge,
     nest_dotted,
     normalize,
+    restore_tuples,
     set_path,
     type_changed,
 )
@@ -47,9 +48,16 @@ from expkit.errors import (
 )
 from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
-from expkit.serialize import to_data, utcnow
+from expkit.serialize import NotStorableError, storable_problem, to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.utils import CapturedOutput, file_md5, redact_url, suggest
+from expkit.utils import (
+    CapturedOutput,
+    file_md5,
+    has_control_chars,
+    printable,
+    redact_url,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -86,10 +94,20 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-class SigtermInterrupt(ExpkitInterrupt):
-    """Raised in the run's thread when the process receives SIGTERM."""
+class SigtermInterrupt(KeyboardInterrupt):
+    """Raised in the run's thread when the process receives SIGTERM.
+
+    A ``KeyboardInterrupt``, not an ``Exception``: like Ctrl-C it goes through every
+    ``except Exception`` (a store's, a library's) until it reaches the run.
+    """
 
     STATUS = INTERRUPTED
+
+
+# How often new metric points are delivered to the stores between heartbeats (seconds).
+_METRICS_FLUSH_INTERVAL = 1.0
+# The ints a metric value may be: what a float can hold (every store keeps floats).
+_METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 
 
 # --- the records a run carries -----------------------------------------------------
@@ -258,6 +276,7 @@ def resolve_config(
             set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
         else:
             merge(config, entries)
+    restore_tuples(fixed, own_values)
     merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
 
     for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
@@ -313,6 +332,42 @@ def check_added_entries(
 
 # --- making a run ---------------------------------------------------------------------
 
+# The ``keep(text)`` of the captures of the runs going on, innermost last.
+_LOG_KEEPERS: list[Callable[[str], None]] = []
+_LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
+
+
+class ConsoleLogHandler(logging.StreamHandler):
+    """Writes log lines to the current ``sys.stderr``; lines below ``shown_level`` go only
+    into the captured output of the run going on, so that what a run stores does not
+    depend on what the terminal shows."""
+
+    def __init__(self, shown_level: int = logging.NOTSET) -> None:
+        super().__init__()
+        self.shown_level = shown_level
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        # The stream of now, not of when logging was set up: a "sys" capture tees it.
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.shown_level:
+            super().emit(record)
+            return
+        if not _LOG_KEEPERS:
+            return
+        try:
+            text = self.format(record) + self.terminator
+            _LOG_KEEPERS[-1](text)
+        except Exception:
+            self.handleError(record)
+
 
 def _options(options: Mapping | None) -> dict:
     result = dict(DEFAULT_OPTIONS)
@@ -348,13 +403,26 @@ def _mongo_url(arg: str) -> str:
 
 
 def store_for_url(pm: PluginManager, url: str) -> Any:
-    """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
-    from expkit.store import open_store
+    """The store a plugin makes for ``url``; a URL nobody claims, or a store that cannot be
+    made, is a one-line usage error naming the store."""
+    from expkit.store import StoreError, open_reader, open_store
 
-    store = open_store(pm, url)
+    try:
+        store = open_store(pm, url)
+    except UsageError:
+        raise
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # a plugin of the deprecated expkit_store_for_url hook
+        reason = " ".join(str(exc).split()) or "no reason given"
+        raise UsageError(
+            f"cannot open the store {redact_url(url)!r}: {type(exc).__name__}: {redact_url(reason)}"
+        ) from None
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
     store._expkit_factory = lambda: open_store(pm, url)
+    # And a reader, to check that a run to resume there is still this run.
+    store._expkit_reader = lambda: open_reader(pm, url)
     return store
 
 
@@ -419,7 +487,7 @@ def create_run(
     pm = experiment.plugin_manager
     if not logging.getLogger().handlers:
         # As Sacred does: INFO lines like "Started run with ID ..." unless logging is set up.
-        logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+        logging.basicConfig(handlers=[ConsoleLogHandler()], level=logging.INFO)
     options = _options(options)
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
@@ -494,6 +562,8 @@ def create_run(
         capture_mode=options["--capture"] or _default_capture(experiment.plugin_manager, stores),
         info=dict(info or {}),
     )
+    if isinstance(options["--id"], str) and has_control_chars(options["--id"]):
+        raise UsageError(f"--id '{printable(options['--id'])}' holds control characters")
     run._id = options["--id"]
     for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
         captured_state(fn).check_resolvable(run.config)
@@ -573,6 +643,8 @@ class Delivery:
         """Fire the plugin hook ``name``; an exception there is reported, never raised."""
         try:
             getattr(self.run.plugin_manager.hook, name)(run=self.run, **kwargs)
+        except ExpkitInterrupt:
+            raise  # the user's interrupt landed in a plugin: it is meant for the run
         except Exception as exc:
             self.log.warning("a plugin failed in %s: %s", name, exc)
 
@@ -642,11 +714,17 @@ class Run:
         self._beat_lock = threading.Lock()
         self._stop_beat = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        self._unstorable_warned: set[str] = set()  # info entries already reported
         self._delivery = Delivery(self, self.observers)
         self._started = False
         self._thread: int | None = None
 
     # --- what the experiment calls ----------------------------------------------------
+
+    @property
+    def stored(self) -> list:
+        """Where the run went, one :class:`expkit.delivery.StoreOutcome` per store."""
+        return [guard.outcome() for guard in self._delivery.guards]
 
     @property
     def captured_out(self) -> str:
@@ -661,8 +739,10 @@ class Run:
         if step is None:
             step = series.next_step
         series.next_step = step + 1
-        if type(value) is not float and type(value) is not int:
-            value = to_data(value)
+        if type(value) is not float and (
+            type(value) is not int or not _METRIC_INT_MIN < value < _METRIC_INT_MAX
+        ):
+            value = _metric_number(metric_name, value)
         # One extend: atomic, so points logged from several threads never interleave.
         series.points.extend((step, value, time.time()))
 
@@ -684,6 +764,9 @@ class Run:
                 f"artifact name {name!r} must be a relative path inside the run's folder "
                 "(no '..', no leading '/')"
             )
+        problem = None if metadata is None else storable_problem(metadata)
+        if problem is not None:
+            raise UsageError(f"add_artifact: the metadata of {name!r} cannot be stored: {problem}")
         artifact = Artifact(name, path, metadata, content_type)
         self.artifacts.append(artifact)
         self._delivery.call(
@@ -783,6 +866,8 @@ class Run:
         try:
             if self._capture is not None:
                 self._capture.start()
+                if hasattr(self._capture, "keep"):
+                    _LOG_KEEPERS.append(self._capture.keep)
             self.status = RUNNING
             self.start_time = utcnow()
             self._send_first("started_event", start_time=self.start_time)
@@ -802,22 +887,45 @@ class Run:
             self.result = self.main_function(*args)
             for hook_fn in self.post_run_hooks:
                 hook_fn()
+            self._refuse_unstorable()
             if self.result is not None:
                 self.run_logger.info("Result: %s", self.result)
             self.status = COMPLETED
         except (KeyboardInterrupt, ExpkitInterrupt) as exc:
             self.status = getattr(exc, "STATUS", INTERRUPTED)
             outcome = exc
+        except NotStorableError as exc:
+            self.status = FAILED
+            self.fail_trace = traceback.format_exception_only(type(exc), exc)  # no user frames
+            outcome = exc
         except BaseException as exc:
             self.status = FAILED
             self.fail_trace = format_user_traceback(exc)
             outcome = exc
         finally:
-            _restore_sigterm(old_handler)
-            self._finish(bound, previous_run)
+            # From here a SIGTERM is only noted: the stores must hear how the run ended.
+            sigterms = _defer_sigterm(old_handler)
+            try:
+                self._finish(bound, previous_run)
+            finally:
+                _restore_sigterm(old_handler)
+        if sigterms and not isinstance(outcome, KeyboardInterrupt):
+            raise SigtermInterrupt("the process received SIGTERM as the run ended") from outcome
         if outcome is not None:
             raise outcome
         return self.result
+
+    def _refuse_unstorable(self) -> None:
+        """Fail the run when its result or an info entry cannot be stored (instead of
+        leaving it RUNNING in stores that cannot write it)."""
+        problem = storable_problem(self.result)
+        if problem is not None:
+            self.result = None
+            raise NotStorableError(f"the result cannot be stored: {problem}")
+        problems = _storable_info(_snapshot(self.info))[1]
+        if problems:
+            what, problem = next(iter(problems.items()))
+            raise NotStorableError(f"{what} cannot be stored: {problem}")
 
     def _finish(self, bound: list, previous_run: Run | None) -> None:
         # Every step is guarded: whatever fails here, the stores still hear how the run
@@ -835,6 +943,9 @@ class Run:
             else:
                 self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
             if self._capture is not None:
+                keep = getattr(self._capture, "keep", None)
+                if keep in _LOG_KEEPERS:
+                    _LOG_KEEPERS.remove(keep)
                 with self._beat_lock:
                     _guarded(self._capture.stop, "stopping the output capture")
                     _guarded(lambda: self._output.append(self._capture.read()), "reading output")
@@ -855,7 +966,7 @@ class Run:
                 )
                 hook = "expkit_run_interrupted"
             _guarded(lambda: self._delivery.call(event[0], **event[1]), "telling the stores")
-            self._delivery.hook(hook)
+            _guarded(lambda: self._delivery.hook(hook), "telling the plugins")
             _guarded(lambda: self._delivery.call("join"), "waiting for the stores")
             _guarded(self._delivery.finish, "retrying failed stores")
         finally:
@@ -877,8 +988,22 @@ class Run:
         self._beat_thread.start()
 
     def _beat_loop(self) -> None:
-        while not self._stop_beat.wait(self.beat_interval):
-            _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
+        # Between heartbeats new metric points go out about once a second, so that a killed
+        # process loses at most the last second of them.
+        next_beat = time.monotonic() + self.beat_interval
+        while True:
+            wait = min(_METRICS_FLUSH_INTERVAL, next_beat - time.monotonic())
+            if self._stop_beat.wait(max(wait, 0.0)):
+                return
+            if time.monotonic() >= next_beat:
+                _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
+                next_beat = time.monotonic() + self.beat_interval
+            elif any(series.points for series in self._series.copy().values()):
+                _guarded(self._flush_metrics, "delivering metrics")
+
+    def _flush_metrics(self) -> None:
+        with self._beat_lock:
+            self._deliver_metrics(self._drain_metrics())
 
     def _drain_metrics(self) -> dict[str, dict]:
         """The points logged since the last drain, as columns per name (epoch-second times)."""
@@ -904,9 +1029,14 @@ class Run:
             self._deliver_metrics(self._drain_metrics())
             self.heartbeat_time = utcnow()
             text = self._output.text if final else self._output.stable_text
+            info, problems = _storable_info(_snapshot(self.info))
+            for what, problem in problems.items():
+                if what not in self._unstorable_warned:
+                    self._unstorable_warned.add(what)
+                    logging.getLogger("expkit").warning("%s cannot be stored: %s", what, problem)
             self._delivery.call(
                 "heartbeat_event",
-                info=_snapshot(self.info),
+                info=info,
                 captured_out=text,
                 beat_time=self.heartbeat_time,
                 result=self.result,
@@ -931,6 +1061,35 @@ class Run:
             # the metrics interleaved by time.
             points = list(heapq.merge(*series, key=lambda p: p.timestamp))
             self._delivery.hook("expkit_log_metrics", metrics=points)
+
+
+def _metric_number(name: str, value: Any) -> int | float:
+    """``value`` as a plain int or float; anything that is no number is refused."""
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        if _METRIC_INT_MIN < value < _METRIC_INT_MAX:
+            return int(value)
+        what = f"an int of {_digits(value)} digits, more than a float can hold"
+    elif type(value).__module__ == "numpy":
+        number = to_data(value)  # a numpy scalar or a 0-d array; a bigger array stays a list
+        if isinstance(number, (int, float)):
+            return _metric_number(name, number)
+        what = f"a numpy {type(value).__name__}"
+    else:
+        what = type(value).__name__
+        if hasattr(type(value), "__float__") and not isinstance(value, complex):
+            try:
+                return float(value)  # a Decimal, a Fraction, a one-element tensor, ...
+            except (TypeError, ValueError, OverflowError):
+                pass
+    raise UsageError(f"log_scalar({name!r}, ...): the value must be a number, not {what}")
+
+
+def _digits(number: int) -> int:
+    """How many decimal digits ``number`` has, even past Python's int-to-text limit."""
+    digits = int(abs(number).bit_length() * 0.30102999566398120) + 1
+    return digits if abs(number) >= 10 ** (digits - 1) else digits - 1
 
 
 class _Series:
@@ -963,6 +1122,22 @@ def _snapshot(info: dict) -> dict:
     return dict(info)
 
 
+def _storable_info(info: Any) -> tuple[dict, dict[str, str]]:
+    """``info`` with each entry no store could keep replaced by why; and, by what cannot be
+    stored (``run.info['key']``), why."""
+    if not isinstance(info, Mapping):
+        return {}, {"run.info": f"it must be a dict, not {type(info).__name__}"}
+    kept, problems = {}, {}
+    for key, value in info.items():
+        problem = storable_problem(value)
+        if problem is None:
+            kept[key] = value
+        else:
+            problems[f"run.info[{key!r}]"] = problem
+            kept[key] = f"<not stored: {problem}>"
+    return kept, problems
+
+
 def _elapsed(delta: datetime.timedelta) -> str:
     return str(datetime.timedelta(seconds=round(delta.total_seconds())))
 
@@ -978,6 +1153,14 @@ def _install_sigterm() -> Any:
         raise SigtermInterrupt("the process received SIGTERM")
 
     return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _defer_sigterm(previous: Any) -> list[int]:
+    """From now on only note a SIGTERM (in the list returned) instead of raising it."""
+    received: list[int] = []
+    if previous is not _NOT_INSTALLED:
+        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    return received
 
 
 def _restore_sigterm(previous: Any) -> None:

@@ -25,6 +25,8 @@ SETTINGS = _Section(
         ENFORCE_KEYS_NO_EQUALS=True,
         READ_ONLY_CONFIG=False,
         IGNORED_COMMENTS=["^pylint:", "^noinspection", "^noqa", "^type:"],
+        # _rnd is a numpy.random.RandomState instead of a Generator, as in Sacred.
+        NUMPY_RANDOM_LEGACY_API=False,
     ),
     HOST_INFO=_Section(
         INCLUDE_GPU_INFO=True,

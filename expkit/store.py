@@ -36,7 +36,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
 from expkit.records import RunRecord
-from expkit.serialize import parse_time
+from expkit.serialize import parse_time, to_data
 from expkit.utils import file_md5, redact_url
 
 log = logging.getLogger("expkit")
@@ -64,6 +64,24 @@ class StoredFile:
     ref: Any
     metadata: dict | None = None
     content_type: str | None = None
+
+
+@attrs.frozen
+class Query:
+    """What a listing asks for, for stores that select runs themselves (capability ``query``).
+
+    ``where`` holds parsed filters (:class:`expkit.runs.Filter`). ``sort`` is a run field
+    or config key, ``None`` for id order; ``limit`` applies after sorting.
+    """
+
+    experiment: str | None = None  # a name or a glob pattern
+    statuses: frozenset[str] | None = None
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    where: tuple[Any, ...] = ()
+    sort: str | None = None
+    descending: bool = False
+    limit: int | None = None
 
 
 @attrs.frozen
@@ -133,6 +151,15 @@ class Storage:
         (files may be left out; the names of artifacts given are listed)."""
         raise NotImplementedError
 
+    def select(self, query: Query) -> tuple[list[dict], bool]:
+        """The summaries ``query`` asks for, and whether they are exactly those.
+
+        ``True``: every condition, the order and the limit were applied. ``False``: the
+        summaries are candidates (a superset, in id order) that the core filters, sorts
+        and cuts. Only stores with the ``query`` capability are asked.
+        """
+        raise NotImplementedError
+
     def load(self, run_id: Any) -> dict:
         """The whole document of run ``run_id``; :class:`KeyError` when there is none."""
         raise NotImplementedError
@@ -155,6 +182,51 @@ class Storage:
 
     def close(self) -> None:
         """Let go of connections and files."""
+
+
+def doc_to_data(doc: dict) -> dict:
+    """The run document as plain JSON data: stored files as dicts, times as ISO text.
+
+    For stores that keep the document as JSON; :func:`doc_from_data` reverses it.
+    """
+    out = to_data({k: v for k, v in doc.items() if k not in _FILE_LISTS and k != "experiment"})
+    experiment = dict(doc.get("experiment") or {})
+    sources = experiment.pop("sources", [])
+    out["experiment"] = {**to_data(experiment), "sources": [_file_data(f) for f in sources]}
+    for key in _FILE_LISTS:
+        if key in doc:
+            out[key] = [_file_data(f) for f in doc[key]]
+    return out
+
+
+def doc_from_data(data: dict) -> dict:
+    """The run document :func:`doc_to_data` made; times stay ISO text (readers parse it)."""
+    doc = dict(data)
+    experiment = dict(_dict(data.get("experiment")))
+    experiment["sources"] = _file_list(experiment.get("sources"))
+    doc["experiment"] = experiment
+    for key in _FILE_LISTS:
+        if key in data:
+            doc[key] = _file_list(data[key])
+    return doc
+
+
+_FILE_LISTS = ("resources", "artifacts")
+
+
+def _file_data(file: StoredFile) -> dict:
+    return to_data(attrs.asdict(file, recurse=False))
+
+
+def _file_list(value: Any) -> list[StoredFile]:
+    if not isinstance(value, list):
+        return []
+    files = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            fields = {f.name: item.get(f.name) for f in attrs.fields(StoredFile)}
+            files.append(StoredFile(**fields))
+    return files
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -518,6 +590,16 @@ class StoreReader:
             if record is not None:
                 records.append(record)
         return records
+
+    def select(self, query: Query) -> tuple[list[RunRecord], bool]:
+        """The runs ``query`` asks for, and whether the store applied all of it.
+
+        ``False`` means the records are candidates still to be filtered, sorted and cut.
+        """
+        if "query" not in self.storage.capabilities:
+            return self.list_runs(), False
+        docs, exact = self.storage.select(query)
+        return [r for r in map(self._record, docs) if r is not None], exact
 
     def get_run(self, run_id: Any) -> RunRecord:
         """Everything recorded about run ``run_id``; :class:`KeyError` when there is none."""

@@ -8,6 +8,7 @@ the experiment prints its traceback without expkit's frames.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 import traceback
@@ -15,6 +16,7 @@ from typing import Any
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.pluginmanager import hookimpl
+from expkit.run import SigtermInterrupt
 from expkit.utils import parse_literal, suggest
 
 # (short, long, takes a value, help)
@@ -238,6 +240,18 @@ def _print_user_traceback(exc: BaseException) -> None:
     sys.stderr.write("".join(lines))
 
 
+def _end_by_sigterm() -> None:
+    """End the process the way SIGTERM ends a script (and a Sacred one): by the signal."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # closed, or a reader that went away: nothing more to show
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(128 + signal.SIGTERM)  # only if the signal is blocked
+
+
 @hookimpl(trylast=True)
 def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
     prog = os.path.basename(argv[0]) if argv else experiment.name
@@ -257,6 +271,8 @@ def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
             raise
         sys.stderr.write(f"ERROR: {exc}\n")
         sys.exit(1)
+    except SigtermInterrupt:
+        _end_by_sigterm()
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:

@@ -227,6 +227,7 @@ NOT_FOR_A_PLAIN_RUN = {
     "expkit.delivery",
     "expkit.nodes",
     # The stores' code: their plugin modules only declare a backend.
+    "expkit.store",
     "expkit_plugins.file_store.storage",
     "expkit_plugins.tinydb_store.storage",
     "expkit_plugins.mongo_store.storage",

@@ -6,11 +6,13 @@ only when a run or a reader uses a file store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import hookimpl
-from expkit.store import Storage, StoreBackend
+
+if TYPE_CHECKING:
+    from expkit.store import Storage, StoreBackend
 
 
 def folder_of(url: str) -> str | None:
@@ -36,6 +38,8 @@ def _open(url: str) -> Storage:
 @hookimpl
 def expkit_store_backends() -> list[StoreBackend]:
     """The file store claims ``file://PATH`` and plain paths."""
+    from expkit.store import StoreBackend  # not at import: a run without stores never needs it
+
     return [StoreBackend("file", ("", "file"), _open)]
 
 

@@ -373,8 +373,7 @@ class FileStorage(Storage):
 
     def _save_metrics(self, parts: list[bytes] | None = None) -> None:
         if parts is None:
-            # Compact: an indented dump takes json's slow pure-Python path, and this is big.
-            parts = [_compact(read_metrics_log(self._path(METRICS_LOG))).encode()]
+            parts = spliced_metrics_json(self._path(METRICS_LOG))
         replace_file(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
         self._points_saved = self._points
 
@@ -386,7 +385,7 @@ class FileStorage(Storage):
         run_id = os.path.basename(self._current())
         entry = to_data(_run_json(doc))
         summary = _summary(run_id, entry, to_data(doc.get("config") or {}))
-        summary["run_json"] = _stamp(os.path.join(self._current(), RUN_FILE))
+        summary["files"] = _stamp(self._current())
         try:
             _append_bytes(os.path.join(self.basedir, INDEX_FILE), _index_line(summary))
         except OSError as exc:
@@ -397,7 +396,7 @@ class FileStorage(Storage):
         rundir = os.path.join(self.basedir, name)
         run_path = os.path.join(rundir, RUN_FILE)
         try:
-            stamp = _stamp(run_path)
+            stamp = _stamp(rundir)
             entry = _load_json(run_path)
         except FileNotFoundError:
             return None  # not a run folder, or a run whose start is being written
@@ -409,7 +408,7 @@ class FileStorage(Storage):
             return None
         config = _load_json(os.path.join(rundir, CONFIG_FILE), default={}, damaged={})
         summary = _summary(name, entry, config)
-        summary["run_json"] = stamp
+        summary["files"] = stamp
         return summary
 
 
@@ -524,21 +523,29 @@ def _md5_of(stored: str) -> str | None:
     return md5 if len(md5) == 32 and all(c in "0123456789abcdef" for c in md5) else None
 
 
-def _stamp(path: str) -> list[int]:
-    """Size and modification time of ``path``: the index line is current while they hold."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+def _stamp(rundir: str) -> list[int]:
+    """Sizes and modification times of run.json and config.json: an index line is current
+    while they hold."""
+    stamp = []
+    for name in (RUN_FILE, CONFIG_FILE):
+        try:
+            st = os.stat(os.path.join(rundir, name))
+        except FileNotFoundError:
+            stamp += [-1, 0]
+        else:
+            stamp += [st.st_size, st.st_mtime_ns]
+    return stamp
 
 
 def _current(summary: dict, basedir: str) -> bool:
     """Whether an index line still describes its run: it ended and run.json is unchanged."""
     if summary.get("status") not in FINAL_STATUSES:
         return False
-    stamp = summary.get("run_json")
+    stamp = summary.get("files")
     if stamp is None:
         return True  # written before stamps: taken as it is
     try:
-        return _stamp(os.path.join(basedir, str(summary["id"]), RUN_FILE)) == stamp
+        return _stamp(os.path.join(basedir, str(summary["id"]))) == stamp
     except OSError:
         return False
 
@@ -593,6 +600,81 @@ def read_metrics_log(path: str | os.PathLike[str]) -> dict:
                 series["timestamps"].extend(times)
                 series["values"].extend(values)
     return metrics
+
+
+def spliced_metrics_json(path: str | os.PathLike[str]) -> list[bytes]:
+    """metrics.json's text from the metrics log: what ``_compact(read_metrics_log(path))``
+    gives, made by joining the text of the log's arrays.
+
+    Metrics reach the store about once a second, so a long run's metrics.json is rebuilt
+    from the log; decoding and encoding millions of floats again would cost seconds.
+    """
+    series: dict[str, tuple[str, tuple[list[bytes], list[bytes], list[bytes]]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the process died while writing this batch
+            for name, name_json, arrays in _batch_arrays(line):
+                pieces = series.setdefault(name, (name_json, ([], [], [])))[1]
+                for kept, text in zip(pieces, arrays):
+                    if text:
+                        kept.append(b"," + text.encode() if kept else text.encode())
+    parts = [b"{"]
+    for number, name in enumerate(sorted(series)):
+        name_json, (steps, times, values) = series[name]
+        parts.append(f'{"," if number else ""}{name_json}:{{"steps":['.encode())
+        parts += [*steps, b'],"timestamps":[', *times, b'],"values":[', *values, b"]}"]
+    parts.append(b"}")
+    return parts
+
+
+_ARRAY_KEYS = ('"steps":[', ',"timestamps":[', ',"values":[')
+
+
+def _batch_arrays(line: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each metric of a metrics log line: its name, the name as JSON, and the text inside
+    its steps, timestamps and values arrays."""
+    found = []
+    try:
+        pos = 1
+        while line[pos] == '"':
+            name, end = json.decoder.scanstring(line, pos + 1)
+            name_json = line[pos:end]
+            if line[end : end + 2] != ":{":
+                raise ValueError("no object after the name")
+            pos = end + 2
+            arrays = []
+            for key in _ARRAY_KEYS:
+                if not line.startswith(key, pos):
+                    raise ValueError(f"{key} expected")
+                start = pos + len(key)
+                pos = line.index("]", start)
+                text = line[start:pos]
+                if key != ',"timestamps":[' and '"' in text:
+                    raise ValueError("a string among the numbers")  # it may hold a "]"
+                arrays.append(text)
+                pos += 1
+            if line[pos] != "}":
+                raise ValueError("} expected")
+            found.append((name, name_json, tuple(arrays)))
+            if line[pos + 1] == ",":
+                pos += 2
+            elif line[pos + 1] == "}":
+                return found
+            else:
+                raise ValueError(", or } expected")
+        if line[pos] != "}":
+            raise ValueError("} expected")
+    except (ValueError, IndexError):
+        # Not the text _metrics_json writes (strings among the values): decode it.
+        return [
+            (name, json.dumps(name), tuple(_compact(m[k])[1:-1] for k in _SERIES_KEYS))
+            for name, m in json.loads(line).items()
+        ]
+    return found
+
+
+_SERIES_KEYS = ("steps", "timestamps", "values")
 
 
 _NO_DEFAULT = object()

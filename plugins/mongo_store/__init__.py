@@ -1,17 +1,18 @@
 """The MongoDB store: ``mongodb://`` and ``mongodb+srv://`` URLs, in Sacred's MongoObserver schema.
 
 The schema and the code are in :mod:`expkit_plugins.mongo_store.storage`, imported
-only when a run or a reader uses a MongoDB store (and pymongo only then).
+(with pymongo) only when a run or a reader uses a MongoDB store; install pymongo
+with ``expkit[mongo]``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit.pluginmanager import hookimpl
-from expkit.store import Storage, StoreBackend
 
-_STORAGE = "expkit_plugins.mongo_store.storage"
+if TYPE_CHECKING:
+    from expkit.store import Storage, StoreBackend
 
 
 def _open(url: str) -> Storage:
@@ -20,16 +21,12 @@ def _open(url: str) -> Storage:
     return MongoStorage.connect(url)
 
 
-def _redact(url: str) -> str:
-    from expkit_plugins.mongo_store.storage import redact_url
-
-    return redact_url(url)
-
-
 @hookimpl
 def expkit_store_backends() -> list[StoreBackend]:
     """The MongoDB store claims ``mongodb://`` and ``mongodb+srv://``."""
-    return [StoreBackend("mongodb", ("mongodb", "mongodb+srv"), _open, _redact)]
+    from expkit.store import StoreBackend  # not at import: a run without stores never needs it
+
+    return [StoreBackend("mongodb", ("mongodb", "mongodb+srv"), _open)]
 
 
 @hookimpl
@@ -44,4 +41,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     import importlib
 
-    return getattr(importlib.import_module(_STORAGE), name)
+    return getattr(importlib.import_module("expkit_plugins.mongo_store.storage"), name)

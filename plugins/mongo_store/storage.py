@@ -18,7 +18,7 @@ so the 16 MB document limit cannot stop a run. Sources and resources are stored
 once per (path, md5); the md5 is expkit's own, kept in the GridFS file's
 ``metadata`` because pymongo 4 no longer computes one. The end of a run that
 cannot be saved is written to ``failure_dir``, if given. Passwords in the URL
-are shown as ``***`` everywhere (see :func:`redact_url`), and never stored.
+are shown as ``***`` everywhere (see :func:`expkit.utils.redact_url`), and never stored.
 
 pymongo is imported only when a store is opened.
 """
@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import logging
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -49,8 +48,7 @@ from expkit.store import (
     StoreReader,
     numeric_id,
 )
-from expkit.utils import file_md5
-from expkit.utils import redact_url as _redact_generic
+from expkit.utils import file_md5, redact_url, split_userinfo
 
 if TYPE_CHECKING:
     from gridfs import GridFS
@@ -76,58 +74,20 @@ log = logging.getLogger("expkit")
 
 # --- passwords ----------------------------------------------------------------------
 
-# Compiled (and cached by re) on first use.
-# A URL with credentials inside free text; the password runs to the last "@" of the word,
-# which may hide more than the password but never less.
-_URL_CREDENTIALS = r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password and secret query options replaced by ``***``.
-
-    Stricter than :func:`expkit.utils.redact_url`, which it ends with: a MongoDB URL may
-    carry an unencoded ``@`` in its password.
-    """
-    scheme, sep, rest = str(url).partition("://")
-    if not sep:
-        return re.sub(_URL_CREDENTIALS, r"\g<head>:***@", str(url))
-    at = _userinfo_end(rest)
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        rest = (f"{user}:***" if colon else user) + rest[at:]
-    return _redact_generic(f"{scheme}://{rest}")
-
-
-def _userinfo_end(rest: str) -> int:
-    """Index of the "@" that ends the user info in ``rest`` (the URL after ``://``), or -1."""
-    q = rest.find("?")
-    if q < 0:
-        return rest.rfind("@")
-    at = rest.rfind("@", 0, q)
-    if at >= 0:
-        return at
-    # An "@" after the "?" belongs to the password unless an option (k=v) came first.
-    at = rest.rfind("@")
-    return at if at > q and "=" not in rest[q:at] else -1
-
 
 def _password(url: str | None) -> str:
     """The password in ``url`` (percent-decoded), or ``""``."""
-    if not url or "://" not in url:
-        return ""
-    rest = url.partition("://")[2]
-    at = _userinfo_end(rest)
-    if at < 0:
+    userinfo = split_userinfo(url or "")[1]
+    if not userinfo:
         return ""
     from urllib.parse import unquote_plus
 
-    return unquote_plus(rest[:at].partition(":")[2])
+    return unquote_plus(userinfo.partition(":")[2])
 
 
 def _redact_text(text: str, secret: str = "") -> str:
     """``text`` with every URL password, and the literal ``secret``, replaced by ``***``."""
-    if "://" in text:
-        text = re.sub(_URL_CREDENTIALS, r"\g<head>:***@", text)
+    text = redact_url(text)
     if secret and secret in text:
         text = text.replace(secret, "***")
     return text
@@ -974,7 +934,5 @@ def _db_name(url: str) -> str:
     """The database a ``mongodb://HOST[:PORT]/DB`` URL names, or :data:`DEFAULT_DB`."""
     from urllib.parse import unquote
 
-    rest = url.partition("://")[2]
-    at = _userinfo_end(rest)
-    path = rest[at + 1 :].partition("?")[0]
+    path = split_userinfo(url)[2].partition("?")[0]
     return unquote(path.partition("/")[2]) or DEFAULT_DB

@@ -7,12 +7,12 @@ or a reader uses a TinyDB store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit.pluginmanager import hookimpl
-from expkit.store import Storage, StoreBackend
 
-_STORAGE = "expkit_plugins.tinydb_store.storage"
+if TYPE_CHECKING:
+    from expkit.store import Storage, StoreBackend
 
 
 def _open(url: str) -> Storage:
@@ -24,15 +24,15 @@ def _open(url: str) -> Storage:
 @hookimpl
 def expkit_store_backends() -> list[StoreBackend]:
     """The TinyDB store claims ``tinydb://``."""
+    from expkit.store import StoreBackend  # not at import: a run without stores never needs it
+
     return [StoreBackend("tinydb", ("tinydb",), _open)]
 
 
 @hookimpl
 def expkit_observer_class(name: str) -> type | None:
     """``TinyDbObserver`` and ``TinyDbReader`` for ``from expkit.observers import ...``."""
-    if name not in ("TinyDbObserver", "TinyDbReader"):
-        return None
-    return __getattr__(name)
+    return __getattr__(name) if name in ("TinyDbObserver", "TinyDbReader") else None
 
 
 def __getattr__(name: str) -> Any:
@@ -41,4 +41,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     import importlib
 
-    return getattr(importlib.import_module(_STORAGE), name)
+    return getattr(importlib.import_module("expkit_plugins.tinydb_store.storage"), name)

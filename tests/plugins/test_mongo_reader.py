@@ -20,7 +20,8 @@ from mongo_server import PASSWORD
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
 from expkit.store import StoreError, StoreReader, open_reader, open_store
-from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader, redact_url
+from expkit.utils import redact_url
+from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
 from expkit_plugins.mongo_store.storage import MongoStorage
 
 
