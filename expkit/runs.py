@@ -44,7 +44,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
-from expkit.store import Query, StoreReader
+from expkit.store import Query, StoreReader, id_candidates, numeric_id
 from expkit.utils import parse_literal, redact_url
 
 __all__ = [
@@ -113,7 +113,7 @@ class Filter:
         if self.key == "status" and isinstance(expected, str):
             expected = expected.upper()
         if self.key == "id":
-            actual, expected = _comparable_id(actual), _comparable_id(expected)
+            actual, expected = numeric_id(actual), numeric_id(expected)
         if isinstance(actual, datetime.datetime) and isinstance(expected, str):
             try:
                 expected = _naive_utc(datetime.datetime.fromisoformat(expected))
@@ -160,7 +160,7 @@ def lookup(record: RunRecord, key: str) -> tuple[bool, Any]:
     """``(found, value)`` of a filter, sort or column ``key`` in ``record``."""
     first, _, rest = key.partition(".")
     if first in _RUN_FIELDS:
-        value = _comparable_id(record.id) if first == "id" else getattr(record, first)
+        value = numeric_id(record.id) if first == "id" else getattr(record, first)
         return _dig(value, rest) if rest else (True, value)
     if first in _SORT_FIELDS and not rest:
         if first == "duration":
@@ -401,7 +401,7 @@ def fetch_run(reader: Any, run_id: Any, store_url: str = "") -> RunRecord:
     A prefix of several ids is a :class:`UsageError` listing them; no match at all is a
     :class:`RunNotFoundError`. ``store_url`` only names the store in those messages.
     """
-    for candidate in _id_candidates(run_id):
+    for candidate in id_candidates(run_id):
         try:
             return reader.get_run(candidate)
         except KeyError:
@@ -505,15 +505,6 @@ def _dig(value: Any, path: str) -> tuple[bool, Any]:
     return True, value
 
 
-def _id_candidates(run_id: Any) -> list[Any]:
-    # The id as typed, and as the number a store with numeric ids keys its runs by.
-    if isinstance(run_id, str) and run_id.isascii() and run_id.isdigit():
-        return [run_id, int(run_id)]
-    if isinstance(run_id, int) and not isinstance(run_id, bool):
-        return [run_id, str(run_id)]
-    return [run_id]
-
-
 def _abbreviates(prefix: str, run_id: Any) -> bool:
     # A number never stands for a longer one: run 1 deleted, "1" must not mean run 15; nor
     # does a prefix shorter than git's shortest ("1" must not mean 1b2db113... either).
@@ -530,13 +521,6 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
-
-
-def _comparable_id(value: Any) -> Any:
-    # File store ids are folder names ("7"), Mongo's are numbers (7): compare them alike.
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return value
 
 
 def _statuses(status: str | Iterable[str] | None) -> set[str] | None:

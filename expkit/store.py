@@ -724,7 +724,10 @@ def numeric_id(run_id: Any) -> Any:
 
 
 def id_candidates(run_id: Any) -> list[Any]:
-    """The ids a store may hold run ``run_id`` under: as given, then as a number."""
+    """The ids a store may hold run ``run_id`` under: as given, then a digit string as a
+    number (MongoDB's, Sacred's) or a number as text (a file store's folder names)."""
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        return [run_id, str(run_id)]
     number = numeric_id(run_id)
     return [run_id] if number is run_id else [run_id, number]
 
