@@ -122,9 +122,11 @@ class CapturedFunction:
         view = get_path(config, path, {}) if path else config
         view = dict(view) if isinstance(view, Mapping) else {}
         if self.ingredient is not None and not self.prefix:
-            for sub in self.ingredient.ingredients:
-                name = sub.path.rsplit(".", 1)[-1]
-                view.setdefault(name, get_path(config, sub.config_path, {}))
+            # As in Sacred: every ingredient below this one, not only its own ones.
+            for sub, depth in self.ingredient.traverse_ingredients():
+                if depth:
+                    name = sub.path.rsplit(".", 1)[-1]
+                    view.setdefault(name, get_path(config, sub.config_path, {}))
         return view
 
     def bind(self, run: Run, extra: Mapping[str, Any] | None = None) -> Binding:
@@ -140,7 +142,8 @@ class CapturedFunction:
             elif name == "_run":
                 values[name] = run
             elif name == "_log":
-                values[name] = self.logger
+                # Under ``ex.logger`` when the experiment has one, as in Sacred.
+                values[name] = run.root_logger.getChild(self.logger.name)
             elif extra is not None and name in extra:
                 values[name] = extra[name]
             elif name in view:

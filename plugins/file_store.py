@@ -45,7 +45,7 @@ from typing import Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver, utc_isoformat_json
+from expkit.observers import RunObserver, deprecated_create, utc_isoformat_json
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import dumps, format_time, parse_time, to_data
@@ -126,6 +126,11 @@ class FileStorageObserver(RunObserver):
         self._info_text: str | None = None
         self._points = 0
         self._points_saved: int | None = None
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> FileStorageObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``FileStorageObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FileStorageObserver):
@@ -353,6 +358,30 @@ class FileStorageObserver(RunObserver):
 
     def join(self) -> None:
         """Nothing to wait for: every event is written before it returns."""
+
+    def save_json(self, obj: Any, filename: str) -> None:
+        """Write ``obj`` as JSON to ``filename`` in the run folder (Sacred's method)."""
+        with self._lock:
+            target = _checked_target(self._rundir(), filename, "file")
+            if target is None:
+                raise UsageError(f"{filename!r} is not a file name")
+            _write_atomic(target, dumps(obj))
+
+    def save_file(self, filename: str, target_name: str | None = None) -> None:
+        """Copy ``filename`` into the run folder as ``target_name`` (Sacred's method).
+
+        The store's own files (run.json, cout.txt, ...) cannot be replaced this way:
+        that is a :class:`FileExistsError`, as in Sacred.
+        """
+        name = target_name or os.path.basename(filename)
+        if name.casefold() in RESERVED_NAMES:
+            raise FileExistsError(f"{name!r} is written by the file store itself; choose another")
+        with self._lock:
+            _check_readable_file(filename, "file")
+            target = _checked_target(self._rundir(), name, "file")
+            if target is None:
+                raise UsageError(f"{name!r} is not a file name")
+            _copy_atomic(filename, target)
 
     # --- helpers -----------------------------------------------------------------
 
