@@ -8,6 +8,7 @@ accepted so that migrated code runs; docs/migrating.rst lists them.
 from __future__ import annotations
 
 import sys
+from collections.abc import ItemsView, Iterator, KeysView
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,34 +20,52 @@ class SettingError(ExpkitError, AttributeError):
 
 
 class _Section(SimpleNamespace):
-    """A group of settings; assigning a name it does not have is an error."""
+    """A group of settings, read as attributes or items; a name it lacks cannot be set."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in self.__dict__:
-            known = ", ".join(sorted(self.__dict__))
-            raise SettingError(f"unknown setting {name!r}; known: {known}")
-        if isinstance(self.__dict__[name], _Section) and not isinstance(value, _Section):
+            raise SettingError(f"unknown setting {name!r}; known: {', '.join(sorted(self))}")
+        current = self.__dict__[name]
+        if isinstance(current, _Section) and not isinstance(value, _Section):
             raise SettingError(
                 f"{name!r} is a group of settings; set its entries instead, e.g. "
-                f"SETTINGS.{name}.{next(iter(self.__dict__[name].__dict__))}"
+                f"SETTINGS.{name}.{next(iter(current))}"
             )
         super().__setattr__(name, value)
 
+    def __delattr__(self, name: str) -> None:
+        raise SettingError(f"settings cannot be removed ({name!r})")
+
+    # Sacred's SETTINGS is a dict too (a Munch): SETTINGS["CONFIG"]["READ_ONLY_CONFIG"].
     def __getitem__(self, name: str) -> Any:
         try:
             return self.__dict__[name]
         except KeyError:
             raise KeyError(f"unknown setting {name!r}") from None
 
-    def __setitem__(self, name: str, value: Any) -> None:
-        setattr(self, name, value)
+    __setitem__ = __setattr__
+    __delitem__ = __delattr__
 
     def __contains__(self, name: object) -> bool:
         return name in self.__dict__
 
-    def keys(self) -> list[str]:
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dict__)
+
+    def __len__(self) -> int:
+        return len(self.__dict__)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The setting ``name``, or ``default``."""
+        return self.__dict__.get(name, default)
+
+    def keys(self) -> KeysView[str]:
         """The names in this group."""
-        return list(self.__dict__)
+        return self.__dict__.keys()
+
+    def items(self) -> ItemsView[str, Any]:
+        """(name, value) of every setting in this group."""
+        return self.__dict__.items()
 
 
 CAPTURE_MODES = ("fd", "sys", "no")
