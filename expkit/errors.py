@@ -180,7 +180,7 @@ class NamedConfigNotFoundError(ConfigError):
         available = tuple(available_named_configs)
         text = (
             f'{message} "{named_config}". Available config values are: {available}'
-            f"{suggest(named_config, available)}; no config file has that name either"
+            f"{suggest(named_config, available)}; nor is there a config file {named_config!r}"
         )
         super().__init__(
             text,
