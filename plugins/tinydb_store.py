@@ -395,6 +395,15 @@ class TinyDbObserver(_SacredViews, RunObserver):
             )
         return cls(folder, overwrite, db_file=db_path.name)
 
+    def __eq__(self, other: object) -> bool:
+        # As Sacred's: two observers of one store are the same store.
+        if isinstance(other, TinyDbObserver):
+            return self.db_path.resolve() == other.db_path.resolve()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((TinyDbObserver, self.db_path.resolve()))
+
     def __repr__(self) -> str:
         return f"TinyDbObserver({str(self.root)!r})"
 

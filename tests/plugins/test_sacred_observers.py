@@ -88,6 +88,7 @@ def test_tinydb_create_from_an_existing_database(tmp_path: Path) -> None:
         root = str(store / "hashfs")
 
     obs = TinyDbObserver.create_from(db, HashFS())
+    assert obs == TinyDbObserver(store) and obs != TinyDbObserver(tmp_path / "other")
     experiment(obs).run()
     db.close()
     fresh = TinyDB(store / "metadata.json", access_mode="r")
