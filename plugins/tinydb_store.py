@@ -742,6 +742,10 @@ class TinyDbReader(_SacredViews):
         if not self.db_path.is_file():
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
 
+    def search(self, *args: Any, **kwargs: Any) -> list[Document]:
+        """TinyDB's ``search`` over the ``runs`` table (Sacred's reader method)."""
+        return self.runs.search(*args, **kwargs)
+
     def _search(self, table: str, query: Any = None) -> list[Document]:
         # A new TinyDB each time: the observer replaces the file, and an open
         # TinyDB would keep reading the old one.

@@ -142,6 +142,7 @@ def test_tinydb_runs_and_fs_read_what_was_stored(tmp_path: Path) -> None:
     assert not obs.fs.exists("0" * 32)
     reader = TinyDbReader(tmp_path / "db")
     assert [doc["command"] for doc in reader.runs.all()] == ["main", "load"]
+    assert reader.search(Query().command == "load") == [loaded]
     assert reader.fs.get(data) == address
 
 
