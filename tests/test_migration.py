@@ -419,6 +419,33 @@ def test_a_missing_named_config_is_named_config_not_found_error() -> None:
     assert "did you mean 'large'?" in str(exc.value)
 
 
+def test_a_call_that_does_not_fit_is_a_signature_error() -> None:
+    ex = Experiment("calls", interactive=True)
+    ex.add_config(a=1)
+    caught: list = []
+
+    @ex.capture
+    def helper(a, b=2):
+        return a + b
+
+    @ex.main
+    def main():
+        for call in (lambda: helper(1, 2, 3), lambda: helper(c=3), lambda: helper(5, a=6)):
+            try:
+                call()
+            except TypeError as exc:  # a SignatureError is a TypeError, as in Sacred
+                caught.append(exc)
+        return helper(b=10)
+
+    assert ex.run().result == 11
+    assert [type(exc) for exc in caught] == [expkit_utils.SignatureError] * 3
+    assert [str(exc).split(" got ")[1] for exc in caught] == [
+        "unexpected argument(s): (3,)",
+        "unexpected kwarg(s): ['c']",
+        "multiple values for argument(s) ['a']",
+    ]
+
+
 def test_a_missing_config_value_is_missing_config_error() -> None:
     ex = Experiment("missing", interactive=True)
     ex.main(lambda a: a)
