@@ -96,10 +96,13 @@ def mongo_db(mongo_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def http_server() -> Iterator[RecordingServer]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingServer]:
     """A real HTTP server on a free port of 127.0.0.1 that records every request."""
     from http_server import RecordingServer
 
+    # Reached directly, whatever proxy the machine's environment names.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
     server = RecordingServer()
     server.start()
     try:

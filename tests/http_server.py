@@ -1,4 +1,6 @@
-"""A real local HTTP server that records the requests it gets: stands in for Slack and Telegram."""
+"""A real local HTTP server that records the requests it gets: stands in for Slack and Telegram.
+
+Also the experiment whose runs the notification tests watch end."""
 
 from __future__ import annotations
 
@@ -69,3 +71,19 @@ class RecordingServer:
         """Stop serving and free the port."""
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def ending_experiment(name: str, observer: Any, end: object = 42) -> Any:
+    """An experiment observed by ``observer`` whose main returns ``end``, or raises it."""
+    from expkit import Experiment
+
+    ex = Experiment(name, interactive=True)
+    ex.observers.append(observer)
+
+    @ex.main
+    def main():
+        if isinstance(end, BaseException):
+            raise end
+        return end
+
+    return ex

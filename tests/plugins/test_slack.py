@@ -6,34 +6,19 @@ import json
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import run_script
-from http_server import RecordingServer
+from http_server import RecordingServer, ending_experiment
 
-from expkit import Experiment, SacredInterrupt
+from expkit import SacredInterrupt
 from expkit.errors import UsageError
 from expkit.observers import SlackObserver
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The local server must be reached directly, whatever the machine's proxy settings.
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def experiment(observer: SlackObserver, body: object = 42) -> Experiment:
-    ex = Experiment("notify", interactive=True)
-    ex.observers.append(observer)
-
-    @ex.main
-    def main():
-        if isinstance(body, BaseException):
-            raise body
-        return body
-
-    return ex
+def experiment(observer: Any, body: object = 42) -> Any:
+    return ending_experiment("notify", observer, body)
 
 
 def test_a_completed_run_posts_sacreds_message(http_server: RecordingServer) -> None:

@@ -6,22 +6,16 @@ import base64
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
-from http_server import RecordingServer
+from http_server import RecordingServer, ending_experiment
 
-from expkit import Experiment
 from expkit.errors import UsageError
 from expkit.observers import TelegramObserver
 
 TOKEN = "123456:SECRET-token"
 SENT = {"ok": True, "result": {"message_id": 1}}
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -30,17 +24,8 @@ def bot_api(http_server: RecordingServer) -> RecordingServer:
     return http_server
 
 
-def experiment(observer: TelegramObserver, body: object = 42) -> Experiment:
-    ex = Experiment("train", interactive=True)
-    ex.observers.append(observer)
-
-    @ex.main
-    def main():
-        if isinstance(body, BaseException):
-            raise body
-        return body
-
-    return ex
+def experiment(observer: Any, body: object = 42) -> Any:
+    return ending_experiment("train", observer, body)
 
 
 def test_start_and_completion_are_sent_to_the_chat(bot_api: RecordingServer) -> None:
@@ -76,7 +61,7 @@ def test_a_failure_sends_the_error_and_the_backtrace(bot_api: RecordingServer) -
     text = bot_api.requests[-1].json()["text"]
     assert text.startswith("❌ *train* failed after _less than a second_ with `KeyError: 'lr'`\n\n")
     assert "Backtrace:\n```Traceback (most recent call last):\n" in text
-    assert "in main\n    raise body\nKeyError: 'lr'\n```" in text
+    assert "in main\n    raise end\nKeyError: 'lr'\n```" in text
     assert bot_api.requests[-1].json()["disable_notification"] is False
 
 
