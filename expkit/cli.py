@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from expkit.errors import UsageError
+from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
 from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
@@ -175,6 +175,10 @@ def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     except UsageError as exc:
         sys.stderr.write(f"ERROR: {exc}\n")
         return ExitCode.USAGE_ERROR
+    except ExpkitError as exc:
+        # A store that cannot be read, a run that cannot be made: said in one line.
+        sys.stderr.write(f"ERROR: {exc}\n")
+        return ExitCode.RUNS_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         return ExitCode.INTERRUPTED

@@ -200,6 +200,27 @@ def type_changed(old: Any, new: Any) -> bool:
     return kinds.get(type(old), type(old)) is not kinds.get(type(new), type(new))
 
 
+def restore_tuples(fixed: dict, own_values: Mapping[str, Any]) -> None:
+    """Make tuples of the lists in ``fixed`` where the scopes' ``own_values`` are tuples.
+
+    A stored config, a config file and ``-o KEY=[...]`` cannot say tuple: a list given
+    for an entry its scope sets to a tuple is that tuple's new value.
+    """
+    for path, own in own_values.items():
+        value = get_path(fixed, path, _MISSING)
+        if value is not _MISSING:
+            set_path(fixed, path, _tuples_like(own, value))
+
+
+def _tuples_like(own: Any, value: Any) -> Any:
+    if isinstance(own, Mapping) and isinstance(value, dict):
+        return {key: _tuples_like(own.get(key), sub) for key, sub in value.items()}
+    if isinstance(own, (list, tuple)) and isinstance(value, (list, tuple)):
+        items = [_tuples_like(own[i] if i < len(own) else None, v) for i, v in enumerate(value)]
+        return tuple(items) if isinstance(own, tuple) else type(value)(items)
+    return value
+
+
 # --- config dicts -----------------------------------------------------------------
 
 
@@ -300,7 +321,7 @@ class ConfigScope:
                     new = merge(copy.deepcopy(current), value)
                 else:
                     new = copy.deepcopy(value)
-                namespace[key] = placed[key] = new
+                namespace[key] = placed[key] = _tuples_like(current, new)
 
         namespace[_FIX] = fix
         exec(self._code, namespace)  # the scope's own code, compiled from its source

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from expkit.errors import UsageError
-from expkit.observers import columns_to_sacred
+from expkit.observers import RunObserver, columns_to_sacred
 from expkit.serialize import to_data
 from expkit.utils import redact_url
 
@@ -244,7 +244,7 @@ class GuardedStore:
         self.store = store
         self.url = url
         self.factory = factory  # makes another store like this one, to replay old runs
-        self.name = type(store).__name__
+        self.name = store.name if isinstance(store, RunObserver) else type(store).__name__
         self.root = spool_root() / store_key(store, url)
         self.started = False  # the store accepted started_event/queued_event
         self.store_id: Any = None

@@ -21,6 +21,11 @@ class RunObserver:
 
     priority = 0
 
+    @property
+    def name(self) -> str:
+        """What messages about this store call it."""
+        return type(self).__name__
+
     def queued_event(
         self,
         ex_info: dict,

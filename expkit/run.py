@@ -34,6 +34,7 @@ from expkit.configuration import (
     merge,
     nest_dotted,
     normalize,
+    restore_tuples,
     set_path,
     type_changed,
 )
@@ -299,6 +300,7 @@ def resolve_config(
             set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
         else:
             merge(config, entries)
+    restore_tuples(fixed, own_values)
     merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
 
     for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
@@ -386,16 +388,12 @@ def _mongo_url(arg: str) -> str:
 
 def store_for_url(pm: PluginManager, url: str) -> Any:
     """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
-    store = pm.hook.expkit_store_for_url(url=url)
-    if store is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        raise UsageError(
-            f"no store plugin handles {redact_url(url)!r}; known schemes: "
-            f"{', '.join(s + '://' for s in schemes) or 'none'} (or a plain folder path)"
-        )
+    from expkit.store import open_store
+
+    store = open_store(pm, url)
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
-    store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
+    store._expkit_factory = lambda: open_store(pm, url)
     return store
 
 

@@ -31,6 +31,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
+from expkit.store import Query, StoreReader
 from expkit.utils import parse_literal, redact_url
 
 __all__ = [
@@ -156,17 +157,10 @@ def probably_dead(
 
 
 def reader_for_url(store_url: str, plugin_manager: Any = None) -> Any:
-    """The reader a store plugin gives for ``store_url``; a URL nobody reads is a UsageError."""
-    pm = plugin_manager or _default_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=str(store_url))
-    if reader is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        known = ", ".join(s + "://" for s in schemes) or "none"
-        raise UsageError(
-            f"no store plugin reads {redact_url(str(store_url))!r}; "
-            f"known schemes: {known} (or a plain folder path)"
-        )
-    return reader
+    """The reader of the runs at ``store_url``; a URL nobody reads is a UsageError."""
+    from expkit.store import open_reader
+
+    return open_reader(plugin_manager or _default_plugin_manager(), str(store_url))
 
 
 def runs(
@@ -212,9 +206,17 @@ def runs(
 
     reader = reader_for_url(store_url, plugin_manager)
     try:
-        selected = [r for r in reader.list_runs() if keep(r)]
+        if isinstance(reader, StoreReader):
+            query = Query(experiment, frozenset(wanted) if wanted else None, start, end,
+                          tuple(filters), sort, descending, limit)  # fmt: skip
+            candidates, exact = reader.select(query)
+        else:  # a reader of a plugin written before the store layer
+            candidates, exact = list(reader.list_runs()), False
     finally:
         _close(reader)
+    selected = [r for r in candidates if keep(r)]  # a store's selection is checked, too
+    if exact:
+        return selected
     if sort:
         selected = _sorted(selected, sort, descending)
     return selected if limit is None else selected[:limit]

@@ -82,6 +82,8 @@ SETTINGS = _Section(
         # Every call gets its own copy of mutable entries instead: no effect.
         READ_ONLY_CONFIG=False,
         IGNORED_COMMENTS=["^pylint:", "^noinspection", "^noqa", "^type:"],
+        # _rnd is a numpy.random.RandomState instead of a Generator, as in Sacred.
+        NUMPY_RANDOM_LEGACY_API=False,
     ),
     HOST_INFO=_Section(
         INCLUDE_GPU_INFO=True,

@@ -74,7 +74,8 @@ def expkit_addoption(parser: Any) -> None:
         "-f",
         "--force",
         action="store_true",
-        help="allow -o entries no function uses, and changes of an entry's type",
+        help="allow -o entries no function uses, and changes of an entry's type; "
+        "rerun: a stored source that no longer matches its md5",
     )
     group.addoption(
         "--capture",

@@ -77,8 +77,9 @@ def expkit_cmdline_main(config: Any) -> int | None:
 
 
 def _holds_runs(pm: Any, url: str) -> bool:
-    reader = pm.hook.expkit_reader_for_url(url=url)
-    if reader is None:
+    try:
+        reader = reader_for(pm, url)
+    except UsageError:
         return False
     try:
         return any(True for _ in reader.list_runs())

@@ -1011,6 +1011,18 @@ def test_tuple_update_is_a_tuple_in_the_function() -> None:
     assert shape == (32, 32) and type(shape) is tuple
 
 
+def test_a_list_for_a_tuple_entry_is_a_tuple_in_the_function() -> None:
+    # A stored config (expkit rerun), a config file and -o KEY=[...] cannot say tuple.
+    ex = tuple_experiment()
+    run = ex.run(config_updates={"shape": [32, 32], "nested": {"kernel": [5, 5]}})
+    shape, kernel = run.result
+    assert shape == (32, 32) and type(shape) is tuple
+    assert kernel == (5, 5) and type(kernel) is tuple
+    assert type(run.config["shape"]) is tuple
+    unchanged = ex.run(config_updates={"shape": [28, 28]})
+    assert "shape" not in unchanged.config_modifications.modified
+
+
 # --- the script's command line
 
 SCRIPT = textwrap.dedent(

@@ -168,7 +168,7 @@ def test_a_store_down_from_the_start_is_reported_once_and_spooled(
         feed(guard, ex_info)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1
-    assert "store FileStorageObserver failed (started_event" in failures[0]
+    assert f"store {runs} failed (started_event" in failures[0]
     assert str(spool) in failures[0]
     [kept] = spooled_here = pending(spool, store_key(guard.store, str(runs)))
     assert spooled_here[0].meta["started"] is False
@@ -343,7 +343,7 @@ def test_a_spool_that_cannot_be_written_keeps_the_events_in_memory(
     runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
     feed(guard, ex_info)
-    assert "cannot spool the events of store FileStorageObserver" in caplog.text
+    assert f"cannot spool the events of store {runs}" in caplog.text
     runs.unlink()
     assert guard.try_replay()
     assert_whole_run(runs)

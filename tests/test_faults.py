@@ -170,7 +170,7 @@ def test_file_store_back_during_the_run_gets_everything_from_the_runs_own_retry(
     _, err = proc.communicate(timeout=TIMEOUT)
 
     assert proc.returncode == 0, err
-    assert err.count("store FileStorageObserver failed") == 1  # reported once
+    assert err.count("store runs failed") == 1  # reported once
     assert str(tmp_path / "spool") in err
     assert "the spooled events were delivered" in err
     assert_file_run_complete(runs)
@@ -191,7 +191,7 @@ def test_file_store_back_after_the_run_gets_everything_from_expkit_sync(
 
     assert proc.returncode == 0, err  # the store's trouble is not the experiment's
     assert "after 8" in out
-    assert err.count("store FileStorageObserver failed") == 1
+    assert err.count("store runs failed") == 1
     assert f"kept in {tmp_path / 'spool'}" in err
     assert "expkit sync" in err
     [kept] = spooled(tmp_path / "spool")

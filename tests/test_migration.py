@@ -570,6 +570,7 @@ def test_settings_read_and_set_as_in_sacred(monkeypatch: pytest.MonkeyPatch) -> 
             "ENFORCE_KEYS_NO_EQUALS",
             "READ_ONLY_CONFIG",
             "IGNORED_COMMENTS",
+            "NUMPY_RANDOM_LEGACY_API",
         },
         "HOST_INFO": {"INCLUDE_GPU_INFO", "INCLUDE_CPU_INFO", "CAPTURED_ENV"},
         "COMMAND_LINE": {"STRICT_PARSING", "SHOW_DISABLED_OPTIONS"},

@@ -18,8 +18,9 @@ import pytest
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import columns_to_sacred
 from expkit.pluginmanager import create_plugin_manager
+from expkit.store import open_store
 from expkit_plugins import file_store
-from expkit_plugins.file_store import FileStorageObserver, read_run
+from expkit_plugins.file_store import FileStorage, FileStorageObserver, read_run
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0)  # 0 microseconds: must still be written
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250)
@@ -754,18 +755,18 @@ def pm():
 
 @pytest.mark.parametrize("form", ["file://{}", "{}"])
 def test_store_for_url_claims_paths(pm, tmp_path, form):
-    store = pm.hook.expkit_store_for_url(url=form.format(tmp_path / "runs"))
-    assert isinstance(store, FileStorageObserver)
-    assert store.basedir == str(tmp_path / "runs")
-    assert store.priority == 20
+    store = open_store(pm, form.format(tmp_path / "runs"))
+    assert isinstance(store.storage, FileStorage)
+    assert store.storage.basedir == str(tmp_path / "runs")
 
 
 def test_store_for_url_leaves_other_schemes(pm):
-    assert file_store.expkit_store_for_url(url="mongodb://localhost/db") is None
-    assert file_store.expkit_store_for_url(url="tinydb://runs.json") is None
-    assert "file" in [s for schemes in pm.hook.expkit_store_schemes() for s in schemes or ()]
+    [backend] = file_store.expkit_store_backends()
+    assert backend.claims("/some/folder") and backend.claims("file:///some/folder")
+    assert not backend.claims("mongodb://localhost/db")
+    assert not backend.claims("tinydb://runs.json")
     with pytest.raises(UsageError, match="names no folder"):
-        file_store.expkit_store_for_url(url="file://")
+        open_store(pm, "file://")
 
 
 def test_observer_class_from_expkit_observers(pm):

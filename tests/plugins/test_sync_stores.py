@@ -13,6 +13,7 @@ import expkit
 from expkit.observers import RunObserver
 from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
+from expkit.store import open_reader
 from expkit_plugins.file_store import FileStorageObserver
 from expkit_plugins.sync import replay_record
 
@@ -36,7 +37,7 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def read_all(url: str) -> dict[str, RunRecord]:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=url)
+    reader = open_reader(get_plugin_manager(), url)
     try:
         return {str(r.id): reader.get_run(r.id) for r in reader.list_runs()}
     finally:
@@ -45,7 +46,7 @@ def read_all(url: str) -> dict[str, RunRecord]:
 
 
 def source_bytes(url: str, run_id: object, name: str) -> bytes:
-    return get_plugin_manager().hook.expkit_reader_for_url(url=url).read_source(run_id, name)
+    return open_reader(get_plugin_manager(), url).read_source(run_id, name)
 
 
 def assert_copied(src: RunRecord, dst: RunRecord, same_base: bool = True) -> None:
@@ -75,7 +76,7 @@ def test_file_to_tinydb_twice_copies_once(
     assert sorted(copied) == ["1", "2"]
     for run_id in src:
         assert_copied(src[run_id], copied[run_id])
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    reader = open_reader(get_plugin_manager(), dst)
     assert reader.read_artifact("2", "model.txt") == b"weights"
     assert reader.read_source("2", "exp.py") == b"x = 2\n"
 
@@ -140,7 +141,7 @@ def test_resources_keep_the_path_the_run_read(
         assert sorted(copied) == ["1", "2"]
         assert copied["2"].resources == ((original, hashlib.md5(DATA).hexdigest()),)
         assert copied["1"].resources == ()
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    reader = open_reader(get_plugin_manager(), dst)
     try:
         assert reader.read_resource("2", original) == DATA
     finally:
@@ -159,7 +160,7 @@ class SacredStyleObserver(RunObserver):
 
 
 def test_an_observer_written_for_sacred_still_gets_the_resource_file(source: Path) -> None:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=str(source))
+    reader = open_reader(get_plugin_manager(), str(source))
     observer = SacredStyleObserver()
     replay_record(reader, reader.get_run("2"), observer)
     assert observer.resources == [("data.csv", DATA)]
