@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver, utc_datetimes
+from expkit.observers import RunObserver, deprecated_create, utc_datetimes
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import to_data, utcnow
@@ -408,6 +408,11 @@ class MongoObserver(RunObserver):
         self._bind(
             db[runs_name], gridfs.GridFS(db), overwrite, db[metrics_name], failure_dir, priority
         )
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> MongoObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``MongoObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
 
     @classmethod
     def create_from(
@@ -1161,7 +1166,30 @@ def expkit_store_schemes() -> list[str]:
     return list(SCHEMES)
 
 
+class QueuedMongoObserver(MongoObserver):
+    """Sacred's ``QueuedMongoObserver``: a :class:`MongoObserver`, since expkit queues every store.
+
+    Sacred needed it to keep a run going while MongoDB is away. expkit delivers the events
+    of every store through a guard that retries a failing store during the run and spools
+    what it could not write to ``.expkit/spool`` (``expkit sync`` delivers it later), so a
+    plain MongoObserver already does that. ``interval`` and ``retry_interval`` are kept as
+    attributes; the other arguments are MongoObserver's.
+    """
+
+    def __init__(
+        self,
+        interval: float = 20.0,
+        retry_interval: float = 10.0,
+        url: str | None = None,
+        db_name: str = DEFAULT_DB,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, db_name, **kwargs)
+        self.interval = interval
+        self.retry_interval = retry_interval
+
+
 @hookimpl
 def expkit_observer_class(name: str) -> type | None:
-    """``MongoObserver`` for ``from expkit.observers import MongoObserver``."""
-    return MongoObserver if name == "MongoObserver" else None
+    """``MongoObserver`` and ``QueuedMongoObserver`` for ``from expkit.observers import ...``."""
+    return {"MongoObserver": MongoObserver, "QueuedMongoObserver": QueuedMongoObserver}.get(name)
