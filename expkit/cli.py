@@ -154,7 +154,7 @@ def output_closed() -> ExitCode:
     """The reader of the output went away (``expkit runs list | head -1``): stop quietly.
 
     Standard output is pointed at the null device, so that the flush at exit does not
-    fail again; the exit code is that of an interrupted command.
+    fail again. The exit code is 0: the reader took what it wanted, nothing failed.
     """
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -162,7 +162,7 @@ def output_closed() -> ExitCode:
         os.close(devnull)
     except (OSError, ValueError, io.UnsupportedOperation):
         pass  # no file descriptor behind sys.stdout (an in-process caller captures it)
-    return ExitCode.INTERRUPTED
+    return ExitCode.OK
 
 
 def main(args: list[str] | None = None, plugins: Any = ()) -> int:

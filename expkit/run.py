@@ -153,7 +153,7 @@ def gather_experiment_info(experiment: Experiment) -> ExperimentInfo:
                 deps.setdefault(d.name, d)
             repos.extend(r for r in part.get("repositories", ()) if r not in repos)
     return ExperimentInfo(
-        name=experiment.name,
+        name=getattr(experiment, "name", experiment.path),
         base_dir=experiment.base_dir,
         mainfile=experiment.mainfile,
         sources=tuple(sorted(sources.values(), key=lambda s: s.name)),
@@ -174,10 +174,36 @@ class HostInfoGetter:
     name: str
     getter: Callable[[], Any]
 
+    def __call__(self) -> Any:
+        """The entry's value."""
+        return self.getter()
+
+    get_info = __call__
+
 
 def host_info_gatherer(name: str) -> Callable[[Callable[[], Any]], HostInfoGetter]:
     """Decorator for ``Experiment(additional_host_info=[...])``: the result goes under ``name``."""
     return lambda fn: HostInfoGetter(name, fn)
+
+
+# Sacred's older, process-wide way (``@host_info_getter``): name -> function.
+host_info_gatherers: dict[str, Callable[[], Any]] = {}
+
+
+def host_info_getter(func: Callable | None = None, name: str | None = None) -> Any:
+    """Deprecated decorator: record ``func()`` under ``name`` in every run's host info."""
+    import warnings
+
+    if func is None:
+        return lambda f: host_info_getter(f, name=name)
+    warnings.warn(
+        "host_info_getter is deprecated; use @host_info_gatherer(name) with "
+        "Experiment(additional_host_info=[...])",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    host_info_gatherers[name or func.__name__] = func
+    return func
 
 
 def gather_host_info(experiment: Experiment) -> dict:
@@ -185,6 +211,12 @@ def gather_host_info(experiment: Experiment) -> dict:
     info: dict = {}
     for part in experiment.plugin_manager.hook.expkit_host_info(experiment=experiment):
         info.update(part)
+    for name, func in list(host_info_gatherers.items()):
+        if name not in info:  # the built-in entries win, as in Sacred
+            try:
+                info[name] = func()
+            except IgnoreHostInfo:
+                pass
     for getter in experiment.additional_host_info:
         if getter.name in info:
             raise KeyError(f"host info entry {getter.name!r} exists already; choose another name")
@@ -209,11 +241,17 @@ def _named_config(experiment: Experiment, name: str) -> tuple[str, Any]:
     if name in named:
         path = name.rpartition(".")[0] if name not in experiment.named_configs else ""
         return path, named[name]
-    known = ", ".join(named) or "none"
-    raise NamedConfigNotFoundError(
-        f"named config {name!r} not found{suggest(name, named)}: it is neither a named config "
-        f"of the experiment (known: {known}) nor a config file"
-    )
+    raise NamedConfigNotFoundError(name, available_named_configs=tuple(named))
+
+
+def root_logger(experiment: Experiment) -> logging.Logger:
+    """The logger under which a run logs: ``ex.logger`` if set, else the root logger."""
+    return experiment.logger if experiment.logger is not None else logging.getLogger()
+
+
+def _ingredient_logger(base: logging.Logger, path: str) -> logging.Logger:
+    # As in Sacred: the experiment's scopes get the base logger, an ingredient's a child.
+    return base.getChild(path) if path else base
 
 
 def resolve_config(
@@ -223,6 +261,7 @@ def resolve_config(
     command_name: str | None = None,
 ) -> ConfigSummary:
     """Build a run's configuration: updates fixed, named configs in order, then the scopes."""
+    base_logger = root_logger(experiment)
     updates = normalize(nest_dotted(dict(config_updates or {})), "", "the config updates")
     named_result: dict = {}
     for name in named_configs:
@@ -230,6 +269,7 @@ def resolve_config(
         result = conf(
             fixed=get_path(updates, path, {}) if path else updates,
             preset=get_path(named_result, path, {}) if path else named_result,
+            fallback={"_log": _ingredient_logger(base_logger, path)},
         )
         entries = {k: v for k, v in result.config.items() if k != "__doc__"}
         if path:
@@ -242,7 +282,7 @@ def resolve_config(
     own_values: dict = {}  # path -> what the scopes set where a fixed value won
     defined: set[str] = set()  # paths the scopes define
     docs: dict = {}
-    logger = logging.getLogger(experiment.name)
+    logger = base_logger.getChild(experiment.path)
     levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
     for ing, _ in levels:
         base = ing.config_path
@@ -251,6 +291,7 @@ def resolve_config(
             sub.path.rsplit(".", 1)[-1]: copy.deepcopy(get_path(config, sub.config_path, {}))
             for sub in ing.ingredients
         }
+        fallback["_log"] = _ingredient_logger(base_logger, base)
         entries: dict = copy.deepcopy(fixed_here) if not ing.configurations else {}
         for conf in ing.configurations:
             result = conf(fixed=fixed_here, preset=entries, fallback=fallback)
@@ -323,11 +364,7 @@ def check_added_entries(
     unused = sorted(p for p in summary.added if not any(_uses(f, p) for f in functions))
     if unused:
         known = [p for p, _ in flatten(summary) if p not in summary.added]
-        path = unused[0]
-        raise ConfigAddedError(
-            f"added config entry {path!r} = {get_path(summary, path)!r} is not used by any "
-            f"captured function{suggest(path, known)}; pass -f/--force to add it anyway"
-        )
+        raise ConfigAddedError(unused, captured_args=known, config=summary)
 
 
 # --- making a run ---------------------------------------------------------------------
@@ -485,14 +522,15 @@ def create_run(
     ``observers`` are stores to add to the experiment's own ``ex.observers``.
     """
     pm = experiment.plugin_manager
-    if not logging.getLogger().handlers:
+    base_logger = root_logger(experiment)
+    if experiment.logger is None and not base_logger.handlers:
         # As Sacred does: INFO lines like "Started run with ID ..." unless logging is set up.
         logging.basicConfig(handlers=[ConsoleLogHandler()], level=logging.INFO)
     options = _options(options)
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
     if options["--loglevel"] is not None:
-        logging.getLogger().setLevel(_log_level(options["--loglevel"]))
+        base_logger.setLevel(_log_level(options["--loglevel"]))
     if command_name is None:
         raise CommandNotFoundError(
             f"experiment {experiment.name!r} has no main function: decorate one with @ex.main"
@@ -502,10 +540,10 @@ def create_run(
     if not options["--force"]:
         check_added_entries(experiment, summary, [main_function, *experiment.extra_functions()])
         for path in sorted(summary.added):
-            logging.getLogger(experiment.name).warning('Added new config entry: "%s"', path)
+            base_logger.getChild(experiment.path).warning('Added new config entry: "%s"', path)
         for path, (old, new) in summary.typechanged.items():
             if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
-                logging.getLogger(experiment.name).warning(
+                base_logger.getChild(experiment.path).warning(
                     'Changed type of config entry "%s" from %s to %s',
                     path,
                     old.__name__,
@@ -704,7 +742,8 @@ class Run:
         levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
         self.pre_run_hooks = [f for ing, _ in levels for f in ing.pre_run_hooks]
         self.post_run_hooks = [f for ing, _ in levels for f in ing.post_run_hooks]
-        self.run_logger = logging.getLogger(experiment_info.name)
+        self.root_logger = root_logger(experiment)
+        self.run_logger = self.root_logger.getChild(experiment_info.name)
         # Asked before output capture replaces stdout: commands colour their output by it.
         self.stdout_is_terminal = sys.stdout.isatty()
         self._output = CapturedOutput(experiment.captured_out_filter)
@@ -864,23 +903,24 @@ class Run:
         old_handler = _install_sigterm()
         outcome: BaseException | None = None
         try:
+            # Where Sacred warns: before the output capture and the "Running command" line.
+            quiet = self.options.get("--unobserved") or self.debug
+            if not self.observers and not quiet:
+                if not getattr(self.main_function, "unobserved", False):
+                    self.run_logger.warning("No observers have been added to this run")
             if self._capture is not None:
                 self._capture.start()
                 if hasattr(self._capture, "keep"):
                     _LOG_KEEPERS.append(self._capture.keep)
             self.status = RUNNING
             self.start_time = utcnow()
+            self.run_logger.info("Running command '%s'", self.command_name)
             self._send_first("started_event", start_time=self.start_time)
             self._delivery.hook("expkit_run_started")
-            self.run_logger.info("Running command '%s'", self.command_name)
             if self._id is not None:
                 self.run_logger.info('Started run with ID "%s"', self._id)
             else:
                 self.run_logger.info("Started")
-            quiet = self.options.get("--unobserved") or self.debug
-            if not self.observers and not quiet:
-                if not getattr(self.main_function, "unobserved", False):
-                    self.run_logger.warning("No observers have been added to this run")
             self._start_heartbeat()
             for hook_fn in self.pre_run_hooks:
                 hook_fn()

@@ -13,8 +13,34 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# Sacred's errors live in sacred.utils: migrated imports find them here.
+from expkit.errors import (
+    CircularDependencyError,
+    ConfigAddedError,
+    ConfigError,
+    InvalidConfigError,
+    MissingConfigError,
+    NamedConfigNotFoundError,
+    ObserverError,
+    SacredError,
+    SacredInterrupt,
+    SignatureError,
+    TimeoutInterrupt,
+)
+
 __all__ = [
     "CapturedOutput",
+    "CircularDependencyError",
+    "ConfigAddedError",
+    "ConfigError",
+    "InvalidConfigError",
+    "MissingConfigError",
+    "NamedConfigNotFoundError",
+    "ObserverError",
+    "SacredError",
+    "SacredInterrupt",
+    "SignatureError",
+    "TimeoutInterrupt",
     "apply_backspaces_and_linefeeds",
     "file_md5",
     "has_control_chars",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -241,21 +240,10 @@ def expkit_cmdline_main(config: Any) -> int | None:
     url = store_url(config)
     reader = reader_for(config.pluginmanager, url)
     try:
+        # `expkit runs metrics 3 --csv | head`: a closed pipe ends it quietly (expkit.cli).
         return _subcommand(config, reader, url, sub, args[1:], output)
-    except BrokenPipeError:
-        # `expkit runs metrics 3 --csv | head`: the reader has all it wants.
-        _silence_stdout()
-        return ExitCode.OK
     finally:
         close(reader)
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
-    except (OSError, ValueError):
-        pass
 
 
 def help_text(config: Any, sub: str | None = None) -> str:
@@ -407,7 +395,7 @@ def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     rows = [list(row) for row in zip(*(c.cells for c in columns))]
     print(table([c.header for c in columns], rows))
     experiments = {r.experiment for r in records}
-    of = f" of {next(iter(experiments))}" if len(experiments) == 1 else ""
+    of = f" of {printable(next(iter(experiments)))}" if len(experiments) == 1 else ""
     footer = f"{_count(len(records), 'run')}{of} in {where}"
     if hidden:
         footer += f"; not shown: {', '.join(hidden)} (see --wide)"

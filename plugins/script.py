@@ -118,7 +118,7 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
             if not key:
                 raise UsageError(f"update {token!r} has no key; write KEY=VALUE")
             try:
-                config_updates[key] = parse_literal(value.strip())
+                config_updates[key] = _update_value(value.strip())
             except ValueError as exc:
                 raise UsageError(f"update {token!r}: {exc}") from None
         else:
@@ -139,6 +139,23 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
         "named_configs": named_configs,
         "options": options,
     }
+
+
+def _update_value(text: str) -> Any:
+    """A ``with`` value: a Python literal, else the text (an error under STRICT_PARSING)."""
+    from expkit.settings import SETTINGS
+
+    if SETTINGS.COMMAND_LINE.STRICT_PARSING:
+        import ast
+
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(
+                f"{text!r} is not a Python literal (SETTINGS.COMMAND_LINE.STRICT_PARSING is "
+                "on): quote strings, e.g. name='\"text\"'"
+            ) from None
+    return parse_literal(text)
 
 
 def _is_number(token: str) -> bool:

@@ -645,8 +645,10 @@ def test_unknown_named_config_suggests_a_near_miss() -> None:
     with pytest.raises(NamedConfigNotFoundError) as exc:
         resolve_config(ex, {}, ["larg"])
     message = one_line(exc)
-    assert "'larg'" in message
+    assert message.startswith('Named config not found: "larg". Available config values are:')
     assert "did you mean 'large'?" in message
+    assert exc.value.named_config == "larg"
+    assert exc.value.available_named_configs == ("large", "quick")
 
 
 # --- ingredients ----------------------------------------------------------------------

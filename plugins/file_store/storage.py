@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import utc_isoformat_json
+from expkit.observers import deprecated_create, utc_isoformat_json
 from expkit.serialize import dumps, to_data
 from expkit.store import (
     FINAL_STATUSES,
@@ -435,6 +435,11 @@ class FileStorageObserver(StoreObserver):
         super().__init__(storage, priority=priority)
         self.template = template
 
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> FileStorageObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``FileStorageObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FileStorageObserver):
             return self.basedir == other.basedir
@@ -462,6 +467,31 @@ class FileStorageObserver(StoreObserver):
     def info(self) -> dict:
         """The info of the run being recorded, as last saved."""
         return (self.run_entry or {}).get("info") or {}
+
+    def save_json(self, obj: Any, filename: str) -> None:
+        """Write ``obj`` as JSON to ``filename`` in the run folder (Sacred's method)."""
+        with self.storage._lock:
+            _write_atomic(self._target(filename), dumps(obj))
+
+    def save_file(self, filename: str, target_name: str | None = None) -> None:
+        """Copy ``filename`` into the run folder as ``target_name`` (Sacred's method).
+
+        The store's own files (run.json, cout.txt, ...) cannot be replaced this way:
+        that is a :class:`FileExistsError`, as in Sacred.
+        """
+        name = target_name or os.path.basename(filename)
+        if name.casefold() in RESERVED_NAMES:
+            raise FileExistsError(f"{name!r} is written by the file store itself; choose another")
+        if not os.path.isfile(filename):
+            raise UsageError(f"save_file: {filename} is not a file")
+        with self.storage._lock:
+            _copy_atomic(filename, self._target(name))
+
+    def _target(self, name: str) -> str:
+        target = _checked_target(self.storage._current(), name, "file")
+        if target is None:
+            raise UsageError(f"{name!r} is not a file name")
+        return target
 
 
 _INDEXED = frozenset({"status", "result", "meta", "stop_time", "command", "config", "start_time"})

@@ -31,8 +31,8 @@ def expkit_store_backends() -> list[StoreBackend]:
 
 @hookimpl
 def expkit_observer_class(name: str) -> type | None:
-    """``MongoObserver`` for ``from expkit.observers import MongoObserver``."""
-    return __getattr__(name) if name == "MongoObserver" else None
+    """``MongoObserver`` and ``QueuedMongoObserver`` for ``from expkit.observers import ...``."""
+    return __getattr__(name) if name in ("MongoObserver", "QueuedMongoObserver") else None
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.errors import UsageError
-from expkit.observers import utc_datetimes
+from expkit.observers import deprecated_create, utc_datetimes
 from expkit.serialize import to_data, utcnow
 from expkit.store import (
     FINAL_STATUSES,
@@ -833,6 +833,11 @@ class MongoObserver(StoreObserver):
         super().__init__(storage, priority=priority)
 
     @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> MongoObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``MongoObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
+
+    @classmethod
     def create_from(
         cls,
         runs_collection: Collection,
@@ -868,6 +873,29 @@ class MongoObserver(StoreObserver):
     captured_out = property(lambda self: self.storage.captured_out, doc="Output pieces.")
     overwrite = property(lambda self: self.storage.overwrite, doc="The ``_id`` to run into.")
     failure_dir = property(lambda self: self.storage.failure_dir, doc="Where failed ends go.")
+
+
+class QueuedMongoObserver(MongoObserver):
+    """Sacred's ``QueuedMongoObserver``: a :class:`MongoObserver`, since expkit queues every store.
+
+    Sacred needed it to keep a run going while MongoDB is away. expkit delivers the events
+    of every store through a guard that retries a failing store during the run and spools
+    what it could not write to ``.expkit/spool`` (``expkit sync`` delivers it later), so a
+    plain MongoObserver already does that. ``interval`` and ``retry_interval`` are kept as
+    attributes; the other arguments are MongoObserver's.
+    """
+
+    def __init__(
+        self,
+        interval: float = 20.0,
+        retry_interval: float = 10.0,
+        url: str | None = None,
+        db_name: str = DEFAULT_DB,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, db_name, **kwargs)
+        self.interval = interval
+        self.retry_interval = retry_interval
 
 
 class MongoRunReader(StoreReader):

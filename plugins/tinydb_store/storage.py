@@ -40,8 +40,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from expkit.errors import UsageError
-from expkit.observers import utc_isoformat
+from expkit.observers import deprecated_create, utc_isoformat
 from expkit.serialize import parse_time, to_data
 from expkit.store import (
     Storage,
@@ -51,7 +53,7 @@ from expkit.store import (
     StoreReader,
     id_candidates,
 )
-from expkit.utils import replace_file, temp_file_beside
+from expkit.utils import file_md5, replace_file, temp_file_beside
 
 if TYPE_CHECKING:
     from tinydb.table import Document
@@ -284,15 +286,17 @@ class TinyDbStorage(Storage):
                 run_id = uuid.uuid4().hex
             run_id = to_data(run_id)
             self._run_id, self._key, self._metric_keys, self._staged = run_id, None, {}, {}
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot create TinyDB store at {str(self.root)!r}: {exc}"
-                ) from None
+            self.make_folder()
             entry = _entry({**doc, "_id": run_id})
             self._write(run_id, lambda data: self._insert(data, entry))
             return run_id
+
+    def make_folder(self) -> None:
+        """Create the store's folder unless it exists."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create TinyDB store at {str(self.root)!r}: {exc}") from None
 
     def _insert(self, data: dict, entry: dict) -> None:
         runs = data.setdefault("runs", {})
@@ -393,9 +397,9 @@ class TinyDbStorage(Storage):
     def put_file(self, kind: str, file: StoredFile, path: str) -> Any:
         """Copy the file into hashfs; its ref is its hashfs path (and, for an artifact, the
         file's own path first, as Sacred records it)."""
+        if kind == "source":
+            self.make_folder()  # a run's first file
         try:
-            if kind == "source":
-                self.root.mkdir(parents=True, exist_ok=True)  # a run's first file
             relpath = _put_file(self.root, path)
         except OSError as exc:
             raise StoreError(f"cannot keep {kind} {path} in {self.root}: {exc}") from None
@@ -595,10 +599,120 @@ def _time(value: Any) -> Any:
     return value
 
 
+# --- Sacred's views: db, runs, fs ------------------------------------------------
+
+
+@attrs.frozen
+class HashAddress:
+    """Where a stored file lies, as HashFS answers: its md5 ``id`` and its paths."""
+
+    id: str
+    relpath: str  # relative to the hashfs folder, as in HashFS
+    abspath: str
+    is_duplicate: bool = False
+
+
+class HashFiles:
+    """The store's ``hashfs`` folder with the part of HashFS's interface Sacred's users call.
+
+    Files are named by their md5 (HashFS with depth 3, width 2, algorithm md5), so ``file``
+    is an md5 or the path of a file whose content is looked up.
+    """
+
+    depth = 3
+    width = 2
+    algorithm = "md5"
+
+    def __init__(self, store_root: Path) -> None:
+        self._store_root = store_root
+        self.root = str(store_root / HASHFS_DIR)
+
+    def put(self, file: str | os.PathLike) -> HashAddress:
+        """Store the content of ``file`` (once per content)."""
+        existed = self.get(file) is not None
+        self._store_root.mkdir(parents=True, exist_ok=True)
+        relpath = _put_file(self._store_root, os.fspath(file))
+        return self._address(_md5_of(relpath) or "", relpath, existed)
+
+    def get(self, file: str | os.PathLike) -> HashAddress | None:
+        """The stored file with ``file``'s md5, or ``None``."""
+        md5 = self._md5(file)
+        if md5 is None or not (self._store_root / _hashfs_relpath(md5)).is_file():
+            return None
+        return self._address(md5, _hashfs_relpath(md5), True)
+
+    def open(self, file: str | os.PathLike, mode: str = "rb") -> Any:
+        """Open the stored file with ``file``'s md5."""
+        address = self.get(file)
+        if address is None:
+            raise OSError(f"no stored file for {os.fspath(file)!r} in {self.root}")
+        return open(address.abspath, mode)
+
+    def exists(self, file: str | os.PathLike) -> bool:
+        """Whether the content of ``file`` (or the md5 ``file``) is stored."""
+        return self.get(file) is not None
+
+    def _md5(self, file: str | os.PathLike) -> str | None:
+        text = os.fspath(file)
+        if os.path.isfile(text):
+            return file_md5(text)
+        return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+    def _address(self, md5: str, relpath: str, existed: bool) -> HashAddress:
+        return HashAddress(
+            md5, relpath.removeprefix(HASHFS_DIR + "/"), str(self._store_root / relpath), existed
+        )
+
+
+def _read_only_storage() -> type:
+    """A TinyDB storage class that reads the JSON file anew at every query, never writing."""
+    from tinydb.storages import Storage
+
+    class ReadOnlyFile(Storage):
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def read(self) -> dict | None:
+            # The observer replaces the file as a whole: each read sees one complete state.
+            return _parse(self.path) if self.path.exists() else None
+
+        def write(self, data: dict) -> None:
+            raise StoreError(
+                f"{self.path} is read-only through db/runs: the observer alone writes it, "
+                "under its file lock, so that concurrent runs lose nothing"
+            )
+
+    return ReadOnlyFile
+
+
+class _SacredViews:
+    """``db``, ``runs`` and ``fs`` as Sacred's TinyDbObserver and TinyDbReader have them."""
+
+    root: Path
+    db_path: Path
+
+    @property
+    def db(self) -> Any:
+        """The store as a read-only :class:`tinydb.TinyDB`, current at every query."""
+        from tinydb import TinyDB
+
+        return TinyDB(self.db_path, storage=_read_only_storage())
+
+    @property
+    def runs(self) -> Any:
+        """The ``runs`` table (read-only): ``runs.all()``, ``runs.search(Query()...)``."""
+        return self.db.table("runs")
+
+    @property
+    def fs(self) -> HashFiles:
+        """The stored sources, resources and artifacts, by md5 (HashFS's interface)."""
+        return HashFiles(self.root)
+
+
 # --- Sacred's classes -------------------------------------------------------------------
 
 
-class TinyDbObserver(StoreObserver):
+class TinyDbObserver(_SacredViews, StoreObserver):
     """Sacred's TinyDbObserver: runs in ``PATH/metadata.json``, files in ``PATH/hashfs``.
 
     Times are stored as the plain ISO strings of :func:`expkit.serialize.format_time`.
@@ -620,6 +734,52 @@ class TinyDbObserver(StoreObserver):
         db_file: str = DB_FILE,
     ) -> None:
         super().__init__(TinyDbStorage(path, db_file, overwrite), write_interval=write_interval)
+        self.storage.make_folder()  # as Sacred's: the store exists once its observer does
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> TinyDbObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``TinyDbObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
+
+    @classmethod
+    def create_from(
+        cls, db: Any, fs: Any = None, overwrite: Any = None, root: str | os.PathLike | None = None
+    ) -> TinyDbObserver:
+        """An observer writing to an existing ``TinyDB(path)`` and its HashFS (Sacred's).
+
+        expkit writes the JSON file itself, under a file lock, replacing it as a whole:
+        read it afterwards through a new ``TinyDB`` (or :attr:`runs`), not through ``db``.
+        Files go to ``hashfs`` beside the JSON file, where ``fs`` must point if given.
+        """
+        handle = getattr(getattr(db, "storage", None), "_handle", None)
+        name = getattr(handle, "name", None)
+        if not isinstance(name, str):
+            raise UsageError(
+                "TinyDbObserver.create_from needs a TinyDB kept in a JSON file (TinyDB(path)); "
+                "for another storage, use TinyDbObserver(folder)"
+            )
+        db_path = Path(name).resolve()
+        folder = Path(root).resolve() if root is not None else db_path.parent
+        if db_path.parent != folder:
+            raise UsageError(
+                f"TinyDbObserver.create_from: the database {db_path} must lie in root {folder}"
+            )
+        fs_root = getattr(fs, "root", None)
+        if fs_root is not None and Path(fs_root).resolve() != folder / HASHFS_DIR:
+            raise UsageError(
+                f"TinyDbObserver.create_from: files are kept in {folder / HASHFS_DIR}, "
+                f"not in {fs_root}; create the HashFS there"
+            )
+        return cls(folder, overwrite, db_file=db_path.name)
+
+    def __eq__(self, other: object) -> bool:
+        # As Sacred's: two observers of one store are the same store.
+        if isinstance(other, TinyDbObserver):
+            return self.db_path.resolve() == other.db_path.resolve()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((TinyDbObserver, self.db_path.resolve()))
 
     def __repr__(self) -> str:
         return f"TinyDbObserver({str(self.root)!r})"
@@ -644,7 +804,7 @@ class TinyDbRunReader(StoreReader):
     db_path = property(lambda self: self.storage.db_path, doc="The store's JSON file.")
 
 
-class TinyDbReader:
+class TinyDbReader(_SacredViews):
     """Read a store written by :class:`TinyDbObserver` (Sacred's reader, in short)."""
 
     def __init__(self, path: str | os.PathLike = "./runs_db", *, db_file: str = DB_FILE) -> None:
@@ -652,6 +812,10 @@ class TinyDbReader:
         self.db_path = self.root / db_file
         if not self.db_path.is_file():
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
+
+    def search(self, *args: Any, **kwargs: Any) -> list[Document]:
+        """TinyDB's ``search`` over the ``runs`` table (Sacred's reader method)."""
+        return self.runs.search(*args, **kwargs)
 
     def _search(self, table: str, query: Any = None) -> list[Document]:
         # A new TinyDB each time: the observer replaces the file, and an open
