@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, AnyStr
 
 _EPOCH = datetime.datetime(1970, 1, 1)
@@ -211,6 +211,20 @@ def _split_one(t: float) -> tuple[int, int]:
     if us < 0:
         return second - 1, us + 1_000_000
     return second, us
+
+
+def names_from(module: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that finds names in ``module``, imported on first use: a
+    store plugin's light module hands out its classes without importing them at start-up."""
+
+    def find(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return find
 
 
 def __getattr__(name: str) -> Any:

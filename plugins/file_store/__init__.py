@@ -6,13 +6,17 @@ only when a run or a reader uses a file store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from expkit.errors import UsageError
+from expkit.observers import names_from
 from expkit.pluginmanager import hookimpl
 
 if TYPE_CHECKING:
     from expkit.store import Storage, StoreBackend
+
+# ``from expkit_plugins.file_store import FileStorageObserver`` finds it in the storage module.
+__getattr__ = names_from("expkit_plugins.file_store.storage")
 
 
 def folder_of(url: str) -> str | None:
@@ -51,12 +55,3 @@ def expkit_observer_class(name: str) -> type | None:
     from expkit_plugins.file_store.storage import FileStorageObserver
 
     return FileStorageObserver
-
-
-def __getattr__(name: str) -> Any:
-    # ``from expkit_plugins.file_store import FileStorageObserver`` keeps working.
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    return getattr(importlib.import_module("expkit_plugins.file_store.storage"), name)

@@ -7,12 +7,16 @@ with ``expkit[mongo]``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from expkit.observers import names_from
 from expkit.pluginmanager import hookimpl
 
 if TYPE_CHECKING:
     from expkit.store import Storage, StoreBackend
+
+# ``from expkit_plugins.mongo_store import MongoObserver`` finds it in the storage module.
+__getattr__ = names_from("expkit_plugins.mongo_store.storage")
 
 
 def _open(url: str) -> Storage:
@@ -33,12 +37,3 @@ def expkit_store_backends() -> list[StoreBackend]:
 def expkit_observer_class(name: str) -> type | None:
     """``MongoObserver`` and ``QueuedMongoObserver`` for ``from expkit.observers import ...``."""
     return __getattr__(name) if name in ("MongoObserver", "QueuedMongoObserver") else None
-
-
-def __getattr__(name: str) -> Any:
-    # ``from expkit_plugins.mongo_store import MongoObserver`` keeps working.
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    return getattr(importlib.import_module("expkit_plugins.mongo_store.storage"), name)

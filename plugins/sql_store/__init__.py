@@ -7,12 +7,16 @@ only when a run or a reader uses an SQL store; install them with ``expkit[sql]``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from expkit.observers import names_from
 from expkit.pluginmanager import hookimpl
 
 if TYPE_CHECKING:
     from expkit.store import Storage, StoreBackend
+
+# ``from expkit_plugins.sql_store import SqlObserver`` finds it in the storage module.
+__getattr__ = names_from("expkit_plugins.sql_store.storage")
 
 
 def _open(url: str) -> Storage:
@@ -37,11 +41,3 @@ def expkit_observer_class(name: str) -> type | None:
     from expkit_plugins.sql_store.storage import SqlObserver
 
     return SqlObserver
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    return getattr(importlib.import_module("expkit_plugins.sql_store.storage"), name)
