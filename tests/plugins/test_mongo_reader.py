@@ -180,6 +180,31 @@ def test_sacred_documents_without_expkit_fields_are_read(mongo_db, reader):
     assert (record.captured_out, record.info, record.metrics) == ("hello\n", {}, {})
 
 
+def test_damaged_documents_are_read_as_far_as_they_go(mongo_db, reader, caplog):
+    mongo_db.runs.insert_one(
+        {
+            "_id": 1,
+            "experiment": {"name": "odd", "sources": "not a list"},
+            "status": 7,
+            "start_time": "yesterday",
+            "config": [1],
+            "artifacts": ["x", {"no": "name"}],
+            "resources": [[], ["/data.csv"]],
+            "captured_out": 5,
+            "info": "text",
+        }
+    )
+    mongo_db.metrics.insert_one({"run_id": 1, "name": "loss", "steps": 5})
+    [summary] = reader.list_runs()
+    assert (summary.experiment, summary.status, summary.start_time) == ("odd", "UNKNOWN", None)
+    record = reader.get_run("1")
+    assert (record.config, record.artifacts, record.captured_out, record.info) == ({}, (), "", {})
+    assert record.resources == (("/data.csv", ""),)
+    assert record.metrics == {} and "metrics unreadable" in caplog.text
+    with pytest.raises(StoreError, match="'/data.csv' is recorded in .* but not stored"):
+        reader.read_resource(1, "/data.csv")
+
+
 def test_reader_claims_the_urls_of_the_store(pm, mongo_url, tmp_path):
     run_id = run_experiment(mongo_url, tmp_path)
     db_name = mongo_url.rpartition("/")[2].partition("?")[0]

@@ -175,6 +175,32 @@ def test_sacred_era_documents_are_read(root):
     assert stored == {**doc, "meta": {"comment": "from 2020", "tags": ["old"]}}
 
 
+def test_damaged_documents_are_skipped_or_read_as_far_as_they_go(root, tmp_path, caplog):
+    good = run_experiment(root, tmp_path)
+    data = json.loads((root / "metadata.json").read_text())
+    data["runs"]["8"] = "not a run"
+    data["runs"]["9"] = {
+        "_id": "odd",
+        "experiment": 5,
+        "status": 7,
+        "start_time": "yesterday",
+        "config": [1],
+        "artifacts": "x",
+        "resources": {"a": 1},
+    }
+    data["metrics"]["9"] = {"run_id": "odd", "name": "loss", "steps": 5}
+    (root / "metadata.json").write_text(json.dumps(data))
+    reader = TinyDbRunReader(root)
+    runs = reader.list_runs()
+    assert [r.id for r in runs] == [good, "odd"]
+    assert (runs[1].experiment, runs[1].status, runs[1].start_time) == ("", "UNKNOWN", None)
+    assert "skipping a damaged run" in caplog.text
+    odd = reader.get_run("odd")
+    assert (odd.config, odd.artifacts, odd.resources, odd.metrics) == ({}, (), (), {})
+    assert "metrics unreadable" in caplog.text
+    assert reader.get_run(good).metrics["loss"]["steps"] == [0, 1, 2]
+
+
 def test_a_run_is_edited_and_deleted_while_another_records(root, tmp_path):
     first = run_experiment(root, tmp_path, 0.1)
     recording = TinyDbObserver(root)
