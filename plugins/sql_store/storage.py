@@ -184,6 +184,8 @@ class SqlStorage(Storage):
 
     def update(self, doc: dict, changed: frozenset[str]) -> None:
         """One transaction: the changed columns, and the changed lists of files."""
+        if not changed:
+            return  # only metric points were new: append_metrics wrote them
         run_id = _int_id(doc["_id"], self._where)
         values = {field: _column(field, doc.get(field)) for field in changed if field in _COLUMNS}
         with self._lock, self._write("saving the run") as conn:

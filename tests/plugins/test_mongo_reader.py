@@ -201,7 +201,7 @@ def test_damaged_documents_are_read_as_far_as_they_go(mongo_db, reader, caplog):
     assert (record.config, record.artifacts, record.captured_out, record.info) == ({}, (), "", {})
     assert record.resources == (("/data.csv", ""),)
     assert record.metrics == {} and "metrics unreadable" in caplog.text
-    with pytest.raises(StoreError, match="'/data.csv' is recorded in .* but not stored"):
+    with pytest.raises(StoreError, match=r"'/data.csv' is recorded in .* but not stored"):
         reader.read_resource(1, "/data.csv")
 
 
