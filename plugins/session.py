@@ -20,9 +20,11 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
+from expkit.run import FAILED, create_run, format_user_traceback, store_for_url
 from expkit.settings import CAPTURE_MODES
 from expkit.utils import parse_literal
+
+SKIPPED = "SKIPPED"
 
 
 @attrs.define
@@ -38,6 +40,7 @@ class Session:
     store_urls: list[str] = attrs.field(factory=list)
     updates: dict[str, Any] = attrs.field(factory=dict)  # -o and --seed, for every run
     shouldstop: bool = False
+    interrupted: bool = False  # Ctrl-C: the running items were stopped, no more start
 
 
 @hookimpl
@@ -141,10 +144,10 @@ def collect(session: Session) -> None:
             for node in result or ():
                 if isinstance(node, CollectError):
                     session.errors.append(node)
-                elif names is None or node.name in names:
+                elif names is None or node.name in names or node.originalname in names:
                     session.items.append(node)
         if names:
-            found = {i.name for i in session.items if i.path == file}
+            found = {n for i in session.items if i.path == file for n in (i.name, i.originalname)}
             for name in sorted(names - found):
                 raise UsageError(f"no experiment {name!r} in {file.name}")
     before = list(session.items)
@@ -175,10 +178,20 @@ def _stores(session: Session) -> None:
 
 
 def run_item(session: Session, item: Item) -> RunReport:
-    """Run one item with the session's overrides; never raises for the experiment's sake."""
+    """Run one item with the session's overrides; never raises for the experiment's sake.
+
+    A point of a sweep runs with its own entries on top, and ``meta.sweep`` says where it
+    stands in the sweep. Ctrl-C stops the run (stored as INTERRUPTED) and sets
+    ``session.interrupted``.
+    """
+    if item.skip is not None:
+        skip = item.skip
+        return RunReport(
+            item.nodeid, SKIPPED, 0.0, run_id=skip.run_id, result=skip.result, message=skip.reason
+        )
     config = session.config
     option = config.option
-    updates = dict(session.updates)
+    updates = {**session.updates, **item.params}
     capture = option.capture or config.settings.capture
     beat = config.settings.beat_interval
     options = {
@@ -197,6 +210,7 @@ def run_item(session: Session, item: Item) -> RunReport:
             named_configs=list(option.named),
             options=options,
             observers=session.stores,
+            meta_info={"sweep": item.sweep.as_meta()} if item.sweep else None,
         )
     except ExpkitError as exc:
         return RunReport(item.nodeid, "ERROR", time.perf_counter() - start, message=str(exc))
@@ -213,7 +227,7 @@ def run_item(session: Session, item: Item) -> RunReport:
     try:
         run()
     except KeyboardInterrupt:
-        session.shouldstop = True
+        session.shouldstop = session.interrupted = True
     except BaseException as exc:
         if run.status is None:
             # Refused before it started (a seed that is no integer, ...): say why.
@@ -231,30 +245,50 @@ def run_item(session: Session, item: Item) -> RunReport:
         result=run.result,
         message=message,
         longrepr="".join(run.fail_trace) if run.fail_trace else None,
+        metrics=run.latest_metrics(),
     )
+
+
+def fails_session(report: RunReport) -> bool:
+    """Whether ``report`` counts as a failure (for ``-x`` and the exit code)."""
+    return not report.ok and report.status != SKIPPED
 
 
 @hookimpl(trylast=True)
 def expkit_runtestloop(session: Session) -> bool:
     hook = session.config.pluginmanager.hook
     for item in session.items:
+        if item.skip is None:
+            hook.expkit_run_logstart(nodeid=item.nodeid)
         report = run_item(session, item)
         session.reports.append(report)
         hook.expkit_run_logreport(report=report)
-        if session.shouldstop or (session.config.option.exitfirst and not report.ok):
+        if session.shouldstop or (session.config.option.exitfirst and fails_session(report)):
+            session.shouldstop = True
             break
     return True
 
 
 def exit_code(session: Session) -> ExitCode:
     """The exit code that sums up the session."""
-    if session.shouldstop and any(r.status != COMPLETED for r in session.reports[-1:]):
+    if session.interrupted:
         return ExitCode.INTERRUPTED
     if any(r.status == "ERROR" for r in session.reports):
         return ExitCode.USAGE_ERROR
-    if any(not r.ok for r in session.reports):
+    if any(fails_session(r) for r in session.reports):
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
+
+
+@hookimpl
+def expkit_terminal_summary(terminalreporter: Any) -> None:
+    session = terminalreporter.config.session
+    if session is None or not session.shouldstop:
+        return
+    left = len(session.items) - len(session.reports)
+    if left > 0:
+        why = "interrupted" if session.interrupted else "stopped after the first failure (-x)"
+        terminalreporter.write_line(f"{why}: {left} of {len(session.items)} not run")
 
 
 def _configure_logging(verbose: int) -> None:

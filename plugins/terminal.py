@@ -28,7 +28,7 @@ _STATUS_COLOUR = {
     "ERROR": Fore.RED,
     "INTERRUPTED": Fore.YELLOW,
 }
-_ORDER = ["completed", "failed", "error", "interrupted", "deselected"]
+_ORDER = ["completed", "failed", "error", "interrupted", "skipped", "deselected"]
 
 
 class TerminalReporter:
@@ -101,7 +101,7 @@ class TerminalReporter:
     def run_line(self, report: Any, total: int) -> None:
         """One line per finished run: progress, node id, status, id, duration, result."""
         self.done += 1
-        progress = f"[{self.done}/{total}] " if total > 1 else ""
+        progress = f"[{self.done:>{len(str(total))}}/{total}] " if total > 1 else ""
         parts = [f"{progress}{report.nodeid}", report.status]
         if report.run_id is not None:
             parts.append(f"id={report.run_id}")
@@ -125,7 +125,9 @@ class TerminalReporter:
             for report in failed:
                 self.sep("_", report.nodeid, Fore.RED)
                 self.write_line(report.longrepr.rstrip())
-        stored = [str(r.run_id) for r in session.reports if r.run_id is not None]
+        stored = [
+            str(r.run_id) for r in session.reports if r.run_id is not None and r.status != "SKIPPED"
+        ]
         if stored and session.store_urls:
             where = ", ".join(session.store_urls)
             self.write_line(f"stored {len(stored)} run(s) in {where}: id {', '.join(stored)}")
@@ -169,7 +171,7 @@ def _config_lines(item: Any) -> list[str]:
     from expkit.run import resolve_config
 
     try:
-        config = resolve_config(item.experiment)
+        config = resolve_config(item.experiment, item.params or None)
     except Exception as exc:
         return [f"(config cannot be built: {exc})"]
     return [
