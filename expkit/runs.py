@@ -180,6 +180,7 @@ def runs(
     descending: bool = True,
     limit: int | None = None,
     plugin_manager: Any = None,
+    sweep: str | None = None,
 ) -> list[RunRecord]:
     """The runs in ``store_url`` that pass every filter, sorted and cut to ``limit``.
 
@@ -187,8 +188,9 @@ def runs(
     ``experiment`` is a name or a glob pattern. ``status`` is one status or several
     (case does not matter; ``PROBABLY_DEAD`` picks running runs that stopped beating).
     ``since``/``until`` bound the start time (datetimes or ISO text, UTC). ``sort``
-    is a run field or a config key; runs without it come last. The records are
-    summaries: use :func:`get_run` for a run's output and metrics.
+    is a run field or a config key; runs without it come last. ``sweep`` keeps the
+    points of one sweep (its id, as ``expkit run`` prints it, or the start of it).
+    The records are summaries: use :func:`get_run` for a run's output and metrics.
     """
     filters = [parse_filter(where)] if isinstance(where, str) else [parse_filter(w) for w in where]
     wanted = _statuses(status)
@@ -200,6 +202,8 @@ def runs(
 
     def keep(record: RunRecord) -> bool:
         if experiment is not None and not _name_matches(record.experiment, experiment):
+            return False
+        if sweep is not None and not _sweep_id(record).startswith(sweep):
             return False
         if wanted is not None and record.status.upper() not in wanted:
             if not (PROBABLY_DEAD in wanted and probably_dead(record, now)):
@@ -333,6 +337,11 @@ def _naive_utc(t: datetime.datetime) -> datetime.datetime:
     if t.tzinfo is None:
         return t
     return t.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _sweep_id(record: RunRecord) -> str:
+    point = record.meta.get("sweep") if isinstance(record.meta, dict) else None
+    return str(point.get("id", "")) if isinstance(point, dict) else ""
 
 
 def _name_matches(name: str, pattern: str) -> bool:

@@ -218,6 +218,9 @@ def _select(config: Any, url: str, filters: list[str]) -> list[RunRecord]:
 
     sort = config.getoption("sort")
     order = {"sort": sort, "descending": bool(config.getoption("descending"))} if sort else {}
+    sweeps = config.getoption("sweeps") or []  # --sweep ID: the option expkit run sweeps with
+    if len(sweeps) > 1:
+        raise UsageError("expkit runs list takes one --sweep ID")
     return runs(
         url,
         where=filters,
@@ -227,6 +230,7 @@ def _select(config: Any, url: str, filters: list[str]) -> list[RunRecord]:
         until=_parse_time(config.getoption("until"), "--until"),
         limit=config.getoption("limit"),
         plugin_manager=config.pluginmanager,
+        sweep=sweeps[0] if sweeps else None,
         **order,
     )
 

@@ -114,7 +114,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return updates
 
 
-def _updates(config: Any) -> dict[str, Any]:
+def run_updates(config: Any) -> dict[str, Any]:
     """The config updates every run of the session gets: ``-o`` entries and ``--seed``."""
     updates = parse_overrides(config.option.overrides)
     if config.option.seed is not None:
@@ -177,12 +177,12 @@ def _stores(session: Session) -> None:
     session.stores = [store_for_url(config.pluginmanager, url) for url in session.store_urls]
 
 
-def run_item(session: Session, item: Item) -> RunReport:
+def run_item(session: Session, item: Item, meta: dict | None = None) -> RunReport:
     """Run one item with the session's overrides; never raises for the experiment's sake.
 
     A point of a sweep runs with its own entries on top, and ``meta.sweep`` says where it
     stands in the sweep. Ctrl-C stops the run (stored as INTERRUPTED) and sets
-    ``session.interrupted``.
+    ``session.interrupted``. ``meta`` adds entries to the run's ``meta``.
     """
     if item.skip is not None:
         skip = item.skip
@@ -210,7 +210,7 @@ def run_item(session: Session, item: Item) -> RunReport:
             named_configs=list(option.named),
             options=options,
             observers=session.stores,
-            meta_info={"sweep": item.sweep.as_meta()} if item.sweep else None,
+            meta_info={**({"sweep": item.sweep.as_meta()} if item.sweep else {}), **(meta or {})},
         )
     except ExpkitError as exc:
         return RunReport(item.nodeid, "ERROR", time.perf_counter() - start, message=str(exc))
@@ -291,7 +291,7 @@ def expkit_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{why}: {left} of {len(session.items)} not run")
 
 
-def _configure_logging(verbose: int) -> None:
+def configure_logging(verbose: int) -> None:
     # Runs log "Started run ..." at INFO; the reporter says that, so show it only with -v.
     root = logging.getLogger()
     if not root.handlers:
@@ -309,9 +309,9 @@ def expkit_cmdline_main(config: Any) -> int | None:
         return None
     session = Session(config)
     config.session = session
-    _configure_logging(getattr(config.option, "verbose", 0))
+    configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
-    session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
+    session.updates = run_updates(config)  # parsed first: a malformed -o stops before collection
     collect(session)
     if config.option.collect_only:
         code = _collect_only_code(session)
@@ -350,7 +350,7 @@ def _config_command(config: Any) -> int:
     if session.errors:
         raise UsageError(f"cannot collect {config.option.paths[0]}:\n{session.errors[0].message}")
     item = session.items[0]
-    updates = _updates(config)
+    updates = run_updates(config)
     try:
         item.experiment.run(
             "print_config",

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -450,6 +451,8 @@ def mark_completed(config: Any, items: list[Item]) -> None:
 
     done: dict[tuple[str, bool, str], Any] = {}
     for url in store_urls(config):
+        if "://" not in url and not os.path.exists(url):
+            continue  # a file store not made yet holds no runs
         try:
             records = runs(url, status="COMPLETED", sort=None, plugin_manager=config.pluginmanager)
         except UsageError:
@@ -464,7 +467,7 @@ def mark_completed(config: Any, items: list[Item]) -> None:
     if config.option.seed is not None:
         fixed["seed"] = config.option.seed
     named = list(config.option.named)
-    for index, item in enumerate(items):
+    for item in items:
         updates = {**fixed, **item.params}
         try:
             resolved = dict(resolve_config(item.experiment, updates, named))
@@ -474,7 +477,7 @@ def mark_completed(config: Any, items: list[Item]) -> None:
         record = done.get((item.experiment.name, keep_seed, _config_key(resolved, keep_seed)))
         if record is not None:
             reason = f"completed before as run {record.id}"
-            items[index] = attrs.evolve(item, skip=Skip(reason, record.id, record.result))
+            item.skip = Skip(reason, record.id, record.result)
 
 
 def objective(report: Any, key: str | None) -> float | None:
