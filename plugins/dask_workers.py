@@ -328,9 +328,8 @@ class DaskDriver:
         from distributed import as_completed
 
         client.subscribe_topic(self.topic, self._event)
-        spec = client.scatter(
-            session_spec(self.session, shipped_files(self.session)), broadcast=True
-        )
+        # Sent with every point, not scattered: scattered data dies with the workers holding it.
+        spec = session_spec(self.session, shipped_files(self.session))
         rootdir = self.config.rootdir
         futures = {}
         for item in todo:
