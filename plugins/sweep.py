@@ -102,7 +102,7 @@ def parse_sweep(text: str) -> Sweep:
         if name not in _GRID + _RANDOM:
             known = ", ".join(_GRID + _RANDOM)
             raise _error(text, f"unknown function {name}(); use a comma list or one of {known}")
-        args = [_literal(text, part) for part in _split(text, inner)]
+        args = [_literal(text, part) for part in _split(text, inner, call=True)]
         if name in _GRID:
             return Sweep(key, values=tuple(_grid(text, name, args)))
         return Sweep(key, draw=(name, _checked_draw(text, name, args)))
@@ -115,13 +115,13 @@ def _error(text: str, what: str) -> UsageError:
 
 def _balanced(text: str) -> bool:
     try:
-        _split("", text)
+        _split("", text, call=True)
     except UsageError:
         return False
     return True
 
 
-def _split(text: str, values: str) -> list[str]:
+def _split(text: str, values: str, call: bool = False) -> list[str]:
     """``values`` cut at the commas outside brackets and quotes."""
     parts, depth, quote, start = [], [], "", 0
     for i, char in enumerate(values):
@@ -141,6 +141,8 @@ def _split(text: str, values: str) -> list[str]:
     if quote or depth:
         raise _error(text, "a quote or bracket is not closed")
     parts.append(values[start:])
+    if parts == [""] and call:
+        return []  # f()
     if any(not p.strip() for p in parts):
         raise _error(text, "an empty value between commas")
     return [p.strip() for p in parts]
@@ -174,9 +176,10 @@ def _numbers(text: str, name: str, args: list, count: tuple[int, ...], whole: bo
 
 def _grid(text: str, name: str, args: list) -> list:
     if name == "range":
-        values = list(range(*_numbers(text, name, args, (1, 2, 3), whole=True))) if args else []
+        _numbers(text, name, args, (1, 2, 3), whole=True)
         if len(args) == 3 and args[2] == 0:
             raise _error(text, "range() step must not be 0")
+        values = list(range(*args))
     else:
         start, stop, n = _numbers(text, name, args, (3,), whole=False)
         if isinstance(n, float) or n < 1:
