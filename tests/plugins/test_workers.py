@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def test_two_workers_run_points_at_once_each_importing_the_experiment_once(
     assert len(workers) == 2 and workers <= set(imports[1:])
     # The points overlap in time: two ran at once, which is the speed-up of -n 2.
     spans = sorted(_times(r) for r in runs)
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
     # Each run's output is captured and stored as usual.
     assert all(r["cout"].startswith(f"point {r['result']} in ") for r in runs)
 
