@@ -298,8 +298,8 @@ class DaskDriver:
             return Client(cluster)
         try:
             if address.endswith(".json") and os.path.isfile(address):
-                return Client(scheduler_file=address, timeout="10s")
-            return Client(address, timeout="10s")
+                return Client(scheduler_file=address, timeout="5s")
+            return Client(address, timeout="5s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
