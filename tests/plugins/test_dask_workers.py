@@ -204,6 +204,6 @@ def test_a_worker_without_the_folder_runs_the_shipped_files(tmp_path: Path) -> N
 def test_a_file_store_a_worker_cannot_reach_is_refused(tmp_path: Path) -> None:
     from expkit_plugins.dask_workers import _check_stores_reachable
 
-    with pytest.raises(UsageError, match="is not on this worker .* a shared folder"):
+    with pytest.raises(UsageError, match=r"is not on this worker .* a shared folder"):
         _check_stores_reachable((str(tmp_path / "nowhere" / "runs"),), "tcp://10.0.0.7:4000")
     _check_stores_reachable((str(tmp_path), "mongodb://db.example/x"), "tcp://10.0.0.7:4000")
