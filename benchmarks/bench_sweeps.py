@@ -178,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             expkit_run("--dask", "local", "-n", "2"),
             args.repeat,
             every_point_stored,
-        )  # fmt: skip
+        )
     )
     rows.append(
         _measure(
             "dask alone (LocalCluster, 2 workers)",
             lambda: ([python, "dask_alone.py", str(n)], work),
             args.repeat,
-        )  # fmt: skip
+        )
     )
     by_name = {r["name"]: r["median"] for r in rows}
     checks = []
