@@ -10,7 +10,7 @@ import select
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +91,33 @@ def run_script(
     )
 
 
-def run_in_terminal(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, str]:
-    """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output."""
+def run_in_terminal(
+    *args: str,
+    cwd: Path,
+    timeout: float = 60,
+    size: tuple[int, int] | None = None,
+    on_output: Callable[[bytes], None] | None = None,
+    **env: str,
+) -> tuple[int, str]:
+    """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output.
+
+    ``size`` is the terminal's (rows, columns); ``on_output`` sees the bytes as they come;
+    ``env`` adds environment variables.
+    """
     master, slave = os.openpty()
+    if size is not None:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     proc = subprocess.Popen(
         [EXPKIT, *args],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
-        env=child_env(),
+        env=child_env(**env),
     )
     os.close(slave)
     chunks = []
@@ -113,6 +130,8 @@ def run_in_terminal(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, st
             if not data:
                 break
             chunks.append(data)
+            if on_output is not None:
+                on_output(data)
     finally:
         os.close(master)
         proc.wait(timeout=timeout)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import select
-import struct
-import subprocess
-import termios
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import EXPKIT, child_env, run_expkit, write_project
+from cli_helpers import run_expkit, run_in_terminal, write_project
 
 from expkit.nodes import ExitCode
 from expkit_plugins.progress import _Entry, clock, item_line, session_line
@@ -23,7 +16,7 @@ pyte = pytest.importorskip("pyte")
 
 ROWS, COLUMNS = 24, 100
 # The margins (DECSTBM) that keep the live lines out of the scrolling text.
-MARGINS = re.compile(rb"\x1b\[1;\d+r")
+MARGINS = re.compile(r"\x1b\[1;\d+r")
 
 EXP = """\
 import sys
@@ -48,39 +41,23 @@ def exp_train(steps, nap, x, _run):
 
 
 def on_screen(
-    args: list[str], cwd: Path, seen: Callable[[list[str]], bool], timeout: float = 60
-) -> tuple[int, list[str], list[str] | None, bytes]:
+    args: list[str], cwd: Path, seen: Callable[[list[str]], bool]
+) -> tuple[int, list[str], list[str] | None, str]:
     """Run ``expkit ARGS`` on a terminal of ROWS x COLUMNS; the exit code, the last screen,
-    the first screen ``seen`` accepted, and every byte written."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
-    proc = subprocess.Popen(
-        [EXPKIT, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-        env=child_env(TERM="xterm"),
-    )  # fmt: skip
-    os.close(slave)
+    the first screen ``seen`` accepted, and everything written."""
     screen = pyte.Screen(COLUMNS, ROWS)
     stream = pyte.ByteStream(screen)
-    chunks, snapshot = [], None
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if not select.select([master], [], [], 0.5)[0]:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-            stream.feed(data)
-            if snapshot is None and seen([line.rstrip() for line in screen.display]):
-                snapshot = [line.rstrip() for line in screen.display]
-    finally:
-        os.close(master)
-        proc.wait(timeout=timeout)
-    return proc.returncode, [line.rstrip() for line in screen.display], snapshot, b"".join(chunks)
+    snapshots: list[list[str]] = []
+
+    def watch(data: bytes) -> None:
+        stream.feed(data)
+        shown = [line.rstrip() for line in screen.display]
+        if not snapshots and seen(shown):
+            snapshots.append(shown)
+
+    code, out = run_in_terminal(*args, cwd=cwd, size=(ROWS, COLUMNS), on_output=watch, TERM="xterm")
+    final = [line.rstrip() for line in screen.display]
+    return code, final, snapshots[0] if snapshots else None, out
 
 
 @pytest.fixture
@@ -101,8 +78,8 @@ def test_a_single_run_shows_a_bar_its_metrics_and_keeps_its_output_whole(project
     printed = [line for line in final if line.startswith("line ")]
     assert printed == [f"line {i} of a run that prints while the display draws" for i in range(8)]
     # The margins are given back before the closing summary.
-    reset = raw.rfind(b"\x1b[r")
-    assert MARGINS.search(raw) and reset > 0 and b"1 completed" in raw[reset:]
+    reset = raw.rfind("\x1b[r")
+    assert MARGINS.search(raw) and reset > 0 and "1 completed" in raw[reset:]
     assert any(re.match(r"exp_train\.py::exp_train  COMPLETED  \d\.\d\ds  result=0", ln)
                for ln in final)  # fmt: skip
 
@@ -135,7 +112,7 @@ def test_off_with_quiet_and_with_capture_no(project: Path, flag: list[str]) -> N
     )
     assert code == ExitCode.OK
     assert not MARGINS.search(raw)
-    assert b"left" not in raw
+    assert "left" not in raw
 
 
 def test_off_when_piped(project: Path) -> None:
