@@ -79,6 +79,22 @@ def test_two_workers_run_points_at_once_each_importing_the_experiment_once(
 
 
 @pytest.mark.slow
+def test_two_workers_beat_one_process_on_points_that_wait(project: Path) -> None:
+    # Eight points of half a second each: serially at least 4 s of naps, on two workers 2 s.
+    args = ["run", "-u", "-q", "--sweep", "x=0,1,2,4,5,6,7,8"]
+    start = time.perf_counter()
+    serial = run_expkit(*args, cwd=project)
+    serial_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    parallel = run_expkit(*args, "-n", "2", cwd=project)
+    parallel_seconds = time.perf_counter() - start
+    assert serial.returncode == parallel.returncode == ExitCode.OK
+    assert "8 completed" in parallel.stdout
+    assert serial_seconds >= 4.0
+    assert parallel_seconds < serial_seconds
+
+
+@pytest.mark.slow
 def test_a_worker_killed_by_a_signal_fails_its_point_and_is_replaced(project: Path) -> None:
     proc = run_expkit("run", "--sweep", "x=range(8)", "-o", "nap=0.3", "-n", "2", cwd=project)
     assert proc.returncode == ExitCode.RUNS_FAILED, proc.stdout + proc.stderr
