@@ -63,9 +63,15 @@ def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> Ru
         session.current = (point.nodeid, token)  # type: ignore[attr-defined]
         _running[token] = threading.get_ident()
         meta = {"dask": {"token": token, "worker": worker.address, "try": tries}}
+        # As on the driver's machine, a run starts in the folder expkit was started in (or
+        # its copy here). Points run one at a time per process (the lock); give expkit
+        # workers of their own (--nthreads 1) when other work shares the cluster.
+        cwd = os.getcwd()
         try:
+            os.chdir(session.config.invocation_dir)
             return session.run(point, meta)
         finally:
+            os.chdir(cwd)
             _running.pop(token, None)
             session.current = None  # type: ignore[attr-defined]
 

@@ -154,6 +154,16 @@ def stored_runs(store: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def stored_runs_so_far(store: Path) -> list[dict[str, Any]]:
+    """:func:`stored_runs` of a store being written to: ``[]`` while a run is half made."""
+    if not store.exists():
+        return []
+    try:
+        return stored_runs(store)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def only_run(store: Path) -> dict[str, Any]:
     """The one run of a file store (fails when there is not exactly one)."""
     runs = stored_runs(store)

@@ -12,7 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import child_env, error_lines, run_expkit, stored_runs, write_project
+from cli_helpers import (
+    child_env,
+    error_lines,
+    run_expkit,
+    stored_runs,
+    stored_runs_so_far,
+    write_project,
+)
 
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode, SweepPoint
@@ -135,6 +142,42 @@ def test_a_lost_workers_point_is_tried_once_more_and_never_stored_twice(
     for run in runs:
         if run["status"] == "FAILED":
             assert run["fail_trace"] == ["its Dask worker was lost\n"]
+
+
+HOLD = """\
+import time
+from pathlib import Path
+
+def exp_hold(x=0):
+    deadline = time.time() + 60
+    while Path("hold").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return x
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_the_point_running_on_a_worker(
+    tmp_path: Path, scheduler_file: Path
+) -> None:
+    project = write_project(tmp_path / "held", {"exp_hold.py": HOLD})
+    (project / "hold").write_text("")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("expkit")), "run", "--sweep", "x=1,2,3",
+         "--dask", str(scheduler_file)],
+        cwd=project, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if any(r["status"] == "RUNNING" for r in stored_runs_so_far(project / "runs")):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, out + err
+    (run,) = stored_runs(project / "runs")  # one worker thread: one point had started
+    assert run["status"] == "INTERRUPTED"
+    assert "interrupted: 2 of 3 not run" in out
 
 
 @pytest.mark.slow

@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import EXPKIT, child_env, error_lines, run_expkit, stored_runs, write_project
+from cli_helpers import (
+    EXPKIT,
+    child_env,
+    error_lines,
+    run_expkit,
+    stored_runs,
+    stored_runs_so_far,
+    write_project,
+)
 
 from expkit.nodes import ExitCode
 
@@ -145,13 +153,7 @@ def test_ctrl_c_interrupts_the_running_points_and_skip_completed_finishes(
 
 
 def _runs(project: Path) -> list[dict]:
-    store = project / "runs"
-    if not store.exists():
-        return []
-    try:
-        return stored_runs(store)
-    except (FileNotFoundError, ValueError):  # a run folder being written
-        return []
+    return stored_runs_so_far(project / "runs")
 
 
 def test_n_takes_a_number_or_auto(project: Path) -> None:
