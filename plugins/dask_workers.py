@@ -213,7 +213,7 @@ def interrupt_running() -> int:
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
-    parser.getgroup("sweeps").addoption(
+    parser.getgroup("sweeps", "sweeps and parallel runs").addoption(
         "--dask",
         default=None,
         metavar="ADDRESS",

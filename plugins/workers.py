@@ -249,7 +249,7 @@ def _send_status(session: WorkerSession, current: dict, send: Any) -> None:
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
-    parser.getgroup("sweeps").addoption(
+    parser.getgroup("sweeps", "sweeps and parallel runs").addoption(
         "-n",
         "--numprocesses",
         dest="numprocesses",
