@@ -50,6 +50,8 @@ def _expkit_config(config: Any) -> Any:
         expkit_config.pluginmanager.hook.expkit_configure.call_historic(
             kwargs={"config": expkit_config}
         )
+        # One test per experiment: a parametrized one runs once, with its first values.
+        expkit_config.option.sweep_plan = None
         config.stash[_CONFIG_KEY] = expkit_config
     return config.stash[_CONFIG_KEY]
 

@@ -55,7 +55,7 @@ def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> Ru
         session = _session(spec, worker, topic)
         if isinstance(session, str):
             return RunReport(point.nodeid, "ERROR", 0.0, message=session)
-        tries = _count_try(token)
+        tries = _count_try(worker, token)
         if tries > 1:
             earlier = _earlier_try(session, point, token, tries)
             if earlier is not None:
@@ -145,13 +145,15 @@ def _check_stores_reachable(urls: tuple[str, ...], where: str) -> None:
             )
 
 
-def _count_try(token: str) -> int:
+def _count_try(worker: Any, token: str) -> int:
     """How many times this point was started, this time included (kept by the scheduler)."""
-    from distributed import get_client
+    from distributed.utils import sync
 
-    client = get_client()
-    tries = int(client.get_metadata([_TOPIC, token], 0)) + 1
-    client.set_metadata([_TOPIC, token], tries)
+    keys = [_TOPIC, token]
+    tries = int(sync(worker.loop, worker.scheduler.get_metadata, keys=keys, default=0)) + 1
+    # Not waited for: it reaches the scheduler long before the run could lose its worker, and
+    # the store, not this count, is what keeps a point from being stored twice as COMPLETED.
+    worker.loop.add_callback(worker.scheduler.set_metadata, keys=keys, value=tries)
     return tries
 
 

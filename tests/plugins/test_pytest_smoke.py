@@ -29,8 +29,14 @@ PROJECT = {
             raise ValueError("broken on purpose")
         """,
     "sub/exp_plain.py": """\
+        import expkit
+
         def exp_plain(size=3):
             return size
+
+        @expkit.parametrize("n", [1, 2, 3])
+        def exp_swept(n):
+            assert n == 1
         """,
     "tests/test_unit.py": """\
         def test_unit():
@@ -56,9 +62,10 @@ def test_smoke_runs_each_experiment_once_with_its_smoke_config(project: Path) ->
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "PASSED exp_models.py::exp_train" in proc.stdout
     assert "PASSED sub/exp_plain.py::exp_plain" in proc.stdout
+    assert "PASSED sub/exp_plain.py::exp_swept" in proc.stdout  # once, with its first value
     assert "PASSED tests/test_unit.py::test_unit" in proc.stdout
     assert "FAILED exp_models.py::exp_broken - ValueError: broken on purpose" in proc.stdout
-    assert "1 failed, 3 passed" in proc.stdout
+    assert "1 failed, 4 passed" in proc.stdout
     assert not (project / "runs").exists()  # unobserved: nothing stored
 
 
