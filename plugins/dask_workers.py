@@ -14,26 +14,19 @@ running again, so no point is ever stored twice as COMPLETED. The ``distributed`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expkit.errors import UsageError
 from expkit.nodes import LiveStatus, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit_plugins.workers import (
-    PointSpec,
-    SessionSpec,
-    ShippedFile,
-    WorkerSession,
-    mark_stored,
-    point_spec,
-    session_spec,
-)
+from expkit_plugins.workers import WorkerSession, mark_stored, point_spec, session_spec
+
+if TYPE_CHECKING:
+    from expkit.remote import PointSpec, SessionSpec, ShippedFile
 
 # Tries of one point: the first and one more after its worker was lost.
 MAX_TRIES = 2
@@ -115,6 +108,7 @@ def materialize(spec: SessionSpec) -> Path:
 
     if all(same(f) for f in spec.files):
         return root
+    import hashlib
     import tempfile
 
     digest = hashlib.sha1(repr(sorted((f.path, f.md5) for f in spec.files)).encode()).hexdigest()
@@ -248,6 +242,7 @@ def expkit_runtestloop(session: Any) -> bool | None:
 
 def shipped_files(session: Any) -> tuple[ShippedFile, ...]:
     """The project files the items need: their files, expconf.py files, their local imports."""
+    from expkit.remote import ShippedFile
     from expkit.run import gather_experiment_info
     from expkit.utils import file_md5
 
@@ -284,6 +279,8 @@ class DaskDriver:
         self.session = session
         self.config = session.config
         self.hook = session.config.pluginmanager.hook
+        import uuid
+
         self.topic = f"{_TOPIC}-{uuid.uuid4().hex}"
         self.started: dict[str, Any] = {}  # token -> run id
         self.stopping = False
@@ -340,6 +337,8 @@ class DaskDriver:
         spec = session_spec(self.session, shipped_files(self.session))
         rootdir = self.config.rootdir
         futures = {}
+        import uuid
+
         for item in todo:
             token = uuid.uuid4().hex
             future = client.submit(

@@ -12,7 +12,6 @@ comma list of ``-o``-style literals, ``range(a[,b[,step]])``, ``linspace(a,b,n)`
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 import json
 import math
@@ -311,6 +310,8 @@ def expand(item: Item, plan: SweepPlan, fixed: dict[str, Any], named: list[str])
 
 def _sweep_id(nodeid: str, fixed: dict, named: list[str], points: list[dict]) -> str:
     # The same command gives the same id: a sweep resumed with --skip-completed stays one.
+    import hashlib
+
     text = json.dumps([nodeid, to_data(fixed), named, to_data(points)], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 

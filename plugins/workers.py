@@ -7,7 +7,8 @@ item to whichever worker is free. A worker that dies (a signal, ``os._exit``, th
 killer) has its item reported and stored as FAILED and is replaced. Ctrl-C stops the
 handing out, interrupts the running items (stored as INTERRUPTED) and exits with 2.
 
-:class:`WorkerSession` is also what a Dask worker runs points with (``--dask``).
+:class:`WorkerSession` is also what a Dask worker runs points with (``--dask``); what the
+driver sends a worker (:mod:`expkit.remote`) is imported only when ``-n`` or ``--dask`` is used.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from expkit.errors import UsageError
-from expkit.nodes import CollectError, Item, LiveStatus, RunReport, SweepPoint
+from expkit.nodes import CollectError, Item, LiveStatus, RunReport
 from expkit.pluginmanager import hookimpl
+
+if TYPE_CHECKING:
+    from expkit.remote import PointSpec, SessionSpec, ShippedFile
 
 # How often a worker sends the live status of its running item.
 STATUS_INTERVAL = 1.0
@@ -32,39 +36,10 @@ STATUS_INTERVAL = 1.0
 INTERRUPT_GRACE = 10.0
 
 
-@attrs.frozen
-class ShippedFile:
-    """A file of the project sent to workers that do not share the folder."""
-
-    path: str  # relative to the root, with forward slashes
-    md5: str
-    content: bytes
-
-
-@attrs.frozen
-class SessionSpec:
-    """What a worker needs to run items as the driver would."""
-
-    args: tuple[str, ...]  # the command line after ``run``, as typed
-    invocation_dir: str
-    rootdir: str
-    store_urls: tuple[str, ...]  # resolved by the driver; empty with -u
-    files: tuple[ShippedFile, ...] = ()  # only for workers that may not share the folder
-
-
-@attrs.frozen
-class PointSpec:
-    """One item to run: its experiment (file and name) and, for a point, its values."""
-
-    path: str  # the experiment file, relative to the root
-    name: str  # the experiment's own name (without [...])
-    nodeid: str
-    params: dict = attrs.field(factory=dict)
-    sweep: SweepPoint | None = None
-
-
 def point_spec(item: Item, rootdir: Path) -> PointSpec:
-    """The :class:`PointSpec` of ``item``."""
+    """The :class:`~expkit.remote.PointSpec` of ``item``."""
+    from expkit.remote import PointSpec
+
     path = item.path.resolve()
     try:
         relative = path.relative_to(rootdir.resolve()).as_posix()
@@ -74,7 +49,9 @@ def point_spec(item: Item, rootdir: Path) -> PointSpec:
 
 
 def session_spec(session: Any, files: tuple[ShippedFile, ...] = ()) -> SessionSpec:
-    """The :class:`SessionSpec` of the driver's ``session``."""
+    """The :class:`~expkit.remote.SessionSpec` of the driver's ``session``."""
+    from expkit.remote import SessionSpec
+
     config = session.config
     urls: tuple[str, ...] = ()
     if not config.option.unobserved:

@@ -208,8 +208,8 @@ def test_n_with_a_scheduler_address_is_a_usage_error(project: Path) -> None:
 
 
 def _spec_of(project: Path, store: Path):
+    from expkit.remote import SessionSpec, ShippedFile
     from expkit.utils import file_md5
-    from expkit_plugins.workers import SessionSpec, ShippedFile
 
     files = tuple(
         ShippedFile(p.name, file_md5(str(p)), p.read_bytes())
@@ -220,8 +220,9 @@ def _spec_of(project: Path, store: Path):
 
 
 def test_a_worker_without_the_folder_runs_the_shipped_files(tmp_path: Path) -> None:
+    from expkit.remote import PointSpec
     from expkit_plugins.dask_workers import materialize
-    from expkit_plugins.workers import PointSpec, WorkerSession
+    from expkit_plugins.workers import WorkerSession
 
     project = write_project(tmp_path / "driver", {"exp_point.py": EXP})
     store = tmp_path / "shared-store"
