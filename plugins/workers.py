@@ -402,10 +402,16 @@ class Driver:
             self._hand_out(worker)
 
     def _hand_out(self, worker: _Worker) -> None:
-        if self.pending and not self.stopping:
-            worker.item = self.pending.popleft()
-            self.hook.expkit_run_logstart(nodeid=worker.item.nodeid)
-            worker.conn.send(("run", point_spec(worker.item, self.config.rootdir)))
+        if not self.pending or self.stopping:
+            return
+        item = self.pending.popleft()
+        try:
+            worker.conn.send(("run", point_spec(item, self.config.rootdir)))
+        except OSError:  # it died meanwhile: the end of its socket tells, and it is replaced
+            self.pending.appendleft(item)
+            return
+        worker.item = item
+        self.hook.expkit_run_logstart(nodeid=item.nodeid)
 
     def _report(self, report: RunReport) -> None:
         from expkit_plugins.session import fails_session
