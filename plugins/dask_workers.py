@@ -351,10 +351,11 @@ class DaskDriver:
                 pure=False,
             )
             futures[future] = (item, token)
-        pending = as_completed(futures)
+        # Results are fetched as the tasks finish, side by side, not one request per turn.
+        pending = as_completed(futures, with_results=True, raise_errors=False)
         try:
-            for future in pending:
-                self._finished(future, *futures[future])
+            for future, result in pending:
+                self._finished(result, *futures[future])
                 if self.stopping:
                     left = [f for f in futures if not f.done()]
                     client.cancel(left)
@@ -362,19 +363,18 @@ class DaskDriver:
         except KeyboardInterrupt:
             self._interrupt(client, futures)
 
-    def _finished(self, future: Any, item: Any, token: str) -> None:
+    def _finished(self, result: Any, item: Any, token: str) -> None:
+        """Report a finished task: its RunReport, or the exception Dask gave instead."""
         from distributed import CancelledError
 
-        try:
-            report = future.result()
-        except CancelledError:
+        if isinstance(result, CancelledError):
             return
-        except Exception as exc:  # KilledWorker after the scheduler gave up, or a lost task
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if isinstance(result, BaseException):  # KilledWorker when the scheduler gave up
+            message = f"{type(result).__name__}: {result}".splitlines()[0]
             run_id = self.started.get(token)
             mark_stored(self._urls(), self.config, run_id, "FAILED", message)
-            report = RunReport(item.nodeid, "FAILED", 0.0, run_id, message=message)
-        self._report(report)
+            result = RunReport(item.nodeid, "FAILED", 0.0, run_id, message=message)
+        self._report(result)
 
     def _urls(self) -> tuple[str, ...]:
         return session_spec(self.session).store_urls
@@ -417,7 +417,7 @@ class DaskDriver:
         for future in running:
             item, token = futures[future]
             if future in done and future.status == "finished":
-                self._finished(future, item, token)
+                self._finished(future.result(), item, token)
             elif token in self.started:
                 message = "interrupted; its Dask task did not stop in time"
                 mark_stored(self._urls(), self.config, self.started[token], "INTERRUPTED", message)
