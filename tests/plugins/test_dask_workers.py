@@ -67,11 +67,10 @@ def _end(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture
-def scheduler_file(tmp_path: Path) -> Iterator[Path]:
-    """A Dask scheduler and one worker (one process, one thread) on 127.0.0.1."""
-    folder = tmp_path / "dask"
-    folder.mkdir()
+@pytest.fixture(scope="module")
+def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Dask scheduler and one worker (one process, one thread) on 127.0.0.1, for this file."""
+    folder = tmp_path_factory.mktemp("dask")
     file = folder / "scheduler.json"
     scheduler = _start(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(file),
