@@ -226,6 +226,23 @@ def test_the_best_by_a_key_of_a_dict_result(tmp_path: Path) -> None:
     assert "best (highest acc): [a=1] acc=1" in proc.stdout, proc.stdout
 
 
+def test_the_best_by_a_metrics_last_value(tmp_path: Path) -> None:
+    write_project(
+        tmp_path,
+        {
+            "exp_m.py": """\
+                def exp_m(_run, a=1):
+                    for step in range(3):
+                        _run.log_scalar("loss", a * (3 - step))
+                """
+        },
+    )
+    proc = run_expkit("run", "-u", "--sweep", "a=3,1,2", "--objective", "loss", cwd=tmp_path)
+    assert "best (lowest loss): [a=1] loss=1" in proc.stdout, proc.stdout
+    (best,) = _lines(proc.stdout, r"<- best")
+    assert re.match(r"1\s+1\s+COMPLETED\s+1\s+<- best", best), best
+
+
 def test_collect_only_lists_every_point_and_runs_nothing(project: Path) -> None:
     proc = run_expkit(
         "--collect-only", "-q", "exp_svm.py::exp_svm", "--sweep", "C=logspace(-1,1,3)", cwd=project
