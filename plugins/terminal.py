@@ -163,7 +163,7 @@ def _stopped(session: Any, not_run: int) -> str:
     """Why the session ended early, and how many experiments it did not run."""
     what = f"{not_run} experiment{'s' if not_run != 1 else ''} not run"
     failed = sum(1 for r in session.reports if not r.ok)
-    if session.config.option.exitfirst and failed and not session.shouldstop:
+    if session.config.option.exitfirst and failed and not session.interrupted:
         return f"stopping after {failed} failure{'s' if failed != 1 else ''} (-x): {what}"
     return f"interrupted: {what}"
 

@@ -201,3 +201,12 @@ def isolated_imports(root: Path) -> Iterator[None]:
         sys.path[:] = path
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+def point_pid(run: dict[str, Any]) -> str:
+    """The process id a test experiment printed as ``point X in PID`` (log lines around it)."""
+    import re
+
+    found = re.search(r"^point \S+ in (\d+)$", run["cout"], re.M)
+    assert found, run["cout"]
+    return found.group(1)

@@ -341,7 +341,7 @@ def test_exitfirst_stops_and_says_how_many_did_not_run(project: Path) -> None:
     )
     assert proc.returncode == ExitCode.RUNS_FAILED
     assert len(_lines(proc.stdout, r"^\[\d/4\]")) == 2
-    assert "stopped after the first failure (-x): 2 of 4 not run" in proc.stdout
+    assert "stopping after 1 failure (-x): 2 experiments not run" in proc.stdout
 
 
 def test_runs_list_sweep_lists_one_sweep(project: Path) -> None:
