@@ -486,8 +486,10 @@ def dumps(value: Any) -> str:
         return json.dumps(_tag_floats(data), allow_nan=False, separators=(",", ":"))
 
 
-def loads(text: str) -> Any:
-    """The inverse of :func:`dumps`."""
+def loads(text: str | bytes) -> Any:
+    """The inverse of :func:`dumps` (psycopg hands JSONB over as bytes)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8")
     data = json.loads(text)
     return _untag_floats(data) if '"$float"' in text else data
 
