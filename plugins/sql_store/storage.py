@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -244,14 +245,21 @@ class SqlStorage(Storage):
         """Every run's summary row, in id order."""
         columns = [runs.c[name] for name in _SUMMARY]
         with self._read("listing runs") as conn:
-            rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
+            try:
+                rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
+            except (ValueError, TypeError):  # a damaged value: read the runs one at a time
+                ids = conn.execute(sa.select(runs.c.id).order_by(runs.c.id)).scalars().all()
+                rows = [self._salvage(conn, ident, _SUMMARY) for ident in ids]
         return [_summary_doc(row) for row in rows]
 
     def load(self, run_id: Any) -> dict:
         """The run's row and its files' rows, as the layer's document."""
         ident = _lookup_id(run_id, self._where)
         with self._read(f"reading run {ident}") as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == ident)).first()
+            try:
+                row = conn.execute(sa.select(runs).where(runs.c.id == ident)).first()
+            except (ValueError, TypeError):  # a damaged value
+                row = self._salvage(conn, ident, tuple(runs.c.keys()))
             if row is None:
                 raise KeyError(f"no run {run_id!r} in {self._where}")
             files = {
@@ -324,6 +332,20 @@ class SqlStorage(Storage):
         self.engine.dispose()
 
     # --- helpers ---
+
+    def _salvage(self, conn: sa.Connection, ident: int, names: tuple[str, ...]) -> Any:
+        """The run's row as far as its values can be read, column by column (``None`` for
+        a value that cannot), each damaged value named in a warning."""
+        values = {}
+        for name in names:
+            try:
+                values[name] = conn.execute(
+                    sa.select(runs.c[name]).where(runs.c.id == ident)
+                ).scalar()
+            except (ValueError, TypeError) as exc:
+                log.warning("run %s in %s: its %s is damaged (%s)", ident, self._where, name, exc)
+                values[name] = None
+        return types.SimpleNamespace(**values)
 
     def _output(self, text: str) -> dict:
         """The update of ``captured_out``: appended to when it extends what is stored."""
