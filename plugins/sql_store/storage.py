@@ -39,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.compiler import compiles
 
 from expkit.errors import UsageError
 from expkit.serialize import to_data
@@ -53,7 +54,21 @@ DEFAULT_SQL_PRIORITY = 40  # Sacred's
 _SQLITE_BUSY_MS = 60_000
 _CONNECT_TIMEOUT = 5
 
-_json = sa.JSON().with_variant(pg.JSONB(), "postgresql")
+
+class _Json(sa.JSON):
+    """A JSON column, declared ``JSON_TEXT`` in SQLite (see :func:`_sqlite_json`)."""
+
+    cache_ok = True
+
+
+@compiles(_Json, "sqlite")
+def _sqlite_json(type_: _Json, compiler: Any, **kw: Any) -> str:
+    # SQLite's own JSON declaration has numeric affinity: it would store the text of a
+    # top-level 1.0 as the integer 1 and of 2**64 as a float. "TEXT" keeps the text.
+    return "JSON_TEXT"
+
+
+_json = _Json().with_variant(pg.JSONB(), "postgresql")
 metadata = sa.MetaData()
 schema = sa.Table("expkit_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 runs = sa.Table(
