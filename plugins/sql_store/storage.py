@@ -309,7 +309,7 @@ class SqlStorage(Storage):
             for name, step, value, t in conn.execute(query):
                 series = out.setdefault(name, {"steps": [], "values": [], "timestamps": []})
                 series["steps"].append(step)
-                series["values"].append(value)
+                series["values"].append(math.nan if value is None else value)
                 series["timestamps"].append(t)
         return out
 
@@ -597,13 +597,15 @@ def _summary_doc(row: Any) -> dict:
 
 
 def _number(value: Any) -> float | None:
-    """A metric value as a float column holds it; ``None`` for what is no number."""
-    if type(value) is float:
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    """A metric value as the float column holds it: NULL (``None``) for NaN and for what
+    is no number (SQLite stores NaN as NULL anyway; PostgreSQL would rank it above every
+    number in a filter), read back as NaN."""
+    if type(value) is not float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+    return value if value == value else None
 
 
 def _int_id(value: Any, where: str) -> int:
