@@ -141,6 +141,12 @@ _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format
             "result", "meta", "host", "info", "fail_trace")  # fmt: skip
 _SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", "heartbeat",
             "config", "result", "meta")  # fmt: skip
+# PostgreSQL: the id sequence moved past every stored id, never back (to ids of deleted runs).
+_PG_SEQUENCE_PAST_IDS = """
+SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(
+    (SELECT max(id) FROM runs),
+    COALESCE(pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0)))
+"""
 
 
 class SqlStorage(Storage):
@@ -173,9 +179,16 @@ class SqlStorage(Storage):
                 run_id = conn.execute(runs.insert().values(row)).inserted_primary_key[0]
             else:
                 run_id = _int_id(wanted, self._where)
+                postgres = conn.dialect.name == "postgresql"
+                if postgres:  # no other run is stored until the id sequence is moved on
+                    conn.execute(sa.text("LOCK TABLE runs IN SHARE ROW EXCLUSIVE MODE"))
                 old = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
                 if old is None:
                     conn.execute(runs.insert().values(id=run_id, **row))
+                    if postgres:
+                        # PostgreSQL's sequence would hand out this id again (SQLite's
+                        # AUTOINCREMENT keeps past the largest id itself).
+                        conn.execute(sa.text(_PG_SEQUENCE_PAST_IDS))
                 elif old.status == "QUEUED":  # a queued run starts under its id
                     conn.execute(runs.update().where(runs.c.id == run_id).values(row))
                     for table in (*_FILE_TABLES.values(), metrics):
