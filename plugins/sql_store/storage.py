@@ -158,6 +158,7 @@ class SqlStorage(Storage):
         self.url = url
         self._where = redact_url(url)
         self.engine = engine if engine is not None else _engine(url, echo)
+        self._secret = _secret(self.engine.url)
         self._ready = False
         self._lock = threading.RLock()
         self._cout_len = 0
@@ -173,6 +174,7 @@ class SqlStorage(Storage):
         row = _row(doc)
         row["experiment"] = _name(doc)
         row["experiment_info"] = _experiment_info(doc)
+        row = _hidden(row, self._secret)
         with self._lock, self._write("storing the run") as conn:
             wanted = doc.get("_id")
             if wanted is None:
@@ -215,6 +217,7 @@ class SqlStorage(Storage):
         """One transaction: the changed columns, and the changed lists of files."""
         run_id = _int_id(doc["_id"], self._where)
         values = {field: _column(field, doc.get(field)) for field in changed if field in _COLUMNS}
+        values = _hidden(values, self._secret)
         with self._lock, self._write("saving the run") as conn:
             if "captured_out" in changed:
                 values.update(self._output(doc.get("captured_out") or ""))
@@ -226,7 +229,10 @@ class SqlStorage(Storage):
                 if kind + "s" in changed:
                     table = _FILE_TABLES[kind]
                     conn.execute(table.delete().where(table.c.run_id == run_id))
-                    rows = [_file_row(kind, run_id, f) for f in doc.get(kind + "s") or ()]
+                    rows = [
+                        _hidden(_file_row(kind, run_id, f), self._secret)
+                        for f in doc.get(kind + "s") or ()
+                    ]
                     if rows:
                         conn.execute(table.insert(), rows)
         if "captured_out" in changed:
@@ -377,10 +383,13 @@ class SqlStorage(Storage):
 
     def _output(self, text: str) -> dict:
         """The update of ``captured_out``: appended to when it extends what is stored."""
-        written, tail = self._cout_len, self._cout_tail
+        written, tail, secret = self._cout_len, self._cout_tail, self._secret
         if written and len(text) >= written and text[written - len(tail) : written] == tail:
-            return {"captured_out": sa.func.coalesce(runs.c.captured_out, "") + text[written:]}
-        return {"captured_out": text}
+            # Appended to, unless the password runs across the end of what is stored.
+            if not secret or not _across(text, secret, written):
+                new = _hidden(text[written:], secret)
+                return {"captured_out": sa.func.coalesce(runs.c.captured_out, "") + new}
+        return {"captured_out": _hidden(text, secret)}
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[sa.Connection]:
@@ -607,6 +616,35 @@ def _summary_doc(row: Any) -> dict:
     doc["_id"] = row.id
     doc["experiment"] = {"name": row.experiment}
     return doc
+
+
+def _secret(url: sa.URL) -> str:
+    """The password of the database URL: never written to the tables (see :func:`_hidden`)."""
+    password = url.password or url.query.get("password") or ""
+    password = password if isinstance(password, str) else ""
+    return password if len(password) >= 4 else ""  # shorter ones would hide too much text
+
+
+def _hidden(value: Any, secret: str) -> Any:
+    """``value`` with ``secret`` replaced by ``***`` in every string it holds.
+
+    A run may print its database URL or keep it in its config; the password must still
+    not end up in a database that others read.
+    """
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***") if secret in value else value
+    if isinstance(value, dict):
+        return {key: _hidden(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hidden(item, secret) for item in value]
+    return value
+
+
+def _across(text: str, secret: str, at: int) -> bool:
+    """Whether ``secret`` occurs in ``text`` starting before ``at`` and ending after it."""
+    return text.find(secret, at - len(secret) + 1, at + len(secret) - 1) >= 0
 
 
 def _number(value: Any) -> float | None:
