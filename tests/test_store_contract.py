@@ -252,10 +252,14 @@ def test_a_run_is_read_back_as_it_was_recorded(store: Store, ex_info: dict, proj
     assert summary.captured_out is None and summary.metrics is None  # left to get_run
 
 
-def test_every_end_of_a_run_is_kept_with_its_status(store: Store, ex_info: dict):
+def test_every_end_of_a_run_is_kept_with_its_status(store: Store, ex_info: dict, tmp_path: Path):
     obs = store.observer()  # one observer records one run after the other
     ended = start(obs, ex_info, config={"run": "completed"})
     assert [r.status for r in store.listed()] == ["RUNNING"]
+    (tmp_path / "model.bin").write_bytes(b"\x00\x01")
+    obs.artifact_event(name="model.bin", filename=str(tmp_path / "model.bin"))
+    send_metrics(obs, {"loss": column([0], [1.0])})
+    obs.heartbeat_event(info={"k": 1}, captured_out="first\n", beat_time=T1, result=None)
     obs.completed_event(stop_time=T1, result=None)
     failed = start(obs, ex_info, config={"run": "failed"})
     trace = ["Traceback (most recent call last):\n", "ValueError: diverged\n"]
@@ -279,6 +283,9 @@ def test_every_end_of_a_run_is_kept_with_its_status(store: Store, ex_info: dict)
     record = store.get(failed)
     assert (record.fail_trace, record.stop_time) == (trace, T2)
     assert store.get(ended).result is None and store.get(running).stop_time is None
+    # Nothing of the first run carries over to the next ones of the same observer.
+    assert (record.artifacts, record.info, record.metrics, record.captured_out) == ((), {}, {}, "")
+    assert store.get(ended).artifacts == ("model.bin",)
 
 
 def test_a_queued_run_is_kept_with_what_it_needs_to_run(store: Store, ex_info: dict):
@@ -312,6 +319,8 @@ def test_heartbeats_keep_the_latest_output_info_and_result(store: Store, ex_info
         # Sacred's filter drew the progress bar over itself: stored text rewritten.
         ("epoch 1\nepoch 2\n" + log + "100%\ndone\n", {"epoch": 3}, 0.25),
         ("epoch 1\nepoch 2\n" + log + "100%\ndone\nsaved\n", {"epoch": 3}, 0.25),
+        ("capturing turned off\n", {"epoch": 3}, 0.25),  # a filter that replaced it all
+        ("capturing turned off\nback on\n", {"epoch": 3}, 0.25),
     ]
     for number, (out, info, result) in enumerate(beats):
         beat = T0 + datetime.timedelta(seconds=number + 1)
@@ -569,6 +578,26 @@ def test_unknown_runs_are_key_errors(store: Store, ex_info: dict):
             reader.get_run(missing)
     with pytest.raises(KeyError):
         reader.read_source(999, "exp.py")
+    with pytest.raises(KeyError):
+        reader.read_resource(999, "/data/x.csv")
+
+
+def test_unknown_files_of_a_run_are_key_errors(store: Store, ex_info: dict, tmp_path: Path):
+    data = tmp_path / "data.csv"
+    data.write_text("x\n")
+    obs = store.observer()
+    run_id = start(obs, ex_info)
+    obs.resource_event(str(data))
+    obs.artifact_event(name="model.bin", filename=str(data))
+    obs.completed_event(stop_time=T1, result=None)
+    reader = store.reader()
+    for read, name in (
+        (reader.read_source, "other.py"),
+        (reader.read_artifact, "other.bin"),
+        (reader.read_resource, str(tmp_path / "other.csv")),
+    ):
+        with pytest.raises(KeyError):
+            read(run_id, name)
 
 
 # --- damaged runs, deleting and editing --------------------------------------------------------
