@@ -29,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
+import run
 from run import _interleave, _job, _machine, _median, _row, _script, _snapshot, _table
 
 HERE = Path(__file__).resolve().parent
@@ -36,53 +37,25 @@ FULL_SIZES = {"points": 200_000, "list_runs": 10_000, "big_list": 100_000}
 QUICK_SIZES = {"points": 2_000, "list_runs": 300, "big_list": 1_000}
 BATCH = 1_000  # MLflow's log_batch takes at most 1,000 metrics a call
 
-# One text per experiment; only the package differs between Sacred and expkit.
+
+def _with_sql(text: str) -> str:
+    """An experiment of ``run.py`` with Sacred's ``SqlObserver`` on ``runs.db`` added."""
+    text = text.replace(
+        "from PKG import Experiment\n",
+        "from PKG import Experiment\nfrom PKG.observers import SqlObserver\n",
+    )
+    head, sep, rest = text.partition("\nex = Experiment(")
+    line, newline, rest = rest.partition("\n")
+    return (
+        f'{head}{sep}{line}\nex.observers.append(SqlObserver("sqlite:///runs.db")){newline}{rest}'
+    )
+
+
+# One text per experiment; only the package differs between Sacred and expkit. The first
+# two are run.py's P1 and P3 experiments.
 EXPERIMENTS = {
-    "exp_noop.py": """\
-from PKG import Experiment
-from PKG.observers import SqlObserver
-
-ex = Experiment("noop")
-ex.observers.append(SqlObserver("sqlite:///runs.db"))
-
-
-@ex.config
-def cfg():
-    a = 1
-    b = "two"
-
-
-@ex.main
-def main(a, b):
-    return a
-
-
-if __name__ == "__main__":
-    ex.run_commandline()
-""",
-    "exp_metrics.py": """\
-from PKG import Experiment
-from PKG.observers import SqlObserver
-
-ex = Experiment("metrics")
-ex.observers.append(SqlObserver("sqlite:///runs.db"))
-
-
-@ex.config
-def cfg():
-    n = 1000
-
-
-@ex.main
-def main(n, _run):
-    for step in range(n):
-        _run.log_scalar("loss", 1.0 / (step + 1), step)
-    return n
-
-
-if __name__ == "__main__":
-    ex.run_commandline()
-""",
+    "exp_noop.py": _with_sql(run.EXPERIMENTS["exp_noop.py"]),
+    "exp_metrics.py": _with_sql(run.EXPERIMENTS["exp_metrics.py"]),
     "exp_fit.py": """\
 from PKG import Experiment
 from PKG.observers import SqlObserver

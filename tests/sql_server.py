@@ -164,3 +164,21 @@ class PostgresServer:
             raise subprocess.CalledProcessError(
                 done.returncode, [name, *args], done.stdout, done.stderr + self.log()[-2000:]
             )
+
+
+def tables_text(url: str) -> str:
+    """Every row of every table of the PostgreSQL database at ``url``, as text."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        tables = [name for (name,) in conn.execute(query)]
+        rows = [conn.execute(f"SELECT t::text FROM {table} t").fetchall() for table in tables]
+    return "\n".join(str(text) for part in rows for (text,) in part)
+
+
+def password_of(url: str) -> str:
+    """The password in a database URL (percent-decoded), or ``""``."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(url).password or "")

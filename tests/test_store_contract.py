@@ -17,15 +17,21 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import EXPKIT, child_env, run_expkit, write_project
+from cli_helpers import (
+    RUN_AT_GO,
+    assert_not_printed,
+    run_at_once,
+    run_expkit,
+    start_expkit,
+    write_project,
+)
+from sql_server import password_of, tables_text
 
 import expkit
 from expkit.delivery import SpooledRun, replay
@@ -510,44 +516,15 @@ def test_a_given_id_is_kept_and_a_taken_one_refused(store: Store, ex_info: dict)
     assert len(store.listed()) == 2
 
 
-_WORKER = """
-import datetime, os, sys, time
-from expkit.pluginmanager import get_plugin_manager
-from expkit.store import open_store
-
-url, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-obs = open_store(get_plugin_manager(), url)
-while not os.path.exists(go):
-    time.sleep(0.002)
-info = {"name": "concurrent", "base_dir": os.getcwd(), "sources": [], "dependencies": [],
-        "repositories": [], "mainfile": None}
-now = datetime.datetime(2024, 5, 1, 12, 0, n)
-run_id = obs.started_event(info, "main", {"hostname": "h"}, now, {"worker": n}, {}, None)
-obs.heartbeat_event({"n": n}, f"worker {n}\\n", now, None)
-obs.completed_event(now, n)
-print(run_id)
-"""
-
-
 @pytest.mark.slow
 def test_runs_started_at_once_by_many_processes_get_distinct_ids(store: Store, tmp_path: Path):
     go, workers = tmp_path / "go", 8
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, store.url, str(go), str(n)],
-            cwd=tmp_path,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(workers)
+    commands = [
+        [sys.executable, "-c", RUN_AT_GO, store.url, str(go), str(n)] for n in range(workers)
     ]
-    time.sleep(1.0)  # every worker has opened the store and waits
-    go.touch()
-    outputs = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [0] * workers, [err for _, err in outputs]
-    ids = [out.strip() for out, _ in outputs]
+    done = run_at_once(commands, tmp_path, go)
+    assert [d.returncode for d in done] == [0] * workers, [d.stderr for d in done]
+    ids = [d.stdout.strip() for d in done]
     assert len(set(ids)) == workers
     listed = store.listed()
     assert sorted(str(r.id) for r in listed) == sorted(ids)
@@ -816,18 +793,16 @@ def test_expkit_run_records_into_the_store_and_runs_reads_it_back(store: Store, 
 
 @pytest.mark.slow
 def test_an_interrupted_process_is_recorded_as_interrupted(store: Store, experiment: Path):
-    proc = subprocess.Popen(
-        [EXPKIT, "run", "exp_contract.py", "-o", "wait=60.0", "--store", store.url],
+    proc = start_expkit(
+        "run",
+        "exp_contract.py",
+        "-o",
+        "wait=60.0",
+        "--store",
+        store.url,
         cwd=experiment,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        until="waiting",
     )
-    line = ""
-    while "waiting" not in line:
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 2
@@ -854,32 +829,12 @@ def _stored_text(store: Store) -> str:
             for name in db.list_collection_names():
                 parts += [json_util.dumps(doc) for doc in db[name].find()]
         return "\n".join(parts)
-    import psycopg
-
-    with psycopg.connect(store.url) as conn:
-        tables = [
-            row[0]
-            for row in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            )
-        ]
-        assert "runs" in tables
-        return "\n".join(
-            str(row[0])
-            for table in tables
-            for row in conn.execute(f"SELECT t::text FROM {table} t")
-        )
-
-
-def _password(url: str) -> str:
-    from urllib.parse import unquote, urlsplit
-
-    return unquote(urlsplit(url).password or "")
+    return tables_text(store.url)
 
 
 @pytest.mark.slow
 def test_the_password_of_the_url_is_never_stored_or_printed(secured: Store, experiment: Path):
-    password = _password(secured.url)
+    password = password_of(secured.url)
     if not password:
         pytest.skip("the server given in the environment takes no password")
     args = ["--store", secured.url]
@@ -910,10 +865,4 @@ def test_the_password_of_the_url_is_never_stored_or_printed(secured: Store, expe
     assert "not-the-password" not in str(failed.value)
     assert "\n" not in str(failed.value).strip()
 
-    leaks = [line for line in (done.stdout + done.stderr).splitlines() if password in line]
-    if leaks and all(line.startswith("stored 1 run(s) in ") for line in leaks):
-        pytest.xfail(
-            "expkit run's closing line 'stored N run(s) in URL' (plugins/terminal.py) shows "
-            "the password: fixed on the branch of issue 10 point 3"
-        )
-    assert leaks == []
+    assert_not_printed(password, done.stdout, done.stderr)

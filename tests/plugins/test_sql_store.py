@@ -12,14 +12,22 @@ import datetime
 import json
 import math
 import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import EXPKIT, child_env, error_lines, run_expkit, run_script, write_project
+from cli_helpers import (
+    RUN_AT_GO,
+    assert_not_printed,
+    error_lines,
+    run_at_once,
+    run_expkit,
+    run_script,
+    start_expkit,
+    write_project,
+)
+from sql_server import password_of, tables_text
 
 sa = pytest.importorskip("sqlalchemy")
 
@@ -126,40 +134,14 @@ def test_sqlite_runs_in_wal_mode(db: Path):
     assert rows(db, "PRAGMA journal_mode") == [("wal",)]
 
 
-_CREATOR = """
-import datetime, os, sys, time
-from expkit_plugins.sql_store.storage import SqlObserver
-
-url, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-obs = SqlObserver(url)
-while not os.path.exists(go):
-    time.sleep(0.002)
-info = {"name": "racer", "base_dir": os.getcwd(), "sources": []}
-run_id = obs.started_event(info, "main", {}, datetime.datetime(2024, 5, 1), {"n": n}, {}, None)
-obs.completed_event(datetime.datetime(2024, 5, 1), n)
-print(run_id)
-"""
-
-
 @pytest.mark.slow
 def test_many_processes_making_the_tables_at_once_all_succeed(url: str, tmp_path: Path):
     go, workers = tmp_path / "go", 12
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CREATOR, url, str(go), str(n)],
-            cwd=tmp_path,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(workers)
-    ]
-    time.sleep(1.5)  # every process has imported SQLAlchemy and waits; no table exists yet
-    go.touch()
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * workers, [err for _, err in outputs]
-    assert sorted(int(out) for out, _ in outputs) == list(range(1, workers + 1))
+    # Every process has imported SQLAlchemy and waits; no table exists yet.
+    commands = [[sys.executable, "-c", RUN_AT_GO, url, str(go), str(n)] for n in range(workers)]
+    done = run_at_once(commands, tmp_path, go)
+    assert [d.returncode for d in done] == [0] * workers, [d.stderr for d in done]
+    assert sorted(int(d.stdout) for d in done) == list(range(1, workers + 1))
     assert sorted(r.result for r in read(url)) == list(range(workers))
 
 
@@ -429,19 +411,9 @@ def test_sync_from_a_file_store_to_sqlite_and_back(project: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_fifty_concurrent_runs_are_all_stored_once(url: str, script: Path):
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), url, "with", f"n={n}", "steps=20"],
-            cwd=script.parent,
-            env=child_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(50)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 50, [err[-500:] for _, err in outputs]
+    commands = [[sys.executable, str(script), url, "with", f"n={n}", "steps=20"] for n in range(50)]
+    done = run_at_once(commands, script.parent)
+    assert [d.returncode for d in done] == [0] * 50, [d.stderr[-500:] for d in done]
     runs = read(url)
     assert len(runs) == 50 and len({r.id for r in runs}) == 50
     assert sorted(r.config["n"] for r in runs) == list(range(50))
@@ -459,30 +431,8 @@ def test_fifty_concurrent_runs_are_all_stored_once(url: str, script: Path):
 # --- passwords ------------------------------------------------------------------------------------
 
 
-def _password(url: str) -> str:
-    return sa.engine.make_url(url).password or ""
-
-
-def _tables_text(url: str) -> str:
-    """Every row of every table of the PostgreSQL database at ``url``, as text."""
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            )
-        ]
-        return "\n".join(
-            str(text)
-            for table in tables
-            for (text,) in conn.execute(f"SELECT t::text FROM {table} t")
-        )
-
-
 def test_the_password_of_the_url_is_never_written_to_the_tables(postgres_url: str, tmp_path: Path):
-    password = _password(postgres_url)
+    password = password_of(postgres_url)
     if len(password) < 4:
         pytest.skip("the server given in the environment takes no password")
     obs = SqlObserver(postgres_url)
@@ -497,7 +447,7 @@ def test_the_password_of_the_url_is_never_written_to_the_tables(postgres_url: st
     obs.artifact_event("notes.txt", str(tmp_path / "notes.txt"), metadata={"db": postgres_url})
     obs.failed_event(T1, [f"OperationalError: {postgres_url}\n"])
 
-    stored = _tables_text(postgres_url)
+    stored = tables_text(postgres_url)
     assert "line 299" in stored and "***" in stored
     assert password not in stored
     record = read(postgres_url, run_id)
@@ -527,43 +477,19 @@ def exp_slow(steps, wait, _run):
 """
 
 
-def _leaks(password: str, *outputs: str) -> list[str]:
-    return [line for out in outputs for line in out.splitlines() if password in line]
-
-
-def _xfail_closing_line(leaks: list[str]) -> None:
-    """The closing line of ``expkit run`` shows the URL as given: fixed on another branch."""
-    if leaks and all(line.startswith("stored 1 run(s) in ") for line in leaks):
-        pytest.xfail(
-            "expkit run's closing line 'stored N run(s) in URL' (plugins/terminal.py) shows "
-            "the password: fixed on the branch of issue 10 point 3"
-        )
-
-
 @pytest.mark.slow
 def test_postgresql_stopped_mid_run_then_sync_delivers_every_point_once(
     local_postgres: Any, postgres_url: str, tmp_path: Path, spool: Path
 ):
     project = write_project(tmp_path / "proj", {"exp_slow.py": _SLOW})
-    proc = subprocess.Popen(
-        [EXPKIT, "run", "exp_slow.py", "--store", postgres_url],
-        cwd=project,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = ""
-    while "started" not in line:
-        line = proc.stdout.readline()
-        assert line or proc.poll() is None, proc.stderr.read()
+    proc = start_expkit("run", "exp_slow.py", "--store", postgres_url, cwd=project, until="started")
     local_postgres.stop()  # the database goes away while the run logs
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err  # the run itself is not hurt
     assert "finished" in out
     [folder] = [p for p in spool.iterdir() if p.is_dir()]
     assert any(folder.iterdir())  # the run waits there
-    password = _password(postgres_url)
+    password = password_of(postgres_url)
     spooled = b"".join(p.read_bytes() for p in spool.rglob("*") if p.is_file())
     assert b"loss" in spooled and password.encode() not in spooled
 
@@ -577,15 +503,13 @@ def test_postgresql_stopped_mid_run_then_sync_delivers_every_point_once(
     assert record.metrics["loss"]["steps"] == list(range(60))  # each point once
     assert record.metrics["loss"]["values"] == [1 / (s + 1) for s in range(60)]
     assert "started\n" in record.captured_out and "finished\n" in record.captured_out
-    assert password not in _tables_text(postgres_url)
-    leaks = _leaks(password, out, err, synced.stdout, synced.stderr)
-    _xfail_closing_line(leaks)
-    assert leaks == []
+    assert password not in tables_text(postgres_url)
+    assert_not_printed(password, out, err, synced.stdout, synced.stderr)
 
 
 @pytest.mark.slow
 def test_a_password_in_the_url_is_never_printed_or_stored(postgres_url: str, tmp_path: Path):
-    password = _password(postgres_url)
+    password = password_of(postgres_url)
     if not password:
         pytest.skip("the server given in the environment takes no password")
     project = write_project(tmp_path / "proj", {"exp_fit.py": _EXPERIMENT})
@@ -604,8 +528,6 @@ def test_a_password_in_the_url_is_never_printed_or_stored(postgres_url: str, tmp
         outputs += [done.stdout, done.stderr]
     assert "result: identical" in outputs[6]  # rerun's report
     assert [r.id for r in read(postgres_url)] == [1, 2]
-    assert password not in _tables_text(postgres_url)
+    assert password not in tables_text(postgres_url)
     assert password not in (tmp_path / "copy.db").read_bytes().decode("latin-1")
-    leaks = _leaks(password, *outputs)
-    _xfail_closing_line(leaks)
-    assert leaks == []
+    assert_not_printed(password, *outputs)
