@@ -72,7 +72,13 @@ class PostgresServer:
             if shutil.which("runuser") is None:
                 raise RuntimeError("running as root needs runuser (util-linux) to start PostgreSQL")
             # initdb refuses root: the cluster belongs to the postgres user.
-            shutil.chown(self.root, user=_SERVER_USER, group=_SERVER_USER)
+            try:
+                shutil.chown(self.root, user=_SERVER_USER, group=_SERVER_USER)
+            except LookupError:
+                raise RuntimeError(
+                    f"running as root needs the user {_SERVER_USER!r} (Debian's postgresql "
+                    "package makes it) to own the test cluster"
+                ) from None
             self._as_server_user = ["runuser", "-u", _SERVER_USER, "--"]
 
     # --- life cycle ------------------------------------------------------------
