@@ -10,6 +10,7 @@ import select
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,87 @@ def point_pid(run: dict[str, Any]) -> str:
     found = re.search(r"^point \S+ in (\d+)$", run["cout"], re.M)
     assert found, run["cout"]
     return found.group(1)
+
+
+def start_expkit(*args: str, cwd: Path, until: str) -> subprocess.Popen[str]:
+    """Start the real ``expkit`` in ``cwd`` and return once its output showed ``until``."""
+    proc = subprocess.Popen(
+        [EXPKIT, *args],
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = ""
+    while until not in line:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line or proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+    return proc
+
+
+def assert_not_printed(secret: str, *outputs: str) -> None:
+    """Fail when ``secret`` is in any of ``outputs``.
+
+    Until the branch of issue 10 point 3 is merged, ``expkit run``'s closing line
+    "stored N run(s) in URL" shows the URL as given: that one leak is an expected failure.
+    """
+    import pytest
+
+    leaks = [line for out in outputs for line in out.splitlines() if secret in line]
+    if leaks and all(line.startswith("stored ") and " run(s) in " in line for line in leaks):
+        pytest.xfail(
+            "expkit run's closing line 'stored N run(s) in URL' (plugins/terminal.py) shows "
+            "the password: fixed on the branch of issue 10 point 3"
+        )
+    assert leaks == []
+
+
+def run_at_once(
+    commands: list[list[str]], cwd: Path, go: Path | None = None, timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``commands`` as concurrent processes and wait for them all.
+
+    With ``go``, the commands are expected to wait for that file: it is created once every
+    process had time to start, so that their work begins at the same moment.
+    """
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    if go is not None:
+        time.sleep(1.5)  # long enough for the interpreters to start and import what they need
+        go.touch()
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+# `python -c RUN_AT_GO URL GO N`: opens the store at URL, waits for the file GO, then records
+# the run of worker N (config {"worker": N}, output "worker N\n", result N) and prints its id.
+RUN_AT_GO = """
+import datetime, os, sys, time
+from expkit.pluginmanager import get_plugin_manager
+from expkit.store import open_store
+
+url, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+obs = open_store(get_plugin_manager(), url)
+while not os.path.exists(go):
+    time.sleep(0.002)
+info = {"name": "concurrent", "base_dir": os.getcwd(), "sources": [], "dependencies": [],
+        "repositories": [], "mainfile": None}
+now = datetime.datetime(2024, 5, 1, 12, 0, n)
+run_id = obs.started_event(info, "main", {"hostname": "h"}, now, {"worker": n}, {}, None)
+obs.heartbeat_event({"n": n}, f"worker {n}\\n", now, None)
+obs.completed_event(now, n)
+print(run_id)
+"""

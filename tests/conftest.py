@@ -13,6 +13,7 @@ import pytest
 if TYPE_CHECKING:
     from http_server import RecordingServer
     from mongo_server import MemoryMongo
+    from sql_server import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +110,53 @@ def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- PostgreSQL: a throwaway cluster of sql_server.py, or EXPKIT_TEST_POSTGRES_URL's -----------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """The suite's own PostgreSQL cluster, or None when EXPKIT_TEST_POSTGRES_URL names a server."""
+    pytest.importorskip("psycopg")
+    if os.environ.get("EXPKIT_TEST_POSTGRES_URL"):
+        yield None
+        return
+    from sql_server import PostgresServer, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql)")
+    with PostgresServer(bindir) as server:
+        yield server
+
+
+@pytest.fixture
+def local_postgres(postgres_server: PostgresServer | None) -> PostgresServer:
+    """The suite's own cluster, for tests that stop it or read its files."""
+    if postgres_server is None:
+        pytest.skip("needs the cluster of tests/sql_server.py, not EXPKIT_TEST_POSTGRES_URL")
+    return postgres_server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer | None) -> Iterator[str]:
+    """The URL (with a password) of a fresh database, dropped after the test."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    if postgres_server is None:
+        server_url = make_url(os.environ["EXPKIT_TEST_POSTGRES_URL"])
+    else:
+        server_url = make_url(postgres_server.url())
+    db = f"expkit_test_{uuid.uuid4().hex[:12]}"
+    admin = server_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # Copying the template's files is much faster than logging them (PostgreSQL 15+).
+        quick = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
+        conn.execute(f"CREATE DATABASE {db}{quick}")
+    yield server_url.set(database=db).render_as_string(hide_password=False)
+    if postgres_server is not None and not postgres_server.running:
+        postgres_server.resume()  # a test that stopped the server gives it back
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

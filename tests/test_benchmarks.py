@@ -47,3 +47,32 @@ def test_without_sacred_it_says_so_and_exits_2() -> None:
     assert done.stdout.strip().splitlines() == [
         "benchmarks: sacred is not importable; install it with `pip install sacred==0.8.7`"
     ]
+
+
+BENCH_SQL = RUN.with_name("bench_sql.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("sqlalchemy") is None, reason="needs expkit[sql]")
+def test_sql_quick_run_measures_expkit_and_names_missing_peers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH_SQL), "--quick", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "results_sql.json").read_text())
+    assert (report["mode"], report["failures"]) == ("quick", [])
+    rows = {row["id"]: row for row in report["rows"]}
+    assert rows.keys() == {"S1", "S2", "M1", "M1-rate", "L1", "L2", "L2-filter"}
+    for ident in ("S1", "S2", "M1", "L1", "L2", "L2-filter"):
+        assert isinstance(rows[ident]["expkit"], float), rows[ident]
+    peers = {"S1": "sacred", "S2": "sacred", "M1": "mlflow", "L1": "mlflow"}
+    for ident, peer in peers.items():
+        installed = importlib.util.find_spec(peer) is not None
+        assert isinstance(rows[ident]["sacred"], float if installed else str), rows[ident]
+    assert (
+        "| L2 `expkit runs list` over 1,000 runs in SQLite |"
+        in (tmp_path / "results_sql.md").read_text()
+    )

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.compiler import compiles
 
 from expkit.errors import UsageError
 from expkit.serialize import to_data
@@ -52,7 +54,21 @@ DEFAULT_SQL_PRIORITY = 40  # Sacred's
 _SQLITE_BUSY_MS = 60_000
 _CONNECT_TIMEOUT = 5
 
-_json = sa.JSON().with_variant(pg.JSONB(), "postgresql")
+
+class _Json(sa.JSON):
+    """A JSON column, declared ``JSON_TEXT`` in SQLite (see :func:`_sqlite_json`)."""
+
+    cache_ok = True
+
+
+@compiles(_Json, "sqlite")
+def _sqlite_json(type_: _Json, compiler: Any, **kw: Any) -> str:
+    # SQLite's own JSON declaration has numeric affinity: it would store the text of a
+    # top-level 1.0 as the integer 1 and of 2**64 as a float. "TEXT" keeps the text.
+    return "JSON_TEXT"
+
+
+_json = _Json().with_variant(pg.JSONB(), "postgresql")
 metadata = sa.MetaData()
 schema = sa.Table("expkit_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
 runs = sa.Table(
@@ -125,6 +141,12 @@ _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format
             "result", "meta", "host", "info", "fail_trace")  # fmt: skip
 _SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", "heartbeat",
             "config", "result", "meta")  # fmt: skip
+# PostgreSQL: the id sequence moved past every stored id, never back (to ids of deleted runs).
+_PG_SEQUENCE_PAST_IDS = """
+SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(
+    (SELECT max(id) FROM runs),
+    COALESCE(pg_sequence_last_value(pg_get_serial_sequence('runs', 'id')::regclass), 0)))
+"""
 
 
 class SqlStorage(Storage):
@@ -136,6 +158,7 @@ class SqlStorage(Storage):
         self.url = url
         self._where = redact_url(url)
         self.engine = engine if engine is not None else _engine(url, echo)
+        self._secret = _secret(self.engine.url)
         self._ready = False
         self._lock = threading.RLock()
         self._cout_len = 0
@@ -151,15 +174,23 @@ class SqlStorage(Storage):
         row = _row(doc)
         row["experiment"] = _name(doc)
         row["experiment_info"] = _experiment_info(doc)
+        row = _hidden(row, self._secret)
         with self._lock, self._write("storing the run") as conn:
             wanted = doc.get("_id")
             if wanted is None:
                 run_id = conn.execute(runs.insert().values(row)).inserted_primary_key[0]
             else:
                 run_id = _int_id(wanted, self._where)
+                postgres = conn.dialect.name == "postgresql"
+                if postgres:  # no other run is stored until the id sequence is moved on
+                    conn.execute(sa.text("LOCK TABLE runs IN SHARE ROW EXCLUSIVE MODE"))
                 old = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).first()
                 if old is None:
                     conn.execute(runs.insert().values(id=run_id, **row))
+                    if postgres:
+                        # PostgreSQL's sequence would hand out this id again (SQLite's
+                        # AUTOINCREMENT keeps past the largest id itself).
+                        conn.execute(sa.text(_PG_SEQUENCE_PAST_IDS))
                 elif old.status == "QUEUED":  # a queued run starts under its id
                     conn.execute(runs.update().where(runs.c.id == run_id).values(row))
                     for table in (*_FILE_TABLES.values(), metrics):
@@ -188,6 +219,7 @@ class SqlStorage(Storage):
             return  # only metric points were new: append_metrics wrote them
         run_id = _int_id(doc["_id"], self._where)
         values = {field: _column(field, doc.get(field)) for field in changed if field in _COLUMNS}
+        values = _hidden(values, self._secret)
         with self._lock, self._write("saving the run") as conn:
             if "captured_out" in changed:
                 values.update(self._output(doc.get("captured_out") or ""))
@@ -199,7 +231,10 @@ class SqlStorage(Storage):
                 if kind + "s" in changed:
                     table = _FILE_TABLES[kind]
                     conn.execute(table.delete().where(table.c.run_id == run_id))
-                    rows = [_file_row(kind, run_id, f) for f in doc.get(kind + "s") or ()]
+                    rows = [
+                        _hidden(_file_row(kind, run_id, f), self._secret)
+                        for f in doc.get(kind + "s") or ()
+                    ]
                     if rows:
                         conn.execute(table.insert(), rows)
         if "captured_out" in changed:
@@ -246,7 +281,11 @@ class SqlStorage(Storage):
         """Every run's summary row, in id order."""
         columns = [runs.c[name] for name in _SUMMARY]
         with self._read("listing runs") as conn:
-            rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
+            try:
+                rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
+            except (ValueError, TypeError):  # a damaged value: read the runs one at a time
+                ids = conn.execute(sa.select(runs.c.id).order_by(runs.c.id)).scalars().all()
+                rows = [self._salvage(conn, ident, _SUMMARY) for ident in ids]
         return [_summary_doc(row) for row in rows]
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
@@ -269,7 +308,10 @@ class SqlStorage(Storage):
         """The run's row and its files' rows, as the layer's document."""
         ident = _lookup_id(run_id, self._where)
         with self._read(f"reading run {ident}") as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == ident)).first()
+            try:
+                row = conn.execute(sa.select(runs).where(runs.c.id == ident)).first()
+            except (ValueError, TypeError):  # a damaged value
+                row = self._salvage(conn, ident, tuple(runs.c.keys()))
             if row is None:
                 raise KeyError(f"no run {run_id!r} in {self._where}")
             files = {
@@ -304,7 +346,7 @@ class SqlStorage(Storage):
             for name, step, value, t in conn.execute(query):
                 series = out.setdefault(name, {"steps": [], "values": [], "timestamps": []})
                 series["steps"].append(step)
-                series["values"].append(value)
+                series["values"].append(math.nan if value is None else value)
                 series["timestamps"].append(t)
         return out
 
@@ -343,12 +385,29 @@ class SqlStorage(Storage):
 
     # --- helpers ---
 
+    def _salvage(self, conn: sa.Connection, ident: int, names: tuple[str, ...]) -> Any:
+        """The run's row as far as its values can be read, column by column (``None`` for
+        a value that cannot), each damaged value named in a warning."""
+        values = {}
+        for name in names:
+            try:
+                values[name] = conn.execute(
+                    sa.select(runs.c[name]).where(runs.c.id == ident)
+                ).scalar()
+            except (ValueError, TypeError) as exc:
+                log.warning("run %s in %s: its %s is damaged (%s)", ident, self._where, name, exc)
+                values[name] = None
+        return types.SimpleNamespace(**values)
+
     def _output(self, text: str) -> dict:
         """The update of ``captured_out``: appended to when it extends what is stored."""
-        written, tail = self._cout_len, self._cout_tail
+        written, tail, secret = self._cout_len, self._cout_tail, self._secret
         if written and len(text) >= written and text[written - len(tail) : written] == tail:
-            return {"captured_out": sa.func.coalesce(runs.c.captured_out, "") + text[written:]}
-        return {"captured_out": text}
+            # Appended to, unless the password runs across the end of what is stored.
+            if not secret or not _across(text, secret, written):
+                new = _hidden(text[written:], secret)
+                return {"captured_out": sa.func.coalesce(runs.c.captured_out, "") + new}
+        return {"captured_out": _hidden(text, secret)}
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[sa.Connection]:
@@ -642,8 +701,10 @@ def dumps(value: Any) -> str:
         return json.dumps(_tag_floats(data), allow_nan=False, separators=(",", ":"))
 
 
-def loads(text: str) -> Any:
-    """The inverse of :func:`dumps`."""
+def loads(text: str | bytes) -> Any:
+    """The inverse of :func:`dumps` (psycopg hands JSONB over as bytes)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8")
     data = json.loads(text)
     return _untag_floats(data) if '"$float"' in text else data
 
@@ -713,14 +774,45 @@ def _summary_doc(row: Any) -> dict:
     return doc
 
 
-def _number(value: Any) -> float | None:
-    """A metric value as a float column holds it; ``None`` for what is no number."""
-    if type(value) is float:
+def _secret(url: sa.URL) -> str:
+    """The password of the database URL: never written to the tables (see :func:`_hidden`)."""
+    password = url.password or url.query.get("password") or ""
+    password = password if isinstance(password, str) else ""
+    return password if len(password) >= 4 else ""  # shorter ones would hide too much text
+
+
+def _hidden(value: Any, secret: str) -> Any:
+    """``value`` with ``secret`` replaced by ``***`` in every string it holds.
+
+    A run may print its database URL or keep it in its config; the password must still
+    not end up in a database that others read.
+    """
+    if not secret:
         return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    if isinstance(value, str):
+        return value.replace(secret, "***") if secret in value else value
+    if isinstance(value, dict):
+        return {key: _hidden(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hidden(item, secret) for item in value]
+    return value
+
+
+def _across(text: str, secret: str, at: int) -> bool:
+    """Whether ``secret`` occurs in ``text`` starting before ``at`` and ending after it."""
+    return text.find(secret, at - len(secret) + 1, at + len(secret) - 1) >= 0
+
+
+def _number(value: Any) -> float | None:
+    """A metric value as the float column holds it: NULL (``None``) for NaN and for what
+    is no number (SQLite stores NaN as NULL anyway; PostgreSQL would rank it above every
+    number in a filter), read back as NaN."""
+    if type(value) is not float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+    return value if value == value else None
 
 
 def _int_id(value: Any, where: str) -> int:

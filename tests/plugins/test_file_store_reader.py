@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import multiprocessing
 import os
@@ -71,63 +70,6 @@ def listed(basedir: Path) -> dict[str, str]:
 
 
 # --- reading runs -------------------------------------------------------------------------------
-
-
-def test_get_run_returns_everything_recorded(basedir, tmp_path):
-    run_id = run_experiment(basedir, tmp_path)
-    record = FileStoreReader(basedir).get_run(run_id)
-    assert (record.id, record.status, record.experiment) == ("1", "COMPLETED", "reader")
-    assert record.store == str(basedir)
-    assert record.config["lr"] == 0.1 and "seed" in record.config
-    assert record.result == 1.0
-    assert record.info == {"best": 0.1}
-    assert record.metrics["loss"]["steps"] == [0, 1, 2]
-    assert record.metrics["loss"]["values"] == [0.1, 0.05, 0.1 / 3]
-    assert all(isinstance(t, datetime.datetime) for t in record.metrics["loss"]["timestamps"])
-    assert "training with 0.1" in record.captured_out
-    assert record.artifacts == ("out/model.txt",)
-    assert record.experiment_info["name"] == "reader"
-    assert record.host["hostname"]
-    assert record.start_time <= record.heartbeat and record.start_time <= record.stop_time
-    assert record.duration >= datetime.timedelta(0)
-    assert record.meta["command"] == "main"
-
-
-def test_failed_run_keeps_its_traceback(basedir, tmp_path):
-    run_id = run_experiment(basedir, tmp_path, fail=True)
-    record = FileStoreReader(basedir).get_run(run_id)
-    assert record.status == "FAILED"
-    assert "RuntimeError: diverged" in "".join(record.fail_trace)
-
-
-def test_read_source_and_artifact(basedir, tmp_path):
-    run_id = run_experiment(basedir, tmp_path)
-    reader = FileStoreReader(basedir)
-    sources = [name for name, _ in reader.get_run(run_id).experiment_info["sources"]]
-    [mine] = [name for name in sources if name.endswith(Path(__file__).name)]
-    assert reader.read_source(run_id, mine) == Path(__file__).read_bytes()
-    assert reader.read_artifact(run_id, "out/model.txt") == b"weights 0.1\n"
-    with pytest.raises(KeyError, match=r"has no source 'other.py'"):
-        reader.read_source(run_id, "other.py")
-    with pytest.raises(KeyError, match=r"has no artifact 'run.json'"):
-        reader.read_artifact(run_id, "run.json")
-
-
-def test_read_resource_by_its_original_path(basedir, tmp_path):
-    data = tmp_path / "data.csv"
-    data.write_bytes(b"a,b\n1,2\n")
-    run_id = run_experiment(basedir, tmp_path, resource=data)
-    data.write_bytes(b"changed since")  # the stored copy is what the reader returns
-    reader = FileStoreReader(basedir)
-    assert reader.get_run(run_id).resources == (
-        (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
-    )
-    assert reader.list_runs()[0].resources == ()
-    assert reader.read_resource(run_id, str(data)) == b"a,b\n1,2\n"
-    with pytest.raises(KeyError, match=r"has no resource 'other.csv'"):
-        reader.read_resource(run_id, "other.csv")
-    with pytest.raises(KeyError):
-        reader.read_resource("7", str(data))
 
 
 @pytest.mark.parametrize("bad", ["7", "../runs", "_sources", "", "a/b"])

@@ -17,7 +17,6 @@ pytest.importorskip("mockupdb")
 
 from mongo_server import MemoryMongo
 
-from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
 from expkit.store import StoreError
 from expkit_plugins.mongo_store import TAIL_CHARS, MongoObserver, load_captured_out
@@ -151,28 +150,3 @@ def test_resuming_the_observer_that_failed_records_every_point_once(
     doc = mongo_db.runs.find_one({"_id": run_id})
     assert (doc["status"], doc["captured_out"]) == ("COMPLETED", "replayed\n")
     assert mongo_db.metrics.find_one({"run_id": run_id})["steps"] == [0, 1]
-
-
-def test_a_spooled_end_is_replayed_onto_the_stored_run(
-    make: Callable[[], MongoObserver], mongo_db: Any, ex_info: dict, tmp_path: Path
-) -> None:
-    obs = make()
-    run_id = start(obs, ex_info)
-    obs.heartbeat_event(info={}, captured_out="stored\n", beat_time=T1, result=None)
-    spooled = SpooledRun.create(tmp_path / "spool", {"started": True, "store_id": run_id})
-    spooled.append("log_metrics", {"metrics_by_name": points([0]), "info": {}})
-    spooled.append(
-        "heartbeat_event",
-        {"info": {}, "captured_out": "stored\nspooled\n", "beat_time": T2, "result": 3},
-    )
-    spooled.append("completed_event", {"stop_time": T2, "result": 3})
-
-    assert replay(spooled, make()) == run_id
-    [doc] = mongo_db.runs.find()
-    assert (doc["status"], doc["result"], doc["captured_out"]) == (
-        "COMPLETED",
-        3,
-        "stored\nspooled\n",
-    )
-    assert mongo_db.metrics.find_one({"run_id": run_id})["steps"] == [0]
-    assert not spooled.folder.exists()

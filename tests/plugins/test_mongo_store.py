@@ -216,24 +216,6 @@ def test_run_document_has_sacreds_schema(
     assert "fail_trace" not in run
 
 
-def test_failed_and_interrupted_runs(
-    make_observer: Callable, experiment: dict, mongo_db: Any
-) -> None:
-    obs = make_observer()
-    failed = start(obs, experiment)
-    trace = ["Traceback (most recent call last):\n", "ValueError: boom\n"]
-    obs.failed_event(fail_time=utcnow(), fail_trace=trace)
-    stopped = start(obs, experiment)
-    obs.interrupted_event(interrupt_time=utcnow(), status="TIMEOUT")
-
-    run = mongo_db.runs.find_one({"_id": failed})
-    assert (run["status"], run["fail_trace"]) == ("FAILED", trace)
-    assert isinstance(run["stop_time"], datetime.datetime)
-    run = mongo_db.runs.find_one({"_id": stopped})
-    assert run["status"] == "TIMEOUT" and isinstance(run["stop_time"], datetime.datetime)
-    assert "fail_trace" not in run
-
-
 def test_values_are_made_storable(observer: MongoObserver, experiment: dict, mongo_db: Any) -> None:
     import numpy as np
 
@@ -552,21 +534,6 @@ def test_captured_output_beyond_the_tail_is_complete(
     assert all(size < TAIL_CHARS + 10_000 for _, size in sent("update", "runs"))
     stored = sum(size for _, size in sent("insert", "runs.captured_out"))
     assert len(out) <= stored < len(out) + 10_000
-
-
-def test_output_rewritten_by_a_filter_is_replaced(
-    observer: MongoObserver, experiment: dict, mongo_db: Any
-) -> None:
-    run_id = start(observer, experiment)
-    out = "progress 1%\n" + "x" * (TAIL_CHARS + 100)
-    observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
-    out = "progress 100%\n" + "x" * (TAIL_CHARS + 100) + "done\n"
-    observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
-    assert load_captured_out(mongo_db.runs, run_id) == out
-    out = "Output capturing turned off."  # a filter that replaces everything
-    observer.heartbeat_event(info={}, captured_out=out, beat_time=utcnow(), result=None)
-    assert load_captured_out(mongo_db.runs, run_id) == out
-    assert mongo_db.runs.find_one({"_id": run_id})["captured_out"] == out
 
 
 def test_short_output_stays_in_the_run_document(

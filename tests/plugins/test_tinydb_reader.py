@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
 
@@ -51,61 +50,6 @@ def run_experiment(
         return ex.run(options={"--capture": "sys"})._id
     except RuntimeError:
         return observer.run_entry["_id"]
-
-
-def test_list_runs_gives_summaries(root, tmp_path):
-    first = run_experiment(root, tmp_path, 0.1)
-    second = run_experiment(root, tmp_path, 0.2, fail=True)
-    runs = TinyDbRunReader(root).list_runs()
-    assert [(r.id, r.status) for r in runs] == [(first, "COMPLETED"), (second, "FAILED")]
-    assert runs[0].experiment == "tiny" and runs[0].result == 1.0
-    assert runs[0].config["lr"] == 0.1
-    assert isinstance(runs[0].start_time, datetime.datetime)
-    assert runs[0].start_time <= runs[0].stop_time
-    assert runs[0].artifacts == ("model.txt",)
-    assert runs[0].captured_out is None and runs[0].metrics is None
-
-
-def test_get_run_returns_everything_recorded(root, tmp_path):
-    run_id = run_experiment(root, tmp_path)
-    record = TinyDbRunReader(root).get_run(run_id)
-    assert record.store == f"tinydb://{root}"
-    assert record.info == {"best": 0.1}
-    assert record.metrics["loss"]["values"] == [0.1, 0.05, 0.1 / 3]
-    assert record.metrics["loss"]["steps"] == [0, 1, 2]
-    assert all(isinstance(t, datetime.datetime) for t in record.metrics["loss"]["timestamps"])
-    assert "training with 0.1" in record.captured_out
-    assert record.host["hostname"] and record.experiment_info["name"] == "tiny"
-    assert record.heartbeat is not None and record.duration >= datetime.timedelta(0)
-
-
-def test_read_source_and_artifact(root, tmp_path):
-    run_id = run_experiment(root, tmp_path)
-    reader = TinyDbRunReader(root)
-    names = [s[0] for s in reader.get_run(run_id).experiment_info["sources"]]
-    [mine] = [name for name in names if name.endswith(Path(__file__).name)]
-    assert reader.read_source(run_id, mine) == Path(__file__).read_bytes()
-    assert reader.read_artifact(run_id, "model.txt") == b"weights 0.1\n"
-    with pytest.raises(KeyError, match="has no source"):
-        reader.read_source(run_id, "nope.py")
-    with pytest.raises(KeyError, match="has no artifact"):
-        reader.read_artifact(run_id, "nope.txt")
-
-
-def test_read_resource_by_its_original_path(root, tmp_path):
-    data = tmp_path / "data.csv"
-    data.write_bytes(b"a,b\n1,2\n")
-    run_id = run_experiment(root, tmp_path, resource=data)
-    data.write_bytes(b"changed since")  # the stored copy is what the reader returns
-    reader = TinyDbRunReader(root)
-    assert reader.get_run(run_id).resources == (
-        (str(data), hashlib.md5(b"a,b\n1,2\n").hexdigest()),
-    )
-    assert reader.read_resource(run_id, str(data)) == b"a,b\n1,2\n"
-    with pytest.raises(KeyError, match=r"has no resource 'other.csv'"):
-        reader.read_resource(run_id, "other.csv")
-    with pytest.raises(KeyError):
-        reader.read_resource("nope", str(data))
 
 
 def test_delete_run_drops_its_document_and_metrics(root, tmp_path):

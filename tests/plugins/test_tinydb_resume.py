@@ -4,14 +4,12 @@ with a stored run, so replayed events extend it instead of making a second one."
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tinydb import Query, TinyDB
 
-from expkit.delivery import SpooledRun, replay
 from expkit.errors import UsageError
 from expkit.store import StoreError
 from expkit_plugins.tinydb_store import TinyDbObserver
@@ -58,30 +56,6 @@ def tables(db: Path) -> dict:
     """The store's file as plain ``tinydb`` reads it."""
     with TinyDB(db / "metadata.json", access_mode="r") as handle:
         return {name: handle.table(name).all() for name in ("runs", "metrics")}
-
-
-def test_a_new_observer_goes_on_with_a_stored_run(db: Path, ex_info: dict) -> None:
-    first = TinyDbObserver(db, write_interval=0)
-    run_id = start(first, ex_info)
-    first.log_metrics(points([0, 1]), info={})
-    first.heartbeat_event(info={"epoch": 1}, captured_out="one\n", beat_time=T1, result=None)
-
-    [before] = tables(db)["runs"]
-    later = TinyDbObserver(db, write_interval=0)
-    later.resume(run_id)
-    later.log_metrics(points([2, 3]), info={})
-    later.heartbeat_event(info={"epoch": 2}, captured_out="one\ntwo\n", beat_time=T2, result=5)
-    later.completed_event(stop_time=T2, result=5)
-
-    stored = tables(db)
-    [doc] = stored["runs"]
-    assert (doc["_id"], doc["status"], doc["result"]) == (run_id, "COMPLETED", 5)
-    assert (doc["captured_out"], doc["info"]) == ("one\ntwo\n", {"epoch": 2})
-    assert doc["start_time"] == before["start_time"]
-    assert doc["config"] == {"lr": 0.1}
-    [loss] = stored["metrics"]  # the same metrics document, extended
-    assert (loss["run_id"], loss["steps"]) == (run_id, [0, 1, 2, 3])
-    assert loss["values"] == [0.0, 0.1, 0.2, 0.3]
 
 
 def test_resume_finds_the_run_among_runs_written_since(db: Path, ex_info: dict) -> None:
@@ -134,28 +108,3 @@ def test_resuming_the_observer_that_failed_records_every_point_once(
     stored = tables(db)
     assert stored["runs"][0]["captured_out"] == "replayed\n"
     assert stored["metrics"][0]["steps"] == [0, 1]
-
-
-def test_a_spooled_end_is_replayed_onto_the_stored_run(
-    db: Path, ex_info: dict, tmp_path: Path
-) -> None:
-    obs = TinyDbObserver(db, write_interval=0)
-    run_id = start(obs, ex_info)
-    obs.heartbeat_event(info={}, captured_out="stored\n", beat_time=T1, result=None)
-    spooled = SpooledRun.create(tmp_path / "spool", {"started": True, "store_id": run_id})
-    spooled.append(
-        "heartbeat_event",
-        {"info": {}, "captured_out": "stored\nspooled\n", "beat_time": T2, "result": 3},
-    )
-    spooled.append("completed_event", {"stop_time": T2, "result": 3})
-
-    assert replay(spooled, TinyDbObserver(db)) == run_id
-    [doc] = tables(db)["runs"]
-    assert (doc["status"], doc["result"], doc["captured_out"]) == (
-        "COMPLETED",
-        3,
-        "stored\nspooled\n",
-    )
-    assert not spooled.folder.exists()
-    # The file stays plain JSON any tool reads.
-    assert json.loads((db / "metadata.json").read_text())["runs"]["1"]["_id"] == run_id

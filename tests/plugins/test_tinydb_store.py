@@ -163,89 +163,6 @@ def test_given_id_is_kept(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
     assert stored_runs(db)[0]["_id"] == "my-run"
 
 
-def test_an_id_already_stored_is_refused(db: Path, ex_info: dict) -> None:
-    start(TinyDbObserver(db), ex_info, _id="same")
-    with pytest.raises(UsageError, match=r"_id 'same' is already stored in .*overwrite='same'"):
-        start(TinyDbObserver(db), ex_info, _id="same")
-    assert len(stored_runs(db)) == 1
-
-
-def test_heartbeat_records_info_output_time_and_result(
-    obs: TinyDbObserver, db: Path, ex_info: dict
-) -> None:
-    start(obs, ex_info)
-    obs.heartbeat_event(info={"epoch": 3}, captured_out="line 1\n", beat_time=T1, result=0.5)
-    doc = stored_runs(db)[0]
-    assert doc["info"] == {"epoch": 3}
-    assert doc["captured_out"] == "line 1\n"
-    assert doc["heartbeat"] == "2024-05-06T07:08:19.000000"
-    assert doc["result"] == 0.5
-    assert doc["status"] == "RUNNING"
-
-
-def test_info_changed_in_place_between_heartbeats_is_stored(
-    obs: TinyDbObserver, db: Path, ex_info: dict
-) -> None:
-    # Sacred's observers get the run's own info dict at every beat.
-    start(obs, ex_info)
-    info = {"epoch": 1}
-    obs.heartbeat_event(info=info, captured_out="", beat_time=T1, result=None)
-    info["epoch"] = 2
-    info["best"] = [0.5]
-    obs.heartbeat_event(info=info, captured_out="", beat_time=T2, result=None)
-    assert stored_runs(db)[0]["info"] == {"epoch": 2, "best": [0.5]}
-
-
-def test_completed(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
-    start(obs, ex_info)
-    obs.completed_event(stop_time=T2, result={"acc": 0.9})
-    doc = stored_runs(db)[0]
-    assert (doc["status"], doc["stop_time"], doc["result"]) == (
-        "COMPLETED",
-        "2024-05-06T07:09:00.000005",
-        {"acc": 0.9},
-    )
-    assert "fail_trace" not in doc
-
-
-def test_failed(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
-    start(obs, ex_info)
-    trace = ["Traceback (most recent call last):\n", "ValueError: bad\n"]
-    obs.failed_event(fail_time=T2, fail_trace=trace)
-    doc = stored_runs(db)[0]
-    assert (doc["status"], doc["stop_time"], doc["fail_trace"]) == (
-        "FAILED",
-        "2024-05-06T07:09:00.000005",
-        trace,
-    )
-
-
-def test_interrupted_keeps_the_given_status(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
-    start(obs, ex_info)
-    obs.interrupted_event(interrupt_time=T2, status="TIMEOUT")
-    doc = stored_runs(db)[0]
-    assert (doc["status"], doc["stop_time"]) == ("TIMEOUT", "2024-05-06T07:09:00.000005")
-
-
-def test_queued_run_is_recorded(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
-    run_id = obs.queued_event(
-        ex_info=ex_info,
-        command="main",
-        host_info={"hostname": "box"},
-        queue_time=T0,
-        config={"lr": 0.1},
-        meta_info={"command": "main"},
-        _id=None,
-    )
-    [doc] = stored_runs(db)
-    assert doc["_id"] == run_id
-    assert doc["status"] == "QUEUED"
-    assert doc["meta"] == {"command": "main", "queue_time": "2024-05-06T07:08:09.123456"}
-    assert doc["config"] == {"lr": 0.1}
-    assert "start_time" not in doc
-    assert (db / doc["experiment"]["sources"][0][2]).is_file()
-
-
 def test_metrics_go_to_their_own_table(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
     run_id = start(obs, ex_info)
     obs.log_metrics({**metric("loss", [0, 1], [1.0, 0.5]), **metric("acc", [0], [0.1])}, info={})
@@ -333,19 +250,6 @@ def test_artifact_is_kept_with_its_metadata(
     assert (db / _hashfs_relpath(digest)).read_bytes() == b"\x00weights"
 
 
-def test_an_artifact_added_again_replaces_its_entry(
-    obs: TinyDbObserver, db: Path, ex_info: dict, tmp_path: Path
-) -> None:
-    ckpt = tmp_path / "ckpt"
-    start(obs, ex_info)
-    for content in (b"one", b"two"):
-        ckpt.write_bytes(content)
-        obs.artifact_event("ckpt", str(ckpt))
-    [entry] = stored_runs(db)[0]["artifacts"]
-    assert (db / entry[3]).read_bytes() == b"two"
-    assert (db / _hashfs_relpath(md5(b"one"))).read_bytes() == b"one"
-
-
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped-abs", "a/../../../escaped", ".."])
 def test_artifact_names_never_place_files(
     obs: TinyDbObserver, db: Path, ex_info: dict, tmp_path: Path, name: str
@@ -372,21 +276,6 @@ def test_missing_artifact_file_is_a_clear_error(obs: TinyDbObserver, ex_info: di
 def test_events_before_a_run_are_refused(obs: TinyDbObserver) -> None:
     with pytest.raises(StoreError, match="before any run started"):
         obs.heartbeat_event(info={}, captured_out="", beat_time=T1, result=None)
-
-
-def test_several_runs_through_one_observer(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
-    ids = []
-    for i in range(3):
-        ids.append(start(obs, ex_info, config={"i": i}))
-        obs.log_metrics(metric("loss", [0], [float(i)]), info={})
-        obs.completed_event(stop_time=T2, result=i)
-    docs = stored_runs(db)
-    assert [d["_id"] for d in docs] == ids
-    assert [d.doc_id for d in docs] == [1, 2, 3]
-    assert [(d["config"], d["result"]) for d in docs] == [({"i": i}, i) for i in range(3)]
-    assert {m["run_id"]: m["values"] for m in stored_metrics(db)} == {
-        ids[i]: [float(i)] for i in range(3)
-    }
 
 
 def test_plain_tinydb_can_query_the_store(obs: TinyDbObserver, db: Path, ex_info: dict) -> None:
@@ -827,18 +716,6 @@ def test_end_to_end_with_the_tiny_db_flag(experiment_script: Path, tmp_path: Pat
     [loss] = stored_metrics(db)
     assert (loss["run_id"], loss["steps"]) == (doc["_id"], [0, 1, 2, 3])
     assert loss["values"] == [1.0, 0.5, 1 / 3, 0.25]
-
-
-def test_end_to_end_failure(experiment_script: Path, tmp_path: Path) -> None:
-    db = tmp_path / "cli_db"
-    done = run_script(
-        experiment_script, "with", "fail=True", "-t", str(db), cwd=tmp_path, timeout=120
-    )
-    assert done.returncode != 0
-    [doc] = stored_runs(db)
-    assert doc["status"] == "FAILED"
-    assert "ValueError: boom" in "".join(doc["fail_trace"])
-    assert doc["stop_time"] >= doc["start_time"]
 
 
 def test_end_to_end_with_a_write_interval_writes_twice_per_run(
