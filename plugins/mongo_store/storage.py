@@ -432,7 +432,10 @@ class MongoStorage(Storage):
             if old is not None and old.get("status") == "QUEUED":
                 self.runs.replace_one({"_id": entry["_id"]}, entry)
                 return
-            raise StoreError(f"a run with _id {entry['_id']!r} already exists in {self._where()}")
+            raise UsageError(
+                f"a run with _id {entry['_id']!r} already exists in {self._where()}: "
+                "choose another id"
+            )
         raise StoreError(f"no free run _id after {_MAX_ID_TRIES} tries in {self._where()}")
 
     def _overwrite(self, entry: dict) -> dict:

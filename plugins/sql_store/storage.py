@@ -301,7 +301,11 @@ class SqlStorage(Storage):
             if query.limit is not None:
                 stmt = stmt.limit(query.limit)
         with self._read("selecting runs") as conn:
-            rows = conn.execute(stmt).all()
+            try:
+                rows = conn.execute(stmt).all()
+            except (ValueError, TypeError):  # a damaged value: read the runs one at a time
+                ids = conn.execute(stmt.with_only_columns(runs.c.id)).scalars().all()
+                rows = [self._salvage(conn, ident, _SUMMARY) for ident in ids]
         return [_summary_doc(row) for row in rows], order is not None
 
     def load(self, run_id: Any) -> dict:

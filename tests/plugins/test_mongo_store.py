@@ -284,7 +284,7 @@ def test_concurrent_runs_get_distinct_ids(
 def test_given_id_that_exists_is_a_clear_error(observer: MongoObserver, experiment: dict) -> None:
     start(observer, experiment, _id=5)
     with pytest.raises(
-        StoreError, match=r"a run with _id 5 already exists in expkit_test_\w+\.runs"
+        UsageError, match=r"a run with _id 5 already exists in expkit_test_\w+\.runs"
     ):
         start(observer, experiment, _id=5)
 

@@ -359,7 +359,7 @@ def test_runs_and_rerun_check_on_sqlite(project: Path):
     [run] = json.loads(listed.stdout)
     assert (run["id"], run["config"]["C"], run["status"]) == (2, 3.0, "COMPLETED")
     shown = run_expkit("runs", "show", "2", cwd=project)
-    assert "fitted rbf 3.0" in shown.stdout and "loss: 3 value(s)" in shown.stdout
+    assert "fitted rbf 3.0" in shown.stdout and "loss: 3 values" in shown.stdout
 
     rerun = run_expkit("rerun", "2", "--check", cwd=project)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
