@@ -20,7 +20,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
 from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
 
-COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync")
+COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync", "ui")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -35,7 +35,7 @@ class Parser:
         self._parser = _ArgumentParser(
             prog="expkit",
             description="Run experiments and keep track of every run.",
-            usage="expkit [run|config|plugins|runs|rerun|sync] [PATH|NODEID ...] [options]",
+            usage="expkit [run|config|plugins|runs|rerun|sync|ui] [PATH|NODEID ...] [options]",
         )
         self._groups: dict[str, Any] = {}
 
@@ -109,7 +109,19 @@ def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
 
 # Options of the built-in plugins that take a value, which is not a path to search from.
 _TAKES_VALUE = frozenset(
-    {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
+    {
+        "-o",
+        "-w",
+        "--with",
+        "--store",
+        "-k",
+        "--capture",
+        "--seed",
+        "--comment",
+        "-p",
+        "--host",
+        "--port",
+    }
 )
 
 

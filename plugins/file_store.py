@@ -47,7 +47,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver, utc_isoformat_json
 from expkit.pluginmanager import hookimpl
-from expkit.records import RunRecord
+from expkit.records import RunRecord, edited_meta
 from expkit.serialize import dumps, format_time, parse_time, to_data
 from expkit.utils import file_md5, redact_url, replace_file
 
@@ -609,8 +609,10 @@ class FileStoreReader:
         except FileNotFoundError:
             captured_out = ""
         summary = _summary(name, data, data["config"])
+        meta = data.get("meta")
         return attrs.evolve(
             self._record(summary),
+            meta=meta if isinstance(meta, dict) else {},  # all of it: the summary's is cut
             host=data.get("host") or {},
             experiment_info=data.get("experiment") or {},
             info=data["info"],
@@ -647,6 +649,23 @@ class FileStoreReader:
             if original == path:
                 return _read_bytes(os.path.join(self.basedir, stored), f"resource {path!r}")
         raise KeyError(f"run {str(run_id)!r} in {self.basedir} has no resource {path!r}")
+
+    def edit_run(
+        self, run_id: Any, *, comment: str | None = None, tags: list[str] | None = None
+    ) -> None:
+        """Set the run's ``meta.comment`` and ``meta.tags`` in run.json (and in the index)."""
+        rundir = self._rundir(run_id)
+        path = os.path.join(rundir, RUN_FILE)
+        entry = _load_json(path)
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        entry["meta"] = edited_meta(meta, comment, tags)
+        _write_atomic(path, dumps(entry))
+        if entry.get("status") in _FINAL:
+            # The index would otherwise keep listing the run as it was before the edit.
+            config = _load_json(os.path.join(rundir, CONFIG_FILE), default={})
+            line = _index_line(_summary(os.path.basename(rundir), entry, config))
+            with contextlib.suppress(OSError):  # the index is a cache: rebuilt when stale
+                _append_bytes(os.path.join(self.basedir, INDEX_FILE), line)
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's folder (its sources in ``_sources`` may be shared and stay)."""
@@ -723,8 +742,10 @@ def _summary(run_id: str, entry: dict, config: Any) -> dict:
     for key in _SUMMARY_KEYS:
         summary[key] = entry.get(key)
     if isinstance(summary["meta"], dict):
-        # The command-line options take most of the space and no listing shows them.
-        summary["meta"] = {k: v for k, v in summary["meta"].items() if k != "options"}
+        # The command-line options and config docs take most of the space; no listing shows them.
+        summary["meta"] = {
+            k: v for k, v in summary["meta"].items() if k not in ("options", "config_docs")
+        }
     return summary
 
 

@@ -41,7 +41,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver, utc_datetimes
 from expkit.pluginmanager import hookimpl
-from expkit.records import RunRecord
+from expkit.records import RunRecord, edited_meta
 from expkit.serialize import to_data, utcnow
 from expkit.utils import file_md5
 from expkit.utils import redact_url as _redact_generic
@@ -304,6 +304,22 @@ class MongoRunReader:
                     found = found or self.fs.find_one({"filename": path, "md5": md5})
                     return self._read_file(found._id if found else None, path)
         raise KeyError(f"run {run_id!r} in {self._where()} has no resource {path!r}")
+
+    def edit_run(
+        self, run_id: Any, *, comment: str | None = None, tags: list[str] | None = None
+    ) -> None:
+        """Set the run's ``meta.comment`` and ``meta.tags`` (one update of its document)."""
+        with self._errors(f"editing run {run_id!r}"):
+            doc = self._find(run_id, {"meta": 1})
+            meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+            edited = edited_meta(meta, comment, tags)
+            sets = {f"meta.{k}": edited[k] for k in ("comment", "tags") if k in edited}
+            unsets = {f"meta.{k}": "" for k in ("comment", "tags") if k not in edited}
+            # $set and $unset of single fields: a running observer's own updates stay.
+            update = {"$set": sets} if sets else {}
+            if unsets:
+                update["$unset"] = unsets
+            self.runs.update_one({"_id": doc["_id"]}, update)
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run, its metrics, output pieces, artifacts and large info from the store.

@@ -48,7 +48,7 @@ import attrs
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver, utc_isoformat
 from expkit.pluginmanager import hookimpl
-from expkit.records import RunRecord
+from expkit.records import RunRecord, edited_meta
 from expkit.serialize import parse_time, to_data
 from expkit.utils import redact_url, replace_file, temp_file_beside
 
@@ -732,6 +732,20 @@ class TinyDbRunReader:
             if entry and entry[0] == name:
                 return self._read_file(_stored_path(entry, md5_at, path_at), f"{kind} {name!r}")
         raise KeyError(f"run {run_id!r} in {self.db_path} has no {kind} {name!r}")
+
+    def edit_run(
+        self, run_id: Any, *, comment: str | None = None, tags: list[str] | None = None
+    ) -> None:
+        """Set the run's ``meta.comment`` and ``meta.tags`` in its document."""
+
+        def edit(data: dict) -> None:
+            doc = self._find(data, run_id)
+            meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+            doc["meta"] = edited_meta(meta, comment, tags)
+
+        if not self.db_path.exists():
+            raise KeyError(f"no run {run_id!r} in {self.db_path}")
+        _SharedJsonFile(self.db_path).update(edit)
 
     def delete_run(self, run_id: Any) -> None:
         """Remove the run's document and its metrics (hashfs files may be shared and stay)."""
