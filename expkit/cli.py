@@ -109,19 +109,8 @@ def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
 
 # Options of the built-in plugins that take a value, which is not a path to search from.
 _TAKES_VALUE = frozenset(
-    {
-        "-o",
-        "-w",
-        "--with",
-        "--store",
-        "-k",
-        "--capture",
-        "--seed",
-        "--comment",
-        "-p",
-        "--host",
-        "--port",
-    }
+    {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
+    | {"--host", "--port"}
 )
 
 

@@ -163,10 +163,9 @@ def make_runs(store: Path, work: Path) -> dict[str, Any]:
 
     @ex.config
     def cfg():
-        # Config entries are local variables nobody reads.
-        C = 1.0  # the inverse of the regularisation strength  # noqa: F841
-        kernel = "rbf"  # rbf, linear or poly  # noqa: F841
-        steps = 200  # noqa: F841
+        C = 1.0  # the inverse of the regularisation strength
+        kernel = "rbf"  # rbf, linear or poly
+        steps = 200
 
     @ex.main
     def main(C, kernel, steps, _run):
