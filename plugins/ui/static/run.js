@@ -5,7 +5,7 @@ import { api, apiRun, duration, every, setStatus, show } from "./common.js";
 const run = JSON.parse(document.getElementById("run-data").textContent);
 const store = String(run.store);
 const panels = [];
-let running = run.running;
+let running = run.status === "RUNNING" || run.status === "QUEUED";
 
 document.getElementById("duration").textContent = duration(run.duration);
 
@@ -42,18 +42,19 @@ async function pollOutput() {
   if (atBottom) output.scrollTop = output.scrollHeight;
   setStatus(document.getElementById("status"), chunk.status, chunk.probably_dead);
   document.getElementById("heartbeat").textContent = (chunk.heartbeat || "").replace("T", " ");
-  following.textContent = chunk.running ? "(following the running run)" : "";
-  if (running && !chunk.running) {
+  // A run that stopped beating may still come back: it is followed until it has ended.
+  const live = chunk.status === "RUNNING" || chunk.status === "QUEUED";
+  following.textContent = !live ? "" : chunk.probably_dead ? "(no heartbeat for a while: probably dead)" : "(following the running run)";
+  if (running && !live) {
     running = false;
     document.getElementById("result").textContent = show(chunk.result);
     for (const panel of panels) panel.load();
   }
-  return chunk;
+  return live;
 }
 
 const stopOutput = every(1.5, async () => {
-  const chunk = await pollOutput();
-  if (chunk && !chunk.running && !running) stopOutput();
+  if (!(await pollOutput())) stopOutput();
 });
 if (running) {
   every(5, async () => {
