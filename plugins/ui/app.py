@@ -125,6 +125,7 @@ class _UI:
         )
         env.filters["json"] = _json_text
         env.filters["quote"] = lambda value: quote(str(value), safe="")
+        env.filters["num"] = _number_text
         self.templates = Jinja2Templates(env=env)
         self._pygments_css: str | None = None
 
@@ -139,6 +140,8 @@ class _UI:
         record = store.record(request.path_params["run_id"])
         detail = views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
         sources = [self._source_view(store, record.id, name) for name in detail["sources"]]
+        for source in sources:  # the main file is shown open
+            source["main"] = source["name"].rsplit("/", 1)[-1] == detail["mainfile"]
         return self._render(
             request,
             "run.html",
@@ -453,6 +456,13 @@ def _file_response(data: bytes, name: str, content_type: str | None, download: A
 def _json_text(value: Any) -> str:
     """JSON text of ``value`` for a page (autoescaped where it is put)."""
     return json.dumps(to_data(value), sort_keys=True, ensure_ascii=False)
+
+
+def _number_text(value: Any) -> str:
+    """A metric's number with six significant digits, anything else as JSON."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else _json_text(value)
 
 
 def _message(exc: BaseException) -> str:

@@ -385,6 +385,8 @@ def output_chunk(
         "probably_dead": dead,
         "running": record.status == "RUNNING" and not dead,
         "heartbeat": to_data(record.heartbeat),
+        "stop_time": to_data(record.stop_time),
+        "duration": _seconds(record.duration),
         "result": to_data(record.result),
     }
 

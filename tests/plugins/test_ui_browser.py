@@ -185,13 +185,19 @@ def test_a_run_shows_charts_config_docs_artifacts_output_and_sources(page, showc
     page.wait_for_function(
         "() => document.getElementById('captured-output').textContent.includes('training an SVM')"
     )
+    shoot(page, "run")
+    # The main file is open, the other sources are a click away.
     source = page.locator("details.source", has=page.locator("summary", has_text="ui_helpers.py"))
-    if source.get_attribute("open") is None:
-        source.locator("summary").click()
+    assert source.get_attribute("open") is not None
     assert "def make_runs(" in source.locator(".highlight").inner_text()
     assert source.locator(".highlight .k", has_text="def").count() > 3  # highlighted keywords
     assert page.inner_text("#rerun") == f"expkit rerun {ids['plain'][0]} --store {showcase[1]}"
-    shoot(page, "run")
+    names = page.locator("details.source:not([open]) summary").all_inner_texts()
+    for name in names:  # whatever else the run recorded: a click away
+        other = page.locator("details.source", has=page.locator("summary", has_text=name))
+        other.locator("summary").click()
+        assert other.get_attribute("open") is not None
+        assert other.locator(".highlight .k").count() > 0
     assert page.dialogs == [] and page.errors == []
 
 
@@ -266,7 +272,7 @@ def test_a_sweep_plots_each_parameter_against_the_result(page, showcase):
         > 50
     )
     assert page.locator("#group-runs tbody tr").count() == 3
-    shoot(page, "sweep")
+    shoot(page, "sweep", full_page=True)
     page.goto(server.url + "/groups/study/tune-svm")
     page.wait_for_selector("figure.scatter canvas")
     assert [f.split("\n")[0] for f in page.locator("figure.scatter").all_inner_texts()] == [

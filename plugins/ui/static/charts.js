@@ -62,7 +62,11 @@ export class MetricPanel {
     if (this.range) [params.start, params.stop] = this.range;
     const answers = await Promise.all(this.sources.map((s) => api(s.url(params))));
     this.raw = answers.map((a) => a.metrics[this.name] || { steps: [], values: [], count: 0, shown: 0 });
-    const counts = this.raw.map((r) => (r.count > r.shown ? `${formatNumber(r.count)} points, ${formatNumber(r.shown)} drawn` : `${formatNumber(r.count)} points`));
+    const counts = this.raw.map((r, i) => {
+      const label = this.sources.length > 1 ? `${this.sources[i].label}: ` : "";
+      const drawn = r.count > r.shown ? `, ${r.shown} drawn` : "";
+      return `${label}${r.count} points${drawn}`;
+    });
     this.note.textContent = counts.join(" · ") + (this.range ? " · double-click to zoom out" : " · drag to zoom");
     this.redraw();
   }
@@ -123,13 +127,15 @@ export function scatterChart(container, title, xs, ys, labels) {
     .map((x, i) => [categorical ? categories.indexOf(show(x)) : x, ys[i], labels[i]])
     .filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]))
     .sort((a, b) => a[0] - b[0]);
+  const positive = points.length > 1 && !categorical && points[0][0] > 0;
+  const log = positive && points[points.length - 1][0] / points[0][0] >= 100;
   const box = el("div", { class: "chart" });
   const figure = el("figure", { class: "scatter", "data-param": title }, el("figcaption", {}, el("strong", { text: title })), box);
   container.append(figure);
   const options = {
     width: Math.max(280, Math.floor(box.clientWidth || 360)),
     height: 220,
-    scales: { x: { time: false } },
+    scales: { x: log ? { time: false, distr: 3 } : { time: false } },
     series: [
       { label: title },
       { label: "result", stroke: COLORS[0], width: 0, paths: () => null, points: { show: true, size: 7, fill: COLORS[0] } },
@@ -154,7 +160,7 @@ export function parallelCoordinates(container, columns, rows) {
   container.append(canvas);
   const ctx = canvas.getContext("2d");
   ctx.scale(ratio, ratio);
-  const pad = { left: 50, right: 50, top: 28, bottom: 24 };
+  const pad = { left: 50, right: 50, top: 40, bottom: 24 };
   const axes = columns.map((name, c) => axisOf(name, rows.map((r) => r[c])));
   const x = (c) => pad.left + (columns.length === 1 ? 0 : (c * (width - pad.left - pad.right)) / (columns.length - 1));
   const y = (c, value) => {
@@ -189,8 +195,10 @@ export function parallelCoordinates(container, columns, rows) {
     ctx.moveTo(x(c), pad.top);
     ctx.lineTo(x(c), height - pad.bottom);
     ctx.stroke();
+    ctx.font = "bold 12px system-ui, sans-serif";
     ctx.fillText(columns[c], x(c), 14);
-    ctx.fillText(axis.top, x(c), pad.top - 4 + 0);
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillText(axis.top, x(c), pad.top - 8);
     ctx.fillText(axis.bottom, x(c), height - 6);
   });
   return canvas;
@@ -201,11 +209,14 @@ function axisOf(name, values) {
   if (numbers.length === values.filter((v) => v !== null && v !== undefined).length && numbers.length) {
     const lo = Math.min(...numbers);
     const hi = Math.max(...numbers);
-    const span = hi - lo || 1;
+    // Values over two or more powers of ten (C = 0.01 ... 100) on a log axis.
+    const log = lo > 0 && hi / lo >= 100;
+    const f = log ? Math.log10 : (v) => v;
+    const span = f(hi) - f(lo) || 1;
     return {
-      position: (v) => (typeof v === "number" && Number.isFinite(v) ? (hi === lo ? 0.5 : (v - lo) / span) : null),
+      position: (v) => (typeof v === "number" && Number.isFinite(v) && (!log || v > 0) ? (hi === lo ? 0.5 : (f(v) - f(lo)) / span) : null),
       top: formatNumber(hi),
-      bottom: formatNumber(lo),
+      bottom: formatNumber(lo) + (log ? " (log)" : ""),
     };
   }
   const categories = [...new Set(values.filter((v) => v !== null && v !== undefined).map((v) => show(v)))];

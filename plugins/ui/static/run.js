@@ -42,6 +42,8 @@ async function pollOutput() {
   if (atBottom) output.scrollTop = output.scrollHeight;
   setStatus(document.getElementById("status"), chunk.status, chunk.probably_dead);
   document.getElementById("heartbeat").textContent = (chunk.heartbeat || "").replace("T", " ");
+  document.getElementById("stopped").textContent = (chunk.stop_time || "").replace("T", " ");
+  document.getElementById("duration").textContent = duration(chunk.duration);
   // A run that stopped beating may still come back: it is followed until it has ended.
   const live = chunk.status === "RUNNING" || chunk.status === "QUEUED";
   following.textContent = !live ? "" : chunk.probably_dead ? "(no heartbeat for a while: probably dead)" : "(following the running run)";
