@@ -27,7 +27,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from expkit.errors import ExpkitError, UsageError
+from expkit.runs import probably_dead
 from expkit.serialize import to_data, utcnow
+from expkit_plugins.runs import source_names
 from expkit_plugins.ui import series, views
 from expkit_plugins.ui.security import ARTIFACT_POLICY, TOKEN_HEADER, Guard
 from expkit_plugins.ui.stores import StoreView
@@ -276,7 +278,7 @@ class _UI:
             xs, ys = store.series(run_id, name, _metric_arrays)
             shown_x, shown_y = series.downsample(xs, ys, width, start, stop)
             result[name] = {
-                "steps": shown_x.tolist(),
+                "steps": series.as_list(shown_x),
                 "values": shown_y.tolist(),
                 "count": len(xs),
                 "shown": len(shown_x),
@@ -309,7 +311,7 @@ class _UI:
         store = self._store(request)
         record = store.record(request.path_params["run_id"])
         name = request.path_params["name"]
-        if name not in views.source_names(record):
+        if name not in source_names(record):
             raise KeyError(f"run {record.id} has no source {name!r}")
         data = store.read_source(record.id, name)
         return JSONResponse({"name": name, "text": data.decode("utf-8", errors="replace")})
@@ -391,7 +393,7 @@ class _UI:
 
     def _refuse_running(self, store: StoreView, run_id: str, what: str) -> None:
         record = store.record(run_id)
-        detail_running = record.status == "RUNNING" and not views.probably_dead(
+        detail_running = record.status == "RUNNING" and not probably_dead(
             record, utcnow(), self.beat
         )
         if detail_running:

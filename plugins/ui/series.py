@@ -67,6 +67,13 @@ def downsample(
     return xs[picked], ys[picked]
 
 
+def as_list(values: np.ndarray) -> list:
+    """``values`` as a list for JSON: whole numbers as ints (steps are), others as floats."""
+    if len(values) and np.all(np.mod(values, 1) == 0) and np.all(np.abs(values) < 2**53):
+        return values.astype(np.int64).tolist()
+    return values.tolist()
+
+
 def _first_where(mask: np.ndarray, column: np.ndarray) -> np.ndarray:
     """The first index in each column where ``mask`` holds (every column has one)."""
     hits = np.flatnonzero(mask)

@@ -12,7 +12,6 @@ import fnmatch
 import json
 import mimetypes
 import shlex
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -596,8 +595,3 @@ def _is_number(value: Any) -> bool:
 
 def _seconds(delta: datetime.timedelta | None) -> float | None:
     return None if delta is None else delta.total_seconds()
-
-
-def ids_of(records: Iterable[RunRecord]) -> list[Any]:
-    """The ids of ``records`` as JSON data."""
-    return [to_data(r.id) for r in records]
