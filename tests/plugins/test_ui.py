@@ -489,3 +489,60 @@ def _listening_addresses(port: int) -> set[str]:
                 else:
                     found.add(address)
     return found
+
+
+# --- every store with a reader ------------------------------------------------------------------
+
+
+def test_tinydb_and_mongo_stores_are_shown_and_edited(tmp_path, mongo_url):
+    from expkit import Experiment
+    from expkit.runs import get_run
+    from expkit_plugins.mongo_store import expkit_store_for_url
+
+    tinydb_url = f"tinydb://{tmp_path / 'db'}"
+    for url in (tinydb_url, mongo_url):
+        ex = Experiment("elsewhere")
+        ex.observers.append(
+            expkit_store_for_url(url=url) if url == mongo_url else _tinydb_store(tmp_path / "db")
+        )
+        ex.add_config(lr=0.5)
+
+        @ex.main
+        def main(lr, _run):
+            print("stored elsewhere")
+            _run.log_scalar("loss", lr, 0)
+            _run.log_scalar("loss", lr / 2, 1)
+            return lr
+
+        ex.run(options={"--capture": "sys"})
+    with UiServer("--store", tinydb_url, "--store", mongo_url, cwd=tmp_path) as ui:
+        stores = ui.get_json("/api/stores")
+        assert [(s["index"], s["editable"], s["runs"]) for s in stores] == [
+            (0, True, 1),
+            (1, True, 1),
+        ]
+        assert "***" in stores[1]["url"]  # the password is not shown
+        for index, url in enumerate((tinydb_url, mongo_url)):
+            row = ui.get_json(f"/api/runs?store={index}")["rows"][0]
+            assert (row["experiment"], row["result"]) == ("elsewhere", 0.5)
+            run_id = row["id"]
+            metrics = ui.get_json(f"/api/runs/{run_id}/metrics?store={index}")["metrics"]
+            assert metrics["loss"]["values"] == [0.5, 0.25]
+            output = ui.get_json(f"/api/runs/{run_id}/output?store={index}")
+            assert "stored elsewhere" in output["text"]
+            status, _, body = ui.request("GET", f"/runs/{run_id}?store={index}")
+            highlighted_def = (
+                b'<span class="k">def</span><span class="w"> </span><span class="nf">main'
+            )
+            assert status == 200 and highlighted_def in body  # its source, from the store
+            edit = {"comment": f"kept in store {index}", "tags": ["x"]}
+            path = f"/api/runs/{run_id}?store={index}"
+            assert ui.request("PATCH", path, edit, ui.write_headers())[0] == 200
+            assert get_run(url, run_id).meta["comment"] == f"kept in store {index}"
+        assert ui.request("GET", "/api/runs?store=2")[0] == 404
+
+
+def _tinydb_store(path):
+    from expkit.observers import TinyDbObserver
+
+    return TinyDbObserver(str(path))
