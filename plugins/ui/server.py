@@ -40,6 +40,8 @@ def serve(config: Any) -> int:
             allow_delete=bool(config.getoption("ui_allow_delete")),
             beat_interval=config.settings.beat_interval or 10.0,
         )
+        for store in stores:
+            store.warm()
         addresses = _addresses(host, port, None if loopback else token)
         _announce(stores, host, addresses, loopback)
         if config.getoption("ui_open"):

@@ -49,6 +49,7 @@ class StoreView:
         self.url = redact_url(url)
         self.reader = reader
         self._reader_lock = threading.Lock()
+        self._first_reading = threading.Lock()
         self._lock = threading.Lock()  # guards the fields below
         self._listing: Listing | None = None
         self._refreshing = False
@@ -75,11 +76,23 @@ class StoreView:
                     self._refreshing = True
                     threading.Thread(target=self._refresh, daemon=True).start()
                 return current
-        listing = Listing(tuple(self._call(self.reader.list_runs)), time.monotonic())
-        with self._lock:
-            if self._listing is None or self._listing.read_at < listing.read_at:
-                self._listing = listing
+        with self._first_reading:  # one reading for all the requests that wait for it
+            if self._listing is None:
+                listing = Listing(tuple(self._call(self.reader.list_runs)), time.monotonic())
+                with self._lock:
+                    self._listing = listing
             return self._listing
+
+    def warm(self) -> None:
+        """Read the listing now, in the background, so that the first page need not wait."""
+
+        def read() -> None:
+            try:
+                self.listing()
+            except Exception as exc:  # the first page says it again, to the user
+                log.debug("expkit ui: reading %s failed: %s", self.url, exc)
+
+        threading.Thread(target=read, daemon=True).start()
 
     def record(self, run_id: str) -> RunRecord:
         """Everything about run ``run_id`` (as typed in a URL); :class:`KeyError` if none."""
@@ -91,7 +104,10 @@ class StoreView:
             found = self._kept(key)  # read meanwhile by the request this one waited for
             if found is not None:
                 return found
-            record = _get_run(self.reader, key)
+            try:
+                record = _get_run(self.reader, key)
+            except KeyError:
+                raise KeyError(f"no run {key!r} in {self.url}") from None
         with self._lock:
             self._records[key] = (time.monotonic(), record)
             self._records.move_to_end(key)

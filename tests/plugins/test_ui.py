@@ -236,8 +236,10 @@ def test_a_run_has_everything_but_output_and_metric_values(server, store):
     assert run["rerun"] == f"expkit rerun {ids['plain'][0]} --store {store[0]}"
     assert run["meta"]["options"] == {"--capture": "sys"}  # only the options that were set
     assert "config_docs" not in run["meta"] and run["meta"]["config_updates"]["kernel"] == "rbf"
-    assert server.request("GET", "/api/runs/999")[0] == 404
-    assert server.request("GET", "/runs/999")[0] == 404
+    status, _, body = server.request("GET", "/api/runs/999")
+    assert (status, json.loads(body)) == (404, {"error": f"no run '999' in {store[0]}"})
+    status, _, body = server.request("GET", "/runs/999")
+    assert status == 404 and f"no run &#39;999&#39; in {store[0]}".encode() in body
 
 
 def test_output_comes_in_pieces_from_an_offset(server, store):

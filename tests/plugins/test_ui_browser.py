@@ -177,7 +177,7 @@ def test_a_run_shows_charts_config_docs_artifacts_output_and_sources(page, showc
         page.locator("td.doc", has_text="the inverse of the regularisation strength").count() == 1
     )
     page.wait_for_function(
-        "() => document.querySelector('img[alt=\"confusion.png\"]').naturalWidth === 24"
+        "() => document.querySelector('img[alt=\"confusion.png\"]').naturalWidth === 160"
     )
     page.wait_for_function(
         "() => document.querySelector('pre.preview').textContent.includes('setosa')"

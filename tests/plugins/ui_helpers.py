@@ -125,7 +125,7 @@ class UiServer:
         return {"Authorization": f"token {self.token}"} if self.token else {}
 
 
-def png_bytes(width: int = 24, height: int = 16) -> bytes:
+def png_bytes(width: int = 160, height: int = 96) -> bytes:
     """A real PNG image: a blue-to-red gradient."""
     rows = b"".join(
         b"\0"
