@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,44 @@ def test_the_default_store_is_the_projects_runs_folder_and_ctrl_c_stops_it(tmp_p
         assert running.get_json("/api/stores")[0]["url"] == str(path)
         code, out, err = running.stop()
     assert (code, out.strip(), err) == (0, "expkit ui stopped", "")
+
+
+def test_open_shows_the_page_in_the_browser(tmp_path, store):
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    with UiServer(
+        "--store", str(store[0]), "--open", cwd=tmp_path, env={"BROWSER": str(browser)}
+    ) as ui:
+        for _ in range(100):
+            if opened.exists() and opened.read_text():
+                break
+            time.sleep(0.05)
+        assert opened.read_text().strip() == ui.url + "/"
+
+
+def test_compare_shows_how_the_sources_differ(tmp_path):
+    experiment = (
+        "from expkit import Experiment\n"
+        "ex = Experiment('diffed')\n"
+        "@ex.automain\n"
+        "def main():\n"
+        "    return {}\n"
+    )
+    write_project(tmp_path, {"exp_diffed.py": experiment.format(1)})
+    assert run_expkit("run", "exp_diffed.py", cwd=tmp_path).returncode == 0
+    write_project(tmp_path, {"exp_diffed.py": experiment.format(2)})
+    assert run_expkit("run", "exp_diffed.py", cwd=tmp_path).returncode == 0
+    with UiServer(cwd=tmp_path) as ui:
+        report = ui.get_json("/api/compare?run=1&run=2")
+        assert report["results"] == [1, 2]
+        diff = report["sources"]["exp_diffed.py"]["2"]
+        assert "-    return 1" in diff and "+    return 2" in diff
+        status, _, page = ui.request("GET", "/compare?run=1&run=2")
+        assert status == 200
+        assert b'<span class="gd">-    return 1</span>' in page
+        assert b'<span class="gi">+    return 2</span>' in page
 
 
 # --- loopback by default; a token anywhere else ---------------------------------------------------

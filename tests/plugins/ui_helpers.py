@@ -27,9 +27,10 @@ SCRIPT = "<script>alert(2)</script>"
 class UiServer:
     """``expkit ui ARGS --port 0`` as a child process, and plain HTTP requests to it."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.cwd = cwd
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.url = ""
@@ -41,7 +42,7 @@ class UiServer:
             cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env(),
+            env=child_env(**self.env),
         )
         fd = self.proc.stdout.fileno()
         pending = b""
