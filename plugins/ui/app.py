@@ -9,6 +9,7 @@ block.
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 import posixpath
 from pathlib import Path
@@ -55,6 +56,31 @@ API_DOC = {
     "GET /api/groups": "the sweeps and studies of a store",
     "GET /api/groups/KIND/KEY": "a sweep's or study's runs, parameters and results",
 }
+
+
+class _JSONResponse(JSONResponse):
+    """JSON that browsers parse: NaN and infinities (which JSON lacks) as text."""
+
+    def render(self, content: Any) -> bytes:
+        return strict_json(content).encode("utf-8")
+
+
+def strict_json(data: Any, **options: Any) -> str:
+    """``data`` as JSON text; a NaN or an infinity becomes the text ``"nan"``, ``"inf"``."""
+    try:
+        return json.dumps(data, allow_nan=False, ensure_ascii=False, **options)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False, ensure_ascii=False, **options)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 class _Refused(Exception):
@@ -126,6 +152,7 @@ class _UI:
             undefined=jinja2.StrictUndefined,
         )
         env.filters["json"] = _json_text
+        env.policies["json.dumps_function"] = strict_json  # for |tojson
         env.filters["quote"] = lambda value: quote(str(value), safe="")
         env.filters["num"] = _number_text
         self.templates = Jinja2Templates(env=env)
@@ -183,10 +210,10 @@ class _UI:
     # --- the API ------------------------------------------------------------------------
 
     def api_index(self, request: Request) -> Response:
-        return JSONResponse({"endpoints": API_DOC})
+        return _JSONResponse({"endpoints": API_DOC})
 
     def api_stores(self, request: Request) -> Response:
-        return JSONResponse(
+        return _JSONResponse(
             [
                 {
                     "index": s.index,
@@ -212,12 +239,14 @@ class _UI:
         )
         offset = _int(params, "offset", 0, 0, None)
         limit = _int(params, "limit", views.PAGE_SIZE, 1, views.MAX_PAGE_SIZE)
-        return JSONResponse(views.runs_page(store, query, offset, limit, utcnow(), self.beat))
+        return _JSONResponse(views.runs_page(store, query, offset, limit, utcnow(), self.beat))
 
     def api_run(self, request: Request) -> Response:
         store = self._store(request)
         record = store.record(request.path_params["run_id"])
-        return JSONResponse(views.run_detail(store, record, utcnow(), self.beat, self.allow_delete))
+        return _JSONResponse(
+            views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
+        )
 
     async def api_edit(self, request: Request) -> Response:
         store = self._store(request)
@@ -245,7 +274,7 @@ class _UI:
             record = store.edit(run_id, comment, tags)
             return {"id": to_data(record.id), "comment": comment, "tags": views.tags_of(record)}
 
-        return JSONResponse(await run_in_threadpool(edit))
+        return _JSONResponse(await run_in_threadpool(edit))
 
     async def api_delete(self, request: Request) -> Response:
         store = self._store(request)
@@ -260,7 +289,7 @@ class _UI:
             store.delete(run_id)
             return {"deleted": run_id}
 
-        return JSONResponse(await run_in_threadpool(delete))
+        return _JSONResponse(await run_in_threadpool(delete))
 
     def api_metrics(self, request: Request) -> Response:
         store = self._store(request)
@@ -283,14 +312,14 @@ class _UI:
                 "count": len(xs),
                 "shown": len(shown_x),
             }
-        return JSONResponse({"id": to_data(record.id), "metrics": result, "missing": missing})
+        return _JSONResponse({"id": to_data(record.id), "metrics": result, "missing": missing})
 
     def api_output(self, request: Request) -> Response:
         store = self._store(request)
         record = store.record(request.path_params["run_id"])
         raw = request.query_params.get("offset")
         offset = None if raw is None else _int(request.query_params, "offset", 0, 0, None)
-        return JSONResponse(views.output_chunk(record, offset, utcnow(), self.beat))
+        return _JSONResponse(views.output_chunk(record, offset, utcnow(), self.beat))
 
     def api_artifact(self, request: Request) -> Response:
         store = self._store(request)
@@ -301,7 +330,7 @@ class _UI:
             raise KeyError(f"run {record.id} has no artifact {name!r}")
         data = store.read_artifact(record.id, name)
         if request.query_params.get("preview"):
-            return JSONResponse(views.preview(data))
+            return _JSONResponse(views.preview(data))
         kind = views.artifact_kind(name)
         content_type = mimetypes.guess_type(name)[0] if kind == "image" else None
         download = request.query_params.get("download") or kind != "image"
@@ -314,7 +343,7 @@ class _UI:
         if name not in source_names(record):
             raise KeyError(f"run {record.id} has no source {name!r}")
         data = store.read_source(record.id, name)
-        return JSONResponse({"name": name, "text": data.decode("utf-8", errors="replace")})
+        return _JSONResponse({"name": name, "text": data.decode("utf-8", errors="replace")})
 
     def api_resource(self, request: Request) -> Response:
         store = self._store(request)
@@ -327,15 +356,15 @@ class _UI:
 
     def api_compare(self, request: Request) -> Response:
         store = self._store(request)
-        return JSONResponse(views.comparison(store, self._compared(request, store)))
+        return _JSONResponse(views.comparison(store, self._compared(request, store)))
 
     def api_groups(self, request: Request) -> Response:
-        return JSONResponse(views.groups(self._store(request)))
+        return _JSONResponse(views.groups(self._store(request)))
 
     def api_group(self, request: Request) -> Response:
         store = self._store(request)
         kind, key = self._group_key(request)
-        return JSONResponse(views.group_report(store, kind, key))
+        return _JSONResponse(views.group_report(store, kind, key))
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -346,7 +375,7 @@ class _UI:
             code = status or getattr(exc, "status", None) or getattr(exc, "status_code", 500)
             message = _message(exc)
             if request.url.path.startswith("/api"):
-                return JSONResponse({"error": message}, status_code=code)
+                return _JSONResponse({"error": message}, status_code=code)
             context = {"title": f"{code}", "status": code, "message": message}
             return self._render(request, "error.html", None, status_code=code, **context)
 
@@ -457,7 +486,7 @@ def _file_response(data: bytes, name: str, content_type: str | None, download: A
 
 def _json_text(value: Any) -> str:
     """JSON text of ``value`` for a page (autoescaped where it is put)."""
-    return json.dumps(to_data(value), sort_keys=True, ensure_ascii=False)
+    return strict_json(to_data(value), sort_keys=True)
 
 
 def _number_text(value: Any) -> str:

@@ -587,3 +587,38 @@ def _tinydb_store(path):
     from expkit.observers import TinyDbObserver
 
     return TinyDbObserver(str(path))
+
+
+def test_nan_and_infinity_are_sent_as_json_a_browser_parses(tmp_path):
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("diverged")
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+    ex.add_config(limit=float("inf"))
+
+    @ex.main
+    def main(_run):
+        for step, loss in enumerate((1.0, float("inf"), float("nan"), 0.5)):
+            _run.log_scalar("loss", loss, step)
+        return float("nan")
+
+    run_id = ex.run(options={"--capture": "sys"})._id
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    with UiServer("--store", str(tmp_path / "runs"), cwd=tmp_path) as ui:
+        for path in ("/api/runs", f"/api/runs/{run_id}", f"/api/runs/{run_id}/metrics"):
+            status, _, body = ui.request("GET", path)
+            assert status == 200, (path, body)
+            strict(body)
+        run = strict(ui.request("GET", f"/api/runs/{run_id}")[2])
+        assert run["result"] == "nan"
+        assert run["config"][0] == {"key": "limit", "value": "inf", "doc": ""}
+        assert run["metrics"][0]["max"] == "inf"
+        metrics = strict(ui.request("GET", f"/api/runs/{run_id}/metrics")[2])["metrics"]
+        assert metrics["loss"] == {"steps": [0, 3], "values": [1.0, 0.5], "count": 2, "shown": 2}
+        page = ui.request("GET", f"/runs/{run_id}")[2].decode()
+        data = page.split('<script type="application/json" id="run-data">')[1].split("</script>")[0]
+        assert strict(data)["result"] == "nan"
