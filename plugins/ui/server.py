@@ -26,7 +26,8 @@ def serve(config: Any) -> int:
     if config.getoption("paths"):
         raise UsageError("expkit ui takes no paths: name stores with --store URL (repeatable)")
     host = config.getoption("ui_host")
-    stores = _open_stores(config)
+    beat = config.settings.beat_interval or 10.0
+    stores = _open_stores(config, beat)
     try:
         sock = _listen(host, config.getoption("ui_port"))
         port = sock.getsockname()[1]
@@ -38,7 +39,7 @@ def serve(config: Any) -> int:
             loopback=loopback,
             port=port,
             allow_delete=bool(config.getoption("ui_allow_delete")),
-            beat_interval=config.settings.beat_interval or 10.0,
+            beat_interval=beat,
         )
         for store in stores:
             store.warm()
@@ -68,12 +69,15 @@ def serve(config: Any) -> int:
             store.close()
 
 
-def _open_stores(config: Any) -> list[StoreView]:
+def _open_stores(config: Any, beat: float) -> list[StoreView]:
+    from expkit_plugins.ui.views import prepare
+
     urls = list(config.getoption("stores") or ()) or [store_url(config)]
     stores: list[StoreView] = []
     try:
         for index, url in enumerate(dict.fromkeys(urls)):
-            stores.append(StoreView(index, url, reader_for(config.pluginmanager, url)))
+            reader = reader_for(config.pluginmanager, url)
+            stores.append(StoreView(index, url, reader, lambda listing: prepare(listing, beat)))
     except BaseException:
         for store in stores:
             store.close()

@@ -44,10 +44,14 @@ class Listing:
 class StoreView:
     """One store of the web view: its reader, its cached listing and records."""
 
-    def __init__(self, index: int, url: str, reader: Any) -> None:
+    def __init__(
+        self, index: int, url: str, reader: Any, prepare: Callable[[Listing], None] | None = None
+    ) -> None:
         self.index = index
         self.url = redact_url(url)
         self.reader = reader
+        # Called with each new listing before pages see it: derive what they ask for most.
+        self.prepare = prepare
         self._reader_lock = threading.Lock()
         self._first_reading = threading.Lock()
         self._lock = threading.Lock()  # guards the fields below
@@ -78,7 +82,7 @@ class StoreView:
                 return current
         with self._first_reading:  # one reading for all the requests that wait for it
             if self._listing is None:
-                listing = Listing(tuple(self._call(self.reader.list_runs)), time.monotonic())
+                listing = self._read_listing()
                 with self._lock:
                     self._listing = listing
             return self._listing
@@ -183,12 +187,17 @@ class StoreView:
                 return record
             return None
 
+    def _read_listing(self) -> Listing:
+        listing = Listing(tuple(self._call(self.reader.list_runs)), time.monotonic())
+        if self.prepare is not None:
+            self.prepare(listing)
+        return listing
+
     def _refresh(self) -> None:
         with self._lock:
             edits = self._edits
         try:
-            records = tuple(self._call(self.reader.list_runs))
-            fresh = Listing(records, time.monotonic())
+            fresh = self._read_listing()
         except Exception as exc:  # the store went away: keep showing what was read, say why
             log.warning("expkit ui: reading %s failed: %s", self.url, exc)
             with self._lock:

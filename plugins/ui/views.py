@@ -20,7 +20,7 @@ from expkit.configuration import flatten
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.runs import lookup, parse_filter, probably_dead
-from expkit.serialize import to_data
+from expkit.serialize import to_data, utcnow
 from expkit_plugins.runs import compare, dependencies, source_names
 
 PAGE_SIZE = 50
@@ -103,6 +103,11 @@ def select(listing: Any, query: RunQuery, now: datetime.datetime, beat: float) -
         listing.derived.clear()
     listing.derived[query] = selection
     return selection
+
+
+def prepare(listing: Any, beat: float = 10.0) -> None:
+    """Derive what the runs table's first page needs, before any page asks for it."""
+    select(listing, RunQuery(), utcnow(), beat)
 
 
 def runs_page(
