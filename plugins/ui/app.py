@@ -304,7 +304,7 @@ class _UI:
             if name not in (record.metrics or {}):
                 missing.append(name)  # compared runs need not log the same metrics
                 continue
-            xs, ys = store.series(run_id, name, _metric_arrays)
+            xs, ys = store.series(run_id, name, series.arrays_of)
             shown_x, shown_y = series.downsample(xs, ys, width, start, stop)
             result[name] = {
                 "steps": series.as_list(shown_x),
@@ -443,10 +443,6 @@ class _UI:
             "html": _highlight(name, text),
             "lines": text.count("\n") + 1,
         }
-
-
-def _metric_arrays(metric: dict) -> Any:
-    return series.as_arrays(metric.get("steps") or (), metric.get("values") or ())
 
 
 def _highlight(name: str, text: str) -> Markup:

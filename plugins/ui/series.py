@@ -16,6 +16,11 @@ import numpy as np
 MAX_WIDTH = 4000  # columns: a chart wider than this gains nothing
 
 
+def arrays_of(metric: dict) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`as_arrays` of a metric as readers give it (``{"steps", "values", ...}``)."""
+    return as_arrays(metric.get("steps") or (), metric.get("values") or ())
+
+
 def as_arrays(steps: Sequence[Any], values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Steps and values as float arrays sorted by step; points that are no number dropped."""
     xs = _floats(steps)

@@ -22,6 +22,7 @@ from expkit.records import RunRecord
 from expkit.runs import lookup, parse_filter, probably_dead
 from expkit.serialize import to_data, utcnow
 from expkit_plugins.runs import compare, dependencies, source_names
+from expkit_plugins.ui import series
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -341,7 +342,7 @@ def run_detail(
         "sources": source_names(record),
         "artifacts": [{"name": a, "kind": artifact_kind(a)} for a in record.artifacts],
         "resources": [{"path": p, "md5": m} for p, m in record.resources],
-        "metrics": metric_summaries(record.metrics or {}),
+        "metrics": metric_summaries(store, record),
         "output_size": len(record.captured_out or ""),
         "rerun": rerun_command(store.url, record),
         "editable": store.editable,
@@ -350,18 +351,19 @@ def run_detail(
     }
 
 
-def metric_summaries(metrics: dict[str, dict]) -> list[dict]:
+def metric_summaries(store: Any, record: RunRecord) -> list[dict]:
     """Per metric: name, number of points, last, smallest and largest value."""
     summaries = []
-    for name, entry in sorted(metrics.items()):
-        values = [v for v in entry.get("values") or () if _is_number(v) and v == v]
+    for name, entry in sorted((record.metrics or {}).items()):
+        _, values = store.series(str(record.id), name, series.arrays_of)  # kept for the chart
+        shown = len(values) > 0
         summaries.append(
             {
                 "name": name,
                 "count": len(entry.get("steps") or ()),
-                "last": values[-1] if values else None,
-                "min": min(values) if values else None,
-                "max": max(values) if values else None,
+                "last": float(values[-1]) if shown else None,
+                "min": float(values.min()) if shown else None,
+                "max": float(values.max()) if shown else None,
             }
         )
     return summaries
