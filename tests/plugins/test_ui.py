@@ -616,7 +616,13 @@ def test_nan_and_infinity_are_sent_as_json_a_browser_parses(tmp_path):
         run = strict(ui.request("GET", f"/api/runs/{run_id}")[2])
         assert run["result"] == "nan"
         assert run["config"][0] == {"key": "limit", "value": "inf", "doc": ""}
-        assert run["metrics"][0] == {"name": "loss", "count": 4, "last": 0.5, "min": 0.5, "max": 1.0}
+        assert run["metrics"][0] == {
+            "name": "loss",
+            "count": 4,
+            "last": 0.5,
+            "min": 0.5,
+            "max": 1.0,
+        }
         metrics = strict(ui.request("GET", f"/api/runs/{run_id}/metrics")[2])["metrics"]
         assert metrics["loss"] == {"steps": [0, 3], "values": [1.0, 0.5], "count": 2, "shown": 2}
         page = ui.request("GET", f"/runs/{run_id}")[2].decode()
