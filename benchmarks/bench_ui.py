@@ -26,6 +26,7 @@ Results go to ``results_ui.json`` and ``results_ui.md`` beside this file (or ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,19 @@ class Server:
             self.proc.wait()
 
 
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    """A page of headless Chromium (Debian's), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -160,8 +175,6 @@ def timed_request(url: str, data: bytes | None = None) -> tuple[float, bytes]:
 
 
 def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [EXPKIT, "ui", "--store", store, "--store", big_store, "--port", str(port)]
@@ -182,9 +195,7 @@ def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[
             for _ in range(5)
         ]
         out["api_filtered_sorted"] = statistics.median(sorted_samples)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+        with browser_page() as page:
             shown = []
             for _ in range(3):
                 begin = time.perf_counter()
@@ -209,7 +220,6 @@ def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[
             )
             out["chart_shown_first"] = charted[0]
             out["chart_shown_again"] = statistics.median(charted[1:])
-            browser.close()
     return out
 
 
@@ -289,8 +299,6 @@ def _copy_rows(con: Any, table: str, key: str, source: str, overrides: dict, *re
 
 
 def measure_mlflow(db: Path, runs: int, repeat: int, work: Path) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
     out: dict[str, Any] = {}
     begin = time.perf_counter()
     uri = make_mlflow_store(db, runs)
@@ -308,9 +316,7 @@ def measure_mlflow(db: Path, runs: int, repeat: int, work: Path) -> dict[str, An
         out["api_first_page_warm"] = statistics.median(
             timed_request(endpoint, search)[0] for _ in range(repeat)
         )
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+        with browser_page() as page:
             shown = []
             for _ in range(3):
                 begin = time.perf_counter()
@@ -319,7 +325,6 @@ def measure_mlflow(db: Path, runs: int, repeat: int, work: Path) -> dict[str, An
                 page.get_by_text(f"run-{runs:05d}").first.wait_for(timeout=120_000)
                 shown.append(time.perf_counter() - begin)
             out["table_shown"] = statistics.median(shown)
-            browser.close()
     return out
 
 
