@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from expkit.experiment import Experiment, Ingredient
     from expkit.module import config, fixture, named_config
     from expkit.observers import RunObserver
-    from expkit.run import IgnoreHostInfo, Run, host_info_gatherer
+    from expkit.run import IgnoreHostInfo, Run, host_info_gatherer, host_info_getter
     from expkit.settings import SETTINGS
 
 # Imported on first use, so that ``import expkit`` (a plugin, a tool that only asks the
@@ -45,6 +45,7 @@ _LAZY = {
     "IgnoreHostInfo": "expkit.run",
     "Run": "expkit.run",
     "host_info_gatherer": "expkit.run",
+    "host_info_getter": "expkit.run",
     "cli_option": "expkit.commandline",
     "SETTINGS": "expkit.settings",
 }
@@ -78,7 +79,12 @@ def console_main() -> int:
     import sys
 
     code = main(sys.argv[1:])
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        from expkit.cli import output_closed
+
+        return output_closed()
     return code
 
 
@@ -102,6 +108,7 @@ __all__ = [
     "config",
     "fixture",
     "host_info_gatherer",
+    "host_info_getter",
     "main",
     "named_config",
 ]

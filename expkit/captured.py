@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.configuration import get_path, join_path
-from expkit.errors import ExpkitError, MissingConfigError
+from expkit.errors import ExpkitError, MissingConfigError, SignatureError
 from expkit.utils import suggest
 
 if TYPE_CHECKING:
@@ -122,9 +122,11 @@ class CapturedFunction:
         view = get_path(config, path, {}) if path else config
         view = dict(view) if isinstance(view, Mapping) else {}
         if self.ingredient is not None and not self.prefix:
-            for sub in self.ingredient.ingredients:
-                name = sub.path.rsplit(".", 1)[-1]
-                view.setdefault(name, get_path(config, sub.config_path, {}))
+            # As in Sacred: every ingredient below this one, not only its own ones.
+            for sub, depth in self.ingredient.traverse_ingredients():
+                if depth:
+                    name = sub.path.rsplit(".", 1)[-1]
+                    view.setdefault(name, get_path(config, sub.config_path, {}))
         return view
 
     def bind(self, run: Run, extra: Mapping[str, Any] | None = None) -> Binding:
@@ -140,7 +142,8 @@ class CapturedFunction:
             elif name == "_run":
                 values[name] = run
             elif name == "_log":
-                values[name] = self.logger
+                # Under ``ex.logger`` when the experiment has one, as in Sacred.
+                values[name] = run.root_logger.getChild(self.logger.name)
             elif extra is not None and name in extra:
                 values[name] = extra[name]
             elif name in view:
@@ -209,6 +212,7 @@ class CapturedFunction:
 
     def arguments(self, binding: Binding, args: tuple, kwargs: dict) -> dict:
         """Keyword arguments for one call: explicit ones win, then bound values, then defaults."""
+        self._check_call(args, kwargs)
         taken = self.params.positional[: len(args)]
         out = dict(kwargs)
         for name, value in binding.values.items():
@@ -238,6 +242,21 @@ class CapturedFunction:
         if missing:
             raise self.missing_error(missing, binding.run.config)
         return out
+
+    def _check_call(self, args: tuple, kwargs: dict) -> None:
+        # Sacred's SignatureError (a TypeError) rather than Python's message about the
+        # keyword arguments the injection added.
+        params = self.params
+        if len(args) > len(params.positional) and not params.has_varargs:
+            extra = args[len(params.positional) :]
+            raise SignatureError(f"{self.describe()} got unexpected argument(s): {extra}")
+        if not params.has_varkw:
+            unexpected = sorted(set(kwargs) - set(params.names))
+            if unexpected:
+                raise SignatureError(f"{self.describe()} got unexpected kwarg(s): {unexpected}")
+        twice = [name for name in params.positional[: len(args)] if name in kwargs]
+        if twice:
+            raise SignatureError(f"{self.describe()} got multiple values for argument(s) {twice}")
 
 
 def capture(

@@ -8,14 +8,17 @@ configured (``expkit_configure``) and one of them carries out the command
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from expkit.errors import UsageError
+from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
 from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
@@ -32,11 +35,8 @@ class Parser:
     """Where plugins add their command-line options (``expkit_addoption``)."""
 
     def __init__(self) -> None:
-        self._parser = _ArgumentParser(
-            prog="expkit",
-            description="Run experiments and keep track of every run.",
-            usage="expkit [run|config|plugins|runs|rerun|sync|ui] [PATH|NODEID ...] [options]",
-        )
+        # -h is helpconfig's option: it prints the help of the command it follows.
+        self._parser = _ArgumentParser(prog="expkit", add_help=False)
         self._groups: dict[str, Any] = {}
 
     def addoption(self, *names: str, **kwargs: Any) -> None:
@@ -59,6 +59,30 @@ class Parser:
     def format_help(self) -> str:
         """The help text."""
         return self._parser.format_help()
+
+    def format_options(
+        self, dests: Iterable[str] | None = None, skip_groups: Iterable[str] = ()
+    ) -> str:
+        """The help of every option group but ``skip_groups``; or, given ``dests``, of
+        those options in that order, under one heading."""
+        formatter = self._parser._get_formatter()
+        if dests is not None:
+            order = {dest: n for n, dest in enumerate(dests)}
+            actions = [a for a in self._parser._actions if a.dest in order]
+            formatter.start_section("options")
+            formatter.add_arguments(sorted(actions, key=lambda a: order[a.dest]))
+            formatter.end_section()
+            return formatter.format_help()
+        for group in self._parser._action_groups:
+            if group._group_actions and group.title not in skip_groups:
+                formatter.start_section(group.title)
+                formatter.add_arguments(group._group_actions)
+                formatter.end_section()
+        return formatter.format_help()
+
+    def option_strings(self, dest: str) -> list[str]:
+        """The flags of the option stored under ``dest`` (``["-x", "--exitfirst"]``)."""
+        return next((a.option_strings for a in self._parser._actions if a.dest == dest), [])
 
 
 @attrs.define
@@ -127,6 +151,21 @@ def _positional(args: list[str]) -> list[str]:
     return found
 
 
+def output_closed() -> ExitCode:
+    """The reader of the output went away (``expkit runs list | head -1``): stop quietly.
+
+    Standard output is pointed at the null device, so that the flush at exit does not
+    fail again. The exit code is 0: the reader took what it wanted, nothing failed.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # no file descriptor behind sys.stdout (an in-process caller captures it)
+    return ExitCode.OK
+
+
 def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     """Run the ``expkit`` command line with ``args``; return the exit code."""
     args = list(sys.argv[1:] if args is None else args)
@@ -176,9 +215,15 @@ def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     except UsageError as exc:
         sys.stderr.write(f"ERROR: {exc}\n")
         return ExitCode.USAGE_ERROR
+    except ExpkitError as exc:
+        # A store that cannot be read, a run that cannot be made: said in one line.
+        sys.stderr.write(f"ERROR: {exc}\n")
+        return ExitCode.RUNS_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted\n")
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return output_closed()
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or ExitCode.OK

@@ -143,13 +143,24 @@ def flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _check_key(key: Any, where: str) -> None:
+    settings = SETTINGS.CONFIG
     if not isinstance(key, str):
         raise ConfigError(f"config key {key!r} in {where} must be a string")
-    if SETTINGS.CONFIG.ENFORCE_KEYS_MONGO_COMPATIBLE and ("." in key or key.startswith("$")):
+    if settings.ENFORCE_KEYS_MONGO_COMPATIBLE and ("." in key or key.startswith("$")):
         raise ConfigError(
             f"invalid config key {key!r} in {where}: keys may not contain '.' or start with '$'"
         )
-    if SETTINGS.CONFIG.ENFORCE_KEYS_NO_EQUALS and "=" in key:
+    if settings.ENFORCE_KEYS_JSONPICKLE_COMPATIBLE and key.startswith(("py/", "json://")):
+        raise ConfigError(
+            f"invalid config key {key!r} in {where}: keys starting with 'py/' or 'json://' "
+            "are jsonpickle's tags, which Sacred's readers would misread"
+        )
+    if settings.ENFORCE_VALID_PYTHON_IDENTIFIER_KEYS and not key.isidentifier():
+        raise ConfigError(
+            f"invalid config key {key!r} in {where}: keys must be Python identifiers "
+            "(SETTINGS.CONFIG.ENFORCE_VALID_PYTHON_IDENTIFIER_KEYS is on)"
+        )
+    if settings.ENFORCE_KEYS_NO_EQUALS and "=" in key:
         raise ConfigError(f"invalid config key {key!r} in {where}: keys may not contain '='")
 
 
@@ -189,6 +200,27 @@ def type_changed(old: Any, new: Any) -> bool:
     return kinds.get(type(old), type(old)) is not kinds.get(type(new), type(new))
 
 
+def restore_tuples(fixed: dict, own_values: Mapping[str, Any]) -> None:
+    """Make tuples of the lists in ``fixed`` where the scopes' ``own_values`` are tuples.
+
+    A stored config, a config file and ``-o KEY=[...]`` cannot say tuple: a list given
+    for an entry its scope sets to a tuple is that tuple's new value.
+    """
+    for path, own in own_values.items():
+        value = get_path(fixed, path, _MISSING)
+        if value is not _MISSING:
+            set_path(fixed, path, _tuples_like(own, value))
+
+
+def _tuples_like(own: Any, value: Any) -> Any:
+    if isinstance(own, Mapping) and isinstance(value, dict):
+        return {key: _tuples_like(own.get(key), sub) for key, sub in value.items()}
+    if isinstance(own, (list, tuple)) and isinstance(value, (list, tuple)):
+        items = [_tuples_like(own[i] if i < len(own) else None, v) for i, v in enumerate(value)]
+        return tuple(items) if isinstance(own, tuple) else type(value)(items)
+    return value
+
+
 # --- config dicts -----------------------------------------------------------------
 
 
@@ -221,6 +253,13 @@ class ConfigDict:
 _MISSING = object()
 
 
+class _ScopeParameterError(ConfigError, KeyError):
+    """A config scope's parameter names nothing it can read (Sacred raised a KeyError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not KeyError's quoted form
+
+
 # --- config scopes ----------------------------------------------------------------
 
 
@@ -246,9 +285,9 @@ class ConfigScope:
         fallback = dict(fallback or {})
         for name in self.arg_names:
             if name not in fixed and name not in preset and name not in fallback:
-                raise ConfigError(
-                    f"{self.where} has parameter {name!r}, which names no earlier config entry "
-                    "or ingredient"
+                raise _ScopeParameterError(
+                    f"{self.where} has parameter {name!r}, which names no earlier config entry, "
+                    "ingredient or special name (_log) (not in preset for ConfigScope)"
                 )
         namespace = dict(self.func.__globals__)
         # The scope's own names are its locals: a module global of the same name must not
@@ -282,7 +321,7 @@ class ConfigScope:
                     new = merge(copy.deepcopy(current), value)
                 else:
                     new = copy.deepcopy(value)
-                namespace[key] = placed[key] = new
+                namespace[key] = placed[key] = _tuples_like(current, new)
 
         namespace[_FIX] = fix
         exec(self._code, namespace)  # the scope's own code, compiled from its source

@@ -6,10 +6,17 @@ spool folder on local disk (``.expkit/spool`` under the working directory, or
 answers again. What is still spooled when the run ends stays there: the next run
 into the same store replays it, and so does ``expkit sync SPOOL STORE``. The run
 itself never waits on a broken store longer than the store's own time-outs.
+
+A spooled run always starts with the run's started (or queued) event, so that it can
+be recreated in any store, a fresh or another one. A store that refuses the run's
+data (a value it cannot write) will refuse it again: such a run is kept, marked
+undeliverable in its ``meta.json``, reported once, and left out of later automatic
+replays; ``expkit sync`` lists it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -23,15 +30,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from expkit.errors import UsageError
-from expkit.observers import columns_to_sacred
+import attrs
+
+from expkit.errors import ExpkitError, ExpkitInterrupt, UsageError
+from expkit.observers import RunObserver, columns_to_sacred
 from expkit.serialize import to_data
-from expkit.utils import redact_url
+from expkit.utils import has_control_chars, printable, redact_url
 
 log = logging.getLogger("expkit")
 
 # Events raised straight from what the user asked for: a refusal goes back to the user.
 _USER_EVENTS = frozenset({"started_event", "queued_event", "artifact_event", "resource_event"})
+_START_EVENTS = ("started_event", "queued_event")
+# Errors of the data, not of the connection: the same event fails the same way every time.
+_REFUSALS = (UsageError, ValueError, TypeError, RecursionError, OverflowError)
 _RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 _OLD_RUNS_WAIT = 30.0  # how long the end of a run waits for older spooled runs
 
@@ -48,9 +60,38 @@ def store_key(store: Any, url: str | None) -> str:
     return f"{type(store).__name__}-{digest}"
 
 
+def store_target(url: str | None) -> str | None:
+    """Which store ``url`` names, comparable between processes and free of passwords."""
+    if not url:
+        return None
+    if "://" not in url or url.startswith("file://"):
+        return "file://" + os.path.abspath(url.removeprefix("file://"))
+    return redact_url(url)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store refused the data (retrying cannot help), not that it
+    could not be reached."""
+    return isinstance(exc, _REFUSALS) and not isinstance(exc, OSError)
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` as one line without passwords: ``Type: message``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ExpkitError):
+        return redact_url(text)
+    return redact_url(f"{type(exc).__name__}: {text}")
+
+
+# Ints this long are written in hex: in decimal, json (and Python's int()) refuse them.
+_LONG_INT_BITS = 10_000
+
+
 def _encode(value: Any) -> Any:
     if isinstance(value, datetime.datetime):
         return {"$datetime": value.isoformat()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"$int": hex(value)} if value.bit_length() > _LONG_INT_BITS else value
     if isinstance(value, dict):
         return {str(k): _encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -62,6 +103,8 @@ def _decode(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"$datetime"}:
             return datetime.datetime.fromisoformat(value["$datetime"])
+        if set(value) == {"$int"}:
+            return int(value["$int"], 16)
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
@@ -70,6 +113,25 @@ def _decode(value: Any) -> Any:
 
 class SpoolBusy(Exception):
     """Another process (or store) is writing or replaying this spooled run."""
+
+
+class Undeliverable(ExpkitError):
+    """The store refused a spooled run's data; the run is kept, marked so in its meta."""
+
+
+class StoreLostRun(ExpkitError):
+    """The store no longer holds the run it had accepted; ``expkit sync`` recreates it."""
+
+
+@attrs.frozen
+class StoreOutcome:
+    """Where one run went for one store, as :meth:`GuardedStore.outcome` tells it."""
+
+    store: str  # the store's URL, its password redacted (or the store's class name)
+    state: str  # "stored", "spooled" (expkit sync delivers it), "undeliverable" or "lost"
+    run_id: Any = None  # the run's id in the store, when the store has the run
+    folder: str | None = None  # spooled: the store's spool folder; undeliverable: the run's
+    reason: str | None = None  # why the run is not in the store, one line
 
 
 class SpooledRun:
@@ -137,6 +199,15 @@ class SpooledRun:
         os.replace(tmp, self.folder / "meta.json")
         self._meta = meta
 
+    @property
+    def failed(self) -> str | None:
+        """Why no store can take this run (it was marked undeliverable), else ``None``."""
+        return self.meta.get("failed")
+
+    def mark_undeliverable(self, reason: str) -> None:
+        """Keep the run but leave it out of automatic replays; ``expkit sync`` lists it."""
+        self.update_meta(failed=reason, failed_time=datetime.datetime.now())
+
     def append(self, method: str, kwargs: dict) -> None:
         """Add one event; files the event names are copied in, so they survive the run."""
         if method == "artifact_event" or method == "resource_event":
@@ -172,24 +243,45 @@ class SpooledRun:
         self.unlock()
 
 
-def replay(spooled: SpooledRun, store: Any) -> Any:
+def replay(
+    spooled: SpooledRun,
+    store: Any,
+    *,
+    url: str | None = None,
+    reader: Any = None,
+    recreate: bool = False,
+    live: bool = False,
+) -> Any:
     """Send a spooled run's events to ``store`` in order; return the run's id in that store.
 
-    When the store had accepted the run's start before it failed, the run is resumed
-    under its id (``store.resume(id)``), so nothing is recorded twice. A replay cut
-    short (the store failed again, the process ended) goes on where it stopped.
+    When the store (``url``) had accepted the run's start before it failed, and still holds
+    it (``reader``, when given, shows the same start time under that id), the run is resumed
+    under its id (``store.resume(id)``), so nothing is recorded twice. Else the run is sent
+    from its start: always when the store never had it; when the store had it and lost it,
+    only with ``recreate`` (``expkit sync``; a store that went away may yet come back).
+    ``live`` says that ``store`` is the very object that took the run's start (the run's own
+    retries): it goes on without ``resume`` if it has none.
+    A replay cut short (the store failed again, the process ended) goes on where it stopped.
+    A store that refuses the run's data marks it undeliverable (:class:`Undeliverable`).
     """
     held = getattr(spooled, "_lock_fd", None) is not None  # the owner replays its own spool
     if not spooled.try_lock():
         raise SpoolBusy(f"{spooled.folder} is being written or replayed by another process")
     try:
-        meta = spooled.meta
-        if meta.get("started") and meta.get("store_id") is not None and hasattr(store, "resume"):
-            store.resume(meta["store_id"])
-        done = meta.get("delivered", 0)
-        for number, (method, kwargs) in enumerate(spooled.read()):
+        events = spooled.read()
+        if not _resume(spooled, store, url, reader, events, live):
+            _restart(spooled, events, recreate)
+        done = spooled.meta.get("delivered", 0)
+        for number, (method, kwargs) in enumerate(events):
             if number >= done:
-                _deliver(spooled, store, method, kwargs)
+                try:
+                    _deliver(spooled, store, method, kwargs, url)
+                except Exception as exc:
+                    if not _refused(exc):
+                        raise
+                    reason = f"the store refused its {method}: {_reason(exc)}"
+                    spooled.mark_undeliverable(reason)
+                    raise Undeliverable(reason) from exc
                 spooled.update_meta(delivered=number + 1)
     except BaseException:
         if not held:
@@ -200,7 +292,58 @@ def replay(spooled: SpooledRun, store: Any) -> Any:
     return run_id
 
 
-def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None:
+def _resume(
+    spooled: Any, store: Any, url: str | None, reader: Any, events: list, live: bool
+) -> bool:
+    """Go on with the run in ``store`` where it stopped, if the store holds it; True if so."""
+    meta = spooled.meta
+    run_id = meta.get("store_id")
+    if not meta.get("started") or run_id is None:
+        return False
+    if not hasattr(store, "resume"):
+        return live  # only the object that took the start knows the run
+    target = store_target(url)
+    if target and meta.get("target") and target != meta["target"]:
+        return False  # another store: its run with this id, if any, is another run
+    if reader is not None and not _same_run(reader, run_id, events):
+        return False
+    try:
+        store.resume(run_id)
+    except UsageError:
+        return False  # the store no longer has the run
+    return True
+
+
+def _same_run(reader: Any, run_id: Any, events: list) -> bool:
+    """Whether the store's run ``run_id`` is this spooled run (the same start time)."""
+    start = events[0][1].get("start_time") if events and events[0][0] in _START_EVENTS else None
+    try:
+        record = reader.get_run(run_id)
+    except KeyError:
+        return False
+    if start is None or record.start_time is None:
+        return True  # nothing to tell them apart by (a queued run): as the store says
+    # MongoDB keeps times to the millisecond.
+    return abs(record.start_time - start) < datetime.timedelta(milliseconds=1)
+
+
+def _restart(spooled: Any, events: list, recreate: bool) -> None:
+    """Prepare to send the run from its start: the store does not hold it (any more)."""
+    meta = spooled.meta
+    if not events or events[0][0] not in _START_EVENTS:
+        reason = "it lacks the start of the run (spooled by an older expkit)"
+        spooled.mark_undeliverable(reason)
+        raise Undeliverable(reason)
+    if meta.get("started") and not recreate:
+        raise StoreLostRun(
+            f"the store no longer holds run {meta.get('store_id')!r}; "
+            "'expkit sync' sends the whole run again"
+        )
+    if meta.get("delivered", 0) or meta.get("started"):
+        spooled.update_meta(started=False, delivered=0)
+
+
+def _deliver(spooled: Any, store: Any, method: str, kwargs: dict, url: str | None) -> None:
     original = kwargs.pop("original", None)
     if method == "resource_event" and original and hasattr(store, "copied_resource_event"):
         # The file is the spool's copy: the store records the path the run read.
@@ -209,14 +352,11 @@ def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None
         # Replayed into a store of another kind (expkit sync): it takes Sacred's shape.
         method = "log_metrics"
         kwargs = {"metrics_by_name": columns_to_sacred(kwargs["columns"]), "info": kwargs["info"]}
-    if method not in ("started_event", "queued_event"):
+    if method not in _START_EVENTS:
         getattr(store, method)(**kwargs)
         return
-    meta = spooled.meta
-    if meta.get("started") and hasattr(store, "resume"):
-        return  # resumed instead
     if kwargs.get("_id") is None:
-        kwargs["_id"] = meta.get("store_id")
+        kwargs["_id"] = spooled.meta.get("store_id")  # the id the run had: kept where free
     try:
         result = getattr(store, method)(**kwargs)
     except UsageError:
@@ -224,7 +364,8 @@ def _deliver(spooled: SpooledRun, store: Any, method: str, kwargs: dict) -> None
             raise
         kwargs["_id"] = None  # the id is taken in this store: let it choose one
         result = getattr(store, method)(**kwargs)
-    spooled.update_meta(started=True, store_id=result if result is not None else kwargs["_id"])
+    run_id = result if result is not None else kwargs["_id"]
+    spooled.update_meta(started=True, store_id=run_id, target=store_target(url))
 
 
 def pending(root: Path, key: str) -> list[SpooledRun]:
@@ -232,7 +373,15 @@ def pending(root: Path, key: str) -> list[SpooledRun]:
     folder = root / key
     if not folder.is_dir():
         return []
-    return [SpooledRun(p) for p in sorted(folder.iterdir()) if (p / "meta.json").exists()]
+    runs = [SpooledRun(p) for p in sorted(folder.iterdir()) if (p / "meta.json").exists()]
+    return [run for run in runs if not _failed(run)]
+
+
+def _failed(spooled: SpooledRun) -> bool:
+    try:
+        return bool(spooled.failed)
+    except (OSError, ValueError):
+        return True  # a meta.json no one can read: expkit sync lists it
 
 
 class GuardedStore:
@@ -244,11 +393,15 @@ class GuardedStore:
         self.store = store
         self.url = url
         self.factory = factory  # makes another store like this one, to replay old runs
-        self.name = type(store).__name__
+        # Makes the store's reader, to check that a run to resume is this one.
+        self.reader_factory: Callable[[], Any] | None = getattr(store, "_expkit_reader", None)
+        self.name = store.name if isinstance(store, RunObserver) else type(store).__name__
         self.root = spool_root() / store_key(store, url)
         self.started = False  # the store accepted started_event/queued_event
         self.store_id: Any = None
-        self.spooled: SpooledRun | None = None
+        self.spooled: SpooledRun | _MemorySpool | None = None
+        self.error: str | None = None  # the store's first failure, one line
+        self._history = _History()  # what the store took: a spool begins with it
         self._lock = threading.RLock()
         self._retry: threading.Thread | None = None
         self._stop = threading.Event()
@@ -271,27 +424,45 @@ class GuardedStore:
                     if method in _USER_EVENTS:
                         raise  # a taken id, a bad artifact name: the user must hear of it
                     self._fail(method, UsageError("refused"))
+                except ExpkitInterrupt as exc:
+                    # The user's interrupt (a time limit's signal) landed while the store
+                    # wrote. During the run it is meant for the run, not a failure of the
+                    # store; once the run ended, the event is kept and retried. (SIGTERM
+                    # and Ctrl-C are no Exception: they pass by themselves.)
+                    if method in _USER_EVENTS:
+                        raise
+                    self._fail(method, exc)
                 except Exception as exc:
                     self._fail(method, exc)
                 else:
-                    if method in ("started_event", "queued_event"):
-                        self.started, self.store_id = True, result
+                    if method in _START_EVENTS:
+                        return self._started(method, kwargs, result)
+                    self._history.add(method, kwargs)
                     return result
             if method != "join":
                 self._spool(method, kwargs)
+                self._history.add(method, kwargs)  # the spool goes to the store, or stays
             return None
 
+    def _started(self, method: str, kwargs: dict, result: Any) -> Any:
+        """Note the store's id for the run; an id with control characters is refused."""
+        self._history.add(method, kwargs)
+        if isinstance(result, str) and has_control_chars(result):
+            # Ids are printed and name folders: one that can rewrite the terminal is no id.
+            bad = f"it named the run '{printable(result)}', an id with control characters"
+            self._fail(method, UsageError(bad))
+            self._spool(method, kwargs)
+            return None
+        self.started = True
+        self.store_id = result if result is not None else kwargs.get("_id")
+        return result
+
     def _fail(self, method: str, exc: Exception) -> None:
-        log.warning(
-            "store %s failed (%s: %s); its events are kept in %s and retried",
-            self.name,
-            method,
-            redact_url(str(exc)),
-            self.root,
-        )
+        self.error = _reason(exc)
         meta = {
             "store": self.name,
             "url": redact_url(self.url) if self.url else None,
+            "target": store_target(self.url),
             "started": self.started,
             "store_id": self.store_id,
         }
@@ -300,7 +471,39 @@ class GuardedStore:
         except OSError as err:
             log.error("cannot spool the events of store %s: %s", self.name, err)
             self.spooled = _MemorySpool(meta)
+        if self.started:
+            # What the store took goes first, so that any other store can take the whole run.
+            taken = self._history.events()
+            for event in taken:
+                self._spool(*event)
+            with contextlib.suppress(OSError):
+                self.spooled.update_meta(delivered=len(taken))
+        if _refused(exc):
+            self._give_up(f"the store refused its {method}: {self.error}")
+            return
+        log.warning(
+            "store %s failed (%s: %s); its events are kept in %s and retried",
+            self.name,
+            method,
+            self.error,
+            self.root,
+        )
         self._start_retry()
+
+    def _give_up(self, reason: str) -> None:
+        """The store refuses this run: keep it, marked undeliverable, and say so once."""
+        assert self.spooled is not None
+        with contextlib.suppress(OSError):
+            self.spooled.mark_undeliverable(reason)
+        where = getattr(self.spooled, "folder", "memory")
+        log.error(
+            "store %s cannot take this run (%s); it is kept in %s and not retried: "
+            "'expkit sync %s STORE' lists it",
+            self.name,
+            reason,
+            where,
+            self.root,
+        )
 
     def _spool(self, method: str, kwargs: dict) -> None:
         assert self.spooled is not None
@@ -308,6 +511,15 @@ class GuardedStore:
             self.spooled.append(method, kwargs)
         except OSError as err:
             log.error("cannot spool %s for store %s: %s", method, self.name, err)
+        except Exception as err:  # a value no spool can keep, e.g. a list that holds itself
+            if not self._undeliverable():
+                self._give_up(f"its {method} cannot be kept: {_reason(err)}")
+
+    def _undeliverable(self) -> bool:
+        try:
+            return bool(self.spooled is not None and self.spooled.failed)
+        except (OSError, ValueError):
+            return False
 
     def _start_retry(self) -> None:
         if self._retry is None:
@@ -318,7 +530,7 @@ class GuardedStore:
 
     def _retry_loop(self) -> None:
         attempt = 0
-        while self.spooled is not None:
+        while self.spooled is not None and not self._undeliverable():
             delay = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
             if self._stop.wait(delay):
                 return
@@ -330,11 +542,21 @@ class GuardedStore:
         with self._lock:
             if self.spooled is None:
                 return True
-            try:
-                run_id = replay(self.spooled, self.store)
-            except Exception as exc:
-                log.debug("store %s still failing: %s", self.name, redact_url(str(exc)))
+            if self._undeliverable():
                 return False
+            reader = None
+            try:
+                if self.spooled.meta.get("started"):
+                    reader = reader_or_none(self.reader_factory)
+                run_id = replay(self.spooled, self.store, url=self.url, reader=reader, live=True)
+            except Undeliverable as exc:
+                self._give_up(str(exc))
+                return False
+            except Exception as exc:
+                log.debug("store %s still failing: %s", self.name, _reason(exc))
+                return False
+            finally:
+                _close(reader)
             self.started, self.store_id, self.spooled = True, run_id, None
             log.warning("store %s is back: the spooled events were delivered", self.name)
             return True
@@ -344,26 +566,45 @@ class GuardedStore:
         if self._old_runs is not None:
             # Older runs being delivered in the background must not be cut off at exit.
             self._old_runs.join(timeout=_OLD_RUNS_WAIT)
+        if self._stop.is_set():
+            return  # finished already
         # Stop the background retries first, so that what is spooled stays as it is now.
         self._stop.set()
         if self._retry is not None:
             self._retry.join(timeout=_OLD_RUNS_WAIT)
         if self.spooled is None:
             return
-        if self._reachable():
+        if not self._undeliverable() and self._reachable():
             self.try_replay()
-        if self.spooled is not None:
-            if isinstance(self.spooled, SpooledRun):
-                self.spooled.unlock()  # from now on the next run or expkit sync may replay it
-            where = getattr(self.spooled, "folder", "memory")
-            log.warning(
-                "store %s did not come back: the run is kept in %s; "
-                "replay it with 'expkit sync %s %s' or by the next run into the store",
-                self.name,
-                where,
-                self.root,
-                redact_url(self.url or "STORE"),
+        if self.spooled is None:
+            return
+        self.spooled.unlock()  # from now on `expkit sync` (or the next run) may take it
+        if self._undeliverable() or isinstance(self.spooled, _MemorySpool):
+            return  # said already
+        log.warning(
+            "store %s did not come back: the run is kept in %s; "
+            "replay it with 'expkit sync %s %s' or by the next run into the store",
+            self.name,
+            self.spooled.folder,
+            self.root,
+            redact_url(self.url or "STORE"),
+        )
+
+    def outcome(self) -> StoreOutcome:
+        """Where this run went for this store: stored, spooled, undeliverable or lost."""
+        store = redact_url(self.url) if self.url else self.name
+        spooled = self.spooled
+        if spooled is None:
+            return StoreOutcome(store, "stored", run_id=self.store_id)
+        if isinstance(spooled, _MemorySpool):
+            reason = f"{self.error}; the spool folder {self.root} could not be written"
+            return StoreOutcome(store, "lost", reason=reason)
+        if self._undeliverable():
+            return StoreOutcome(
+                store, "undeliverable", folder=str(spooled.folder), reason=spooled.failed
             )
+        run_id = self.store_id if self.started else None
+        return StoreOutcome(store, "spooled", run_id, folder=str(self.root), reason=self.error)
 
     def _reachable(self) -> bool:
         """Whether a last try is worth it: ask the store if it can say quickly, else try."""
@@ -385,18 +626,105 @@ class GuardedStore:
             return
 
         def work() -> None:
-            for spooled in old:
-                try:
-                    replay(spooled, factory())
-                except SpoolBusy:
-                    continue  # a run still going, or another process replaying it
-                except Exception as exc:
-                    log.debug("an earlier spooled run is not delivered yet: %s", exc)
-                    return
-            log.warning("store %s: %d spooled run(s) from earlier delivered", self.name, len(old))
+            delivered = 0
+            reader = reader_or_none(self.reader_factory)
+            try:
+                for spooled in old:
+                    store = factory()
+                    try:
+                        replay(spooled, store, url=self.url, reader=reader)
+                    except (SpoolBusy, StoreLostRun):
+                        continue  # still being written, or waiting for `expkit sync`
+                    except Undeliverable as exc:
+                        log.error(
+                            "store %s cannot take the run spooled in %s (%s); it is kept "
+                            "there and not retried: 'expkit sync %s STORE' lists it",
+                            self.name,
+                            spooled.folder,
+                            exc,
+                            self.root,
+                        )
+                        continue
+                    except Exception as exc:
+                        log.debug("an earlier spooled run is not delivered yet: %s", _reason(exc))
+                        return
+                    finally:
+                        _close(store)
+                    delivered += 1
+            finally:
+                _close(reader)
+                if delivered:
+                    log.warning(
+                        "store %s: %d spooled run(s) from earlier delivered", self.name, delivered
+                    )
 
         self._old_runs = threading.Thread(target=work, name="expkit-replay", daemon=True)
         self._old_runs.start()
+
+
+def reader_or_none(factory: Callable[[], Any] | None) -> Any:
+    """A reader of the store from ``factory``, or ``None`` when there is none to be had
+    (e.g. a folder store whose folder is gone: it holds no run to resume either)."""
+    if factory is None:
+        return None
+    try:
+        return factory()
+    except Exception as exc:
+        log.debug("no reader to check a run to resume: %s", _reason(exc))
+        return None
+
+
+class _History:
+    """What a store took, kept to start a spool with: the run's start, its metric points,
+    artifacts and resources, and the latest heartbeat (which holds all output and info)."""
+
+    def __init__(self) -> None:
+        self.start: tuple[str, dict] | None = None
+        # name -> column -> the lists as delivered: kept, never copied, so that keeping
+        # them costs a run no time (a point's memory lives on, ~100 bytes).
+        self.columns: dict[str, dict[str, list[list]]] = {}
+        self.info: dict = {}
+        self.others: list[tuple[str, dict]] = []  # in order: Sacred-shaped metrics, files
+        self.beat: dict | None = None
+
+    def add(self, method: str, kwargs: dict) -> None:
+        """Note one event the store took (or will take from the spool)."""
+        if method in _START_EVENTS:
+            self.start = (method, dict(kwargs))
+        elif method == "heartbeat_event":
+            self.beat = dict(kwargs)
+        elif method == "log_metric_columns":
+            for name, series in kwargs["columns"].items():
+                kept = self.columns.setdefault(name, {"steps": [], "values": [], "timestamps": []})
+                for key, chunks in kept.items():
+                    chunks.append(series[key])
+            self.info = kwargs["info"]
+        elif method in ("log_metrics", "artifact_event", "resource_event"):
+            self.others.append((method, dict(kwargs)))
+
+    def events(self) -> list[tuple[str, dict]]:
+        """The events that recreate what the store took, in an order any store takes."""
+        if self.start is None:
+            return []
+        events = [self.start]
+        if self.columns:
+            columns = {
+                name: {key: [x for chunk in chunks for x in chunk] for key, chunks in kept.items()}
+                for name, kept in self.columns.items()
+            }
+            events.append(("log_metric_columns", {"columns": columns, "info": self.info}))
+        events += self.others
+        if self.beat is not None:
+            events.append(("heartbeat_event", self.beat))
+        return events
+
+
+def _close(store_or_reader: Any) -> None:
+    """Let go of a store's or a reader's connection, for those that hold one."""
+    close = getattr(store_or_reader, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
 
 
 class _MemorySpool:
@@ -409,6 +737,13 @@ class _MemorySpool:
     @property
     def meta(self) -> dict:
         return dict(self._meta)
+
+    @property
+    def failed(self) -> str | None:
+        return self._meta.get("failed")
+
+    def mark_undeliverable(self, reason: str) -> None:
+        self._meta["failed"] = reason
 
     def update_meta(self, **changes: Any) -> None:
         self._meta.update(changes)

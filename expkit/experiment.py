@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from expkit.captured import capture as _capture
 from expkit.captured import captured_state
 from expkit.configuration import ConfigDict, ConfigScope
-from expkit.errors import ExpkitError
+from expkit.errors import CircularDependencyError, ExpkitError
 from expkit.records import Dependency
 
 if TYPE_CHECKING:
@@ -172,7 +172,11 @@ class Ingredient:
 
     def add_source_file(self, filename: str | os.PathLike) -> None:
         """Store ``filename`` with every run, as if it had been imported."""
-        self.extra_sources.add(os.path.abspath(os.fspath(filename)))
+        path = os.path.abspath(os.fspath(filename))
+        if not os.path.isfile(path):
+            # Sacred's error type, raised here rather than when a run starts.
+            raise ValueError(f"add_source_file: {path} does not exist or is not a file")
+        self.extra_sources.add(path)
 
     def add_package_dependency(self, package_name: str, version: str) -> None:
         """Record ``package_name==version`` with every run."""
@@ -188,8 +192,7 @@ class Ingredient:
 
         def walk(ing: Ingredient, depth: int, chain: tuple) -> Iterator[tuple[Ingredient, int]]:
             if ing in chain:
-                names = "->".join(i.path for i in (*chain, ing))
-                raise ExpkitError(f"circular ingredients: {names}")
+                raise CircularDependencyError(ingredients=[*chain[chain.index(ing) :], ing])
             if ing not in seen:
                 seen.append(ing)
                 yield ing, depth
@@ -199,16 +202,26 @@ class Ingredient:
         yield from walk(self, 0, ())
 
     def gather_commands(self) -> Iterator[tuple[str, Callable]]:
-        """Yield ``(name, function)`` of every command, ingredients' ones as ``path.name``."""
+        """Yield ``(path.name, function)`` of every command (the experiment's own: ``name``)."""
         for ing, _ in self.traverse_ingredients():
             for name, fn in ing.commands.items():
-                yield (name if ing is self else f"{ing.path}.{name}"), fn
+                yield self._gathered_name(ing, name), fn
 
     def gather_named_configs(self) -> Iterator[tuple[str, Any]]:
-        """Yield ``(name, config)`` of every named config, ingredients' ones as ``path.name``."""
+        """Yield ``(path.name, config)`` of every named config (the experiment's own: ``name``)."""
         for ing, _ in self.traverse_ingredients():
             for name, conf in ing.named_configs.items():
-                yield (name if ing is self else f"{ing.path}.{name}"), conf
+                yield self._gathered_name(ing, name), conf
+
+    def _gathered_name(self, ing: Ingredient, name: str) -> str:
+        # As in Sacred: only an experiment leaves its own path out of the names.
+        return name if ing is self and self.is_experiment else f"{ing.path}.{name}"
+
+    def get_experiment_info(self) -> dict:
+        """The experiment record in Sacred's shape: name, base_dir, sources, dependencies, ..."""
+        from expkit.run import gather_experiment_info
+
+        return gather_experiment_info(self).as_sacred()
 
     @property
     def plugin_manager(self) -> PluginManager:
@@ -335,9 +348,26 @@ class Experiment(Ingredient):
         options: Mapping | None = None,
     ) -> Run:
         """Run a command (default: main) and return the finished :class:`~expkit.run.Run`."""
+        run = self._create_run(
+            command_name, config_updates, named_configs, info, meta_info, options
+        )
+        run()
+        return run
+
+    def _create_run(
+        self,
+        command_name: str | None = None,
+        config_updates: Mapping | None = None,
+        named_configs: Sequence[str] = (),
+        info: Mapping | None = None,
+        meta_info: Mapping | None = None,
+        options: Mapping | None = None,
+    ) -> Run:
+        # Sacred's name for it: migrated code and tests build a run this way to read its
+        # config without running it.
         from expkit.run import create_run
 
-        run = create_run(
+        return create_run(
             self,
             command_name or self.default_command,
             config_updates=config_updates,
@@ -346,8 +376,6 @@ class Experiment(Ingredient):
             info=info,
             meta_info=meta_info,
         )
-        run()
-        return run
 
     def run_command(
         self,
@@ -380,12 +408,6 @@ class Experiment(Ingredient):
     def extra_functions(self) -> list[Callable]:
         """Captured functions outside ``captured_functions`` whose parameters use the config."""
         return []
-
-    def get_experiment_info(self) -> dict:
-        """The experiment record in Sacred's shape: name, base_dir, sources, dependencies, ..."""
-        from expkit.run import gather_experiment_info
-
-        return gather_experiment_info(self).as_sacred()
 
     # --- shortcuts to the current run -------------------------------------------------
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from expkit.experiment import Ingredient
     from expkit.records import Artifact, ConfigDefault, MetricPoint, Resource
     from expkit.run import Run
+    from expkit.store import StoreBackend
 
 hookspec = pluggy.HookspecMarker("expkit")
 
@@ -184,9 +185,22 @@ def expkit_run_commandline(experiment: Ingredient, argv: list[str]) -> Any:
 # --- stores -------------------------------------------------------------------
 
 
+@hookspec
+def expkit_store_backends() -> list[StoreBackend] | None:
+    """Return the kinds of store this plugin provides (:class:`expkit.store.StoreBackend`).
+
+    A backend names the URL schemes it claims and opens a :class:`expkit.store.Storage`
+    for a claimed URL; the core records runs into it and reads them back (``expkit
+    runs``, ``rerun``, ``sync``, ``ui``) through the store layer. The first backend
+    that claims a URL wins. Called whenever a store URL is resolved.
+    """
+
+
 @hookspec(firstresult=True)
 def expkit_store_for_url(url: str) -> Any:
-    """Return a store (an :class:`expkit.observers.RunObserver`) for ``url``.
+    """Deprecated: declare a backend with :func:`expkit_store_backends` instead.
+
+    Return a store (an :class:`expkit.observers.RunObserver`) for ``url``.
 
     Return ``None`` when the URL's scheme is not yours. A plain path is
     offered as it is, without a scheme. *firstresult*.
@@ -195,7 +209,9 @@ def expkit_store_for_url(url: str) -> Any:
 
 @hookspec(firstresult=True)
 def expkit_reader_for_url(url: str) -> Any:
-    """Return a reader of the runs stored at ``url``, or ``None`` when the URL is not yours.
+    """Deprecated: declare a backend with :func:`expkit_store_backends` instead.
+
+    Return a reader of the runs stored at ``url``, or ``None`` when the URL is not yours.
 
     A reader has ``list_runs() -> Iterable[RunRecord]`` (summaries, without
     ``captured_out`` and ``metrics``), ``get_run(run_id) -> RunRecord`` (everything),
@@ -214,7 +230,7 @@ def expkit_reader_for_url(url: str) -> Any:
 
 @hookspec
 def expkit_store_schemes() -> list[str] | None:
-    """Return the URL schemes this plugin's stores claim, for error messages."""
+    """Deprecated, as :func:`expkit_store_for_url`: the URL schemes its stores claim."""
 
 
 @hookspec(firstresult=True)
@@ -244,7 +260,9 @@ def expkit_make_capture(run: Run, mode: str) -> Any:
     """Return an output capture for ``mode`` (``"fd"``, ``"sys"`` or ``"no"``).
 
     A capture has ``start()``, ``read() -> str`` (the text written since the
-    last read) and ``stop()``. Called once per run, before it starts. *firstresult*.
+    last read) and ``stop()``; it may have ``keep(text)``, which adds log lines
+    the terminal does not show to the captured output. Called once per run,
+    before it starts. *firstresult*.
     """
 
 

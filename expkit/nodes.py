@@ -51,6 +51,7 @@ class RunReport:
     result: Any = None
     message: str | None = None  # one line saying what went wrong
     longrepr: str | None = None  # the user's traceback
+    stored: tuple = ()  # where the run went: an expkit.delivery.StoreOutcome per store
 
     @property
     def ok(self) -> bool:

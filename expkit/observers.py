@@ -21,6 +21,11 @@ class RunObserver:
 
     priority = 0
 
+    @property
+    def name(self) -> str:
+        """What messages about this store call it."""
+        return type(self).__name__
+
     def queued_event(
         self,
         ex_info: dict,
@@ -84,6 +89,30 @@ class RunObserver:
 
     def join(self) -> None:
         """Wait until everything sent has been stored."""
+
+
+def deprecated_create(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` with Sacred 0.8.7's deprecation warning for ``cls.create``."""
+    import warnings
+
+    name = cls.__name__
+    warnings.warn(
+        f"{name}.create(...) is deprecated. Please use {name}(...) instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return cls(*args, **kwargs)
+
+
+def QueueObserver(  # Sacred's class name, kept for imports
+    observer: Any, interval: float = 20.0, retry_interval: float = 10.0
+) -> Any:
+    """Sacred's queue around an observer: ``observer`` itself, since expkit queues every store.
+
+    Every store's events are delivered by a guard that retries a failing store and spools
+    what it cannot write (docs: Stores), which is what Sacred's background queue was for.
+    """
+    return observer
 
 
 def columns_to_sacred(columns: dict) -> dict:

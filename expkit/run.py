@@ -34,6 +34,7 @@ from expkit.configuration import (
     merge,
     nest_dotted,
     normalize,
+    restore_tuples,
     set_path,
     type_changed,
 )
@@ -47,9 +48,16 @@ from expkit.errors import (
 )
 from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
-from expkit.serialize import to_data, utcnow
+from expkit.serialize import NotStorableError, storable_problem, to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.utils import CapturedOutput, file_md5, redact_url, suggest
+from expkit.utils import (
+    CapturedOutput,
+    file_md5,
+    has_control_chars,
+    printable,
+    redact_url,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -86,10 +94,20 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-class SigtermInterrupt(ExpkitInterrupt):
-    """Raised in the run's thread when the process receives SIGTERM."""
+class SigtermInterrupt(KeyboardInterrupt):
+    """Raised in the run's thread when the process receives SIGTERM.
+
+    A ``KeyboardInterrupt``, not an ``Exception``: like Ctrl-C it goes through every
+    ``except Exception`` (a store's, a library's) until it reaches the run.
+    """
 
     STATUS = INTERRUPTED
+
+
+# How often new metric points are delivered to the stores between heartbeats (seconds).
+_METRICS_FLUSH_INTERVAL = 1.0
+# The ints a metric value may be: what a float can hold (every store keeps floats).
+_METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 
 
 # --- the records a run carries -----------------------------------------------------
@@ -135,7 +153,7 @@ def gather_experiment_info(experiment: Experiment) -> ExperimentInfo:
                 deps.setdefault(d.name, d)
             repos.extend(r for r in part.get("repositories", ()) if r not in repos)
     return ExperimentInfo(
-        name=experiment.name,
+        name=getattr(experiment, "name", experiment.path),
         base_dir=experiment.base_dir,
         mainfile=experiment.mainfile,
         sources=tuple(sorted(sources.values(), key=lambda s: s.name)),
@@ -156,10 +174,36 @@ class HostInfoGetter:
     name: str
     getter: Callable[[], Any]
 
+    def __call__(self) -> Any:
+        """The entry's value."""
+        return self.getter()
+
+    get_info = __call__
+
 
 def host_info_gatherer(name: str) -> Callable[[Callable[[], Any]], HostInfoGetter]:
     """Decorator for ``Experiment(additional_host_info=[...])``: the result goes under ``name``."""
     return lambda fn: HostInfoGetter(name, fn)
+
+
+# Sacred's older, process-wide way (``@host_info_getter``): name -> function.
+host_info_gatherers: dict[str, Callable[[], Any]] = {}
+
+
+def host_info_getter(func: Callable | None = None, name: str | None = None) -> Any:
+    """Deprecated decorator: record ``func()`` under ``name`` in every run's host info."""
+    import warnings
+
+    if func is None:
+        return lambda f: host_info_getter(f, name=name)
+    warnings.warn(
+        "host_info_getter is deprecated; use @host_info_gatherer(name) with "
+        "Experiment(additional_host_info=[...])",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    host_info_gatherers[name or func.__name__] = func
+    return func
 
 
 def gather_host_info(experiment: Experiment) -> dict:
@@ -167,6 +211,12 @@ def gather_host_info(experiment: Experiment) -> dict:
     info: dict = {}
     for part in experiment.plugin_manager.hook.expkit_host_info(experiment=experiment):
         info.update(part)
+    for name, func in list(host_info_gatherers.items()):
+        if name not in info:  # the built-in entries win, as in Sacred
+            try:
+                info[name] = func()
+            except IgnoreHostInfo:
+                pass
     for getter in experiment.additional_host_info:
         if getter.name in info:
             raise KeyError(f"host info entry {getter.name!r} exists already; choose another name")
@@ -191,11 +241,17 @@ def _named_config(experiment: Experiment, name: str) -> tuple[str, Any]:
     if name in named:
         path = name.rpartition(".")[0] if name not in experiment.named_configs else ""
         return path, named[name]
-    known = ", ".join(named) or "none"
-    raise NamedConfigNotFoundError(
-        f"named config {name!r} not found{suggest(name, named)}: it is neither a named config "
-        f"of the experiment (known: {known}) nor a config file"
-    )
+    raise NamedConfigNotFoundError(name, available_named_configs=tuple(named))
+
+
+def root_logger(experiment: Experiment) -> logging.Logger:
+    """The logger under which a run logs: ``ex.logger`` if set, else the root logger."""
+    return experiment.logger if experiment.logger is not None else logging.getLogger()
+
+
+def _ingredient_logger(base: logging.Logger, path: str) -> logging.Logger:
+    # As in Sacred: the experiment's scopes get the base logger, an ingredient's a child.
+    return base.getChild(path) if path else base
 
 
 def resolve_config(
@@ -205,6 +261,7 @@ def resolve_config(
     command_name: str | None = None,
 ) -> ConfigSummary:
     """Build a run's configuration: updates fixed, named configs in order, then the scopes."""
+    base_logger = root_logger(experiment)
     updates = normalize(nest_dotted(dict(config_updates or {})), "", "the config updates")
     named_result: dict = {}
     for name in named_configs:
@@ -212,6 +269,7 @@ def resolve_config(
         result = conf(
             fixed=get_path(updates, path, {}) if path else updates,
             preset=get_path(named_result, path, {}) if path else named_result,
+            fallback={"_log": _ingredient_logger(base_logger, path)},
         )
         entries = {k: v for k, v in result.config.items() if k != "__doc__"}
         if path:
@@ -224,7 +282,7 @@ def resolve_config(
     own_values: dict = {}  # path -> what the scopes set where a fixed value won
     defined: set[str] = set()  # paths the scopes define
     docs: dict = {}
-    logger = logging.getLogger(experiment.name)
+    logger = base_logger.getChild(experiment.path)
     levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
     for ing, _ in levels:
         base = ing.config_path
@@ -233,6 +291,7 @@ def resolve_config(
             sub.path.rsplit(".", 1)[-1]: copy.deepcopy(get_path(config, sub.config_path, {}))
             for sub in ing.ingredients
         }
+        fallback["_log"] = _ingredient_logger(base_logger, base)
         entries: dict = copy.deepcopy(fixed_here) if not ing.configurations else {}
         for conf in ing.configurations:
             result = conf(fixed=fixed_here, preset=entries, fallback=fallback)
@@ -258,6 +317,7 @@ def resolve_config(
             set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
         else:
             merge(config, entries)
+    restore_tuples(fixed, own_values)
     merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
 
     for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
@@ -304,14 +364,46 @@ def check_added_entries(
     unused = sorted(p for p in summary.added if not any(_uses(f, p) for f in functions))
     if unused:
         known = [p for p, _ in flatten(summary) if p not in summary.added]
-        path = unused[0]
-        raise ConfigAddedError(
-            f"added config entry {path!r} = {get_path(summary, path)!r} is not used by any "
-            f"captured function{suggest(path, known)}; pass -f/--force to add it anyway"
-        )
+        raise ConfigAddedError(unused, captured_args=known, config=summary)
 
 
 # --- making a run ---------------------------------------------------------------------
+
+# The ``keep(text)`` of the captures of the runs going on, innermost last.
+_LOG_KEEPERS: list[Callable[[str], None]] = []
+_LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
+
+
+class ConsoleLogHandler(logging.StreamHandler):
+    """Writes log lines to the current ``sys.stderr``; lines below ``shown_level`` go only
+    into the captured output of the run going on, so that what a run stores does not
+    depend on what the terminal shows."""
+
+    def __init__(self, shown_level: int = logging.NOTSET) -> None:
+        super().__init__()
+        self.shown_level = shown_level
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        # The stream of now, not of when logging was set up: a "sys" capture tees it.
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.shown_level:
+            super().emit(record)
+            return
+        if not _LOG_KEEPERS:
+            return
+        try:
+            text = self.format(record) + self.terminator
+            _LOG_KEEPERS[-1](text)
+        except Exception:
+            self.handleError(record)
 
 
 def _options(options: Mapping | None) -> dict:
@@ -348,17 +440,26 @@ def _mongo_url(arg: str) -> str:
 
 
 def store_for_url(pm: PluginManager, url: str) -> Any:
-    """The store a plugin makes for ``url``; a URL nobody claims is a usage error."""
-    store = pm.hook.expkit_store_for_url(url=url)
-    if store is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
+    """The store a plugin makes for ``url``; a URL nobody claims, or a store that cannot be
+    made, is a one-line usage error naming the store."""
+    from expkit.store import StoreError, open_reader, open_store
+
+    try:
+        store = open_store(pm, url)
+    except UsageError:
+        raise
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # a plugin of the deprecated expkit_store_for_url hook
+        reason = " ".join(str(exc).split()) or "no reason given"
         raise UsageError(
-            f"no store plugin handles {redact_url(url)!r}; known schemes: "
-            f"{', '.join(s + '://' for s in schemes) or 'none'} (or a plain folder path)"
-        )
+            f"cannot open the store {redact_url(url)!r}: {type(exc).__name__}: {redact_url(reason)}"
+        ) from None
     # Kept so that events a failing store missed can be replayed into a new one.
     store._expkit_url = url
-    store._expkit_factory = lambda: pm.hook.expkit_store_for_url(url=url)
+    store._expkit_factory = lambda: open_store(pm, url)
+    # And a reader, to check that a run to resume there is still this run.
+    store._expkit_reader = lambda: open_reader(pm, url)
     return store
 
 
@@ -421,14 +522,15 @@ def create_run(
     ``observers`` are stores to add to the experiment's own ``ex.observers``.
     """
     pm = experiment.plugin_manager
-    if not logging.getLogger().handlers:
+    base_logger = root_logger(experiment)
+    if experiment.logger is None and not base_logger.handlers:
         # As Sacred does: INFO lines like "Started run with ID ..." unless logging is set up.
-        logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+        logging.basicConfig(handlers=[ConsoleLogHandler()], level=logging.INFO)
     options = _options(options)
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
     if options["--loglevel"] is not None:
-        logging.getLogger().setLevel(_log_level(options["--loglevel"]))
+        base_logger.setLevel(_log_level(options["--loglevel"]))
     if command_name is None:
         raise CommandNotFoundError(
             f"experiment {experiment.name!r} has no main function: decorate one with @ex.main"
@@ -438,10 +540,10 @@ def create_run(
     if not options["--force"]:
         check_added_entries(experiment, summary, [main_function, *experiment.extra_functions()])
         for path in sorted(summary.added):
-            logging.getLogger(experiment.name).warning('Added new config entry: "%s"', path)
+            base_logger.getChild(experiment.path).warning('Added new config entry: "%s"', path)
         for path, (old, new) in summary.typechanged.items():
             if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
-                logging.getLogger(experiment.name).warning(
+                base_logger.getChild(experiment.path).warning(
                     'Changed type of config entry "%s" from %s to %s',
                     path,
                     old.__name__,
@@ -501,6 +603,8 @@ def create_run(
         capture_mode=options["--capture"] or _default_capture(experiment.plugin_manager, stores),
         info=dict(info or {}),
     )
+    if isinstance(options["--id"], str) and has_control_chars(options["--id"]):
+        raise UsageError(f"--id '{printable(options['--id'])}' holds control characters")
     run._id = options["--id"]
     for fn in [main_function, *run.pre_run_hooks, *run.post_run_hooks]:
         captured_state(fn).check_resolvable(run.config)
@@ -580,6 +684,8 @@ class Delivery:
         """Fire the plugin hook ``name``; an exception there is reported, never raised."""
         try:
             getattr(self.run.plugin_manager.hook, name)(run=self.run, **kwargs)
+        except ExpkitInterrupt:
+            raise  # the user's interrupt landed in a plugin: it is meant for the run
         except Exception as exc:
             self.log.warning("a plugin failed in %s: %s", name, exc)
 
@@ -639,7 +745,8 @@ class Run:
         levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
         self.pre_run_hooks = [f for ing, _ in levels for f in ing.pre_run_hooks]
         self.post_run_hooks = [f for ing, _ in levels for f in ing.post_run_hooks]
-        self.run_logger = logging.getLogger(experiment_info.name)
+        self.root_logger = root_logger(experiment)
+        self.run_logger = self.root_logger.getChild(experiment_info.name)
         # Asked before output capture replaces stdout: commands colour their output by it.
         self.stdout_is_terminal = sys.stdout.isatty()
         self._output = CapturedOutput(experiment.captured_out_filter)
@@ -649,11 +756,17 @@ class Run:
         self._beat_lock = threading.Lock()
         self._stop_beat = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        self._unstorable_warned: set[str] = set()  # info entries already reported
         self._delivery = Delivery(self, self.observers)
         self._started = False
         self._thread: int | None = None
 
     # --- what the experiment calls ----------------------------------------------------
+
+    @property
+    def stored(self) -> list:
+        """Where the run went, one :class:`expkit.delivery.StoreOutcome` per store."""
+        return [guard.outcome() for guard in self._delivery.guards]
 
     @property
     def captured_out(self) -> str:
@@ -668,8 +781,10 @@ class Run:
         if step is None:
             step = series.next_step
         series.next_step = step + 1
-        if type(value) is not float and type(value) is not int:
-            value = to_data(value)
+        if type(value) is not float and (
+            type(value) is not int or not _METRIC_INT_MIN < value < _METRIC_INT_MAX
+        ):
+            value = _metric_number(metric_name, value)
         # One extend: atomic, so points logged from several threads never interleave.
         series.points.extend((step, value, time.time()))
 
@@ -691,6 +806,9 @@ class Run:
                 f"artifact name {name!r} must be a relative path inside the run's folder "
                 "(no '..', no leading '/')"
             )
+        problem = None if metadata is None else storable_problem(metadata)
+        if problem is not None:
+            raise UsageError(f"add_artifact: the metadata of {name!r} cannot be stored: {problem}")
         artifact = Artifact(name, path, metadata, content_type)
         self.artifacts.append(artifact)
         self._delivery.call(
@@ -788,43 +906,69 @@ class Run:
         old_handler = _install_sigterm()
         outcome: BaseException | None = None
         try:
-            if self._capture is not None:
-                self._capture.start()
-            self.status = RUNNING
-            self.start_time = utcnow()
-            self._send_first("started_event", start_time=self.start_time)
-            self._delivery.hook("expkit_run_started")
-            self.run_logger.info("Running command '%s'", self.command_name)
-            if self._id is not None:
-                self.run_logger.info('Started run with ID "%s"', self._id)
-            else:
-                self.run_logger.info("Started")
+            # Where Sacred warns: before the output capture and the "Running command" line.
             quiet = self.options.get("--unobserved") or self.debug
             if not self.observers and not quiet:
                 if not getattr(self.main_function, "unobserved", False):
                     self.run_logger.warning("No observers have been added to this run")
+            if self._capture is not None:
+                self._capture.start()
+                if hasattr(self._capture, "keep"):
+                    _LOG_KEEPERS.append(self._capture.keep)
+            self.status = RUNNING
+            self.start_time = utcnow()
+            self.run_logger.info("Running command '%s'", self.command_name)
+            self._send_first("started_event", start_time=self.start_time)
+            self._delivery.hook("expkit_run_started")
+            if self._id is not None:
+                self.run_logger.info('Started run with ID "%s"', self._id)
+            else:
+                self.run_logger.info("Started")
             self._start_heartbeat()
             for hook_fn in self.pre_run_hooks:
                 hook_fn()
             self.result = self.main_function(*args)
             for hook_fn in self.post_run_hooks:
                 hook_fn()
+            self._refuse_unstorable()
             if self.result is not None:
                 self.run_logger.info("Result: %s", self.result)
             self.status = COMPLETED
         except (KeyboardInterrupt, ExpkitInterrupt) as exc:
             self.status = getattr(exc, "STATUS", INTERRUPTED)
             outcome = exc
+        except NotStorableError as exc:
+            self.status = FAILED
+            self.fail_trace = traceback.format_exception_only(type(exc), exc)  # no user frames
+            outcome = exc
         except BaseException as exc:
             self.status = FAILED
             self.fail_trace = format_user_traceback(exc)
             outcome = exc
         finally:
-            _restore_sigterm(old_handler)
-            self._finish(bound, previous_run)
+            # From here a SIGTERM is only noted: the stores must hear how the run ended.
+            sigterms = _defer_sigterm(old_handler)
+            try:
+                self._finish(bound, previous_run)
+            finally:
+                _restore_sigterm(old_handler)
+        if sigterms and not isinstance(outcome, KeyboardInterrupt):
+            raise SigtermInterrupt("the process received SIGTERM as the run ended") from outcome
         if outcome is not None:
             raise outcome
         return self.result
+
+    def _refuse_unstorable(self) -> None:
+        """Fail the run when its result or an info entry cannot be stored (instead of
+        leaving it RUNNING in stores that cannot write it)."""
+        problem = storable_problem(self.result)
+        if problem is not None:
+            self.result = None
+            raise NotStorableError(f"the result cannot be stored: {problem}")
+        problems = _storable_info(_snapshot(self.info))[1]
+        if problems:
+            what, problem = next(iter(problems.items()))
+            raise NotStorableError(f"{what} cannot be stored: {problem}")
 
     def _finish(self, bound: list, previous_run: Run | None) -> None:
         # Every step is guarded: whatever fails here, the stores still hear how the run
@@ -842,6 +986,9 @@ class Run:
             else:
                 self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
             if self._capture is not None:
+                keep = getattr(self._capture, "keep", None)
+                if keep in _LOG_KEEPERS:
+                    _LOG_KEEPERS.remove(keep)
                 with self._beat_lock:
                     _guarded(self._capture.stop, "stopping the output capture")
                     _guarded(lambda: self._output.append(self._capture.read()), "reading output")
@@ -862,7 +1009,7 @@ class Run:
                 )
                 hook = "expkit_run_interrupted"
             _guarded(lambda: self._delivery.call(event[0], **event[1]), "telling the stores")
-            self._delivery.hook(hook)
+            _guarded(lambda: self._delivery.hook(hook), "telling the plugins")
             _guarded(lambda: self._delivery.call("join"), "waiting for the stores")
             _guarded(self._delivery.finish, "retrying failed stores")
         finally:
@@ -884,8 +1031,22 @@ class Run:
         self._beat_thread.start()
 
     def _beat_loop(self) -> None:
-        while not self._stop_beat.wait(self.beat_interval):
-            _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
+        # Between heartbeats new metric points go out about once a second, so that a killed
+        # process loses at most the last second of them.
+        next_beat = time.monotonic() + self.beat_interval
+        while True:
+            wait = min(_METRICS_FLUSH_INTERVAL, next_beat - time.monotonic())
+            if self._stop_beat.wait(max(wait, 0.0)):
+                return
+            if time.monotonic() >= next_beat:
+                _guarded(lambda: self._emit_heartbeat(final=False), "a heartbeat")
+                next_beat = time.monotonic() + self.beat_interval
+            elif any(series.points for series in self._series.copy().values()):
+                _guarded(self._flush_metrics, "delivering metrics")
+
+    def _flush_metrics(self) -> None:
+        with self._beat_lock:
+            self._deliver_metrics(self._drain_metrics())
 
     def _drain_metrics(self) -> dict[str, dict]:
         """The points logged since the last drain, as columns per name (epoch-second times)."""
@@ -911,9 +1072,14 @@ class Run:
             self._deliver_metrics(self._drain_metrics())
             self.heartbeat_time = utcnow()
             text = self._output.text if final else self._output.stable_text
+            info, problems = _storable_info(_snapshot(self.info))
+            for what, problem in problems.items():
+                if what not in self._unstorable_warned:
+                    self._unstorable_warned.add(what)
+                    logging.getLogger("expkit").warning("%s cannot be stored: %s", what, problem)
             self._delivery.call(
                 "heartbeat_event",
-                info=_snapshot(self.info),
+                info=info,
                 captured_out=text,
                 beat_time=self.heartbeat_time,
                 result=self.result,
@@ -938,6 +1104,35 @@ class Run:
             # the metrics interleaved by time.
             points = list(heapq.merge(*series, key=lambda p: p.timestamp))
             self._delivery.hook("expkit_log_metrics", metrics=points)
+
+
+def _metric_number(name: str, value: Any) -> int | float:
+    """``value`` as a plain int or float; anything that is no number is refused."""
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        if _METRIC_INT_MIN < value < _METRIC_INT_MAX:
+            return int(value)
+        what = f"an int of {_digits(value)} digits, more than a float can hold"
+    elif type(value).__module__ == "numpy":
+        number = to_data(value)  # a numpy scalar or a 0-d array; a bigger array stays a list
+        if isinstance(number, (int, float)):
+            return _metric_number(name, number)
+        what = f"a numpy {type(value).__name__}"
+    else:
+        what = type(value).__name__
+        if hasattr(type(value), "__float__") and not isinstance(value, complex):
+            try:
+                return float(value)  # a Decimal, a Fraction, a one-element tensor, ...
+            except (TypeError, ValueError, OverflowError):
+                pass
+    raise UsageError(f"log_scalar({name!r}, ...): the value must be a number, not {what}")
+
+
+def _digits(number: int) -> int:
+    """How many decimal digits ``number`` has, even past Python's int-to-text limit."""
+    digits = int(abs(number).bit_length() * 0.30102999566398120) + 1
+    return digits if abs(number) >= 10 ** (digits - 1) else digits - 1
 
 
 class _Series:
@@ -970,6 +1165,22 @@ def _snapshot(info: dict) -> dict:
     return dict(info)
 
 
+def _storable_info(info: Any) -> tuple[dict, dict[str, str]]:
+    """``info`` with each entry no store could keep replaced by why; and, by what cannot be
+    stored (``run.info['key']``), why."""
+    if not isinstance(info, Mapping):
+        return {}, {"run.info": f"it must be a dict, not {type(info).__name__}"}
+    kept, problems = {}, {}
+    for key, value in info.items():
+        problem = storable_problem(value)
+        if problem is None:
+            kept[key] = value
+        else:
+            problems[f"run.info[{key!r}]"] = problem
+            kept[key] = f"<not stored: {problem}>"
+    return kept, problems
+
+
 def _elapsed(delta: datetime.timedelta) -> str:
     return str(datetime.timedelta(seconds=round(delta.total_seconds())))
 
@@ -985,6 +1196,14 @@ def _install_sigterm() -> Any:
         raise SigtermInterrupt("the process received SIGTERM")
 
     return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _defer_sigterm(previous: Any) -> list[int]:
+    """From now on only note a SIGTERM (in the list returned) instead of raising it."""
+    received: list[int] = []
+    if previous is not _NOT_INSTALLED:
+        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    return received
 
 
 def _restore_sigterm(previous: Any) -> None:

@@ -11,11 +11,24 @@
 A filter is ``KEY OP VALUE`` with ``OP`` one of ``== != < <= > >=``. ``KEY`` is a
 dotted path into the config (``optimizer.lr``), or one of the run's own fields:
 ``id``, ``experiment``, ``status``, ``command``, ``result`` (``result.acc`` when
-the result is a dict), ``config.X`` when a config entry is named like those.
+the result is a dict), ``start_time``, ``stop_time``, ``heartbeat``, ``duration``
+(seconds), ``metrics.NAME`` (the last value logged under ``NAME``, which may hold
+dots and slashes: ``metrics.train/loss``), ``info.X`` (a dotted path into the
+run's info dict), or ``config.X`` when a config entry is named like one of those.
 ``VALUE`` is a Python literal (``0.1``, ``"iris"``, ``[1, 2]``, ``True``) or a bare
 word, taken as a string (``status==FAILED``). Filters are parsed by hand, never
 evaluated. A run that lacks the key, or whose value cannot be ordered against
-``VALUE``, does not match.
+``VALUE``, does not match; a key that none of the runs has is a :class:`UsageError`
+naming the keys it may have meant.
+
+Sorting puts values of one kind together, in this order whichever the direction:
+numbers, booleans, times, text, lists, dicts, then the runs without the key (or
+with ``null``); the direction orders the values within each kind.
+
+A run id that names no run is tried as the start of one (``2a1a`` for TinyDB's
+``2a1a0c...``): a prefix of at least 4 characters that starts exactly one id names
+that run. Numeric ids (file and MongoDB stores) are never abbreviated: ``1`` never
+means run ``15``.
 """
 
 from __future__ import annotations
@@ -31,17 +44,24 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
+from expkit.store import Query, StoreReader
 from expkit.utils import parse_literal, redact_url
 
 __all__ = [
     "Filter",
     "RunNotFoundError",
+    "fetch_run",
     "get_run",
+    "lookup",
+    "needs_full_record",
     "parse_filter",
     "probably_dead",
     "reader_for_url",
     "runs",
+    "select_runs",
+    "short_ids",
     "to_dataframe",
+    "unknown_key_error",
 ]
 
 PROBABLY_DEAD = "PROBABLY_DEAD"
@@ -49,6 +69,12 @@ PROBABLY_DEAD = "PROBABLY_DEAD"
 DEAD_AFTER_BEATS = 3
 _RUN_FIELDS = ("id", "experiment", "status", "command", "result")
 _SORT_FIELDS = ("start_time", "stop_time", "heartbeat", "duration")
+# Keys into what only a whole record holds (summaries leave metrics out, some stores info).
+_RECORD_FIELDS = ("metrics", "info")
+# Run ids shown in a table are cut to this many characters, or more where that is ambiguous.
+SHORT_ID_LENGTH = 8
+# A run id may be abbreviated to no fewer characters than this (git's shortest, too).
+MIN_PREFIX = 4
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "==": lambda a, b: a == b,
@@ -58,13 +84,13 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": lambda a, b: a < b,
     ">": lambda a, b: a > b,
 }
-_KEY = re.compile(r"[A-Za-z_][\w\-]*(\.[\w\-]+)*")
+_KEY = re.compile(r"[A-Za-z_][\w\-]*(\.[\w\-/]+)*")
 _OPERATOR = re.compile(r"==|!=|<=|>=|<|>")
 _BARE_WORD = re.compile(r"[\w.\-+:/@]+")
 
 
 class RunNotFoundError(UsageError, KeyError):
-    """The store holds no run with the id asked for."""
+    """The store holds no run with the id asked for (nor one it is the start of)."""
 
     __str__ = UsageError.__str__  # KeyError would show the message quoted
 
@@ -88,6 +114,12 @@ class Filter:
             expected = expected.upper()
         if self.key == "id":
             actual, expected = _comparable_id(actual), _comparable_id(expected)
+        if isinstance(actual, datetime.datetime) and isinstance(expected, str):
+            try:
+                expected = _naive_utc(datetime.datetime.fromisoformat(expected))
+            except ValueError:
+                return False
+            actual = _naive_utc(actual)
         try:
             return bool(_OPERATORS[self.op](actual, expected))
         except TypeError:
@@ -125,16 +157,64 @@ def parse_filter(text: str) -> Filter:
 
 
 def lookup(record: RunRecord, key: str) -> tuple[bool, Any]:
-    """``(found, value)`` of a filter or sort ``key`` in ``record``."""
+    """``(found, value)`` of a filter, sort or column ``key`` in ``record``."""
     first, _, rest = key.partition(".")
     if first in _RUN_FIELDS:
         value = _comparable_id(record.id) if first == "id" else getattr(record, first)
         return _dig(value, rest) if rest else (True, value)
     if first in _SORT_FIELDS and not rest:
+        if first == "duration":
+            duration = record.duration
+            return duration is not None, None if duration is None else duration.total_seconds()
         return True, getattr(record, first)
+    if first == "metrics" and rest:
+        values = ((record.metrics or {}).get(rest) or {}).get("values") or ()
+        return (True, values[-1]) if values else (False, None)
+    if first == "info" and rest:
+        return _dig(record.info, rest)
     if first == "config" and rest:
         return _dig(record.config, rest)
     return _dig(record.config, key)
+
+
+def needs_full_record(key: str) -> bool:
+    """Whether ``key`` reads what only :meth:`get_run` returns (``metrics.X``, ``info.X``)."""
+    first, dot, _ = key.partition(".")
+    return bool(dot) and first in _RECORD_FIELDS
+
+
+def known_keys(records: Iterable[RunRecord]) -> list[str]:
+    """Every key :func:`lookup` finds in some of ``records``, run fields first."""
+    from expkit.configuration import flatten
+
+    keys: dict[str, None] = dict.fromkeys((*_RUN_FIELDS, *_SORT_FIELDS))
+    for record in records:
+        if isinstance(record.result, dict):
+            keys.update(dict.fromkeys(f"result.{k}" for k, _ in flatten(record.result)))
+        keys.update(dict.fromkeys(k for k, _ in flatten(record.config)))
+        keys.update(dict.fromkeys(f"metrics.{name}" for name in record.metrics or ()))
+        keys.update(dict.fromkeys(f"info.{k}" for k, _ in flatten(record.info or {})))
+    return list(keys)
+
+
+def unknown_key_error(key: str, what: str, records: list[RunRecord]) -> UsageError:
+    """The error for ``key`` (used in ``what``) that none of ``records`` has, with near misses."""
+    import difflib  # only when a key is wrong
+
+    # Near misses of the key itself, or of what follows metrics./info./result./config.:
+    # "loss" is most likely the metric "metrics.loss".
+    names: dict[str, str] = {}
+    for known in known_keys(records):
+        names.setdefault(known, known)
+        first, dot, rest = known.partition(".")
+        if dot and first in ("metrics", "info", "result"):
+            names.setdefault(rest, known)
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.6)
+    meant = list(dict.fromkeys(names[c] for c in close))
+    hint = f" (did you mean {' or '.join(repr(m) for m in meant)}?)" if meant else ""
+    n = len(records)
+    runs_text = "the run" if n == 1 else f"any of the {n} runs"
+    return UsageError(f"{what}: {key!r} is not a key of {runs_text}{hint}")
 
 
 def probably_dead(
@@ -156,17 +236,10 @@ def probably_dead(
 
 
 def reader_for_url(store_url: str, plugin_manager: Any = None) -> Any:
-    """The reader a store plugin gives for ``store_url``; a URL nobody reads is a UsageError."""
-    pm = plugin_manager or _default_plugin_manager()
-    reader = pm.hook.expkit_reader_for_url(url=str(store_url))
-    if reader is None:
-        schemes = sorted({s for part in pm.hook.expkit_store_schemes() for s in part or ()})
-        known = ", ".join(s + "://" for s in schemes) or "none"
-        raise UsageError(
-            f"no store plugin reads {redact_url(str(store_url))!r}; "
-            f"known schemes: {known} (or a plain folder path)"
-        )
-    return reader
+    """The reader of the runs at ``store_url``; a URL nobody reads is a UsageError."""
+    from expkit.store import open_reader
+
+    return open_reader(plugin_manager or _default_plugin_manager(), str(store_url))
 
 
 def runs(
@@ -184,12 +257,43 @@ def runs(
     """The runs in ``store_url`` that pass every filter, sorted and cut to ``limit``.
 
     ``where`` holds filters (see the module doc), all of which must hold.
-    ``experiment`` is a name or a glob pattern. ``status`` is one status or several
+    ``experiment`` is a name, a glob pattern, or a file of module experiments
+    (``exp_iris.py`` for ``exp_iris.py::exp_rbf_svm``). ``status`` is one status or several
     (case does not matter; ``PROBABLY_DEAD`` picks running runs that stopped beating).
     ``since``/``until`` bound the start time (datetimes or ISO text, UTC). ``sort``
     is a run field or a config key; runs without it come last. The records are
-    summaries: use :func:`get_run` for a run's output and metrics.
+    summaries, unless a filter or the sort key reads ``metrics.`` or ``info.``: use
+    :func:`get_run` for a run's output and metrics.
     """
+    reader = reader_for_url(store_url, plugin_manager)
+    try:
+        return select_runs(
+            reader,
+            where=where,
+            experiment=experiment,
+            status=status,
+            since=since,
+            until=until,
+            sort=sort,
+            descending=descending,
+            limit=limit,
+        )
+    finally:
+        _close(reader)
+
+
+def select_runs(
+    reader: Any,
+    where: str | Iterable[str] = (),
+    experiment: str | None = None,
+    status: str | Iterable[str] | None = None,
+    since: datetime.datetime | str | None = None,
+    until: datetime.datetime | str | None = None,
+    sort: str | None = "start_time",
+    descending: bool = True,
+    limit: int | None = None,
+) -> list[RunRecord]:
+    """:func:`runs` through an open ``reader``, which it asks for whole runs where needed."""
     filters = [parse_filter(where)] if isinstance(where, str) else [parse_filter(w) for w in where]
     wanted = _statuses(status)
     start = _time_bound(since, "since")
@@ -206,35 +310,132 @@ def runs(
                 return False
         if start is not None and (record.start_time is None or record.start_time < start):
             return False
-        if end is not None and (record.start_time is None or record.start_time > end):
-            return False
-        return all(f.matches(record) for f in filters)
+        return not (end is not None and (record.start_time is None or record.start_time > end))
 
-    reader = reader_for_url(store_url, plugin_manager)
-    try:
-        selected = [r for r in reader.list_runs() if keep(r)]
-    finally:
-        _close(reader)
+    # A store that selects runs itself gets what it can answer from summaries: metrics and
+    # info keys stay with the core, and so does a name that may be a file of experiments.
+    whole = [k for k in [*(f.key for f in filters), sort or ""] if needs_full_record(k)]
+    widened = experiment is not None and _may_be_a_file(experiment)
+    pushed = Query(
+        None if widened else experiment,
+        frozenset(wanted) if wanted else None,
+        start,
+        end,
+        tuple(f for f in filters if not needs_full_record(f.key)),
+        None if whole else sort,
+        descending,
+        None if whole or widened else limit,
+    )
+    candidates, exact = _select(reader, pushed)
+    candidates = [r for r in candidates if keep(r)]  # a store's selection is checked, too
+    exact = exact and not whole and not widened
+    if whole:
+        candidates = full_records(reader, candidates)
+    selected = candidates if exact else [r for r in candidates if _passes(r, filters)]
+    if not selected and filters:
+        if exact:  # the store filtered: the runs the filters chose from, to check the keys
+            broad = attrs.evolve(pushed, where=(), sort=None, limit=None)
+            candidates = [r for r in _select(reader, broad)[0] if keep(r)]
+        for f in filters:
+            if candidates and not any(lookup(r, f.key)[0] for r in candidates):
+                sample = full_records(reader, candidates[:_SUGGESTION_SAMPLE])
+                raise unknown_key_error(f.key, f"wrong filter: {f.text}", sample)
+    if exact:
+        return selected
     if sort:
+        if selected and not any(lookup(r, sort)[0] for r in selected):
+            sample = full_records(reader, selected[:_SUGGESTION_SAMPLE])
+            raise unknown_key_error(sort, f"cannot sort by {sort!r}", sample)
         selected = _sorted(selected, sort, descending)
     return selected if limit is None else selected[:limit]
+
+
+def _select(reader: Any, query: Query) -> tuple[list[RunRecord], bool]:
+    if isinstance(reader, StoreReader):
+        return reader.select(query)
+    return list(reader.list_runs()), False  # a reader of a plugin written before the layer
+
+
+def _passes(record: RunRecord, filters: list[Filter]) -> bool:
+    return all(f.matches(record) for f in filters)
+
+
+def _may_be_a_file(pattern: str) -> bool:
+    return "::" not in pattern and not any(c in pattern for c in "*?[")
+
+
+# Near misses of a mistyped key are looked for in this many whole runs at most.
+_SUGGESTION_SAMPLE = 50
+
+
+def full_records(reader: Any, records: Iterable[RunRecord]) -> list[RunRecord]:
+    """``records`` read whole (metrics, info, output); runs deleted meanwhile are left out."""
+    found = []
+    for record in records:
+        if record.metrics is not None:
+            found.append(record)  # whole already
+            continue
+        try:
+            found.append(reader.get_run(record.id))
+        except KeyError:
+            continue
+    return found
 
 
 def get_run(store_url: str, run_id: Any, plugin_manager: Any = None) -> RunRecord:
     """Everything ``store_url`` holds about run ``run_id``: config, output, metrics, host, ...
 
-    An unknown id raises :class:`RunNotFoundError` (a :class:`UsageError` and a
-    :class:`KeyError`).
+    ``run_id`` may be the start of a longer id (see the module doc). An unknown id raises
+    :class:`RunNotFoundError` (a :class:`UsageError` and a :class:`KeyError`).
     """
     reader = reader_for_url(store_url, plugin_manager)
     try:
-        return reader.get_run(run_id)
-    except KeyError:
-        raise RunNotFoundError(
-            f"no run {run_id!r} in the store {redact_url(str(store_url))}"
-        ) from None
+        return fetch_run(reader, run_id, store_url)
     finally:
         _close(reader)
+
+
+def fetch_run(reader: Any, run_id: Any, store_url: str = "") -> RunRecord:
+    """Run ``run_id`` in full from ``reader``: the id as typed, as a number, or a unique prefix.
+
+    A prefix of several ids is a :class:`UsageError` listing them; no match at all is a
+    :class:`RunNotFoundError`. ``store_url`` only names the store in those messages.
+    """
+    for candidate in _id_candidates(run_id):
+        try:
+            return reader.get_run(candidate)
+        except KeyError:
+            continue
+    where = redact_url(str(store_url or getattr(reader, "url", "") or "the store"))
+    prefix = str(run_id)
+    matches = [r.id for r in reader.list_runs() if _abbreviates(prefix, r.id)]
+    if len(matches) == 1:
+        return reader.get_run(matches[0])
+    if matches:
+        shown = ", ".join(str(m) for m in sorted(matches, key=str)[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise UsageError(
+            f"run id {prefix!r} is ambiguous in the store {where}: it starts "
+            f"{len(matches)} run ids ({shown}{more}); give more of the id"
+        )
+    raise RunNotFoundError(f"no run {prefix!r} in the store {where}")
+
+
+def short_ids(ids: Iterable[Any], among: Iterable[Any] = ()) -> dict[str, str]:
+    """Each of ``ids`` as text, cut to :data:`SHORT_ID_LENGTH` characters or as many more
+    as keep it apart from every id in ``among`` (the whole store); numeric ids stay whole."""
+    others = sorted({str(i) for i in among} | {str(i) for i in ids})
+    shown = {}
+    for run_id in map(str, ids):
+        if run_id.isdigit() or len(run_id) <= SHORT_ID_LENGTH:
+            shown[run_id] = run_id
+            continue
+        length = SHORT_ID_LENGTH
+        for other in others:
+            if other != run_id:
+                length = max(length, _common_prefix(run_id, other) + 1)
+        shown[run_id] = run_id[:length]
+    return shown
 
 
 def to_dataframe(records: Iterable[RunRecord]) -> Any:
@@ -304,6 +505,33 @@ def _dig(value: Any, path: str) -> tuple[bool, Any]:
     return True, value
 
 
+def _id_candidates(run_id: Any) -> list[Any]:
+    # The id as typed, and as the number a store with numeric ids keys its runs by.
+    if isinstance(run_id, str) and run_id.isascii() and run_id.isdigit():
+        return [run_id, int(run_id)]
+    if isinstance(run_id, int) and not isinstance(run_id, bool):
+        return [run_id, str(run_id)]
+    return [run_id]
+
+
+def _abbreviates(prefix: str, run_id: Any) -> bool:
+    # A number never stands for a longer one: run 1 deleted, "1" must not mean run 15; nor
+    # does a prefix shorter than git's shortest ("1" must not mean 1b2db113... either).
+    text = str(run_id)
+    if len(prefix) < MIN_PREFIX or text.isdigit():
+        return False
+    return text.startswith(prefix) and text != prefix
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _comparable_id(value: Any) -> Any:
     # File store ids are folder names ("7"), Mongo's are numbers (7): compare them alike.
     if isinstance(value, str) and value.isascii() and value.isdigit():
@@ -336,35 +564,44 @@ def _naive_utc(t: datetime.datetime) -> datetime.datetime:
 
 
 def _name_matches(name: str, pattern: str) -> bool:
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+    # "exp_iris.py" picks the experiments of that file, named "exp_iris.py::NAME".
+    return name == pattern or name.startswith(pattern + "::") or fnmatch.fnmatchcase(name, pattern)
 
 
 def _sorted(records: list[RunRecord], key: str, descending: bool) -> list[RunRecord]:
-    """Sorted by ``key``; values of different kinds go in groups, missing values last."""
-    present: list[tuple[tuple, RunRecord]] = []
+    """Sorted by ``key``: kinds in a fixed order, the direction within each; missing last."""
+    kinds: dict[int, list[tuple[Any, RunRecord]]] = {}
     missing: list[RunRecord] = []
     for record in records:
         found, value = lookup(record, key)
         if not found or value is None:
             missing.append(record)
         else:
-            present.append((_sort_key(value), record))
-    try:
-        present.sort(key=lambda pair: pair[0], reverse=descending)
-    except TypeError:  # values of one kind that still do not order (dicts): by text
-        present.sort(key=lambda pair: repr(pair[0]), reverse=descending)
-    return [record for _, record in present] + missing
+            kind, comparable = _sort_key(value)
+            kinds.setdefault(kind, []).append((comparable, record))
+    ordered: list[RunRecord] = []
+    for kind in sorted(kinds):
+        group = sorted(kinds[kind], key=lambda pair: pair[0], reverse=descending)
+        ordered.extend(record for _, record in group)
+    return ordered + missing
 
 
-def _sort_key(value: Any) -> tuple:
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """``(kind, comparable)``: numbers, NaN, booleans, times, text, lists, dicts, the rest.
+
+    Values of one kind always compare, however deep: a list's are its items' keys."""
     if isinstance(value, bool):
-        return (0, int(value))
+        return (2, int(value))
     if isinstance(value, (int, float)):
-        return (0, value)
+        return (1, 0) if value != value else (0, value)  # NaN: after every number
     if isinstance(value, datetime.timedelta):
         return (0, value.total_seconds())
     if isinstance(value, datetime.datetime):
-        return (1, _naive_utc(value))
+        return (3, _naive_utc(value))
     if isinstance(value, str):
-        return (2, value)
-    return (3, repr(value))
+        return (4, value)
+    if isinstance(value, (list, tuple)):
+        return (5, tuple(_sort_key(v) for v in value))
+    if isinstance(value, dict):
+        return (6, tuple(sorted((str(k), _sort_key(v)) for k, v in value.items())))
+    return (7, repr(value))

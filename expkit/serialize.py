@@ -6,6 +6,12 @@ import datetime
 import json
 from typing import Any
 
+from expkit.errors import ExpkitError
+
+
+class NotStorableError(ExpkitError):
+    """A value of a run (its result, an info entry) cannot be kept as JSON data."""
+
 
 def format_time(t: datetime.datetime | None) -> str | None:
     """ISO time that always carries microseconds (Sacred-era readers parse ``.%f``)."""
@@ -25,13 +31,18 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
+_PLAIN = (bool, int, float, str)
+
+
 def to_data(obj: Any) -> Any:
     """``obj`` as JSON data: numpy scalars and arrays become numbers and lists,
     tuples become lists, times become ISO strings; anything else becomes its repr."""
-    if obj is None or isinstance(obj, (bool, int, str)):
+    if obj is None or type(obj) in _PLAIN:
         return obj
-    if isinstance(obj, float):
-        return obj
+    # Subclasses as their base type: np.float64(0.97) is 0.97, np.str_("a") is "a".
+    for base in _PLAIN:
+        if isinstance(obj, base):
+            return base(obj) if base is not str else str.__str__(obj)
     if isinstance(obj, dict):
         return {str(k): to_data(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -42,6 +53,17 @@ def to_data(obj: Any) -> Any:
     if callable(tolist) and type(obj).__module__ == "numpy":
         return to_data(tolist())
     return repr(obj)
+
+
+def storable_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be kept as JSON data (what every store keeps), or None if it can."""
+    try:
+        json.dumps(to_data(value), allow_nan=True)
+    except RecursionError:
+        return "it contains itself (or is nested deeper than Python's recursion limit)"
+    except Exception as exc:  # an int too long for text, a __repr__ that raises, ...
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def dumps(obj: Any) -> str:

@@ -5,20 +5,51 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import math
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# Sacred's errors live in sacred.utils: migrated imports find them here.
+from expkit.errors import (
+    CircularDependencyError,
+    ConfigAddedError,
+    ConfigError,
+    InvalidConfigError,
+    MissingConfigError,
+    NamedConfigNotFoundError,
+    ObserverError,
+    SacredError,
+    SacredInterrupt,
+    SignatureError,
+    TimeoutInterrupt,
+)
+
 __all__ = [
     "CapturedOutput",
+    "CircularDependencyError",
+    "ConfigAddedError",
+    "ConfigError",
+    "InvalidConfigError",
+    "MissingConfigError",
+    "NamedConfigNotFoundError",
+    "ObserverError",
+    "SacredError",
+    "SacredInterrupt",
+    "SignatureError",
+    "TimeoutInterrupt",
     "apply_backspaces_and_linefeeds",
     "file_md5",
+    "has_control_chars",
     "parse_literal",
+    "printable",
     "redact_argv",
     "redact_url",
     "replace_file",
+    "split_userinfo",
     "suggest",
     "temp_file_beside",
 ]
@@ -162,23 +193,55 @@ class CapturedOutput:
             return self._stable
 
 
-# scheme://user:password@host...: the password runs to the last '@' before the host part.
-_URL_PASSWORD = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/?#]+)(?=@)"
-)
+# A URL in free text: scheme, "://", and the rest of the word (a password may hold "/?#@").
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>\S*)")
 
 
-def redact_url(url: str) -> str:
-    """Replace the password in ``scheme://user:password@host/...?...`` by ``***``.
+def split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``scheme://user:password@host/...`` as ``("scheme://", "user:password", "host/...")``.
 
-    The values of query options named like a secret (``...pass...``, ``secret``, ``token``,
-    and such keys inside ``K:V,...`` values) are replaced too.
+    The user info is ``None`` when the URL has none. A password may hold unencoded
+    ``@ / ? #`` (users type them; a store's error message repeats them), so the user info
+    runs to the last ``@`` before the query, or to an ``@`` after a ``?`` that no option
+    (``k=v``) precedes: a path with an ``@`` after ``host:port`` may be taken for user info,
+    which hides more than the password, never less.
     """
-    url = _URL_PASSWORD.sub(r"\g<head>***", url)
-    base, q, query = url.partition("?")
-    if q and "://" in base:
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return "", None, url
+    q = rest.find("?")
+    at = rest.rfind("@", 0, q) if q >= 0 else rest.rfind("@")
+    if at < 0 and q >= 0:
+        at = rest.rfind("@")
+        if "=" in rest[q:at]:
+            at = -1
+    if at < 0:
+        return head + sep, None, rest
+    return head + sep, rest[:at], rest[at + 1 :]
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it (``scheme://user:password@host``)
+    and the values of secret query options shown as ``***``.
+
+    A query option is secret when its name says so (``...pass...``, ``secret``, ``token``,
+    also as keys inside ``K:V,...`` values). This is the one redaction of expkit: every URL
+    that is printed, logged or stored goes through it.
+    """
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    head, userinfo, rest = split_userinfo(match.group())
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else user) + "@" + rest
+    base, q, query = rest.partition("?")
+    if q:
         query = "&".join(_redact_option(option) for option in query.split("&"))
-    return base + q + query
+    return head + base + q + query
 
 
 _SECRET_OPTION = r"(?i)pass|secret|token"  # compiled and cached by re on first use
@@ -199,6 +262,24 @@ def _redact_option(option: str) -> str:
 def redact_argv(argv: list[str]) -> list[str]:
     """Return ``argv`` with the password of every URL in it (also in ``key=value``) redacted."""
     return [redact_url(arg) for arg in argv]
+
+
+# C0 and C1 control characters, DEL, and the bidirectional overrides that reorder what a
+# terminal shows ("Trojan source"): never written raw where a name or an id is printed.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds a control character (an escape sequence, a newline, ...)."""
+    return _CONTROL_CHARS.search(text) is not None
+
+
+def printable(value: Any) -> str:
+    """``str(value)`` with control characters escaped (``\\x1b``, ``\\n``), safe to print."""
+    text = str(value)
+    if not has_control_chars(text):
+        return text
+    return _CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 _md5_cache: dict[tuple[str, int, int], str] = {}
@@ -267,14 +348,47 @@ def parse_literal(text: str) -> object:
     """Return the Python literal ``text`` denotes, or ``text`` itself when it is no literal.
 
     Text that opens a list, dict, tuple or string but does not close it is a mistake,
-    not a string: it raises :class:`ValueError` saying so.
+    not a string: it raises :class:`ValueError` saying so. So does a number no store can
+    keep as written: a float beyond the largest (``1e400`` would be ``inf``, which standard
+    JSON has no word for) and an int longer than Python reads from text (4300 digits).
     """
     if not text.strip():
         return text
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         if text.lstrip()[:1] in ("[", "{", "(", "'", '"'):
             reason = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
             raise ValueError(f"{text!r} is not a valid Python literal ({reason})") from None
+        limit = sys.get_int_max_str_digits()
+        digits = sum(c.isdigit() for c in text) if _DECIMAL_INT.fullmatch(text.strip()) else 0
+        if limit and digits > limit:
+            raise ValueError(
+                f"an int of {digits} digits is longer than Python reads from text ({limit}); "
+                "compute it in the config instead (e.g. n = 10**5000)"
+            ) from None
         return text
+    bad = _non_finite(value)
+    if bad is not None:
+        raise ValueError(
+            f"{text.strip()!r} holds a number beyond the largest float (it would be {bad}, "
+            "which JSON cannot store); give a number below 1.8e308"
+        )
+    return value
+
+
+_DECIMAL_INT = re.compile(r"[+-]?[1-9][0-9_]*")
+
+
+def _non_finite(value: object) -> float | None:
+    """The first infinite or NaN float in ``value`` (a literal's containers included)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            found = _non_finite(item)
+            if found is not None:
+                return found
+    return None

@@ -75,6 +75,9 @@ class NoCapture:
         """Return ``""``."""
         return ""
 
+    def keep(self, text: str) -> None:
+        """Do nothing."""
+
     def stop(self) -> None:
         """Do nothing."""
 
@@ -130,6 +133,10 @@ class SysCapture:
     def read(self) -> str:
         """Return the text written since the last read."""
         return self._buffer.take()
+
+    def keep(self, text: str) -> None:
+        """Add ``text`` to the captured output without showing it on the console."""
+        self._buffer.add(text)
 
     def stop(self) -> None:
         """Put the original streams back, even if the run replaced the tees meanwhile."""
@@ -306,6 +313,18 @@ class _PipeReader:
                     break
         self._forward(chunks)
         return sum(map(len, chunks))
+
+    def take_for_console(self) -> None:
+        """Keep what the pipe holds and the unfinished line, and have the thread forward the
+        bytes; called by another thread with the lock held."""
+        chunks = self._take()
+        if chunks:
+            self._unforwarded += chunks
+            if not self._closed:
+                self._ring()
+        if self._capturing and self._partial:
+            self._buffer.add(self._partial)
+            self._partial = ""
 
     def _ring(self) -> None:
         try:
@@ -501,6 +520,25 @@ class FdCapture:
         for reader in self._readers:
             reader.flush()
         return self._buffer.take()
+
+    def keep(self, text: str) -> None:
+        """Add ``text`` to the captured output without showing it on the console.
+
+        What was written before it is taken from the pipes first, so that it keeps its place.
+        """
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        readers = self._readers
+        if not readers:
+            self._buffer.add(text)
+            return
+        with readers[0]._lock:  # the lock every reader of this capture shares
+            for reader in sorted(readers, key=_waiting_since):
+                reader.take_for_console()
+            self._buffer.add(text)
 
     def stop(self) -> None:
         """Flush, put the original descriptors back and collect what is left in the pipes."""

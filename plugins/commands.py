@@ -1,4 +1,5 @@
-"""The commands every experiment has: print_config, print_dependencies, save_config, ..."""
+"""The commands every experiment has (print_config, print_dependencies, save_config, ...)
+and ``expkit config``, which prints what ``print_config`` would, without a run."""
 
 from __future__ import annotations
 
@@ -153,3 +154,55 @@ def expkit_builtin_commands(experiment: Any) -> dict:
         "save_config": save_config,
         "print_named_configs": print_named_configs,
     }
+
+
+@hookimpl
+def expkit_cmdline_main(config: Any) -> int | None:
+    if config.command != "config":
+        return None
+    return show_config(config)
+
+
+def show_config(config: Any) -> int:
+    """``expkit config NODEID|FILE``: the config the experiment would run with, and only that.
+
+    No run is made, so nothing is logged, recorded or captured.
+    """
+    from expkit.errors import ExpkitError, UsageError
+    from expkit.nodes import ExitCode
+    from expkit.run import check_added_entries, find_command, resolve_config
+    from expkit_plugins.session import Session, collect, parse_overrides
+
+    paths = list(config.option.paths)
+    if len(paths) != 1:
+        raise UsageError(
+            "expkit config takes one node id or file: expkit config exp_iris.py::exp_rbf_svm"
+        )
+    session = Session(config)
+    collect(session)
+    if session.errors:
+        raise UsageError(f"cannot collect {paths[0]}:\n{session.errors[0].message}")
+    if len(session.items) != 1:
+        found = [item.nodeid for item in session.items]
+        if not found:
+            raise UsageError(f"no experiment in {paths[0]}")
+        raise UsageError(
+            f"{paths[0]} holds {len(found)} experiments; name one: "
+            + ", ".join(f"expkit config {nodeid}" for nodeid in found[:3])
+            + (" ..." if len(found) > 3 else "")
+        )
+    item = session.items[0]
+    experiment = item.experiment
+    updates = parse_overrides(config.option.overrides)
+    if config.option.seed is not None:
+        updates["seed"] = config.option.seed
+    command = experiment.default_command
+    try:
+        summary = resolve_config(experiment, updates or None, list(config.option.named), command)
+        if not config.option.force and command is not None:
+            uses = [find_command(experiment, command), *experiment.extra_functions()]
+            check_added_entries(experiment, summary, uses)
+    except ExpkitError as exc:
+        raise UsageError(f"{item.nodeid}: {exc}") from None
+    print(format_config(summary, summary, _use_colour()))
+    return ExitCode.OK

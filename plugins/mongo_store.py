@@ -17,7 +17,7 @@ document limit cannot stop a run. Sources and resources are stored once per
 because pymongo 4 no longer computes one. When the server is unreachable
 during a run, the data is kept and sent at the next heartbeat; at the end of
 the run it is written to ``failure_dir`` if the server is still away.
-Passwords in the URL are shown as ``***`` everywhere (see :func:`redact_url`).
+Passwords in the URL are shown as ``***`` everywhere (see :func:`expkit.utils.redact_url`).
 
 pymongo is imported only when a store is created, so this plugin loads
 without it.
@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import logging
 import os
-import re
 import threading
 import time
 import warnings
@@ -39,12 +38,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver, utc_datetimes
+from expkit.observers import RunObserver, deprecated_create, utc_datetimes
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord, edited_meta
 from expkit.serialize import to_data, utcnow
-from expkit.utils import file_md5
-from expkit.utils import redact_url as _redact_generic
+from expkit.utils import file_md5, redact_url, split_userinfo
 
 if TYPE_CHECKING:
     from gridfs import GridFS
@@ -77,58 +75,20 @@ class MongoStoreError(ExpkitError):
 
 # --- passwords ----------------------------------------------------------------------
 
-# Compiled (and cached by re) on first use: every run imports this plugin.
-# A URL with credentials inside free text; the password runs to the last "@" of the word,
-# which may hide more than the password but never less.
-_URL_CREDENTIALS = r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*):\S*@"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password and secret query options replaced by ``***``.
-
-    Stricter than :func:`expkit.utils.redact_url`, which it ends with: a MongoDB URL may
-    carry an unencoded ``@`` in its password.
-    """
-    scheme, sep, rest = str(url).partition("://")
-    if not sep:
-        return re.sub(_URL_CREDENTIALS, r"\g<head>:***@", str(url))
-    at = _userinfo_end(rest)
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        rest = (f"{user}:***" if colon else user) + rest[at:]
-    return _redact_generic(f"{scheme}://{rest}")
-
-
-def _userinfo_end(rest: str) -> int:
-    """Index of the "@" that ends the user info in ``rest`` (the URL after ``://``), or -1."""
-    q = rest.find("?")
-    if q < 0:
-        return rest.rfind("@")
-    at = rest.rfind("@", 0, q)
-    if at >= 0:
-        return at
-    # An "@" after the "?" belongs to the password unless an option (k=v) came first.
-    at = rest.rfind("@")
-    return at if at > q and "=" not in rest[q:at] else -1
-
 
 def _password(url: str | None) -> str:
     """The password in ``url`` (percent-decoded), or ``""``."""
-    if not url or "://" not in url:
-        return ""
-    rest = url.partition("://")[2]
-    at = _userinfo_end(rest)
-    if at < 0:
+    userinfo = split_userinfo(url or "")[1]
+    if not userinfo:
         return ""
     from urllib.parse import unquote_plus
 
-    return unquote_plus(rest[:at].partition(":")[2])
+    return unquote_plus(userinfo.partition(":")[2])
 
 
 def _redact_text(text: str, secret: str = "") -> str:
     """``text`` with every URL password, and the literal ``secret``, replaced by ``***``."""
-    if "://" in text:
-        text = re.sub(_URL_CREDENTIALS, r"\g<head>:***@", text)
+    text = redact_url(text)
     if secret and secret in text:
         text = text.replace(secret, "***")
     return text
@@ -464,6 +424,11 @@ class MongoObserver(RunObserver):
         self._bind(
             db[runs_name], gridfs.GridFS(db), overwrite, db[metrics_name], failure_dir, priority
         )
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> MongoObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``MongoObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
 
     @classmethod
     def create_from(
@@ -1182,9 +1147,7 @@ def _db_name(url: str) -> str:
     """The database a ``mongodb://HOST[:PORT]/DB`` URL names, or :data:`DEFAULT_DB`."""
     from urllib.parse import unquote
 
-    rest = url.partition("://")[2]
-    at = _userinfo_end(rest)
-    path = rest[at + 1 :].partition("?")[0]
+    path = split_userinfo(url)[2].partition("?")[0]
     return unquote(path.partition("/")[2]) or DEFAULT_DB
 
 
@@ -1219,7 +1182,30 @@ def expkit_store_schemes() -> list[str]:
     return list(SCHEMES)
 
 
+class QueuedMongoObserver(MongoObserver):
+    """Sacred's ``QueuedMongoObserver``: a :class:`MongoObserver`, since expkit queues every store.
+
+    Sacred needed it to keep a run going while MongoDB is away. expkit delivers the events
+    of every store through a guard that retries a failing store during the run and spools
+    what it could not write to ``.expkit/spool`` (``expkit sync`` delivers it later), so a
+    plain MongoObserver already does that. ``interval`` and ``retry_interval`` are kept as
+    attributes; the other arguments are MongoObserver's.
+    """
+
+    def __init__(
+        self,
+        interval: float = 20.0,
+        retry_interval: float = 10.0,
+        url: str | None = None,
+        db_name: str = DEFAULT_DB,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(url, db_name, **kwargs)
+        self.interval = interval
+        self.retry_interval = retry_interval
+
+
 @hookimpl
 def expkit_observer_class(name: str) -> type | None:
-    """``MongoObserver`` for ``from expkit.observers import MongoObserver``."""
-    return MongoObserver if name == "MongoObserver" else None
+    """``MongoObserver`` and ``QueuedMongoObserver`` for ``from expkit.observers import ...``."""
+    return {"MongoObserver": MongoObserver, "QueuedMongoObserver": QueuedMongoObserver}.get(name)

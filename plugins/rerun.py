@@ -10,12 +10,16 @@ what drifted since the original: sources, packages, Python, host and git.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
@@ -37,6 +41,9 @@ from expkit_plugins.runs import (
 from expkit_plugins.session import parse_overrides
 from expkit_plugins.sources import repository_of
 from expkit_plugins.sync import replay_record
+
+_MD5_FIELD = re.compile(r"([0-9a-f]{32})")
+_MD5_IN_NAME = re.compile(r"_([0-9a-f]{32})(?:\.[^./\\]*)?$")
 
 
 @hookimpl
@@ -73,6 +80,14 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     overrides = parse_overrides(list(config.getoption("overrides") or ()))
     entries = _entries(original, overrides)
     sources = read_sources(reader, original)  # once: restored now, compared at the end
+    tampered = tampered_sources(original, sources)
+    if tampered and not config.getoption("force"):
+        name, actual, recorded = tampered[0]
+        raise UsageError(
+            f"run {original.id}: source {name!r} as stored in {redact_url(url)} has md5 "
+            f"{actual}, not the {recorded} the run recorded: the stored copy was changed after "
+            "the run; re-run it anyway with --force"
+        )
     with tempfile.TemporaryDirectory(prefix="expkit-rerun-") as tmp:
         workdir = Path(tmp, "code")
         _restore_sources(sources, workdir)
@@ -85,7 +100,9 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
             print(f"the re-run stored no run (its command exited with {code})")
             return ExitCode.RUNS_FAILED
         scratch_reader = reader_for(pm, str(scratch))
-        rerun = scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
+        rerun = _as_named_by(
+            original, scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
+        )
         link = {"store": original.store, "id": original.id}
         meta: dict[str, Any] = {"rerun_of": link}
         if overrides:
@@ -110,6 +127,16 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     return ExitCode.OK
 
 
+def _as_named_by(original: RunRecord, rerun: RunRecord) -> RunRecord:
+    """``rerun`` under ``original``'s experiment name, so that listings group the two.
+
+    A module experiment is named by its node id, which holds the file's path from the
+    project root; restored flat into a temporary folder it gets another one.
+    """
+    info = {**rerun.experiment_info, "name": original.experiment}
+    return attrs.evolve(rerun, experiment=original.experiment, experiment_info=info)
+
+
 def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
     """The stored config as dotted entries, with ``overrides`` replacing what they name."""
     flat = flatten(original.config)
@@ -126,6 +153,43 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def recorded_md5(entry: Any) -> str | None:
+    """The md5 a run recorded for one of its sources, or ``None`` when the store keeps none.
+
+    Stores name a stored copy by its md5: a field of the entry (TinyDB, Sacred's
+    ``[name, md5]``) or the copy's file name (the file store's ``_sources/<stem>_<md5>.py``).
+    """
+    for field in list(entry)[1:] if isinstance(entry, (list, tuple)) else ():
+        if isinstance(field, str):
+            found = _MD5_FIELD.fullmatch(field) or _MD5_IN_NAME.search(field)
+            if found:
+                return found.group(1)
+    return None
+
+
+def tampered_sources(record: RunRecord, sources: dict[str, bytes]) -> list[tuple[str, str, str]]:
+    """``(name, md5 of the stored copy, recorded md5)`` of each source changed in the store."""
+    found = []
+    for name, recorded in _recorded_md5s(record).items():
+        actual = _md5(sources[name]) if name in sources else recorded
+        if actual != recorded:
+            found.append((name, actual, recorded))
+    return found
+
+
+def _recorded_md5s(record: RunRecord) -> dict[str, str]:
+    found = {}
+    for entry in record.experiment_info.get("sources") or ():
+        md5 = recorded_md5(entry)
+        if md5 is not None:
+            found[str(entry[0])] = md5
+    return found
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def _restore_sources(sources: dict[str, bytes], folder: Path) -> None:
     folder.mkdir(parents=True)
     for name, data in sources.items():
@@ -140,7 +204,7 @@ def rerun_command(record: RunRecord, entries: dict[str, Any], store: Path) -> li
     if not mainfile:
         raise UsageError(f"run {record.id} recorded no main file: it cannot be re-run")
     settings = [f"{key}={value!r}" for key, value in entries.items()]
-    # -f: a JSON round trip turns tuples into lists; that is no change of the experiment.
+    # -f: the stored config holds what named configs and -f added; -o alone would refuse it.
     if "::" in record.experiment:
         node = f"{mainfile}::{record.experiment.rsplit('::', 1)[1]}"
         overrides = [arg for s in settings for arg in ("-o", s)]
@@ -238,19 +302,26 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def _source_drift(original: RunRecord, sources: dict[str, bytes]) -> list[str]:
     base = original.experiment_info.get("base_dir") or ""
-    lines: list[str] = []
+    lines = [
+        f"source {name}: the stored copy has md5 {actual}, not the recorded {recorded}; "
+        "the re-run ran it (--force)"
+        for name, actual, recorded in tampered_sources(original, sources)
+    ]
+    recorded = _recorded_md5s(original)
+    drifted = []
     for name, stored in sources.items():
         path = Path(base, name)
         current = path.read_bytes() if path.is_file() else None
-        if current != stored:
-            lines += [
+        # Against what the run recorded: a copy changed in the store must not blame the file.
+        if current is None or _md5(current) != recorded.get(name, _md5(stored)):
+            drifted += [
                 f"source {name}: changed since run {original.id} (working copy {path})",
                 *(
                     f"  {line}"
                     for line in source_diff(stored, current, f"run {original.id}", str(path))
                 ),
             ]
-    return lines or [f"sources: the working copy in {base} is as stored"]
+    return lines + (drifted or [f"sources: the working copy in {base} is as recorded"])
 
 
 def _changes(what: str, old: dict, new: dict) -> list[str]:
@@ -263,7 +334,14 @@ def _changes(what: str, old: dict, new: dict) -> list[str]:
 
 
 def _shown(value: Any) -> str:
-    return "(none)" if value is None else str(value) if isinstance(value, str) else repr(value)
+    # Plain words, never a Python repr: "(none)", "Linux, x86_64", "name=GPU 0".
+    if value is None:
+        return "(none)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) or "(none)"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_shown(v) for v in value) or "(none)"
+    return str(to_data(value))
 
 
 def _git_drift(original: RunRecord) -> list[str]:
@@ -273,9 +351,17 @@ def _git_drift(original: RunRecord) -> list[str]:
     then = {"commit": repos[0].get("commit"), "dirty": repos[0].get("dirty")} if repos else None
     if then is None and now is None:
         return ["git: no repository, then or now"]
-    if then is None or now is None:
-        return [f"git: {'no repository' if then is None else then} then, {now or 'none'} now"]
-    return _changes("git", then, now)
+    if then == now:
+        return [f"git: same ({_git_text(now)})"]
+    return [f"git: {_git_text(then)} then, {_git_text(now)} now"]
+
+
+def _git_text(state: dict | None) -> str:
+    if state is None:
+        return "no repository"
+    commit = state.get("commit")
+    text = f"commit {commit}" if commit else "a repository without commits"
+    return text + (" with uncommitted changes" if state.get("dirty") else "")
 
 
 def git_state(folder: str) -> dict | None:

@@ -8,6 +8,7 @@ the experiment prints its traceback without expkit's frames.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 import traceback
@@ -15,6 +16,7 @@ from typing import Any
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.pluginmanager import hookimpl
+from expkit.run import SigtermInterrupt
 from expkit.utils import parse_literal, suggest
 
 # (short, long, takes a value, help)
@@ -116,7 +118,7 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
             if not key:
                 raise UsageError(f"update {token!r} has no key; write KEY=VALUE")
             try:
-                config_updates[key] = parse_literal(value.strip())
+                config_updates[key] = _update_value(value.strip())
             except ValueError as exc:
                 raise UsageError(f"update {token!r}: {exc}") from None
         else:
@@ -137,6 +139,23 @@ def parse_argv(experiment: Any, argv: list[str]) -> dict:
         "named_configs": named_configs,
         "options": options,
     }
+
+
+def _update_value(text: str) -> Any:
+    """A ``with`` value: a Python literal, else the text (an error under STRICT_PARSING)."""
+    from expkit.settings import SETTINGS
+
+    if SETTINGS.COMMAND_LINE.STRICT_PARSING:
+        import ast
+
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(
+                f"{text!r} is not a Python literal (SETTINGS.COMMAND_LINE.STRICT_PARSING is "
+                "on): quote strings, e.g. name='\"text\"'"
+            ) from None
+    return parse_literal(text)
 
 
 def _is_number(token: str) -> bool:
@@ -238,6 +257,18 @@ def _print_user_traceback(exc: BaseException) -> None:
     sys.stderr.write("".join(lines))
 
 
+def _end_by_sigterm() -> None:
+    """End the process the way SIGTERM ends a script (and a Sacred one): by the signal."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # closed, or a reader that went away: nothing more to show
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    sys.exit(128 + signal.SIGTERM)  # only if the signal is blocked
+
+
 @hookimpl(trylast=True)
 def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
     prog = os.path.basename(argv[0]) if argv else experiment.name
@@ -257,6 +288,8 @@ def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
             raise
         sys.stderr.write(f"ERROR: {exc}\n")
         sys.exit(1)
+    except SigtermInterrupt:
+        _end_by_sigterm()
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from expkit.pluginmanager import hookimpl
 from expkit.records import ConfigDefault
+from expkit.settings import SETTINGS
 
 SEED_DOC = "the random seed for this experiment"
 _MAX_SEED = 10**9
@@ -34,11 +35,18 @@ def derive_seed(seed: int, name: str) -> int:
 
 
 def make_rnd(seed: int) -> Any:
-    """A random generator seeded with ``seed``: numpy's when numpy is installed."""
+    """A random generator seeded with ``seed``: numpy's when numpy is installed.
+
+    A ``numpy.random.Generator``, or a ``RandomState`` when
+    ``SETTINGS.CONFIG.NUMPY_RANDOM_LEGACY_API`` is true (code written for it calls
+    ``randint`` or ``rand``, which a Generator lacks).
+    """
     try:
         import numpy
     except ImportError:
         return random.Random(seed)
+    if SETTINGS.CONFIG.NUMPY_RANDOM_LEGACY_API:
+        return numpy.random.RandomState(seed)
     return numpy.random.default_rng(seed)
 
 
@@ -153,7 +161,18 @@ def _forget_import_seeding() -> None:
         sys.meta_path.remove(finder)
 
 
+def seed_name(function: Any) -> str:
+    """``fn`` or ``ingredient.fn``: what a captured function's seeds derive from.
+
+    The experiment's own name is left out: a module experiment is named by its node id,
+    which holds the file's path, and a re-run must draw the same numbers wherever it runs.
+    """
+    ingredient = function.ingredient
+    if ingredient is None or ingredient.is_experiment:
+        return function.fn.__qualname__
+    return f"{ingredient.path}.{function.fn.__qualname__}"
+
+
 @hookimpl
 def expkit_function_seeder(run: Any, function: Any) -> FunctionSeeder:
-    name = f"{function.ingredient.path if function.ingredient else ''}.{function.fn.__qualname__}"
-    return FunctionSeeder(derive_seed(run.config["seed"], name))
+    return FunctionSeeder(derive_seed(run.config["seed"], seed_name(function)))

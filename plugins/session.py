@@ -1,4 +1,4 @@
-"""The ``expkit run`` and ``expkit config`` commands: collect, select, run, report.
+"""The ``expkit run`` command: collect, select, run, report.
 
 Every collected experiment runs once, with the ``-o`` overrides and ``-w`` named
 configs, into the stores given with ``--store`` (default: ``runs/`` under the
@@ -20,7 +20,14 @@ from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.run import COMPLETED, FAILED, create_run, format_user_traceback, store_for_url
+from expkit.run import (
+    COMPLETED,
+    FAILED,
+    ConsoleLogHandler,
+    create_run,
+    format_user_traceback,
+    store_for_url,
+)
 from expkit.settings import CAPTURE_MODES
 from expkit.utils import parse_literal
 
@@ -74,7 +81,8 @@ def expkit_addoption(parser: Any) -> None:
         "-f",
         "--force",
         action="store_true",
-        help="allow -o entries no function uses, and changes of an entry's type",
+        help="allow -o entries no function uses, and changes of an entry's type; "
+        "rerun: a stored source that no longer matches its md5",
     )
     group.addoption(
         "--capture",
@@ -119,8 +127,12 @@ def _updates(config: Any) -> dict[str, Any]:
     return updates
 
 
-def collect(session: Session) -> None:
-    """Find the files, collect their items, apply node-id selection and ``-k``."""
+def collect(session: Session, open_stores: bool = False) -> None:
+    """Find the files, collect their items, apply node-id selection and ``-k``.
+
+    ``open_stores`` makes the session's stores once the ``expconf.py`` files (which may
+    add store plugins) are loaded, and before the header: a store URL nobody claims stops
+    the session there."""
     config = session.config
     args = list(config.option.paths) or [str(config.rootdir / p) for p in config.settings.paths]
     wanted: dict[Path, set[str] | None] = {}
@@ -153,6 +165,8 @@ def collect(session: Session) -> None:
     session.deselected = [i for i in before if id(i) not in kept]
     if session.deselected:
         hook.expkit_deselected(items=session.deselected)
+    if open_stores:
+        _stores(session)
     hook.expkit_collection_finish(session=session)
 
 
@@ -231,6 +245,7 @@ def run_item(session: Session, item: Item) -> RunReport:
         result=run.result,
         message=message,
         longrepr="".join(run.fail_trace) if run.fail_trace else None,
+        stored=tuple(run.stored),
     )
 
 
@@ -258,19 +273,19 @@ def exit_code(session: Session) -> ExitCode:
 
 
 def _configure_logging(verbose: int) -> None:
-    # Runs log "Started run ..." at INFO; the reporter says that, so show it only with -v.
+    # Runs log "Started run ..." at INFO; the reporter says that, so the terminal shows it
+    # only with -v. The runs' captured output holds INFO lines either way.
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s - %(name)s - %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose > 0 else logging.WARNING)
+    shown = logging.INFO if verbose > 0 else logging.WARNING
+    if root.handlers:
+        root.setLevel(shown)  # logging set up by someone else: leave its handlers be
+        return
+    root.addHandler(ConsoleLogHandler(shown_level=shown))
+    root.setLevel(logging.INFO)
 
 
 @hookimpl(trylast=True)
 def expkit_cmdline_main(config: Any) -> int | None:
-    if config.command == "config":
-        return _config_command(config)
     if config.command != "run":
         return None
     session = Session(config)
@@ -278,7 +293,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
     _configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
     session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
-    collect(session)
+    collect(session, open_stores=not config.option.collect_only)
     if config.option.collect_only:
         code = _collect_only_code(session)
         hook.expkit_sessionfinish(session=session, exitstatus=code)
@@ -293,7 +308,6 @@ def expkit_cmdline_main(config: Any) -> int | None:
                 f"{len(session.deselected)} collected experiments\n"
             )
     else:
-        _stores(session)
         hook.expkit_runtestloop(session=session)
         code = exit_code(session)
     hook.expkit_sessionfinish(session=session, exitstatus=code)
@@ -305,25 +319,4 @@ def _collect_only_code(session: Session) -> ExitCode:
         return ExitCode.INTERRUPTED
     if not session.items:
         return ExitCode.NO_EXPERIMENTS_COLLECTED
-    return ExitCode.OK
-
-
-def _config_command(config: Any) -> int:
-    session = Session(config)
-    if len(config.option.paths) != 1 or "::" not in config.option.paths[0]:
-        raise UsageError("expkit config takes one node id: expkit config exp_iris.py::exp_rbf_svm")
-    collect(session)
-    if session.errors:
-        raise UsageError(f"cannot collect {config.option.paths[0]}:\n{session.errors[0].message}")
-    item = session.items[0]
-    updates = _updates(config)
-    try:
-        item.experiment.run(
-            "print_config",
-            config_updates=updates or None,
-            named_configs=list(config.option.named),
-            options={"--unobserved": True, "--capture": "no", "--force": bool(config.option.force)},
-        )
-    except ExpkitError as exc:
-        raise UsageError(f"{item.nodeid}: {exc}") from None
     return ExitCode.OK

@@ -9,7 +9,9 @@ that goes wrong there leaves the repository out and never stops the run.
 
 from __future__ import annotations
 
+import ast
 import functools
+import inspect
 import os
 import sys
 import types
@@ -39,8 +41,15 @@ _repo_root_cache: dict[str, str | None] = {}
 @hookimpl
 def expkit_experiment_info(experiment: Any) -> dict:
     """The experiment's sources, dependencies and (when asked) git repositories."""
-    sources = gather_sources(experiment.base_dir, experiment.mainfile, experiment.extra_sources)
-    dependencies = gather_dependencies(experiment.base_dir, experiment.extra_dependencies)
+    sources = gather_sources(
+        experiment.base_dir,
+        experiment.mainfile,
+        experiment.extra_sources,
+        defining_files(experiment),
+    )
+    # Packages the experiment's own modules import; without a main file, every local module's.
+    own = {s.path for s in sources} if experiment.mainfile else None
+    dependencies = gather_dependencies(experiment.base_dir, experiment.extra_dependencies, own)
     repositories = gather_repositories(s.path for s in sources) if experiment.save_git_info else []
     return {"sources": sources, "dependencies": dependencies, "repositories": repositories}
 
@@ -54,15 +63,25 @@ def md5_of(path: str | os.PathLike[str]) -> str:
 
 
 def gather_sources(
-    base_dir: str, mainfile: str | None, extra_sources: Iterable[str] = ()
+    base_dir: str,
+    mainfile: str | None,
+    extra_sources: Iterable[str] = (),
+    defining: Iterable[str] = (),
 ) -> list[Source]:
-    """Sources of an experiment under ``base_dir``, sorted by name."""
+    """Sources of an experiment under ``base_dir``, sorted by name.
+
+    ``defining`` are the files that define the experiment's parts besides its main file
+    (``expconf.py``, ingredients): with the main file, where the search for imports starts.
+    """
     mode = _setting_mode("DISCOVER_SOURCES", _SOURCE_MODES)
     base = _real(base_dir)
     paths: set[str] = set()
     if mainfile is not None and os.path.isfile(mainfile):
         paths.add(_real(mainfile))
-    if mode in ("imported", "sys"):
+    if mode == "imported" and mainfile is not None:
+        paths.update(_imported_by(base, [mainfile, *defining]))
+    elif mode in ("imported", "sys"):
+        # Without a main file (an interactive experiment) nothing says what it imports.
         paths.update(_imported_local_files(base))
     elif mode == "dir":
         paths.update(_local_files_in(base))
@@ -75,8 +94,13 @@ def gather_sources(
 
 
 def _imported_local_files(base: str) -> set[str]:
-    found = set()
-    for module in list(sys.modules.values()):
+    return set(_local_modules(base).values())
+
+
+def _local_modules(base: str) -> dict[str, str]:
+    """``{module name: real path}`` of every imported module that is a local file."""
+    found = {}
+    for name, module in list(sys.modules.items()):
         filename = getattr(module, "__file__", None)
         if not isinstance(filename, str) or not filename.endswith(".py"):
             continue
@@ -84,8 +108,116 @@ def _imported_local_files(base: str) -> set[str]:
             continue
         path = _real(filename)
         if _is_local(path, base) and os.path.isfile(path):
-            found.add(path)
+            found[name] = path
     return found
+
+
+def defining_files(experiment: Any) -> set[str]:
+    """The files defining the functions and config scopes of the experiment and its ingredients.
+
+    Config scopes and fixtures from ``expconf.py`` and functions registered from another
+    file reach an experiment without its file importing them.
+    """
+    files = set()
+    walk = getattr(experiment, "traverse_ingredients", None)
+    for ingredient, _ in walk() if walk is not None else ():
+        parts = [
+            *ingredient.configurations,
+            *ingredient.named_configs.values(),
+            *ingredient.config_hooks,
+            *ingredient.pre_run_hooks,
+            *ingredient.post_run_hooks,
+            *ingredient.captured_functions,
+            *ingredient.commands.values(),
+            *(f.function for f in (getattr(ingredient, "fixtures", None) or {}).values()),
+            getattr(ingredient, "function", None),  # a module experiment's exp_* function
+        ]
+        if ingredient.mainfile:
+            files.add(ingredient.mainfile)
+        for part in parts:
+            code = getattr(inspect.unwrap(getattr(part, "func", part)), "__code__", None)
+            if code is not None:
+                files.add(code.co_filename)
+    return files
+
+
+def _imported_by(base: str, files: Iterable[str]) -> set[str]:
+    """The local modules ``files`` import, directly or through other local modules.
+
+    Read from their ``import`` statements, so that the modules another experiment of the
+    same session imported are not this one's. Only modules imported by now count.
+    """
+    modules = _local_modules(base)
+    packages = {path: _package_of(sys.modules.get(name)) for name, path in modules.items()}
+    found: set[str] = set()
+    todo = [_real(f) for f in files if _is_local(_real(f), base) and os.path.isfile(f)]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.add(path)
+        for name in _import_names(path, packages.get(path, "")):
+            todo.extend(modules[n] for n in _prefixes(name) if n in modules)
+    return found
+
+
+def _package_of(module: Any) -> str:
+    spec = getattr(module, "__spec__", None)
+    return (
+        (getattr(spec, "parent", None) or getattr(module, "__package__", None) or "")
+        if module
+        else ""
+    )
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+_import_cache: dict[tuple[str, str], tuple[tuple[int, int], list[str]]] = {}
+
+
+def _import_names(path: str, package: str) -> list[str]:
+    """The absolute names of the modules ``path`` imports anywhere (and the names it takes
+    from them, which may be submodules); the file is read again only when it changed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    key, stamp = (path, package), (stat.st_mtime_ns, stat.st_size)
+    cached = _import_cache.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node.module or "", node.level, package)
+            if module is None:
+                continue
+            if module:
+                names.append(module)
+            names.extend(f"{module}.{a.name}" if module else a.name for a in node.names)
+    _import_cache[key] = (stamp, names)
+    return names
+
+
+def _absolute(module: str, level: int, package: str) -> str | None:
+    """The absolute name of ``from .module import`` (``level`` dots) inside ``package``."""
+    if level == 0:
+        return module
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts) or not parts:
+        return None
+    parts = parts[: len(parts) - (level - 1)]
+    return ".".join([*parts, module] if module else parts)
 
 
 def _local_files_in(base: str) -> set[str]:
@@ -161,9 +293,15 @@ def _relname(path: str, base: str) -> str:
 
 
 def gather_dependencies(
-    base_dir: str, extra_dependencies: Iterable[Dependency] = ()
+    base_dir: str,
+    extra_dependencies: Iterable[Dependency] = (),
+    own_files: Iterable[str] | None = None,
 ) -> list[Dependency]:
-    """Installed distributions the process imported from outside ``base_dir``, sorted by name."""
+    """Installed distributions the process imported from outside ``base_dir``, sorted by name.
+
+    With ``own_files`` (the experiment's sources) only the packages those modules use
+    count, not the ones of other local modules imported in the same process.
+    """
     mode = _setting_mode("DISCOVER_DEPENDENCIES", _DEPENDENCY_MODES)
     found: set[Dependency] = set(extra_dependencies)
     if mode in ("imported", "sys"):
@@ -171,7 +309,8 @@ def gather_dependencies(
         tops = _imported_top_level(base)
         if mode == "imported":
             # What the experiment's own modules import, not what their imports import.
-            tops &= _referenced_top_level(base) | {"expkit"}
+            own = None if own_files is None else set(own_files)
+            tops &= _referenced_top_level(base, own) | {"expkit"}
         for top in tops:
             for dist in _distributions_of(top):
                 version = _version(dist)
@@ -202,12 +341,17 @@ def _imported_top_level(base: str) -> set[str]:
     return tops
 
 
-def _referenced_top_level(base: str) -> set[str]:
-    """Top-level packages named in the globals of the local modules (under ``base``)."""
+def _referenced_top_level(base: str, own: set[str] | None = None) -> set[str]:
+    """Top-level packages named in the globals of the local modules (under ``base``).
+
+    ``own``: only the modules with these (real) files count.
+    """
     tops = set()
     for module in list(sys.modules.values()):
         location = _location(module) if module is not None else None
         if location is None or not _is_local(_in_real_folder(location), base):
+            continue
+        if own is not None and _real(location) not in own:
             continue
         for value in list(vars(module).values()):
             if isinstance(value, types.ModuleType):

@@ -1,13 +1,17 @@
 """``expkit sync SRC DST``: deliver spooled runs to a store, or copy runs between stores.
 
 ``SRC`` is a spool folder (events a failing store missed): ``.expkit/spool`` (every
-store's), or one store's folder inside it. Each spooled run is replayed in order
-and removed once the store took all of it; a run the store still refuses stays
-spooled.
+store's), or one store's folder inside it, or one run's. Each spooled run is replayed
+in order and removed once the store took all of it; a run the store still refuses stays
+spooled. A run the store holds already is resumed; else it is sent whole, from its start,
+into any store. A run marked undeliverable (a store refused its data) is listed, and
+tried again only when ``SRC`` names its own folder.
 
 Or ``SRC`` is a store: every run its reader returns is sent to ``DST`` as the
 observer events that made it, with its own times, keeping its id where ``DST`` has
-it free. Each copy records ``meta["synced_from"]``, so a second sync skips it.
+it free and it fits the ids ``DST`` gives (numbers for file and MongoDB stores,
+uuids for TinyDB); otherwise ``DST`` gives it one. Each copy records
+``meta["synced_from"]``, so a second sync skips it.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from expkit.delivery import SpooledRun, replay
+from expkit.delivery import SpooledRun, Undeliverable, reader_or_none, replay
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.run import store_for_url
 from expkit.serialize import utcnow
-from expkit.utils import redact_url
+from expkit.utils import printable, redact_url
 from expkit_plugins.runs import close, read_sources, reader_for
 
 
@@ -56,29 +60,57 @@ def expkit_cmdline_main(config: Any) -> int | None:
     if not runs:
         print(f"nothing spooled in {source}")
         return ExitCode.OK
+    pm = config.pluginmanager
+    named = len(runs) == 1 and runs[0].folder == source
     delivered = failed = 0
-    for spooled in runs:
-        store = store_for_url(config.pluginmanager, url)
-        try:
-            run_id = replay(spooled, store)
-        except Exception as exc:
-            failed += 1
-            print(f"not delivered: {spooled.folder.name}: {redact_url(str(exc))}")
-        else:
-            delivered += 1
-            print(f"delivered {spooled.folder.name} to {redact_url(url)} as run {run_id}")
-        finally:
-            close(store)  # a store per run, as in a run; its connection goes with it
+    # To tell whether a run the store had is still there, or another one took its id.
+    reader = reader_or_none(lambda: reader_for(pm, url))
+    try:
+        for spooled in runs:
+            ok = _deliver(pm, spooled, url, reader, retry=named)
+            delivered, failed = delivered + ok, failed + (not ok)
+    finally:
+        close(reader)
     print(f"{delivered} delivered, {failed} still spooled")
     return ExitCode.OK if not failed else ExitCode.RUNS_FAILED
+
+
+def _deliver(pm: Any, spooled: SpooledRun, url: str, reader: Any, retry: bool) -> bool:
+    """Replay one spooled run into the store at ``url``, print what happened; True if done."""
+    name = spooled.folder.name
+    try:
+        failed = spooled.failed
+    except (OSError, ValueError) as exc:
+        print(f"not delivered: {name}: its meta.json cannot be read ({exc})")
+        return False
+    if failed and not retry:
+        print(
+            f"undeliverable: {spooled.folder}: {printable(failed)}; "
+            f"to try it again: expkit sync {spooled.folder} STORE"
+        )
+        return False
+    store = store_for_url(pm, url)
+    try:
+        run_id = replay(spooled, store, url=url, reader=reader, recreate=True)
+    except Undeliverable as exc:
+        print(f"not delivered: {name}: {printable(exc)} (marked undeliverable)")
+        return False
+    except Exception as exc:
+        print(f"not delivered: {name}: {printable(redact_url(str(exc)))}")
+        return False
+    finally:
+        close(store)  # a store per run, as in a run; its connection goes with it
+    print(f"delivered {name} to {redact_url(url)} as run {printable(run_id)}")
+    return True
 
 
 # --- store to store ----------------------------------------------------------------------------
 
 
 def _holds_runs(pm: Any, url: str) -> bool:
-    reader = pm.hook.expkit_reader_for_url(url=url)
-    if reader is None:
+    try:
+        reader = reader_for(pm, url)
+    except UsageError:
         return False
     try:
         return any(True for _ in reader.list_runs())
@@ -108,6 +140,9 @@ def _all_runs(pm: Any, url: str) -> list[RunRecord]:
 
 def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) -> int:
     taken = {str(r.id) for r in existing}
+    # Whether the destination numbers its runs (file, MongoDB) or names them otherwise
+    # (TinyDB's uuids): told by its runs, or else by the id it gives the first copy.
+    numbered = _numbered(existing[0].id) if existing else None
     # Every run a destination run is a copy of, through earlier syncs, and the run itself.
     there = {key: r.id for r in existing for key in _identities(r)}
     copied = skipped = 0
@@ -118,7 +153,8 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
             skipped += 1
             continue
         store = store_for_url(pm, dst_url)
-        keep = None if str(summary.id) in taken else summary.id
+        fits = numbered is not None and _numbered(summary.id) == numbered
+        keep = summary.id if fits and str(summary.id) not in taken else None
         origin = {"store": summary.store, "id": summary.id}
         if isinstance(summary.meta.get("synced_from"), dict):
             origin["synced_from"] = summary.meta["synced_from"]
@@ -127,12 +163,19 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
             new_id = replay_record(reader, record, store, run_id=keep, meta={"synced_from": origin})
         finally:
             close(store)
+        if numbered is None:
+            numbered = _numbered(new_id)
         taken.add(str(new_id))
         there.update(dict.fromkeys(_identities(summary), new_id))
         copied += 1
         print(f"{summary.id} -> {new_id}")
     print(f"{copied} copied, {skipped} already in {redact_url(dst_url)}")
     return ExitCode.OK
+
+
+def _numbered(run_id: Any) -> bool:
+    """Whether ``run_id`` is a run number (``7`` or ``"7"``) rather than a name or uuid."""
+    return isinstance(run_id, int) or (isinstance(run_id, str) and run_id.isdigit())
 
 
 def _identities(record: RunRecord) -> list[tuple[str, str]]:

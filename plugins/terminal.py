@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from colorama import Fore, Style
@@ -19,7 +21,7 @@ import expkit
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
-from expkit.utils import redact_url
+from expkit.utils import printable, redact_url
 from expkit_plugins.session import store_urls
 
 _STATUS_COLOUR = {
@@ -28,7 +30,8 @@ _STATUS_COLOUR = {
     "ERROR": Fore.RED,
     "INTERRUPTED": Fore.YELLOW,
 }
-_ORDER = ["completed", "failed", "error", "interrupted", "deselected"]
+# pytest's order ("1 failed, 3 passed, 1 skipped, 2 deselected, 1 error"); others after.
+_ORDER = ["failed", "completed", "skipped", "interrupted", "deselected", "error"]
 
 
 class TerminalReporter:
@@ -52,6 +55,7 @@ class TerminalReporter:
     def sep(self, char: str, title: str = "", colour: str | None = None) -> None:
         """A full-width separator line with an optional title, as pytest draws them."""
         width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+        title = printable(title)
         if title:
             side = max((width - len(title) - 2) // 2, 3)
             line = f"{char * side} {title} {char * side}"
@@ -86,15 +90,15 @@ class TerminalReporter:
         """The tree of what would run, or node ids with -q."""
         if self.verbosity < 0:
             for item in session.items:
-                self.write_line(item.nodeid)
+                self.write_line(printable(item.nodeid))
         else:
             current = None
             for item in session.items:
                 module = item.nodeid.split("::")[0]
                 if module != current:
-                    self.write_line(f"<Module {module}>")
+                    self.write_line(f"<Module {printable(module)}>")
                     current = module
-                self.write_line(f"  <Experiment {item.name}>")
+                self.write_line(f"  <Experiment {printable(item.name)}>")
                 for line in _config_lines(item):
                     self.write_line(f"    {line}")
 
@@ -102,12 +106,12 @@ class TerminalReporter:
         """One line per finished run: progress, node id, status, id, duration, result."""
         self.done += 1
         progress = f"[{self.done}/{total}] " if total > 1 else ""
-        parts = [f"{progress}{report.nodeid}", report.status]
+        parts = [f"{progress}{printable(report.nodeid)}", report.status]
         if report.run_id is not None:
-            parts.append(f"id={report.run_id}")
+            parts.append(f"id={printable(report.run_id)}")
         parts.append(f"{report.duration:.2f}s")
         if report.ok and report.result is not None:
-            parts.append(f"result={_short(to_data(report.result))}")
+            parts.append(f"result={_short(to_data(report.result))}")  # 0.97, not np.float64
         elif report.message:
             parts.append(report.message)
         self.write_line("  ".join(parts), _STATUS_COLOUR.get(report.status, Fore.YELLOW))
@@ -125,13 +129,14 @@ class TerminalReporter:
             for report in failed:
                 self.sep("_", report.nodeid, Fore.RED)
                 self.write_line(report.longrepr.rstrip())
-        stored = [str(r.run_id) for r in session.reports if r.run_id is not None]
-        if stored and session.store_urls:
-            where = ", ".join(session.store_urls)
-            self.write_line(f"stored {len(stored)} run(s) in {where}: id {', '.join(stored)}")
+        for line in store_lines(session.reports, session.store_urls):
+            self.write_line(line)
         self.config.pluginmanager.hook.expkit_terminal_summary(
             terminalreporter=self, exitstatus=exitstatus
         )
+        not_run = len(session.items) - len(session.reports)
+        if not_run > 0 and session.reports and not self.config.option.collect_only:
+            self.sep("!", _stopped(session, not_run), Fore.RED)
         counts: dict[str, int] = {}
         for report in session.reports:
             key = "completed" if report.ok else report.status.lower()
@@ -152,6 +157,44 @@ class TerminalReporter:
             self.write_line(f"{text} in {seconds:.2f}s", colour)
         else:
             self.sep("=", f"{text} in {seconds:.2f}s", colour)
+
+
+def _stopped(session: Any, not_run: int) -> str:
+    """Why the session ended early, and how many experiments it did not run."""
+    what = f"{not_run} experiment{'s' if not_run != 1 else ''} not run"
+    failed = sum(1 for r in session.reports if not r.ok)
+    if session.config.option.exitfirst and failed and not session.shouldstop:
+        return f"stopping after {failed} failure{'s' if failed != 1 else ''} (-x): {what}"
+    return f"interrupted: {what}"
+
+
+def store_lines(reports: Sequence[Any], urls: Sequence[str] = ()) -> list[str]:
+    """Where the runs went, per store (``urls`` first, in order): stored (with their ids),
+    spooled (with the command that delivers them), undeliverable (why, and where they are
+    kept) or lost."""
+    by_store: dict[str, dict[str, list]] = {redact_url(url): {} for url in urls}
+    for report in reports:
+        for outcome in report.stored:
+            by_store.setdefault(outcome.store, {}).setdefault(outcome.state, []).append(outcome)
+    lines = []
+    for store, states in by_store.items():
+        where = printable(store)
+        if "stored" in states:
+            ids = ", ".join(printable(o.run_id) for o in states["stored"])
+            lines.append(f"stored {len(states['stored'])} run(s) in {where}: id {ids}")
+        if "spooled" in states:
+            command = f"expkit sync {shlex.quote(states['spooled'][0].folder)} {shlex.quote(store)}"
+            note = " (the password in place of ***)" if "***" in store else ""
+            lines.append(
+                f"spooled {len(states['spooled'])} run(s) for {where} (not stored yet); "
+                f"deliver with: {printable(command)}{note}"
+            )
+        for outcome in states.get("undeliverable", ()):
+            reason = printable(outcome.reason)
+            lines.append(f"not stored in {where}: {reason}; kept in {printable(outcome.folder)}")
+        for outcome in states.get("lost", ()):
+            lines.append(f"not stored in {where}, and lost: {printable(outcome.reason)}")
+    return lines
 
 
 def _count(n: int, word: str) -> str:

@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver, utc_isoformat
+from expkit.observers import RunObserver, deprecated_create, utc_isoformat
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord, edited_meta
 from expkit.serialize import parse_time, to_data
-from expkit.utils import redact_url, replace_file, temp_file_beside
+from expkit.utils import file_md5, redact_url, replace_file, temp_file_beside
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -197,10 +197,119 @@ def _put_file(root: Path, source: Path) -> tuple[str, str]:
     return md5, relpath
 
 
+# --- Sacred's views: db, runs, fs ------------------------------------------------
+
+
+@attrs.frozen
+class HashAddress:
+    """Where a stored file lies, as HashFS answers: its md5 ``id`` and its paths."""
+
+    id: str
+    relpath: str  # relative to the hashfs folder, as in HashFS
+    abspath: str
+    is_duplicate: bool = False
+
+
+class HashFiles:
+    """The store's ``hashfs`` folder with the part of HashFS's interface Sacred's users call.
+
+    Files are named by their md5 (HashFS with depth 3, width 2, algorithm md5), so ``file``
+    is an md5 or the path of a file whose content is looked up.
+    """
+
+    depth = 3
+    width = 2
+    algorithm = "md5"
+
+    def __init__(self, store_root: Path) -> None:
+        self._store_root = store_root
+        self.root = str(store_root / HASHFS_DIR)
+
+    def put(self, file: str | os.PathLike) -> HashAddress:
+        """Store the content of ``file`` (once per content)."""
+        existed = self.get(file) is not None
+        md5, relpath = _put_file(self._store_root, _path(file))
+        return self._address(md5, relpath, existed)
+
+    def get(self, file: str | os.PathLike) -> HashAddress | None:
+        """The stored file with ``file``'s md5, or ``None``."""
+        md5 = self._md5(file)
+        if md5 is None or not (self._store_root / _hashfs_relpath(md5)).is_file():
+            return None
+        return self._address(md5, _hashfs_relpath(md5), True)
+
+    def open(self, file: str | os.PathLike, mode: str = "rb") -> Any:
+        """Open the stored file with ``file``'s md5."""
+        address = self.get(file)
+        if address is None:
+            raise OSError(f"no stored file for {os.fspath(file)!r} in {self.root}")
+        return open(address.abspath, mode)
+
+    def exists(self, file: str | os.PathLike) -> bool:
+        """Whether the content of ``file`` (or the md5 ``file``) is stored."""
+        return self.get(file) is not None
+
+    def _md5(self, file: str | os.PathLike) -> str | None:
+        text = os.fspath(file)
+        if os.path.isfile(text):
+            return file_md5(text)
+        return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+    def _address(self, md5: str, relpath: str, existed: bool) -> HashAddress:
+        return HashAddress(
+            md5, relpath.removeprefix(HASHFS_DIR + "/"), str(self._store_root / relpath), existed
+        )
+
+
+def _read_only_storage() -> type:
+    """A TinyDB storage class that reads the JSON file anew at every query, never writing."""
+    from tinydb.storages import Storage
+
+    class ReadOnlyFile(Storage):
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def read(self) -> dict | None:
+            # The observer replaces the file as a whole: each read sees one complete state.
+            return _parse(self.path) if self.path.exists() else None
+
+        def write(self, data: dict) -> None:
+            raise StoreError(
+                f"{self.path} is read-only through db/runs: the observer alone writes it, "
+                "under its file lock, so that concurrent runs lose nothing"
+            )
+
+    return ReadOnlyFile
+
+
+class _SacredViews:
+    """``db``, ``runs`` and ``fs`` as Sacred's TinyDbObserver and TinyDbReader have them."""
+
+    root: Path
+    db_path: Path
+
+    @property
+    def db(self) -> Any:
+        """The store as a read-only :class:`tinydb.TinyDB`, current at every query."""
+        from tinydb import TinyDB
+
+        return TinyDB(self.db_path, storage=_read_only_storage())
+
+    @property
+    def runs(self) -> Any:
+        """The ``runs`` table (read-only): ``runs.all()``, ``runs.search(Query()...)``."""
+        return self.db.table("runs")
+
+    @property
+    def fs(self) -> HashFiles:
+        """The stored sources, resources and artifacts, by md5 (HashFS's interface)."""
+        return HashFiles(self.root)
+
+
 # --- the observer -----------------------------------------------------------------
 
 
-class TinyDbObserver(RunObserver):
+class TinyDbObserver(_SacredViews, RunObserver):
     """Sacred's TinyDbObserver: runs in ``PATH/metadata.json``, files in ``PATH/hashfs``.
 
     Times are stored as the plain ISO strings of :func:`expkit.serialize.format_time`.
@@ -249,6 +358,51 @@ class TinyDbObserver(RunObserver):
         self._overwrite_used = False
         if overwrite is not None and self._db.read(lambda d: _find(d, "runs", overwrite)) is None:
             raise UsageError(f"no run with _id {overwrite!r} to overwrite in {self.db_path}")
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> TinyDbObserver:
+        """Deprecated in Sacred 0.8.7 and here: ``TinyDbObserver(...)``."""
+        return deprecated_create(cls, *args, **kwargs)
+
+    @classmethod
+    def create_from(
+        cls, db: Any, fs: Any = None, overwrite: Any = None, root: str | os.PathLike | None = None
+    ) -> TinyDbObserver:
+        """An observer writing to an existing ``TinyDB(path)`` and its HashFS (Sacred's).
+
+        expkit writes the JSON file itself, under a file lock, replacing it as a whole:
+        read it afterwards through a new ``TinyDB`` (or :attr:`runs`), not through ``db``.
+        Files go to ``hashfs`` beside the JSON file, where ``fs`` must point if given.
+        """
+        handle = getattr(getattr(db, "storage", None), "_handle", None)
+        name = getattr(handle, "name", None)
+        if not isinstance(name, str):
+            raise UsageError(
+                "TinyDbObserver.create_from needs a TinyDB kept in a JSON file (TinyDB(path)); "
+                "for another storage, use TinyDbObserver(folder)"
+            )
+        db_path = _path(name).resolve()
+        folder = _path(root).resolve() if root is not None else db_path.parent
+        if db_path.parent != folder:
+            raise UsageError(
+                f"TinyDbObserver.create_from: the database {db_path} must lie in root {folder}"
+            )
+        fs_root = getattr(fs, "root", None)
+        if fs_root is not None and _path(fs_root).resolve() != folder / HASHFS_DIR:
+            raise UsageError(
+                f"TinyDbObserver.create_from: files are kept in {folder / HASHFS_DIR}, "
+                f"not in {fs_root}; create the HashFS there"
+            )
+        return cls(folder, overwrite, db_file=db_path.name)
+
+    def __eq__(self, other: object) -> bool:
+        # As Sacred's: two observers of one store are the same store.
+        if isinstance(other, TinyDbObserver):
+            return self.db_path.resolve() == other.db_path.resolve()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((TinyDbObserver, self.db_path.resolve()))
 
     def __repr__(self) -> str:
         return f"TinyDbObserver({str(self.root)!r})"
@@ -579,7 +733,7 @@ def _drop_metrics(data: dict, run_id: Any) -> None:
 # --- the reader -------------------------------------------------------------------
 
 
-class TinyDbReader:
+class TinyDbReader(_SacredViews):
     """Read a store written by :class:`TinyDbObserver` (Sacred's reader, in short)."""
 
     def __init__(self, path: str | os.PathLike = "./runs_db", *, db_file: str = DB_FILE) -> None:
@@ -587,6 +741,10 @@ class TinyDbReader:
         self.db_path = self.root / db_file
         if not self.db_path.is_file():
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
+
+    def search(self, *args: Any, **kwargs: Any) -> list[Document]:
+        """TinyDB's ``search`` over the ``runs`` table (Sacred's reader method)."""
+        return self.runs.search(*args, **kwargs)
 
     def _search(self, table: str, query: Any = None) -> list[Document]:
         # A new TinyDB each time: the observer replaces the file, and an open

@@ -91,16 +91,29 @@ def run_script(
     )
 
 
-def run_in_terminal(*args: str, cwd: Path, timeout: float = 60) -> tuple[int, str]:
-    """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output."""
+def run_in_terminal(
+    *args: str, cwd: Path, timeout: float = 60, columns: int | None = None
+) -> tuple[int, str]:
+    """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output.
+
+    ``columns`` sets the terminal's width (and leaves ``COLUMNS`` out of the environment).
+    """
     master, slave = os.openpty()
+    env = child_env()
+    if columns is not None:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
         [EXPKIT, *args],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
-        env=child_env(),
+        env=env,
     )
     os.close(slave)
     chunks = []

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from http_server import RecordingServer
     from mongo_server import MemoryMongo
 
 
@@ -89,3 +90,22 @@ def mongo_db(mongo_url: str) -> Iterator[Any]:
     client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
     yield client.get_default_database()
     client.close()
+
+
+# --- HTTP: a local server standing in for Slack's and Telegram's APIs ---------------------
+
+
+@pytest.fixture
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingServer]:
+    """A real HTTP server on a free port of 127.0.0.1 that records every request."""
+    from http_server import RecordingServer
+
+    # Reached directly, whatever proxy the machine's environment names.
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = RecordingServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

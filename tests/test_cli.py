@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shutil
@@ -85,7 +86,7 @@ def test_exit_code_1_when_a_run_fails(tmp_path: Path) -> None:
     write_project(tmp_path, FAILING)
     proc = run_expkit("run", cwd=tmp_path)
     assert proc.returncode == ExitCode.RUNS_FAILED == 1, proc.stdout + proc.stderr
-    assert "1 completed, 1 failed in" in proc.stdout
+    assert "1 failed, 1 completed in" in proc.stdout
 
 
 def test_exit_code_2_on_a_collection_error_and_nothing_runs(tmp_path: Path) -> None:
@@ -345,3 +346,130 @@ def test_the_iris_example_runs_and_says_where_it_was_stored(tmp_path: Path) -> N
     assert float(line.group(1)) == pytest.approx(run["result"])
     assert run["experiment"]["name"] == "examples/exp_iris.py::exp_rbf_svm"
     assert json.loads((store / "1" / "run.json").read_text())["meta"]["config_updates"] == {"C": 3}
+
+
+# --- clean errors everywhere (issue 10, point 9) ------------------------------------------
+
+
+def test_a_store_url_nobody_claims_stops_before_the_session_header(project: Path) -> None:
+    proc = run_expkit("run", "--store", "ftp://u:pw@somewhere/runs", cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR
+    assert proc.stdout == ""  # no header, no "collected", nothing half-said
+    [line] = error_lines(proc.stderr)
+    assert line.startswith("ERROR: no store plugin handles 'ftp://u:***@somewhere/runs'; known ")
+    assert "file://" in line and "mongodb://" in line and "pw" not in line
+
+
+BROKEN_STORE = """\
+from expkit.pluginmanager import hookimpl
+
+
+@hookimpl
+def expkit_store_for_url(url):
+    if url.startswith("broken://"):
+        raise ConnectionError(f"no route to {url}\\n(details follow)")
+"""
+
+
+def test_a_store_that_cannot_be_made_is_one_line_naming_it(project: Path) -> None:
+    (project / "brokenstore.py").write_text(BROKEN_STORE)
+    env = child_env(PYTHONPATH=str(project))
+    url = "broken://alice:Pw-4-never@db.lab/runs"
+    proc = run_expkit("run", "-p", "brokenstore", "--store", url, cwd=project, env=env)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert error_lines(proc.stderr) == [
+        "ERROR: cannot open the store 'broken://alice:***@db.lab/runs': ConnectionError: "
+        "no route to broken://alice:***@db.lab/runs (details follow)"
+    ]
+    assert "INTERNAL ERROR" not in proc.stderr and "Pw-4-never" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["runs", "list", "--store", "runs"]])
+def test_a_closed_pipe_ends_the_command_quietly(project: Path, command: list[str]) -> None:
+    assert run_expkit("run", "exp_two.py", cwd=project).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # as `expkit ... | head -1` once head has read its line
+    try:
+        proc = subprocess.run(
+            [EXPKIT, *command],
+            cwd=project,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+    finally:
+        os.close(write)
+    assert proc.stderr == ""  # no traceback, no "Exception ignored"
+    assert proc.returncode == ExitCode.OK  # the reader took what it wanted
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07"
+
+
+def test_control_characters_in_names_are_escaped_when_printed(tmp_path: Path) -> None:
+    script = tmp_path / "exp_named.py"
+    script.write_text(
+        "from expkit import Experiment\n"
+        f"ex = Experiment({'wipe' + ESCAPES!r})\n"
+        "@ex.main\ndef main():\n    return 1\n"
+        "if __name__ == '__main__':\n    ex.run_commandline()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), "-F", "runs", "-l", "ERROR"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    listed = run_expkit("runs", "list", "--store", "runs", cwd=tmp_path)
+    shown = run_expkit("runs", "show", "1", "--store", "runs", cwd=tmp_path)
+    for proc in (listed, shown):
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+        assert "wipe\\x1b[2J\\x1b]0;owned\\x07" in proc.stdout
+
+
+def test_control_characters_in_a_node_id_are_escaped_in_the_report(tmp_path: Path) -> None:
+    write_project(tmp_path, {f"exp_{ESCAPES}.py": "def exp_x():\n    return 1\n"})
+    proc = run_expkit("run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert "exp_\\x1b[2J\\x1b]0;owned\\x07.py::exp_x  COMPLETED  id=1" in proc.stdout
+
+
+def test_an_id_with_control_characters_is_refused(tmp_path: Path) -> None:
+    script = tmp_path / "exp_id.py"
+    script.write_text(
+        "from expkit import Experiment\nex = Experiment('ids')\n"
+        "@ex.main\ndef main():\n    return 1\n"
+        "if __name__ == '__main__':\n    ex.run_commandline()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), "-F", "runs", "-i", f"run{ESCAPES}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert done.returncode != 0
+    assert error_lines(done.stderr) == [
+        "ERROR: --id 'run\\x1b[2J\\x1b]0;owned\\x07' holds control characters"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "[0.5, 1e999]"])
+def test_an_override_beyond_the_largest_float_is_refused_naming_the_entry(
+    project: Path, value: str
+) -> None:
+    proc = run_expkit("run", "exp_two.py", "-o", f"C={value}", cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR
+    [line] = error_lines(proc.stderr)
+    assert line.startswith(f"ERROR: malformed -o 'C={value}': '{value}' holds a number beyond")
+    assert "which JSON cannot store" in line
+    assert not (project / "runs").exists()

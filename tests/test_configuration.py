@@ -645,8 +645,10 @@ def test_unknown_named_config_suggests_a_near_miss() -> None:
     with pytest.raises(NamedConfigNotFoundError) as exc:
         resolve_config(ex, {}, ["larg"])
     message = one_line(exc)
-    assert "'larg'" in message
+    assert message.startswith('Named config not found: "larg". Available config values are:')
     assert "did you mean 'large'?" in message
+    assert exc.value.named_config == "larg"
+    assert exc.value.available_named_configs == ("large", "quick")
 
 
 # --- ingredients ----------------------------------------------------------------------
@@ -1007,6 +1009,18 @@ def test_tuple_in_a_scope_is_a_tuple_in_the_function() -> None:
 def test_tuple_update_is_a_tuple_in_the_function() -> None:
     shape, _ = tuple_experiment().run(config_updates={"shape": (32, 32)}).result
     assert shape == (32, 32) and type(shape) is tuple
+
+
+def test_a_list_for_a_tuple_entry_is_a_tuple_in_the_function() -> None:
+    # A stored config (expkit rerun), a config file and -o KEY=[...] cannot say tuple.
+    ex = tuple_experiment()
+    run = ex.run(config_updates={"shape": [32, 32], "nested": {"kernel": [5, 5]}})
+    shape, kernel = run.result
+    assert shape == (32, 32) and type(shape) is tuple
+    assert kernel == (5, 5) and type(kernel) is tuple
+    assert type(run.config["shape"]) is tuple
+    unchanged = ex.run(config_updates={"shape": [28, 28]})
+    assert "shape" not in unchanged.config_modifications.modified
 
 
 # --- the script's command line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,7 +169,7 @@ def test_a_store_down_from_the_start_is_reported_once_and_spooled(
         feed(guard, ex_info)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(failures) == 1
-    assert "store FileStorageObserver failed (started_event" in failures[0]
+    assert f"store {runs} failed (started_event" in failures[0]
     assert str(spool) in failures[0]
     [kept] = spooled_here = pending(spool, store_key(guard.store, str(runs)))
     assert spooled_here[0].meta["started"] is False
@@ -343,7 +344,7 @@ def test_a_spool_that_cannot_be_written_keeps_the_events_in_memory(
     runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
     feed(guard, ex_info)
-    assert "cannot spool the events of store FileStorageObserver" in caplog.text
+    assert f"cannot spool the events of store {runs}" in caplog.text
     runs.unlink()
     assert guard.try_replay()
     assert_whole_run(runs)
@@ -531,3 +532,268 @@ def test_a_run_still_spooling_is_not_replayed_by_another_run(
     record = read_run(runs, "1")
     assert (record["status"], record["result"]) == ("COMPLETED", 7)
     assert record["metrics"]["loss"]["steps"] == [0, 1, 2, 3]
+
+
+# --- every spool can be delivered (issue 10, point 6) ------------------------------------
+
+
+def stored_outcome(guard: GuardedStore) -> tuple[str, Any]:
+    outcome = guard.outcome()
+    return outcome.state, outcome.run_id
+
+
+def test_a_spool_made_mid_run_begins_with_the_runs_start(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info))
+    guard.call("log_metrics", metrics(0, 2))
+    shutil.rmtree(runs)  # the whole store folder, mid-run
+    runs.write_text("and a file in its place, so that nothing can recreate it")
+    guard.call("heartbeat_event", beat("one\n"))
+    guard.call("log_metrics", metrics(2, 2))
+    guard.call("heartbeat_event", beat("one\ntwo\n", T2))
+    guard.call("completed_event", {"stop_time": T2, "result": 7})
+    guard.finish()
+    assert stored_outcome(guard) == ("spooled", "1")
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    # What the store had taken first (it is gone with the store), then what came after.
+    assert [m for m, _ in kept.read()] == [
+        "started_event",
+        "log_metrics",
+        "heartbeat_event",
+        "log_metrics",
+        "heartbeat_event",
+        "completed_event",
+    ]
+    assert kept.meta["delivered"] == 2
+
+    # Any store takes it whole: here a fresh folder, which had never heard of run 1.
+    fresh = tmp_path / "fresh"
+    assert replay(kept, FileStorageObserver(fresh), url=str(fresh), recreate=True) == "1"
+    record = read_run(fresh, "1")
+    assert record["metrics"]["loss"]["steps"] == [0, 1, 2, 3]
+    assert (record["status"], record["result"], record["config"]["lr"]) == ("COMPLETED", 7, 0.1)
+    assert (fresh / "1" / "cout.txt").read_text() == "one\ntwo\n"
+    assert not kept.folder.exists()
+
+
+def test_a_run_the_store_lost_is_recreated_by_sync_not_by_automatic_replays(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info))
+    shutil.rmtree(runs)
+    guard.call("heartbeat_event", beat("one\n"))
+    guard.call("completed_event", {"stop_time": T2, "result": 7})
+    # The store can be written again, but run 1 is gone from it: it may come back (a disk
+    # mounted again), so the run's own retries do not make a second run 1.
+    assert guard.try_replay() is False
+    guard.finish()
+    assert not runs.exists()
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    kept.unlock()
+    with pytest.raises(delivery.StoreLostRun, match="no longer holds run '1'"):
+        replay(kept, FileStorageObserver(runs), url=str(runs))
+    assert replay(kept, FileStorageObserver(runs), url=str(runs), recreate=True) == "1"
+    record = read_run(runs, "1")
+    assert (record["status"], record["result"], record["start_time"]) == (
+        "COMPLETED",
+        7,
+        "2024-05-01T12:00:00.000000",
+    )
+
+
+def test_a_run_is_never_resumed_into_another_run_that_took_its_id(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    from expkit.runs import reader_for_url
+
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info))
+    shutil.rmtree(runs)
+    guard.call("heartbeat_event", beat("mine\n"))
+    guard.call("completed_event", {"stop_time": T2, "result": 7})
+    guard.finish()
+    # Meanwhile another run starts in the recreated folder and is given id 1 too.
+    other = FileStorageObserver(runs)
+    other.started_event(**{**started(ex_info), "start_time": T1, "config": {"who": "other"}})
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    kept.unlock()
+
+    reader = reader_for_url(str(runs))
+    run_id = replay(kept, FileStorageObserver(runs), url=str(runs), reader=reader, recreate=True)
+    assert run_id == "2"
+    assert read_run(runs, "1")["config"] == {"who": "other"}  # left alone
+    assert read_run(runs, "1")["status"] == "RUNNING"
+    assert (read_run(runs, "2")["result"], read_run(runs, "2")["config"]["lr"]) == (7, 0.1)
+    assert (runs / "2" / "cout.txt").read_text() == "mine\n"
+
+
+def test_a_spooled_run_goes_to_a_store_of_another_kind(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    from expkit_plugins.tinydb_store import TinyDbObserver
+
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info, _id="1"))
+    (runs / "1").rename(tmp_path / "away")
+    guard.call("log_metrics", metrics(0, 2))
+    guard.call("completed_event", {"stop_time": T2, "result": 7})
+    guard.finish()
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    kept.unlock()
+    db = tmp_path / "db"
+    # The same id exists in no TinyDB: the run is not resumed there, it is made there.
+    assert replay(kept, TinyDbObserver(str(db)), url=f"tinydb://{db}", recreate=True) == "1"
+    [doc] = json.loads((db / "metadata.json").read_text())["runs"].values()
+    assert (doc["status"], doc["result"], doc["config"]["lr"]) == ("COMPLETED", 7, 0.1)
+
+
+def test_ints_no_json_can_write_survive_the_spool(tmp_path: Path) -> None:
+    huge = 10**5000 + 1
+    spooled = SpooledRun.create(tmp_path / "spool", {"store": "S", "started": False})
+    spooled.append("started_event", {"config": {"n": huge, "m": [-huge, 3]}, "start_time": T0})
+    assert SpooledRun(spooled.folder).read() == [
+        ("started_event", {"config": {"n": huge, "m": [-huge, 3]}, "start_time": T0})
+    ]
+
+
+def test_a_store_that_refuses_the_runs_data_keeps_it_marked_and_says_so_once(
+    tmp_path: Path,
+    spool: Path,
+    ex_info: dict,
+    caplog: pytest.LogCaptureFixture,
+    guarded: Callable[..., GuardedStore],
+) -> None:
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    with caplog.at_level(logging.DEBUG, logger="expkit"):
+        guard.call("started_event", {**started(ex_info), "config": {"n": 10**5000}})
+        guard.call("heartbeat_event", beat("one\n"))
+        guard.call("completed_event", {"stop_time": T2, "result": 7})
+        guard.finish()
+    assert guard._retry is None  # never retried: the store would refuse it again
+    outcome = guard.outcome()
+    assert outcome.state == "undeliverable"
+    assert "the store refused its started_event: ValueError: Exceeds the limit" in outcome.reason
+    [error] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert error.levelname == "ERROR"
+    assert f"it is kept in {outcome.folder} and not retried" in error.getMessage()
+    # Kept whole, marked, and left out of what later runs replay.
+    kept = SpooledRun(Path(outcome.folder))
+    assert [m for m, _ in kept.read()] == ["started_event", "heartbeat_event", "completed_event"]
+    assert kept.read()[0][1]["config"]["n"] == 10**5000
+    assert kept.failed == outcome.reason
+    assert pending(spool, store_key(guard.store, str(runs))) == []
+    caplog.clear()
+
+    def factory() -> FileStorageObserver:
+        return FileStorageObserver(runs)
+
+    with caplog.at_level(logging.DEBUG, logger="expkit"):
+        later = guarded(factory(), str(runs), factory)
+        later.finish()
+    assert later._old_runs is None and caplog.text == ""  # not retried, not reported again
+
+
+def test_a_spool_without_the_runs_start_is_reported_once_as_undeliverable(
+    tmp_path: Path, spool: Path, ex_info: dict
+) -> None:
+    # As older expkit versions spooled a store that failed mid-run.
+    kept = SpooledRun.create(spool / "key", {"started": True, "store_id": "1"})
+    kept.append("heartbeat_event", beat("one\n"))
+    kept.unlock()
+    runs = tmp_path / "runs"
+    with pytest.raises(delivery.Undeliverable, match="it lacks the start of the run"):
+        replay(kept, FileStorageObserver(runs), url=str(runs), recreate=True)
+    assert "lacks the start" in SpooledRun(kept.folder).failed
+    assert pending(spool, "key") == []
+
+
+def test_a_store_given_id_with_control_characters_is_refused(
+    ex_info: dict, caplog: pytest.LogCaptureFixture, guarded: Callable[..., GuardedStore]
+) -> None:
+    class Hostile(RunObserver):
+        def started_event(self, **kwargs: Any) -> str:  # type: ignore[override]
+            return "\x1b[2J\x1b]0;owned\x07"
+
+    guard = guarded(Hostile(), "hostile://store")
+    assert guard.call("started_event", started(ex_info)) is None  # the run gets no such id
+    guard.finish()
+    outcome = guard.outcome()
+    assert outcome.state == "undeliverable"
+    assert "'\\x1b[2J\\x1b]0;owned\\x07', an id with control characters" in outcome.reason
+    assert "\x1b" not in caplog.text
+
+
+def test_a_disk_that_fills_up_mid_run_leaves_the_run_spooled_not_stored(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    guard = guarded(FillingDisk(tmp_path / "runs", room=2), str(tmp_path / "runs"))
+    feed(guard, ex_info)
+    guard.finish()
+    outcome = guard.outcome()
+    assert (outcome.state, outcome.run_id) == ("spooled", "1")
+    assert outcome.folder == str(spool / store_key(guard.store, str(tmp_path / "runs")))
+    assert "No space left on device" in outcome.reason
+
+
+def columns(steps: list, values: list) -> dict:
+    return {
+        "columns": {"acc": {"steps": steps, "values": values, "timestamps": [1.7e9] * len(steps)}},
+        "info": {"n": len(steps)},
+    }
+
+
+def test_points_the_store_took_before_it_failed_are_kept_as_they_were(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    runs = tmp_path / "runs"
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    guard.call("started_event", started(ex_info))
+    guard.call("log_metric_columns", columns([0, 1], [0.5, 1]))
+    guard.call("log_metric_columns", columns([2], ["n/a"]))
+    guard.call("heartbeat_event", beat("so far\n"))
+    (runs / "1").rename(tmp_path / "away")
+    guard.call("log_metric_columns", columns([3], [0.75]))
+    guard.finish()
+    [kept] = pending(spool, store_key(guard.store, str(runs)))
+    events = kept.read()
+    assert [m for m, _ in events] == [
+        "started_event",
+        "log_metric_columns",
+        "heartbeat_event",
+        "log_metric_columns",
+    ]
+    acc = events[1][1]["columns"]["acc"]
+    assert (acc["steps"], acc["values"]) == ([0, 1, 2], [0.5, 1, "n/a"])
+    assert [type(v) for v in acc["values"]] == [float, int, str]
+    assert events[2][1]["captured_out"] == "so far\n"
+    assert kept.meta["delivered"] == 3
+
+
+def test_a_run_neither_the_store_nor_the_spool_can_keep_is_said_to_be_lost(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ex_info: dict,
+    guarded: Callable[..., GuardedStore],
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so no folder can be made below it")
+    monkeypatch.setenv("EXPKIT_SPOOL", str(blocker / "spool"))
+    runs = tmp_path / "runs"
+    runs.write_text("in the way")
+    guard = guarded(FileStorageObserver(runs), str(runs))
+    feed(guard, ex_info)
+    guard.finish()
+    outcome = guard.outcome()
+    assert outcome.state == "lost"
+    assert outcome.reason.startswith("FileExistsError: ")
+    assert outcome.reason.endswith(
+        f"the spool folder {spool_root()}/{guard.root.name} could not be written"
+    )

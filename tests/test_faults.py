@@ -7,7 +7,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cli_helpers import child_env, run_expkit, run_script
+from cli_helpers import EXPKIT, child_env, run_expkit, run_script, write_project
 
 from expkit import Experiment
 from expkit.errors import UsageError
@@ -170,7 +173,7 @@ def test_file_store_back_during_the_run_gets_everything_from_the_runs_own_retry(
     _, err = proc.communicate(timeout=TIMEOUT)
 
     assert proc.returncode == 0, err
-    assert err.count("store FileStorageObserver failed") == 1  # reported once
+    assert err.count("store runs failed") == 1  # reported once
     assert str(tmp_path / "spool") in err
     assert "the spooled events were delivered" in err
     assert_file_run_complete(runs)
@@ -191,7 +194,7 @@ def test_file_store_back_after_the_run_gets_everything_from_expkit_sync(
 
     assert proc.returncode == 0, err  # the store's trouble is not the experiment's
     assert "after 8" in out
-    assert err.count("store FileStorageObserver failed") == 1
+    assert err.count("store runs failed") == 1
     assert f"kept in {tmp_path / 'spool'}" in err
     assert "expkit sync" in err
     [kept] = spooled(tmp_path / "spool")
@@ -745,3 +748,163 @@ def test_config_values_that_are_no_data_are_refused_not_pickled(
     [line] = done.stderr.splitlines()
     assert "thing" in line and kind in line
     assert not (tmp_path / "runs").exists()
+
+
+# --- (8) the closing lines say where each run went, and never a password --------------------
+
+MODULE_WAITING = """\
+import time
+from pathlib import Path
+
+
+def exp_wait(_run):
+    print("first part")
+    _run.log_scalar("loss", 1.0)
+    Path("started").touch()
+    deadline = time.monotonic() + 60
+    while not Path("go").exists():
+        assert time.monotonic() < deadline, "the test never said go"
+        time.sleep(0.01)
+    print("second part")
+    _run.log_scalar("loss", 0.5)
+    return 3
+"""
+
+MODULE_QUICK = """\
+def exp_quick(n=2):
+    print("n is", n)
+    return n * 10
+"""
+
+MODULE_HUGE = """\
+import expkit
+
+
+@expkit.config
+def cfg():
+    n = 10**5000 + 7  # no JSON writer takes it
+
+
+def exp_huge(n):
+    return n % 1000
+"""
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sync_command(stdout: str) -> list[str]:
+    """The ``expkit sync FOLDER URL`` the closing lines tell the user to type."""
+    [line] = [line for line in stdout.splitlines() if "deliver with: expkit sync" in line]
+    return shlex.split(line.split("deliver with: ", 1)[1])
+
+
+def test_a_store_away_is_reported_as_spooled_without_its_password(
+    tmp_path: Path, env: dict[str, str], mongo_url: str, mongo_db: Any
+) -> None:
+    write_project(tmp_path, {"exp_quick.py": MODULE_QUICK})
+    password = "Pw-9xQ-never-shown"
+    away = f"mongodb://alice:{password}@127.0.0.1:{closed_port()}/db?serverSelectionTimeoutMS=300"
+    done = run_expkit("run", "--store", "runs", "--store", away, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert password not in done.stdout + done.stderr
+    shown = away.replace(password, "***")
+    lines = done.stdout.splitlines()
+    assert "stored 1 run(s) in runs: id 1" in lines
+    assert not any(line.startswith("stored") and "mongodb" in line for line in lines)
+    [spooled] = [line for line in lines if line.startswith("spooled")]
+    folder = tmp_path / "spool" / os.listdir(tmp_path / "spool")[0]
+    assert spooled == (
+        f"spooled 1 run(s) for {shown} (not stored yet); deliver with: "
+        f"expkit sync {folder} '{shown}' (the password in place of ***)"
+    )
+    # The command delivers it, given the real URL; here into the suite's MongoDB.
+    command = sync_command(done.stdout)
+    assert command[:3] == ["expkit", "sync", str(folder)]
+    synced = run_expkit(*command[1:3], mongo_url, cwd=tmp_path, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    [doc] = mongo_db.runs.find()
+    assert (doc["status"], doc["result"]) == ("COMPLETED", 20)
+    assert "n is 2" in doc["captured_out"]
+
+
+def test_a_store_folder_removed_mid_run_is_reported_as_spooled_and_sync_recreates_it(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    write_project(tmp_path, {"exp_wait.py": MODULE_WAITING}, pyproject="beat_interval = 0.1\n")
+    proc = subprocess.Popen(
+        [EXPKIT, "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(tmp_path / "started", proc)
+    time.sleep(0.3)  # a heartbeat or two reach the store
+    (tmp_path / "runs").rename(tmp_path / "deleted")  # at once, as the run writes on
+    shutil.rmtree(tmp_path / "deleted")
+    (tmp_path / "go").touch()
+    out, err = proc.communicate(timeout=TIMEOUT)
+
+    assert proc.returncode == 0, out + err
+    assert "exp_wait.py::exp_wait  COMPLETED  id=1" in out
+    assert "stored 1 run(s)" not in out
+    assert not (tmp_path / "runs").exists()  # the run's retries did not guess
+    command = sync_command(out)
+    assert command[1:] == [
+        "sync",
+        str(tmp_path / "spool" / os.listdir(tmp_path / "spool")[0]),
+        str(tmp_path / "runs"),
+    ]
+    synced = run_expkit(*command[1:], cwd=tmp_path, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert synced.stdout.endswith("1 delivered, 0 still spooled\n")
+    record = read_run(tmp_path / "runs", "1")
+    assert (record["status"], record["result"]) == ("COMPLETED", 3)
+    assert record["metrics"]["loss"]["values"] == [1.0, 0.5]
+    assert (tmp_path / "runs" / "1" / "cout.txt").read_text().splitlines()[:1] == ["first part"]
+    assert "second part" in (tmp_path / "runs" / "1" / "cout.txt").read_text()
+    assert spooled(tmp_path / "spool") == []
+
+
+def test_a_run_the_store_cannot_write_is_reported_once_and_kept_until_it_can(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    write_project(tmp_path, {"exp_huge.py": MODULE_HUGE, "exp_quick.py": MODULE_QUICK})
+    done = run_expkit("run", "exp_huge.py", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr  # the experiment did complete
+    [kept] = spooled(tmp_path / "spool")
+    [not_stored] = [line for line in done.stdout.splitlines() if line.startswith("not stored")]
+    assert not_stored.startswith(
+        f"not stored in {tmp_path / 'runs'}: the store refused its started_event: ValueError: "
+    )
+    assert not_stored.endswith(f"; kept in {kept}")
+    assert done.stderr.count(str(kept)) == 1  # one line on stderr names it, and why
+
+    # Later runs into the same store neither retry nor repeat it.
+    later = run_expkit("run", "exp_quick.py", cwd=tmp_path, env=env)
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert str(kept) not in later.stdout + later.stderr
+    assert spooled(tmp_path / "spool") == [kept]
+    listed = run_expkit("sync", str(tmp_path / "spool"), "runs", cwd=tmp_path, env=env)
+    assert listed.returncode == 1
+    assert listed.stdout.startswith(f"undeliverable: {kept}: the store refused its started_event")
+
+    # Named, it is tried again: with Python's limit on long ints lifted, the store takes it.
+    unlimited = {**env, "PYTHONINTMAXSTRDIGITS": "0"}
+    synced = run_expkit("sync", str(kept), "runs", cwd=tmp_path, env=unlimited)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert spooled(tmp_path / "spool") == []
+    run_id = synced.stdout.split(" as run ")[1].split()[0]
+    sys.set_int_max_str_digits(0)  # to read it back, as the store needed to write it
+    try:
+        record = read_run(tmp_path / "runs", run_id)
+        assert (record["status"], record["result"]) == ("COMPLETED", 7)
+        assert record["config"]["n"] == 10**5000 + 7
+    finally:
+        sys.set_int_max_str_digits(sys.int_info.default_max_str_digits)

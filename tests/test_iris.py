@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from cli_helpers import child_env, run_script
+from cli_helpers import child_env, run_expkit, run_script, stored_runs
 
 pytest.importorskip("sklearn")
 
@@ -39,6 +39,9 @@ def run(C, gamma):
     clf.fit(iris.data[:90], iris.target[:90])
     return clf.score(iris.data[90:], iris.target[90:])
 """
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def recorded(store: Path) -> tuple[dict, dict]:
@@ -148,3 +151,25 @@ def test_print_config_marks_gamma_in_a_terminal(iris_dir: Path, update: str, col
     assert proc.returncode == 0
     assert f"{colour}{update.replace('=', ' = ')}\x1b[0m" in out
     assert "\x1b[32m" not in out.split("\n", 1)[1]  # nothing is marked added
+
+
+@pytest.mark.slow
+def test_the_readmes_run_is_reproduced_by_rerun_check(tmp_path: Path) -> None:
+    # The README's command in the project's root; the re-run from another folder.
+    store = tmp_path / "store"
+    done = run_expkit(
+        "run", "examples/exp_iris.py", "-o", "C=3", "--store", str(store), cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = run_expkit("rerun", "1", "--check", "--store", str(store), cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    original, rerun = stored_runs(store)
+    assert rerun["result"] == original["result"]
+    assert f"result: identical ({original['result']})" in again.stdout.splitlines()
+    name = "examples/exp_iris.py::exp_rbf_svm"
+    assert original["experiment"]["name"] == rerun["experiment"]["name"] == name
+    listed = run_expkit("runs", "list", "--experiment", name, "--store", str(store), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[-1] == f"2 runs of {name} in {store}"  # one experiment: named below the table
+    assert sorted(line.split()[0] for line in lines[1:-1]) == ["1", "2"]

@@ -198,7 +198,7 @@ def test_builtin_plugins_come_from_the_expkit_entry_point_group() -> None:
 def test_every_module_in_plugins_is_loaded_as_an_entry_point() -> None:
     pm = create_plugin_manager(command=True)
     modules = {p.stem for p in PLUGINS_DIR.glob("*.py") if p.stem != "__init__"}
-    modules |= {p.parent.name for p in PLUGINS_DIR.glob("*/__init__.py")}  # packages (ui)
+    modules |= {p.parent.name for p in PLUGINS_DIR.glob("*/__init__.py")}  # plugin packages
     assert {module.rsplit(".", 1)[-1] for module in DECLARED.values()} == modules
     for name in BUILTINS:
         # The module of the built-in plugins' package (from plugins/, installed or not).

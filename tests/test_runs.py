@@ -131,7 +131,7 @@ def test_config_filters(store):
     assert ids(runs(store, where=["dataset.name==wine"])) == [3]
     assert ids(runs(store, where=["config.C>=2", "C<4"])) == [3]
     # A run without the key matches no comparison, "!=" included.
-    assert runs(store, where=["missing!=1"]) == []
+    assert ids(runs(store, where=["lr!=0.1"])) == [2]
 
 
 def test_special_keys(store):
@@ -279,3 +279,148 @@ def test_to_dataframe_prefixes_config_entries_named_like_columns():
     assert frame.loc[1, "status"] == "COMPLETED"
     assert frame.loc[1, "config.status"] == "x" and frame.loc[1, "a.b"] == 1
     assert to_dataframe([]).empty
+
+
+# --- metrics and info keys, keys no run has ---------------------------------------------------
+
+
+def test_metrics_and_info_keys_filter_and_sort(store):
+    # record_runs logs loss = 1/C once per run.
+    assert ids(runs(store, where="metrics.loss<1")) == [4, 3]
+    assert ids(runs(store, sort="metrics.loss", descending=False)) == [4, 3, 2, 1]
+    found = runs(store, where="metrics.loss>=1")
+    assert found[0].metrics["loss"]["values"] == [1.0]  # read whole for the filter
+    assert ids(runs(store, where="duration>=0")) == [4, 3, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"where": "loss<1"}, "wrong filter: loss<1: 'loss' is not a key of any of the 4 runs "
+         "(did you mean 'metrics.loss'?)"),
+        ({"where": "CC>1"}, "'CC' is not a key of any of the 4 runs (did you mean 'C'?)"),
+        ({"sort": "metrics.acc"}, "cannot sort by 'metrics.acc': 'metrics.acc' is not a key"),
+    ],
+)  # fmt: skip
+def test_a_key_none_of_the_runs_has_is_a_usage_error(store, kwargs, message):
+    with pytest.raises(UsageError) as info:
+        runs(store, **kwargs)
+    assert message in str(info.value)
+
+
+def test_a_key_absent_from_the_selected_runs_only_is_no_error(store):
+    assert runs(store, where="C>100") == []
+    assert runs(store, status="FAILED", where="C<1") == []
+
+
+# --- sorting values of different kinds ---------------------------------------------------------
+
+
+SORT_VALUES = [0.977, {"acc": 1}, "b", None, 2, [1, 2], "a", float("nan"), True, {"acc": 0}, [1]]
+
+
+def test_sort_orders_kinds_the_same_way_in_both_directions(tmp_path):
+    from expkit import Experiment
+
+    ex = Experiment("kinds")
+    ex.add_config(n=0)
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+    ex.main(_value_number)
+    for n in range(len(SORT_VALUES)):
+        ex.run(config_updates={"n": n}, options={"--capture": "sys"})
+    store = str(tmp_path / "runs")
+    up = [r.result for r in runs(store, sort="result", descending=False)]
+    down = [r.result for r in runs(store, sort="result")]
+    assert up[:2] == [0.977, 2] and down[:2] == [2, 0.977]
+    for order in (up, down):
+        assert str(order[2]) == "nan" and order[3] is True
+        assert set(order[4:6]) == {"a", "b"}
+        assert sorted(map(str, order[6:8])) == ["[1, 2]", "[1]"]
+        assert order[8:10] in ([{"acc": 0}, {"acc": 1}], [{"acc": 1}, {"acc": 0}])
+        assert order[10] is None  # no result: last either way
+    assert up[4:6] == ["a", "b"] and down[4:6] == ["b", "a"]
+    assert up[6:8] == [[1], [1, 2]] and up[8:10] == [{"acc": 0}, {"acc": 1}]
+    assert down[6:8] == [[1, 2], [1]] and down[8:10] == [{"acc": 1}, {"acc": 0}]
+
+
+def _value_number(n):
+    return SORT_VALUES[n]
+
+
+# --- short ids ----------------------------------------------------------------------------------
+
+
+def test_short_ids_are_eight_characters_unless_that_is_ambiguous():
+    from expkit.runs import short_ids
+
+    store = ["2a1a0c9e11112222", "2a1a0c9e3333", "ffff00001111", "17", "1"]
+    shown = short_ids([*store[:3], "17"], among=store)
+    assert shown == {
+        "2a1a0c9e11112222": "2a1a0c9e1",
+        "2a1a0c9e3333": "2a1a0c9e3",
+        "ffff00001111": "ffff0000",
+        "17": "17",
+    }
+
+
+@pytest.fixture(params=["tinydb", "mongo", "file"])
+def named_runs(request, tmp_path):
+    """A store whose runs have the ids 2a1a0c9e, 2a1af3b7, 15 and 1 (run 1 then deleted)."""
+    if request.param == "tinydb":
+        url = f"tinydb://{tmp_path / 'db'}"
+    elif request.param == "mongo":
+        url = request.getfixturevalue("mongo_url")
+    else:
+        url = str(tmp_path / "runs")
+    from expkit import Experiment
+    from expkit.pluginmanager import get_plugin_manager
+    from expkit.run import store_for_url
+
+    for run_id in ("2a1a0c9e", "2a1af3b7", "15", "1"):
+        ex = Experiment("named")
+        ex.main(_own_id)
+        store = store_for_url(get_plugin_manager(), url)
+        ex.observers.append(store)
+        ex.run(options={"--capture": "sys", "--id": run_id})
+        if hasattr(store, "close"):
+            store.close()
+    reader = reader_for_url(url)
+    reader.delete_run(1 if request.param == "mongo" else "1")
+    if hasattr(reader, "close"):
+        reader.close()
+    return url
+
+
+def _own_id(_run):
+    return str(_run._id)
+
+
+def test_a_unique_prefix_names_a_run_in_every_store(named_runs):
+    assert get_run(named_runs, "2a1a0").result == "2a1a0c9e"
+    assert get_run(named_runs, "2a1af").result == "2a1af3b7"
+    assert get_run(named_runs, "15").result == "15"
+
+
+def test_an_ambiguous_prefix_lists_the_runs_it_could_be(named_runs):
+    with pytest.raises(UsageError) as info:
+        get_run(named_runs, "2a1a")
+    message = str(info.value)
+    assert message.startswith("run id '2a1a' is ambiguous in the store ")
+    assert message.endswith(": it starts 2 run ids (2a1a0c9e, 2a1af3b7); give more of the id")
+
+
+def test_a_number_or_a_short_prefix_never_names_a_longer_id(named_runs):
+    # Run 1 was deleted: "1" must not stand for run 15.
+    with pytest.raises(RunNotFoundError, match=r"^no run '1' in the store "):
+        get_run(named_runs, "1")
+    with pytest.raises(RunNotFoundError, match=r"^no run '2a1' in the store "):
+        get_run(named_runs, "2a1")
+
+
+def test_experiment_option_takes_the_file_of_module_experiments(tmp_path):
+    from mixed_store import record_mixed
+
+    record_mixed(str(tmp_path / "runs"))
+    found = runs(str(tmp_path / "runs"), experiment="exp_svm.py")
+    assert {r.experiment for r in found} == {"exp_svm.py::exp_svm"} and len(found) == 3
+    assert runs(str(tmp_path / "runs"), experiment="exp_svm") == []

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from expkit.utils import (
     CapturedOutput,
     apply_backspaces_and_linefeeds,
+    has_control_chars,
     parse_literal,
+    printable,
     redact_argv,
     redact_url,
     replace_file,
@@ -220,7 +222,13 @@ def test_empty_chunks_change_nothing():
         ("redis://:token@host", "redis://:***@host"),
         ("mongodb://user@host/db", "mongodb://user@host/db"),
         ("mongodb://host:27017/db", "mongodb://host:27017/db"),
-        ("http://host:8080/path@v2", "http://host:8080/path@v2"),
+        ("mongodb://u:pa/ss@h/db", "mongodb://u:***@h/db"),
+        ("mongodb+srv://u:p@ss/w@cluster.example.net/", "mongodb+srv://u:***@cluster.example.net/"),
+        ("mongodb://u:pa?ss@h/db", "mongodb://u:***@h/db"),
+        ("mongodb://h:27017/db?appname=me@host", "mongodb://h:27017/db?appname=me@host"),
+        # An "@" in a path after host:port may be a password's: hiding more, never less.
+        ("http://host:8080/path@v2", "http://host:***@v2"),
+        ("http://host/path@v2", "http://host/path@v2"),
         (
             "mongodb://h/db?tlsCertificateKeyFilePassword=s3&w=1",
             "mongodb://h/db?tlsCertificateKeyFilePassword=***&w=1",
@@ -233,7 +241,18 @@ def test_empty_chunks_change_nothing():
         ("data/x.csv?token=t", "data/x.csv?token=t"),
         ("data/x.csv", "data/x.csv"),
         ("user:pass@host", "user:pass@host"),
+        ("localhost:27017", "localhost:27017"),
         ("", ""),
+        # URLs inside text: error messages, command lines, captured output.
+        (
+            "cannot reach mongodb://a:PW@h/db (refused); try 'mongodb+srv://b:PW2@c/d'",
+            "cannot reach mongodb://a:***@h/db (refused); try 'mongodb+srv://b:***@c/d'",
+        ),
+        (
+            "stored in runs, mongodb://alice:PW@host/db: id 1",
+            "stored in runs, mongodb://alice:***@host/db: id 1",
+        ),
+        ("--store=mongodb://u:p@h", "--store=mongodb://u:***@h"),
     ],
 )
 def test_redact_url(url, redacted):
@@ -259,6 +278,23 @@ def test_redact_argv_redacts_values_of_key_value_pairs_too():
         "url=mongodb://u:***@host",
         "C=3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain name", "plain name"),
+        ("\x1b[2Jwiped", "\\x1b[2Jwiped"),
+        ("a\nb\tc\r", "a\\nb\\tc\\r"),
+        ("bell\x07 del\x7f c1\x9b", "bell\\x07 del\\x7f c1\\x9b"),
+        ("evil\u202etxt.exe", "evil\\u202etxt.exe"),
+        ("épsilon λ 数据", "épsilon λ 数据"),
+    ],
+)
+def test_printable_escapes_control_characters_only(text: str, shown: str) -> None:
+    assert printable(text) == shown
+    assert has_control_chars(text) is (text != shown)
+    assert printable(7) == "7"
 
 
 # --- suggestions ---------------------------------------------------------------------
@@ -318,6 +354,22 @@ def test_parse_literal_refuses_an_unfinished_or_broken_literal(text):
     # an error to report, not a string to store.
     with pytest.raises(ValueError, match="not a valid Python literal"):
         parse_literal(text)
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1e400", "[1, 2e308]", "{'lr': -1e999}", "(1e400,)"])
+def test_parse_literal_refuses_a_number_beyond_the_largest_float(text):
+    # 1e400 would be inf, which standard JSON has no word for (json writes "Infinity").
+    with pytest.raises(ValueError, match=r"beyond the largest float \(it would be -?inf"):
+        parse_literal(text)
+
+
+def test_parse_literal_refuses_an_int_longer_than_python_reads_from_text():
+    # Else the digits would silently become a string.
+    with pytest.raises(ValueError, match="an int of 5000 digits is longer than Python reads"):
+        parse_literal("7" * 5000)
+    assert parse_literal("7" * 4000) == int("7" * 4000)
+    assert parse_literal("0123") == "0123"  # no int literal: a string, as before
+    assert parse_literal("1.7e308") == 1.7e308
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes")

@@ -282,6 +282,8 @@ class _UI:
             raise _Refused(
                 403, "deleting runs is off: start `expkit ui --allow-delete` to allow it"
             )
+        if not store.deletable:
+            raise _Refused(405, f"the reader of {store.url} cannot delete runs")
         run_id = request.path_params["run_id"]
 
         def delete() -> dict:

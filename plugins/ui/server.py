@@ -42,7 +42,7 @@ def serve(config: Any) -> int:
             beat_interval=beat,
         )
         for store in stores:
-            store.warm()
+            store.listing()  # read now: a store that cannot be read is said before serving
         addresses = _addresses(host, port, None if loopback else token)
         _announce(stores, host, addresses, loopback)
         if config.getoption("ui_open"):

@@ -69,7 +69,19 @@ class StoreView:
     @property
     def editable(self) -> bool:
         """Whether the store's reader can edit comments and tags (``edit_run``)."""
-        return callable(getattr(self.reader, "edit_run", None))
+        return self._can("edit", "edit_run")
+
+    @property
+    def deletable(self) -> bool:
+        """Whether the store's reader can delete runs (``delete_run``)."""
+        return self._can("delete", "delete_run")
+
+    def _can(self, capability: str, method: str) -> bool:
+        # Readers of the store layer say what they can; others have the method or not.
+        capabilities = getattr(self.reader, "capabilities", None)
+        if capabilities is not None:
+            return capability in capabilities
+        return callable(getattr(self.reader, method, None))
 
     def listing(self) -> Listing:
         """The runs as summaries: the kept listing, read anew in the background when old."""
@@ -86,17 +98,6 @@ class StoreView:
                 with self._lock:
                     self._listing = listing
             return self._listing
-
-    def warm(self) -> None:
-        """Read the listing now, in the background, so that the first page need not wait."""
-
-        def read() -> None:
-            try:
-                self.listing()
-            except Exception as exc:  # the first page says it again, to the user
-                log.debug("expkit ui: reading %s failed: %s", self.url, exc)
-
-        threading.Thread(target=read, daemon=True).start()
 
     def record(self, run_id: str) -> RunRecord:
         """Everything about run ``run_id`` (as typed in a URL); :class:`KeyError` if none."""

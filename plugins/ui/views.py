@@ -346,7 +346,7 @@ def run_detail(
         "output_size": len(record.captured_out or ""),
         "rerun": rerun_command(store.url, record),
         "editable": store.editable,
-        "deletable": allow_delete,
+        "deletable": allow_delete and store.deletable,
         "group": None if group is None else {"kind": group[0], "key": group[1]},
     }
 
@@ -456,7 +456,7 @@ def comparison(store: Any, records: list[RunRecord]) -> dict:
                 }
                 for k in keys
             ],
-            "metrics": list(metrics),
+            "metric_names": list(metrics),
         }
     )
     return report

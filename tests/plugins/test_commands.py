@@ -363,3 +363,75 @@ def test_help_for_builtin_and_main_commands(exp_dir: Path, command: str, words: 
     for word in words:
         assert word in out
     assert "MAIN RAN" not in out
+
+
+# --- expkit config ------------------------------------------------------------------------------
+
+CONFIG_PROJECT = {
+    "exp_one.py": """\
+        import expkit
+
+        @expkit.config
+        def cfg():
+            C = 1.0  # regularisation strength
+            kernel = "rbf"
+
+        def exp_svm(C, kernel, _run):
+            _run.log_scalar("loss", 1.0)
+            return C
+        """,
+    "exp_two.py": """\
+        def exp_a():
+            return 1
+
+        def exp_b():
+            return 2
+        """,
+}
+
+
+def test_config_of_a_file_with_one_experiment_prints_only_the_config(tmp_path: Path) -> None:
+    from cli_helpers import run_expkit, write_project
+
+    write_project(tmp_path, CONFIG_PROJECT)
+    proc = run_expkit("config", "exp_one.py", "-o", "C=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no "Running command", "Started", "Completed after" lines
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "Configuration (modified, added, typechanged, doc):"
+    assert re.fullmatch(r"  C = 3 +# regularisation strength", lines[1]), lines
+    assert lines[2] == "  kernel = 'rbf'"
+    assert re.fullmatch(r"  seed = \d+ +# the random seed for this experiment", lines[3]), lines
+    assert len(lines) == 4
+    assert not (tmp_path / "runs").exists()
+    same = run_expkit("config", "exp_one.py::exp_svm", "-o", "C=3", "--seed", "5", cwd=tmp_path)
+    assert same.stdout.splitlines()[:3] == lines[:3]
+    assert "seed = 5 " in same.stdout
+
+
+def test_config_of_a_file_with_several_experiments_names_them(tmp_path: Path) -> None:
+    from cli_helpers import error_lines, run_expkit, write_project
+
+    write_project(tmp_path, CONFIG_PROJECT)
+    proc = run_expkit("config", "exp_two.py", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert error_lines(proc.stderr) == [
+        "ERROR: exp_two.py holds 2 experiments; name one: expkit config exp_two.py::exp_a, "
+        "expkit config exp_two.py::exp_b"
+    ]
+    proc = run_expkit("config", "exp_one.py", "-o", "kernl=linear", cwd=tmp_path)
+    assert error_lines(proc.stderr) == [
+        "ERROR: exp_one.py::exp_svm: added config entry 'kernl' = 'linear' is not used by any "
+        "captured function (did you mean 'kernel'?); pass -f/--force to add it anyway"
+    ]
+
+
+def test_config_help_shows_its_own_options(tmp_path: Path) -> None:
+    from cli_helpers import run_expkit, write_project
+
+    write_project(tmp_path, CONFIG_PROJECT)
+    proc = run_expkit("config", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: expkit config NODEID|FILE [options]\n")
+    assert "-o KEY=VALUE" in proc.stdout and "--with NAMED" in proc.stdout
+    assert "--store" not in proc.stdout and "--columns" not in proc.stdout

@@ -18,8 +18,9 @@ import pytest
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import columns_to_sacred
 from expkit.pluginmanager import create_plugin_manager
+from expkit.store import open_store
 from expkit_plugins import file_store
-from expkit_plugins.file_store import FileStorageObserver, read_run
+from expkit_plugins.file_store import FileStorage, FileStorageObserver, read_run
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0)  # 0 microseconds: must still be written
 T1 = datetime.datetime(2024, 5, 1, 12, 0, 1, 250)
@@ -500,6 +501,32 @@ def test_metric_values_are_plain_json(obs, ex_info, basedir):
     assert stored[:2] == [0.25, 3] and stored[2] != stored[2]
 
 
+def test_metrics_json_rebuilt_from_many_batches_holds_every_point_as_logged(obs, ex_info, basedir):
+    # Metrics arrive about once a second: at the end metrics.json is rebuilt from the log.
+    start(obs, ex_info)
+    names = ["loss", 'odd "name" ]', "größe", "a,b"]
+    expected: dict = {n: {"steps": [], "timestamps": [], "values": []} for n in names}
+    stamp = "2024-05-01T12:00:01.000250"
+    for number in range(12):
+        metrics = {}
+        for name in names[number % 3 : number % 3 + 2]:
+            values = [number / 3, float("nan"), -float("inf"), 10**20][: 1 + number % 4]
+            if name == "a,b" and number == 8:
+                values = ["text ] with a bracket", '"quoted"'][: len(values)]  # a Sacred store
+            steps = [number * 10 + i for i in range(len(values))]
+            metrics[name] = {"name": name, "steps": steps, "values": values}
+            metrics[name]["timestamps"] = [T1] * len(values)
+            expected[name]["steps"] += steps
+            expected[name]["values"] += values
+            expected[name]["timestamps"] += [stamp] * len(values)
+        obs.log_metrics(metrics, info={})
+    obs.completed_event(stop_time=T2, result=None)
+
+    text = (basedir / "1" / "metrics.json").read_text()
+    assert text == file_store._compact(file_store.read_metrics_log(basedir / "1" / "metrics.jsonl"))
+    assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
 def test_columns_with_epoch_times_are_written_as_sacreds_datetimes_would_be(ex_info, tmp_path):
     stamps = [1714564801.000250, 1714564801.9999996, 1714564802.5, 1714564803.0000005]
     columns = {
@@ -754,18 +781,18 @@ def pm():
 
 @pytest.mark.parametrize("form", ["file://{}", "{}"])
 def test_store_for_url_claims_paths(pm, tmp_path, form):
-    store = pm.hook.expkit_store_for_url(url=form.format(tmp_path / "runs"))
-    assert isinstance(store, FileStorageObserver)
-    assert store.basedir == str(tmp_path / "runs")
-    assert store.priority == 20
+    store = open_store(pm, form.format(tmp_path / "runs"))
+    assert isinstance(store.storage, FileStorage)
+    assert store.storage.basedir == str(tmp_path / "runs")
 
 
 def test_store_for_url_leaves_other_schemes(pm):
-    assert file_store.expkit_store_for_url(url="mongodb://localhost/db") is None
-    assert file_store.expkit_store_for_url(url="tinydb://runs.json") is None
-    assert "file" in [s for schemes in pm.hook.expkit_store_schemes() for s in schemes or ()]
+    [backend] = file_store.expkit_store_backends()
+    assert backend.claims("/some/folder") and backend.claims("file:///some/folder")
+    assert not backend.claims("mongodb://localhost/db")
+    assert not backend.claims("tinydb://runs.json")
     with pytest.raises(UsageError, match="names no folder"):
-        file_store.expkit_store_for_url(url="file://")
+        open_store(pm, "file://")
 
 
 def test_observer_class_from_expkit_observers(pm):

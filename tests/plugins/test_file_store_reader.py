@@ -15,7 +15,7 @@ import pytest
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
-from expkit_plugins import file_store
+from expkit.store import open_reader
 from expkit_plugins.file_store import (
     INDEX_FILE,
     FileStorageObserver,
@@ -162,12 +162,11 @@ def test_reader_claims_the_urls_of_the_store(basedir, tmp_path):
     run_experiment(basedir, tmp_path)
     pm = create_plugin_manager()
     for url in (str(basedir), f"file://{basedir}"):
-        reader = pm.hook.expkit_reader_for_url(url=url)
-        assert isinstance(reader, FileStoreReader) and reader.basedir == str(basedir)
+        reader = open_reader(pm, url)
+        assert reader.storage.basedir == str(basedir)
         assert [r.store for r in reader.list_runs()] == [url]
-    assert file_store.expkit_reader_for_url(url="tinydb://x") is None
     with pytest.raises(UsageError, match="names no folder"):
-        file_store.expkit_reader_for_url(url="file://")
+        open_reader(pm, "file://")
 
 
 # --- the index ---------------------------------------------------------------------------------
@@ -186,10 +185,23 @@ def test_each_finished_run_appends_one_summary_line(basedir, tmp_path):
 
 def test_listing_uses_the_index_not_the_run_folders(basedir, tmp_path):
     run_experiment(basedir, tmp_path)
-    (basedir / "1" / "run.json").write_text("{ damaged")
+    run_json = basedir / "1" / "run.json"
+    before = run_json.stat()
+    # Same size and time: the index line still vouches for the run, so its folder is not read.
+    run_json.write_text("x" * before.st_size)
+    os.utime(run_json, ns=(before.st_atime_ns, before.st_mtime_ns))
     [record] = FileStoreReader(basedir).list_runs()
     assert (record.id, record.status, record.result) == ("1", "COMPLETED", 1.0)
     assert record.config["lr"] == 0.1
+
+
+def test_a_run_damaged_after_it_was_indexed_is_not_listed_as_completed(basedir, tmp_path, caplog):
+    run_experiment(basedir, tmp_path, lr=0.1)
+    run_experiment(basedir, tmp_path, lr=0.2)
+    (basedir / "1" / "run.json").write_text('{"status": "COMPL')  # torn by a crash
+    records = FileStoreReader(basedir).list_runs()
+    assert [(r.id, r.status) for r in records] == [("2", "COMPLETED")]
+    assert "skipping run 1" in caplog.text and "run.json is not valid JSON" in caplog.text
 
 
 def test_missing_index_is_rebuilt_from_the_folders(basedir, tmp_path):

@@ -141,3 +141,37 @@ def test_help_lists_the_run_options(project: Path) -> None:
         assert option in proc.stdout
     for option in ("--capture", "--seed", "--comment", "--exitfirst", "--collect-only", "-p NAME"):
         assert option in proc.stdout
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_every_command_and_the_docs_agree(project: Path) -> None:
+    from expkit.cli import COMMANDS
+
+    proc = run_expkit("--help", cwd=project)
+    listed = re.findall(r"^  (\S+)", proc.stdout.split("commands:\n", 1)[1].split("\n\n")[0], re.M)
+    assert [c for c in listed if not c.startswith("-")] == list(COMMANDS)
+    synopsis = (ROOT / "docs" / "cli.rst").read_text().split(".. code-block:: text", 1)[1]
+    synopsis = synopsis.split("\n\n", 2)[1]
+    readme = (ROOT / "README.md").read_text()
+    for command in COMMANDS:
+        assert re.search(rf"expkit {command}\b", synopsis), command
+        assert re.search(rf"expkit {command}\b", readme), command
+
+
+def test_command_help_shows_that_commands_options_only(project: Path) -> None:
+    run = run_expkit("run", "--help", cwd=project)
+    assert run.stdout.startswith("usage: expkit run [PATH|NODEID ...] [options]\n")
+    assert "--exitfirst" in run.stdout and "--capture" in run.stdout
+    assert "--columns" not in run.stdout and "--check" not in run.stdout
+    rerun = run_expkit("rerun", "-h", cwd=project)
+    assert rerun.stdout.startswith("usage: expkit rerun ID [options]\n")
+    assert "--check" in rerun.stdout and "--exitfirst" not in rerun.stdout
+
+
+def test_the_readme_says_which_line_names_the_store(project: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "the `stored ... in` line just before the closing" in readme
+    lines = run_expkit("run", cwd=project).stdout.splitlines()
+    assert lines[-2].startswith("stored 1 run(s) in ")

@@ -19,6 +19,7 @@ from mongo_server import PASSWORD
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
+from expkit.utils import redact_url
 from expkit_plugins import mongo_store
 from expkit_plugins.mongo_store import TAIL_CHARS, MongoRunReader
 
@@ -74,7 +75,7 @@ def test_list_runs_gives_summaries(mongo_url, mongo_server, reader, tmp_path):
     assert runs[0].artifacts == ("model.txt",)
     assert runs[0].captured_out is None and runs[0].metrics is None
     # The store is named without its password.
-    assert runs[0].store == mongo_store.redact_url(mongo_url)
+    assert runs[0].store == redact_url(mongo_url)
     if mongo_server is not None:  # its URLs have a password; a real server's may have none
         assert PASSWORD not in runs[0].store and "***" in runs[0].store
 

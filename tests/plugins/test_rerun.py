@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +66,7 @@ def test_a_numpy_experiment_is_reproduced_exactly(project: Path) -> None:
     lines = done.stdout.splitlines()
     assert f"result: identical ({original['result']})" in lines
     assert "metrics: identical (1)" in lines
-    assert f"sources: the working copy in {project} is as stored" in lines
+    assert f"sources: the working copy in {project} is as recorded" in lines
 
 
 def test_a_changed_source_is_reported_line_by_line(project: Path) -> None:
@@ -111,3 +113,107 @@ def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
     done = run_expkit("rerun", "1", "-o", "Cx=2", cwd=project)
     assert done.returncode == 4
     assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"
+
+
+def _git(folder: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=folder, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_git_drift_is_said_in_words(tmp_path: Path) -> None:
+    from expkit.records import RunRecord
+    from expkit_plugins.rerun import report_lines
+
+    (tmp_path / "exp.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "exp.py")
+    _git(tmp_path, "commit", "-qm", "first")
+    commit = _git(tmp_path, "rev-parse", "HEAD")
+
+    def git_line(repositories: list) -> str:
+        info = {"base_dir": str(tmp_path), "repositories": repositories}
+        record = RunRecord(1, "s", "e", "COMPLETED", experiment_info=info)
+        lines = report_lines(record, record, 2, {})
+        return next(line for line in lines if line.startswith("git:"))
+
+    then = [{"url": str(tmp_path), "commit": commit, "dirty": False}]
+    assert git_line(then) == f"git: same (commit {commit})"
+    (tmp_path / "exp.py").write_text("x = 2\n")
+    assert git_line(then) == (
+        f"git: commit {commit} then, commit {commit} with uncommitted changes now"
+    )
+    assert git_line([]) == f"git: no repository then, commit {commit} with uncommitted changes now"
+
+
+TUPLES = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        shape = (2, 3)
+        padded = shape + (1,)
+        opts = {"kernel": (3, 3)}
+
+    def exp_shapes(shape, padded, opts):
+        return [type(shape).__name__, type(padded).__name__, type(opts["kernel"]).__name__]
+"""
+
+
+def test_a_rerun_keeps_tuples_and_the_experiment_name(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"studies/exp_shapes.py": TUPLES})
+    done = run_expkit("run", "studies/exp_shapes.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    original, rerun = stored_runs(root / "runs")
+    assert original["result"] == rerun["result"] == ["tuple", "tuple", "tuple"]
+    assert rerun["experiment"]["name"] == "studies/exp_shapes.py::exp_shapes"
+    assert rerun["config"] == original["config"]
+
+
+def _tamper(stored: Path) -> None:
+    text = stored.read_text()
+    stored.write_text(text.replace("rng.random(n).sum()", "(rng.random(n).sum() + 1)"))
+
+
+@pytest.mark.parametrize("kind", ["file", "tinydb"])
+def test_a_tampered_stored_source_is_refused_unless_forced(tmp_path: Path, kind: str) -> None:
+    root = write_project(tmp_path / "proj", {"exp_noise.py": EXPERIMENT})
+    url = str(root / "runs") if kind == "file" else f"tinydb://{root / 'db'}"
+    done = run_expkit("run", "exp_noise.py", "--store", url, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = re.search(r" id=(\S+)", done.stdout).group(1)
+    digest = hashlib.md5((root / "exp_noise.py").read_bytes()).hexdigest()
+    if kind == "file":
+        copy = f"_sources/exp_noise_{digest}.py"
+        store = root / "runs"
+    else:
+        copy = f"hashfs/{digest[:2]}/{digest[2:4]}/{digest[4:6]}/{digest[6:]}"
+        store = root / "db"
+    _tamper(store / copy)
+    tampered = hashlib.md5((store / copy).read_bytes()).hexdigest()
+
+    refused = run_expkit("rerun", run_id, "--store", url, cwd=root)
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        f"ERROR: run {run_id}: source 'exp_noise.py' as stored in {url} has md5 {tampered}, "
+        f"not the {digest} the run recorded: the stored copy was changed after the run; "
+        "re-run it anyway with --force\n"
+    )
+    assert "re-running" not in refused.stdout
+    listed = run_expkit("runs", "list", "--store", url, cwd=root)
+    assert "1 run of exp_noise.py::exp_noise in " in listed.stdout, listed.stdout
+
+    forced = run_expkit("rerun", run_id, "--force", "--store", url, cwd=root)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    lines = forced.stdout.splitlines()
+    assert any(line.startswith("result: differs:") for line in lines)
+    assert (
+        f"source exp_noise.py: the stored copy has md5 {tampered}, not the recorded {digest}; "
+        "the re-run ran it (--force)" in lines
+    )
+    # The working copy is still the file the run recorded: the report does not blame it.
+    assert f"sources: the working copy in {root} is as recorded" in lines

@@ -14,7 +14,7 @@ pytest.importorskip("mockupdb")
 from cli_helpers import run_expkit, write_project
 from test_rerun import EXPERIMENT as RERUN_EXPERIMENT
 
-from expkit_plugins.mongo_store import redact_url
+from expkit.utils import redact_url
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_a_numpy_experiment_is_reproduced_exactly(
     assert f"recorded the re-run as run 2 in {redact_url(mongo_url)} (COMPLETED)" in lines
     assert f"result: identical ({original['result']})" in lines
     assert "metrics: identical (1)" in lines
-    assert f"sources: the working copy in {project} is as stored" in lines
+    assert f"sources: the working copy in {project} is as recorded" in lines
 
 
 def test_an_override_records_the_link_and_reports_the_difference(

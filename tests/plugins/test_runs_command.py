@@ -1,13 +1,16 @@
-"""``expkit runs list|show|diff|rm|export`` over a real file store."""
+"""``expkit runs SUBCOMMAND`` over real stores: file, TinyDB and MongoDB."""
 
 from __future__ import annotations
 
 import datetime
 import io
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
+from cli_helpers import EXPKIT, child_env, run_expkit, run_in_terminal
 
 import expkit
 from expkit_plugins.file_store import FileStorageObserver
@@ -68,10 +71,11 @@ def test_list_shows_the_runs_and_only_the_config_entries_that_differ(
     assert runs("list") == 0
     out = capsys.readouterr().out
     header, *rows = out.splitlines()
-    assert header.split() == ["id", "experiment", "status", "start", "duration", "result", "C"]
-    assert rows[0].split()[:3] == ["2", "demo", "COMPLETED"] and rows[0].split()[-1] == "2"
+    # One experiment: named in the last line, not in a column.
+    assert header.split() == ["id", "status", "start_time", "duration", "result", "C"]
+    assert rows[0].split()[:2] == ["2", "COMPLETED"] and rows[0].split()[-1] == "2"
     assert "kernel" not in out
-    assert rows[-1] == f"2 run(s) in {store}"
+    assert rows[-1] == f"2 runs of demo in {store}"
 
 
 def test_list_filters_by_config(store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -91,14 +95,14 @@ def test_a_running_run_without_heartbeat_for_long_is_probably_dead(
 def test_show_prints_everything_recorded(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("show", "1") == 0
     out = capsys.readouterr().out
-    for expected in ("C = 1", "result:     0.9", "numpy==1.0", "acc: 2 value(s), last 0.75"):
+    for expected in ("C = 1", "result:     0.9", "numpy==1.0", "acc: 2 values, last 0.75"):
         assert expected in out
     assert out.rstrip().endswith("training {'C': 1, 'kernel': 'rbf'}")
 
 
 def test_show_of_an_unknown_run_is_one_line(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("show", "99") == 4
-    assert capsys.readouterr().err == f"ERROR: no run 99 in {store}\n"
+    assert capsys.readouterr().err == f"ERROR: no run '99' in the store {store}\n"
 
 
 def test_diff_shows_config_result_and_source_lines(
@@ -107,10 +111,10 @@ def test_diff_shows_config_result_and_source_lines(
     assert runs("diff", "1", "2") == 0
     out = capsys.readouterr().out.splitlines()
     assert "  -x = 1" in out and "  +x = 2" in out
-    assert out[-1] == "same: dependencies, host, git"
+    assert out[-1] == "same: experiment, metrics, dependencies, host, git"
     assert runs("diff", "1", "2", "--json") == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["config"] == {"C": [1, 2]}
+    assert report["config"] == {"C": {"1": 1, "2": 2}}
     assert report["result"] == [0.9, 0.95]
     assert "+x = 2" in report["sources"]["exp.py"]["2"]
 
@@ -149,7 +153,7 @@ def test_export_writes_one_whole_run_per_line(store: Path, tmp_path: Path) -> No
 
 def test_an_unknown_subcommand_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("lst") == 4
-    assert "one of list, show, diff, rm, export" in capsys.readouterr().err
+    assert "one of list, show, diff, rm, export, metrics, artifact" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["../outside.py", "/etc/passwd", "a/../../b.py"])
@@ -166,3 +170,245 @@ def test_a_stored_source_named_outside_the_base_dir_is_refused(name: str) -> Non
     record = RunRecord(1, "file://x", "exp", "COMPLETED", experiment_info=sources)
     with pytest.raises(UsageError, match="outside its base dir"):
         read_sources(NeverRead(), record)
+
+
+# --- on a store of five experiments: diff, show, metrics, artifact -----------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from mixed_store import record_mixed
+
+    folder = tmp_path_factory.mktemp("mixed")
+    record_mixed(str(folder / "runs"), artifact_dir=folder / "artifacts")
+    return str(folder / "runs")
+
+
+@pytest.fixture(scope="module")
+def mixed_tinydb(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from mixed_store import record_mixed
+
+    folder = tmp_path_factory.mktemp("mixed")
+    record_mixed(f"tinydb://{folder / 'db'}", artifact_dir=folder / "artifacts")
+    return f"tinydb://{folder / 'db'}"
+
+
+@pytest.fixture
+def mixed_mongo(mongo_url: str, tmp_path: Path) -> str:
+    from mixed_store import record_mixed
+
+    record_mixed(mongo_url, artifact_dir=tmp_path / "artifacts")
+    return mongo_url
+
+
+@pytest.fixture(params=["file", "tinydb", "mongo"])
+def mixed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store of every kind holding mixed_store's 12 runs; the first svm run has model.bin."""
+    monkeypatch.chdir(tmp_path)
+    return request.getfixturevalue(f"mixed_{request.param}")
+
+
+def ids_of(url: str, experiment: str, **kwargs: object) -> list[str]:
+    from expkit.runs import runs as find
+
+    return [
+        str(r.id)
+        for r in find(url, experiment=experiment, sort="start_time", descending=False, **kwargs)
+    ]
+
+
+def test_diff_tells_a_missing_key_from_null_and_flags_other_experiments(
+    mixed: str, capsys: pytest.CaptureFixture
+) -> None:
+    forest_default, forest_deep = ids_of(mixed, "exp_forest*")
+    knn = ids_of(mixed, "exp_knn*")[0]
+    assert runs("diff", forest_default, forest_deep, knn, "--store", mixed) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("different experiments: ")
+    assert "exp_forest.py::exp_forest" in out[1] and "exp_knn.py::exp_knn" in out[1]
+    max_depth = next(line for line in out if line.strip().startswith("max_depth"))
+    assert max_depth.split() == ["max_depth", "null", "8", "(missing)"]
+    assert runs("diff", forest_default, forest_deep, knn, "--store", mixed, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["max_depth"] == {forest_default: None, forest_deep: 8}
+    assert report["config"]["k"] == {knn: 3}
+    assert report["experiment"][knn] == "exp_knn.py::exp_knn"
+
+
+def test_diff_compares_metrics_last_min_max_and_the_first_step_that_differs(
+    mixed: str, capsys: pytest.CaptureFixture
+) -> None:
+    small, _, large = ids_of(mixed, "exp_svm*")  # C = 0.5 and C = 10
+    assert runs("diff", small, large, "--store", mixed, "--json") == 0
+    loss = json.loads(capsys.readouterr().out)["metrics"]["loss"]
+    assert loss["runs"][small] == {"points": 20, "last": 0.1, "min": 0.1, "max": 2.0}
+    assert loss["runs"][large]["last"] == pytest.approx(0.005)
+    assert loss["first_differing_step"] == {large: 0}
+    assert runs("diff", small, large, "--store", mixed) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("metrics:")
+    assert out[start + 2].split()[:4] == ["loss", "last", "0.1", "0.005"]
+    assert out[start + 6].split() == ["differs", "at", "step", "0"]
+    # Two runs of the same config log the same series: no metrics section then.
+    first, second = ids_of(mixed, "exp_forest*")
+    assert runs("diff", first, second, "--store", mixed) == 0
+    assert "metrics" in capsys.readouterr().out.splitlines()[-1]  # "same: ..., metrics, ..."
+
+
+def test_show_draws_a_sparkline_of_each_metric(mixed: str, capsys: pytest.CaptureFixture) -> None:
+    small = ids_of(mixed, "exp_svm*")[0]
+    assert runs("show", small, "--store", mixed) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(line for line in out if line.startswith("  loss:"))
+    assert line.startswith("  loss: 20 values, last 0.1, min 0.1, max 2  ")
+    spark = line.rsplit("  ", 1)[1]
+    assert len(spark) == 20 and spark[0] == "█" and spark[-1] == "▁"
+
+
+def test_sparkline_averages_long_series_into_its_width() -> None:
+    from expkit_plugins.runs import sparkline
+
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline(list(range(1000)), width=10) == "▁▂▃▃▄▅▆▆▇█"
+    assert sparkline([1, "x", 1]) == "▁ ▁"
+    assert sparkline([]) == ""
+
+
+def test_metrics_prints_every_step_and_csv(mixed: str, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import io
+
+    mlp = ids_of(mixed, "exp_mlp*")[0]
+    assert runs("metrics", mlp, "--store", mixed) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("loss (5 values)  ")
+    assert out[1].split() == ["step", "value", "time"]
+    assert [line.split()[:2] for line in out[2:]] == [
+        ["0", "2.002"], ["1", "1.001"], ["2", "0.667333"], ["3", "0.5005"], ["4", "0.4004"]
+    ]  # fmt: skip
+    assert runs("metrics", mlp, "loss", "--csv", "--store", mixed) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["metric"], int(r["step"]), float(r["value"])) for r in rows][:2] == [
+        ("loss", 0, 2.002),
+        ("loss", 1, 1.001),
+    ]
+    assert len(rows) == 5 and all(r["timestamp"].startswith("20") for r in rows)
+
+
+def test_metrics_of_an_unknown_name_says_which_there_are(
+    mixed: str, capsys: pytest.CaptureFixture
+) -> None:
+    mlp = ids_of(mixed, "exp_mlp*")[0]
+    assert runs("metrics", mlp, "los", "--store", mixed) == 4
+    err = capsys.readouterr().err
+    assert (
+        err == f"ERROR: run {mlp} has no metric 'los' (did you mean 'loss'?); its metrics: loss\n"
+    )
+
+
+def test_artifact_to_a_file_and_to_standard_output(
+    mixed: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    svm = ids_of(mixed, "exp_svm*")[0]
+    target = tmp_path / "got.bin"
+    assert runs("artifact", svm, "model.bin", "-o", str(target), "--store", mixed) == 0
+    assert target.read_bytes() == bytes(range(256))
+    assert capsys.readouterr().out == (
+        f"wrote artifact model.bin of run {svm} to {target} (256 bytes)\n"
+    )
+    proc = subprocess.run(
+        [EXPKIT, "runs", "artifact", svm, "model.bin", "--store", mixed],
+        capture_output=True, cwd=tmp_path, env=child_env(),
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, bytes(range(256)))
+    assert runs("artifact", svm, "model.pkl", "--store", mixed) == 4
+    assert capsys.readouterr().err == (
+        f"ERROR: run {svm} has no artifact 'model.pkl' (did you mean 'model.bin'?); "
+        "its artifacts: model.bin\n"
+    )
+
+
+def test_a_binary_artifact_is_not_written_to_a_terminal(mixed_file: str, tmp_path: Path) -> None:
+    svm = ids_of(mixed_file, "exp_svm*")[0]
+    args = ("runs", "artifact", svm, "model.bin", "--store", mixed_file)
+    code, out = run_in_terminal(*args, cwd=tmp_path)
+    assert code == 4
+    assert "\x00" not in out
+
+
+def test_tinydb_runs_are_named_by_a_prefix_on_the_command_line(
+    mixed_tinydb: str, capsys: pytest.CaptureFixture
+) -> None:
+    url = mixed_tinydb
+    knn = ids_of(url, "exp_knn*")[0]
+    assert len(knn) == 32
+    assert runs("list", "--experiment", "exp_knn*", "--store", url) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert knn[:8] in listed  # shown short
+    assert runs("show", knn[:8], "--store", url) == 0
+    assert capsys.readouterr().out.startswith(f"run {knn} of exp_knn.py::exp_knn in ")
+
+
+def test_o_is_refused_where_it_means_nothing(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert runs("list", "-o", "C=1") == 4
+    assert capsys.readouterr().err == (
+        "ERROR: expkit runs list takes no -o (it sets config entries of expkit run)\n"
+    )
+
+
+# --- help --------------------------------------------------------------------------------------
+
+
+def test_runs_help_lists_every_subcommand_with_its_options(store: Path) -> None:
+    proc = run_expkit("runs", "--help", cwd=store.parent)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for synopsis in ("list [FILTER ...]", "show ID", "diff ID ID [ID ...]", "rm ID [ID ...]",
+                     "export [FILTER ...]", "metrics ID [NAME]", "artifact ID NAME"):  # fmt: skip
+        assert re.search(rf"^  {re.escape(synopsis)} ", out, re.M), synopsis
+    for option in ("--columns", "--wide", "--csv", "--yes", "--output", "--sort"):
+        assert option in out
+    assert "metrics.loss<0.1" in out  # the filter grammar
+
+
+@pytest.mark.parametrize(
+    ("sub", "has", "lacks"),
+    [
+        ("list", ["--columns KEYS", "--wide", "A FILTER is KEY OP VALUE"], ["--csv", "--yes"]),
+        ("metrics", ["--csv", "--json"], ["--columns", "--yes"]),
+        ("artifact", ["--output FILE"], ["--csv"]),
+    ],
+)
+def test_each_subcommand_has_its_own_help(
+    store: Path, sub: str, has: list[str], lacks: list[str]
+) -> None:
+    proc = run_expkit("runs", sub, "--help", cwd=store.parent)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith(f"usage: expkit runs {sub} ")
+    assert all(text in proc.stdout for text in has), proc.stdout
+    assert not any(text in proc.stdout for text in lacks), proc.stdout
+    assert "--store URL" in proc.stdout
+
+
+def test_output_cut_short_by_a_pipe_is_no_error(tmp_path: Path) -> None:
+    from expkit import Experiment
+    from expkit_plugins.file_store import FileStorageObserver
+
+    ex = Experiment("long")
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+
+    @ex.main
+    def main(_run):
+        for step in range(20000):
+            _run.log_scalar("loss", 1 / (step + 1))
+
+    ex.run(options={"--capture": "sys"})
+    proc = subprocess.Popen(
+        [EXPKIT, "runs", "metrics", "1", "--csv", "--store", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=child_env(),
+    )  # fmt: skip
+    assert proc.stdout.readline() == b"metric,step,value,timestamp\n"
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy
 import pytest
-from cli_helpers import child_env, run_script
+from cli_helpers import child_env, only_run, run_expkit, run_script, write_project
 
-from expkit import Experiment, RunObserver
+from expkit import Experiment, Ingredient, RunObserver
 from expkit.errors import ConfigError
 from expkit.pluginmanager import create_plugin_manager
+from expkit.settings import SETTINGS
 
 QUIET = {"--capture": "sys", "--beat-interval": 0}
 SEED_DOC = "the random seed for this experiment"
@@ -205,11 +206,52 @@ def test_rnd_is_a_numpy_generator_seeded_with_the_calls_seed() -> None:
     assert value == numpy.random.default_rng(seed).random()
 
 
+def test_the_legacy_setting_makes_rnd_a_random_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SETTINGS.CONFIG, "NUMPY_RANDOM_LEGACY_API", True)
+    ex = Experiment("legacy", plugin_manager=create_plugin_manager())
+
+    @ex.main
+    def main(_seed, _rnd):
+        return _seed, type(_rnd), int(_rnd.randint(0, 100))  # Sacred's 06_randomness calls it
+
+    seed, kind, value = ex.run(options=QUIET).result
+    assert kind is numpy.random.RandomState
+    assert value == numpy.random.RandomState(seed).randint(0, 100)
+
+
 def test_calls_in_one_function_do_not_shift_another_functions_stream(ex: Experiment) -> None:
     plain = _result(ex, seed=9)
     busy = _result(ex, seed=9, extra_first_calls=5)
     assert busy["second"] == plain["second"]
     assert busy["first"] != plain["first"]
+
+
+def test_seeds_follow_the_function_name_not_the_experiment_name() -> None:
+    # Renaming the experiment (a module experiment's name is its node id, a path) keeps
+    # the numbers; a function of an ingredient has a stream of its own.
+    def build(name: str) -> Experiment:
+        data = Ingredient("dataset")
+
+        @data.capture
+        def load(_seed):
+            return _seed
+
+        ex = Experiment(name, ingredients=[data], plugin_manager=create_plugin_manager())
+
+        @ex.capture
+        def load(_seed):  # noqa: F811 - the same name as the ingredient's
+            return _seed
+
+        @ex.main
+        def main():
+            return [load(), data.captured_functions[0]()]
+
+        return ex
+
+    first = build("one").run(config_updates={"seed": 3}, options=QUIET).result
+    second = build("sub/exp_two.py::two").run(config_updates={"seed": 3}, options=QUIET).result
+    assert first == second
+    assert first[0] != first[1]
 
 
 SAME_NUMBERS = """
@@ -323,3 +365,68 @@ def test_a_bad_seed_on_the_script_command_line_is_one_error_line(tmp_path: Path)
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
     assert errors == ["ERROR: the config entry 'seed' must be an integer, not 1.5"]
+
+
+# --- seeds never depend on where the files lie -------------------------------------------
+
+MODULE_DRAWS = """\
+    import expkit
+
+
+    @expkit.fixture
+    def data(_seed, _rnd):
+        return [_seed, float(_rnd.random())]
+
+
+    def exp_draws(data, _seed, _rnd):
+        return {"fixture": data, "experiment": [_seed, float(_rnd.random())]}
+"""
+
+
+def test_module_experiment_draws_do_not_depend_on_folder_or_cwd(tmp_path: Path) -> None:
+    # The same file, run with the same seed from two folders and two working directories.
+    first = write_project(tmp_path / "one", {"studies/cv/exp_draws.py": MODULE_DRAWS})
+    write_project(tmp_path / "two", {"exp_draws.py": MODULE_DRAWS}, pyproject=None)
+    results = []
+    for cwd, target, store in (
+        (first, "studies/cv/exp_draws.py", tmp_path / "store-one"),
+        (tmp_path, "two/exp_draws.py", tmp_path / "store-two"),
+    ):
+        done = run_expkit("run", target, "--seed", "5", "--store", str(store), cwd=cwd)
+        assert done.returncode == 0, done.stdout + done.stderr
+        results.append(only_run(store))
+    assert results[0]["experiment"]["name"] != results[1]["experiment"]["name"]
+    assert results[0]["result"] == results[1]["result"]
+    fixture_seed, experiment_seed = (results[0]["result"][k][0] for k in ("fixture", "experiment"))
+    assert fixture_seed != experiment_seed  # each function still has a stream of its own
+
+
+SCRIPT_DRAWS = """\
+    import sys
+
+    from expkit import Experiment
+
+    ex = Experiment()
+
+
+    @ex.capture
+    def draw(_seed, _rnd):
+        return [_seed, float(_rnd.random())]
+
+
+    @ex.automain
+    def main():
+        return [draw(), draw()]
+"""
+
+
+def test_script_draws_do_not_depend_on_folder_or_cwd(tmp_path: Path) -> None:
+    write_project(tmp_path / "a/b", {"exp_s.py": SCRIPT_DRAWS}, pyproject=None)
+    write_project(tmp_path / "c", {"exp_s.py": SCRIPT_DRAWS}, pyproject=None)
+    results = []
+    for cwd, script in ((tmp_path, "a/b/exp_s.py"), (tmp_path / "c", "exp_s.py")):
+        store = cwd / "store"
+        proc = run_script(script, "with", "seed=11", "-F", str(store), cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        results.append(only_run(store)["result"])
+    assert results[0] == results[1]

@@ -177,12 +177,18 @@ def test_unobserved_writes_nothing(project: Path) -> None:
 )
 def test_capture_modes(project: Path, mode: str, expected: str) -> None:
     run = _run(project, "--capture", mode)
-    assert run["cout"] == expected
+    assert _printed(run["cout"]) == expected
+    # The run's INFO lines are kept though the terminal shows them only with -v.
+    assert ('Started run with ID "1"' in run["cout"]) == (mode != "no")
     assert run["meta"]["options"]["--capture"] == mode
 
 
+def _printed(cout: str) -> str:
+    return "".join(li for li in cout.splitlines(keepends=True) if not li.startswith("INFO - "))
+
+
 def test_capture_defaults_to_fd(project: Path) -> None:
-    assert _run(project)["cout"] == "py-out\nfd-out\n"
+    assert _printed(_run(project)["cout"]) == "py-out\nfd-out\n"
 
 
 def test_seed_is_recorded_and_fresh_otherwise(project: Path) -> None:
@@ -227,7 +233,10 @@ def test_exitfirst_stops_after_the_first_failure(tmp_path: Path) -> None:
     runs = stored_runs(tmp_path / "runs")
     assert [r["experiment"]["name"] for r in runs] == ["exp_a.py::exp_a", "exp_b.py::exp_b"]
     assert "exp_c.py::exp_c" not in proc.stdout.split("collected", 1)[1]
-    assert re.search(r"1 completed, 1 failed in \d+\.\d\ds", proc.stdout)
+    assert re.search(
+        r"^!+ stopping after 1 failure \(-x\): 1 experiment not run !+$", proc.stdout, re.M
+    )
+    assert re.search(r"1 failed, 1 completed in \d+\.\d\ds", proc.stdout)
 
 
 def test_quiet_drops_the_header_and_verbose_shows_the_log(project: Path) -> None:
@@ -375,11 +384,11 @@ def test_config_with_named_config(project: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["exp_values.py"], "node id"),
+        (["exp_values.py", "exp_values.py"], "one node id or file"),
         (["exp_values.py::exp_values", "-o", "gama=1"], "did you mean 'gamma'?"),
         (["exp_values.py::exp_values", "-w", "nope"], "'nope'"),
     ],
-    ids=["not-a-node-id", "unknown-key", "unknown-named-config"],
+    ids=["two-node-ids", "unknown-key", "unknown-named-config"],
 )
 def test_config_mistakes_are_one_line(project: Path, args: list[str], message: str) -> None:
     proc = run_expkit("config", *args, cwd=project)
@@ -399,11 +408,11 @@ def test_pyproject_store_and_capture(tmp_path: Path) -> None:
     proc = run_expkit("run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = only_run(tmp_path / "results")
-    assert run["cout"] == "py-out\n"
+    assert _printed(run["cout"]) == "py-out\n"
     assert not (tmp_path / "runs").exists()
     # The command line wins over the file.
     proc = run_expkit("run", "exp_values.py", "--capture", "fd", "--store", "cli", cwd=tmp_path)
-    assert only_run(tmp_path / "cli")["cout"] == "py-out\nfd-out\n"
+    assert _printed(only_run(tmp_path / "cli")["cout"]) == "py-out\nfd-out\n"
 
 
 def test_pyproject_store_is_relative_to_the_root(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
+from cli_helpers import run_expkit, stored_runs, write_project
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
@@ -114,33 +115,53 @@ def test_md5_of_a_missing_file_raises(tmp_path: Path) -> None:
 # --- sources ------------------------------------------------------------------
 
 
-def test_main_file_and_imported_local_modules_are_sources(
+def test_main_file_and_the_local_modules_it_imports_are_sources(
     tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
 ) -> None:
-    main = write(tmp_path / "exp_main.py", "import srcmod_helper\n")
-    helper = write(tmp_path / "srcmod_helper.py", "VALUE = 1\n")
+    main = write(
+        tmp_path / "exp_main.py",
+        "import srcmod_helper\nfrom srcmod_pkg import sub\n\ndef later():\n"
+        "    import srcmod_lazy\n",
+    )
+    helper = write(tmp_path / "srcmod_helper.py", "from srcmod_deep import VALUE\n")
+    write(tmp_path / "srcmod_deep.py", "VALUE = 1\n")
     write(tmp_path / "srcmod_pkg" / "__init__.py", "")
-    sub = write(tmp_path / "srcmod_pkg" / "sub.py", "y = 2\n")
-    write(tmp_path / "not_imported.py", "z = 3\n")
-    import_module(tmp_path, "srcmod_helper")
-    import_module(tmp_path, "srcmod_pkg.sub")
+    sub = write(tmp_path / "srcmod_pkg" / "sub.py", "from . import rel\n")
+    write(tmp_path / "srcmod_pkg" / "rel.py", "y = 2\n")
+    write(tmp_path / "srcmod_lazy.py", "")
+    write(tmp_path / "srcmod_other.py", "z = 3\n")  # imported, but by another experiment
+    write(tmp_path / "not_imported.py", "import srcmod_other\n")
+    for name in ("srcmod_helper", "srcmod_pkg.sub", "srcmod_lazy", "srcmod_other"):
+        import_module(tmp_path, name)
 
     found = info(experiment(tmp_path, main))["sources"]
 
     assert [s.name for s in found] == [
         "exp_main.py",
+        "srcmod_deep.py",
         "srcmod_helper.py",
+        "srcmod_lazy.py",
         os.path.join("srcmod_pkg", "__init__.py"),
+        os.path.join("srcmod_pkg", "rel.py"),
         os.path.join("srcmod_pkg", "sub.py"),
     ]
     by_name = {s.name: s for s in found}
     assert by_name["srcmod_helper.py"] == Source(
         name="srcmod_helper.py",
-        md5=hashlib.md5(b"VALUE = 1\n").hexdigest(),
+        md5=hashlib.md5(helper.read_bytes()).hexdigest(),
         path=os.path.realpath(helper),
     )
     assert by_name[os.path.join("srcmod_pkg", "sub.py")].path == os.path.realpath(sub)
     assert by_name["exp_main.py"].md5 == hashlib.md5(main.read_bytes()).hexdigest()
+
+
+def test_without_a_main_file_every_imported_local_module_is_a_source(
+    tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
+) -> None:
+    # An interactive experiment: nothing says what it imports.
+    write(tmp_path / "srcmod_any.py", "")
+    import_module(tmp_path, "srcmod_any")
+    assert [s.name for s in info(experiment(tmp_path))["sources"]] == ["srcmod_any.py"]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks")
@@ -248,6 +269,35 @@ def test_unknown_discovery_setting_is_a_usage_error(
     monkeypatch.setattr(SETTINGS, "DISCOVER_SOURCES", "everything")
     with pytest.raises(UsageError, match=r"SETTINGS\.DISCOVER_SOURCES is 'everything'"):
         info(experiment(tmp_path))
+
+
+@pytest.mark.slow
+def test_each_run_of_a_session_records_its_own_sources_and_packages(tmp_path: Path) -> None:
+    # Two experiment files in one folder, run in one session: each run keeps its own file,
+    # the local modules it imports and the expconf.py its config comes from, nothing else.
+    root = write_project(
+        tmp_path / "proj",
+        {
+            "expconf.py": "import expkit\n\n@expkit.config\ndef shared():\n    scale = 2\n",
+            "exp_a.py": "import pluggy\nimport helper_a\n\ndef exp_a(scale):\n"
+            "    return helper_a.VALUE * scale\n",
+            "helper_a.py": "VALUE = 1\n",
+            "exp_b.py": "from helper_b import VALUE\n\ndef exp_b(scale):\n"
+            "    return VALUE * scale\n",
+            "helper_b.py": "VALUE = 3\n",
+        },
+    )
+    done = run_expkit("run", "exp_a.py", "exp_b.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = {r["experiment"]["name"]: r for r in stored_runs(root / "runs")}
+    a, b = runs["exp_a.py::exp_a"], runs["exp_b.py::exp_b"]
+    assert [s[0] for s in a["experiment"]["sources"]] == ["exp_a.py", "expconf.py", "helper_a.py"]
+    assert [s[0] for s in b["experiment"]["sources"]] == ["exp_b.py", "expconf.py", "helper_b.py"]
+    assert any(d.startswith("pluggy==") for d in a["experiment"]["dependencies"])
+    assert not any(d.startswith("pluggy==") for d in b["experiment"]["dependencies"])
+    # What b recorded is enough to run it again.
+    again = run_expkit("rerun", b["_dir"], "--check", cwd=root)
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 # --- dependencies -------------------------------------------------------------

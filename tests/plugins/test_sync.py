@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from cli_helpers import child_env, run_expkit
 
 import expkit
-from expkit.delivery import GuardedStore
+from expkit.delivery import GuardedStore, SpooledRun
 from expkit_plugins.file_store import FileStorageObserver, read_run
 
 T0 = datetime.datetime(2024, 5, 1, 12, 0, 0, 0)
@@ -217,3 +218,73 @@ def test_sync_from_the_command_line(here: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("1 delivered, 0 still spooled\n")
     assert_delivered(here / "runs", "1", "typed")
+
+
+# --- runs no store can take (issue 10, point 6) -------------------------------------------
+
+
+def test_an_undeliverable_run_is_listed_and_tried_only_when_named(
+    here: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kept = spool_run(here / "runs", "huge")
+    (here / "runs").unlink()
+    SpooledRun(kept).mark_undeliverable("the store refused its started_event: ValueError: big")
+    assert sync("spool", "runs") == 1
+    out = capsys.readouterr().out.splitlines()
+    shown = kept.relative_to(here)  # as reached from the folder given
+    assert out == [
+        f"undeliverable: {shown}: the store refused its started_event: ValueError: big; "
+        f"to try it again: expkit sync {shown} STORE",
+        "0 delivered, 1 still spooled",
+    ]
+    assert not (here / "runs").exists()  # not tried
+
+    assert sync(str(kept), "tinydb://db") == 0  # named: tried, and another store takes it
+    assert capsys.readouterr().out.endswith("1 delivered, 0 still spooled\n")
+    assert not kept.exists()
+    tables = json.loads((here / "db" / "metadata.json").read_text())
+    [doc] = tables["runs"].values()
+    assert (doc["status"], doc["result"], doc["config"]) == ("COMPLETED", "huge", {"tag": "huge"})
+
+
+def test_a_run_a_store_refuses_is_marked_and_said_so_in_one_line(
+    here: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kept = spool_run(here / "runs", "x")
+    (here / "runs").unlink()
+    events = kept / "events.jsonl"
+    first, *rest = events.read_text().splitlines()
+    entry = json.loads(first)
+    entry["kwargs"]["config"] = {"n": {"$int": hex(10**5000)}}  # an int json cannot write
+    events.write_text("\n".join([json.dumps(entry), *rest]) + "\n")
+    assert sync(str(kept), "runs") == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2, out
+    assert out[0].startswith(f"not delivered: {kept.name}: the store refused its started_event: ")
+    assert out[0].endswith("(marked undeliverable)")
+    assert "Exceeds the limit" in SpooledRun(kept).failed
+
+
+def test_sync_never_resumes_a_run_into_another_that_took_its_id(
+    here: Path, capsys: pytest.CaptureFixture
+) -> None:
+    runs = here / "runs"
+    guard = GuardedStore(FileStorageObserver(runs), "runs")
+    ex_info = {"name": "demo", "base_dir": str(here), "sources": [], "mainfile": None}
+    start = {"ex_info": ex_info, "command": "main", "host_info": {}, "config": {"tag": "mine"}}
+    guard.call("started_event", {**start, "start_time": T0, "meta_info": {}, "_id": None})
+    (runs / "1").rename(here / "gone")  # the store loses run 1 ...
+    guard.call("completed_event", {"stop_time": T1, "result": "mine"})
+    guard.finish()
+    # ... and another run, started later, is given id 1 there.
+    other = FileStorageObserver(runs)
+    other.started_event(
+        **{**start, "config": {"tag": "other"}}, start_time=T1, meta_info={}, _id=None
+    )
+    assert sync("spool", "runs") == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("to runs as run 2")
+    assert read_run(runs, "1")["config"] == {"tag": "other"}
+    assert (read_run(runs, "2")["config"], read_run(runs, "2")["result"]) == (
+        {"tag": "mine"},
+        "mine",
+    )

@@ -4,6 +4,7 @@ server of ``EXPKIT_TEST_MONGO_URL``)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import expkit
 from expkit.observers import RunObserver
 from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
+from expkit.store import open_reader
 from expkit_plugins.file_store import FileStorageObserver
 from expkit_plugins.sync import replay_record
 
@@ -36,7 +38,7 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def read_all(url: str) -> dict[str, RunRecord]:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=url)
+    reader = open_reader(get_plugin_manager(), url)
     try:
         return {str(r.id): reader.get_run(r.id) for r in reader.list_runs()}
     finally:
@@ -45,7 +47,7 @@ def read_all(url: str) -> dict[str, RunRecord]:
 
 
 def source_bytes(url: str, run_id: object, name: str) -> bytes:
-    return get_plugin_manager().hook.expkit_reader_for_url(url=url).read_source(run_id, name)
+    return open_reader(get_plugin_manager(), url).read_source(run_id, name)
 
 
 def assert_copied(src: RunRecord, dst: RunRecord, same_base: bool = True) -> None:
@@ -59,25 +61,34 @@ def assert_copied(src: RunRecord, dst: RunRecord, same_base: bool = True) -> Non
         assert dst.experiment_info["base_dir"] == src.experiment_info["base_dir"]
 
 
+def by_origin(url: str) -> dict[str, RunRecord]:
+    """The runs of ``url`` by the id of the run each is a copy of."""
+    return {str(r.meta["synced_from"]["id"]): r for r in read_all(url).values()}
+
+
 def test_file_to_tinydb_twice_copies_once(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     dst = f"tinydb://{tmp_path / 'db'}"
     assert expkit.main(["sync", str(source), dst]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "1 -> 1",
-        "2 -> 2",
+    out = capsys.readouterr().out.splitlines()
+    copied = by_origin(dst)
+    # TinyDB names its runs by uuids: the copies get uuids, not the file store's numbers.
+    assert out == [
+        f"1 -> {copied['1'].id}",
+        f"2 -> {copied['2'].id}",
         f"2 copied, 0 already in {dst}",
     ]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", str(r.id)) for r in copied.values())
     assert expkit.main(["sync", str(source), dst]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 2 already in {dst}"
-    src, copied = read_all(str(source)), read_all(dst)
-    assert sorted(copied) == ["1", "2"]
+    src = read_all(str(source))
+    assert sorted(copied) == ["1", "2"] and len(read_all(dst)) == 2
     for run_id in src:
         assert_copied(src[run_id], copied[run_id])
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
-    assert reader.read_artifact("2", "model.txt") == b"weights"
-    assert reader.read_source("2", "exp.py") == b"x = 2\n"
+    reader = open_reader(get_plugin_manager(), dst)
+    assert reader.read_artifact(copied["2"].id, "model.txt") == b"weights"
+    assert reader.read_source(copied["2"].id, "exp.py") == b"x = 2\n"
 
 
 def test_tinydb_to_file_and_back_makes_no_duplicates(
@@ -88,13 +99,28 @@ def test_tinydb_to_file_and_back_makes_no_duplicates(
     (tmp_path / "a" / "exp.py").write_text("x = 'changed since'\n")
     assert expkit.main(["sync", db, str(tmp_path / "copy")]) == 0
     copied = read_all(str(tmp_path / "copy"))
-    assert_copied(read_all(db)["1"], copied["1"], same_base=False)
+    # The file store numbers its runs: uuids from TinyDB become numbers.
+    assert sorted(copied) == ["1", "2"]
+    first = copied["1"]
+    assert_copied(read_all(db)[first.meta["synced_from"]["id"]], first, same_base=False)
     # The source changed on disk: the stored one is copied, from a folder of its own.
     assert source_bytes(str(tmp_path / "copy"), "1", "exp.py") == b"x = 1\n"
     capsys.readouterr()
     assert expkit.main(["sync", str(tmp_path / "copy"), str(source)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 2 already in {source}"
     assert sorted(read_all(str(source))) == ["1", "2"]
+
+
+def test_tinydb_runs_synced_to_mongo_get_numbers_and_mongo_numbers_on(
+    source: Path, tmp_path: Path, mongo_url: str, capsys: pytest.CaptureFixture
+) -> None:
+    db = f"tinydb://{tmp_path / 'db'}"
+    assert expkit.main(["sync", str(source), db]) == 0
+    assert expkit.main(["sync", db, mongo_url]) == 0
+    assert sorted(read_all(mongo_url)) == ["1", "2"]  # Omniboard needs numeric ids
+    store_run(tmp_path / "more", tmp_path / "d", {"C": 3}, 0.2)
+    assert expkit.main(["sync", str(tmp_path / "more"), mongo_url]) == 0
+    assert capsys.readouterr().out.splitlines()[-2] == "1 -> 3"
 
 
 def test_ids_taken_in_the_destination_get_new_ones(
@@ -136,13 +162,13 @@ def test_resources_keep_the_path_the_run_read(
     original = str(tmp_path / "data.csv")
     for _ in range(2):
         assert expkit.main(["sync", str(source), dst]) == 0
-        copied = read_all(dst)
-        assert sorted(copied) == ["1", "2"]
+        assert len(read_all(dst)) == 2
+        copied = {str(r.config["C"]): r for r in read_all(dst).values()}
         assert copied["2"].resources == ((original, hashlib.md5(DATA).hexdigest()),)
         assert copied["1"].resources == ()
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=dst)
+    reader = open_reader(get_plugin_manager(), dst)
     try:
-        assert reader.read_resource("2", original) == DATA
+        assert reader.read_resource(copied["2"].id, original) == DATA
     finally:
         if hasattr(reader, "close"):
             reader.close()
@@ -159,7 +185,7 @@ class SacredStyleObserver(RunObserver):
 
 
 def test_an_observer_written_for_sacred_still_gets_the_resource_file(source: Path) -> None:
-    reader = get_plugin_manager().hook.expkit_reader_for_url(url=str(source))
+    reader = open_reader(get_plugin_manager(), str(source))
     observer = SacredStyleObserver()
     replay_record(reader, reader.get_run("2"), observer)
     assert observer.resources == [("data.csv", DATA)]

@@ -95,7 +95,8 @@ def test_a_single_run_has_no_progress_count(project: Path) -> None:
 def test_closing_summary_line(project: Path) -> None:
     proc = run_expkit("run", cwd=project)
     last = proc.stdout.splitlines()[-1]
-    assert re.fullmatch(r"=+ 3 completed, 1 failed in \d+\.\d\ds =+", last), last
+    # pytest's order: failures first.
+    assert re.fullmatch(r"=+ 1 failed, 3 completed in \d+\.\d\ds =+", last), last
     ok = run_expkit("run", "exp_a.py", cwd=project).stdout.splitlines()[-1]
     assert re.fullmatch(r"=+ 2 completed in \d+\.\d\ds =+", ok), ok
 
@@ -132,7 +133,7 @@ def test_colour_on_a_terminal(project: Path) -> None:
     assert code == 1
     assert re.search(r"\x1b\[32m\[1/4\] exp_a\.py::exp_double  COMPLETED .*\x1b\[0m", out), out
     assert re.search(r"\x1b\[31m\[3/4\] sub/exp_b\.py::exp_broken  FAILED .*\x1b\[0m", out), out
-    assert re.search(r"\x1b\[31m=+ 3 completed, 1 failed in", out)
+    assert re.search(r"\x1b\[31m=+ 1 failed, 3 completed in", out)
 
 
 def test_the_experiments_own_output_is_shown(project: Path) -> None:
@@ -145,3 +146,92 @@ def test_collected_line_counts_deselected(project: Path) -> None:
     assert "collected 4 experiments / 3 deselected" in proc.stdout.splitlines()
     last = proc.stdout.splitlines()[-1]
     assert re.fullmatch(r"=+ 1 completed, 3 deselected in \d+\.\d\ds =+", last), last
+
+
+def test_results_are_plain_values(tmp_path: Path) -> None:
+    project = write_project(
+        tmp_path,
+        {
+            "exp_np.py": """\
+                import numpy as np
+
+                def exp_score():
+                    return np.float64(0.97)
+
+                def exp_scores():
+                    return {"acc": np.float64(0.5), "name": np.str_("svm"), "n": np.int64(3)}
+                """
+        },
+    )
+    proc = run_expkit("run", "-u", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "np.float64" not in proc.stdout and "np.str_" not in proc.stdout
+    assert "exp_np.py::exp_score  COMPLETED" in proc.stdout
+    assert re.search(r"exp_score  COMPLETED  \d+\.\d\ds  result=0\.97$", proc.stdout, re.M)
+    assert "result={'acc': 0.5, 'name': 'svm', 'n': 3}" in proc.stdout
+
+
+def test_exitfirst_says_how_many_experiments_it_did_not_run(project: Path) -> None:
+    proc = run_expkit("run", "sub/exp_b.py", "exp_a.py", "-x", cwd=project)
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"!+ stopping after 1 failure \(-x\): 3 experiments not run !+", lines[-2])
+    assert re.fullmatch(r"=+ 1 failed in \d+\.\d\ds =+", lines[-1]), lines[-1]
+
+
+# --- where the runs went, per store (issue 10, point 3) -------------------------------------
+
+
+def test_the_closing_lines_say_per_store_where_each_run_went() -> None:
+    from expkit.delivery import StoreOutcome
+    from expkit.nodes import RunReport
+    from expkit_plugins.terminal import store_lines
+
+    mongo = "mongodb://me:***@db.lab/exp"
+    reports = [
+        RunReport(
+            "exp_a.py::exp_one",
+            "COMPLETED",
+            1.0,
+            run_id="1",
+            stored=(
+                StoreOutcome("runs", "stored", run_id="1"),
+                StoreOutcome(mongo, "spooled", folder="/spool/MongoObserver-ab"),
+            ),
+        ),
+        RunReport(
+            "exp_a.py::exp_two",
+            "COMPLETED",
+            1.0,
+            run_id="2",
+            stored=(
+                StoreOutcome(mongo, "stored", run_id=7),
+                StoreOutcome(
+                    "runs", "undeliverable", folder="/spool/F-1/20261202", reason="it refused"
+                ),
+            ),
+        ),
+        RunReport(
+            "exp_a.py::exp_three",
+            "FAILED",
+            1.0,
+            stored=(StoreOutcome("db\x1b[2J", "lost", reason="disk full; spool unwritable"),),
+        ),
+    ]
+    assert store_lines(reports, ["runs", "mongodb://me:secret@db.lab/exp"]) == [
+        "stored 1 run(s) in runs: id 1",
+        "not stored in runs: it refused; kept in /spool/F-1/20261202",
+        "stored 1 run(s) in mongodb://me:***@db.lab/exp: id 7",
+        "spooled 1 run(s) for mongodb://me:***@db.lab/exp (not stored yet); deliver with: "
+        "expkit sync /spool/MongoObserver-ab 'mongodb://me:***@db.lab/exp' "
+        "(the password in place of ***)",
+        "not stored in db\\x1b[2J, and lost: disk full; spool unwritable",
+    ]
+
+
+def test_the_closing_line_never_shows_a_password(tmp_path: Path) -> None:
+    write_project(tmp_path, PROJECT)
+    url = "tinydb://me:Pw-77-secret@db"  # a path that looks like a URL with a password
+    proc = run_expkit(
+        "run", "exp_a.py::exp_double", "--store", "runs", "--store", url, cwd=tmp_path
+    )
+    assert "Pw-77-secret" not in proc.stdout + proc.stderr

@@ -31,6 +31,19 @@ def main(n, _run):
     return n * 3
 """
 
+MODULE_EXPERIMENT = """
+import expkit
+
+
+@expkit.config
+def cfg():
+    n = 2
+
+
+def exp_mem(n, _rnd):
+    return n * 3 + int(_rnd.integers(100))
+"""
+
 SCRIPT = (
     EXPERIMENT.replace("from expkit import Experiment", "import os\nfrom expkit import Experiment")
     + """
@@ -184,3 +197,57 @@ def test_a_third_party_store_that_fails_is_spooled_and_synced_like_any_other(
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert synced.stdout.endswith("1 delivered, 0 still spooled\n")
     assert_one_complete_run(target)
+
+
+# --- a store on the store layer: written, and read back by every command --------------------
+
+
+def test_a_store_backend_is_written_and_read_back_by_expkit_runs(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    url = f"jsonstore://{tmp_path / 'js'}"
+    done = run_expkit("run", exp_file.name, "--store", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [doc] = (tmp_path / "js").glob("*.json")
+    run_id = doc.stem
+
+    listed = run_expkit("runs", "list", "--store", url, cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    # A uuid is listed by its first 8 characters, the one experiment in the last line.
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(run_id[:8] + " ")]
+    assert row.split()[1] == "COMPLETED"
+    assert listed.stdout.splitlines()[-1] == f"1 run of mem in {url}"
+
+    shown = run_expkit("runs", "show", run_id, "--store", url, cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "result:     6" in shown.stdout
+    assert "loss: 2 values, last 0.25" in shown.stdout
+    assert "n is 2" in shown.stdout  # the captured output came back
+
+
+def test_a_store_backend_is_rerun_and_synced_like_a_built_in_one(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    url = f"jsonstore://{tmp_path / 'js'}"
+    module = tmp_path / "exp_module.py"
+    module.write_text(MODULE_EXPERIMENT)
+    assert run_expkit("run", module.name, "--store", url, cwd=tmp_path, env=env).returncode == 0
+    [doc] = (tmp_path / "js").glob("*.json")
+
+    rerun = run_expkit("rerun", doc.stem, "--check", "--store", url, cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "result: identical" in rerun.stdout
+    assert len(list((tmp_path / "js").glob("*.json"))) == 2  # the re-run is stored there too
+
+    synced = run_expkit("sync", url, str(tmp_path / "copy"), cwd=tmp_path, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    copied = run_expkit("runs", "list", "--store", str(tmp_path / "copy"), cwd=tmp_path, env=env)
+    assert copied.stdout.count("COMPLETED") == 2
+
+
+def test_the_known_schemes_include_a_store_backends(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    done = run_expkit("run", exp_file.name, "--store", "nowhere://x", cwd=tmp_path, env=env)
+    assert done.returncode == 4
+    assert "jsonstore://" in done.stderr and "sqlite://" in done.stderr

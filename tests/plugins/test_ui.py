@@ -384,12 +384,12 @@ def test_compare_shows_config_result_and_source_differences(server, store):
     a, b = ids["plain"]
     report = server.get_json(f"/api/compare?run={a}&run={b}")
     assert report["runs"] == [a, b]
-    assert report["config"]["C"] == [1.0, 10.0]
-    assert report["config"]["kernel"] == ["rbf", "linear"]
+    assert report["config"]["C"] == {a: 1.0, b: 10.0}  # as `expkit runs diff --json`
+    assert report["config"]["kernel"] == {a: "rbf", b: "linear"}
     table = {row["key"]: row for row in report["config_table"]}
     assert table["steps"] == {"key": "steps", "values": [200, 200], "differs": False}
     assert report["results"] == [0.85, 0.9727]
-    assert report["metrics"] == ["accuracy", "loss"]
+    assert report["metric_names"] == ["accuracy", "loss"]
     assert report["sources"] == {}
     status, _, body = server.request("GET", f"/api/compare?run={a}")
     assert status == 400 and b"two or more runs" in body
@@ -535,17 +535,16 @@ def _listening_addresses(port: int) -> set[str]:
 # --- every store with a reader ------------------------------------------------------------------
 
 
-def test_tinydb_and_mongo_stores_are_shown_and_edited(tmp_path, mongo_url):
+def test_tinydb_sql_and_mongo_stores_are_shown_and_edited(tmp_path, mongo_url):
     from expkit import Experiment
+    from expkit.pluginmanager import get_plugin_manager
+    from expkit.run import store_for_url
     from expkit.runs import get_run
-    from expkit_plugins.mongo_store import expkit_store_for_url
 
-    tinydb_url = f"tinydb://{tmp_path / 'db'}"
-    for url in (tinydb_url, mongo_url):
+    urls = [f"tinydb://{tmp_path / 'db'}", f"sqlite:///{tmp_path / 'runs.db'}", mongo_url]
+    for url in urls:
         ex = Experiment("elsewhere")
-        ex.observers.append(
-            expkit_store_for_url(url=url) if url == mongo_url else _tinydb_store(tmp_path / "db")
-        )
+        ex.observers.append(store_for_url(get_plugin_manager(), url))
         ex.add_config(lr=0.5)
 
         @ex.main
@@ -556,14 +555,15 @@ def test_tinydb_and_mongo_stores_are_shown_and_edited(tmp_path, mongo_url):
             return lr
 
         ex.run(options={"--capture": "sys"})
-    with UiServer("--store", tinydb_url, "--store", mongo_url, cwd=tmp_path) as ui:
+    with UiServer(*(a for url in urls for a in ("--store", url)), cwd=tmp_path) as ui:
         stores = ui.get_json("/api/stores")
         assert [(s["index"], s["editable"], s["runs"]) for s in stores] == [
             (0, True, 1),
             (1, True, 1),
+            (2, True, 1),
         ]
-        assert "***" in stores[1]["url"]  # the password is not shown
-        for index, url in enumerate((tinydb_url, mongo_url)):
+        assert "***" in stores[2]["url"]  # the password is not shown
+        for index, url in enumerate(urls):
             row = ui.get_json(f"/api/runs?store={index}")["rows"][0]
             assert (row["experiment"], row["result"]) == ("elsewhere", 0.5)
             run_id = row["id"]
@@ -580,13 +580,7 @@ def test_tinydb_and_mongo_stores_are_shown_and_edited(tmp_path, mongo_url):
             path = f"/api/runs/{run_id}?store={index}"
             assert ui.request("PATCH", path, edit, ui.write_headers())[0] == 200
             assert get_run(url, run_id).meta["comment"] == f"kept in store {index}"
-        assert ui.request("GET", "/api/runs?store=2")[0] == 404
-
-
-def _tinydb_store(path):
-    from expkit.observers import TinyDbObserver
-
-    return TinyDbObserver(str(path))
+        assert ui.request("GET", "/api/runs?store=3")[0] == 404
 
 
 def test_nan_and_infinity_are_sent_as_json_a_browser_parses(tmp_path):

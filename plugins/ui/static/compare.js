@@ -17,7 +17,7 @@ const charts = document.getElementById("charts");
 const panels = [];
 if (charts) {
   document.getElementById("chart-controls").append(smoothingControl());
-  for (const name of report.metrics) {
+  for (const name of report.metric_names) {
     const sources = report.runs.map((id) => ({
       label: `run ${id}`,
       url: (params) => apiRun(store, id, "/metrics", params),
