@@ -336,13 +336,15 @@ def main(_run):
     for i in range(20):
         print(f"line {i}", flush=True)
         _run.log_scalar("progress", i, i)
-        time.sleep(0.2)
+        time.sleep(0.3)
     return "done"
 """
 
 
 def test_a_running_run_is_followed_until_it_ends(page, tmp_path):
-    write_project(tmp_path, {"live.py": LIVE_EXPERIMENT}, pyproject="beat_interval = 0.2\n")
+    # Stores write at most about once a second: a beat of 1 s keeps the run from looking
+    # dead (three beats without news) between two writes.
+    write_project(tmp_path, {"live.py": LIVE_EXPERIMENT}, pyproject="beat_interval = 1.0\n")
     proc = subprocess.Popen(
         [EXPKIT, "run", "live.py"], cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL
     )
