@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from expkit.commandline import cli_option
     from expkit.experiment import Experiment, Ingredient
-    from expkit.module import config, fixture, named_config
+    from expkit.module import config, fixture, named_config, parametrize
     from expkit.observers import RunObserver
     from expkit.run import IgnoreHostInfo, Run, host_info_gatherer, host_info_getter
     from expkit.settings import SETTINGS
@@ -41,6 +41,7 @@ _LAZY = {
     "config": "expkit.module",
     "fixture": "expkit.module",
     "named_config": "expkit.module",
+    "parametrize": "expkit.module",
     "RunObserver": "expkit.observers",
     "IgnoreHostInfo": "expkit.run",
     "Run": "expkit.run",
@@ -111,4 +112,5 @@ __all__ = [
     "host_info_getter",
     "main",
     "named_config",
+    "parametrize",
 ]

@@ -134,6 +134,7 @@ def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
 # Options of the built-in plugins that take a value, which is not a path to search from.
 _TAKES_VALUE = frozenset(
     {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
+    | {"--sweep", "--samples", "-n", "--numprocesses", "--dask", "--objective"}
     | {"--host", "--port"}
 )
 
@@ -166,44 +167,56 @@ def output_closed() -> ExitCode:
     return ExitCode.OK
 
 
+def make_config(args: list[str], plugins: Any = (), invocation_dir: Path | None = None) -> Config:
+    """Load the plugins and parse ``args`` (the command first) as if typed in ``invocation_dir``.
+
+    The plugins are not configured yet (``expkit_configure``). Workers of a parallel session
+    make their config this way from the command line the user typed.
+    """
+    command, rest = _split_command(args)
+    invocation_dir = invocation_dir or Path.cwd()
+    rootdir, inifile = find_rootdir(_positional(rest), invocation_dir)
+    settings = load_settings(inifile)
+    early, blocked = _prescan_plugins(rest)
+    pm = create_plugin_manager(
+        blocked=[*settings.blocked_plugins, *blocked],
+        early=[*settings.enabled_plugins, *early],
+        plugins=plugins,
+        command=True,
+    )
+    parser = Parser()
+    parser.addoption(
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load plugin NAME early; -p no:NAME blocks it",
+    )
+    pm.hook.expkit_addoption.call_historic(kwargs={"parser": parser})
+    option = parser.parse(rest)
+    return Config(
+        command=command,
+        args=rest,
+        option=option,
+        rootdir=rootdir,
+        inifile=inifile,
+        settings=settings,
+        pluginmanager=pm,
+        invocation_dir=invocation_dir,
+        parser=parser,
+    )
+
+
 def main(args: list[str] | None = None, plugins: Any = ()) -> int:
     """Run the ``expkit`` command line with ``args``; return the exit code."""
     args = list(sys.argv[1:] if args is None else args)
     installed, previous = False, None
     try:
-        command, rest = _split_command(args)
-        rootdir, inifile = find_rootdir(_positional(rest), Path.cwd())
-        settings = load_settings(inifile)
-        early, blocked = _prescan_plugins(rest)
-        pm = create_plugin_manager(
-            blocked=[*settings.blocked_plugins, *blocked],
-            early=[*settings.enabled_plugins, *early],
-            plugins=plugins,
-            command=True,
-        )
+        config = make_config(args, plugins)
+        pm = config.pluginmanager
+        command = config.command
         previous, installed = set_plugin_manager(pm), True
-        parser = Parser()
-        parser.addoption(
-            "-p",
-            dest="plugins",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="load plugin NAME early; -p no:NAME blocks it",
-        )
-        pm.hook.expkit_addoption.call_historic(kwargs={"parser": parser})
-        option = parser.parse(rest)
-        config = Config(
-            command=command,
-            args=rest,
-            option=option,
-            rootdir=rootdir,
-            inifile=inifile,
-            settings=settings,
-            pluginmanager=pm,
-            invocation_dir=Path.cwd(),
-            parser=parser,
-        )
         pm.hook.expkit_configure.call_historic(kwargs={"config": config})
         try:
             code = pm.hook.expkit_cmdline_main(config=config)

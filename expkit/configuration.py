@@ -343,7 +343,12 @@ class ConfigScope:
             config.setdefault("__doc__", self.scope_doc)
         defined = set(defaults)
         for key in self.assigned:
-            if key in config and key not in fixed:
+            if key in config and key in fixed:
+                # The scope sets it too; a value equal to the update (the same shared object,
+                # an int or a short string) left no default behind, but is no new entry.
+                if not isinstance(config[key], dict):
+                    defined.add(key)
+            elif key in config:
                 value = config[key]
                 if isinstance(value, dict) and value:
                     defined.update(path for path, _ in flatten(value, key))

@@ -421,9 +421,11 @@ class Experiment(Ingredient):
         """The current run's ``info`` dict."""
         return self._run_or_fail().info
 
-    def log_scalar(self, name: str, value: Any, step: int | None = None) -> None:
-        """Log a metric value of the current run."""
-        self._run_or_fail().log_scalar(name, value, step)
+    def log_scalar(
+        self, name: str, value: Any, step: int | None = None, *, total: int | None = None
+    ) -> None:
+        """Log a metric value of the current run (``total``: steps in all, for a progress bar)."""
+        self._run_or_fail().log_scalar(name, value, step, total=total)
 
     def add_artifact(
         self,

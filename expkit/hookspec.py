@@ -103,6 +103,20 @@ def expkit_runtestloop(session: Any) -> bool | None:
 
 
 @hookspec
+def expkit_run_logstart(nodeid: str) -> None:
+    """The item ``nodeid`` starts running, in this process or on a worker."""
+
+
+@hookspec
+def expkit_run_livestatus(status: Any) -> None:
+    """News from an item running on a worker: ``status`` is a :class:`expkit.nodes.LiveStatus`.
+
+    The worker loops (``-n``, ``--dask``) call it about once a second per running item;
+    progress displays show it.
+    """
+
+
+@hookspec
 def expkit_run_logreport(report: Any) -> None:
     """An item finished: ``report`` is a :class:`expkit.nodes.RunReport`."""
 

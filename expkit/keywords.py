@@ -5,7 +5,10 @@ Grammar::
     expr     := and_expr ('or' and_expr)*
     and_expr := not_expr ('and' not_expr)*
     not_expr := 'not' not_expr | '(' expr ')' | ident
-    ident    := a run of word characters and  : + - . [ ] \\ /
+    ident    := a run of word characters and  : + - . [ ] \\ / =
+
+``=`` is allowed besides pytest's characters so that sweep points can be picked by
+their values: ``-k "C=0.1 and kernel=rbf"``.
 
 An identifier matches when it is a case-insensitive substring of any of the names given to
 :meth:`KeywordExpression.matches`.
@@ -25,7 +28,7 @@ __all__ = ["KeywordExpression", "compile_keyword_expression"]
 # A compiled expression: given "does this identifier match?", answer for the whole expression.
 _Node = Callable[[Callable[[str], bool]], bool]
 
-_IDENT = re.compile(r"[\w:+\-.\[\]\\/]+")
+_IDENT = re.compile(r"[\w:+\-.\[\]\\/=]+")
 _KEYWORDS = frozenset({"and", "or", "not"})
 _END = "end of input"
 # Each nesting level costs a few Python frames while parsing; stop well before the recursion limit.

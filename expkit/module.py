@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
 import attrs
 
 from expkit.captured import SPECIAL_NAMES, capture, captured_state
-from expkit.configuration import ConfigScope
+from expkit.configuration import ConfigDict, ConfigScope
 from expkit.errors import ConfigError
 from expkit.experiment import Experiment
 
@@ -54,6 +54,48 @@ def fixture(function: Callable | None = None, *, name: str | None = None) -> Any
     if function is None:
         return lambda f: fixture(f, name=name)
     return Fixture(name or function.__name__, function)
+
+
+@attrs.frozen
+class Parametrize:
+    """The values ``@expkit.parametrize`` gives one or more config entries."""
+
+    names: tuple[str, ...]
+    values: tuple[tuple, ...]  # one tuple per point, a value per name
+
+
+def parametrize(argnames: str | Sequence[str], argvalues: Iterable[Any]) -> Callable:
+    """Decorator: run a module experiment once per value of a config entry, as pytest does.
+
+    ``@expkit.parametrize("C", [0.1, 1, 10])``; several names take tuples of values,
+    zipped (``@expkit.parametrize("C, gamma", [(1, 0.1), (10, 0.01)])``). Stacked
+    decorators give their product; the one nearest the function varies slowest.
+    """
+    names = tuple(
+        n.strip() for n in (argnames.split(",") if isinstance(argnames, str) else argnames)
+    )
+    if not names or any(not all(p.isidentifier() for p in n.split(".")) for n in names):
+        raise ConfigError(f"parametrize: {argnames!r} is not a config key or a list of them")
+    rows = []
+    for value in argvalues:
+        if len(names) == 1:
+            rows.append((value,))
+            continue
+        if not isinstance(value, (tuple, list)) or len(value) != len(names):
+            raise ConfigError(
+                f"parametrize({argnames!r}, ...): each value must be a tuple of {len(names)} "
+                f"values, one per name; got {value!r}"
+            )
+        rows.append(tuple(value))
+    if not rows:
+        raise ConfigError(f"parametrize({argnames!r}, ...) has no values")
+    mark = Parametrize(names, tuple(rows))
+
+    def decorate(function: Callable) -> Callable:
+        function.__dict__.setdefault("expkit_parametrize", []).append(mark)
+        return function
+
+    return decorate
 
 
 @attrs.frozen
@@ -97,7 +139,16 @@ class ModuleExperiment(Experiment):
             _caller_globals=module_globals,
         )
         self.function = function
+        # Nearest the function first, as the decorators were applied.
+        self.parametrize: list[Parametrize] = list(getattr(function, "expkit_parametrize", ()))
         self.fixtures: dict[str, Fixture] = {}
+        if self.parametrize:
+            # A parametrized name is an entry of the experiment's config, as a parametrized
+            # argument is part of a test: its first value is its default.
+            defaults = {
+                n: mark.values[0][i] for mark in self.parametrize for i, n in enumerate(mark.names)
+            }
+            self.configurations.append(ConfigDict(defaults, "@expkit.parametrize"))
         for part in parts:  # outermost first: the nearest definition wins
             self.configurations.extend(part.configs)
             for key, scope in part.named_configs:

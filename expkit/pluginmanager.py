@@ -31,7 +31,20 @@ _DIST_NAME = "expkit"
 # session, its report, the runs commands). An experiment run from Python or from its own
 # command line never calls them, so its manager does not import them: start-up counts.
 COMMAND_PLUGINS = frozenset(
-    {"python", "session", "selection", "terminal", "helpconfig", "runs", "rerun", "sync"}
+    {
+        "python",
+        "session",
+        "selection",
+        "terminal",
+        "helpconfig",
+        "runs",
+        "rerun",
+        "sync",
+        "sweep",
+        "workers",
+        "dask",
+        "progress",
+    }
 )
 
 

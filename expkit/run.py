@@ -752,6 +752,9 @@ class Run:
         self._output = CapturedOutput(experiment.captured_out_filter)
         # Per metric name, its points not yet delivered and the next implicit step.
         self._series: dict[str, _Series] = {}
+        self._last_drained: dict[str, Any] = {}  # name -> last value already delivered
+        # (metric name, step, total) of the last log_scalar(..., total=N): a progress display.
+        self.progress: tuple[str, int, int] | None = None
         self._capture: Any = None
         self._beat_lock = threading.Lock()
         self._stop_beat = threading.Event()
@@ -773,14 +776,22 @@ class Run:
         """Everything the run printed so far, through ``ex.captured_out_filter``."""
         return self._output.text
 
-    def log_scalar(self, metric_name: str, value: Any, step: int | None = None) -> None:
-        """Record a metric value; without ``step`` the metric's own counter is used."""
+    def log_scalar(
+        self, metric_name: str, value: Any, step: int | None = None, *, total: int | None = None
+    ) -> None:
+        """Record a metric value; without ``step`` the metric's own counter is used.
+
+        ``total``: how many steps the run will log in all (steps count from 0), so that a
+        terminal shows a progress bar with the time left.
+        """
         series = self._series.get(metric_name)
         if series is None:
             series = self._series.setdefault(metric_name, _Series())
         if step is None:
             step = series.next_step
         series.next_step = step + 1
+        if total is not None:
+            self.progress = (metric_name, step, total)
         if type(value) is not float and (
             type(value) is not int or not _METRIC_INT_MIN < value < _METRIC_INT_MAX
         ):
@@ -1048,6 +1059,17 @@ class Run:
         with self._beat_lock:
             self._deliver_metrics(self._drain_metrics())
 
+    def latest_metrics(self) -> dict[str, Any]:
+        """The last value logged of each metric so far (for progress displays)."""
+        latest = dict(self._last_drained)
+        for name, series in self._series.copy().items():
+            try:
+                # Points are added and taken three items at once: [-2] is the last value.
+                latest[name] = series.points[-2]
+            except IndexError:
+                pass
+        return latest
+
     def _drain_metrics(self) -> dict[str, dict]:
         """The points logged since the last drain, as columns per name (epoch-second times)."""
         columns = {}
@@ -1062,6 +1084,7 @@ class Run:
                     "timestamps": points[2:end:3],
                     "name": name,
                 }
+                self._last_drained[name] = points[end - 2]
                 del points[:end]
         return columns
 

@@ -253,6 +253,7 @@ def runs(
     descending: bool = True,
     limit: int | None = None,
     plugin_manager: Any = None,
+    sweep: str | None = None,
 ) -> list[RunRecord]:
     """The runs in ``store_url`` that pass every filter, sorted and cut to ``limit``.
 
@@ -261,9 +262,10 @@ def runs(
     (``exp_iris.py`` for ``exp_iris.py::exp_rbf_svm``). ``status`` is one status or several
     (case does not matter; ``PROBABLY_DEAD`` picks running runs that stopped beating).
     ``since``/``until`` bound the start time (datetimes or ISO text, UTC). ``sort``
-    is a run field or a config key; runs without it come last. The records are
-    summaries, unless a filter or the sort key reads ``metrics.`` or ``info.``: use
-    :func:`get_run` for a run's output and metrics.
+    is a run field or a config key; runs without it come last. ``sweep`` keeps the
+    points of one sweep (its id, as ``expkit run`` prints it, or the start of it).
+    The records are summaries, unless a filter or the sort key reads ``metrics.`` or
+    ``info.``: use :func:`get_run` for a run's output and metrics.
     """
     reader = reader_for_url(store_url, plugin_manager)
     try:
@@ -277,6 +279,7 @@ def runs(
             sort=sort,
             descending=descending,
             limit=limit,
+            sweep=sweep,
         )
     finally:
         _close(reader)
@@ -292,6 +295,7 @@ def select_runs(
     sort: str | None = "start_time",
     descending: bool = True,
     limit: int | None = None,
+    sweep: str | None = None,
 ) -> list[RunRecord]:
     """:func:`runs` through an open ``reader``, which it asks for whole runs where needed."""
     filters = [parse_filter(where)] if isinstance(where, str) else [parse_filter(w) for w in where]
@@ -305,6 +309,8 @@ def select_runs(
     def keep(record: RunRecord) -> bool:
         if experiment is not None and not _name_matches(record.experiment, experiment):
             return False
+        if sweep is not None and not _sweep_id(record).startswith(sweep):
+            return False
         if wanted is not None and record.status.upper() not in wanted:
             if not (PROBABLY_DEAD in wanted and probably_dead(record, now)):
                 return False
@@ -315,7 +321,8 @@ def select_runs(
     # A store that selects runs itself gets what it can answer from summaries: metrics and
     # info keys stay with the core, and so does a name that may be a file of experiments.
     whole = [k for k in [*(f.key for f in filters), sort or ""] if needs_full_record(k)]
-    widened = experiment is not None and _may_be_a_file(experiment)
+    # A name that may be a file of experiments, or a sweep: chosen by the core, after the store.
+    widened = (experiment is not None and _may_be_a_file(experiment)) or sweep is not None
     pushed = Query(
         None if widened else experiment,
         frozenset(wanted) if wanted else None,
@@ -561,6 +568,11 @@ def _naive_utc(t: datetime.datetime) -> datetime.datetime:
     if t.tzinfo is None:
         return t
     return t.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _sweep_id(record: RunRecord) -> str:
+    point = record.meta.get("sweep") if isinstance(record.meta, dict) else None
+    return str(point.get("id", "")) if isinstance(point, dict) else ""
 
 
 def _name_matches(name: str, pattern: str) -> bool:

@@ -326,6 +326,9 @@ def _select(config: Any, reader: Any, filters: list[str]) -> list[RunRecord]:
 
     sort = config.getoption("sort")
     order = {"sort": sort, "descending": bool(config.getoption("descending"))} if sort else {}
+    sweeps = config.getoption("sweeps") or []  # --sweep ID: the option expkit run sweeps with
+    if len(sweeps) > 1:
+        raise UsageError("expkit runs list takes one --sweep ID")
     return select_runs(
         reader,
         where=filters,
@@ -334,6 +337,7 @@ def _select(config: Any, reader: Any, filters: list[str]) -> list[RunRecord]:
         since=_parse_time(config.getoption("since"), "--since"),
         until=_parse_time(config.getoption("until"), "--until"),
         limit=config.getoption("limit"),
+        sweep=sweeps[0] if sweeps else None,
         **order,
     )
 

@@ -21,7 +21,6 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
 from expkit.run import (
-    COMPLETED,
     FAILED,
     ConsoleLogHandler,
     create_run,
@@ -30,6 +29,8 @@ from expkit.run import (
 )
 from expkit.settings import CAPTURE_MODES
 from expkit.utils import parse_literal
+
+SKIPPED = "SKIPPED"
 
 
 @attrs.define
@@ -45,6 +46,7 @@ class Session:
     store_urls: list[str] = attrs.field(factory=list)
     updates: dict[str, Any] = attrs.field(factory=dict)  # -o and --seed, for every run
     shouldstop: bool = False
+    interrupted: bool = False  # Ctrl-C: the running items were stopped, no more start
 
 
 @hookimpl
@@ -119,7 +121,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return updates
 
 
-def _updates(config: Any) -> dict[str, Any]:
+def run_updates(config: Any) -> dict[str, Any]:
     """The config updates every run of the session gets: ``-o`` entries and ``--seed``."""
     updates = parse_overrides(config.option.overrides)
     if config.option.seed is not None:
@@ -153,10 +155,10 @@ def collect(session: Session, open_stores: bool = False) -> None:
             for node in result or ():
                 if isinstance(node, CollectError):
                     session.errors.append(node)
-                elif names is None or node.name in names:
+                elif names is None or node.name in names or node.originalname in names:
                     session.items.append(node)
         if names:
-            found = {i.name for i in session.items if i.path == file}
+            found = {n for i in session.items if i.path == file for n in (i.name, i.originalname)}
             for name in sorted(names - found):
                 raise UsageError(f"no experiment {name!r} in {file.name}")
     before = list(session.items)
@@ -188,11 +190,21 @@ def _stores(session: Session) -> None:
     session.stores = [store_for_url(config.pluginmanager, url) for url in session.store_urls]
 
 
-def run_item(session: Session, item: Item) -> RunReport:
-    """Run one item with the session's overrides; never raises for the experiment's sake."""
+def run_item(session: Session, item: Item, meta: dict | None = None) -> RunReport:
+    """Run one item with the session's overrides; never raises for the experiment's sake.
+
+    A point of a sweep runs with its own entries on top, and ``meta.sweep`` says where it
+    stands in the sweep. Ctrl-C stops the run (stored as INTERRUPTED) and sets
+    ``session.interrupted``. ``meta`` adds entries to the run's ``meta``.
+    """
+    if item.skip is not None:
+        skip = item.skip
+        return RunReport(
+            item.nodeid, SKIPPED, 0.0, run_id=skip.run_id, result=skip.result, message=skip.reason
+        )
     config = session.config
     option = config.option
-    updates = dict(session.updates)
+    updates = {**session.updates, **item.params}
     capture = option.capture or config.settings.capture
     beat = config.settings.beat_interval
     options = {
@@ -211,6 +223,7 @@ def run_item(session: Session, item: Item) -> RunReport:
             named_configs=list(option.named),
             options=options,
             observers=session.stores,
+            meta_info={**({"sweep": item.sweep.as_meta()} if item.sweep else {}), **(meta or {})},
         )
     except ExpkitError as exc:
         return RunReport(item.nodeid, "ERROR", time.perf_counter() - start, message=str(exc))
@@ -227,7 +240,7 @@ def run_item(session: Session, item: Item) -> RunReport:
     try:
         run()
     except KeyboardInterrupt:
-        session.shouldstop = True
+        session.shouldstop = session.interrupted = True
     except BaseException as exc:
         if run.status is None:
             # Refused before it started (a seed that is no integer, ...): say why.
@@ -246,33 +259,42 @@ def run_item(session: Session, item: Item) -> RunReport:
         message=message,
         longrepr="".join(run.fail_trace) if run.fail_trace else None,
         stored=tuple(run.stored),
+        metrics=run.latest_metrics(),
     )
+
+
+def fails_session(report: RunReport) -> bool:
+    """Whether ``report`` counts as a failure (for ``-x`` and the exit code)."""
+    return not report.ok and report.status != SKIPPED
 
 
 @hookimpl(trylast=True)
 def expkit_runtestloop(session: Session) -> bool:
     hook = session.config.pluginmanager.hook
     for item in session.items:
+        if item.skip is None:
+            hook.expkit_run_logstart(nodeid=item.nodeid)
         report = run_item(session, item)
         session.reports.append(report)
         hook.expkit_run_logreport(report=report)
-        if session.shouldstop or (session.config.option.exitfirst and not report.ok):
+        if session.shouldstop or (session.config.option.exitfirst and fails_session(report)):
+            session.shouldstop = True
             break
     return True
 
 
 def exit_code(session: Session) -> ExitCode:
     """The exit code that sums up the session."""
-    if session.shouldstop and any(r.status != COMPLETED for r in session.reports[-1:]):
+    if session.interrupted:
         return ExitCode.INTERRUPTED
     if any(r.status == "ERROR" for r in session.reports):
         return ExitCode.USAGE_ERROR
-    if any(not r.ok for r in session.reports):
+    if any(fails_session(r) for r in session.reports):
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
 
 
-def _configure_logging(verbose: int) -> None:
+def configure_logging(verbose: int) -> None:
     # Runs log "Started run ..." at INFO; the reporter says that, so the terminal shows it
     # only with -v. The runs' captured output holds INFO lines either way.
     root = logging.getLogger()
@@ -290,9 +312,9 @@ def expkit_cmdline_main(config: Any) -> int | None:
         return None
     session = Session(config)
     config.session = session
-    _configure_logging(getattr(config.option, "verbose", 0))
+    configure_logging(getattr(config.option, "verbose", 0))
     hook = config.pluginmanager.hook
-    session.updates = _updates(config)  # parsed first: a malformed -o stops before collection
+    session.updates = run_updates(config)  # parsed first: a malformed -o stops before collection
     collect(session, open_stores=not config.option.collect_only)
     if config.option.collect_only:
         code = _collect_only_code(session)

@@ -105,7 +105,7 @@ class TerminalReporter:
     def run_line(self, report: Any, total: int) -> None:
         """One line per finished run: progress, node id, status, id, duration, result."""
         self.done += 1
-        progress = f"[{self.done}/{total}] " if total > 1 else ""
+        progress = f"[{self.done:>{len(str(total))}}/{total}] " if total > 1 else ""
         parts = [f"{progress}{printable(report.nodeid)}", report.status]
         if report.run_id is not None:
             parts.append(f"id={printable(report.run_id)}")
@@ -163,7 +163,7 @@ def _stopped(session: Any, not_run: int) -> str:
     """Why the session ended early, and how many experiments it did not run."""
     what = f"{not_run} experiment{'s' if not_run != 1 else ''} not run"
     failed = sum(1 for r in session.reports if not r.ok)
-    if session.config.option.exitfirst and failed and not session.shouldstop:
+    if session.config.option.exitfirst and failed and not session.interrupted:
         return f"stopping after {failed} failure{'s' if failed != 1 else ''} (-x): {what}"
     return f"interrupted: {what}"
 
@@ -212,7 +212,7 @@ def _config_lines(item: Any) -> list[str]:
     from expkit.run import resolve_config
 
     try:
-        config = resolve_config(item.experiment)
+        config = resolve_config(item.experiment, item.params or None)
     except Exception as exc:
         return [f"(config cannot be built: {exc})"]
     return [

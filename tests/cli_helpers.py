@@ -10,7 +10,7 @@ import select
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,28 +92,38 @@ def run_script(
 
 
 def run_in_terminal(
-    *args: str, cwd: Path, timeout: float = 60, columns: int | None = None
+    *args: str,
+    cwd: Path,
+    timeout: float = 60,
+    size: tuple[int, int] | None = None,
+    columns: int | None = None,
+    on_output: Callable[[bytes], None] | None = None,
+    **env: str,
 ) -> tuple[int, str]:
     """Run ``expkit`` with its standard output on a pseudo-terminal; the exit code and output.
 
-    ``columns`` sets the terminal's width (and leaves ``COLUMNS`` out of the environment).
+    ``size`` is the terminal's (rows, columns), ``columns`` its width alone (24 rows); a size
+    leaves ``COLUMNS`` and ``LINES`` out of the environment. ``on_output`` sees the bytes as
+    they come; ``env`` adds environment variables.
     """
     master, slave = os.openpty()
-    env = child_env()
+    environ = child_env(**env)
     if columns is not None:
+        size = (24, columns)
+    if size is not None:
         import fcntl
         import struct
         import termios
 
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-        env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+        environ = {k: v for k, v in environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
         [EXPKIT, *args],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=environ,
     )
     os.close(slave)
     chunks = []
@@ -126,6 +136,8 @@ def run_in_terminal(
             if not data:
                 break
             chunks.append(data)
+            if on_output is not None:
+                on_output(data)
     finally:
         os.close(master)
         proc.wait(timeout=timeout)
@@ -146,6 +158,16 @@ def stored_runs(store: Path) -> list[dict[str, Any]]:
         run["_dir"] = folder.name
         runs.append(run)
     return runs
+
+
+def stored_runs_so_far(store: Path) -> list[dict[str, Any]]:
+    """:func:`stored_runs` of a store being written to: ``[]`` while a run is half made."""
+    if not store.exists():
+        return []
+    try:
+        return stored_runs(store)
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def only_run(store: Path) -> dict[str, Any]:
@@ -179,3 +201,12 @@ def isolated_imports(root: Path) -> Iterator[None]:
         sys.path[:] = path
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+def point_pid(run: dict[str, Any]) -> str:
+    """The process id a test experiment printed as ``point X in PID`` (log lines around it)."""
+    import re
+
+    found = re.search(r"^point \S+ in (\d+)$", run["cout"], re.M)
+    assert found, run["cout"]
+    return found.group(1)

@@ -892,6 +892,19 @@ def test_type_change_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
+def test_an_update_equal_to_the_default_is_no_added_entry() -> None:
+    # Small ints and short strings are shared objects: the scope's own 0 is the update's 0.
+    ex = Experiment("same")
+
+    @ex.config
+    def cfg():
+        x = 0
+        name = "svm"
+
+    summary = resolve_config(ex, {"x": 0, "name": "svm"})
+    assert summary.added == set()
+
+
 def test_unchanged_run_has_no_modifications() -> None:
     mods = tracked_experiment().run().config_modifications
     assert mods.added == set()

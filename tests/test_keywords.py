@@ -159,7 +159,7 @@ def test_long_chains_do_not_hit_the_recursion_limit() -> None:
         ("svm linear", "at column 5: expected end of input; got identifier"),
         ("()", "at column 2: expected 'not' or '(' or identifier; got ')'"),
         ("svm and $x", "at column 9: unexpected character '$'"),
-        ("C=3", "at column 2: unexpected character '='"),
+        ("C<3", "at column 2: unexpected character '<'"),
     ],
 )
 def test_syntax_errors_say_where_and_what(text: str, message: str) -> None:
@@ -177,3 +177,9 @@ def test_too_deep_nesting_is_a_usage_error_not_a_crash() -> None:
     assert "at column 401:" in message
     # Moderate nesting is fine.
     assert matches("(" * 50 + "a" + ")" * 50, ["a"]) is True
+
+
+def test_an_identifier_may_hold_an_equals_sign_to_pick_sweep_points() -> None:
+    point = ["exp_iris.py::exp_rbf_svm[C=0.1-kernel=rbf]", "C=0.1", "kernel=rbf"]
+    assert matches("C=0.1 and kernel=rbf", point) is True
+    assert matches("C=0.1 and kernel=linear", point) is False

@@ -421,8 +421,8 @@ def test_config_of_a_file_with_several_experiments_names_them(tmp_path: Path) ->
     ]
     proc = run_expkit("config", "exp_one.py", "-o", "kernl=linear", cwd=tmp_path)
     assert error_lines(proc.stderr) == [
-        "ERROR: exp_one.py::exp_svm: added config entry 'kernl' = 'linear' is not used by any "
-        "captured function (did you mean 'kernel'?); pass -f/--force to add it anyway"
+        "ERROR: exp_one.py::exp_svm: Added new config entry that is not used anywhere: "
+        "'kernl' = 'linear' (did you mean 'kernel'?); pass -f/--force to add it anyway"
     ]
 
 

@@ -253,6 +253,40 @@ def test_sweeps_and_studies_are_grouped(server, store):
     assert server.request("GET", "/api/groups/sweep/nope")[0] == 404
 
 
+def test_a_real_sweep_is_grouped_with_its_parameters(tmp_path):
+    experiment = """\
+        from expkit import Experiment
+        ex = Experiment("swept")
+        @ex.config
+        def cfg():
+            C = 1.0
+            kernel = "rbf"
+        @ex.automain
+        def main(C, kernel):
+            return C * (2 if kernel == "rbf" else 1)
+        """
+    write_project(tmp_path, {"exp_swept.py": experiment})
+    done = run_expkit(
+        "run", "exp_swept.py", "--sweep", "C=0.1,10", "--sweep", "kernel=rbf,linear", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    with UiServer(cwd=tmp_path) as ui:
+        (group,) = ui.get_json("/api/groups")
+        assert (group["kind"], group["runs"]) == ("sweep", 4)
+        sweep = ui.get_json(f"/api/groups/sweep/{group['key']}")
+        assert sweep["params"] == ["C", "kernel"]
+        points = {(r["params"]["C"], r["params"]["kernel"]): r["result"] for r in sweep["runs"]}
+        assert points == {
+            (0.1, "rbf"): 0.2,
+            (0.1, "linear"): 0.1,
+            (10.0, "rbf"): 20.0,
+            (10.0, "linear"): 10.0,
+        }
+        assert [r["position"] for r in sweep["runs"]] == [0, 1, 2, 3]
+        rows = ui.get_json("/api/runs")["rows"]
+        assert {r["group"]["key"] for r in rows} == {group["key"]}
+
+
 # --- a run ------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,425 @@
+"""``--dask ADDRESS|FILE|local``: run the items on the workers of a Dask distributed cluster.
+
+``local`` starts a ``LocalCluster`` on this machine (``-n`` workers, one thread each); an
+address (``tcp://HOST:8786``) or a scheduler file (``scheduler.json``) joins a running
+scheduler. Each point runs on a worker, which records it straight into the stores: the
+workers must reach them (a folder they share, a SQL server, MongoDB). The experiment's
+files travel with the points, so workers that do not share the folder run the same code.
+
+A point whose worker is lost is tried once more; a third try is refused and the point is
+FAILED. A try that finds its earlier one COMPLETED in the store takes that run instead of
+running again, so no point is ever stored twice as COMPLETED. The ``distributed`` package
+(the ``dask`` extra) is imported only when ``--dask`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from expkit.errors import UsageError
+from expkit.nodes import LiveStatus, RunReport
+from expkit.pluginmanager import hookimpl
+from expkit_plugins.workers import WorkerSession, mark_stored, point_spec, session_spec
+
+if TYPE_CHECKING:
+    from expkit.remote import PointSpec, SessionSpec, ShippedFile
+
+# Tries of one point: the first and one more after its worker was lost.
+MAX_TRIES = 2
+_TOPIC = "expkit"
+
+# --- on a Dask worker ------------------------------------------------------------------------
+
+_sessions: dict[str, WorkerSession | str] = {}
+_run_lock = threading.Lock()  # one run at a time per process: captured functions are shared
+_running: dict[str, int] = {}  # token -> thread id of the run, for Ctrl-C from the driver
+
+
+def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> RunReport:
+    """Run ``point`` on this Dask worker (the task every point is)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    with _run_lock:
+        session = _session(spec, worker, topic)
+        if isinstance(session, str):
+            return RunReport(point.nodeid, "ERROR", 0.0, message=session)
+        tries = _count_try(worker, token)
+        if tries > 1:
+            earlier = _earlier_try(session, point, token, tries)
+            if earlier is not None:
+                return earlier
+        session.current = (point.nodeid, token)  # type: ignore[attr-defined]
+        _running[token] = threading.get_ident()
+        meta = {"dask": {"token": token, "worker": worker.address, "try": tries}}
+        # As on the driver's machine, a run starts in the folder expkit was started in (or
+        # its copy here). Points run one at a time per process (the lock); give expkit
+        # workers of their own (--nthreads 1) when other work shares the cluster.
+        cwd = os.getcwd()
+        try:
+            os.chdir(session.config.invocation_dir)
+            return session.run(point, meta)
+        finally:
+            os.chdir(cwd)
+            _running.pop(token, None)
+            session.current = None  # type: ignore[attr-defined]
+
+
+def _session(spec: SessionSpec, worker: Any, topic: str) -> WorkerSession | str:
+    """This process's session for ``spec``, made on first use; or why it cannot be made."""
+    parts = (spec.args, spec.invocation_dir, spec.rootdir, spec.store_urls)
+    key = repr((parts, [(f.path, f.md5) for f in spec.files]))
+    if key not in _sessions:
+        try:
+            root = materialize(spec)
+            if root != Path(spec.rootdir):
+                _check_stores_reachable(spec.store_urls, worker.address)
+
+            def started(run: Any) -> None:
+                nodeid, token = session.current  # type: ignore[attr-defined]
+                worker.log_event(topic, ["started", nodeid, token, run._id, time.time()])
+
+            session = WorkerSession(spec, root, on_start=started)
+            session.current = None  # type: ignore[attr-defined]
+            threading.Thread(
+                target=_send_status, args=(session, worker, topic), daemon=True
+            ).start()
+            _sessions[key] = session
+        except Exception as exc:
+            _sessions[key] = f"cannot run on Dask worker {worker.address}: {exc}"
+    return _sessions[key]
+
+
+def materialize(spec: SessionSpec) -> Path:
+    """Where the project's files are on this machine: the driver's folder, or a copy of them."""
+    root = Path(spec.rootdir)
+    from expkit.utils import file_md5
+
+    def same(file: ShippedFile) -> bool:
+        path = root / file.path
+        try:
+            return path.is_file() and file_md5(str(path)) == file.md5
+        except OSError:
+            return False
+
+    if all(same(f) for f in spec.files):
+        return root
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha1(repr(sorted((f.path, f.md5) for f in spec.files)).encode()).hexdigest()
+    target = Path(tempfile.gettempdir()) / f"expkit-dask-{os.getuid()}" / digest[:16]
+    if not (target / ".complete").exists():
+        for file in spec.files:
+            path = target / file.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(path.name + f".{os.getpid()}.part")
+            part.write_bytes(file.content)
+            os.replace(part, path)
+        (target / ".complete").touch()
+    return target
+
+
+def _check_stores_reachable(urls: tuple[str, ...], where: str) -> None:
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if sep and scheme not in ("file", "tinydb"):
+            continue  # a database: reached over the network
+        folder = Path(rest if sep else url)
+        if scheme == "tinydb":
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UsageError(
+                f"the store {url} is not on this worker ({where}) and its folder is not shared; "
+                "use a store every worker reaches: a shared folder, a SQL server or MongoDB"
+            )
+
+
+def _count_try(worker: Any, token: str) -> int:
+    """How many times this point was started, this time included (kept by the scheduler)."""
+    from distributed.utils import sync
+
+    keys = [_TOPIC, token]
+    tries = int(sync(worker.loop, worker.scheduler.get_metadata, keys=keys, default=0)) + 1
+    # Not waited for: it reaches the scheduler long before the run could lose its worker, and
+    # the store, not this count, is what keeps a point from being stored twice as COMPLETED.
+    worker.loop.add_callback(worker.scheduler.set_metadata, keys=keys, value=tries)
+    return tries
+
+
+def _earlier_try(
+    session: WorkerSession, point: PointSpec, token: str, tries: int
+) -> RunReport | None:
+    """After a lost worker: the report of an earlier try that completed, or None to try again."""
+    from expkit.runs import runs
+
+    config = session.config
+    earlier = []
+    for url in session.spec.store_urls:
+        try:
+            records = runs(url, sort=None, plugin_manager=config.pluginmanager)
+        except Exception:
+            continue
+        earlier += [r for r in records if (r.meta.get("dask") or {}).get("token") == token]
+    for record in earlier:
+        if record.status == "COMPLETED":
+            return RunReport(point.nodeid, "COMPLETED", 0.0, record.id, record.result)
+    lost = "its Dask worker was lost"
+    for record in earlier:
+        if record.status in ("RUNNING", "QUEUED"):
+            mark_stored(session.spec.store_urls, config, record.id, "FAILED", lost)
+    if tries > MAX_TRIES:
+        message = f"{lost} {tries - 1} times; not tried again"
+        run_id = earlier[-1].id if earlier else None
+        return RunReport(point.nodeid, "FAILED", 0.0, run_id, message=message)
+    return None
+
+
+def _send_status(session: WorkerSession, worker: Any, topic: str) -> None:
+    while True:
+        time.sleep(1.0)
+        run, current = session.tracker.run, session.current  # type: ignore[attr-defined]
+        if run is None or current is None:
+            continue
+        status = LiveStatus.of(current[0], time.time(), run)
+        metrics = {k: v for k, v in status.metrics.items() if isinstance(v, (int, float, str))}
+        try:
+            worker.log_event(topic, ["status", status.nodeid, metrics, status.step, status.total])
+        except Exception:
+            return
+
+
+def interrupt_running() -> int:
+    """Raise KeyboardInterrupt in this worker's running points (Ctrl-C at the driver)."""
+    import ctypes
+
+    for ident in list(_running.values()):
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
+        )
+    return len(_running)
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+@hookimpl
+def expkit_addoption(parser: Any) -> None:
+    parser.getgroup("sweeps", "sweeps and parallel runs").addoption(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Dask cluster: a scheduler address, a scheduler file, or 'local'",
+    )
+
+
+@hookimpl
+def expkit_configure(config: Any) -> None:
+    address = getattr(config.option, "dask", None)
+    if config.command != "run" or not address or config.option.collect_only:
+        return
+    if address != "local" and config.option.numprocesses is not None:
+        raise UsageError("-n with --dask ADDRESS: the cluster has its workers; drop -n")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--dask needs the distributed package: pip install 'expkit[dask]'"
+        ) from None
+
+
+@hookimpl(tryfirst=True)
+def expkit_runtestloop(session: Any) -> bool | None:
+    if not getattr(session.config.option, "dask", None):
+        return None
+    DaskDriver(session).run()
+    return True
+
+
+def shipped_files(session: Any) -> tuple[ShippedFile, ...]:
+    """The project files the items need: their files, expconf.py files, their local imports."""
+    from expkit.remote import ShippedFile
+    from expkit.run import gather_experiment_info
+    from expkit.utils import file_md5
+
+    config = session.config
+    root = config.rootdir.resolve()
+    paths: set[Path] = set()
+    if config.inifile is not None:
+        paths.add(Path(config.inifile).resolve())
+    seen: set[Path] = set()
+    for item in session.items:
+        path = item.path.resolve()
+        paths.add(path)
+        folder = path.parent
+        while folder != root and root in folder.parents:
+            paths.add(folder / "expconf.py")
+            folder = folder.parent
+        paths.add(root / "expconf.py")
+        if path not in seen:
+            seen.add(path)
+            for source in gather_experiment_info(item.experiment).sources:
+                paths.add(Path(source.path).resolve())
+    files = []
+    for path in sorted(paths):
+        if path.is_file() and root in path.parents:
+            relative = path.relative_to(root).as_posix()
+            files.append(ShippedFile(relative, file_md5(str(path)), path.read_bytes()))
+    return tuple(files)
+
+
+class DaskDriver:
+    """Submits the session's items to Dask and gathers their reports as they finish."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.config = session.config
+        self.hook = session.config.pluginmanager.hook
+        import uuid
+
+        self.topic = f"{_TOPIC}-{uuid.uuid4().hex}"
+        self.started: dict[str, Any] = {}  # token -> run id
+        self.stopping = False
+
+    def _client(self) -> Any:
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        address = self.config.option.dask
+        if address == "local":
+            n = self.config.option.numprocesses or len(os.sched_getaffinity(0))
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            return Client(cluster)
+        try:
+            if address.endswith(".json") and os.path.isfile(address):
+                return Client(scheduler_file=address, timeout="5s")
+            return Client(address, timeout="5s")
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+    def run(self) -> None:
+        """Run every item on the cluster; Ctrl-C interrupts the running ones."""
+        from expkit_plugins.session import run_item
+
+        todo = []
+        for item in self.session.items:
+            if item.skip is not None:
+                self._report(run_item(self.session, item))
+            else:
+                todo.append(item)
+        if not todo:
+            return
+        client = self._client()
+        try:
+            self._run_on(client, todo)
+        finally:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _run_on(self, client: Any, todo: list) -> None:
+        from distributed import as_completed
+
+        client.subscribe_topic(self.topic, self._event)
+        # Sent with every point, not scattered: scattered data dies with the workers holding it.
+        spec = session_spec(self.session, shipped_files(self.session))
+        rootdir = self.config.rootdir
+        futures = {}
+        import uuid
+
+        for item in todo:
+            token = uuid.uuid4().hex
+            future = client.submit(
+                run_point,
+                spec,
+                point_spec(item, rootdir),
+                token,
+                self.topic,
+                key=f"expkit-{token}",
+                pure=False,
+            )
+            futures[future] = (item, token)
+        # Results are fetched as the tasks finish, side by side, not one request per turn.
+        pending = as_completed(futures, with_results=True, raise_errors=False)
+        try:
+            for future, result in pending:
+                self._finished(result, *futures[future])
+                if self.stopping:
+                    left = [f for f in futures if not f.done()]
+                    client.cancel(left)
+                    break
+        except KeyboardInterrupt:
+            self._interrupt(client, futures)
+
+    def _finished(self, result: Any, item: Any, token: str) -> None:
+        """Report a finished task: its RunReport, or the exception Dask gave instead."""
+        from distributed import CancelledError
+
+        if isinstance(result, CancelledError):
+            return
+        if isinstance(result, BaseException):  # KilledWorker when the scheduler gave up
+            message = f"{type(result).__name__}: {result}".splitlines()[0]
+            run_id = self.started.get(token)
+            mark_stored(self._urls(), self.config, run_id, "FAILED", message)
+            result = RunReport(item.nodeid, "FAILED", 0.0, run_id, message=message)
+        self._report(result)
+
+    def _urls(self) -> tuple[str, ...]:
+        return session_spec(self.session).store_urls
+
+    def _report(self, report: RunReport) -> None:
+        from expkit_plugins.session import fails_session
+
+        self.session.reports.append(report)
+        self.hook.expkit_run_logreport(report=report)
+        if report.status == "INTERRUPTED":
+            self.session.shouldstop = self.session.interrupted = True
+        if self.config.option.exitfirst and fails_session(report):
+            self.session.shouldstop = self.stopping = True
+
+    def _event(self, event: Any) -> None:
+        _, message = event
+        if message[0] == "started":
+            _, nodeid, token, run_id, _ = message
+            self.started[token] = run_id
+            self.hook.expkit_run_logstart(nodeid=nodeid)
+        elif message[0] == "status":
+            _, nodeid, metrics, step, total = message
+            self.hook.expkit_run_livestatus(
+                status=LiveStatus(nodeid, time.time(), metrics, step, total)
+            )
+
+    def _interrupt(self, client: Any, futures: dict) -> None:
+        """Ctrl-C: cancel what did not start, interrupt what runs, and gather those reports."""
+        from distributed import wait
+
+        self.session.shouldstop = self.session.interrupted = True
+        waiting = [f for f in futures if not f.done() and futures[f][1] not in self.started]
+        client.cancel(waiting)
+        running = [f for f in futures if not f.done() and f not in waiting]
+        try:
+            client.run(interrupt_running)
+            done, not_done = wait(running, timeout=10, return_when="ALL_COMPLETED")
+        except KeyboardInterrupt:
+            done, not_done = set(), set(running)
+        for future in running:
+            item, token = futures[future]
+            if future in done and future.status == "finished":
+                self._finished(future.result(), item, token)
+            elif token in self.started:
+                message = "interrupted; its Dask task did not stop in time"
+                mark_stored(self._urls(), self.config, self.started[token], "INTERRUPTED", message)
+                self._report(RunReport(item.nodeid, "INTERRUPTED", 0.0, self.started[token]))
+        client.cancel(list(not_done))

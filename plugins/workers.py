@@ -1,0 +1,512 @@
+"""``-n N|auto``: run the items in long-lived local worker processes, as pytest-xdist does.
+
+Each worker is ``python`` started once; it loads the plugins and reads the command line
+as the driver did, imports each experiment file once, and runs the items it is handed one
+after another, into the stores, with output captured as usual. The driver hands the next
+item to whichever worker is free. A worker that dies (a signal, ``os._exit``, the OOM
+killer) has its item reported and stored as FAILED and is replaced. Ctrl-C stops the
+handing out, interrupts the running items (stored as INTERRUPTED) and exits with 2.
+
+:class:`WorkerSession` is also what a Dask worker runs points with (``--dask``); what the
+driver sends a worker (:mod:`expkit.remote`) is imported only when ``-n`` or ``--dask`` is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from expkit.errors import UsageError
+from expkit.nodes import CollectError, Item, LiveStatus, RunReport
+from expkit.pluginmanager import hookimpl
+
+if TYPE_CHECKING:
+    from expkit.remote import PointSpec, SessionSpec, ShippedFile
+
+# How often a worker sends the live status of its running item.
+STATUS_INTERVAL = 1.0
+# How long the driver waits, after Ctrl-C, for the workers to store their runs as interrupted.
+INTERRUPT_GRACE = 10.0
+
+
+def point_spec(item: Item, rootdir: Path) -> PointSpec:
+    """The :class:`~expkit.remote.PointSpec` of ``item``."""
+    from expkit.remote import PointSpec
+
+    path = item.path.resolve()
+    try:
+        relative = path.relative_to(rootdir.resolve()).as_posix()
+    except ValueError:
+        relative = path.as_posix()
+    return PointSpec(relative, item.originalname, item.nodeid, dict(item.params), item.sweep)
+
+
+def session_spec(session: Any, files: tuple[ShippedFile, ...] = ()) -> SessionSpec:
+    """The :class:`~expkit.remote.SessionSpec` of the driver's ``session``."""
+    from expkit.remote import SessionSpec
+
+    config = session.config
+    urls: tuple[str, ...] = ()
+    if not config.option.unobserved:
+        from expkit_plugins.session import store_urls
+
+        urls = tuple(_absolute(u, config.invocation_dir) for u in store_urls(config))
+    return SessionSpec(
+        args=tuple(config.args),
+        invocation_dir=str(config.invocation_dir),
+        rootdir=str(config.rootdir),
+        store_urls=urls,
+        files=files,
+    )
+
+
+def _absolute(url: str, base: Path) -> str:
+    # A folder given relative to where expkit was started must mean the same on a worker.
+    return url if "://" in url else str((base / url).resolve())
+
+
+class _Tracker:
+    """A plugin in a worker that follows its running run (for live status and the run id)."""
+
+    def __init__(self, on_start: Any = None) -> None:
+        self.run: Any = None
+        self.on_start = on_start
+
+    @hookimpl
+    def expkit_run_started(self, run: Any) -> None:
+        self.run = run
+        if self.on_start is not None:
+            self.on_start(run)
+
+    @hookimpl
+    def expkit_run_completed(self) -> None:
+        self.run = None
+
+    @hookimpl
+    def expkit_run_failed(self) -> None:
+        self.run = None
+
+    @hookimpl
+    def expkit_run_interrupted(self) -> None:
+        self.run = None
+
+
+class WorkerSession:
+    """The session of a worker process: the driver's command line, items run on demand."""
+
+    def __init__(self, spec: SessionSpec, root: Path | None = None, on_start: Any = None) -> None:
+        from expkit.cli import make_config
+        from expkit.pluginmanager import set_plugin_manager
+        from expkit.run import store_for_url
+        from expkit_plugins.session import Session, configure_logging, run_updates
+
+        self.spec = spec
+        self.root = Path(root or spec.rootdir)
+        invocation = Path(spec.invocation_dir)
+        if self.root != Path(spec.rootdir):  # the files were shipped: map the folders on
+            try:
+                invocation = self.root / invocation.relative_to(spec.rootdir)
+            except ValueError:
+                invocation = self.root
+        self.tracker = _Tracker(on_start)
+        config = make_config(["run", *spec.args], plugins=[self.tracker], invocation_dir=invocation)
+        pm = config.pluginmanager
+        set_plugin_manager(pm)
+        configure_logging(getattr(config.option, "verbose", 0))
+        pm.hook.expkit_configure.call_historic(kwargs={"config": config})
+        if pm.get_plugin("terminalreporter") is not None:
+            pm.unregister(name="terminalreporter")  # the driver reports
+        # The driver expanded the sweeps and chose the items; a worker runs what it is given.
+        config.option.sweep_plan = None
+        self.config = config
+        self.session = Session(config)
+        config.session = self.session
+        self.session.updates = run_updates(config)
+        self.session.store_urls = list(spec.store_urls)
+        self.session.stores = [store_for_url(pm, url) for url in spec.store_urls]
+        self._files: dict[Path, dict[str, Item] | str] = {}
+
+    def item(self, point: PointSpec) -> Item | str:
+        """The item to run for ``point``, or why there is none."""
+        file = (self.root / point.path).resolve()
+        if file not in self._files:
+            found: dict[str, Item] = {}
+            errors = []
+            hook = self.config.pluginmanager.hook
+            for nodes in hook.expkit_collect_file(path=file, config=self.config):
+                for node in nodes or ():
+                    if isinstance(node, CollectError):
+                        errors.append(node.message.strip().splitlines()[-1])
+                    else:
+                        found[node.name] = node
+            self._files[file] = found if found or not errors else f"cannot collect: {errors[0]}"
+        found_or_error = self._files[file]
+        if isinstance(found_or_error, str):
+            return found_or_error
+        base = found_or_error.get(point.name)
+        if base is None:
+            return f"no experiment {point.name!r} in {point.path} on this worker"
+        name = point.name + point.nodeid[len(point.nodeid.partition("[")[0]) :]
+        return attrs.evolve(
+            base, nodeid=point.nodeid, name=name, params=dict(point.params), sweep=point.sweep
+        )
+
+    def run(self, point: PointSpec, meta: dict | None = None) -> RunReport:
+        """Run ``point`` here; never raises for the experiment's sake."""
+        from expkit_plugins.session import run_item
+
+        item = self.item(point)
+        if isinstance(item, str):
+            return RunReport(point.nodeid, "ERROR", 0.0, message=item)
+        return run_item(self.session, item, meta)
+
+
+# --- the worker process ------------------------------------------------------------------
+
+
+def worker_main(fd: int) -> None:
+    """The loop of a worker process: run what the driver sends over the socket ``fd``."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    lock = threading.Lock()
+    current: dict[str, Any] = {}
+
+    def send(message: tuple) -> None:
+        with lock:
+            conn.send(message)
+
+    def started(run: Any) -> None:
+        current["started"] = time.time()
+        send(("started", current["nodeid"], run._id))
+
+    try:
+        spec = conn.recv()
+        session = WorkerSession(spec, on_start=started)
+        threading.Thread(target=_send_status, args=(session, current, send), daemon=True).start()
+        send(("ready",))
+        while True:
+            message = conn.recv()
+            if message[0] != "run":
+                break
+            point = message[1]
+            current["nodeid"] = point.nodeid
+            report = session.run(point)
+            current.clear()
+            send(("report", report))
+            if session.session.interrupted:
+                break
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass  # stopped by the driver, or the driver is gone
+    finally:
+        conn.close()
+
+
+def _send_status(session: WorkerSession, current: dict, send: Any) -> None:
+    while True:
+        time.sleep(STATUS_INTERVAL)
+        run, nodeid, started = session.tracker.run, current.get("nodeid"), current.get("started")
+        if run is None or nodeid is None or started is None:
+            continue
+        try:
+            send(("status", LiveStatus.of(nodeid, started, run)))
+        except Exception:
+            return  # the driver is gone
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+@hookimpl
+def expkit_addoption(parser: Any) -> None:
+    parser.getgroup("sweeps", "sweeps and parallel runs").addoption(
+        "-n",
+        "--numprocesses",
+        dest="numprocesses",
+        default=None,
+        metavar="N",
+        help="run in N local worker processes (auto: one per core)",
+    )
+
+
+def worker_count(value: str | None) -> int | None:
+    """``-n``'s value as a number of workers; ``auto`` is one per usable core."""
+    if value is None:
+        return None
+    if value == "auto":
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"-n takes a number of workers (1 or more) or 'auto', not {value!r}")
+    return int(value)
+
+
+@hookimpl
+def expkit_configure(config: Any) -> None:
+    if config.command == "run":
+        config.option.numprocesses = worker_count(getattr(config.option, "numprocesses", None))
+
+
+@hookimpl(tryfirst=True)
+def expkit_runtestloop(session: Any) -> bool | None:
+    n = session.config.option.numprocesses
+    if n is None or getattr(session.config.option, "dask", None):
+        return None
+    Driver(session, n).run()
+    return True
+
+
+class _Worker:
+    """The driver's handle on one worker process."""
+
+    def __init__(self, number: int, spec: SessionSpec, cwd: str) -> None:
+        import socket
+        import subprocess
+        import tempfile
+        from multiprocessing.connection import Connection
+
+        self.number = number
+        self.item: Item | None = None
+        self.run_id: Any = None
+        self.ready = False
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop() or by the driver)
+        ours, theirs = socket.socketpair()
+        code = f"from expkit_plugins.workers import worker_main; worker_main({theirs.fileno()})"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            cwd=cwd,
+            # Its own session: Ctrl-C at the terminal reaches the driver alone, which then
+            # interrupts the workers that are running something, and only those.
+            start_new_session=True,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(spec)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines the worker wrote to its stdout and stderr."""
+        try:
+            size = os.fstat(self.log.fileno()).st_size
+            data = os.pread(self.log.fileno(), 16384, max(size - 16384, 0))
+        except OSError:
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to end, and make sure it does."""
+        import subprocess
+
+        try:
+            self.conn.send(("stop",))
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+        self.log.close()
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, in words: ``killed by SIGKILL``, ``exit code 3``."""
+    import signal
+
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Driver:
+    """Hands the session's items to ``n`` worker processes and gathers their reports."""
+
+    def __init__(self, session: Any, n: int) -> None:
+        self.session = session
+        self.config = session.config
+        self.hook = session.config.pluginmanager.hook
+        self.n = n
+        self.spec = session_spec(session)
+        self.pending: deque[Item] = deque()
+        self.workers: list[_Worker] = []
+        self.numbers = iter(range(1, 1 << 30))
+        self.stopping = False
+
+    def run(self) -> None:
+        """Run every item; Ctrl-C interrupts the running ones and stops."""
+        from expkit_plugins.session import run_item
+
+        for item in self.session.items:
+            if item.skip is not None:  # reported here, with nothing to run
+                self._report(run_item(self.session, item))
+            else:
+                self.pending.append(item)
+        try:
+            for _ in range(min(self.n, len(self.pending))):
+                self.workers.append(self._start())
+            self._loop()
+        except KeyboardInterrupt:
+            self._interrupt()
+        finally:
+            for worker in self.workers:
+                worker.stop()
+
+    def _start(self) -> _Worker:
+        return _Worker(next(self.numbers), self.spec, self.spec.invocation_dir)
+
+    def _loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        while any(w.item is not None for w in self.workers) or (
+            self.pending and not self.stopping and self.workers
+        ):
+            by_conn = {w.conn: w for w in self.workers}
+            for conn in wait(list(by_conn), timeout=1.0):
+                self._receive(by_conn[conn])
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._lost(worker)
+            return
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            self._hand_out(worker)
+        elif kind == "started":
+            worker.run_id = message[2]
+        elif kind == "status":
+            self.hook.expkit_run_livestatus(status=message[1])
+        elif kind == "report":
+            worker.item, worker.run_id = None, None
+            self._report(message[1])
+            self._hand_out(worker)
+
+    def _hand_out(self, worker: _Worker) -> None:
+        if not self.pending or self.stopping:
+            return
+        item = self.pending.popleft()
+        try:
+            worker.conn.send(("run", point_spec(item, self.config.rootdir)))
+        except OSError:  # it died meanwhile: the end of its socket tells, and it is replaced
+            self.pending.appendleft(item)
+            return
+        worker.item = item
+        self.hook.expkit_run_logstart(nodeid=item.nodeid)
+
+    def _report(self, report: RunReport) -> None:
+        from expkit_plugins.session import fails_session
+
+        self.session.reports.append(report)
+        self.hook.expkit_run_logreport(report=report)
+        if report.status == "INTERRUPTED":
+            self.session.shouldstop = self.session.interrupted = self.stopping = True
+        if self.config.option.exitfirst and fails_session(report):
+            self.session.shouldstop = self.stopping = True
+
+    def _lost(self, worker: _Worker) -> None:
+        """``worker`` died: its item failed, a new worker takes its place."""
+        worker.proc.wait()
+        how = describe_exit(worker.proc.returncode)
+        self.workers.remove(worker)
+        tail = worker.log_tail()
+        worker.conn.close()
+        worker.log.close()
+        if worker.item is not None:
+            message = f"worker {worker.number} (pid {worker.proc.pid}) died ({how}) running it"
+            longrepr = message + (f"; its last output:\n{tail}" if tail else "")
+            mark_stored(self.spec.store_urls, self.config, worker.run_id, "FAILED", message)
+            self._report(
+                RunReport(
+                    worker.item.nodeid,
+                    "FAILED",
+                    0.0,
+                    run_id=worker.run_id,
+                    message=message,
+                    longrepr=longrepr,
+                )
+            )
+        elif not worker.ready:
+            # It could not even start: another would fail the same way.
+            self.stopping = True
+            sys.stderr.write(f"ERROR: worker {worker.number} failed to start ({how}):\n{tail}\n")
+            for item in self.pending:
+                self._report(RunReport(item.nodeid, "ERROR", 0.0, message="no worker to run it"))
+            self.pending.clear()
+            return
+        if self.pending and not self.stopping:
+            self.workers.append(self._start())
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: interrupt the running items and wait (a while) for them to be stored."""
+        import signal
+        from multiprocessing.connection import wait
+
+        self.session.shouldstop = self.session.interrupted = self.stopping = True
+        for worker in self.workers:
+            if worker.item is not None:
+                try:
+                    os.kill(worker.proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        try:
+            while any(w.item is not None for w in self.workers) and time.monotonic() < deadline:
+                by_conn = {w.conn: w for w in self.workers if w.item is not None}
+                for conn in wait(list(by_conn), timeout=0.5):
+                    self._receive(by_conn[conn])
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: do not wait any longer
+        for worker in self.workers:
+            if worker.item is not None:
+                worker.proc.kill()
+                message = "interrupted; its worker did not stop in time and was killed"
+                mark_stored(
+                    self.spec.store_urls, self.config, worker.run_id, "INTERRUPTED", message
+                )
+                self._report(
+                    RunReport(worker.item.nodeid, "INTERRUPTED", 0.0, worker.run_id, None, message)
+                )
+                worker.item = None
+
+
+def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) -> None:
+    """Record in each store that run ``run_id``, whose process is gone, ended with ``status``."""
+    if run_id is None:
+        return
+    import logging
+
+    from expkit.run import store_for_url
+    from expkit.serialize import utcnow
+
+    for url in urls:
+        try:
+            store = store_for_url(config.pluginmanager, url)
+            store.resume(run_id)
+            if status == "FAILED":
+                store.failed_event(fail_time=utcnow(), fail_trace=[message + "\n"])
+            else:
+                store.interrupted_event(interrupt_time=utcnow(), status=status)
+        except Exception as exc:
+            logging.getLogger("expkit").warning(
+                "could not mark run %s %s in %s: %s", run_id, status, url, exc
+            )
