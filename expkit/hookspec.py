@@ -232,7 +232,13 @@ def expkit_reader_for_url(url: str) -> Any:
     ``read_source(run_id, name) -> bytes`` (a stored source file by its relative name),
     ``read_artifact(run_id, name) -> bytes``, ``read_resource(run_id, path) -> bytes``
     (a stored input file by its original path) and ``delete_run(run_id)``; an unknown id
-    or name raises :class:`KeyError`. See :class:`expkit.records.RunRecord`. *firstresult*.
+    or name raises :class:`KeyError`. See :class:`expkit.records.RunRecord`.
+
+    A reader whose store can be edited also has ``edit_run(run_id, *, comment=None,
+    tags=None)``: it stores ``comment`` (a string) as the run's ``meta.comment`` and
+    ``tags`` (a list of strings) as ``meta.tags``; ``None`` leaves a field as it is and an
+    empty value removes it (:func:`expkit.records.edited_meta`). ``expkit ui`` edits runs
+    through it and shows the runs of readers without it read-only. *firstresult*.
     """
 
 

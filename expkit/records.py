@@ -109,3 +109,16 @@ class RunRecord:
         """How long the run ran (until its stop, or its last heartbeat while running)."""
         end = self.stop_time or self.heartbeat
         return None if end is None or self.start_time is None else end - self.start_time
+
+
+def edited_meta(meta: dict, comment: str | None = None, tags: list[str] | None = None) -> dict:
+    """``meta`` with ``comment`` and ``tags`` set (``None`` keeps, empty removes): ``edit_run``."""
+    edited = dict(meta)
+    for key, value in (("comment", comment), ("tags", tags)):
+        if value is None:
+            continue
+        if value:
+            edited[key] = list(value) if key == "tags" else value
+        else:
+            edited.pop(key, None)
+    return edited

@@ -571,6 +571,9 @@ def create_run(
         meta["config_updates"] = to_data(dict(config_updates))
     if options["--comment"] is not None:
         meta["comment"] = options["--comment"]
+    if summary.docs:
+        # [path, doc] pairs: dotted paths as dict keys would be mangled by MongoDB.
+        meta["config_docs"] = sorted([str(k), str(v)] for k, v in summary.docs.items())
     if options["--priority"] is not None:
         try:
             meta["priority"] = float(options["--priority"])

@@ -35,7 +35,7 @@ import attrs
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver
-from expkit.records import RunRecord
+from expkit.records import RunRecord, edited_meta
 from expkit.serialize import parse_time, to_data
 from expkit.utils import file_md5, redact_url
 
@@ -640,12 +640,8 @@ class StoreReader:
         """Set the run's ``meta.comment`` and/or ``meta.tags``; return the run as now stored."""
         self._need("edit")
         doc = self._load(run_id)
-        meta = dict(_dict(doc.get("meta")))
-        if comment is not None:
-            meta["comment"] = str(comment)
-        if tags is not None:
-            meta["tags"] = [str(t) for t in tags]
-        doc["meta"] = meta
+        tags = None if tags is None else [str(t) for t in tags]
+        doc["meta"] = edited_meta(_dict(doc.get("meta")), comment, tags)
         self.storage.update(doc, frozenset({"meta"}))
         return self.get_run(doc["_id"])
 

@@ -30,9 +30,14 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
         ("overrides", "check", "stores", "plugins"),
     ),
     "sync": ("sync SRC DST", "deliver spooled runs, or copy runs between stores", ("plugins",)),
+    "ui": (
+        "ui",
+        "serve a web view of the runs in the stores",
+        ("stores", "ui_host", "ui_port", "ui_open", "ui_allow_delete", "plugins"),
+    ),
 }
 # Option groups that belong to one command: `expkit run --help` leaves them out.
-_COMMAND_GROUPS = ("runs", "rerun")
+_COMMAND_GROUPS = ("runs", "rerun", "ui")
 
 
 @hookimpl

@@ -766,8 +766,10 @@ def _summary(run_id: str, entry: dict, config: Any) -> dict:
     for key in _SUMMARY_KEYS:
         summary[key] = entry.get(key)
     if isinstance(summary["meta"], dict):
-        # The command-line options take most of the space and no listing shows them.
-        summary["meta"] = {k: v for k, v in summary["meta"].items() if k != "options"}
+        # The command-line options and config docs take most of the space; no listing shows them.
+        summary["meta"] = {
+            k: v for k, v in summary["meta"].items() if k not in ("options", "config_docs")
+        }
     return summary
 
 

@@ -1,0 +1,526 @@
+"""The web application: pages (Jinja templates) and the JSON API under ``/api/``.
+
+Pages are rendered on the server with autoescaping; their scripts fetch the same API a
+user can call, and put what they get into the page as text (``textContent``), never as
+markup. Endpoints are plain functions Starlette runs in its thread pool, since readers
+block.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mimetypes
+import posixpath
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from expkit.errors import ExpkitError, UsageError
+from expkit.runs import probably_dead
+from expkit.serialize import to_data, utcnow
+from expkit_plugins.runs import source_names
+from expkit_plugins.ui import series, views
+from expkit_plugins.ui.security import ARTIFACT_POLICY, TOKEN_HEADER, Guard
+from expkit_plugins.ui.stores import StoreView
+
+HERE = Path(__file__).resolve().parent
+MAX_EDIT_BYTES = 64 * 1024
+MAX_COMMENT = 10_000
+MAX_HIGHLIGHTED = 512 * 1024  # characters of a source file highlighted; longer ones are plain
+API_DOC = {
+    "GET /api/stores": "the stores shown: index, url, whether runs can be edited, run count",
+    "GET /api/runs": "a page of the runs table: ?store= &where= (repeatable, `runs list` "
+    "filters) &status= &experiment= &sort= &desc=1|0 &group=1|0 &offset= &limit=",
+    "GET /api/runs/ID": "everything about a run but its output and metric values",
+    "PATCH /api/runs/ID": 'edit comment and tags: {"comment": "...", "tags": ["a", "b"]}',
+    "DELETE /api/runs/ID": "delete a run (only when started with --allow-delete)",
+    "GET /api/runs/ID/metrics": "metric series, cut to the chart: ?name= (repeatable) "
+    "&width= &start= &stop=",
+    "GET /api/runs/ID/output": "captured output from ?offset= (characters) on, or its end",
+    "GET /api/runs/ID/artifacts/NAME": "an artifact's bytes; ?download=1, ?preview=1 (JSON)",
+    "GET /api/runs/ID/sources/NAME": "a stored source file as text",
+    "GET /api/runs/ID/resources?path=PATH": "a stored input file's bytes",
+    "GET /api/compare": "two or more runs side by side: ?run=ID&run=ID",
+    "GET /api/groups": "the sweeps and studies of a store",
+    "GET /api/groups/KIND/KEY": "a sweep's or study's runs, parameters and results",
+}
+
+
+class _JSONResponse(JSONResponse):
+    """JSON that browsers parse: NaN and infinities (which JSON lacks) as text."""
+
+    def render(self, content: Any) -> bytes:
+        return strict_json(content).encode("utf-8")
+
+
+def strict_json(data: Any, **options: Any) -> str:
+    """``data`` as JSON text; a NaN or an infinity becomes the text ``"nan"``, ``"inf"``."""
+    try:
+        return json.dumps(data, allow_nan=False, ensure_ascii=False, **options)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False, ensure_ascii=False, **options)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+class _Refused(Exception):
+    """A request that cannot be carried out, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(
+    stores: list[StoreView],
+    *,
+    token: str,
+    loopback: bool,
+    port: int,
+    allow_delete: bool = False,
+    beat_interval: float = 10.0,
+) -> Any:
+    """The ASGI application over ``stores``, behind the :class:`Guard`."""
+    ui = _UI(stores, token, allow_delete, beat_interval)
+    routes = [
+        Route("/", ui.runs_page),
+        Route("/runs/{run_id}", ui.run_page),
+        Route("/compare", ui.compare_page),
+        Route("/groups/{kind}/{key}", ui.group_page),
+        Route("/pygments.css", ui.pygments_css),
+        Route("/api", ui.api_index),
+        Route("/api/stores", ui.api_stores),
+        Route("/api/runs", ui.api_runs),
+        Route("/api/runs/{run_id}", ui.api_run),
+        Route("/api/runs/{run_id}", ui.api_edit, methods=["PATCH"]),
+        Route("/api/runs/{run_id}", ui.api_delete, methods=["DELETE"]),
+        Route("/api/runs/{run_id}/metrics", ui.api_metrics),
+        Route("/api/runs/{run_id}/output", ui.api_output),
+        Route("/api/runs/{run_id}/artifacts/{name:path}", ui.api_artifact),
+        Route("/api/runs/{run_id}/sources/{name:path}", ui.api_source),
+        Route("/api/runs/{run_id}/resources", ui.api_resource),
+        Route("/api/compare", ui.api_compare),
+        Route("/api/groups", ui.api_groups),
+        Route("/api/groups/{kind}/{key}", ui.api_group),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    handlers = {
+        UsageError: ui.error(400),
+        KeyError: ui.error(404),
+        _Refused: ui.error(None),
+        ExpkitError: ui.error(503),
+        OSError: ui.error(503),
+        HTTPException: ui.error(None),
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    return Guard(app, token, loopback, port)
+
+
+class _UI:
+    """The endpoints, over the stores and the server's settings."""
+
+    def __init__(
+        self, stores: list[StoreView], token: str, allow_delete: bool, beat: float
+    ) -> None:
+        self.stores = stores
+        self.token = token
+        self.allow_delete = allow_delete
+        self.beat = beat
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        env.filters["json"] = _json_text
+        env.policies["json.dumps_function"] = strict_json  # for |tojson
+        env.filters["quote"] = lambda value: quote(str(value), safe="")
+        env.filters["num"] = _number_text
+        self.templates = Jinja2Templates(env=env)
+        self._pygments_css: str | None = None
+
+    # --- pages --------------------------------------------------------------------------
+
+    def runs_page(self, request: Request) -> Response:
+        store = self._store(request)
+        return self._render(request, "runs.html", store, title=f"runs in {store.url}")
+
+    def run_page(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        detail = views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
+        sources = [self._source_view(store, record.id, name) for name in detail["sources"]]
+        for source in sources:  # the main file is shown open
+            source["main"] = source["name"].rsplit("/", 1)[-1] == detail["mainfile"]
+        return self._render(
+            request,
+            "run.html",
+            store,
+            title=f"run {record.id} of {record.experiment}",
+            run=detail,
+            sources=sources,
+        )
+
+    def compare_page(self, request: Request) -> Response:
+        store = self._store(request)
+        records = self._compared(request, store)
+        report = views.comparison(store, records)
+        diffs = [
+            {"name": name, "against": other, "html": _highlight_diff(lines)}
+            for name, by_run in report["sources"].items()
+            for other, lines in by_run.items()
+        ]
+        ids = ", ".join(str(i) for i in report["runs"])
+        return self._render(
+            request, "compare.html", store, title=f"runs {ids}", report=report, diffs=diffs
+        )
+
+    def group_page(self, request: Request) -> Response:
+        store = self._store(request)
+        kind, key = self._group_key(request)
+        report = views.group_report(store, kind, key)
+        return self._render(request, "group.html", store, title=f"{kind} {key}", group=report)
+
+    def pygments_css(self, request: Request) -> Response:
+        if self._pygments_css is None:
+            from pygments.formatters import HtmlFormatter
+
+            self._pygments_css = HtmlFormatter(style="default").get_style_defs(".highlight")
+        return Response(self._pygments_css, media_type="text/css")
+
+    # --- the API ------------------------------------------------------------------------
+
+    def api_index(self, request: Request) -> Response:
+        return _JSONResponse({"endpoints": API_DOC})
+
+    def api_stores(self, request: Request) -> Response:
+        return _JSONResponse(
+            [
+                {
+                    "index": s.index,
+                    "url": s.url,
+                    "editable": s.editable,
+                    "runs": len(s.listing().records),
+                }
+                for s in self.stores
+            ]
+        )
+
+    def api_runs(self, request: Request) -> Response:
+        store = self._store(request)
+        params = request.query_params
+        where = [f for text in params.getlist("where") for f in views.split_filters(text)]
+        query = views.RunQuery(
+            where=tuple(where),
+            status=tuple(s for text in params.getlist("status") for s in text.split(",") if s),
+            experiment=params.get("experiment") or None,
+            sort=params.get("sort") or "start_time",
+            descending=params.get("desc", "1") not in ("0", "false", ""),
+            grouped=params.get("group", "1") not in ("0", "false", ""),
+        )
+        offset = _int(params, "offset", 0, 0, None)
+        limit = _int(params, "limit", views.PAGE_SIZE, 1, views.MAX_PAGE_SIZE)
+        return _JSONResponse(views.runs_page(store, query, offset, limit, utcnow(), self.beat))
+
+    def api_run(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        return _JSONResponse(
+            views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
+        )
+
+    async def api_edit(self, request: Request) -> Response:
+        store = self._store(request)
+        if not store.editable:
+            raise _Refused(405, f"the reader of {store.url} cannot edit runs (it has no edit_run)")
+        body = await request.body()
+        if len(body) > MAX_EDIT_BYTES:
+            raise _Refused(413, f"an edit is at most {MAX_EDIT_BYTES} bytes")
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise UsageError('the body is not JSON: send {"comment": ..., "tags": [...]}') from None
+        if not isinstance(data, dict) or not set(data) <= {"comment", "tags"}:
+            raise UsageError('send a JSON object with "comment" and/or "tags"')
+        comment = data.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise UsageError("comment must be a string")
+        if comment is not None and len(comment) > MAX_COMMENT:
+            raise UsageError(f"comment is longer than {MAX_COMMENT} characters")
+        tags = views.parse_tags(data["tags"]) if data.get("tags") is not None else None
+        run_id = request.path_params["run_id"]
+
+        def edit() -> dict:
+            self._refuse_running(store, run_id, "edited")
+            record = store.edit(run_id, comment, tags)
+            return {"id": to_data(record.id), "comment": comment, "tags": views.tags_of(record)}
+
+        return _JSONResponse(await run_in_threadpool(edit))
+
+    async def api_delete(self, request: Request) -> Response:
+        store = self._store(request)
+        if not self.allow_delete:
+            raise _Refused(
+                403, "deleting runs is off: start `expkit ui --allow-delete` to allow it"
+            )
+        if not store.deletable:
+            raise _Refused(405, f"the reader of {store.url} cannot delete runs")
+        run_id = request.path_params["run_id"]
+
+        def delete() -> dict:
+            self._refuse_running(store, run_id, "deleted")
+            store.delete(run_id)
+            return {"deleted": run_id}
+
+        return _JSONResponse(await run_in_threadpool(delete))
+
+    def api_metrics(self, request: Request) -> Response:
+        store = self._store(request)
+        run_id = request.path_params["run_id"]
+        params = request.query_params
+        record = store.record(run_id)
+        names = params.getlist("name") or sorted(record.metrics or {})
+        width = _int(params, "width", 1000, 1, series.MAX_WIDTH)
+        start, stop = _float(params, "start"), _float(params, "stop")
+        result, missing = {}, []
+        for name in names:
+            if name not in (record.metrics or {}):
+                missing.append(name)  # compared runs need not log the same metrics
+                continue
+            xs, ys = store.series(run_id, name, series.arrays_of)
+            shown_x, shown_y = series.downsample(xs, ys, width, start, stop)
+            result[name] = {
+                "steps": series.as_list(shown_x),
+                "values": shown_y.tolist(),
+                "count": len(xs),
+                "shown": len(shown_x),
+            }
+        return _JSONResponse({"id": to_data(record.id), "metrics": result, "missing": missing})
+
+    def api_output(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        raw = request.query_params.get("offset")
+        offset = None if raw is None else _int(request.query_params, "offset", 0, 0, None)
+        return _JSONResponse(views.output_chunk(record, offset, utcnow(), self.beat))
+
+    def api_artifact(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        name = request.path_params["name"]
+        # Only names the run lists: the reader is never handed a path a URL made up.
+        if name not in record.artifacts:
+            raise KeyError(f"run {record.id} has no artifact {name!r}")
+        data = store.read_artifact(record.id, name)
+        if request.query_params.get("preview"):
+            return _JSONResponse(views.preview(data))
+        kind = views.artifact_kind(name)
+        content_type = mimetypes.guess_type(name)[0] if kind == "image" else None
+        download = request.query_params.get("download") or kind != "image"
+        return _file_response(data, name, content_type, download)
+
+    def api_source(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        name = request.path_params["name"]
+        if name not in source_names(record):
+            raise KeyError(f"run {record.id} has no source {name!r}")
+        data = store.read_source(record.id, name)
+        return _JSONResponse({"name": name, "text": data.decode("utf-8", errors="replace")})
+
+    def api_resource(self, request: Request) -> Response:
+        store = self._store(request)
+        record = store.record(request.path_params["run_id"])
+        path = request.query_params.get("path", "")
+        if path not in {p for p, _ in record.resources}:
+            raise KeyError(f"run {record.id} has no resource {path!r}")
+        data = store.read_resource(record.id, path)
+        return _file_response(data, posixpath.basename(path.replace("\\", "/")), None, True)
+
+    def api_compare(self, request: Request) -> Response:
+        store = self._store(request)
+        return _JSONResponse(views.comparison(store, self._compared(request, store)))
+
+    def api_groups(self, request: Request) -> Response:
+        return _JSONResponse(views.groups(self._store(request)))
+
+    def api_group(self, request: Request) -> Response:
+        store = self._store(request)
+        kind, key = self._group_key(request)
+        return _JSONResponse(views.group_report(store, kind, key))
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def error(self, status: int | None) -> Any:
+        """An exception handler answering with ``status`` (or the exception's own)."""
+
+        def handle(request: Request, exc: Exception) -> Response:
+            code = status or getattr(exc, "status", None) or getattr(exc, "status_code", 500)
+            message = _message(exc)
+            if request.url.path.startswith("/api"):
+                return _JSONResponse({"error": message}, status_code=code)
+            context = {"title": f"{code}", "status": code, "message": message}
+            return self._render(request, "error.html", None, status_code=code, **context)
+
+        return handle
+
+    def _render(
+        self,
+        request: Request,
+        name: str,
+        store: StoreView | None,
+        status_code: int = 200,
+        **context: Any,
+    ) -> Response:
+        context.update(
+            token=self.token,
+            stores=self.stores,
+            store=store,
+            allow_delete=self.allow_delete,
+            token_header=TOKEN_HEADER,
+        )
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def _store(self, request: Request) -> StoreView:
+        raw = request.query_params.get("store", "0")
+        if not raw.isdigit() or int(raw) >= len(self.stores):
+            raise KeyError(
+                f"no store {raw!r}: this server shows stores 0 to {len(self.stores) - 1}"
+            )
+        return self.stores[int(raw)]
+
+    def _compared(self, request: Request, store: StoreView) -> list:
+        ids = [i for text in request.query_params.getlist("run") for i in text.split(",") if i]
+        if len(ids) < 2:
+            raise UsageError("compare needs two or more runs: /compare?run=ID&run=ID")
+        if len(ids) > 20:
+            raise UsageError("compare at most 20 runs at a time")
+        return [store.record(i) for i in dict.fromkeys(ids)]
+
+    def _group_key(self, request: Request) -> tuple[str, str]:
+        kind = request.path_params["kind"]
+        if kind not in ("sweep", "study"):
+            raise KeyError(f"no group kind {kind!r}: sweep or study")
+        return kind, request.path_params["key"]
+
+    def _refuse_running(self, store: StoreView, run_id: str, what: str) -> None:
+        record = store.record(run_id)
+        detail_running = record.status == "RUNNING" and not probably_dead(
+            record, utcnow(), self.beat
+        )
+        if detail_running:
+            raise _Refused(
+                409,
+                f"run {record.id} is running: it can be {what} once it has ended "
+                "(its process rewrites its record until then)",
+            )
+
+    def _source_view(self, store: StoreView, run_id: Any, name: str) -> dict:
+        try:
+            text = store.read_source(run_id, name).decode("utf-8", errors="replace")
+        except (KeyError, ExpkitError, OSError) as exc:
+            return {"name": name, "error": _message(exc), "html": None, "lines": 0}
+        return {
+            "name": name,
+            "error": None,
+            "html": _highlight(name, text),
+            "lines": text.count("\n") + 1,
+        }
+
+
+def _highlight(name: str, text: str) -> Markup:
+    """``text`` as highlighted HTML (Pygments escapes every character of it)."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import TextLexer, get_lexer_for_filename
+    from pygments.util import ClassNotFound
+
+    lexer: Any = TextLexer()
+    if len(text) <= MAX_HIGHLIGHTED:
+        try:
+            lexer = get_lexer_for_filename(name, stripnl=False)
+        except ClassNotFound:
+            pass
+    return Markup(highlight(text, lexer, HtmlFormatter(linenos="table")))
+
+
+def _highlight_diff(lines: list[str]) -> Markup:
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import DiffLexer
+
+    return Markup(highlight("\n".join(lines) + "\n", DiffLexer(), HtmlFormatter()))
+
+
+def _file_response(data: bytes, name: str, content_type: str | None, download: Any) -> Response:
+    filename = posixpath.basename(name) or "file"
+    disposition = "attachment" if download else "inline"
+    headers = {
+        "content-disposition": f"{disposition}; filename*=UTF-8''{quote(filename, safe='')}",
+        "content-security-policy": ARTIFACT_POLICY,
+    }
+    media_type = content_type if content_type and not download else "application/octet-stream"
+    return Response(data, media_type=media_type, headers=headers)
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of ``value`` for a page (autoescaped where it is put)."""
+    return strict_json(to_data(value), sort_keys=True)
+
+
+def _number_text(value: Any) -> str:
+    """A metric's number with six significant digits, anything else as JSON."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else _json_text(value)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return str(exc) or type(exc).__name__
+
+
+def _int(params: Any, name: str, default: int, low: int, high: int | None) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        upper = f" and {high}" if high is not None else ""
+        raise UsageError(f"{name}={value} is out of range: between {low}{upper}")
+    return value
+
+
+def _float(params: Any, name: str) -> float | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number") from None

@@ -1,0 +1,604 @@
+"""What the pages show, as JSON data: the runs table, a run, a comparison, a sweep or study.
+
+Every function here takes records (and the :class:`~expkit_plugins.ui.stores.StoreView`
+they came from) and returns plain data; the API sends it as it is and the pages
+render it, so the two always show the same thing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import json
+import mimetypes
+import shlex
+from typing import Any
+
+import attrs
+
+from expkit.configuration import flatten
+from expkit.errors import UsageError
+from expkit.records import RunRecord
+from expkit.runs import lookup, parse_filter, probably_dead
+from expkit.serialize import to_data, utcnow
+from expkit_plugins.runs import compare, dependencies, source_names
+from expkit_plugins.ui import series
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_COLUMNS = 40  # config columns shown; MLflow's table breaks down with thousands
+SHORT_VALUE = 300  # characters of JSON a table cell gets before it is cut
+OUTPUT_TAIL = 64 * 1024  # characters of output a run page starts with
+MAX_OUTPUT_CHUNK = 1024 * 1024
+PREVIEW_BYTES = 64 * 1024
+IMAGE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/svg+xml"}
+)
+TEXT_SUFFIXES = frozenset(
+    {".txt", ".log", ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".md", ".rst", ".py"}
+    | {".toml", ".cfg", ".ini", ".out", ".err", ".html", ".xml", ".tex", ".sh"}
+)
+_HIDDEN_META = ("options", "config_docs", "comment", "tags")
+
+
+@attrs.frozen
+class RunQuery:
+    """What the runs table asks for: ``runs list`` filters, sort order and grouping."""
+
+    where: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    experiment: str | None = None
+    sort: str = "start_time"
+    descending: bool = True
+    grouped: bool = True
+
+
+@attrs.frozen
+class Selection:
+    """The runs a query picks, in order, and the config columns that differ among them."""
+
+    records: tuple[RunRecord, ...]
+    flat: tuple[dict, ...]
+    columns: tuple[str, ...]
+    hidden_columns: int
+    group_sizes: dict
+
+
+# --- the runs table -----------------------------------------------------------------------
+
+
+def select(listing: Any, query: RunQuery, now: datetime.datetime, beat: float) -> Selection:
+    """The runs of ``listing`` that pass ``query``; a bad filter is a :class:`UsageError`."""
+    filters = [parse_filter(text) for text in query.where]
+    cached = listing.derived.get(query)
+    if cached is not None and "PROBABLY_DEAD" not in query.status:
+        return cached
+    flats = _flat_configs(listing)
+    statuses = {s.upper() for s in query.status}
+    picked = []
+    for record, flat in zip(listing.records, flats):
+        if query.experiment and not _name_matches(record.experiment, query.experiment):
+            continue
+        if statuses and record.status.upper() not in statuses:
+            if not ("PROBABLY_DEAD" in statuses and probably_dead(record, now, beat)):
+                continue
+        if all(f.matches(record) for f in filters):
+            picked.append((record, flat))
+    picked = _sorted(picked, query.sort, query.descending)
+    group_sizes: dict = {}
+    for record, _ in picked:
+        key = group_of(record)
+        if key is not None:
+            group_sizes[key] = group_sizes.get(key, 0) + 1
+    if query.grouped and group_sizes:
+        picked = _grouped(picked)
+    columns = differing_keys([flat for _, flat in picked])
+    selection = Selection(
+        records=tuple(r for r, _ in picked),
+        flat=tuple(f for _, f in picked),
+        columns=tuple(columns[:MAX_COLUMNS]),
+        hidden_columns=max(0, len(columns) - MAX_COLUMNS),
+        group_sizes=group_sizes,
+    )
+    if len(listing.derived) > 32:
+        listing.derived.clear()
+    listing.derived[query] = selection
+    return selection
+
+
+def prepare(listing: Any, beat: float = 10.0) -> None:
+    """Derive what the runs table's first page needs, before any page asks for it."""
+    select(listing, RunQuery(), utcnow(), beat)
+
+
+def runs_page(
+    store: Any,
+    query: RunQuery,
+    offset: int,
+    limit: int,
+    now: datetime.datetime,
+    beat: float,
+) -> dict:
+    """One page of the runs table: rows, columns, the total and the store's state."""
+    listing = store.listing()
+    selection = select(listing, query, now, beat)
+    page = range(offset, min(offset + limit, len(selection.records)))
+    return {
+        "store": store.index,
+        "store_url": store.url,
+        "store_error": listing.error,
+        "total": len(selection.records),
+        "all": len(listing.records),
+        "offset": offset,
+        "limit": limit,
+        "sort": query.sort,
+        "descending": query.descending,
+        "columns": list(selection.columns),
+        "hidden_columns": selection.hidden_columns,
+        "rows": [
+            run_row(selection.records[i], selection.flat[i], selection, now, beat) for i in page
+        ],
+    }
+
+
+def run_row(
+    record: RunRecord, flat: dict, selection: Selection, now: datetime.datetime, beat: float
+) -> dict:
+    """A row of the runs table."""
+    group = group_of(record)
+    return {
+        "id": to_data(record.id),
+        "experiment": record.experiment,
+        "status": record.status,
+        "probably_dead": probably_dead(record, now, beat),
+        "start_time": to_data(record.start_time),
+        "stop_time": to_data(record.stop_time),
+        "heartbeat": to_data(record.heartbeat),
+        "duration": _seconds(record.duration),
+        "result": short(record.result),
+        "config": {k: short(flat[k]) for k in selection.columns if k in flat},
+        "comment": record.meta.get("comment") or "",
+        "tags": tags_of(record),
+        "group": None
+        if group is None
+        else {
+            "kind": group[0],
+            "key": group[1],
+            "size": selection.group_sizes.get(group, 0),
+            "position": _group_position(record, group[0]),
+        },
+    }
+
+
+def differing_keys(flats: list[dict]) -> list[str]:
+    """The keys whose value is not the same in every one of ``flats`` (missing counts)."""
+    if len(flats) < 2:
+        return []
+    keys: dict[str, None] = {}
+    for flat in flats:
+        keys.update(dict.fromkeys(flat))
+    missing = object()
+    differing = []
+    for key in keys:
+        first = _comparable(flats[0].get(key, missing))
+        if any(_comparable(flat.get(key, missing)) != first for flat in flats):
+            differing.append(key)
+    return differing
+
+
+def short(value: Any) -> Any:
+    """``value`` as JSON data, or as cut JSON text (``{"cut": ...}``) when it is long."""
+    data = to_data(value)
+    if isinstance(data, (dict, list)) or (isinstance(data, str) and len(data) > SHORT_VALUE):
+        text = data if isinstance(data, str) else json.dumps(data, sort_keys=True)
+        if len(text) > SHORT_VALUE:
+            return {"cut": text[:SHORT_VALUE] + "…"}
+    return data
+
+
+def tags_of(record: RunRecord) -> list[str]:
+    """The run's tags (``meta.tags``), as a list of strings."""
+    tags = record.meta.get("tags")
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
+def group_of(record: RunRecord) -> tuple[str, str] | None:
+    """``("sweep", id)`` or ``("study", name)`` when the run is part of one."""
+    sweep = record.meta.get("sweep")
+    if isinstance(sweep, dict) and sweep.get("id") is not None:
+        return ("sweep", str(sweep["id"]))
+    study = record.meta.get("study")
+    if isinstance(study, dict) and study.get("name") is not None:
+        return ("study", str(study["name"]))
+    return None
+
+
+# --- sweeps and studies -------------------------------------------------------------------
+
+
+def groups(store: Any) -> list[dict]:
+    """Every sweep and study in the store, with its size and statuses."""
+    found: dict[tuple[str, str], dict] = {}
+    for record in store.listing().records:
+        key = group_of(record)
+        if key is None:
+            continue
+        entry = found.setdefault(
+            key, {"kind": key[0], "key": key[1], "runs": 0, "statuses": {}, "experiment": ""}
+        )
+        entry["runs"] += 1
+        entry["experiment"] = entry["experiment"] or record.experiment
+        entry["statuses"][record.status] = entry["statuses"].get(record.status, 0) + 1
+    return list(found.values())
+
+
+def group_report(store: Any, kind: str, key: str) -> dict:
+    """A sweep's or study's runs: each one's parameters and result; :class:`KeyError` if none."""
+    members = [r for r in store.listing().records if group_of(r) == (kind, key)]
+    if not members:
+        raise KeyError(f"no {kind} {key!r} in {store.url}")
+    members.sort(key=lambda r: _position_order(_group_position(r, kind)))
+    flats = [dict(flatten(r.config)) for r in members]
+    params = _group_params(members, flats)
+    results = [to_data(r.result) for r in members]
+    return {
+        "store": store.index,
+        "kind": kind,
+        "key": key,
+        "experiment": members[0].experiment,
+        "params": params,
+        "objectives": _objectives(results),
+        "runs": [
+            {
+                "id": to_data(r.id),
+                "status": r.status,
+                "position": _group_position(r, kind),
+                "params": {p: short(f.get(p)) for p in params},
+                "result": results[i],
+            }
+            for i, (r, f) in enumerate(zip(members, flats))
+        ],
+    }
+
+
+def _group_params(members: list[RunRecord], flats: list[dict]) -> list[str]:
+    declared: dict[str, None] = {}
+    for record in members:
+        sweep = record.meta.get("sweep")
+        named = sweep.get("params") if isinstance(sweep, dict) else None
+        if isinstance(named, (dict, list)):  # {name: value} or [name, ...]
+            declared.update(dict.fromkeys(str(k) for k in named))
+    if declared:
+        return list(declared)
+    # A study (or a sweep that names no parameters): what varies, but the per-run seed.
+    return [k for k in differing_keys(flats) if k != "seed"]
+
+
+def _objectives(results: list[Any]) -> list[str]:
+    """What a group's runs can be plotted against: the result, or each number in it."""
+    if any(_is_number(r) for r in results):
+        return ["result"]
+    keys: dict[str, None] = {}
+    for result in results:
+        if isinstance(result, dict):
+            keys.update(dict.fromkeys(f"result.{k}" for k, v in result.items() if _is_number(v)))
+    return list(keys)
+
+
+def _group_position(record: RunRecord, kind: str) -> Any:
+    entry = record.meta.get(kind)
+    if not isinstance(entry, dict):
+        return None
+    return to_data(entry.get("index" if kind == "sweep" else "trial"))
+
+
+def _position_order(position: Any) -> tuple:
+    return (0, position) if _is_number(position) else (1, str(position))
+
+
+# --- one run ------------------------------------------------------------------------------
+
+
+def run_detail(
+    store: Any, record: RunRecord, now: datetime.datetime, beat: float, allow_delete: bool
+) -> dict:
+    """Everything about a run but its output and metric values, which have their own calls."""
+    info = record.experiment_info
+    docs = _config_docs(record.meta)
+    meta = {k: v for k, v in record.meta.items() if k not in _HIDDEN_META}
+    options = record.meta.get("options")
+    if isinstance(options, dict):
+        meta["options"] = {k: v for k, v in options.items() if v not in (None, False, [], {})}
+    dead = probably_dead(record, now, beat)
+    group = group_of(record)
+    return {
+        "store": store.index,
+        "store_url": store.url,
+        "id": to_data(record.id),
+        "experiment": record.experiment,
+        "status": record.status,
+        "probably_dead": dead,
+        "running": record.status == "RUNNING" and not dead,
+        "command": record.command,
+        "start_time": to_data(record.start_time),
+        "stop_time": to_data(record.stop_time),
+        "heartbeat": to_data(record.heartbeat),
+        "duration": _seconds(record.duration),
+        "result": to_data(record.result),
+        "fail_trace": "".join(record.fail_trace) if record.fail_trace else None,
+        "config": [
+            {"key": k, "value": to_data(v), "doc": docs.get(k, "")}
+            for k, v in flatten(record.config)
+        ],
+        "comment": record.meta.get("comment") or "",
+        "tags": tags_of(record),
+        "meta": to_data(meta),
+        "info": to_data(record.info),
+        "host": to_data(record.host),
+        "git": to_data(info.get("repositories") or []),
+        "dependencies": [f"{n}=={v}" for n, v in sorted(dependencies(record).items())],
+        "base_dir": info.get("base_dir"),
+        "mainfile": info.get("mainfile"),
+        "sources": source_names(record),
+        "artifacts": [{"name": a, "kind": artifact_kind(a)} for a in record.artifacts],
+        "resources": [{"path": p, "md5": m} for p, m in record.resources],
+        "metrics": metric_summaries(store, record),
+        "output_size": len(record.captured_out or ""),
+        "rerun": rerun_command(store.url, record),
+        "editable": store.editable,
+        "deletable": allow_delete and store.deletable,
+        "group": None if group is None else {"kind": group[0], "key": group[1]},
+    }
+
+
+def metric_summaries(store: Any, record: RunRecord) -> list[dict]:
+    """Per metric: name, number of points, last, smallest and largest value."""
+    summaries = []
+    for name, entry in sorted((record.metrics or {}).items()):
+        _, values = store.series(str(record.id), name, series.arrays_of)  # kept for the chart
+        shown = len(values) > 0
+        summaries.append(
+            {
+                "name": name,
+                "count": len(entry.get("steps") or ()),
+                "last": float(values[-1]) if shown else None,
+                "min": float(values.min()) if shown else None,
+                "max": float(values.max()) if shown else None,
+            }
+        )
+    return summaries
+
+
+def output_chunk(
+    record: RunRecord, offset: int | None, now: datetime.datetime, beat: float
+) -> dict:
+    """Captured output from character ``offset`` on (``None``: its last part)."""
+    text = record.captured_out or ""
+    reset = False
+    if offset is None:
+        offset = max(0, len(text) - OUTPUT_TAIL)
+    elif offset > len(text):
+        offset, reset = 0, True  # rewritten shorter (carriage returns folded): start again
+    end = min(len(text), offset + MAX_OUTPUT_CHUNK)
+    dead = probably_dead(record, now, beat)
+    return {
+        "text": text[offset:end],
+        "offset": offset,
+        "next": end,
+        "size": len(text),
+        "reset": reset,
+        "status": record.status,
+        "probably_dead": dead,
+        "running": record.status == "RUNNING" and not dead,
+        "heartbeat": to_data(record.heartbeat),
+        "stop_time": to_data(record.stop_time),
+        "duration": _seconds(record.duration),
+        "result": to_data(record.result),
+    }
+
+
+def artifact_kind(name: str) -> str:
+    """``image`` (shown), ``text`` (previewed) or ``file`` (downloaded)."""
+    content_type, _ = mimetypes.guess_type(name)
+    if content_type in IMAGE_TYPES:
+        return "image"
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix in TEXT_SUFFIXES or (content_type or "").startswith("text/"):
+        return "text"
+    return "file"
+
+
+def preview(data: bytes) -> dict:
+    """The start of an artifact as text, or why it has none (binary)."""
+    head = data[:PREVIEW_BYTES]
+    if b"\0" in head[:8192]:
+        return {"text": None, "binary": True, "size": len(data), "truncated": False}
+    return {
+        "text": head.decode("utf-8", errors="replace"),
+        "binary": False,
+        "size": len(data),
+        "truncated": len(data) > PREVIEW_BYTES,
+    }
+
+
+def rerun_command(store_url: str, record: RunRecord) -> str:
+    """The command line that runs ``record`` again from its stored sources."""
+    return shlex.join(["expkit", "rerun", str(record.id), "--store", store_url])
+
+
+# --- comparing runs -----------------------------------------------------------------------
+
+
+def comparison(store: Any, records: list[RunRecord]) -> dict:
+    """Two or more runs side by side: every config entry (differing ones marked), results,
+    metrics, and what ``expkit runs diff`` reports (sources, packages, host, git)."""
+    flats = [dict(flatten(r.config)) for r in records]
+    differing = set(differing_keys(flats))
+    keys: dict[str, None] = {}
+    for flat in flats:
+        keys.update(dict.fromkeys(flat))
+    report = to_data(compare(store, records))
+    metrics: dict[str, None] = {}
+    for record in records:
+        metrics.update(dict.fromkeys(sorted(record.metrics or {})))
+    report.update(
+        {
+            "store": store.index,
+            "store_url": store.url,
+            "experiments": [r.experiment for r in records],
+            "statuses": [r.status for r in records],
+            "results": [to_data(r.result) for r in records],
+            "config_table": [
+                {
+                    "key": k,
+                    "values": [to_data(f[k]) if k in f else None for f in flats],
+                    "differs": k in differing,
+                }
+                for k in keys
+            ],
+            "metric_names": list(metrics),
+        }
+    )
+    return report
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def parse_tags(value: Any) -> list[str]:
+    """Tags as the API takes them: a list of words, or one text of comma-separated words."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise UsageError("tags must be a list of strings (or one text of comma-separated tags)")
+    tags: dict[str, None] = {}
+    for tag in value:
+        tag = " ".join(tag.split())
+        if len(tag) > 100:
+            raise UsageError(f"tag {tag[:20]!r}... is longer than 100 characters")
+        if tag:
+            tags[tag] = None
+    return list(tags)
+
+
+def split_filters(text: str) -> list[str]:
+    """``C>1, kernel=="rbf"`` as ``["C>1", 'kernel=="rbf"']``: split at commas and
+    semicolons outside quotes and brackets."""
+    parts, current, depth, quote = [], [], 0, ""
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char in ",;" and depth <= 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _config_docs(meta: dict) -> dict[str, str]:
+    pairs = meta.get("config_docs")
+    if not isinstance(pairs, list):
+        return {}
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
+
+
+def _flat_configs(listing: Any) -> tuple[dict, ...]:
+    flats = listing.derived.get("flat")
+    if flats is None:
+        flats = tuple(dict(flatten(r.config)) for r in listing.records)
+        listing.derived["flat"] = flats
+    return flats
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def _grouped(picked: list[tuple[RunRecord, dict]]) -> list[tuple[RunRecord, dict]]:
+    """Each sweep's or study's runs together, where the first of them is in the order."""
+    buckets: dict[Any, list] = {}
+    for i, pair in enumerate(picked):
+        buckets.setdefault(group_of(pair[0]) or i, []).append(pair)
+    return [pair for bucket in buckets.values() for pair in bucket]
+
+
+def _sorted(picked: list[tuple[RunRecord, dict]], key: str, descending: bool) -> list:
+    """Sorted by ``key``; values of different kinds in groups, runs without the key last."""
+    present, missing = [], []
+    for pair in picked:
+        found, value = _sort_value(pair[0], key)
+        if found and value is not None:
+            present.append((_sort_rank(value), pair))
+        else:
+            missing.append(pair)
+    try:
+        present.sort(key=lambda item: item[0], reverse=descending)
+    except TypeError:  # one kind that still does not order (lists of mixed things)
+        present.sort(key=lambda item: repr(item[0]), reverse=descending)
+    return [pair for _, pair in present] + missing
+
+
+def _sort_value(record: RunRecord, key: str) -> tuple[bool, Any]:
+    if key in ("comment", "tags"):
+        value = record.meta.get(key)
+        return value is not None, ",".join(value) if isinstance(value, list) else value
+    if key.startswith("meta."):
+        value: Any = record.meta
+        for part in key[5:].split("."):
+            if not isinstance(value, dict) or part not in value:
+                return False, None
+            value = value[part]
+        return True, value
+    return lookup(record, key)
+
+
+def _sort_rank(value: Any) -> tuple:
+    if isinstance(value, bool):
+        return (0, int(value))
+    if isinstance(value, (int, float)):
+        return (0, value) if value == value else (0, float("-inf"))
+    if isinstance(value, datetime.timedelta):
+        return (0, value.total_seconds())
+    if isinstance(value, datetime.datetime):
+        return (1, value.isoformat())
+    if isinstance(value, str):
+        return (2, _natural(value))
+    return (3, json.dumps(to_data(value), sort_keys=True))
+
+
+def _natural(text: str) -> tuple:
+    # Ids of the file store are folder names: "10" after "9".
+    return (0, int(text), "") if text.isascii() and text.isdigit() else (1, 0, text)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return (type(value).__name__, value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(to_data(value), sort_keys=True)
+    return value if _hashable(value) else repr(value)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds(delta: datetime.timedelta | None) -> float | None:
+    return None if delta is None else delta.total_seconds()
