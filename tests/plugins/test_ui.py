@@ -497,47 +497,6 @@ def test_a_running_run_is_not_edited_but_a_dead_one_is(tmp_path):
         assert ui.request("GET", f"/api/runs/{ids['failed']}")[0] == 404
 
 
-# --- edit_run through each store's reader -----------------------------------------------------
-
-
-def _edited(reader, run_id):
-    reader.edit_run(run_id, comment="a note", tags=["x", "y"])
-    record = reader.get_run(run_id)
-    assert (record.meta["comment"], record.meta["tags"]) == ("a note", ["x", "y"])
-    reader.edit_run(run_id, tags=[])  # the comment stays, the tags go
-    listed = {str(r.id): r for r in reader.list_runs()}[str(run_id)]
-    assert listed.meta.get("comment") == "a note" and "tags" not in listed.meta
-    with pytest.raises(KeyError):
-        reader.edit_run("999", comment="nobody")
-
-
-def test_edit_run_in_the_tinydb_store(tmp_path):
-    from expkit import Experiment
-    from expkit.observers import TinyDbObserver
-    from expkit_plugins.tinydb_store import TinyDbRunReader
-
-    ex = Experiment("t")
-    ex.observers.append(TinyDbObserver(str(tmp_path / "db")))
-    ex.main(lambda: 1)
-    run_id = ex.run()._id
-    _edited(TinyDbRunReader(tmp_path / "db"), run_id)
-
-
-def test_edit_run_in_the_mongo_store(mongo_url):
-    from expkit import Experiment
-    from expkit_plugins.mongo_store import expkit_reader_for_url, expkit_store_for_url
-
-    ex = Experiment("m")
-    ex.observers.append(expkit_store_for_url(url=mongo_url))
-    ex.main(lambda: 1)
-    run_id = ex.run()._id
-    reader = expkit_reader_for_url(url=mongo_url)
-    try:
-        _edited(reader, run_id)
-    finally:
-        reader.close()
-
-
 def test_tags_and_filters_are_parsed_as_documented():
     assert views.parse_tags("a, b ,,a") == ["a", "b"]
     assert views.split_filters('C>1, name=="a,b"; x in [1, 2]') == [
