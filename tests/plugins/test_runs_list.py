@@ -284,7 +284,7 @@ def test_a_table_of_many_runs_shows_the_newest_and_says_how_to_see_more(
         observer.completed_event(at, n)
     code, lines, _ = run_list(url, capsys=capsys)
     assert code == 0
-    header, *rows, footer = lines
+    _, *rows, footer = lines
     assert len(rows) == TABLE_LIMIT and cells(rows[0])[0] == str(TABLE_LIMIT + 5)  # newest first
     assert footer.startswith(f"the {TABLE_LIMIT} newest runs of many in ")
     assert footer.endswith("more with --all or --limit N")
