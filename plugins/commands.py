@@ -170,7 +170,8 @@ def show_config(config: Any) -> int:
     """
     from expkit.errors import ExpkitError, UsageError
     from expkit.nodes import ExitCode
-    from expkit.run import check_added_entries, find_command, resolve_config
+    from expkit.resolve import check_added_entries, resolve_config
+    from expkit.run import find_command
     from expkit_plugins.session import Session, collect, parse_overrides
 
     paths = list(config.option.paths)

@@ -16,7 +16,7 @@ from typing import Any
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.pluginmanager import hookimpl
-from expkit.run import SigtermInterrupt
+from expkit.signals import SigtermInterrupt
 from expkit.utils import parse_literal, suggest
 
 # (short, long, takes a value, help)
@@ -250,7 +250,7 @@ def _update_tokens(parsed: dict) -> list[str]:
 
 
 def _print_user_traceback(exc: BaseException) -> None:
-    from expkit.run import format_user_traceback
+    from expkit.tracebacks import format_user_traceback
 
     lines = format_user_traceback(exc)
     lines[0] = "Traceback (most recent calls WITHOUT expkit internals):\n"

@@ -18,16 +18,12 @@ import attrs
 
 from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
+from expkit.logs import ConsoleLogHandler
 from expkit.nodes import CollectError, ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit.run import (
-    FAILED,
-    ConsoleLogHandler,
-    create_run,
-    format_user_traceback,
-    store_for_url,
-)
+from expkit.run import FAILED, create_run, store_for_url
 from expkit.settings import CAPTURE_MODES
+from expkit.tracebacks import format_user_traceback
 from expkit.utils import parse_literal
 
 SKIPPED = "SKIPPED"

@@ -209,7 +209,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _config_lines(item: Any) -> list[str]:
     from expkit.configuration import flatten
-    from expkit.run import resolve_config
+    from expkit.resolve import resolve_config
 
     try:
         config = resolve_config(item.experiment, item.params or None)
