@@ -147,6 +147,16 @@ for _command in (print_config, print_dependencies, save_config, print_named_conf
 
 
 @hookimpl
+def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "config",
+        "config NODEID|FILE",
+        "print the config an experiment would run with",
+        ("overrides", "named", "force", "plugins"),
+    )
+
+
+@hookimpl
 def expkit_builtin_commands(experiment: Any) -> dict:
     return {
         "print_config": print_config,

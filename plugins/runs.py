@@ -81,6 +81,9 @@ _ASCII_BLOCKS = "_.-=+*#@"
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "runs", "runs SUBCOMMAND", "list, show, diff, rm, export, metrics, artifact", (), "runs"
+    )
     group = parser.getgroup("runs", "finding and comparing stored runs (expkit runs --help)")
     group.addoption(
         "--experiment",

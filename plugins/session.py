@@ -29,6 +29,11 @@ SKIPPED = "SKIPPED"
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand("run", "run [PATH|NODEID ...]", "run the experiments found, record every run")
+    # `expkit --collect-only --help` is `expkit run --help`.
+    parser.addcommand(
+        "--collect-only", "--collect-only [PATH ...]", "list what 'expkit run' would run"
+    )
     group = parser.getgroup("running", "choosing and running experiments")
     group.addoption("paths", nargs="*", metavar="PATH|NODEID", help="files, folders or node ids")
     group.addoption(
