@@ -63,27 +63,58 @@ QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED = (
     "INTERRUPTED",
 )
 
-# The options of a run, with their defaults; keys as Sacred spells its long flags.
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "--beat-interval": None,
-    "--capture": None,
-    "--comment": None,
-    "--debug": False,
-    "--enforce_clean": False,
-    "--file_storage": None,
-    "--force": False,
-    "--help": False,
-    "--id": None,
-    "--loglevel": None,
-    "--mongo_db": None,
-    "--name": None,
-    "--pdb": False,
-    "--print-config": False,
-    "--priority": None,
-    "--queue": False,
-    "--tiny_db": None,
-    "--unobserved": False,
-}
+
+@attrs.frozen
+class RunOption:
+    """An option of a run: ``ex.run(options={LONG: ...})`` and the script's flag ``SHORT``."""
+
+    short: str
+    long: str
+    takes_value: bool
+    help: str
+
+
+# Sacred's options of a run, with their flags on the script's command line (plugins/script.py).
+RUN_OPTIONS: tuple[RunOption, ...] = tuple(
+    RunOption(*spec)
+    for spec in [
+        (
+            "-b",
+            "--beat-interval",
+            True,
+            "Heartbeat interval in seconds (0 or less: only one at the end).",
+        ),
+        ("-C", "--capture", True, "Output capture mode: fd, sys or no."),
+        ("-c", "--comment", True, "A comment to store with the run."),
+        ("-d", "--debug", False, "Show full tracebacks and let exceptions through (no filtering)."),
+        ("-D", "--pdb", False, "Start the debugger after an exception."),
+        (
+            "-e",
+            "--enforce_clean",
+            False,
+            "Refuse to run with uncommitted changes in the git repository.",
+        ),
+        ("-F", "--file_storage", True, "Store the run in this folder (file store)."),
+        ("-f", "--force", False, "Allow added config entries no function uses, and type changes."),
+        ("-h", "--help", False, "Show this help and exit."),
+        ("-i", "--id", True, "The id of this run."),
+        ("-l", "--loglevel", True, "Log level (a name such as DEBUG or a number)."),
+        (
+            "-m",
+            "--mongo_db",
+            True,
+            "Store the run in MongoDB: [host:port:]db_name or a mongodb:// URL.",
+        ),
+        ("-n", "--name", True, "Store the run under this experiment name."),
+        ("-P", "--priority", True, "Priority of a queued run (a number)."),
+        ("-p", "--print-config", False, "Print the configuration before running."),
+        ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
+        ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
+        ("-u", "--unobserved", False, "Run without storing anything."),
+    ]
+)
+# Keys as Sacred spells its long flags; a flag's default is False, a value's None.
+DEFAULT_OPTIONS: dict[str, Any] = {o.long: None if o.takes_value else False for o in RUN_OPTIONS}
 
 
 # How often new metric points are delivered to the stores between heartbeats (seconds).
@@ -416,11 +447,8 @@ class Run:
         self.stop_time: datetime.datetime | None = None
         self.heartbeat_time: datetime.datetime | None = None
         self.fail_trace: list[str] | None = None
-        self.unobserved = not observers
-        self.force = bool(options.get("--force"))
         self.queue_only = bool(options.get("--queue"))
         self.debug = bool(options.get("--debug"))
-        self.pdb = bool(options.get("--pdb"))
         self.artifacts: list[Artifact] = []
         self.resources: list[Resource] = []
         # Deepest ingredients first, the experiment last.
