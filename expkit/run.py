@@ -89,6 +89,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "--print-config": False,
     "--priority": None,
     "--queue": False,
+    "--s3": None,
     "--tiny_db": None,
     "--unobserved": False,
 }
@@ -471,6 +472,10 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
         urls.append("tinydb://" + os.fspath(options["--tiny_db"]))
     if options["--mongo_db"]:
         urls.append(_mongo_url(options["--mongo_db"]))
+    if options["--s3"]:
+        if not str(options["--s3"]).startswith("s3://"):
+            raise UsageError(f"-S/--s3 takes s3://BUCKET/PATH, not {options['--s3']!r}")
+        urls.append(str(options["--s3"]))
     return [store_for_url(pm, url) for url in urls]
 
 

@@ -52,6 +52,7 @@ FLAGS = [
     ("-P", "--priority", True, "Priority of a queued run (a number)."),
     ("-p", "--print-config", False, "Print the configuration before running."),
     ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
+    ("-S", "--s3", True, "Store the run in S3: s3://BUCKET/PATH."),
     ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
     ("-u", "--unobserved", False, "Run without storing anything."),
 ]

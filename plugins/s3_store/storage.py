@@ -556,11 +556,22 @@ class S3Storage(Storage):
 
     def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # S3's most per request
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            with self._errors("deleting"):
+            batch = keys[start : start + 1000]
+            try:
                 done = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
+            except ClientError as exc:
+                if _code(exc) != "NotImplemented":
+                    raise self._error(exc, "deleting") from None
+                # Google Cloud Storage's XML API deletes one object per request.
+                for key in batch:
+                    with self._errors(f"deleting {key}"):
+                        self.client.delete_object(Bucket=self.bucket, Key=key)
+                continue
+            except BotoCoreError as exc:
+                raise self._error(exc, "deleting") from None
             if done.get("Errors"):
                 first = done["Errors"][0]
                 raise StoreError(
@@ -874,11 +885,18 @@ def _client(region: str | None, endpoint_url: str | None) -> Any:
         "retries": {"max_attempts": 3, "mode": "standard"},
         "max_pool_connections": _READERS,
     }
-    if endpoint_url:
+    if endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
         # S3-compatible services (Google Cloud Storage, older MinIO) refuse the checksum
-        # trailers boto3 sends by default since 1.36.
+        # trailers boto3 sends to AWS by default since 1.36.
         options["request_checksum_calculation"] = "when_required"
         options["response_checksum_validation"] = "when_required"
+    for name in _QUIET_LOGGERS:
+        # At -l DEBUG botocore logs every request with its signed headers: a run's output
+        # would keep the access key id, and grow by the store's own writes. Unless the user
+        # set these loggers' levels, they log warnings only.
+        quiet = logging.getLogger(name)
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.WARNING)
     global _session
     with _session_lock:
         # One session for the process: it keeps the service's model, which costs a tenth of
@@ -892,3 +910,4 @@ def _client(region: str | None, endpoint_url: str | None) -> Any:
 
 _session: Any = None
 _session_lock = threading.Lock()
+_QUIET_LOGGERS = ("boto3", "botocore", "s3transfer")
