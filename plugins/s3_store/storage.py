@@ -127,9 +127,11 @@ class S3Storage(Storage):
             self.prefix, RESOURCES_DIR
         )
         self.source_dir = _clean_key(source_dir, "source_dir") or _join(self.prefix, SOURCES_DIR)
+        self.region = region
         self.endpoint_url = endpoint_url
         self.url = url if url is not None else f"s3://{bucket}/{self.prefix}"
         self.client = _client(region, endpoint_url)
+        self._pinger: Any = None  # a client that gives up at once, made on the first ping
         self._lock = threading.RLock()
         self._stored: set[str] = set()  # keys of sources and resources known to be there
         self._bucket_checked = False
@@ -219,9 +221,11 @@ class S3Storage(Storage):
             else:
                 metrics = self._get_json(_join(self.dir, METRICS_FILE), default={})
                 if metrics:
-                    # Logged again after the end: the log starts from what metrics.json holds.
+                    # The run ended once (its segments are gone): a log that goes on starts
+                    # with what metrics.json holds, so that readers of the log miss nothing.
                     self._lines = [_compact(metrics) + "\n"]
-                    self._segment, self._segment_lines = 1, list(self._lines)
+                    self._put(_segment_name(1), self._lines[0].encode())
+                    self._segment = 1
             self._points = sum(_count_points(line) for line in self._lines)
             self._points_saved = self._points if self._lines else None
             self._replayed = self._lines[-1] if self._lines else None
@@ -378,17 +382,20 @@ class S3Storage(Storage):
         self._delete_keys([run_key])
 
     def ping(self) -> bool:
-        """Whether the bucket answers now."""
+        """Whether the bucket answers within a few seconds, asked once."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            if self._pinger is None:
+                self._pinger = _client(self.region, self.endpoint_url, quick=True)
+            self._pinger.head_bucket(Bucket=self.bucket)
         except Exception:
             return False
         return True
 
     def close(self) -> None:
-        """Let go of the client's connections."""
-        with contextlib.suppress(Exception):
-            self.client.close()
+        """Let go of the clients' connections."""
+        for client in (self.client, self._pinger):
+            with contextlib.suppress(Exception):
+                client.close()
 
     # --- ids ---
 
@@ -873,16 +880,17 @@ def _code(exc: Any) -> str:
     return str(error.get("Code", ""))
 
 
-def _client(region: str | None, endpoint_url: str | None) -> Any:
+def _client(region: str | None, endpoint_url: str | None, quick: bool = False) -> Any:
+    """An S3 client; a ``quick`` one waits 1 s to connect, 2 s for an answer, and never retries."""
     try:
         import boto3
         from botocore.config import Config
     except ImportError:
         raise UsageError("the S3 store needs boto3: pip install 'expkit[s3]'") from None
     options: dict[str, Any] = {
-        "connect_timeout": 5,
-        "read_timeout": 60,
-        "retries": {"max_attempts": 3, "mode": "standard"},
+        "connect_timeout": 1 if quick else 5,
+        "read_timeout": 2 if quick else 60,
+        "retries": {"max_attempts": 1 if quick else 3, "mode": "standard"},
         "max_pool_connections": _READERS,
     }
     if endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -341,23 +342,38 @@ def test_a_resumed_run_keeps_every_batch_once(s3_url: str) -> None:
     pm = get_plugin_manager()
     first = open_store(pm, s3_url)
     run_id = _start(first)
-    first.log_metric_columns(_columns(0, 3), {})
-    first.log_metric_columns(_columns(3, 3), {})
+    first.log_metric_columns(_columns(0, 2000), {})  # more than a segment holds
+    first.log_metric_columns(_columns(2000, 3), {})
     # The store took the second batch but the answer was lost: the spool replays it.
     again = open_store(pm, s3_url)
     again.resume(run_id)
-    again.log_metric_columns(_columns(3, 3), {})
-    again.log_metric_columns(_columns(6, 3), {})
+    again.log_metric_columns(_columns(2000, 3), {})
+    again.log_metric_columns(_columns(2003, 3), {})
     again.completed_event(stop_time=T2, result=1)
     reader = open_reader(pm, s3_url)
-    assert reader.get_run(run_id).metrics["loss"]["steps"] == list(range(9))
-    # Points logged after the end (a spooled batch delivered late) join metrics.json's.
+    assert reader.get_run(run_id).metrics["loss"]["steps"] == list(range(2006))
+    # Points delivered after the end (a spooled batch, late) join metrics.json's, and a
+    # reader sees all of them before the end is written again.
     late = open_store(pm, s3_url)
     late.resume(run_id)
-    late.log_metric_columns(_columns(9, 2), {})
+    late.log_metric_columns(_columns(2006, 2), {})
+    assert reader.get_run(run_id).metrics["loss"]["steps"] == list(range(2008))
     late.completed_event(stop_time=T2, result=1)
-    assert reader.get_run(run_id).metrics["loss"]["steps"] == list(range(11))
-    assert not [k for k in _keys(s3_url) if "/_metrics/" in k]
+    assert reader.get_run(run_id).metrics["loss"]["steps"] == list(range(2008))
+    objects = _keys(s3_url)
+    assert not [k for k in objects if "/_metrics/" in k]
+    assert json.loads(objects[f"{run_id}/metrics.json"])["loss"]["steps"] == list(range(2008))
+
+
+@pytest.mark.parametrize("up", [True, False])
+def test_ping_answers_at_once(s3_server: MotoS3, s3_url: str, up: bool) -> None:
+    storage = S3Storage.from_url(s3_url)
+    storage.client.create_bucket(Bucket=storage.bucket)
+    if not up:
+        s3_server.stop()
+    started = time.monotonic()
+    assert storage.ping() is up
+    assert time.monotonic() - started < 3
 
 
 # --- ids -------------------------------------------------------------------------------------
