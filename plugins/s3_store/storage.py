@@ -44,7 +44,7 @@ import posixpath
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,6 +62,7 @@ from expkit_plugins.file_store.storage import (
     RESOURCES_DIR,
     RUN_FILE,
     SOURCES_DIR,
+    FileStorageObserver,
     _compact,
     _doc_from_disk,
     _doc_from_summary,
@@ -454,14 +455,11 @@ class S3Storage(Storage):
         """Create the bucket if it is missing (as Sacred's observer did), once per storage."""
         if self._bucket_checked:
             return
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if _code(exc) not in _MISSING:
-                raise self._error(exc, "looking for the bucket") from None
+        found = self._unless_missing(
+            "looking for the bucket", lambda: self.client.head_bucket(Bucket=self.bucket)
+        )
+        if found is None:
             self._create_bucket()
-        except BotoCoreError as exc:
-            raise self._error(exc, "looking for the bucket") from None
         self._bucket_checked = True
 
     def _create_bucket(self) -> None:
@@ -496,14 +494,10 @@ class S3Storage(Storage):
 
     def _get(self, key: str) -> bytes | None:
         """The content of ``key``; ``None`` when there is no such object (or bucket)."""
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise self._error(exc, f"reading {key}") from None
-        except BotoCoreError as exc:
-            raise self._error(exc, f"reading {key}") from None
+        return self._unless_missing(
+            f"reading {key}",
+            lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(),
+        )
 
     def _get_json(self, key: str, default: Any = None, damaged: Any = None) -> Any:
         """The JSON of ``key``: ``default`` when it is missing (KeyError if None), ``damaged``
@@ -522,15 +516,22 @@ class S3Storage(Storage):
             return damaged
 
     def _exists(self, key: str) -> bool:
+        found = self._unless_missing(
+            f"looking for {key}", lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+        )
+        return found is not None
+
+    def _unless_missing(self, what: str, request: Callable[[], Any]) -> Any:
+        """What ``request`` gives, ``None`` when the object or bucket is missing; any other
+        failure is a StoreError saying ``what`` failed."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
+            return request()
         except ClientError as exc:
             if _code(exc) in _MISSING:
-                return False
-            raise self._error(exc, f"looking for {key}") from None
+                return None
+            raise self._error(exc, what) from None
         except BotoCoreError as exc:
-            raise self._error(exc, f"looking for {key}") from None
-        return True
+            raise self._error(exc, what) from None
 
     def _keys(self, prefix: str, limit: int | None = None) -> list[str]:
         """The keys under ``prefix`` (at most ``limit``); none when the bucket is missing."""
@@ -754,15 +755,9 @@ class S3Observer(StoreObserver):
     region = property(lambda self: self.storage.client.meta.region_name, doc="AWS region.")
     dir = property(lambda self: self.storage.dir, doc="The key prefix of the run being recorded.")
 
-    @property
-    def config(self) -> dict:
-        """The configuration of the run being recorded."""
-        return (self.run_entry or {}).get("config") or {}
-
-    @property
-    def info(self) -> dict:
-        """The info of the run being recorded, as last saved."""
-        return (self.run_entry or {}).get("info") or {}
+    # Sacred's views of the run being recorded, as the file store's observer has them.
+    config = FileStorageObserver.config
+    info = FileStorageObserver.info
 
     def save_json(self, obj: Any, filename: str) -> None:
         """Write ``obj`` as JSON to ``filename`` in the run's folder (Sacred's method)."""
