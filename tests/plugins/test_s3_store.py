@@ -391,6 +391,19 @@ def test_an_id_taken_after_the_listing_is_passed_over(
     assert [(r.id, r.config["n"]) for r in listed] == [(1, 0), (2, 1), (3, 2), (4, 3)]
 
 
+def test_runs_may_fill_a_bucket_from_its_top(s3_server: MotoS3, s3_env: None) -> None:
+    url = f"s3://expkit-test-{uuid.uuid4().hex[:12]}?endpoint_url={s3_server.endpoint}"
+    obs = open_store(get_plugin_manager(), url)
+    assert [_start(obs, {"n": n}) for n in range(2)] == [1, 2]
+    obs.completed_event(stop_time=T2, result=None)
+    assert sorted(k for k in stored_objects(url) if k.endswith("run.json")) == [
+        "1/run.json",
+        "2/run.json",
+    ]
+    listed = open_reader(get_plugin_manager(), url).list_runs()
+    assert [(r.id, r.status) for r in listed] == [(1, "RUNNING"), (2, "COMPLETED")]
+
+
 # --- URLs, endpoints and credentials ---------------------------------------------------------
 
 
