@@ -11,6 +11,8 @@ import datetime
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -439,6 +441,31 @@ def test_the_script_flag_takes_s3_urls_only(project: Path) -> None:
     done = run_script("exp_s3.py", "--s3", "runs", cwd=project)
     assert done.returncode == 1
     assert "-S/--s3 takes s3://BUCKET/PATH, not 'runs'" in done.stderr
+
+
+def test_without_boto3_it_says_what_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['boto3'] = sys.modules['botocore'] = None  # as if the extra were missing\n"
+        "import expkit\n"
+        "sys.exit(expkit.main(['runs', 'list', '--store', 's3://lab-runs/iris']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 4
+    assert done.stderr.strip() == "ERROR: the S3 store needs boto3: pip install 'expkit[s3]'"
+
+
+def test_other_stores_never_import_boto3(tmp_path: Path) -> None:
+    code = (
+        "import sys, expkit\n"
+        "expkit.main(['runs', 'list', '--store', sys.argv[1]])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))\n"
+    )
+    (tmp_path / "runs").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout + done.stderr
 
 
 def test_google_cloud_storage_is_reached_through_the_endpoint(
