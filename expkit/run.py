@@ -109,6 +109,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = tuple(
         ("-P", "--priority", True, "Priority of a queued run (a number)."),
         ("-p", "--print-config", False, "Print the configuration before running."),
         ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
+        ("-S", "--s3", True, "Store the run in S3: s3://BUCKET/PATH."),
         ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
         ("-u", "--unobserved", False, "Run without storing anything."),
     ]
@@ -184,6 +185,10 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
         urls.append("tinydb://" + os.fspath(options["--tiny_db"]))
     if options["--mongo_db"]:
         urls.append(_mongo_url(options["--mongo_db"]))
+    if options["--s3"]:
+        if not str(options["--s3"]).startswith("s3://"):
+            raise UsageError(f"-S/--s3 takes s3://BUCKET/PATH, not {options['--s3']!r}")
+        urls.append(str(options["--s3"]))
     return [store_for_url(pm, url) for url in urls]
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from expkit.pluginmanager import hookimpl
 
 INSTEAD = (
-    "expkit has no GoogleCloudStorageObserver. Use S3Observer against Google Cloud "
-    "Storage's S3-compatible XML API (endpoint https://storage.googleapis.com with HMAC "
-    "keys), or a FileStorageObserver on the bucket mounted with gcsfuse: both keep the "
-    "layout Sacred's GCS observer wrote (<basedir>/<id>/run.json, ...)"
+    "expkit has no GoogleCloudStorageObserver. Use S3Observer or the S3 store (expkit[s3]) "
+    "against Google Cloud Storage's S3-compatible XML API, with an HMAC key in "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: --store "
+    "'s3://BUCKET/PATH?endpoint_url=https://storage.googleapis.com', or S3Observer(BUCKET, "
+    "PATH) with AWS_ENDPOINT_URL=https://storage.googleapis.com; or a FileStorageObserver on "
+    "the bucket mounted with gcsfuse. Both keep the layout Sacred's GCS observer wrote "
+    "(<basedir>/<id>/run.json, ...)"
 )
 
 

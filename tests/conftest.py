@@ -13,6 +13,7 @@ import pytest
 if TYPE_CHECKING:
     from http_server import RecordingServer
     from mongo_server import MemoryMongo
+    from s3_server import MotoS3
     from sql_server import PostgresServer
 
 
@@ -160,3 +161,39 @@ def postgres_url(postgres_server: PostgresServer | None) -> Iterator[str]:
         postgres_server.resume()  # a test that stopped the server gives it back
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+# --- S3: moto's S3 server in a process of its own (tests/s3_server.py) ------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """The suite's local S3 service on 127.0.0.1."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    from s3_server import MotoS3
+
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's S3 credentials in the environment (children inherit them); no AWS config
+    of the developer's, no proxies."""
+    from s3_server import s3_environment
+
+    for name, value in s3_environment(tmp_path).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def s3_url(s3_server: MotoS3, s3_env: None) -> Iterator[str]:
+    """The store URL of a new bucket (created by the store's first run) on the local server."""
+    yield s3_server.url(f"expkit-test-{uuid.uuid4().hex[:12]}")
+    if not s3_server.running:
+        s3_server.start()  # a test that took the server away gives it back
+    s3_server.reset()

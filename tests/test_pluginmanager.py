@@ -38,6 +38,7 @@ CONCERNS = {
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 
+
 # What the expkit distribution declares in its entry-point groups: name -> module.
 def _declared(group: str) -> dict[str, str]:
     return {

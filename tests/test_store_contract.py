@@ -2,7 +2,8 @@
 
 Every test runs once per store: the file store, TinyDB, MongoDB (the in-memory server
 of ``mongo_server.py``, or ``EXPKIT_TEST_MONGO_URL``'s), SQLite and PostgreSQL (the
-throwaway cluster of ``sql_server.py``, or ``EXPKIT_TEST_POSTGRES_URL``'s). A test
+throwaway cluster of ``sql_server.py``, or ``EXPKIT_TEST_POSTGRES_URL``'s), and S3
+(moto's server of ``s3_server.py`` on 127.0.0.1). A test
 reaches a store only as the core and the commands do: ``open_store(pm, url)`` gets
 the observer events a run sends, ``open_reader(pm, url)`` reads the runs back, and
 real ``expkit`` processes run experiments into it and list them. What a store keeps
@@ -42,7 +43,7 @@ from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
 from expkit.store import backends, open_reader, open_store
 
-STORES = ["file", "tinydb", "mongo", "sqlite", "postgresql"]
+STORES = ["file", "tinydb", "mongo", "sqlite", "postgresql", "s3"]
 # Stores whose URLs carry a password in the tests.
 SECURED = ["mongo", "postgresql"]
 
@@ -143,6 +144,7 @@ def _store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         "mongo": lambda: request.getfixturevalue("mongo_url"),
         "sqlite": lambda: f"sqlite:///{tmp_path / 'runs.db'}",
         "postgresql": lambda: request.getfixturevalue("postgres_url"),
+        "s3": lambda: request.getfixturevalue("s3_url"),
     }
     store = Store(kind, urls[kind](), tmp_path)
     yield store
@@ -593,6 +595,11 @@ def _damage(store: Store, run_id: Any) -> None:
     """Spoil the stored run ``run_id`` in the store's own medium, as a crash or a hand edit may."""
     if store.kind == "file":
         (Path(store.url) / str(run_id) / "run.json").write_text('{"status": "COMPL')
+    elif store.kind == "s3":
+        from s3_server import client_for, object_key
+
+        bucket, key = object_key(store.url, f"{run_id}/run.json")
+        client_for(store.url).put_object(Bucket=bucket, Key=key, Body=b'{"status": "COMPL')
     elif store.kind == "tinydb":
         path = store.tmp_path / "runs_db" / "metadata.json"
         data = json.loads(path.read_text())

@@ -608,27 +608,33 @@ def read_metrics_log(path: str | os.PathLike[str]) -> dict:
     A torn last line (the process died while writing it) is skipped; so is a damaged
     line in the middle, with a warning: the points of every other batch are kept.
     """
-    metrics: dict[str, dict[str, list]] = {}
     if not os.path.exists(path):
-        return metrics
+        return {}
     with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break
-            try:
-                batch = json.loads(line)
-                columns = [
-                    (str(name), [series[k] for k in ("steps", "timestamps", "values")])
-                    for name, series in batch.items()
-                ]
-            except (ValueError, TypeError, KeyError, AttributeError):
-                log.warning("%s: line %d is damaged; its points are skipped", path, number)
-                continue
-            for name, (steps, times, values) in columns:
-                series = metrics.setdefault(name, {"steps": [], "timestamps": [], "values": []})
-                series["steps"].extend(steps)
-                series["timestamps"].extend(times)
-                series["values"].extend(values)
+        return metrics_from_log_lines(f, os.fspath(path))
+
+
+def metrics_from_log_lines(lines: Iterable[str], where: str) -> dict:
+    """Sacred's metrics dict from the lines of a metrics log (each ending in a newline);
+    ``where`` names the log in the warning about a damaged line."""
+    metrics: dict[str, dict[str, list]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.endswith("\n"):
+            break
+        try:
+            batch = json.loads(line)
+            columns = [
+                (str(name), [series[k] for k in ("steps", "timestamps", "values")])
+                for name, series in batch.items()
+            ]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("%s: line %d is damaged; its points are skipped", where, number)
+            continue
+        for name, (steps, times, values) in columns:
+            series = metrics.setdefault(name, {"steps": [], "timestamps": [], "values": []})
+            series["steps"].extend(steps)
+            series["timestamps"].extend(times)
+            series["values"].extend(values)
     return metrics
 
 
@@ -639,16 +645,21 @@ def spliced_metrics_json(path: str | os.PathLike[str]) -> list[bytes]:
     Metrics reach the store about once a second, so a long run's metrics.json is rebuilt
     from the log; decoding and encoding millions of floats again would cost seconds.
     """
-    series: dict[str, tuple[str, tuple[list[bytes], list[bytes], list[bytes]]]] = {}
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the process died while writing this batch
-            for name, name_json, arrays in _batch_arrays(line):
-                pieces = series.setdefault(name, (name_json, ([], [], [])))[1]
-                for kept, text in zip(pieces, arrays):
-                    if text:
-                        kept.append(b"," + text.encode() if kept else text.encode())
+        return spliced_log_lines(f)
+
+
+def spliced_log_lines(lines: Iterable[str]) -> list[bytes]:
+    """:func:`spliced_metrics_json` of the lines of a metrics log (each ending in a newline)."""
+    series: dict[str, tuple[str, tuple[list[bytes], list[bytes], list[bytes]]]] = {}
+    for line in lines:
+        if not line.endswith("\n"):
+            break  # the process died while writing this batch
+        for name, name_json, arrays in _batch_arrays(line):
+            pieces = series.setdefault(name, (name_json, ([], [], [])))[1]
+            for kept, text in zip(pieces, arrays):
+                if text:
+                    kept.append(b"," + text.encode() if kept else text.encode())
     parts = [b"{"]
     for number, name in enumerate(sorted(series)):
         name_json, (steps, times, values) = series[name]
