@@ -23,7 +23,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
 from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
 
-COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync", "ui")
+COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync", "ui", "tune")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -136,6 +136,7 @@ _TAKES_VALUE = frozenset(
     {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
     | {"--sweep", "--samples", "-n", "--numprocesses", "--dask", "--objective"}
     | {"--host", "--port"}
+    | {"--trials", "--sampler", "--pruner", "--study", "--timeout"}
 )
 
 

@@ -29,6 +29,15 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
         "run a stored run again from its sources, and compare",
         ("overrides", "check", "stores", "plugins"),
     ),
+    "tune": (
+        "tune NODEID --sweep ... --trials N",
+        "search hyperparameters with Optuna, every trial a stored run",
+        (
+            *("sweeps", "trials", "minimize", "maximize", "objective", "sampler", "pruner"),
+            *("study", "tune_timeout", "importance", "numprocesses", "dask", "overrides"),
+            *("named", "stores", "seed", "capture", "comment", "force", "verbose", "plugins"),
+        ),
+    ),
     "sync": ("sync SRC DST", "deliver spooled runs, or copy runs between stores", ("plugins",)),
     "ui": (
         "ui",
@@ -37,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
     ),
 }
 # Option groups that belong to one command: `expkit run --help` leaves them out.
-_COMMAND_GROUPS = ("runs", "rerun", "ui")
+_COMMAND_GROUPS = ("runs", "rerun", "ui", "tune")
 
 
 @hookimpl
