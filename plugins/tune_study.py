@@ -518,7 +518,6 @@ def _describe(defined: dict) -> str:
 
 def tune(config: Any) -> int:
     """``expkit tune NODEID ...``: run the study's trials up to ``--trials``."""
-    from expkit.run import resolve_config
     from expkit_plugins.session import Session, collect, configure_logging, run_updates
 
     option = config.option
@@ -553,12 +552,7 @@ def tune(config: Any) -> int:
         found = ", ".join(item.nodeid for item in session.items[:5]) or "none"
         raise UsageError(f"expkit tune takes one experiment, as FILE::NAME; found: {found}")
     base = session.items[0]
-    first = {key: _first_value(dist) for key, dist in space.items()}
-    try:
-        resolve_config(base.experiment, {**session.updates, **first}, list(option.named))
-    except ExpkitError as exc:
-        if not option.force:
-            raise UsageError(f"--sweep: {exc}") from None
+    _check_keys(base, session.updates, space, option)
     name = option.study or base.nodeid
     space_text = {s.key: text.partition("=")[2].strip() for s, text in zip(sweeps, option.sweeps)}
     study, where = _open_study(config, name, session.store_urls[0], space_text, option.maximize)
@@ -599,6 +593,31 @@ def tune(config: Any) -> int:
     code = _exit_code(session, tuner)
     hook.expkit_sessionfinish(session=session, exitstatus=code)
     return code
+
+
+def _check_keys(base: Item, updates: dict, space: dict, option: Any) -> None:
+    """Refuse, before the study is made, a tuned key no function of the experiment takes."""
+    from expkit.errors import ConfigAddedError
+    from expkit.run import check_added_entries, find_command, resolve_config
+
+    experiment = base.experiment
+    first = {key: _first_value(dist) for key, dist in space.items()}
+    try:
+        summary = resolve_config(experiment, {**updates, **first}, list(option.named))
+        if not option.force:
+            main = find_command(experiment, experiment.default_command)
+            check_added_entries(experiment, summary, [main, *experiment.extra_functions()])
+    except ConfigAddedError as exc:
+        unused = [k for k in exc.conflicting_configs if k in space]
+        if not unused:
+            raise UsageError(str(exc)) from None
+        known = [a for a in exc.captured_args if a not in exc.SPECIAL_ARGS and a != "seed"]
+        raise UsageError(
+            f"--sweep {unused[0]}=...: no function of {base.nodeid} takes {unused[0]!r}; "
+            f"its entries: {', '.join(known)} (-f tunes it anyway)"
+        ) from None
+    except ExpkitError as exc:
+        raise UsageError(f"--sweep: {exc}") from None
 
 
 def _first_value(dist: Any) -> Any:
