@@ -29,20 +29,21 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
         "run a stored run again from its sources, and compare",
         ("overrides", "check", "stores", "plugins"),
     ),
-    "tune": (
-        "tune NODEID --sweep ... --trials N",
-        "search hyperparameters with Optuna, every trial a stored run",
-        (
-            *("sweeps", "trials", "minimize", "maximize", "objective", "sampler", "pruner"),
-            *("study", "tune_timeout", "importance", "numprocesses", "dask", "overrides"),
-            *("named", "stores", "seed", "capture", "comment", "force", "verbose", "plugins"),
-        ),
-    ),
     "sync": ("sync SRC DST", "deliver spooled runs, or copy runs between stores", ("plugins",)),
     "ui": (
         "ui",
         "serve a web view of the runs in the stores",
         ("stores", "ui_host", "ui_port", "ui_open", "ui_allow_delete", "plugins"),
+    ),
+    "tune": (
+        "tune NODEID --sweep ...",
+        "search hyperparameters with Optuna, every trial a stored run",
+        (
+            *("sweeps", "trials", "minimize", "maximize", "objective", "sampler", "pruner"),
+            *("study", "tune_timeout", "importance", "numprocesses", "dask", "overrides"),
+            *("named", "stores", "seed", "capture", "comment", "force", "verbose", "quiet"),
+            "plugins",
+        ),
     ),
 }
 # Option groups that belong to one command: `expkit run --help` leaves them out.

@@ -180,6 +180,7 @@ class Tuner:
     grid: list[dict] | None = None
     deadline: float | None = None  # time.monotonic() after which no trial starts
     running: dict[int, Any] = attrs.field(factory=dict)  # number -> optuna Trial, this session's
+    pruned_at: dict[int, tuple] = attrs.field(factory=dict)  # number -> (step, value)
     numbers: dict[str, int] = attrs.field(factory=dict)  # node id -> trial number
     told: list[tuple[int, str]] = attrs.field(factory=list)  # (number, state) this session
     lock: Any = attrs.field(factory=threading.Lock)  # Dask answers questions in another thread
@@ -256,20 +257,28 @@ class Tuner:
             if trial is None:
                 return False
             trial.report(value, step)
-            return trial.should_prune()
+            if trial.should_prune():
+                self.pruned_at[number] = (step, value)
+                return True
+            return False
 
-    def finished(self, report: RunReport) -> None:
-        """Tell the study how the trial of ``report`` ended."""
+    def finished(self, report: RunReport) -> RunReport:
+        """Tell the study how the trial of ``report`` ended; the report, as it is to be shown."""
         number = self.numbers.get(report.nodeid)
         with self.lock:
             trial = self.running.pop(number, None) if number is not None else None
             if trial is None:
-                return
+                return report
+            if report.status == "PRUNED" and number in self.pruned_at:
+                step, value = self.pruned_at[number]
+                message = f"at step {step}: {self.objective}={value:.6g}"
+                report = attrs.evolve(report, message=message)
             if report.run_id is not None:
                 trial.set_user_attr(_RUN, _plain(report.run_id))
             if report.status == "ERROR":
                 self.problem = self.problem or f"trial {number}: {report.message}"
             self._tell(trial, report.status, report.result, report.metrics, report.run_id)
+        return report
 
     def not_run(self, item: Item) -> None:
         """``item``'s trial could not be handed out: it does not count."""
@@ -663,8 +672,7 @@ def run_here(tuner: Tuner) -> None:
                 break
             item, point = trial
             hook.expkit_run_logstart(nodeid=item.nodeid)
-            report = run_item(session, item, point.meta)
-            tuner.finished(report)
+            report = tuner.finished(run_item(session, item, point.meta))
             session.reports.append(report)
             hook.expkit_run_logreport(report=report)
             if session.config.option.exitfirst and report.status not in ("COMPLETED", "PRUNED"):
@@ -688,8 +696,7 @@ class _Trials:
         return self.tuner.answer(question)
 
     def _report(self, report: RunReport) -> None:
-        self.tuner.finished(report)
-        super()._report(report)  # type: ignore[misc]
+        super()._report(self.tuner.finished(report))  # type: ignore[misc]
 
 
 class LocalTrials(_Trials, Driver):

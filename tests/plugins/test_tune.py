@@ -230,62 +230,96 @@ def test_two_workers_take_the_next_trial_as_soon_as_they_are_free(project: Path)
     assert len(meanwhile) >= 5, [r["config"]["x"] for r in meanwhile]
 
 
-@pytest.mark.slow
-def test_the_driver_killed_loses_no_finished_trial_and_counts_none_twice(project: Path) -> None:
-    args = (*QUAD, "--trials", "10", "--sampler", "random", "--seed", "5", "-o", "seconds=0.4")
-    proc = subprocess.Popen(
-        [EXPKIT, *args, "-n", "2"], cwd=project, env=child_env(), stdout=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        runs = stored_runs_so_far(project / "runs")
-        if sum(r["status"] == "COMPLETED" for r in runs) >= 3 and any(
-            r["status"] == "RUNNING" for r in runs
-        ):
-            break
+def _wait_for(what: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def _count(project: Path, status: str) -> int:
+    return sum(r["status"] == status for r in stored_runs_so_far(project / "runs"))
+
+
+WORKERS = pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["in-process", "n2"])
+
+
+@pytest.mark.slow
+@WORKERS
+def test_the_driver_killed_loses_no_finished_trial_and_counts_none_twice(
+    project: Path, workers: tuple
+) -> None:
+    args = (*QUAD, "--trials", "6", "--sampler", "random", "--seed", "5", *workers)
+    slots = 2 if workers else 1
+    cmd = [EXPKIT, *args, "-o", "seconds=0.2"]
+    proc = subprocess.Popen(cmd, cwd=project, env=child_env(), stdout=subprocess.DEVNULL)
+    _wait_for(lambda: _count(project, "COMPLETED") >= 2)
+    (project / "hold").touch()  # the trials running now, and the next, wait in it
+    _wait_for(lambda: _count(project, "RUNNING") == slots)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    # Its workers go on with the trials they run; the next session waits for them and tells.
-    again = _tune(project, *args, "-n", "2")
-    assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+    proc.wait(timeout=30)
+    held = {r["meta"]["study"]["trial"] for r in _runs(project) if r["status"] == "RUNNING"}
+    assert len(held) == slots
+    again = subprocess.Popen(cmd, cwd=project, env=child_env(), stdout=subprocess.PIPE, text=True)
+    if workers:
+        # The killed driver's workers go on with their trials: the next session waits for
+        # them and tells the study how they ended.
+        for _ in range(slots):
+            line = again.stdout.readline()  # type: ignore[union-attr]
+            while not line.startswith("waiting for trial"):
+                assert line, "no 'waiting for trial' line"
+                line = again.stdout.readline()  # type: ignore[union-attr]
+    (project / "hold").unlink()
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == ExitCode.OK, out
     runs = _runs(project)
-    assert all(r["status"] in ("COMPLETED", "INTERRUPTED") for r in runs), runs
-    study = _study(project)
-    counted = [t for t in study.trials if "expkit_uncounted" not in t.user_attrs]
-    assert len(counted) == 10 and all(t.state == TrialState.COMPLETE for t in counted)
     completed = [r for r in runs if r["status"] == "COMPLETED"]
     by_trial = {r["meta"]["study"]["trial"]: r for r in completed}
-    assert len(by_trial) == len(completed) == 10  # no trial stored twice as COMPLETED
+    assert len(by_trial) == len(completed) == 6  # no trial stored twice as COMPLETED
+    lost = [r for r in runs if r["status"] != "COMPLETED"]
+    study = _study(project)
+    counted = [t for t in study.trials if "expkit_uncounted" not in t.user_attrs]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
     assert {t.number: t.value for t in counted} == {n: r["result"] for n, r in by_trial.items()}
     assert study.best_value == min(r["result"] for r in completed)
+    if workers:
+        assert lost == [] and held <= set(by_trial)  # finished by the orphans, told once
+    else:
+        # The run died with its driver: marked INTERRUPTED, its trial does not count.
+        assert [(r["meta"]["study"]["trial"], r["status"]) for r in lost] == [
+            (t, "INTERRUPTED") for t in held
+        ]
+        assert study.trials[held.pop()].user_attrs["expkit_uncounted"] == "interrupted"
 
 
 @pytest.mark.slow
-def test_ctrl_c_interrupts_the_running_trial_and_the_same_command_resumes(project: Path) -> None:
-    args = (*QUAD, "--trials", "4", "--sampler", "random", "--seed", "6")
+@WORKERS
+def test_ctrl_c_interrupts_the_running_trials_and_the_same_command_resumes(
+    project: Path, workers: tuple
+) -> None:
+    args = (*QUAD, "--trials", "4", "--sampler", "random", "--seed", "6", *workers)
+    slots = 2 if workers else 1
     (project / "hold").touch()
     proc = subprocess.Popen(
         [EXPKIT, *args], cwd=project, env=child_env(), stdout=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 30
-    while not stored_runs_so_far(project / "runs") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    _wait_for(lambda: _count(project, "RUNNING") == slots)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.INTERRUPTED, out
-    assert [r["status"] for r in _runs(project)] == ["INTERRUPTED"]
+    assert [r["status"] for r in _runs(project)] == ["INTERRUPTED"] * slots
     assert "interrupted: the same command goes on with the study" in out
     (project / "hold").unlink()
     again = _tune(project, *args)
     assert again.returncode == ExitCode.OK, again.stdout + again.stderr
     assert "0 of 4 trials done before" in again.stdout
     statuses = [r["status"] for r in _runs(project)]
-    assert statuses == ["INTERRUPTED", "COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED"]
+    assert statuses == ["INTERRUPTED"] * slots + ["COMPLETED"] * 4
     study = _study(project)
-    assert study.trials[0].state == TrialState.FAIL
-    assert study.trials[0].user_attrs["expkit_uncounted"] == "interrupted"
+    for trial in study.trials[:slots]:
+        assert trial.state == TrialState.FAIL
+        assert trial.user_attrs["expkit_uncounted"] == "interrupted"
 
 
 @pytest.mark.slow
