@@ -829,6 +829,10 @@ class TuneReport:
             lines.append(f"ERROR: {tuner.problem}")
         elif tuner.session.interrupted:
             lines.append("interrupted: the same command goes on with the study")
+        elif not tuner.told and counted >= tuner.trials:
+            lines.append(
+                f"nothing to run: the study has its {counted} trials; a larger --trials goes on"
+            )
         elif tuner.stopped == "timeout":
             seconds = tuner.session.config.option.tune_timeout
             lines.append(f"--timeout reached: no trial started after {seconds:g} s")

@@ -333,6 +333,18 @@ def test_on_dask_with_pruning(project: Path) -> None:
     assert runs == {**dict.fromkeys(range(5), "COMPLETED"), 5: "PRUNED", 6: "PRUNED"}
 
 
+def test_timeout_starts_no_trial_after_it_and_the_study_goes_on_later(project: Path) -> None:
+    args = (*QUAD, "--trials", "50", "--sampler", "random", "-o", "seconds=0.3")
+    proc = _tune(project, *args, "--timeout", "0.5")
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    first = len(_runs(project))
+    assert 1 <= first <= 3
+    assert "--timeout reached: no trial started after 0.5 s" in proc.stdout
+    again = _tune(project, *args, "--timeout", "0.5")
+    assert f"{first} of 50 trials done before" in again.stdout
+    assert len(_runs(project)) > first
+
+
 def test_the_study_of_a_sql_store_is_in_its_database(project: Path) -> None:
     url = f"sqlite:///{project / 'runs.db'}"
     proc = _tune(project, *QUAD, "--trials", "3", "--store", url)
