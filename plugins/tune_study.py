@@ -182,7 +182,7 @@ class Tuner:
     running: dict[int, Any] = attrs.field(factory=dict)  # number -> optuna Trial, this session's
     pruned_at: dict[int, tuple] = attrs.field(factory=dict)  # number -> (step, value)
     numbers: dict[str, int] = attrs.field(factory=dict)  # node id -> trial number
-    told: list[tuple[int, str]] = attrs.field(factory=list)  # (number, state) this session
+    told: int = 0  # trials told this session
     lock: Any = attrs.field(factory=threading.Lock)  # Dask answers questions in another thread
     stopped: str | None = None  # why no more trials start (other than the count)
     problem: str | None = None  # a mistake every trial would repeat (exit 4)
@@ -296,22 +296,21 @@ class Tuner:
                 RunReport("", status, 0.0, result=result, metrics=metrics), self.objective
             )
             if value is None:
+                # A mistake (--objective, the experiment's return), not what the trial found.
                 self.problem = self.problem or _no_number(number, run_id, result, self.objective)
+                trial.set_user_attr(_UNCOUNTED, "no number")
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.told.append((number, "FAIL"))
-                return
-            self.study.tell(trial, value)
-            self.told.append((number, "COMPLETE"))
+            else:
+                self.study.tell(trial, value)
         elif status == "PRUNED":
             self.study.tell(trial, state=TrialState.PRUNED)
-            self.told.append((number, "PRUNED"))
         else:
             if status in ("INTERRUPTED", "ERROR"):
                 # Stopped from outside, or never ran: it does not count, the next session
                 # runs another in its place.
                 trial.set_user_attr(_UNCOUNTED, status.lower())
             self.study.tell(trial, state=TrialState.FAIL)
-            self.told.append((number, "FAIL"))
+        self.told += 1
 
     # --- trials an earlier (or this) session left running ---
 
@@ -823,7 +822,7 @@ class TuneReport:
         lines = [
             f"study {study.study_name!r}: {counted} of {tuner.trials} trials"
             + (f" ({summary})" if summary else "")
-            + f", {len(tuner.told)} in this session"
+            + f", {tuner.told} in this session"
         ]
         if tuner.problem:
             lines.append(f"ERROR: {tuner.problem}")

@@ -143,6 +143,21 @@ def test_maximize_a_key_of_a_dict_result(project: Path) -> None:
     assert f"best trial {study.best_trial.number} (highest acc): x=0.25  acc=" in proc.stdout
 
 
+def test_a_result_with_no_number_stops_the_search_and_says_what_to_give(project: Path) -> None:
+    args = ("tune", "exp_quad.py::exp_scores", "--sweep", "x=uniform(0,1)", "--trials", "5")
+    proc = _tune(project, *args)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert len(_runs(project)) == 1  # the mistake is said after the first trial, not the fifth
+    assert re.search(
+        r"^ERROR: trial 0 \(run 1\) returned \{'acc': .*\}, no number to tune; give "
+        r"--objective KEY, one of: acc, loss$",
+        proc.stdout,
+        re.M,
+    )
+    trial = _study(project, "exp_quad.py::exp_scores").trials[0]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["expkit_uncounted"] == "no number"
+
+
 def test_the_objective_is_the_last_value_of_a_metric(project: Path) -> None:
     args = ("tune", "exp_quad.py::exp_curve", "--sweep", "k=0,3,1", "--sampler", "grid")
     proc = _tune(project, *args, "--trials", "3", "--objective", "loss", "--pruner", "none")
