@@ -217,6 +217,7 @@ def _t2_row(name: str, argv_for: object, work: Path, repeat: int, small: int, bi
         costs.append((long - short) / (big - small))
         walls.append(long)
     row = {"name": name, "cost_samples": costs, "cost": statistics.median(costs)}
+    row["best"] = min(costs)  # the least disturbed by other work on the machine
     row["wall"] = statistics.median(walls)
     print(f"T2 {name:<44} {row['cost'] * 1000:7.2f} ms a trial  {costs}", flush=True)
     return row
@@ -331,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(
             (f"T2 ms a trial beyond plain Optuna ({where})", f"{extra:.1f}", "<= 20", extra <= 20)
         )
+    least = {row["name"]: row["best"] for row in t2}
+    extra = (
+        least["expkit tune, one process, file store"]
+        - least["plain Optuna study.optimize, journal"]
+    ) * 1000
+    checks.append(("T2 the same, least of the samples (journal)", f"{extra:.1f}", "", None))
     _write(args.output, t1, t2, checks, repeat, args.hydra_python)
     shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -379,12 +386,14 @@ def _write(
         "T2: the cost of one more trial that does nothing, one after another (the difference "
         "between processes of few and many trials).",
         "",
-        "| what | ms a trial | samples (ms) |",
-        "|---|---|---|",
+        "| what | ms a trial (median) | least | samples (ms) |",
+        "|---|---|---|---|",
     ]
     for row in t2:
         samples = ", ".join(f"{s * 1000:.1f}" for s in row["cost_samples"])
-        lines.append(f"| {row['name']} | {row['cost'] * 1000:.1f} | {samples} |")
+        lines.append(
+            f"| {row['name']} | {row['cost'] * 1000:.1f} | {row['best'] * 1000:.1f} | {samples} |"
+        )
     lines += ["", "| check | measured | target | met |", "|---|---|---|---|"]
     for name, value, target, met in checks:
         shown = "" if met is None else ("yes" if met else "**no**")

@@ -84,6 +84,8 @@ def expkit_configure(config: Any) -> None:
         raise UsageError("--samples is for random sweeps of 'expkit run'; tune takes --trials N")
     if option.skip_completed:
         raise UsageError("--skip-completed is for 'expkit run'; tune goes on with its study")
+    if option.collect_only:
+        raise UsageError("--collect-only is for 'expkit run'; tune runs one experiment's trials")
     if option.trials is not None and option.trials < 1:
         raise UsageError(f"--trials must be 1 or more, got {option.trials}")
     if option.tune_timeout is not None and not option.tune_timeout > 0:

@@ -145,21 +145,34 @@ def _pruner(name: str) -> Any:
     return optuna.pruners.MedianPruner() if name == "median" else optuna.pruners.NopPruner()
 
 
-def _alive(pid: Any) -> bool:
-    """Whether process ``pid`` of this host still runs (a zombie does not)."""
-    if not isinstance(pid, int) or pid <= 0:
+def process_id(pid: int) -> str:
+    """``PID:START``: a process of this host, told apart from a later one given the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            start = stat.read().rpartition(b")")[2].split()[19].decode()
+    except (OSError, IndexError):
+        return str(pid)  # not Linux: the pid alone
+    return f"{pid}:{start}"
+
+
+def _alive(process: Any) -> bool:
+    """Whether the process :func:`process_id` named still runs (a zombie does not)."""
+    pid_text, _, start = str(process).partition(":")
+    if not pid_text.isdigit() or int(pid_text) <= 0:
         return False
+    pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return True  # not Linux: the pid runs
+    return fields[0] != b"Z" and (not start or fields[19].decode() == start)
 
 
 # --- the study ------------------------------------------------------------------------------
@@ -187,6 +200,7 @@ class Tuner:
     stopped: str | None = None  # why no more trials start (other than the count)
     problem: str | None = None  # a mistake every trial would repeat (exit 4)
     host: str = attrs.field(factory=socket.gethostname)
+    driver: str = attrs.field(factory=lambda: process_id(os.getpid()))
 
     # --- counting ---
 
@@ -237,9 +251,9 @@ class Tuner:
             if self.grid is not None:
                 self.study.enqueue_trial(self._grid_left()[0])
             trial = self.study.ask(self.space)
-            trial.set_user_attr(
-                _WHERE, {"host": self.host, "driver": os.getpid(), "worker": worker_pid}
-            )
+            worker = None if worker_pid is None else process_id(worker_pid)
+            where = {"host": self.host, "driver": self.driver, "worker": worker}
+            trial.set_user_attr(_WHERE, where)
             self.running[trial.number] = trial
         item = trial_item(self.base, trial.number, trial.params)
         self.numbers[item.nodeid] = trial.number
@@ -367,14 +381,15 @@ class Tuner:
         where = trial.user_attrs.get(_WHERE) or {}
         if where.get("host") != self.host:
             return False  # judged by its run's heartbeat
-        return where.get("driver") != os.getpid() and _alive(where.get("driver"))
+        return where.get("driver") != self.driver and _alive(where.get("driver"))
 
     def _run_alive(self, record: Any, where: dict) -> bool:
         from expkit.runs import probably_dead
+        from expkit.settings import SETTINGS
 
         if where.get("host") == self.host and where.get("worker") is not None:
             return _alive(where.get("worker"))
-        beat = self.session.config.settings.beat_interval or 10.0
+        beat = self.session.config.settings.beat_interval or SETTINGS.DEFAULT_BEAT_INTERVAL
         return not probably_dead(record, beat_interval=beat)
 
     def _runs_of(self, numbers: set[int]) -> dict[int, Any]:

@@ -394,6 +394,10 @@ def test_the_study_of_a_sql_store_is_in_its_database(project: Path) -> None:
             "x, y, seconds, fail_above (-f tunes it anyway)",
         ),
         ((*QUAD, "--trials", "2", "-u"), "expkit tune stores every trial: drop -u"),
+        (
+            (*QUAD, "--trials", "2", "--collect-only"),
+            "--collect-only is for 'expkit run'; tune runs one experiment's trials",
+        ),
     ],
 )
 def test_usage_errors_say_what_to_do(project: Path, args: tuple, message: str) -> None:
