@@ -44,6 +44,7 @@ COMMAND_PLUGINS = frozenset(
         "workers",
         "dask",
         "progress",
+        "tune",
     }
 )
 

@@ -3,12 +3,13 @@
 ``expkit tune NODEID --sweep 'C=loguniform(1e-3,1e3)' --trials 50`` asks an Optuna study for
 trials, runs each as a run of the experiment (here, in ``-n`` local worker processes or on
 Dask workers) and tells the study its objective as soon as it ends: a worker starts the next
-trial the moment it is free. The study is kept beside the store (:mod:`expkit_plugins.tune_study`),
-so the same command continues it. A trial's run that logs its objective metric with
+trial the moment it is free. The study is kept beside the store (:mod:`.study`), so the
+same command continues it. A trial's run that logs its objective metric with
 ``_run.log_scalar`` has each point handed to the pruner, which may stop it: the run ends
 with status ``PRUNED``.
 
-This module is loaded by every ``expkit``; Optuna is imported only when ``expkit tune`` runs.
+This package is loaded by every ``expkit`` command (not by ``python exp.py``); Optuna is
+imported only when ``expkit tune`` runs, by :mod:`.study`.
 """
 
 from __future__ import annotations
@@ -105,11 +106,11 @@ def expkit_cmdline_main(config: Any) -> int | None:
         import optuna  # noqa: F401
     except ImportError:
         raise UsageError("expkit tune needs Optuna: pip install 'expkit[tune]'") from None
-    from expkit_plugins import tune_study
+    from expkit_plugins.tune import study
 
     if config.option.importance:
-        return tune_study.print_importance(config)
-    return tune_study.tune(config)
+        return study.print_importance(config)
+    return study.tune(config)
 
 
 # --- in the processes that run trials ---------------------------------------------------
