@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 
     from expkit.commandline import cli_option
     from expkit.experiment import Experiment, Ingredient
+    from expkit.info import IgnoreHostInfo, host_info_gatherer, host_info_getter
     from expkit.module import config, fixture, named_config, parametrize
     from expkit.observers import RunObserver
-    from expkit.run import IgnoreHostInfo, Run, host_info_gatherer, host_info_getter
+    from expkit.run import Run
     from expkit.settings import SETTINGS
 
 # Imported on first use, so that ``import expkit`` (a plugin, a tool that only asks the
@@ -43,10 +44,10 @@ _LAZY = {
     "named_config": "expkit.module",
     "parametrize": "expkit.module",
     "RunObserver": "expkit.observers",
-    "IgnoreHostInfo": "expkit.run",
+    "IgnoreHostInfo": "expkit.info",
     "Run": "expkit.run",
-    "host_info_gatherer": "expkit.run",
-    "host_info_getter": "expkit.run",
+    "host_info_gatherer": "expkit.info",
+    "host_info_getter": "expkit.info",
     "cli_option": "expkit.commandline",
     "SETTINGS": "expkit.settings",
 }

@@ -23,7 +23,17 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import PluginManager, create_plugin_manager, set_plugin_manager
 from expkit.projectconfig import ProjectSettings, find_rootdir, load_settings
 
-COMMANDS = ("run", "config", "plugins", "runs", "rerun", "sync", "ui", "tune")
+
+@attrs.frozen
+class Command:
+    """A command of ``expkit`` (``run``, ``runs``, ...), declared by the plugin carrying it out."""
+
+    name: str
+    synopsis: str
+    summary: str
+    # The option dests its help shows; None: every option but those of other commands' groups.
+    options: tuple[str, ...] | None = None
+    group: str | None = None  # the option group that belongs to this command alone
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -38,6 +48,24 @@ class Parser:
         # -h is helpconfig's option: it prints the help of the command it follows.
         self._parser = _ArgumentParser(prog="expkit", add_help=False)
         self._groups: dict[str, Any] = {}
+        self.commands: dict[str, Command] = {}
+
+    def addcommand(
+        self,
+        name: str,
+        synopsis: str,
+        summary: str,
+        options: tuple[str, ...] | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Declare the command ``name``; its plugin carries it out in ``expkit_cmdline_main``."""
+        self.commands[name] = Command(name, synopsis, summary, options, group)
+        # Shown in this order: running first, then the others by name.
+        first = ("run", "--collect-only")
+        order = sorted(
+            self.commands, key=lambda c: (c not in first, first.index(c) if c in first else 0, c)
+        )
+        self.commands = {c: self.commands[c] for c in order}
 
     def addoption(self, *names: str, **kwargs: Any) -> None:
         """Add an option, with :meth:`argparse.ArgumentParser.add_argument`'s arguments."""
@@ -105,15 +133,16 @@ class Config:
         return getattr(self.option, name, default)
 
 
-def _split_command(args: list[str]) -> tuple[str, list[str]]:
-    if args and args[0] in COMMANDS:
+def _split_command(args: list[str], commands: Iterable[str]) -> tuple[str, list[str]]:
+    commands = [c for c in commands if not c.startswith("-")]
+    if args and args[0] in commands:
         return args[0], args[1:]
     if "--collect-only" in args or "--co" in args:
         return "run", args
     if not args or args[0] in ("-h", "--help", "--version", "--trace-config"):
         return "help", args
     raise UsageError(
-        f"unknown command {args[0]!r}; use one of {', '.join(COMMANDS)} "
+        f"unknown command {args[0]!r}; use one of {', '.join(commands)} "
         "(e.g. 'expkit run exp_iris.py')"
     )
 
@@ -129,28 +158,6 @@ def _prescan_plugins(args: list[str]) -> tuple[list[str], list[str]]:
         if value is not None:
             (blocked if value.startswith("no:") else early).append(value.removeprefix("no:"))
     return early, blocked
-
-
-# Options of the built-in plugins that take a value, which is not a path to search from.
-_TAKES_VALUE = frozenset(
-    {"-o", "-w", "--with", "--store", "-k", "--capture", "--seed", "--comment", "-p"}
-    | {"--sweep", "--samples", "-n", "--numprocesses", "--dask", "--objective"}
-    | {"--host", "--port"}
-    | {"--trials", "--sampler", "--pruner", "--study", "--timeout"}
-)
-
-
-def _positional(args: list[str]) -> list[str]:
-    """The arguments that name paths or node ids (for finding the project root)."""
-    found, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = arg in _TAKES_VALUE
-        else:
-            found.append(arg)
-    return found
 
 
 def output_closed() -> ExitCode:
@@ -174,17 +181,9 @@ def make_config(args: list[str], plugins: Any = (), invocation_dir: Path | None 
     The plugins are not configured yet (``expkit_configure``). Workers of a parallel session
     make their config this way from the command line the user typed.
     """
-    command, rest = _split_command(args)
     invocation_dir = invocation_dir or Path.cwd()
-    rootdir, inifile = find_rootdir(_positional(rest), invocation_dir)
-    settings = load_settings(inifile)
-    early, blocked = _prescan_plugins(rest)
-    pm = create_plugin_manager(
-        blocked=[*settings.blocked_plugins, *blocked],
-        early=[*settings.enabled_plugins, *early],
-        plugins=plugins,
-        command=True,
-    )
+    early, blocked = _prescan_plugins(args)
+    pm = create_plugin_manager(blocked=blocked, early=early, plugins=plugins, command=True)
     parser = Parser()
     parser.addoption(
         "-p",
@@ -195,7 +194,20 @@ def make_config(args: list[str], plugins: Any = (), invocation_dir: Path | None 
         help="load plugin NAME early; -p no:NAME blocks it",
     )
     pm.hook.expkit_addoption.call_historic(kwargs={"parser": parser})
+    command, rest = _split_command(args, parser.commands)
     option = parser.parse(rest)
+    # The project root follows the paths the command names, as in pytest; parsed first,
+    # so that no option's value is taken for a path.
+    paths = [str(p) for p in getattr(option, "paths", None) or ()]
+    rootdir, inifile = find_rootdir(paths, invocation_dir)
+    settings = load_settings(inifile)
+    if settings.blocked_plugins or settings.enabled_plugins:
+        for name in settings.blocked_plugins:
+            pm.block(name)
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+        pm.register_named(settings.enabled_plugins, origin="-p")
+        option = parser.parse(rest)  # with the options of the plugins the project adds
     return Config(
         command=command,
         args=rest,

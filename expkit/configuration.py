@@ -11,17 +11,21 @@ import ast
 import copy
 import inspect
 import io
+import os
 import re
 import textwrap
 import tokenize
 import types
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from expkit.errors import ConfigError
+from expkit.errors import ConfigError, ExpkitError
 from expkit.settings import SETTINGS
+
+if TYPE_CHECKING:
+    from expkit.pluginmanager import PluginManager
 
 _FIX = "__expkit_fix__"
 _NOT_CONFIG = (
@@ -500,3 +504,17 @@ def _comment_docs(source: str, body: list[ast.stmt]) -> dict[str, str]:
             for name in names:
                 docs.setdefault(name, doc)
     return docs
+
+
+def load_config_file(path: str, pm: PluginManager) -> dict:
+    """Read a config file through the ``expkit_load_config_file`` hook."""
+    if not os.path.isfile(path):
+        raise OSError(f"File not found: {path}")
+    entries = pm.hook.expkit_load_config_file(path=path)
+    if entries is None:
+        raise ExpkitError(
+            f'Configuration file "{path}" has an unsupported extension; use .json, .toml or .yaml'
+        )
+    if not isinstance(entries, Mapping):
+        raise ExpkitError(f'Configuration file "{path}" must hold a mapping at the top level')
+    return dict(entries)

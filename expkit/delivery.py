@@ -398,6 +398,7 @@ class GuardedStore:
         self.name = store.name if isinstance(store, RunObserver) else type(store).__name__
         self.root = spool_root() / store_key(store, url)
         self.started = False  # the store accepted started_event/queued_event
+        self.refused = False  # the store refused started_event/queued_event: it gets no more
         self.store_id: Any = None
         self.spooled: SpooledRun | _MemorySpool | None = None
         self.error: str | None = None  # the store's first failure, one line
@@ -414,13 +415,17 @@ class GuardedStore:
     def call(self, method: str, kwargs: dict) -> Any:
         """Deliver one event, or spool it when the store failed; returns the store's answer."""
         fn = getattr(self.store, method, None)
-        if fn is None:
+        if fn is None or self.refused:
             return None
         with self._lock:
             if self.spooled is None:
                 try:
                     result = fn(**kwargs)
                 except UsageError:
+                    if method in _START_EVENTS:
+                        # The store refused the run itself (a taken or malformed id): it
+                        # will never take its events, so none are kept for it.
+                        self.refused = True
                     if method in _USER_EVENTS:
                         raise  # a taken id, a bad artifact name: the user must hear of it
                     self._fail(method, UsageError("refused"))

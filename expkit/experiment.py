@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from expkit.captured import capture as _capture
 from expkit.captured import captured_state
-from expkit.configuration import ConfigDict, ConfigScope
+from expkit.configuration import ConfigDict, ConfigScope, load_config_file
 from expkit.errors import CircularDependencyError, ExpkitError
 from expkit.records import Dependency
+from expkit.run import Run, create_run
 
 if TYPE_CHECKING:
     from expkit.pluginmanager import PluginManager
-    from expkit.run import Run
 
 
 # PEP 440 versions: epoch, release, pre-, post- and dev-release, local part. A string, not
@@ -219,7 +219,7 @@ class Ingredient:
 
     def get_experiment_info(self) -> dict:
         """The experiment record in Sacred's shape: name, base_dir, sources, dependencies, ..."""
-        from expkit.run import gather_experiment_info
+        from expkit.info import gather_experiment_info
 
         return gather_experiment_info(self).as_sacred()
 
@@ -243,20 +243,6 @@ def globals_of_caller() -> dict:
     ):
         frame = frame.f_back
     return frame.f_globals if frame is not None else {}
-
-
-def load_config_file(path: str, pm: PluginManager) -> dict:
-    """Read a config file through the ``expkit_load_config_file`` hook."""
-    if not os.path.isfile(path):
-        raise OSError(f"File not found: {path}")
-    entries = pm.hook.expkit_load_config_file(path=path)
-    if entries is None:
-        raise ExpkitError(
-            f'Configuration file "{path}" has an unsupported extension; use .json, .toml or .yaml'
-        )
-    if not isinstance(entries, Mapping):
-        raise ExpkitError(f'Configuration file "{path}" must hold a mapping at the top level')
-    return dict(entries)
 
 
 class Experiment(Ingredient):
@@ -365,8 +351,6 @@ class Experiment(Ingredient):
     ) -> Run:
         # Sacred's name for it: migrated code and tests build a run this way to read its
         # config without running it.
-        from expkit.run import create_run
-
         return create_run(
             self,
             command_name or self.default_command,

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from expkit.cli import Config, Parser
     from expkit.experiment import Ingredient
+    from expkit.nodes import CollectError, Item, LiveStatus, RunReport, Session
+    from expkit.observers import RunObserver
+    from expkit.pluginmanager import PluginManager
     from expkit.records import Artifact, ConfigDefault, MetricPoint, Resource
     from expkit.run import Run
     from expkit.store import StoreBackend
@@ -29,7 +36,7 @@ hookspec = pluggy.HookspecMarker("expkit")
 
 
 @hookspec(historic=True)
-def expkit_addhooks(pluginmanager: Any) -> None:
+def expkit_addhooks(pluginmanager: PluginManager) -> None:
     """Add new hook specifications with ``pluginmanager.add_hookspecs(module)``.
 
     Called once per plugin, when it is registered.
@@ -37,7 +44,7 @@ def expkit_addhooks(pluginmanager: Any) -> None:
 
 
 @hookspec(historic=True)
-def expkit_addoption(parser: Any) -> None:
+def expkit_addoption(parser: Parser) -> None:
     """Add options to the ``expkit`` command line.
 
     ``parser`` is an :class:`argparse.ArgumentParser`-like object with
@@ -48,7 +55,7 @@ def expkit_addoption(parser: Any) -> None:
 
 
 @hookspec(historic=True)
-def expkit_configure(config: Any) -> None:
+def expkit_configure(config: Config) -> None:
     """Set up a plugin after the command line was parsed.
 
     ``config`` carries the parsed options (``config.option``), the project
@@ -57,12 +64,12 @@ def expkit_configure(config: Any) -> None:
 
 
 @hookspec
-def expkit_unconfigure(config: Any) -> None:
+def expkit_unconfigure(config: Config) -> None:
     """Tear down what :func:`expkit_configure` set up, before the process exits."""
 
 
 @hookspec(firstresult=True)
-def expkit_cmdline_main(config: Any) -> int | None:
+def expkit_cmdline_main(config: Config) -> int | None:
     """Carry out the ``expkit`` command and return its exit code.
 
     Called once after :func:`expkit_configure`. *firstresult*.
@@ -73,7 +80,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
 
 
 @hookspec
-def expkit_collect_file(path: Any, config: Any) -> list | None:
+def expkit_collect_file(path: Path, config: Config) -> list[Item | CollectError] | None:
     """Collect the experiments in the file ``path`` (a :class:`pathlib.Path`).
 
     Return a list of :class:`expkit.nodes.Item` and :class:`expkit.nodes.CollectError`,
@@ -83,22 +90,22 @@ def expkit_collect_file(path: Any, config: Any) -> list | None:
 
 
 @hookspec
-def expkit_collection_modifyitems(config: Any, items: list) -> None:
+def expkit_collection_modifyitems(config: Config, items: list[Item]) -> None:
     """Filter or reorder the collected ``items`` in place (``-k`` does this)."""
 
 
 @hookspec
-def expkit_deselected(items: list) -> None:
+def expkit_deselected(items: list[Item]) -> None:
     """``items`` were deselected (by ``-k`` or another filter)."""
 
 
 @hookspec
-def expkit_collection_finish(session: Any) -> None:
+def expkit_collection_finish(session: Session) -> None:
     """Collection is done: ``session.items`` and ``session.errors`` are final."""
 
 
 @hookspec(firstresult=True)
-def expkit_runtestloop(session: Any) -> bool | None:
+def expkit_runtestloop(session: Session) -> bool | None:
     """Run every item of ``session``; return ``True`` when done. *firstresult*."""
 
 
@@ -108,7 +115,7 @@ def expkit_run_logstart(nodeid: str) -> None:
 
 
 @hookspec
-def expkit_run_livestatus(status: Any) -> None:
+def expkit_run_livestatus(status: LiveStatus) -> None:
     """News from an item running on a worker: ``status`` is a :class:`expkit.nodes.LiveStatus`.
 
     The worker loops (``-n``, ``--dask``) call it about once a second per running item;
@@ -117,12 +124,12 @@ def expkit_run_livestatus(status: Any) -> None:
 
 
 @hookspec
-def expkit_run_logreport(report: Any) -> None:
+def expkit_run_logreport(report: RunReport) -> None:
     """An item finished: ``report`` is a :class:`expkit.nodes.RunReport`."""
 
 
 @hookspec
-def expkit_report_header(config: Any) -> list[str] | None:
+def expkit_report_header(config: Config) -> list[str] | None:
     """Return lines the terminal reporter prints in its header."""
 
 
@@ -132,7 +139,7 @@ def expkit_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
 
 
 @hookspec
-def expkit_sessionfinish(session: Any, exitstatus: int) -> None:
+def expkit_sessionfinish(session: Session, exitstatus: int) -> None:
     """Every item ran (or the session was stopped); ``exitstatus`` is the exit code."""
 
 
@@ -188,7 +195,7 @@ def expkit_builtin_commands(experiment: Ingredient) -> dict | None:
 
 
 @hookspec(firstresult=True)
-def expkit_run_commandline(experiment: Ingredient, argv: list[str]) -> Any:
+def expkit_run_commandline(experiment: Ingredient, argv: list[str]) -> Run | None:
     """Parse a script's own command line (``python exp.py ...``) and carry it out.
 
     Return the :class:`expkit.run.Run` it made; help and mistakes end the process
@@ -211,7 +218,7 @@ def expkit_store_backends() -> list[StoreBackend] | None:
 
 
 @hookspec(firstresult=True)
-def expkit_store_for_url(url: str) -> Any:
+def expkit_store_for_url(url: str) -> RunObserver | None:
     """Deprecated: declare a backend with :func:`expkit_store_backends` instead.
 
     Return a store (an :class:`expkit.observers.RunObserver`) for ``url``.
@@ -260,7 +267,7 @@ def expkit_observer_class(name: str) -> type | None:
 
 
 @hookspec(firstresult=True)
-def expkit_function_seeder(run: Run, function: Any) -> Any:
+def expkit_function_seeder(run: Run, function: Callable) -> Any:
     """Return the seeder that gives ``function`` its ``_seed`` and ``_rnd``.
 
     A seeder has ``seed() -> int`` (a new seed on every call) and

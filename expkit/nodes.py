@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from expkit.cli import Config
 
 
 class ExitCode(enum.IntEnum):
@@ -112,3 +115,19 @@ class LiveStatus:
         progress = run.progress
         step, total = (progress[1], progress[2]) if progress else (None, None)
         return cls(nodeid, started, run.latest_metrics(), step, total)
+
+
+@attrs.define
+class Session:
+    """One invocation of ``expkit run``: what it collected, and the reports of its runs."""
+
+    config: Config
+    items: list[Item] = attrs.field(factory=list)
+    errors: list[CollectError] = attrs.field(factory=list)
+    reports: list[RunReport] = attrs.field(factory=list)
+    deselected: list[Item] = attrs.field(factory=list)
+    stores: list = attrs.field(factory=list)
+    store_urls: list[str] = attrs.field(factory=list)
+    updates: dict[str, Any] = attrs.field(factory=dict)  # -o and --seed, for every run
+    shouldstop: bool = False
+    interrupted: bool = False  # Ctrl-C: the running items were stopped, no more start

@@ -47,7 +47,7 @@ def elapsed_text(delta: datetime.timedelta) -> str:
 
 def load_settings(filename: str | os.PathLike) -> dict:
     """The settings in a JSON, TOML or YAML file (the config file formats expkit reads)."""
-    from expkit.experiment import load_config_file
+    from expkit.configuration import load_config_file
     from expkit.pluginmanager import get_plugin_manager
 
     return load_config_file(os.fspath(filename), get_plugin_manager())

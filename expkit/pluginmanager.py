@@ -1,11 +1,15 @@
 """The plugin host: a pluggy manager that loads plugins the way pytest does.
 
 Order: names blocked with ``-p no:NAME`` are blocked first; then the built-in
-plugins (entry points of the ``expkit`` group shipped by the expkit
-distribution; those in ``COMMAND_PLUGINS`` only for the ``expkit`` command);
-then plugins named with ``-p NAME``; then third-party entry points (unless
+plugins (entry points shipped by the expkit distribution); then plugins named
+with ``-p NAME``; then third-party entry points (unless
 ``EXPKIT_DISABLE_PLUGIN_AUTOLOAD`` is set); then modules listed in
 ``EXPKIT_PLUGINS``. ``expconf.py`` files are registered by the collector.
+
+Plugins register under the entry-point group ``expkit``; those only the ``expkit``
+command needs (its options, commands, collection, reporting) under ``expkit.command``,
+which an experiment run from Python or its own command line never imports: start-up
+counts.
 """
 
 from __future__ import annotations
@@ -26,27 +30,8 @@ from expkit.errors import UsageError
 hookimpl = pluggy.HookimplMarker("expkit")
 
 ENTRY_POINT_GROUP = "expkit"
+COMMAND_ENTRY_POINT_GROUP = "expkit.command"
 _DIST_NAME = "expkit"
-# Built-in plugins whose hooks only the `expkit` command calls (options, collection, the
-# session, its report, the runs commands). An experiment run from Python or from its own
-# command line never calls them, so its manager does not import them: start-up counts.
-COMMAND_PLUGINS = frozenset(
-    {
-        "python",
-        "session",
-        "selection",
-        "terminal",
-        "helpconfig",
-        "runs",
-        "rerun",
-        "sync",
-        "sweep",
-        "workers",
-        "dask",
-        "progress",
-        "tune",
-    }
-)
 
 
 @attrs.frozen
@@ -113,13 +98,11 @@ class PluginManager(pluggy.PluginManager):
         return module
 
     def load_entry_points(self, builtin_only: bool = False, command: bool = False) -> None:
-        """Register the plugins of the ``expkit`` entry-point group.
-
-        ``command=False`` leaves out the built-in ``COMMAND_PLUGINS``.
-        """
-        for ep in _entry_points():
+        """Register the plugins of the ``expkit`` entry-point group (and, for the ``expkit``
+        command, of ``expkit.command``): expkit's own, or only the others."""
+        for ep in _entry_points(command):
             builtin = ep.dist.canonical_name == _DIST_NAME
-            if builtin_only != builtin or (builtin and not command and ep.name in COMMAND_PLUGINS):
+            if builtin_only != builtin:
                 continue
             self.register_module(  # blocked or loaded already: it does nothing
                 ep.value,
@@ -133,13 +116,33 @@ class PluginManager(pluggy.PluginManager):
         """Keep the plugin ``name`` from loading (``-p no:NAME``)."""
         self.set_blocked(name)
         # Users write the module name as often as the entry-point name.
-        for ep in _entry_points():
+        for ep in _entry_points(command=True):
             if ep.value == name or ep.value.rsplit(".", 1)[-1] == name:
                 self.set_blocked(ep.name)
 
+    def register_named(self, names: Iterable[str], origin: str = "-p") -> None:
+        """Register plugins by entry-point name or module name (``-p NAME``)."""
+        names = list(names)
+        eps = _entry_points(command=True)
+        known = {ep.name for ep in eps}
+        for modname in names:
+            if modname not in known:
+                self.register_module(modname, origin=origin)
+        for ep in eps:
+            if ep.name in names:
+                dist = ep.dist
+                self.register_module(
+                    ep.value,
+                    name=ep.name,
+                    origin=origin,
+                    distribution=dist.name,
+                    version=dist.version,
+                )
 
-def _entry_points() -> list[installed.EntryPoint]:
-    return installed.entry_points(ENTRY_POINT_GROUP)
+
+def _entry_points(command: bool = False) -> list[installed.EntryPoint]:
+    groups = (ENTRY_POINT_GROUP, COMMAND_ENTRY_POINT_GROUP) if command else (ENTRY_POINT_GROUP,)
+    return [ep for group in groups for ep in installed.entry_points(group)]
 
 
 def create_plugin_manager(
@@ -150,26 +153,15 @@ def create_plugin_manager(
 ) -> PluginManager:
     """Build a manager with every plugin loaded in pytest's order.
 
-    ``command=True`` is the ``expkit`` command's manager: it loads ``COMMAND_PLUGINS`` too.
+    ``command=True`` is the ``expkit`` command's manager: it loads ``expkit.command`` too.
     """
     pm = PluginManager()
     for name in blocked:
         pm.block(name)
     pm.load_entry_points(builtin_only=True, command=command)
-    early = list(early)
-    eps = _entry_points()
-    names = {ep.name for ep in eps}
-    for modname in early:
-        if modname not in names:
-            pm.register_module(modname, origin="-p")
-    for ep in eps:
-        if ep.name in early:
-            dist = ep.dist
-            pm.register_module(
-                ep.value, name=ep.name, origin="-p", distribution=dist.name, version=dist.version
-            )
+    pm.register_named(early, origin="-p")
     if not os.environ.get("EXPKIT_DISABLE_PLUGIN_AUTOLOAD"):
-        pm.load_entry_points(builtin_only=False)
+        pm.load_entry_points(builtin_only=False, command=command)
     for modname in filter(None, os.environ.get("EXPKIT_PLUGINS", "").split(",")):
         pm.register_module(modname.strip(), origin="env")
     for plugin in plugins:
@@ -201,7 +193,7 @@ def set_plugin_manager(pm: PluginManager | None) -> PluginManager | None:
 
 
 __all__ = [
-    "COMMAND_PLUGINS",
+    "COMMAND_ENTRY_POINT_GROUP",
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",

@@ -13,7 +13,6 @@ import copy
 import datetime
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -26,30 +25,23 @@ import pluggy
 
 from expkit.captured import captured_state
 from expkit.configuration import (
-    ConfigDict,
     ConfigSummary,
-    flatten,
-    get_path,
-    join_path,
-    merge,
-    nest_dotted,
-    normalize,
-    restore_tuples,
-    set_path,
-    type_changed,
 )
 from expkit.errors import (
     CommandNotFoundError,
-    ConfigAddedError,
     ExpkitError,
     ExpkitInterrupt,
-    NamedConfigNotFoundError,
     UsageError,
 )
+from expkit.info import ExperimentInfo, gather_experiment_info, gather_host_info
+from expkit.logs import LOG_KEEPERS, ConsoleLogHandler, log_level, root_logger
 from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
-from expkit.records import Artifact, Dependency, MetricPoint, Repository, Resource, Source
+from expkit.records import Artifact, MetricPoint, Resource
+from expkit.resolve import check_added_entries, resolve_config
 from expkit.serialize import NotStorableError, storable_problem, to_data, utcnow
 from expkit.settings import SETTINGS
+from expkit.signals import SigtermInterrupt, defer_sigterm, install_sigterm, restore_sigterm
+from expkit.tracebacks import format_user_traceback
 from expkit.utils import (
     CapturedOutput,
     file_md5,
@@ -71,37 +63,58 @@ QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED = (
     "INTERRUPTED",
 )
 
-# The options of a run, with their defaults; keys as Sacred spells its long flags.
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "--beat-interval": None,
-    "--capture": None,
-    "--comment": None,
-    "--debug": False,
-    "--enforce_clean": False,
-    "--file_storage": None,
-    "--force": False,
-    "--help": False,
-    "--id": None,
-    "--loglevel": None,
-    "--mongo_db": None,
-    "--name": None,
-    "--pdb": False,
-    "--print-config": False,
-    "--priority": None,
-    "--queue": False,
-    "--tiny_db": None,
-    "--unobserved": False,
-}
+
+@attrs.frozen
+class RunOption:
+    """An option of a run: ``ex.run(options={LONG: ...})`` and the script's flag ``SHORT``."""
+
+    short: str
+    long: str
+    takes_value: bool
+    help: str
 
 
-class SigtermInterrupt(KeyboardInterrupt):
-    """Raised in the run's thread when the process receives SIGTERM.
-
-    A ``KeyboardInterrupt``, not an ``Exception``: like Ctrl-C it goes through every
-    ``except Exception`` (a store's, a library's) until it reaches the run.
-    """
-
-    STATUS = INTERRUPTED
+# Sacred's options of a run, with their flags on the script's command line (plugins/script.py).
+RUN_OPTIONS: tuple[RunOption, ...] = tuple(
+    RunOption(*spec)
+    for spec in [
+        (
+            "-b",
+            "--beat-interval",
+            True,
+            "Heartbeat interval in seconds (0 or less: only one at the end).",
+        ),
+        ("-C", "--capture", True, "Output capture mode: fd, sys or no."),
+        ("-c", "--comment", True, "A comment to store with the run."),
+        ("-d", "--debug", False, "Show full tracebacks and let exceptions through (no filtering)."),
+        ("-D", "--pdb", False, "Start the debugger after an exception."),
+        (
+            "-e",
+            "--enforce_clean",
+            False,
+            "Refuse to run with uncommitted changes in the git repository.",
+        ),
+        ("-F", "--file_storage", True, "Store the run in this folder (file store)."),
+        ("-f", "--force", False, "Allow added config entries no function uses, and type changes."),
+        ("-h", "--help", False, "Show this help and exit."),
+        ("-i", "--id", True, "The id of this run."),
+        ("-l", "--loglevel", True, "Log level (a name such as DEBUG or a number)."),
+        (
+            "-m",
+            "--mongo_db",
+            True,
+            "Store the run in MongoDB: [host:port:]db_name or a mongodb:// URL.",
+        ),
+        ("-n", "--name", True, "Store the run under this experiment name."),
+        ("-P", "--priority", True, "Priority of a queued run (a number)."),
+        ("-p", "--print-config", False, "Print the configuration before running."),
+        ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
+        ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
+        ("-u", "--unobserved", False, "Run without storing anything."),
+    ]
+)
+# Keys as Sacred spells its long flags; a flag's default is False, a value's None.
+DEFAULT_OPTIONS: dict[str, Any] = {o.long: None if o.takes_value else False for o in RUN_OPTIONS}
 
 
 # How often new metric points are delivered to the stores between heartbeats (seconds).
@@ -113,297 +126,10 @@ _METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 # --- the records a run carries -----------------------------------------------------
 
 
-@attrs.frozen
-class ExperimentInfo:
-    """What a run records about the experiment's code: sources, dependencies, git state."""
-
-    name: str
-    base_dir: str
-    mainfile: str | None
-    sources: tuple[Source, ...] = ()
-    dependencies: tuple[Dependency, ...] = ()
-    repositories: tuple[Repository, ...] = ()
-    doc: str | None = None
-
-    def as_sacred(self) -> dict:
-        """The record as Sacred's observers receive it (``ex_info``)."""
-        return {
-            "name": self.name,
-            "base_dir": self.base_dir,
-            "sources": [[s.name, s.md5] for s in self.sources],
-            "dependencies": [str(d) for d in self.dependencies],
-            "repositories": [
-                {"url": r.url, "commit": r.commit, "dirty": r.dirty} for r in self.repositories
-            ],
-            "mainfile": os.path.basename(self.mainfile) if self.mainfile else None,
-        }
-
-
-def gather_experiment_info(experiment: Experiment) -> ExperimentInfo:
-    """Ask the plugins for the experiment's sources, dependencies and repositories."""
-    hook = experiment.plugin_manager.hook
-    sources: dict[str, Source] = {}
-    deps: dict[str, Dependency] = {}
-    repos: list[Repository] = []
-    for ing, _ in experiment.traverse_ingredients():
-        for part in hook.expkit_experiment_info(experiment=ing):
-            for s in part.get("sources", ()):
-                sources.setdefault(s.name, s)
-            for d in part.get("dependencies", ()):
-                deps.setdefault(d.name, d)
-            repos.extend(r for r in part.get("repositories", ()) if r not in repos)
-    return ExperimentInfo(
-        name=getattr(experiment, "name", experiment.path),
-        base_dir=experiment.base_dir,
-        mainfile=experiment.mainfile,
-        sources=tuple(sorted(sources.values(), key=lambda s: s.name)),
-        dependencies=tuple(sorted(deps.values(), key=lambda d: d.name.lower())),
-        repositories=tuple(repos),
-        doc=experiment.doc,
-    )
-
-
-class IgnoreHostInfo(Exception):
-    """Raise in a host-info gatherer to leave its entry out."""
-
-
-@attrs.frozen
-class HostInfoGetter:
-    """A named function whose result becomes a host-info entry."""
-
-    name: str
-    getter: Callable[[], Any]
-
-    def __call__(self) -> Any:
-        """The entry's value."""
-        return self.getter()
-
-    get_info = __call__
-
-
-def host_info_gatherer(name: str) -> Callable[[Callable[[], Any]], HostInfoGetter]:
-    """Decorator for ``Experiment(additional_host_info=[...])``: the result goes under ``name``."""
-    return lambda fn: HostInfoGetter(name, fn)
-
-
-# Sacred's older, process-wide way (``@host_info_getter``): name -> function.
-host_info_gatherers: dict[str, Callable[[], Any]] = {}
-
-
-def host_info_getter(func: Callable | None = None, name: str | None = None) -> Any:
-    """Deprecated decorator: record ``func()`` under ``name`` in every run's host info."""
-    import warnings
-
-    if func is None:
-        return lambda f: host_info_getter(f, name=name)
-    warnings.warn(
-        "host_info_getter is deprecated; use @host_info_gatherer(name) with "
-        "Experiment(additional_host_info=[...])",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    host_info_gatherers[name or func.__name__] = func
-    return func
-
-
-def gather_host_info(experiment: Experiment) -> dict:
-    """The host record: every plugin's entries, then the experiment's own gatherers."""
-    info: dict = {}
-    for part in experiment.plugin_manager.hook.expkit_host_info(experiment=experiment):
-        info.update(part)
-    for name, func in list(host_info_gatherers.items()):
-        if name not in info:  # the built-in entries win, as in Sacred
-            try:
-                info[name] = func()
-            except IgnoreHostInfo:
-                pass
-    for getter in experiment.additional_host_info:
-        if getter.name in info:
-            raise KeyError(f"host info entry {getter.name!r} exists already; choose another name")
-        try:
-            info[getter.name] = getter.getter()
-        except IgnoreHostInfo:
-            pass
-    return info
-
-
 # --- building the configuration -------------------------------------------------------
 
 
-def _named_config(experiment: Experiment, name: str) -> tuple[str, Any]:
-    """The ingredient path and config a ``with NAME`` means (a config file wins, as in Sacred)."""
-    from expkit.experiment import load_config_file
-
-    if os.path.isfile(name):
-        entries = load_config_file(name, experiment.plugin_manager)
-        return "", ConfigDict(entries, f"config file {name!r}")
-    named = dict(experiment.gather_named_configs())
-    if name in named:
-        path = name.rpartition(".")[0] if name not in experiment.named_configs else ""
-        return path, named[name]
-    raise NamedConfigNotFoundError(name, available_named_configs=tuple(named))
-
-
-def root_logger(experiment: Experiment) -> logging.Logger:
-    """The logger under which a run logs: ``ex.logger`` if set, else the root logger."""
-    return experiment.logger if experiment.logger is not None else logging.getLogger()
-
-
-def _ingredient_logger(base: logging.Logger, path: str) -> logging.Logger:
-    # As in Sacred: the experiment's scopes get the base logger, an ingredient's a child.
-    return base.getChild(path) if path else base
-
-
-def resolve_config(
-    experiment: Experiment,
-    config_updates: Mapping | None = None,
-    named_configs: Sequence[str] = (),
-    command_name: str | None = None,
-) -> ConfigSummary:
-    """Build a run's configuration: updates fixed, named configs in order, then the scopes."""
-    base_logger = root_logger(experiment)
-    updates = normalize(nest_dotted(dict(config_updates or {})), "", "the config updates")
-    named_result: dict = {}
-    for name in named_configs:
-        path, conf = _named_config(experiment, name)
-        result = conf(
-            fixed=get_path(updates, path, {}) if path else updates,
-            preset=get_path(named_result, path, {}) if path else named_result,
-            fallback={"_log": _ingredient_logger(base_logger, path)},
-        )
-        entries = {k: v for k, v in result.config.items() if k != "__doc__"}
-        if path:
-            set_path(named_result, path, merge(get_path(named_result, path, {}) or {}, entries))
-        else:
-            merge(named_result, entries)
-    fixed = merge(copy.deepcopy(named_result), updates)
-
-    config: dict = {}
-    own_values: dict = {}  # path -> what the scopes set where a fixed value won
-    defined: set[str] = set()  # paths the scopes define
-    docs: dict = {}
-    logger = base_logger.getChild(experiment.path)
-    levels = sorted(experiment.traverse_ingredients(), key=lambda item: -item[1])
-    for ing, _ in levels:
-        base = ing.config_path
-        fixed_here = (get_path(fixed, base, {}) if base else fixed) or {}
-        fallback = {
-            sub.path.rsplit(".", 1)[-1]: copy.deepcopy(get_path(config, sub.config_path, {}))
-            for sub in ing.ingredients
-        }
-        fallback["_log"] = _ingredient_logger(base_logger, base)
-        entries: dict = copy.deepcopy(fixed_here) if not ing.configurations else {}
-        for conf in ing.configurations:
-            result = conf(fixed=fixed_here, preset=entries, fallback=fallback)
-            entries = result.config
-            for path, value in result.defaults.items():
-                own_values[join_path(base, path)] = value
-            defined.update(join_path(base, path) for path in result.defined)
-            for key, doc in result.docs.items():
-                docs[join_path(base, key)] = doc
-        for hook_fn in ing.config_hooks:
-            whole = copy.deepcopy(config)
-            if base:
-                set_path(whole, base, copy.deepcopy(entries))
-            else:
-                merge(whole, entries)
-            more = hook_fn(config=whole, command_name=command_name, logger=logger)
-            if more:
-                merge(entries, normalize(dict(more), "", f"config hook {hook_fn.__name__!r}"))
-                merge(entries, fixed_here)
-                for path, _value in flatten(more):
-                    defined.add(join_path(base, path))
-        if base:
-            set_path(config, base, merge(get_path(config, base, {}) or {}, entries))
-        else:
-            merge(config, entries)
-    restore_tuples(fixed, own_values)
-    merge(config, fixed)  # fixed entries of ingredients without scopes, and new ones
-
-    for defaults in experiment.plugin_manager.hook.expkit_config_defaults(experiment=experiment):
-        for default in defaults or ():
-            defined.add(default.key)
-            if default.doc:
-                docs[default.key] = default.doc
-            if default.key not in config:
-                config[default.key] = default.value
-
-    added, modified, typechanged = set(), set(), {}
-    for path, value in flatten(fixed):
-        if path in own_values:
-            old = own_values[path]
-            if type_changed(old, value):
-                typechanged[path] = (type(old), type(value))
-            elif old != value:
-                modified.add(path)
-        elif path in defined:
-            modified.add(path)
-        else:
-            added.add(path)
-    return ConfigSummary(config, added=added, modified=modified, typechanged=typechanged, docs=docs)
-
-
-def _uses(fn: Callable, path: str) -> bool:
-    cf = captured_state(fn)
-    base = join_path(cf.ingredient.config_path if cf.ingredient else "", cf.prefix or "")
-    if "_config" in cf.params.names and (not base or path == base or path.startswith(base + ".")):
-        return True
-    for name in cf.params.names:
-        full = join_path(base, name)
-        if path == full or path.startswith(full + ".") or full.startswith(path + "."):
-            return True
-    return cf.params.has_varkw and (not base or path.startswith(base + "."))
-
-
-def check_added_entries(
-    experiment: Experiment, summary: ConfigSummary, extra_uses: Sequence = ()
-) -> None:
-    """Refuse added entries no captured function uses (they are most likely typos)."""
-    functions = [f for ing, _ in experiment.traverse_ingredients() for f in ing.captured_functions]
-    functions += list(extra_uses)
-    unused = sorted(p for p in summary.added if not any(_uses(f, p) for f in functions))
-    if unused:
-        known = [p for p, _ in flatten(summary) if p not in summary.added]
-        raise ConfigAddedError(unused, captured_args=known, config=summary)
-
-
 # --- making a run ---------------------------------------------------------------------
-
-# The ``keep(text)`` of the captures of the runs going on, innermost last.
-_LOG_KEEPERS: list[Callable[[str], None]] = []
-_LOG_FORMAT = "%(levelname)s - %(name)s - %(message)s"
-
-
-class ConsoleLogHandler(logging.StreamHandler):
-    """Writes log lines to the current ``sys.stderr``; lines below ``shown_level`` go only
-    into the captured output of the run going on, so that what a run stores does not
-    depend on what the terminal shows."""
-
-    def __init__(self, shown_level: int = logging.NOTSET) -> None:
-        super().__init__()
-        self.shown_level = shown_level
-        self.setFormatter(logging.Formatter(_LOG_FORMAT))
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        # The stream of now, not of when logging was set up: a "sys" capture tees it.
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= self.shown_level:
-            super().emit(record)
-            return
-        if not _LOG_KEEPERS:
-            return
-        try:
-            text = self.format(record) + self.terminator
-            _LOG_KEEPERS[-1](text)
-        except Exception:
-            self.handleError(record)
 
 
 def _options(options: Mapping | None) -> dict:
@@ -411,19 +137,6 @@ def _options(options: Mapping | None) -> dict:
     for key, value in (options or {}).items():
         result[key if key.startswith("--") else "--" + key] = value
     return result
-
-
-def _log_level(level: Any) -> int:
-    """A log level given as a number or a name (DEBUG, INFO, ...)."""
-    text = str(level).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    number = logging.getLevelName(text.upper())
-    if not isinstance(number, int):
-        raise UsageError(
-            f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR, CRITICAL or a number"
-        )
-    return number
 
 
 def _mongo_url(arg: str) -> str:
@@ -530,7 +243,7 @@ def create_run(
     for option_hook in experiment.option_hooks:
         option_hook(options=options)
     if options["--loglevel"] is not None:
-        base_logger.setLevel(_log_level(options["--loglevel"]))
+        base_logger.setLevel(log_level(options["--loglevel"]))
     if command_name is None:
         raise CommandNotFoundError(
             f"experiment {experiment.name!r} has no main function: decorate one with @ex.main"
@@ -734,11 +447,8 @@ class Run:
         self.stop_time: datetime.datetime | None = None
         self.heartbeat_time: datetime.datetime | None = None
         self.fail_trace: list[str] | None = None
-        self.unobserved = not observers
-        self.force = bool(options.get("--force"))
         self.queue_only = bool(options.get("--queue"))
         self.debug = bool(options.get("--debug"))
-        self.pdb = bool(options.get("--pdb"))
         self.artifacts: list[Artifact] = []
         self.resources: list[Resource] = []
         # Deepest ingredients first, the experiment last.
@@ -914,7 +624,7 @@ class Run:
         except BaseException:
             self._unbind(bound, previous_run)
             raise
-        old_handler = _install_sigterm()
+        old_handler = install_sigterm()
         outcome: BaseException | None = None
         try:
             # Where Sacred warns: before the output capture and the "Running command" line.
@@ -925,7 +635,7 @@ class Run:
             if self._capture is not None:
                 self._capture.start()
                 if hasattr(self._capture, "keep"):
-                    _LOG_KEEPERS.append(self._capture.keep)
+                    LOG_KEEPERS.append(self._capture.keep)
             self.status = RUNNING
             self.start_time = utcnow()
             self.run_logger.info("Running command '%s'", self.command_name)
@@ -958,11 +668,11 @@ class Run:
             outcome = exc
         finally:
             # From here a SIGTERM is only noted: the stores must hear how the run ended.
-            sigterms = _defer_sigterm(old_handler)
+            sigterms = defer_sigterm(old_handler)
             try:
                 self._finish(bound, previous_run)
             finally:
-                _restore_sigterm(old_handler)
+                restore_sigterm(old_handler)
         if sigterms and not isinstance(outcome, KeyboardInterrupt):
             raise SigtermInterrupt("the process received SIGTERM as the run ended") from outcome
         if outcome is not None:
@@ -998,8 +708,8 @@ class Run:
                 self.run_logger.warning("Aborted after %s!", _elapsed(elapsed))
             if self._capture is not None:
                 keep = getattr(self._capture, "keep", None)
-                if keep in _LOG_KEEPERS:
-                    _LOG_KEEPERS.remove(keep)
+                if keep in LOG_KEEPERS:
+                    LOG_KEEPERS.remove(keep)
                 with self._beat_lock:
                     _guarded(self._capture.stop, "stopping the output capture")
                     _guarded(lambda: self._output.append(self._capture.read()), "reading output")
@@ -1206,65 +916,3 @@ def _storable_info(info: Any) -> tuple[dict, dict[str, str]]:
 
 def _elapsed(delta: datetime.timedelta) -> str:
     return str(datetime.timedelta(seconds=round(delta.total_seconds())))
-
-
-_NOT_INSTALLED = object()
-
-
-def _install_sigterm() -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        return _NOT_INSTALLED
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise SigtermInterrupt("the process received SIGTERM")
-
-    return signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _defer_sigterm(previous: Any) -> list[int]:
-    """From now on only note a SIGTERM (in the list returned) instead of raising it."""
-    received: list[int] = []
-    if previous is not _NOT_INSTALLED:
-        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    return received
-
-
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not _NOT_INSTALLED:
-        # None: the handler was set outside Python; the default is the closest to it.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _internal_folders() -> tuple[str, ...]:
-    import importlib.util
-
-    folders = [os.path.dirname(os.path.abspath(__file__))]
-    spec = importlib.util.find_spec("expkit_plugins")  # located, not imported
-    if spec is not None and spec.submodule_search_locations:
-        folders += [os.path.abspath(p) for p in spec.submodule_search_locations]
-    folders.append(os.path.dirname(os.path.abspath(pluggy.__file__)))
-    return tuple(f + os.sep for f in folders)
-
-
-_INTERNAL: tuple[str, ...] | None = None
-
-
-def _internal(filename: str) -> bool:
-    global _INTERNAL
-    if _INTERNAL is None:
-        _INTERNAL = _internal_folders()
-    return os.path.abspath(filename).startswith(_INTERNAL)
-
-
-def format_user_traceback(exc: BaseException, hide: tuple[str, ...] = ()) -> list[str]:
-    """The traceback of ``exc`` without expkit's and pluggy's frames (nor those naming ``hide``)."""
-    tb = exc.__traceback__
-    frames = [
-        f
-        for f in traceback.extract_tb(tb)
-        if not _internal(f.filename) and not any(h in f.filename for h in hide)
-    ]
-    lines = ["Traceback (most recent call last):\n"]
-    lines += traceback.format_list(frames)
-    lines += traceback.format_exception_only(type(exc), exc)
-    return lines

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from expkit.errors import ExpkitError, UsageError
-from expkit.observers import RunObserver
+from expkit.observers import RunObserver, utc_datetimes
 from expkit.records import RunRecord, edited_meta
 from expkit.serialize import parse_time, to_data
 from expkit.utils import file_md5, redact_url
@@ -771,9 +771,22 @@ def _metrics(metrics: Any) -> dict[str, dict]:
         out[str(name)] = {
             "steps": steps[:n],
             "values": values[:n],
-            "timestamps": [_metric_time(t) for t in times[:n]] if times else [None] * n,
+            "timestamps": _metric_times(times[:n]) if times else [None] * n,
         }
     return out
+
+
+def _metric_times(times: list) -> list[datetime.datetime | None]:
+    """Stored times as datetimes: ISO text or epoch seconds, a million points in a blink."""
+    kinds = set(map(type, times))
+    try:
+        if kinds == {str}:
+            return list(map(datetime.datetime.fromisoformat, times))
+        if kinds <= {float, int} and all(map(math.isfinite, times)):
+            return utc_datetimes(times)
+    except (ValueError, OverflowError):
+        pass  # a damaged point among them: each on its own
+    return [_metric_time(t) for t in times]
 
 
 def _metric_time(value: Any) -> datetime.datetime | None:

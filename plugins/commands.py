@@ -147,6 +147,16 @@ for _command in (print_config, print_dependencies, save_config, print_named_conf
 
 
 @hookimpl
+def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "config",
+        "config NODEID|FILE",
+        "print the config an experiment would run with",
+        ("overrides", "named", "force", "plugins"),
+    )
+
+
+@hookimpl
 def expkit_builtin_commands(experiment: Any) -> dict:
     return {
         "print_config": print_config,
@@ -170,7 +180,8 @@ def show_config(config: Any) -> int:
     """
     from expkit.errors import ExpkitError, UsageError
     from expkit.nodes import ExitCode
-    from expkit.run import check_added_entries, find_command, resolve_config
+    from expkit.resolve import check_added_entries, resolve_config
+    from expkit.run import find_command
     from expkit_plugins.session import Session, collect, parse_overrides
 
     paths = list(config.option.paths)

@@ -272,8 +272,8 @@ def expkit_runtestloop(session: Any) -> bool | None:
 
 def shipped_files(session: Any) -> tuple[ShippedFile, ...]:
     """The project files the items need: their files, expconf.py files, their local imports."""
+    from expkit.info import gather_experiment_info
     from expkit.remote import ShippedFile
-    from expkit.run import gather_experiment_info
     from expkit.utils import file_md5
 
     config = session.config

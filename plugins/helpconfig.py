@@ -8,47 +8,6 @@ from typing import Any
 import expkit
 from expkit.pluginmanager import hookimpl
 
-# Every command: its synopsis, what it does, and which options its help shows (the
-# option dests; None: every option but those of the groups of other commands).
-COMMANDS: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
-    "run": ("run [PATH|NODEID ...]", "run the experiments found, record every run", None),
-    "--collect-only": (
-        "--collect-only [PATH ...]",
-        "list what 'expkit run' would run",
-        None,  # `expkit --collect-only --help` is `expkit run --help`
-    ),
-    "config": (
-        "config NODEID|FILE",
-        "print the config an experiment would run with",
-        ("overrides", "named", "force", "plugins"),
-    ),
-    "plugins": ("plugins", "list the loaded plugins and where they come from", ("plugins",)),
-    "runs": ("runs SUBCOMMAND", "list, show, diff, rm, export, metrics, artifact", ()),
-    "rerun": (
-        "rerun ID",
-        "run a stored run again from its sources, and compare",
-        ("overrides", "check", "stores", "plugins"),
-    ),
-    "sync": ("sync SRC DST", "deliver spooled runs, or copy runs between stores", ("plugins",)),
-    "ui": (
-        "ui",
-        "serve a web view of the runs in the stores",
-        ("stores", "ui_host", "ui_port", "ui_open", "ui_allow_delete", "plugins"),
-    ),
-    "tune": (
-        "tune NODEID --sweep ...",
-        "search hyperparameters with Optuna, every trial a stored run",
-        (
-            *("sweeps", "trials", "minimize", "maximize", "objective", "sampler", "pruner"),
-            *("study", "tune_timeout", "importance", "numprocesses", "dask", "overrides"),
-            *("named", "stores", "seed", "capture", "comment", "force", "verbose", "quiet"),
-            "plugins",
-        ),
-    ),
-}
-# Option groups that belong to one command: `expkit run --help` leaves them out.
-_COMMAND_GROUPS = ("runs", "rerun", "ui", "tune")
-
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
@@ -61,6 +20,9 @@ def expkit_addoption(parser: Any) -> None:
         "--trace-config",
         action="store_true",
         help="list the loaded plugins, where they come from and their import time",
+    )
+    parser.addcommand(
+        "plugins", "plugins", "list the loaded plugins and where they come from", ("plugins",)
     )
 
 
@@ -110,15 +72,18 @@ def general_help(parser: Any) -> str:
     ]
     lines.append("")
     lines.append("commands:")
-    lines += [f"  {synopsis:<27}{summary}" for synopsis, summary, _ in COMMANDS.values()]
+    lines += [f"  {c.synopsis:<27}{c.summary}" for c in parser.commands.values()]
     lines += ["", "'expkit COMMAND --help' shows the options of one command.", "", ""]
     return "\n".join(lines) + parser.format_options()
 
 
 def command_help(parser: Any, command: str) -> str:
     """``expkit COMMAND --help``: its synopsis, what it does and its options."""
-    synopsis, summary, dests = COMMANDS[command]
-    head = f"usage: expkit {synopsis} [options]\n\n{summary[0].upper()}{summary[1:]}.\n\n"
-    if dests is None:
-        return head + parser.format_options(skip_groups=_COMMAND_GROUPS)
-    return head + parser.format_options(dests)
+    found = parser.commands[command]
+    summary = found.summary
+    head = f"usage: expkit {found.synopsis} [options]\n\n{summary[0].upper()}{summary[1:]}.\n\n"
+    if found.options is None:
+        # Every option but those that belong to another command alone.
+        own = {c.group for c in parser.commands.values() if c.group and c.name != command}
+        return head + parser.format_options(skip_groups=own)
+    return head + parser.format_options(found.options)

@@ -20,7 +20,7 @@ from expkit.experiment import Experiment
 from expkit.module import ModuleExperiment, ModuleParts, module_parts
 from expkit.nodes import CollectError, Item
 from expkit.pluginmanager import PluginInfo, hookimpl
-from expkit.run import format_user_traceback
+from expkit.tracebacks import format_user_traceback
 
 EXPCONF = "expconf.py"
 

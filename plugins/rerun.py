@@ -48,6 +48,13 @@ _MD5_IN_NAME = re.compile(r"_([0-9a-f]{32})(?:\.[^./\\]*)?$")
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "rerun",
+        "rerun ID",
+        "run a stored run again from its sources, and compare",
+        ("overrides", "check", "stores", "plugins"),
+        "rerun",
+    )
     group = parser.getgroup("rerun", "re-running a stored run (expkit rerun ID)")
     group.addoption(
         "--check", action="store_true", help="rerun: exit 1 when the result is not the same"

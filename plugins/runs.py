@@ -33,12 +33,13 @@ class Subcommand:
     options: tuple[str, ...] = ()  # the dests of its options, in the order shown
 
 
+TABLE_LIMIT = 200  # runs a table shows unless --all or --limit
 _SELECTION = ("experiment", "status", "since", "until", "sort", "descending", "limit")
 SUBCOMMANDS = {
     "list": Subcommand(
         "list [FILTER ...]",
         "the runs as a table that fits the terminal",
-        (*_SELECTION, "columns", "wide", "json"),
+        (*_SELECTION, "all", "columns", "wide", "json"),
     ),
     "show": Subcommand(
         "show ID", "everything recorded about a run, a sparkline for each metric", ("json",)
@@ -80,6 +81,9 @@ _ASCII_BLOCKS = "_.-=+*#@"
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "runs", "runs SUBCOMMAND", "list, show, diff, rm, export, metrics, artifact", (), "runs"
+    )
     group = parser.getgroup("runs", "finding and comparing stored runs (expkit runs --help)")
     group.addoption(
         "--experiment",
@@ -95,6 +99,11 @@ def expkit_addoption(parser: Any) -> None:
     )
     group.addoption("--descending", action="store_true", help="sort from the largest down")
     group.addoption("--limit", type=int, default=None, metavar="N", help="at most N runs")
+    group.addoption(
+        "--all",
+        action="store_true",
+        help=f"every run (a table shows the newest {TABLE_LIMIT} unless --limit says otherwise)",
+    )
     group.addoption(
         "--columns",
         action="append",
@@ -321,7 +330,9 @@ def _parse_time(text: str | None, option: str) -> datetime.datetime | None:
         ) from None
 
 
-def _select(config: Any, reader: Any, filters: list[str]) -> list[RunRecord]:
+def _select(
+    config: Any, reader: Any, filters: list[str], limit: int | None = None
+) -> list[RunRecord]:
     from expkit.runs import select_runs
 
     sort = config.getoption("sort")
@@ -336,7 +347,7 @@ def _select(config: Any, reader: Any, filters: list[str]) -> list[RunRecord]:
         status=config.getoption("status"),
         since=_parse_time(config.getoption("since"), "--since"),
         until=_parse_time(config.getoption("until"), "--until"),
-        limit=config.getoption("limit"),
+        limit=config.getoption("limit") if limit is None else limit,
         sweep=sweeps[0] if sweeps else None,
         **order,
     )
@@ -367,7 +378,12 @@ class Column:
 def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     from expkit.runs import full_records, needs_full_record, short_ids
 
-    records = _select(config, reader, filters)
+    # A table is for reading: the newest runs, unless asked for more (one more to know).
+    paged = not (config.getoption("json") or config.getoption("all"))
+    paged = paged and config.getoption("limit") is None
+    records = _select(config, reader, filters, TABLE_LIMIT + 1 if paged else None)
+    more = paged and len(records) > TABLE_LIMIT
+    records = records[:TABLE_LIMIT] if more else records
     if config.getoption("json"):
         now = utcnow()
         rows = []
@@ -401,6 +417,8 @@ def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     experiments = {r.experiment for r in records}
     of = f" of {printable(next(iter(experiments)))}" if len(experiments) == 1 else ""
     footer = f"{_count(len(records), 'run')}{of} in {where}"
+    if more:
+        footer = f"the {footer.replace(' runs', ' newest runs', 1)}; more with --all or --limit N"
     if hidden:
         footer += f"; not shown: {', '.join(hidden)} (see --wide)"
     print(footer)

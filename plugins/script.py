@@ -16,51 +16,15 @@ from typing import Any
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.pluginmanager import hookimpl
-from expkit.run import SigtermInterrupt
+from expkit.run import RUN_OPTIONS
+from expkit.signals import SigtermInterrupt
 from expkit.utils import parse_literal, suggest
-
-# (short, long, takes a value, help)
-FLAGS = [
-    (
-        "-b",
-        "--beat-interval",
-        True,
-        "Heartbeat interval in seconds (0 or less: only one at the end).",
-    ),
-    ("-C", "--capture", True, "Output capture mode: fd, sys or no."),
-    ("-c", "--comment", True, "A comment to store with the run."),
-    ("-d", "--debug", False, "Show full tracebacks and let exceptions through (no filtering)."),
-    ("-D", "--pdb", False, "Start the debugger after an exception."),
-    (
-        "-e",
-        "--enforce_clean",
-        False,
-        "Refuse to run with uncommitted changes in the git repository.",
-    ),
-    ("-F", "--file_storage", True, "Store the run in this folder (file store)."),
-    ("-f", "--force", False, "Allow added config entries no function uses, and type changes."),
-    ("-h", "--help", False, "Show this help and exit."),
-    ("-i", "--id", True, "The id of this run."),
-    ("-l", "--loglevel", True, "Log level (a name such as DEBUG or a number)."),
-    (
-        "-m",
-        "--mongo_db",
-        True,
-        "Store the run in MongoDB: [host:port:]db_name or a mongodb:// URL.",
-    ),
-    ("-n", "--name", True, "Store the run under this experiment name."),
-    ("-P", "--priority", True, "Priority of a queued run (a number)."),
-    ("-p", "--print-config", False, "Print the configuration before running."),
-    ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
-    ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
-    ("-u", "--unobserved", False, "Run without storing anything."),
-]
 
 
 def _flag_table(experiment: Any) -> dict[str, tuple[str, bool]]:
     """Every spelling of every flag -> (long name, takes a value)."""
     table: dict[str, tuple[str, bool]] = {}
-    specs = [(s, lg, v) for s, lg, v, _ in FLAGS]
+    specs = [(o.short, o.long, o.takes_value) for o in RUN_OPTIONS]
     specs += [(o.short_flag, o.long_flag, not o.is_flag) for o in experiment.additional_cli_options]
     for short, long, takes_value in specs:
         for spelling in {
@@ -181,7 +145,7 @@ def usage(experiment: Any, prog: str) -> str:
     if experiment.doc:
         lines += [textwrap.dedent(experiment.doc).strip(), ""]
     lines.append("Options:")
-    flags = [(s, lg, v, h) for s, lg, v, h in FLAGS]
+    flags = [(o.short, o.long, o.takes_value, o.help) for o in RUN_OPTIONS]
     flags += [
         (o.short_flag, o.long_flag, not o.is_flag, o.doc) for o in experiment.additional_cli_options
     ]
@@ -250,7 +214,7 @@ def _update_tokens(parsed: dict) -> list[str]:
 
 
 def _print_user_traceback(exc: BaseException) -> None:
-    from expkit.run import format_user_traceback
+    from expkit.tracebacks import format_user_traceback
 
     lines = format_user_traceback(exc)
     lines[0] = "Traceback (most recent calls WITHOUT expkit internals):\n"

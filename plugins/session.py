@@ -14,43 +14,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from expkit.discovery import find_experiment_files, split_node_id
 from expkit.errors import ExpkitError, UsageError
-from expkit.nodes import CollectError, ExitCode, Item, RunReport
+from expkit.logs import ConsoleLogHandler
+from expkit.nodes import CollectError, ExitCode, Item, RunReport, Session
 from expkit.pluginmanager import hookimpl
-from expkit.run import (
-    FAILED,
-    ConsoleLogHandler,
-    create_run,
-    format_user_traceback,
-    store_for_url,
-)
+from expkit.run import FAILED, create_run, store_for_url
 from expkit.settings import CAPTURE_MODES
+from expkit.tracebacks import format_user_traceback
 from expkit.utils import parse_literal
 
 SKIPPED = "SKIPPED"
 
 
-@attrs.define
-class Session:
-    """One invocation's collection and runs."""
-
-    config: Any
-    items: list[Item] = attrs.field(factory=list)
-    errors: list[CollectError] = attrs.field(factory=list)
-    reports: list[RunReport] = attrs.field(factory=list)
-    deselected: list[Item] = attrs.field(factory=list)
-    stores: list = attrs.field(factory=list)
-    store_urls: list[str] = attrs.field(factory=list)
-    updates: dict[str, Any] = attrs.field(factory=dict)  # -o and --seed, for every run
-    shouldstop: bool = False
-    interrupted: bool = False  # Ctrl-C: the running items were stopped, no more start
-
-
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand("run", "run [PATH|NODEID ...]", "run the experiments found, record every run")
+    # `expkit --collect-only --help` is `expkit run --help`.
+    parser.addcommand(
+        "--collect-only", "--collect-only [PATH ...]", "list what 'expkit run' would run"
+    )
     group = parser.getgroup("running", "choosing and running experiments")
     group.addoption("paths", nargs="*", metavar="PATH|NODEID", help="files, folders or node ids")
     group.addoption(

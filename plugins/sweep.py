@@ -448,7 +448,7 @@ def mark_completed(config: Any, items: list[Item]) -> None:
     The seed counts only when it is set (``--seed``, ``-o seed=``, a sweep over it):
     otherwise every run draws its own.
     """
-    from expkit.run import resolve_config
+    from expkit.resolve import resolve_config
     from expkit.runs import runs
     from expkit.utils import redact_url
     from expkit_plugins.session import parse_overrides, store_urls

@@ -41,6 +41,13 @@ def spooled_runs(folder: Path) -> list[SpooledRun]:
     ]
 
 
+@hookimpl
+def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "sync", "sync SRC DST", "deliver spooled runs, or copy runs between stores", ("plugins",)
+    )
+
+
 @hookimpl(trylast=True)
 def expkit_cmdline_main(config: Any) -> int | None:
     if config.command != "sync":

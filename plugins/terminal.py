@@ -45,6 +45,29 @@ class TerminalReporter:
         self.start = time.perf_counter()
         self.done = 0
 
+    # --- hooks: the reporter is the plugin "terminalreporter", as pytest's is ---
+
+    @hookimpl
+    def expkit_collection_finish(self, session: Any) -> None:
+        """The header and what was collected (or, with --collect-only, the whole list)."""
+        if session.config.command != "run":
+            return
+        if self.verbosity >= 0:
+            self.header(session)
+            self.collected(session)
+        if session.config.option.collect_only:
+            self.collect_only(session)
+
+    @hookimpl
+    def expkit_run_logreport(self, report: Any) -> None:
+        """A line for each finished run."""
+        self.run_line(report, len(self.config.session.items))
+
+    @hookimpl
+    def expkit_sessionfinish(self, session: Any, exitstatus: int) -> None:
+        """The summary: what failed, where the runs went, the closing line."""
+        self.summary(session, exitstatus)
+
     def write_line(self, text: str = "", colour: str | None = None) -> None:
         """Write one line, coloured when the output is a terminal."""
         if colour and self.colour:
@@ -203,13 +226,24 @@ def _count(n: int, word: str) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = repr(_rounded(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits, for reading (the store keeps every digit)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def _config_lines(item: Any) -> list[str]:
     from expkit.configuration import flatten
-    from expkit.run import resolve_config
+    from expkit.resolve import resolve_config
 
     try:
         config = resolve_config(item.experiment, item.params or None)
@@ -234,22 +268,6 @@ def expkit_configure(config: Any) -> None:
         config.pluginmanager.register(reporter, "terminalreporter")
 
 
-def _reporter(config: Any) -> TerminalReporter | None:
-    return config.pluginmanager.get_plugin("terminalreporter")
-
-
-@hookimpl
-def expkit_collection_finish(session: Any) -> None:
-    reporter = _reporter(session.config)
-    if reporter is None or session.config.command != "run":
-        return
-    if reporter.verbosity >= 0:
-        reporter.header(session)
-        reporter.collected(session)
-    if session.config.option.collect_only:
-        reporter.collect_only(session)
-
-
 @hookimpl
 def expkit_report_header(config: Any) -> list[str]:
     lines = []
@@ -266,20 +284,3 @@ def expkit_report_header(config: Any) -> list[str]:
     if third_party:
         lines.append("plugins: " + ", ".join(third_party))
     return lines
-
-
-@hookimpl
-def expkit_run_logreport(report: Any) -> None:
-    from expkit.pluginmanager import get_plugin_manager
-
-    reporter = get_plugin_manager().get_plugin("terminalreporter")
-    if reporter is not None:
-        session = reporter.config.session
-        reporter.run_line(report, len(session.items))
-
-
-@hookimpl
-def expkit_sessionfinish(session: Any, exitstatus: int) -> None:
-    reporter = _reporter(session.config)
-    if reporter is not None:
-        reporter.summary(session, exitstatus)

@@ -65,14 +65,14 @@ def test_sql_quick_run_measures_expkit_and_names_missing_peers(tmp_path: Path) -
     report = json.loads((tmp_path / "results_sql.json").read_text())
     assert (report["mode"], report["failures"]) == ("quick", [])
     rows = {row["id"]: row for row in report["rows"]}
-    assert rows.keys() == {"S1", "S2", "M1", "M1-rate", "L1", "L2", "L2-filter"}
-    for ident in ("S1", "S2", "M1", "L1", "L2", "L2-filter"):
+    assert rows.keys() == {"S1", "S2", "M1", "M1-rate", "L1", "L2", "L2-all", "L2-filter"}
+    for ident in ("S1", "S2", "M1", "L1", "L2", "L2-all", "L2-filter"):
         assert isinstance(rows[ident]["expkit"], float), rows[ident]
     peers = {"S1": "sacred", "S2": "sacred", "M1": "mlflow", "L1": "mlflow"}
     for ident, peer in peers.items():
         installed = importlib.util.find_spec(peer) is not None
         assert isinstance(rows[ident]["sacred"], float if installed else str), rows[ident]
     assert (
-        "| L2 `expkit runs list` over 1,000 runs in SQLite |"
+        "| L2 `expkit runs list` over 1,000 runs in SQLite (the table of the newest 200) |"
         in (tmp_path / "results_sql.md").read_text()
     )

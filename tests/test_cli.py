@@ -473,3 +473,22 @@ def test_an_override_beyond_the_largest_float_is_refused_naming_the_entry(
     assert line.startswith(f"ERROR: malformed -o 'C={value}': '{value}' holds a number beyond")
     assert "which JSON cannot store" in line
     assert not (project / "runs").exists()
+
+
+def test_an_options_value_is_never_taken_for_a_path_that_moves_the_project_root(
+    tmp_path: Path,
+) -> None:
+    # Only the paths a command names choose the project root, as in pytest; the value of
+    # any option, a plugin's too, is not one of them, even when it names a folder.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "pyproject.toml").parent.mkdir()
+    (elsewhere / "pyproject.toml").write_text('[tool.expkit]\nstore = "other"\n')
+    project = write_project(
+        tmp_path / "project",
+        {"exp_one.py": "def exp_one():\n    return 1\n"},
+        pyproject='store = "kept"\n',
+    )
+    assert run_expkit("run", "exp_one.py", "-q", cwd=project).returncode == 0
+    for option in ("--experiment", "--comment"):
+        done = run_expkit("runs", "list", option, str(elsewhere), cwd=project)
+        assert f"in {project / 'kept'}" in done.stdout + done.stderr, (option, done.stderr)

@@ -25,7 +25,7 @@ from expkit import ConfigAddedError, ConfigError, Experiment, ExpkitError, Ingre
 from expkit.configuration import ConfigScope
 from expkit.errors import NamedConfigNotFoundError
 from expkit.observers import RunObserver
-from expkit.run import resolve_config
+from expkit.resolve import resolve_config
 
 
 class Recorder(RunObserver):

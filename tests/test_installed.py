@@ -52,9 +52,13 @@ def test_entry_points_of_every_group_match_importlib_metadata():
 
 
 def test_the_builtin_plugins_are_found_as_entry_points():
-    eps = installed.entry_points("expkit")
-    names = {ep.name for ep in eps if ep.dist.canonical_name == "expkit"}
-    assert {"file_store", "tinydb_store", "mongo_store", "session", "terminal"} <= names
+    def names(group: str) -> set[str]:
+        return {
+            ep.name for ep in installed.entry_points(group) if ep.dist.canonical_name == "expkit"
+        }
+
+    assert {"file_store", "tinydb_store", "mongo_store", "sql_store"} <= names("expkit")
+    assert {"session", "terminal", "runs"} <= names("expkit.command")
 
 
 def test_dist_info_egg_info_and_egg_folders_are_read(site, tmp_path):

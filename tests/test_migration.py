@@ -29,7 +29,7 @@ from expkit import (
     host_info_getter,
 )
 from expkit import utils as expkit_utils
-from expkit.run import host_info_gatherers
+from expkit.info import host_info_gatherers
 from expkit.settings import SettingError
 
 

@@ -20,12 +20,7 @@ from cli_helpers import fresh_python
 import expkit
 from expkit import Experiment, hookspec
 from expkit.errors import UsageError
-from expkit.pluginmanager import (
-    COMMAND_PLUGINS,
-    PluginManager,
-    create_plugin_manager,
-    hookimpl,
-)
+from expkit.pluginmanager import PluginManager, create_plugin_manager, hookimpl
 
 # The concerns SPEC 5 names as built-in plugins (the group may declare more).
 CONCERNS = {
@@ -43,15 +38,22 @@ CONCERNS = {
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 
-# What the expkit distribution declares in its ``expkit`` entry-point group: name -> module.
-DECLARED = {
-    ep.name: ep.value
-    for ep in metadata.entry_points(group="expkit")
-    if ep.dist is not None and ep.dist.name == "expkit"
-}
+
+# What the expkit distribution declares in its entry-point groups: name -> module.
+def _declared(group: str) -> dict[str, str]:
+    return {
+        ep.name: ep.value
+        for ep in metadata.entry_points(group=group)
+        if ep.dist is not None and ep.dist.name == "expkit"
+    }
+
+
+# What an experiment run from Python or its own command line loads, and what only the
+# expkit command loads too.
+RUN_BUILTINS = set(_declared("expkit"))
+COMMAND_PLUGINS = set(_declared("expkit.command"))
+DECLARED = {**_declared("expkit"), **_declared("expkit.command")}
 BUILTINS = set(DECLARED)
-# What an experiment run from Python or its own command line loads.
-RUN_BUILTINS = BUILTINS - COMMAND_PLUGINS
 
 # The hooks a third-party store needs, with their arguments (SPEC 5).
 STORE_HOOKS = {
@@ -208,7 +210,7 @@ def test_every_module_in_plugins_is_loaded_as_an_entry_point() -> None:
 def test_an_experiments_manager_leaves_out_the_command_plugins() -> None:
     pm = create_plugin_manager()
     loaded = {name for name, info in pm.infos.items() if info.origin == "builtin"}
-    assert COMMAND_PLUGINS < BUILTINS
+    assert COMMAND_PLUGINS and not COMMAND_PLUGINS & RUN_BUILTINS
     assert loaded == RUN_BUILTINS
     assert loaded >= CONCERNS
 

@@ -31,6 +31,18 @@ class TrialPruned(ExpkitInterrupt):
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "tune",
+        "tune NODEID --sweep ...",
+        "search hyperparameters with Optuna, every trial a stored run",
+        (
+            *("sweeps", "trials", "minimize", "maximize", "objective", "sampler", "pruner"),
+            *("study", "tune_timeout", "importance", "numprocesses", "dask", "overrides"),
+            *("named", "stores", "seed", "capture", "comment", "force", "verbose", "quiet"),
+            "plugins",
+        ),
+        "tune",
+    )
     group = parser.getgroup("tune", "hyperparameter search (expkit tune)")
     group.addoption(
         "--trials",

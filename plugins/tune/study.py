@@ -541,7 +541,8 @@ def _describe(defined: dict) -> str:
 
 def tune(config: Any) -> int:
     """``expkit tune NODEID ...``: run the study's trials up to ``--trials``."""
-    from expkit_plugins.session import Session, collect, configure_logging, run_updates
+    from expkit.nodes import Session
+    from expkit_plugins.session import collect, configure_logging, run_updates
 
     option = config.option
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the reporter says what happens
@@ -621,7 +622,8 @@ def tune(config: Any) -> int:
 def _check_keys(base: Item, updates: dict, space: dict, option: Any) -> None:
     """Refuse, before the study is made, a tuned key no function of the experiment takes."""
     from expkit.errors import ConfigAddedError
-    from expkit.run import check_added_entries, find_command, resolve_config
+    from expkit.resolve import check_added_entries, resolve_config
+    from expkit.run import find_command
 
     experiment = base.experiment
     first = {key: _first_value(dist) for key, dist in space.items()}
@@ -874,7 +876,8 @@ class TuneReport:
 
 def print_importance(config: Any) -> int:
     """``expkit tune --importance --study NAME``: each parameter's fANOVA importance."""
-    from expkit_plugins.session import Session, collect, store_urls
+    from expkit.nodes import Session
+    from expkit_plugins.session import collect, store_urls
 
     option = config.option
     name = option.study

@@ -19,6 +19,13 @@ REQUIRED = ("starlette", "uvicorn", "jinja2", "pygments")
 
 @hookimpl
 def expkit_addoption(parser: Any) -> None:
+    parser.addcommand(
+        "ui",
+        "ui",
+        "serve a web view of the runs in the stores",
+        ("stores", "ui_host", "ui_port", "ui_open", "ui_allow_delete", "plugins"),
+        "ui",
+    )
     group = parser.getgroup("ui", "the web view (expkit ui)")
     group.addoption(
         "--host",

@@ -261,3 +261,34 @@ def test_sorting_a_column_of_mixed_kinds_keeps_the_kinds_in_order(
     assert texts == sorted(texts, reverse=descending)
     assert all(r.startswith('{"accuracy"') for r in results[9:11])
     assert results[11:] == ["null"]  # the failed run: no result, last either way
+
+
+# --- many runs ---------------------------------------------------------------------------------
+
+
+def test_a_table_of_many_runs_shows_the_newest_and_says_how_to_see_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import datetime
+
+    from expkit.pluginmanager import create_plugin_manager
+    from expkit.store import open_store
+    from expkit_plugins.runs import TABLE_LIMIT
+
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    observer = open_store(create_plugin_manager(), url)
+    start = datetime.datetime(2024, 5, 1)
+    for n in range(TABLE_LIMIT + 5):
+        at = start + datetime.timedelta(minutes=n)
+        observer.started_event({"name": "many", "sources": []}, "main", {}, at, {"n": n}, {}, None)
+        observer.completed_event(at, n)
+    code, lines, _ = run_list(url, capsys=capsys)
+    assert code == 0
+    _, *rows, footer = lines
+    assert len(rows) == TABLE_LIMIT and cells(rows[0])[0] == str(TABLE_LIMIT + 5)  # newest first
+    assert footer.startswith(f"the {TABLE_LIMIT} newest runs of many in ")
+    assert footer.endswith("more with --all or --limit N")
+    _, lines, _ = run_list(url, "--all", capsys=capsys)
+    assert len(lines) == TABLE_LIMIT + 7 and lines[-1].startswith(f"{TABLE_LIMIT + 5} runs of")
+    _, lines, _ = run_list(url, "--json", capsys=capsys)
+    assert len(json.loads("\n".join(lines))) == TABLE_LIMIT + 5  # JSON is for programs: all
