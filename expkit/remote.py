@@ -30,6 +30,7 @@ class SessionSpec:
     rootdir: str
     store_urls: tuple[str, ...]  # resolved by the driver; empty with -u
     files: tuple[ShippedFile, ...] = ()  # only for workers that may not share the folder
+    command: str = "run"  # the command whose options ``args`` are (``tune`` for its trials)
 
 
 @attrs.frozen
@@ -41,3 +42,4 @@ class PointSpec:
     nodeid: str
     params: dict = attrs.field(factory=dict)
     sweep: SweepPoint | None = None
+    meta: dict = attrs.field(factory=dict)  # entries for the run's ``meta`` (``study``)

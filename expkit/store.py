@@ -41,7 +41,8 @@ from expkit.utils import file_md5, redact_url
 
 log = logging.getLogger("expkit")
 
-FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT"})
+# PRUNED: a trial of ``expkit tune`` its pruner stopped early.
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "PRUNED"})
 # Fields a run's summary holds: what listing and filtering need, cheap to read for many runs.
 SUMMARY_FIELDS = ("command", "start_time", "stop_time", "heartbeat", "result", "meta", "config")
 

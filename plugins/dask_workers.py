@@ -14,6 +14,7 @@ running again, so no point is ever stored twice as COMPLETED. The ``distributed`
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -23,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from expkit.errors import UsageError
 from expkit.nodes import LiveStatus, RunReport
 from expkit.pluginmanager import hookimpl
-from expkit_plugins.workers import WorkerSession, mark_stored, point_spec, session_spec
+from expkit_plugins.workers import (
+    WorkerSession,
+    mark_stored,
+    point_spec,
+    session_spec,
+    set_asker,
+)
 
 if TYPE_CHECKING:
     from expkit.remote import PointSpec, SessionSpec, ShippedFile
@@ -31,10 +38,13 @@ if TYPE_CHECKING:
 # Tries of one point: the first and one more after its worker was lost.
 MAX_TRIES = 2
 _TOPIC = "expkit"
+# How long a running point waits for its driver's answer to a question (ask_driver).
+ASK_TIMEOUT = 30.0
 
 # --- on a Dask worker ------------------------------------------------------------------------
 
 _sessions: dict[str, WorkerSession | str] = {}
+_questions = itertools.count()  # numbers the questions this process asks its drivers
 _run_lock = threading.Lock()  # one run at a time per process: captured functions are shared
 _running: dict[str, int] = {}  # token -> thread id of the run, for Ctrl-C from the driver
 
@@ -60,10 +70,12 @@ def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> Ru
         # its copy here). Points run one at a time per process (the lock); give expkit
         # workers of their own (--nthreads 1) when other work shares the cluster.
         cwd = os.getcwd()
+        previous = set_asker(lambda question: _ask(worker, topic, token, question))
         try:
             os.chdir(session.config.invocation_dir)
             return session.run(point, meta)
         finally:
+            set_asker(previous)
             os.chdir(cwd)
             _running.pop(token, None)
             session.current = None  # type: ignore[attr-defined]
@@ -179,6 +191,24 @@ def _earlier_try(
     return None
 
 
+def _ask(worker: Any, topic: str, token: str, question: Any) -> Any:
+    """Ask the driver through the scheduler: an event out, the answer back as its metadata."""
+    from distributed.utils import sync
+
+    number = next(_questions)
+    worker.log_event(topic, ["ask", token, number, question])
+    keys = [topic, token, number]
+    deadline = time.monotonic() + ASK_TIMEOUT
+    pause = 0.002
+    while time.monotonic() < deadline:
+        answer = sync(worker.loop, worker.scheduler.get_metadata, keys=keys, default=None)
+        if answer is not None:  # the driver sends [answer], so that None is no answer yet
+            return answer[0]
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return None  # the driver is gone or does not answer: the run goes on
+
+
 def _send_status(session: WorkerSession, worker: Any, topic: str) -> None:
     while True:
         time.sleep(1.0)
@@ -220,7 +250,7 @@ def expkit_addoption(parser: Any) -> None:
 @hookimpl
 def expkit_configure(config: Any) -> None:
     address = getattr(config.option, "dask", None)
-    if config.command != "run" or not address or config.option.collect_only:
+    if config.command not in ("run", "tune") or not address or config.option.collect_only:
         return
     if address != "local" and config.option.numprocesses is not None:
         raise UsageError("-n with --dask ADDRESS: the cluster has its workers; drop -n")

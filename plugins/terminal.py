@@ -263,7 +263,7 @@ def expkit_addoption(parser: Any) -> None:
 
 @hookimpl
 def expkit_configure(config: Any) -> None:
-    if config.command in ("run", "config"):
+    if config.command in ("run", "config", "tune"):
         reporter = TerminalReporter(config)
         config.pluginmanager.register(reporter, "terminalreporter")
 

@@ -35,6 +35,25 @@ STATUS_INTERVAL = 1.0
 # How long the driver waits, after Ctrl-C, for the workers to store their runs as interrupted.
 INTERRUPT_GRACE = 10.0
 
+# How the item running in this process asks its driver something (see ask_driver).
+_asker: Any = None
+
+
+def set_asker(asker: Any) -> Any:
+    """Make ``asker(question) -> answer`` what :func:`ask_driver` calls; return the one before."""
+    global _asker
+    previous, _asker = _asker, asker
+    return previous
+
+
+def ask_driver(question: Any) -> Any:
+    """From the running item: ask the driver of its session ``question`` and wait for the answer.
+
+    ``None`` when nobody drives this process, or the driver is gone. ``expkit tune`` asks
+    its driver whether a trial is to be pruned.
+    """
+    return None if _asker is None else _asker(question)
+
 
 def point_spec(item: Item, rootdir: Path) -> PointSpec:
     """The :class:`~expkit.remote.PointSpec` of ``item``."""
@@ -116,7 +135,9 @@ class WorkerSession:
             except ValueError:
                 invocation = self.root
         self.tracker = _Tracker(on_start)
-        config = make_config(["run", *spec.args], plugins=[self.tracker], invocation_dir=invocation)
+        config = make_config(
+            [spec.command, *spec.args], plugins=[self.tracker], invocation_dir=invocation
+        )
         pm = config.pluginmanager
         set_plugin_manager(pm)
         configure_logging(getattr(config.option, "verbose", 0))
@@ -165,7 +186,7 @@ class WorkerSession:
         item = self.item(point)
         if isinstance(item, str):
             return RunReport(point.nodeid, "ERROR", 0.0, message=item)
-        return run_item(self.session, item, meta)
+        return run_item(self.session, item, {**point.meta, **(meta or {})})
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -187,6 +208,18 @@ def worker_main(fd: int) -> None:
         current["started"] = time.time()
         send(("started", current["nodeid"], run._id))
 
+    def ask(question: Any) -> Any:
+        # Called in the run's thread, the only one that reads from the driver while it runs.
+        try:
+            send(("ask", question))
+            while True:
+                message = conn.recv()
+                if message[0] == "answer":
+                    return message[1]
+        except (EOFError, OSError):
+            return None  # the driver is gone: the run goes on, its end is stored as usual
+
+    set_asker(ask)
     try:
         spec = conn.recv()
         session = WorkerSession(spec, on_start=started)
@@ -252,7 +285,7 @@ def worker_count(value: str | None) -> int | None:
 
 @hookimpl
 def expkit_configure(config: Any) -> None:
-    if config.command == "run":
+    if config.command in ("run", "tune"):
         config.option.numprocesses = worker_count(getattr(config.option, "numprocesses", None))
 
 
@@ -359,8 +392,12 @@ class Driver:
                 self._report(run_item(self.session, item))
             else:
                 self.pending.append(item)
+        self.drive(len(self.pending))
+
+    def drive(self, count: int) -> None:
+        """Start ``min(n, count)`` workers and hand out items while :meth:`has_next` says so."""
         try:
-            for _ in range(min(self.n, len(self.pending))):
+            for _ in range(min(self.n, count)):
                 self.workers.append(self._start())
             self._loop()
         except KeyboardInterrupt:
@@ -376,7 +413,7 @@ class Driver:
         from multiprocessing.connection import wait
 
         while any(w.item is not None for w in self.workers) or (
-            self.pending and not self.stopping and self.workers
+            self.has_next() and not self.stopping and self.workers
         ):
             by_conn = {w.conn: w for w in self.workers}
             for conn in wait(list(by_conn), timeout=1.0):
@@ -396,19 +433,46 @@ class Driver:
             worker.run_id = message[2]
         elif kind == "status":
             self.hook.expkit_run_livestatus(status=message[1])
+        elif kind == "ask":
+            try:
+                worker.conn.send(("answer", self.answer(message[1])))
+            except OSError:
+                pass  # it died meanwhile: the end of its socket tells
         elif kind == "report":
             worker.item, worker.run_id = None, None
             self._report(message[1])
             self._hand_out(worker)
 
-    def _hand_out(self, worker: _Worker) -> None:
-        if not self.pending or self.stopping:
-            return
+    def has_next(self) -> bool:
+        """Whether an item is left to hand out."""
+        return bool(self.pending)
+
+    def next_point(self, worker: _Worker) -> tuple[Item, PointSpec] | None:
+        """The next item for ``worker`` and what to send it, or None when there is none."""
+        if not self.pending:
+            return None
         item = self.pending.popleft()
+        return item, point_spec(item, self.config.rootdir)
+
+    def not_sent(self, item: Item) -> None:
+        """``item`` could not be sent: it goes back to be handed out again."""
+        self.pending.appendleft(item)
+
+    def answer(self, question: Any) -> Any:
+        """The answer to an item's :func:`ask_driver`; none here."""
+        return None
+
+    def _hand_out(self, worker: _Worker) -> None:
+        if self.stopping:
+            return
+        nxt = self.next_point(worker)
+        if nxt is None:
+            return
+        item, point = nxt
         try:
-            worker.conn.send(("run", point_spec(item, self.config.rootdir)))
+            worker.conn.send(("run", point))
         except OSError:  # it died meanwhile: the end of its socket tells, and it is replaced
-            self.pending.appendleft(item)
+            self.not_sent(item)
             return
         worker.item = item
         self.hook.expkit_run_logstart(nodeid=item.nodeid)
@@ -453,7 +517,7 @@ class Driver:
                 self._report(RunReport(item.nodeid, "ERROR", 0.0, message="no worker to run it"))
             self.pending.clear()
             return
-        if self.pending and not self.stopping:
+        if self.has_next() and not self.stopping:
             self.workers.append(self._start())
 
     def _interrupt(self) -> None:

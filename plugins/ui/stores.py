@@ -28,7 +28,7 @@ LISTING_AGE = 2.0  # seconds a listing is shown before it is read again
 RECORD_AGE = 2.0  # seconds a running run's full record is reused
 ENDED_RECORD_AGE = 30.0  # the same for a run that has ended (only edits change it)
 KEPT_RECORDS = 8
-ENDED = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT"})
+ENDED = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "PRUNED"})
 
 
 @attrs.frozen(eq=False)

@@ -150,7 +150,7 @@ def test_help_lists_every_command_and_the_docs_agree(project: Path) -> None:
     proc = run_expkit("--help", cwd=project)
     listed = re.findall(r"^  (\S+)", proc.stdout.split("commands:\n", 1)[1].split("\n\n")[0], re.M)
     COMMANDS = [c for c in listed if not c.startswith("-")]
-    assert COMMANDS == ["run", "config", "plugins", "rerun", "runs", "sync", "ui"]
+    assert COMMANDS == ["run", "config", "plugins", "rerun", "runs", "sync", "tune", "ui"]
     synopsis = (ROOT / "docs" / "cli.rst").read_text().split(".. code-block:: text", 1)[1]
     synopsis = synopsis.split("\n\n", 2)[1]
     readme = (ROOT / "README.md").read_text()
