@@ -267,11 +267,13 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
+@functools.lru_cache(maxsize=16384)
 def _in_real_folder(path: str) -> str:
     """``path`` with its symlinks resolved: one ``realpath`` per folder, not per file.
 
     Hundreds of modules share a few dozen folders. A file that is a symlink itself
-    (``flit install --symlink`` of a one-module project) is resolved whole.
+    (``flit install --symlink`` of a one-module project) is resolved whole. Cached: a
+    worker that runs many points asks again for the same modules at every run.
     """
     folder, name = os.path.split(path)
     real = os.path.join(_real(folder), name)
