@@ -110,6 +110,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = tuple(
         ("-p", "--print-config", False, "Print the configuration before running."),
         ("-q", "--queue", False, "Only queue the run: record it as QUEUED without running it."),
         ("-S", "--s3", True, "Store the run in S3: s3://BUCKET/PATH."),
+        ("-s", "--sql", True, "Store the run in an SQL database: an SQLAlchemy URL."),
         ("-t", "--tiny_db", True, "Store the run in a TinyDB folder."),
         ("-u", "--unobserved", False, "Run without storing anything."),
     ]
@@ -189,6 +190,8 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
         if not str(options["--s3"]).startswith("s3://"):
             raise UsageError(f"-S/--s3 takes s3://BUCKET/PATH, not {options['--s3']!r}")
         urls.append(str(options["--s3"]))
+    if options["--sql"]:
+        urls.append(str(options["--sql"]))  # sqlite:///runs.db, postgresql://...: as Sacred's
     return [store_for_url(pm, url) for url in urls]
 
 

@@ -231,19 +231,8 @@ def start_expkit(*args: str, cwd: Path, until: str) -> subprocess.Popen[str]:
 
 
 def assert_not_printed(secret: str, *outputs: str) -> None:
-    """Fail when ``secret`` is in any of ``outputs``.
-
-    Until the branch of issue 10 point 3 is merged, ``expkit run``'s closing line
-    "stored N run(s) in URL" shows the URL as given: that one leak is an expected failure.
-    """
-    import pytest
-
+    """Fail when ``secret`` is in any line of ``outputs``."""
     leaks = [line for out in outputs for line in out.splitlines() if secret in line]
-    if leaks and all(line.startswith("stored ") and " run(s) in " in line for line in leaks):
-        pytest.xfail(
-            "expkit run's closing line 'stored N run(s) in URL' (plugins/terminal.py) shows "
-            "the password: fixed on the branch of issue 10 point 3"
-        )
     assert leaks == []
 
 

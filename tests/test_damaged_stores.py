@@ -126,3 +126,22 @@ def test_a_torn_metrics_log_falls_back_to_what_is_readable(project: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "loss: 3 values" in done.stdout  # the damaged first and torn last batch left out
     assert "line 1 is damaged" in done.stderr
+
+
+def test_a_truncated_tinydb_file_is_one_line_naming_it_for_every_command(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"exp_a.py": EXPERIMENT})
+    url = f"tinydb://{root / 'db'}"
+    done = run_expkit("run", "exp_a.py::exp_a1", "--store", url, "-q", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = root / "db" / "metadata.json"
+    db.write_text(db.read_text()[:40])  # a crash mid-write, a full disk
+    for args in (
+        ("runs", "list", "--store", url),
+        ("runs", "show", "1", "--store", url),
+        ("runs", "export", "--store", url),
+        ("sync", url, str(root / "copy")),
+    ):
+        done = run_expkit(*args, cwd=root)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        [line] = lines(done.stderr)
+        assert line.startswith(f"ERROR: {db}: not a TinyDB JSON file ("), args

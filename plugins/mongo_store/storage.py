@@ -706,7 +706,22 @@ class MongoStorage(Storage):
         doc = self._doc(entry)
         doc["captured_out"] = _whole_output(self.runs, entry["_id"], entry.get("captured_out"))
         doc["info"] = _without_metric_refs(_whole_info(self.runs, entry.get("info")))
+        experiment = doc.get("experiment")
+        if isinstance(experiment, dict):
+            # The run names each source by its GridFS id; the md5 that `rerun` checks the copy
+            # against is kept with the file (by expkit in metadata, by Sacred's GridFS as md5).
+            experiment["sources"] = [
+                attrs.evolve(source, md5=self._gridfs_md5(source.ref))
+                for source in experiment["sources"]
+            ]
         return doc
+
+    def _gridfs_md5(self, file_id: Any) -> str | None:
+        found = self.fs.find_one({"_id": file_id})  # the file's document; no chunk is read
+        if found is None:
+            return None
+        md5 = (found.metadata or {}).get("md5") or found.md5
+        return md5 if isinstance(md5, str) else None
 
     def _doc(self, entry: dict) -> dict:
         """A run document as the layer's: file entries as stored files."""

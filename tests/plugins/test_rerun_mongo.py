@@ -3,6 +3,7 @@ when ``EXPKIT_TEST_MONGO_URL`` is set, a real MongoDB (one fresh database per te
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,34 @@ def test_a_result_with_keys_mongodb_renames_is_still_identical(
     assert set(rerun["result"]) == {"val,acc", "@n"}
     assert rerun["result"] == original["result"]
     assert any(line.startswith("result: identical") for line in done.stdout.splitlines())
+
+
+def test_a_tampered_source_in_gridfs_is_refused_unless_forced(
+    project: Path, mongo_url: str, mongo_db: Any
+) -> None:
+    import gridfs
+
+    run = mongo_db.runs.find_one({"_id": 1})
+    [(name, file_id)] = run["experiment"]["sources"]
+    fs = gridfs.GridFS(mongo_db)
+    stored = fs.get(file_id)
+    recorded, metadata = stored.metadata["md5"], stored.metadata
+    changed = stored.read().replace(b"rng.random(n).sum()", b"(rng.random(n).sum() + 1)")
+    # Someone rewrote the stored copy in place: same id, same name, the recorded md5 kept.
+    fs.delete(file_id)
+    fs.put(changed, _id=file_id, filename=stored.filename, metadata=metadata)
+    tampered = hashlib.md5(changed).hexdigest()
+
+    refused = run_expkit("rerun", "1", "--store", mongo_url, cwd=project)
+    assert refused.returncode == 4, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        f"ERROR: run 1: source {name!r} as stored in {redact_url(mongo_url)} has md5 {tampered}, "
+        f"not the {recorded} the run recorded: the stored copy was changed after the run; "
+        "re-run it anyway with --force\n"
+    )
+    forced = run_expkit("rerun", "1", "--force", "--store", mongo_url, cwd=project)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (
+        f"source {name}: the stored copy has md5 {tampered}, not the recorded {recorded}; "
+        "the re-run ran it (--force)"
+    ) in forced.stdout.splitlines()

@@ -301,6 +301,35 @@ def test_sqlobserver_as_sacred_users_write_it(db: Path):
     assert [r.id for r in read(sqlite_url(db))] == [1, 2, 3]
 
 
+def test_the_sql_flag_of_a_script_stores_the_run_as_sacreds_does(tmp_path: Path):
+    project = write_project(
+        tmp_path / "proj",
+        {
+            "exp_flag.py": """\
+from expkit import Experiment
+
+ex = Experiment("flagged")
+
+
+@ex.config
+def cfg():
+    lr = 0.1
+
+
+@ex.automain
+def main(lr):
+    return lr * 2
+"""
+        },
+    )
+    url = sqlite_url(project / "runs.db")
+    done = run_script("exp_flag.py", "-s", url, "with", "lr=0.25", cwd=project)
+    assert done.returncode == 0, done.stderr
+    [run] = read(url)
+    assert (run.experiment, run.status, run.result) == ("flagged", "COMPLETED", 0.5)
+    assert run.config["lr"] == 0.25
+
+
 def test_the_sql_store_imports_sqlalchemy_only_when_used(tmp_path: Path):
     from cli_helpers import fresh_python
 

@@ -109,6 +109,15 @@ def test_a_study_finds_the_minimum_of_the_stored_results(project: Path) -> None:
     )
 
 
+def test_the_cmaes_sampler_chooses_the_trials_after_the_first(project: Path) -> None:
+    proc = _tune(project, *QUAD, "--trials", "10", "--sampler", "cmaes", "--seed", "3")
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert len(_runs(project)) == 10
+    study = _study(project)
+    chosen = [t.number for t in study.trials if any(k.startswith("cma:") for k in t.system_attrs)]
+    assert chosen == list(range(1, 10))  # the first point is drawn at random, as Optuna's
+
+
 def test_the_same_command_goes_on_to_more_trials(project: Path) -> None:
     first = _tune(project, *QUAD, "--trials", "3", "--seed", "2")
     assert first.returncode == ExitCode.OK, first.stdout + first.stderr
