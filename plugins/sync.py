@@ -17,6 +17,7 @@ uuids for TinyDB); otherwise ``DST`` gives it one. Each copy records
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,12 @@ def _holds_runs(pm: Any, url: str) -> bool:
         reader = reader_for(pm, url)
     except UsageError:
         return False
+    # Quiet: the copy that follows reads the runs again and reports each damaged one once.
+    logging.disable(logging.WARNING)
     try:
         return any(True for _ in reader.list_runs())
     finally:
+        logging.disable(logging.NOTSET)
         close(reader)
 
 
