@@ -100,15 +100,36 @@ def _imported_local_files(base: str) -> set[str]:
 def _local_modules(base: str) -> dict[str, str]:
     """``{module name: real path}`` of every imported module that is a local file."""
     found = {}
-    for name, module in list(sys.modules.items()):
+    for name, module, _, local in _imported_modules(base):
         filename = getattr(module, "__file__", None)
-        if not isinstance(filename, str) or not filename.endswith(".py"):
-            continue
-        if not _is_local(_in_real_folder(filename), base):
+        if not local or not isinstance(filename, str) or not filename.endswith(".py"):
             continue
         path = _real(filename)
         if _is_local(path, base) and os.path.isfile(path):
             found[name] = path
+    return found
+
+
+_modules_seen: dict[str, tuple[tuple[int, Any], list[tuple[str, Any, str | None, bool]]]] = {}
+
+
+def _imported_modules(base: str) -> list[tuple[str, Any, str | None, bool]]:
+    """``(name, module, location, is local)`` of every module in ``sys.modules``.
+
+    Looked at again only when a module was imported (or removed) since: a worker or a
+    study running many points in one process asks at every run, over a thousand modules.
+    """
+    modules = sys.modules
+    stamp = (len(modules), next(reversed(modules), None))
+    seen = _modules_seen.get(base)
+    if seen is not None and seen[0] == stamp:
+        return seen[1]
+    found = []
+    for name, module in list(modules.items()):
+        location = _location(module) if module is not None else None
+        local = location is not None and _is_local(_in_real_folder(location), base)
+        found.append((name, module, location, local))
+    _modules_seen[base] = (stamp, found)
     return found
 
 
@@ -331,13 +352,10 @@ def gather_dependencies(
 def _imported_top_level(base: str) -> set[str]:
     skip = sys.stdlib_module_names | set(sys.builtin_module_names) | {"__main__", "__mp_main__"}
     tops = set()
-    for name, module in list(sys.modules.items()):
+    for name, module, _, local in _imported_modules(base):
         # Private top-level modules (_distutils_hack, editable-install finders) come
         # from .pth files or stand behind a public package that is imported too.
-        if "." in name or name.startswith("_") or name in skip or module is None:
-            continue
-        location = _location(module)
-        if location is not None and _is_local(_in_real_folder(location), base):
+        if "." in name or name.startswith("_") or name in skip or module is None or local:
             continue
         tops.add(name)
     return tops
@@ -349,9 +367,8 @@ def _referenced_top_level(base: str, own: set[str] | None = None) -> set[str]:
     ``own``: only the modules with these (real) files count.
     """
     tops = set()
-    for module in list(sys.modules.values()):
-        location = _location(module) if module is not None else None
-        if location is None or not _is_local(_in_real_folder(location), base):
+    for _, module, location, local in _imported_modules(base):
+        if not local:
             continue
         if own is not None and _real(location) not in own:
             continue
