@@ -201,7 +201,25 @@ def mixed_mongo(mongo_url: str, tmp_path: Path) -> str:
     return mongo_url
 
 
-@pytest.fixture(params=["file", "tinydb", "mongo"])
+@pytest.fixture(scope="module")
+def mixed_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
+    pytest.importorskip("sqlalchemy")
+    from mixed_store import record_mixed
+
+    folder = tmp_path_factory.mktemp("mixed")
+    record_mixed(f"sqlite:///{folder / 'runs.db'}", artifact_dir=folder / "artifacts")
+    return f"sqlite:///{folder / 'runs.db'}"
+
+
+@pytest.fixture
+def mixed_s3(s3_url: str, tmp_path: Path) -> str:
+    from mixed_store import record_mixed
+
+    record_mixed(s3_url, artifact_dir=tmp_path / "artifacts")
+    return s3_url
+
+
+@pytest.fixture(params=["file", "tinydb", "mongo", "sqlite", "s3"])
 def mixed(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A store of every kind holding mixed_store's 12 runs; the first svm run has model.bin."""
     monkeypatch.chdir(tmp_path)
