@@ -175,48 +175,40 @@ def test_a_stored_source_named_outside_the_base_dir_is_refused(name: str) -> Non
 # --- on a store of five experiments: diff, show, metrics, artifact -----------------------------
 
 
-@pytest.fixture(scope="module")
-def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+def _recorded(url: str, folder: Path) -> str:
     from mixed_store import record_mixed
 
+    record_mixed(url, artifact_dir=folder / "artifacts")
+    return url
+
+
+@pytest.fixture(scope="module")
+def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("mixed")
-    record_mixed(str(folder / "runs"), artifact_dir=folder / "artifacts")
-    return str(folder / "runs")
+    return _recorded(str(folder / "runs"), folder)
 
 
 @pytest.fixture(scope="module")
 def mixed_tinydb(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from mixed_store import record_mixed
-
     folder = tmp_path_factory.mktemp("mixed")
-    record_mixed(f"tinydb://{folder / 'db'}", artifact_dir=folder / "artifacts")
-    return f"tinydb://{folder / 'db'}"
-
-
-@pytest.fixture
-def mixed_mongo(mongo_url: str, tmp_path: Path) -> str:
-    from mixed_store import record_mixed
-
-    record_mixed(mongo_url, artifact_dir=tmp_path / "artifacts")
-    return mongo_url
+    return _recorded(f"tinydb://{folder / 'db'}", folder)
 
 
 @pytest.fixture(scope="module")
 def mixed_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
     pytest.importorskip("sqlalchemy")
-    from mixed_store import record_mixed
-
     folder = tmp_path_factory.mktemp("mixed")
-    record_mixed(f"sqlite:///{folder / 'runs.db'}", artifact_dir=folder / "artifacts")
-    return f"sqlite:///{folder / 'runs.db'}"
+    return _recorded(f"sqlite:///{folder / 'runs.db'}", folder)
+
+
+@pytest.fixture
+def mixed_mongo(mongo_url: str, tmp_path: Path) -> str:
+    return _recorded(mongo_url, tmp_path)
 
 
 @pytest.fixture
 def mixed_s3(s3_url: str, tmp_path: Path) -> str:
-    from mixed_store import record_mixed
-
-    record_mixed(s3_url, artifact_dir=tmp_path / "artifacts")
-    return s3_url
+    return _recorded(s3_url, tmp_path)
 
 
 @pytest.fixture(params=["file", "tinydb", "mongo", "sqlite", "s3"])
