@@ -201,6 +201,60 @@ def test_a_run_shows_charts_config_docs_artifacts_output_and_sources(page, showc
     assert page.dialogs == [] and page.errors == []
 
 
+def test_the_smoothing_slider_redraws_every_chart_smoothed(page, showcase):
+    server, _, ids = showcase
+    page.goto(f"{server.url}/runs/{ids['plain'][0]}")
+    page.wait_for_function("() => window.expkitRun && window.expkitRun.panels.every(p => p.plot)")
+    raw = page.evaluate("window.expkitRun.panels.map(p => p.plot.data[1])")
+    slider = page.get_by_label("smoothing")
+    slider.fill("0.9")
+    assert page.inner_text("label.smoothing span") == "0.9"
+    page.wait_for_function(
+        "raw => window.expkitRun.panels.every((p, i) => p.plot.data[1][5] !== raw[i][5])", arg=raw
+    )
+    smoothed = page.evaluate("window.expkitRun.panels.map(p => p.plot.data[1])")
+    for before, after in zip(raw, smoothed):
+        # An exponential moving average with its start debiased, as TensorBoard draws it.
+        average, expected = 0.0, []
+        for n, value in enumerate(before, start=1):
+            average = 0.9 * average + 0.1 * value
+            expected.append(average / (1 - 0.9**n))
+        assert after == pytest.approx(expected)
+    slider.fill("0")
+    page.wait_for_function(
+        "raw => window.expkitRun.panels.every((p, i) => p.plot.data[1][5] === raw[i][5])", arg=raw
+    )
+    assert page.errors == []
+
+
+def test_a_run_shows_its_host_git_and_packages(page, showcase):
+    import socket
+
+    import expkit
+
+    server, _, ids = showcase
+    page.goto(f"{server.url}/runs/{ids['plain'][0]}")
+    host = page.locator("#environment + table")
+    assert host.locator("tr", has_text="hostname").inner_text().split() == [
+        "hostname",
+        socket.gethostname(),
+    ]
+    recorded = server.get_json(f"/api/runs/{ids['plain'][0]}")
+    assert host.locator("tr", has_text="python_version").inner_text().split() == [
+        "python_version",
+        recorded["host"]["python_version"],
+    ]
+    # The tests' experiments live in expkit's checkout: the run names its commit (and a
+    # copy of the sources outside any work tree says so).
+    shown = page.locator("#environment ~ p code").all_inner_texts()
+    for repo in recorded["git"]:
+        assert repo["url"] in shown and repo["commit"] in shown
+    if not recorded["git"]:
+        assert page.locator("p.muted", has_text="not in a git work tree").count() == 1
+    packages = page.locator("p.deps code").all_inner_texts()
+    assert f"expkit=={expkit.__version__}" in packages
+
+
 def test_a_long_series_is_drawn_cut_down_and_zooms_in_for_detail(page, showcase):
     server, _, ids = showcase
     page.goto(f"{server.url}/runs/{ids['big']}")
