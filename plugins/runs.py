@@ -1,7 +1,7 @@
 """``expkit runs SUBCOMMAND``: find, read, compare, fetch from and remove stored runs.
 
-Every store is read through the reader its plugin returns from
-``expkit_reader_for_url``; the store is ``--store URL``, else ``[tool.expkit] store``,
+Every store is read through the reader of the backend that claims its URL
+(``expkit_store_backends``); the store is ``--store URL``, else ``[tool.expkit] store``,
 else ``runs/`` under the project root, as for ``expkit run``. Run ids may be given
 as a unique prefix (see :func:`expkit.runs.fetch_run`).
 """

@@ -12,7 +12,6 @@ in its own format is tested in its own file (``tests/plugins/test_<store>*.py``)
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -41,7 +40,7 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver, columns_to_sacred
 from expkit.pluginmanager import get_plugin_manager
 from expkit.records import RunRecord
-from expkit.store import backends, open_reader, open_store
+from expkit.store import open_reader, open_store
 
 STORES = ["file", "tinydb", "mongo", "sqlite", "postgresql", "s3"]
 # Stores whose URLs carry a password in the tests.
@@ -108,11 +107,6 @@ class Store:
         """What a fresh reader lists."""
         return self.reader().list_runs()
 
-    @property
-    def legacy(self) -> bool:
-        """Whether the store still plugs in through the deprecated hooks, not the store layer."""
-        return not any(backend.claims(self.url) for backend in backends(self.pm))
-
     def close(self) -> None:
         for opened in self._opened:
             if hasattr(opened, "close"):
@@ -175,18 +169,6 @@ def ex_info(project: Path) -> dict:
         "dependencies": ["expkit==0.1.0", "numpy==1.26.4"],
         "repositories": [{"url": "git@example.org:lab/demo", "commit": "abc123", "dirty": True}],
     }
-
-
-@contextlib.contextmanager
-def legacy_gap(store: Store, gap: str) -> Iterator[None]:
-    """Checks a store still on the deprecated hooks is known to fail: an expected failure
-    for it (until it is ported onto the store layer), a failure for every other store."""
-    try:
-        yield
-    except (AssertionError, ExpkitError) as exc:
-        if not store.legacy:
-            raise
-        pytest.xfail(f"the {store.kind} store of the deprecated hooks {gap} ({exc})")
 
 
 def _md5(path: Path) -> str:
@@ -416,8 +398,7 @@ def test_artifacts_come_back_byte_for_byte_the_latest_of_a_name(
     assert reader.read_artifact(run_id, "plots/loss.svg") == b"<svg/>\n"
     with pytest.raises(KeyError):
         reader.read_artifact(run_id, "missing.bin")
-    with legacy_gap(store, "lists a replaced artifact twice"):
-        assert sorted(record.artifacts) == ["model.bin", "plots/loss.svg"]
+    assert sorted(record.artifacts) == ["model.bin", "plots/loss.svg"]
 
 
 def test_resources_are_kept_once_per_path_and_content(store: Store, ex_info: dict, tmp_path: Path):
@@ -516,8 +497,7 @@ def test_a_given_id_is_kept_and_a_taken_one_refused(store: Store, ex_info: dict)
     obs = store.observer()
     assert str(start(obs, ex_info, _id=77, config={"who": "first"})) == "77"
     obs.completed_event(stop_time=T1, result=1)
-    gap = "refuses a taken id with its own error, which the core spools"
-    with legacy_gap(store, gap), pytest.raises(UsageError) as refused:
+    with pytest.raises(UsageError) as refused:
         start(store.observer(), ex_info, _id=77, config={"who": "second"})
     assert "77" in str(refused.value) and "\n" not in str(refused.value)
     record = store.get("77")  # as `expkit runs show 77` asks for it
@@ -655,8 +635,7 @@ def test_a_damaged_run_is_skipped_not_fatal(
         obs.completed_event(stop_time=T1, result=n)
     _damage(store, ids[1])
 
-    with legacy_gap(store, "fails on a damaged run"):
-        assert expkit.main(["runs", "list", "--store", store.url]) == 0
+    assert expkit.main(["runs", "list", "--store", store.url]) == 0
     out = capsys.readouterr().out
     listed = {str(r.id): r for r in store.listed()}
     for n in (0, 2):
