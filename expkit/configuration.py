@@ -488,7 +488,7 @@ def _comment_docs(source: str, body: list[ast.stmt]) -> dict[str, str]:
             targets = stmt.targets
         elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
             targets = [stmt.target]
-        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        names = [n for t in targets for n in _target_names(t)]
         if not names:
             continue
         end = stmt.end_lineno or stmt.lineno
@@ -504,6 +504,17 @@ def _comment_docs(source: str, body: list[ast.stmt]) -> dict[str, str]:
             for name in names:
                 docs.setdefault(name, doc)
     return docs
+
+
+def _target_names(target: ast.expr) -> list[str]:
+    """The names an assignment target binds: ``a``, and each of ``b, (c, d) = ...``."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for t in target.elts for n in _target_names(t)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []
 
 
 def load_config_file(path: str, pm: PluginManager) -> dict:

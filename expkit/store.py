@@ -345,8 +345,10 @@ class StoreObserver(RunObserver):
         """The run was interrupted: ``status`` is INTERRUPTED, TIMEOUT or the interrupt's own."""
         self._end(stop_time=interrupt_time, status=status)
 
-    def failed_event(self, fail_time: datetime.datetime, fail_trace: list[str]) -> None:
-        """The run raised: FAILED, with its traceback."""
+    def failed_event(self, fail_time: datetime.datetime, fail_trace: list[str] | str) -> None:
+        """The run raised: FAILED, with its traceback (lines, or one text of them)."""
+        if isinstance(fail_trace, str):  # Sacred's observers took a text as well
+            fail_trace = fail_trace.splitlines(keepends=True)
         self._end(stop_time=fail_time, status="FAILED", fail_trace=list(fail_trace or []))
 
     def resource_event(self, filename: str) -> None:

@@ -207,6 +207,26 @@ def test_comments_and_docstring_become_docs() -> None:
     assert run.config["__doc__"] == "Settings of the demo."
 
 
+def test_a_comment_documents_every_name_an_assignment_binds() -> None:
+    ex = Experiment("unpacked")
+
+    @ex.config
+    def cfg():
+        # the size and its flag
+        b, c = 2.0, True
+        lo, (mid, *rest) = 0, (1, 2, 3)  # bounds
+        d = dd = 4  # twice
+
+    @ex.main
+    def main():
+        pass
+
+    docs = ex.run().config_modifications.docs
+    assert docs["b"] == docs["c"] == "the size and its flag"
+    assert docs["lo"] == docs["mid"] == docs["rest"] == "bounds"
+    assert docs["d"] == docs["dd"] == "twice"
+
+
 def test_docs_of_an_ingredient_are_under_its_path() -> None:
     data = Ingredient("data")
 

@@ -287,6 +287,14 @@ def test_every_end_of_a_run_is_kept_with_its_status(store: Store, ex_info: dict,
     assert store.get(ended).artifacts == ("model.bin",)
 
 
+def test_a_traceback_given_as_one_text_is_kept_as_its_lines(store: Store, ex_info: dict):
+    obs = store.observer()
+    failed = start(obs, ex_info)
+    lines = ["Traceback (most recent call last):\n", "KeyError: 'x'\n"]
+    obs.failed_event(fail_time=T2, fail_trace="".join(lines))  # as Sacred's observers took it
+    assert store.get(failed).fail_trace == lines
+
+
 def test_a_queued_run_is_kept_with_what_it_needs_to_run(store: Store, ex_info: dict):
     obs = store.observer()
     queued = obs.queued_event(
