@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from expkit.errors import ConfigError, ExpkitError
+from expkit.errors import ConfigError, ExpkitError, InvalidConfigKeyError
 from expkit.settings import SETTINGS
 
 if TYPE_CHECKING:
@@ -149,23 +149,25 @@ def flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
 def _check_key(key: Any, where: str) -> None:
     settings = SETTINGS.CONFIG
     if not isinstance(key, str):
-        raise ConfigError(f"config key {key!r} in {where} must be a string")
+        raise InvalidConfigKeyError(f"config key {key!r} in {where} must be a string")
     if settings.ENFORCE_KEYS_MONGO_COMPATIBLE and ("." in key or key.startswith("$")):
-        raise ConfigError(
+        raise InvalidConfigKeyError(
             f"invalid config key {key!r} in {where}: keys may not contain '.' or start with '$'"
         )
     if settings.ENFORCE_KEYS_JSONPICKLE_COMPATIBLE and key.startswith(("py/", "json://")):
-        raise ConfigError(
+        raise InvalidConfigKeyError(
             f"invalid config key {key!r} in {where}: keys starting with 'py/' or 'json://' "
             "are jsonpickle's tags, which Sacred's readers would misread"
         )
     if settings.ENFORCE_VALID_PYTHON_IDENTIFIER_KEYS and not key.isidentifier():
-        raise ConfigError(
+        raise InvalidConfigKeyError(
             f"invalid config key {key!r} in {where}: keys must be Python identifiers "
             "(SETTINGS.CONFIG.ENFORCE_VALID_PYTHON_IDENTIFIER_KEYS is on)"
         )
     if settings.ENFORCE_KEYS_NO_EQUALS and "=" in key:
-        raise ConfigError(f"invalid config key {key!r} in {where}: keys may not contain '='")
+        raise InvalidConfigKeyError(
+            f"invalid config key {key!r} in {where}: keys may not contain '='"
+        )
 
 
 def normalize(value: Any, path: str, where: str) -> Any:

@@ -99,6 +99,13 @@ class InvalidConfigError(ConfigError):
     """Raise this in your code when the configuration's values do not fit together."""
 
 
+class InvalidConfigKeyError(ConfigError, KeyError):
+    """A config key the stores cannot keep; a ``KeyError`` too, as Sacred raised one."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # not KeyError's quoted repr
+
+
 class ConfigAddedError(ConfigError):
     """An update added an entry that no captured function uses (most likely a typo)."""
 

@@ -605,6 +605,12 @@ def test_identifier_keys_are_enforced_when_asked(monkeypatch: pytest.MonkeyPatch
 def test_jsonpickle_tags_are_refused_as_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(expkit_utils.ConfigError, match="jsonpickle's tags"):
         _keyed_experiment("py/object")
+    # Sacred raised a KeyError: `except KeyError:` written for it still catches the refusal.
+    with pytest.raises(KeyError) as refused:
+        _keyed_experiment("$f")
+    assert str(refused.value) == (
+        "invalid config key '$f' in add_config: keys may not contain '.' or start with '$'"
+    )
     monkeypatch.setattr(SETTINGS.CONFIG, "ENFORCE_KEYS_JSONPICKLE_COMPATIBLE", False)
     assert _keyed_experiment("py/object").run().config["py/object"] == 1
 

@@ -804,6 +804,14 @@ class TinyDbRunReader(StoreReader):
     db_path = property(lambda self: self.storage.db_path, doc="The store's JSON file.")
 
 
+class NoTinyDbStore(UsageError, FileNotFoundError):
+    """No TinyDB store at the path; an ``IOError`` too, as Sacred's reader raised."""
+
+
+class BadReaderArgument(UsageError, ValueError):
+    """A malformed ``exp_name`` or an index out of range; a ``ValueError``, as in Sacred."""
+
+
 class TinyDbReader(_SacredViews):
     """Read a store written by :class:`TinyDbObserver` (Sacred's reader, in short)."""
 
@@ -811,7 +819,7 @@ class TinyDbReader(_SacredViews):
         self.root = Path(path).expanduser()
         self.db_path = self.root / db_file
         if not self.db_path.is_file():
-            raise UsageError(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
+            raise NoTinyDbStore(f"no TinyDB store at {str(self.root)!r}: {self.db_path} is missing")
 
     def search(self, *args: Any, **kwargs: Any) -> list[Document]:
         """TinyDB's ``search`` over the ``runs`` table (Sacred's reader method)."""
@@ -839,7 +847,9 @@ class TinyDbReader(_SacredViews):
             try:
                 re.compile(exp_name)
             except re.error as exc:
-                raise UsageError(f"exp_name {exp_name!r} is not a valid regex: {exc}") from None
+                raise BadReaderArgument(
+                    f"exp_name {exp_name!r} is not a valid regex: {exc}"
+                ) from None
             from tinydb import Query
 
             by_name = Query().experiment.name.search(exp_name)
@@ -850,7 +860,7 @@ class TinyDbReader(_SacredViews):
         picked = []
         for i in [indices] if isinstance(indices, int) else indices:
             if not -len(runs) <= i < len(runs):
-                raise UsageError(f"index {i} is out of range: {len(runs)} runs match")
+                raise BadReaderArgument(f"index {i} is out of range: {len(runs)} runs match")
             picked.append(runs[i])
         return picked
 

@@ -592,12 +592,16 @@ def test_reader_metrics_and_files(filled: Path) -> None:
 
 def test_reader_errors(filled: Path, tmp_path: Path) -> None:
     reader = TinyDbReader(filled)
-    with pytest.raises(UsageError, match="index 5 is out of range: 3 runs match"):
+    # expkit's one-line errors, of the types Sacred's reader raised (`except ValueError:` ...).
+    with pytest.raises(UsageError, match="index 5 is out of range: 3 runs match") as bad:
         reader.fetch_metadata(indices=[5])
-    with pytest.raises(UsageError, match=r"exp_name '\(' is not a valid regex"):
+    assert isinstance(bad.value, ValueError)
+    with pytest.raises(ValueError, match=r"exp_name '\(' is not a valid regex") as bad:
         reader.fetch_metadata(exp_name="(")
-    with pytest.raises(UsageError, match="no TinyDB store at"):
+    assert isinstance(bad.value, UsageError)
+    with pytest.raises(UsageError, match="no TinyDB store at") as missing:
         TinyDbReader(tmp_path / "nothing")
+    assert isinstance(missing.value, IOError)
 
 
 # --- plugin hooks -----------------------------------------------------------------------
