@@ -251,3 +251,22 @@ def test_the_known_schemes_include_a_store_backends(
     done = run_expkit("run", exp_file.name, "--store", "nowhere://x", cwd=tmp_path, env=env)
     assert done.returncode == 4
     assert "jsonstore://" in done.stderr and "sqlite://" in done.stderr
+
+
+def test_a_store_backend_is_shown_by_expkit_ui(
+    tmp_path: Path, env: dict[str, str], exp_file: Path
+) -> None:
+    pytest.importorskip("starlette")
+    from ui_helpers import UiServer
+
+    url = f"jsonstore://{tmp_path / 'js'}"
+    done = run_expkit("run", exp_file.name, "--store", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [doc] = (tmp_path / "js").glob("*.json")
+    with UiServer("--store", url, cwd=tmp_path, env=env) as server:
+        [row] = server.get_json("/api/runs")["rows"]
+        assert (row["id"], row["status"], row["result"]) == (doc.stem, "COMPLETED", 6)
+        run = server.get_json(f"/api/runs/{doc.stem}")
+        assert [m["name"] for m in run["metrics"]] == ["loss"]
+        metrics = server.get_json(f"/api/runs/{doc.stem}/metrics?name=loss")
+        assert metrics["metrics"]["loss"]["values"] == [0.5, 0.25]
