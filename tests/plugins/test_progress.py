@@ -84,6 +84,19 @@ def test_a_single_run_shows_a_bar_its_metrics_and_keeps_its_output_whole(project
                for ln in final)  # fmt: skip
 
 
+def test_a_run_without_a_total_shows_its_time_and_metrics_but_no_bar(tmp_path: Path) -> None:
+    untimed = EXP.replace(", total=steps", "").replace("def exp_train", "def exp_untimed")
+    project = write_project(tmp_path, {"exp_untimed.py": untimed})
+    live = re.compile(r"^exp_untimed\.py::exp_untimed  0:0\d  loss=0\.\d+$")
+    code, final, seen, _ = on_screen(
+        ["run", "-u"], project, lambda screen: any(live.match(line) for line in screen)
+    )
+    assert code == ExitCode.OK
+    assert seen is not None, final
+    assert live.match(seen[-1]), seen  # elapsed time and the latest loss, no bar, no ETA
+    assert not any("[#" in line or "left" in line for line in seen)
+
+
 @pytest.mark.slow
 def test_workers_points_each_have_a_live_line_under_the_count(project: Path) -> None:
     def both_with_metrics(screen: list[str]) -> bool:
