@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -41,8 +42,21 @@ def _resolved(folder: Path) -> Path:
     return folder.resolve()
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles an experiment file from its text at every import.
+
+    Python's bytecode cache checks a source's mtime in whole seconds and its size only: a
+    file rewritten within the same second at the same size would run as the old version
+    while the run records the new text. The run's file is what it records, as with
+    ``python exp.py``, whose main file is never cached either.
+    """
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
 def _import_file(path: Path, name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=_SourceLoader(name, str(path)))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)

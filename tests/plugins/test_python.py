@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_helpers import only_run, run_expkit, stored_runs, write_project
+from cli_helpers import child_env, only_run, run_expkit, stored_runs, write_project
 
 from expkit.nodes import ExitCode
 
@@ -189,6 +189,24 @@ def test_each_file_is_imported_once(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     imported = (tmp_path / "imports.log").read_text().splitlines()
     assert sorted(Path(p).name for p in imported) == ["exp_a.py", "expconf.py"]
+
+
+def test_a_file_rewritten_at_the_same_size_and_second_runs_as_it_now_is(tmp_path: Path) -> None:
+    import os
+
+    exp = write_project(tmp_path, {"exp_v.py": _experiment("exp_v", "1")}) / "exp_v.py"
+    stamp = exp.stat().st_mtime_ns
+    first = run_expkit("run", "exp_v.py", cwd=tmp_path, env=child_env(PYTHONDONTWRITEBYTECODE=""))
+    assert first.returncode == 0, first.stdout + first.stderr
+    # Rewritten within the same second to a text of the same size: Python's bytecode cache,
+    # which checks only mtime seconds and size, would run version 1 again.
+    exp.write_text(_experiment("exp_v", "2"))
+    os.utime(exp, ns=(stamp, stamp))
+    second = run_expkit("run", "exp_v.py", cwd=tmp_path, env=child_env(PYTHONDONTWRITEBYTECODE=""))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "result=2" in second.stdout
+    recorded = stored_runs(tmp_path / "runs")[-1]
+    assert recorded["result"] == 2  # what ran is the source the run recorded
 
 
 def test_a_second_run_does_not_collect_the_stores_copies(tmp_path: Path) -> None:
