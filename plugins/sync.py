@@ -17,7 +17,6 @@ uuids for TinyDB); otherwise ``DST`` gives it one. Each copy records
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,9 +61,10 @@ def expkit_cmdline_main(config: Any) -> int | None:
     if not source.is_dir():
         raise UsageError(f"no spool folder {source}")
     runs = spooled_runs(source)
-    if not runs and _holds_runs(config.pluginmanager, args[0]):
-        return copy_store(config.pluginmanager, args[0], url)
     if not runs:
+        copied = _copy_if_store(config.pluginmanager, args[0], url)
+        if copied is not None:
+            return copied
         print(f"nothing spooled in {source}")
         return ExitCode.OK
     pm = config.pluginmanager
@@ -114,32 +114,38 @@ def _deliver(pm: Any, spooled: SpooledRun, url: str, reader: Any, retry: bool) -
 # --- store to store ----------------------------------------------------------------------------
 
 
-def _holds_runs(pm: Any, url: str) -> bool:
+def _copy_if_store(pm: Any, src_url: str, dst_url: str) -> int | None:
+    """:func:`copy_store` for a folder that holds stored runs; ``None`` when it holds none."""
     try:
-        reader = reader_for(pm, url)
+        reader = reader_for(pm, src_url)
     except UsageError:
-        return False
-    # Quiet: the copy that follows reads the runs again and reports each damaged one once.
-    logging.disable(logging.WARNING)
+        return None
     try:
-        return any(True for _ in reader.list_runs())
+        summaries = list(reader.list_runs())  # read once: each damaged run is said once
+        if not summaries:
+            return None
+        close(store_for_url(pm, dst_url))
+        return _copy_listed(pm, reader, summaries, dst_url)
     finally:
-        logging.disable(logging.NOTSET)
         close(reader)
 
 
 def copy_store(pm: Any, src_url: str, dst_url: str) -> int:
     """Copy every run of ``src_url`` into ``dst_url`` unless it is there; print the ids."""
     close(store_for_url(pm, dst_url))  # a URL nobody stores to fails before anything is read
+    reader = reader_for(pm, src_url)
+    try:
+        return _copy_listed(pm, reader, list(reader.list_runs()), dst_url)
+    finally:
+        close(reader)
+
+
+def _copy_listed(pm: Any, reader: Any, summaries: list[RunRecord], dst_url: str) -> int:
     try:
         existing = _all_runs(pm, dst_url)
     except UsageError:
         existing = []  # a store yet to be made (its folder does not exist)
-    reader = reader_for(pm, src_url)
-    try:
-        return _copy_runs(pm, reader, existing, dst_url)
-    finally:
-        close(reader)
+    return _copy_runs(pm, reader, summaries, existing, dst_url)
 
 
 def _all_runs(pm: Any, url: str) -> list[RunRecord]:
@@ -150,7 +156,9 @@ def _all_runs(pm: Any, url: str) -> list[RunRecord]:
         close(reader)
 
 
-def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) -> int:
+def _copy_runs(
+    pm: Any, reader: Any, summaries: list[RunRecord], existing: list[RunRecord], dst_url: str
+) -> int:
     taken = {str(r.id) for r in existing}
     # Whether the destination numbers its runs (file, MongoDB) or names them otherwise
     # (TinyDB's uuids): told by its runs, or else by the id it gives the first copy.
@@ -158,7 +166,7 @@ def _copy_runs(pm: Any, reader: Any, existing: list[RunRecord], dst_url: str) ->
     # Every run a destination run is a copy of, through earlier syncs, and the run itself.
     there = {key: r.id for r in existing for key in _identities(r)}
     copied = skipped = 0
-    for summary in reader.list_runs():
+    for summary in summaries:
         found = next((there[k] for k in _identities(summary) if k in there), None)
         if found is not None:
             print(f"{summary.id} -> {found} (already there)")
