@@ -110,26 +110,27 @@ def _local_modules(base: str) -> dict[str, str]:
     return found
 
 
-_modules_seen: dict[str, tuple[tuple[int, Any], list[tuple[str, Any, str | None, bool]]]] = {}
+# (id of a module, base) -> (the module, its location, whether it is local under base)
+_module_places: dict[tuple[int, str], tuple[Any, str | None, bool]] = {}
 
 
 def _imported_modules(base: str) -> list[tuple[str, Any, str | None, bool]]:
     """``(name, module, location, is local)`` of every module in ``sys.modules``.
 
-    Looked at again only when a module was imported (or removed) since: a worker or a
-    study running many points in one process asks at every run, over a thousand modules.
+    Where each module lives is worked out once per module object: a worker or a study
+    running many points in one process asks at every run, over a thousand modules.
     """
-    modules = sys.modules
-    stamp = (len(modules), next(reversed(modules), None))
-    seen = _modules_seen.get(base)
-    if seen is not None and seen[0] == stamp:
-        return seen[1]
+    if len(_module_places) > 4 * len(sys.modules) + 1000:
+        _module_places.clear()  # modules dropped from sys.modules are not kept alive for ever
     found = []
-    for name, module in list(modules.items()):
-        location = _location(module) if module is not None else None
-        local = location is not None and _is_local(_in_real_folder(location), base)
-        found.append((name, module, location, local))
-    _modules_seen[base] = (stamp, found)
+    for name, module in list(sys.modules.items()):
+        key = (id(module), base)
+        place = _module_places.get(key)
+        if place is None or place[0] is not module:  # new, or an id reused by another
+            location = _location(module) if module is not None else None
+            local = location is not None and _is_local(_in_real_folder(location), base)
+            place = _module_places[key] = (module, location, local)
+        found.append((name, module, place[1], place[2]))
     return found
 
 

@@ -548,3 +548,22 @@ def test_plugin_answers_through_the_plugin_manager(tmp_path: Path) -> None:
     ours = next(r for r in results if r and "sources" in r)
     assert [s.name for s in ours["sources"]] == ["exp.py"]
     assert {"sources", "dependencies", "repositories"} <= set(ours)
+
+
+def test_a_module_replaced_under_its_name_is_the_one_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file collected again replaces its module under the same name; the packages a run
+    # records come from the module as it is now, not from the one seen at an earlier run.
+    base = str(tmp_path.resolve())
+    (tmp_path / "exp_again.py").write_text("")
+    first, second = ModuleType("exp_again"), ModuleType("exp_again")
+    first.__file__ = second.__file__ = str(tmp_path / "exp_again.py")
+    monkeypatch.setitem(sys.modules, "exp_again", first)
+    [(module, local)] = [
+        (m, loc) for n, m, _, loc in sources._imported_modules(base) if n == "exp_again"
+    ]
+    assert module is first and local
+    monkeypatch.setitem(sys.modules, "exp_again", second)
+    [module] = [m for n, m, _, _ in sources._imported_modules(base) if n == "exp_again"]
+    assert module is second
