@@ -710,18 +710,20 @@ class MongoStorage(Storage):
         if isinstance(experiment, dict):
             # The run names each source by its GridFS id; the md5 that `rerun` checks the copy
             # against is kept with the file (by expkit in metadata, by Sacred's GridFS as md5).
+            md5s = self._gridfs_md5s([s.ref for s in experiment["sources"] if s.ref is not None])
             experiment["sources"] = [
-                attrs.evolve(source, md5=self._gridfs_md5(source.ref))
-                for source in experiment["sources"]
+                attrs.evolve(source, md5=md5s.get(source.ref)) for source in experiment["sources"]
             ]
         return doc
 
-    def _gridfs_md5(self, file_id: Any) -> str | None:
-        found = self.fs.find_one({"_id": file_id})  # the file's document; no chunk is read
-        if found is None:
-            return None
-        md5 = (found.metadata or {}).get("md5") or found.md5
-        return md5 if isinstance(md5, str) else None
+    def _gridfs_md5s(self, file_ids: list[Any]) -> dict[Any, str]:
+        """``{GridFS id: md5}`` of the files, in one query that reads no chunk."""
+        found = {}
+        for file in self.fs.find({"_id": {"$in": file_ids}}) if file_ids else ():
+            md5 = (file.metadata or {}).get("md5") or file.md5
+            if isinstance(md5, str):
+                found[file._id] = md5
+        return found
 
     def _doc(self, entry: dict) -> dict:
         """A run document as the layer's: file entries as stored files."""
