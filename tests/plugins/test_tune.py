@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -449,4 +448,3 @@ def test_without_optuna_tune_names_the_extra_and_nothing_else_imports_it(
     assert ran.returncode == ExitCode.OK, ran.stderr
     code = "import sys, expkit, expkit_plugins.tune; print('optuna' in sys.modules)"
     assert fresh_python("-c", code).strip() == "False"
-    assert os.environ.get("PYTHONPATH") != str(blocker.parent)
