@@ -285,6 +285,17 @@ def printable(value: Any) -> str:
 _md5_cache: dict[tuple[str, int, int], str] = {}
 
 
+def rounded(value: Any) -> Any:
+    """Floats (also inside dicts and lists) to 6 significant digits, for reading."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
 def file_md5(path: str | os.PathLike[str]) -> str:
     """Hex md5 of a file's content, read in 1 MiB blocks; cached while it stays unchanged."""
     path = os.fspath(path)

@@ -21,7 +21,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.serialize import format_time, to_data, utcnow
-from expkit.utils import printable, redact_url, suggest
+from expkit.utils import printable, redact_url, rounded, suggest
 
 
 @attrs.frozen
@@ -568,19 +568,9 @@ def _value_text(value: Any, cap: int | None, cut: str = MIDDLE) -> str:
     elif isinstance(value, float):
         text = f"{value:.6g}"
     else:
-        text = json.dumps(_rounded(to_data(value)), sort_keys=True)
+        text = json.dumps(rounded(to_data(value)), sort_keys=True)
         cut = END
     return text if cap is None else shorten(text, cap, cut)
-
-
-def _rounded(data: Any) -> Any:
-    if isinstance(data, float):
-        return float(f"{data:.6g}")
-    if isinstance(data, dict):
-        return {k: _rounded(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_rounded(v) for v in data]
-    return data
 
 
 def shorten(text: str, width: int, cut: str = MIDDLE) -> str:

@@ -21,7 +21,7 @@ import expkit
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
-from expkit.utils import printable, redact_url
+from expkit.utils import printable, redact_url, rounded
 from expkit_plugins.session import store_urls
 
 _STATUS_COLOUR = {
@@ -226,19 +226,8 @@ def _count(n: int, word: str) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(_rounded(value))
+    text = repr(rounded(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _rounded(value: Any) -> Any:
-    """Floats to 6 significant digits, for reading (the store keeps every digit)."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 def _config_lines(item: Any) -> list[str]:

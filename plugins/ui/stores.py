@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from expkit.records import RunRecord, edited_meta
+from expkit.store import FINAL_STATUSES
 from expkit.utils import redact_url
 
 log = logging.getLogger("expkit")
@@ -28,7 +29,6 @@ LISTING_AGE = 2.0  # seconds a listing is shown before it is read again
 RECORD_AGE = 2.0  # seconds a running run's full record is reused
 ENDED_RECORD_AGE = 30.0  # the same for a run that has ended (only edits change it)
 KEPT_RECORDS = 8
-ENDED = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "PRUNED"})
 
 
 @attrs.frozen(eq=False)
@@ -184,7 +184,7 @@ class StoreView:
                 return None
             read_at, record = kept
             age = time.monotonic() - read_at
-            if age < RECORD_AGE or (record.status in ENDED and age < ENDED_RECORD_AGE):
+            if age < RECORD_AGE or (record.status in FINAL_STATUSES and age < ENDED_RECORD_AGE):
                 return record
             return None
 
