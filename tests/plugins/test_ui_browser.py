@@ -522,6 +522,7 @@ def test_markup_in_stored_runs_and_edits_is_shown_as_text(page, hostile):
     assert page.locator("h1 .run-id").inner_text() == "<svg onload=alert(5)>"
     assert page.evaluate(INJECTED) == 0
 
-    page.goto(f"{server.url}/runs/{ids[0]}/..%2F..%2Fnope")  # an error page echoing a path
+    page.goto(f"{server.url}/runs/%3Cimg%20src%3Dx%3E")  # an error page echoing the id
+    assert "no run '<img src=x>'" in page.inner_text("body")
     assert page.evaluate(INJECTED) == 0
     assert page.dialogs == [] and page.errors == []
