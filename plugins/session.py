@@ -247,8 +247,9 @@ def run_item(session: Session, item: Item, meta: dict | None = None) -> RunRepor
 
 
 def fails_session(report: RunReport) -> bool:
-    """Whether ``report`` counts as a failure (for ``-x`` and the exit code)."""
-    return not report.ok and report.status != SKIPPED
+    """Whether ``report`` counts as a failure (for ``-x`` and the exit code): not a skipped
+    run, nor a trial its study pruned (stopped early on purpose)."""
+    return not report.ok and report.status not in (SKIPPED, "PRUNED")
 
 
 @hookimpl(trylast=True)

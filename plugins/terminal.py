@@ -22,7 +22,7 @@ from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
 from expkit.serialize import to_data
 from expkit.utils import printable, redact_url, rounded
-from expkit_plugins.session import store_urls
+from expkit_plugins.session import fails_session, store_urls
 
 _STATUS_COLOUR = {
     "COMPLETED": Fore.GREEN,
@@ -185,7 +185,7 @@ class TerminalReporter:
 def _stopped(session: Any, not_run: int) -> str:
     """Why the session ended early, and how many experiments it did not run."""
     what = f"{not_run} experiment{'s' if not_run != 1 else ''} not run"
-    failed = sum(1 for r in session.reports if not r.ok)
+    failed = sum(1 for r in session.reports if fails_session(r))
     if session.config.option.exitfirst and failed and not session.interrupted:
         return f"stopping after {failed} failure{'s' if failed != 1 else ''} (-x): {what}"
     return f"interrupted: {what}"

@@ -652,11 +652,13 @@ def _first_value(dist: Any) -> Any:
 
 
 def _exit_code(session: Any, tuner: Tuner) -> ExitCode:
+    from expkit_plugins.session import fails_session
+
     if session.interrupted:
         return ExitCode.INTERRUPTED
     if tuner.problem:
         return ExitCode.USAGE_ERROR
-    if any(r.status not in ("COMPLETED", "PRUNED") for r in session.reports):
+    if any(fails_session(r) for r in session.reports):
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
 
@@ -676,7 +678,7 @@ def _drive(tuner: Tuner, todo: int) -> None:
 
 def run_here(tuner: Tuner) -> None:
     """Run the trials one after another in this process."""
-    from expkit_plugins.session import run_item
+    from expkit_plugins.session import fails_session, run_item
 
     session = tuner.session
     hook = session.config.pluginmanager.hook
@@ -691,7 +693,7 @@ def run_here(tuner: Tuner) -> None:
             report = tuner.finished(run_item(session, item, point.meta))
             session.reports.append(report)
             hook.expkit_run_logreport(report=report)
-            if session.config.option.exitfirst and report.status not in ("COMPLETED", "PRUNED"):
+            if session.config.option.exitfirst and fails_session(report):
                 session.shouldstop = True
     finally:
         set_asker(previous)

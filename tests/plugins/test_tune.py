@@ -213,6 +213,16 @@ def test_pruned_trials_end_early_and_runs_list_shows_them(project: Path) -> None
     assert "5 completed, 3 pruned" in proc.stdout
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["here", "n2"])
+def test_a_pruned_trial_is_no_failure_for_exitfirst(project: Path, workers: list[str]) -> None:
+    args = ("tune", "exp_quad.py::exp_curve", "--sweep", "k=range(12)", "--sampler", "grid")
+    proc = _tune(project, *args, "--trials", "12", "--objective", "loss", "-x", *workers)
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    statuses = [r["status"] for r in _runs(project)]
+    assert len(statuses) == 12 and "PRUNED" in statuses  # -x went on past the pruned ones
+    assert "stopping after" not in proc.stdout
+
+
 def test_importance_weighs_each_parameter(project: Path) -> None:
     proc = _tune(project, *QUAD, "--trials", "12", "--sampler", "random", "--seed", "4")
     assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
