@@ -227,7 +227,8 @@ class S3Storage(Storage):
                     self._lines = [_compact(metrics) + "\n"]
                     self._put(_segment_name(1), self._lines[0].encode())
                     self._segment = 1
-            self._points = sum(_count_points(line) for line in self._lines)
+            metrics = metrics_from_log_lines(self._lines, self._where(_join(self.dir, METRICS_DIR)))
+            self._points = sum(len(series["steps"]) for series in metrics.values())
             self._points_saved = self._points if self._lines else None
             self._replayed = self._lines[-1] if self._lines else None
             return doc
@@ -861,13 +862,6 @@ def _segment_name(number: int) -> str:
 
 def _size(lines: list[str]) -> int:
     return sum(len(line) for line in lines)
-
-
-def _count_points(line: str) -> int:
-    try:
-        return sum(len(series.get("steps") or ()) for series in json.loads(line).values())
-    except (ValueError, AttributeError, TypeError):
-        return 0
 
 
 def _code(exc: Any) -> str:
