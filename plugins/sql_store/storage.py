@@ -33,7 +33,7 @@ import os
 import threading
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -281,11 +281,7 @@ class SqlStorage(Storage):
         """Every run's summary row, in id order."""
         columns = [runs.c[name] for name in _SUMMARY]
         with self._read("listing runs") as conn:
-            try:
-                rows = conn.execute(sa.select(*columns).order_by(runs.c.id)).all()
-            except (ValueError, TypeError):  # a damaged value: read the runs one at a time
-                ids = conn.execute(sa.select(runs.c.id).order_by(runs.c.id)).scalars().all()
-                rows = [self._salvage(conn, ident, _SUMMARY) for ident in ids]
+            rows = self._summary_rows(conn, sa.select(*columns).order_by(runs.c.id))
         return [_summary_doc(row) for row in rows]
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
@@ -301,11 +297,7 @@ class SqlStorage(Storage):
             if query.limit is not None:
                 stmt = stmt.limit(query.limit)
         with self._read("selecting runs") as conn:
-            try:
-                rows = conn.execute(stmt).all()
-            except (ValueError, TypeError):  # a damaged value: read the runs one at a time
-                ids = conn.execute(stmt.with_only_columns(runs.c.id)).scalars().all()
-                rows = [self._salvage(conn, ident, _SUMMARY) for ident in ids]
+            rows = self._summary_rows(conn, stmt)
         return [_summary_doc(row) for row in rows], order is not None
 
     def load(self, run_id: Any) -> dict:
@@ -388,6 +380,15 @@ class SqlStorage(Storage):
         self.engine.dispose()
 
     # --- helpers ---
+
+    def _summary_rows(self, conn: sa.Connection, stmt: sa.Select) -> Sequence[Any]:
+        """The rows of ``stmt``, a select of the summary columns; a run with a damaged
+        value does not fail the listing, it is read as far as it can be."""
+        try:
+            return conn.execute(stmt).all()
+        except (ValueError, TypeError):  # a damaged value: read the runs one at a time
+            ids = conn.execute(stmt.with_only_columns(runs.c.id)).scalars().all()
+            return [self._salvage(conn, ident, _SUMMARY) for ident in ids]
 
     def _salvage(self, conn: sa.Connection, ident: int, names: tuple[str, ...]) -> Any:
         """The run's row as far as its values can be read, column by column (``None`` for
