@@ -102,7 +102,7 @@ def expkit_addoption(parser: Any) -> None:
     group.addoption(
         "--all",
         action="store_true",
-        help=f"every run (a table shows the newest {TABLE_LIMIT} unless --limit says otherwise)",
+        help=f"every run (a table shows the first {TABLE_LIMIT} unless --limit says otherwise)",
     )
     group.addoption(
         "--columns",
@@ -378,7 +378,7 @@ class Column:
 def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     from expkit.runs import full_records, needs_full_record, short_ids
 
-    # A table is for reading: the newest runs, unless asked for more (one more to know).
+    # A table is for reading: the first runs, unless asked for more (one more to know).
     paged = not (config.getoption("json") or config.getoption("all"))
     paged = paged and config.getoption("limit") is None
     records = _select(config, reader, filters, TABLE_LIMIT + 1 if paged else None)
@@ -416,13 +416,23 @@ def _list(config: Any, reader: Any, url: str, filters: list[str]) -> int:
     print(table([c.header for c in columns], rows))
     experiments = {r.experiment for r in records}
     of = f" of {printable(next(iter(experiments)))}" if len(experiments) == 1 else ""
-    footer = f"{_count(len(records), 'run')}{of} in {where}"
     if more:
-        footer = f"the {footer.replace(' runs', ' newest runs', 1)}; more with --all or --limit N"
+        footer = f"{_first_runs(config)}{of} in {where}; more with --all or --limit N"
+    else:
+        footer = f"{_count(len(records), 'run')}{of} in {where}"
     if hidden:
         footer += f"; not shown: {', '.join(hidden)} (see --wide)"
     print(footer)
     return ExitCode.OK
+
+
+def _first_runs(config: Any) -> str:
+    """What a table cut at TABLE_LIMIT shows: the newest runs, or the first in --sort's order."""
+    sort = config.getoption("sort")
+    if not sort:
+        return f"the {TABLE_LIMIT} newest runs"
+    order = f"descending {sort}" if config.getoption("descending") else sort
+    return f"the first {TABLE_LIMIT} runs by {order}"
 
 
 def _every_id(reader: Any, records: list[RunRecord]) -> list[Any]:

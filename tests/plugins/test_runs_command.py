@@ -92,6 +92,32 @@ def test_a_running_run_without_heartbeat_for_long_is_probably_dead(
     assert "PROBABLY_DEAD" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("option", "order", "first_c"), [((), "C", 0), (("--descending",), "descending C", 204)]
+)
+def test_a_sorted_table_of_many_runs_says_it_shows_the_first_in_that_order(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    option: tuple[str, ...],
+    order: str,
+    first_c: int,
+) -> None:
+    from expkit_plugins.runs import TABLE_LIMIT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.expkit]\n")
+    # C grows with the start time: by C, the oldest runs come first, not the newest.
+    for n in range(TABLE_LIMIT + 5):
+        start = T0 + datetime.timedelta(minutes=n)
+        store_run(tmp_path / "runs", tmp_path / "exp", {"C": n}, None, start=start)
+    assert runs("list", "--sort", "C", *option, "--columns", "C") == 0
+    _, *rows, footer = capsys.readouterr().out.splitlines()
+    assert len(rows) == TABLE_LIMIT and rows[0].split()[1] == str(first_c)
+    shown = f"the first {TABLE_LIMIT} runs by {order} of demo in {tmp_path / 'runs'}"
+    assert footer == f"{shown}; more with --all or --limit N"
+
+
 def test_show_prints_everything_recorded(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("show", "1") == 0
     out = capsys.readouterr().out
