@@ -13,14 +13,14 @@ reaches the experiment.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
+    from expkit.captured import CapturedFunction
     from expkit.cli import Config, Parser
     from expkit.experiment import Ingredient
     from expkit.nodes import CollectError, Item, LiveStatus, RunReport, Session
@@ -28,9 +28,50 @@ if TYPE_CHECKING:
     from expkit.pluginmanager import PluginManager
     from expkit.records import Artifact, ConfigDefault, MetricPoint, Resource
     from expkit.run import Run
-    from expkit.store import StoreBackend
+    from expkit.store import StoreBackend, StoreReader
 
 hookspec = pluggy.HookspecMarker("expkit")
+
+# --- what plugins give each other ---------------------------------------------
+# Their classes live in plugins, which the core never imports: these say what a hook
+# may rely on, whichever plugin provides it.
+
+
+class TerminalReporter(Protocol):
+    """The plugin ``"terminalreporter"`` as :func:`expkit_terminal_summary` may use it."""
+
+    config: Config
+    verbosity: int  # 0, raised by -v and lowered by -q
+
+    def write_line(self, text: str = "", colour: str | None = None) -> None:
+        """Write one line, in ``colour`` (a colorama code) when the output is a terminal."""
+
+    def sep(self, char: str, title: str = "", colour: str | None = None) -> None:
+        """Write a line of ``char`` across the terminal, ``title`` in its middle."""
+
+
+class Seeder(Protocol):
+    """The seeds of one captured function, from :func:`expkit_function_seeder`."""
+
+    def seed(self) -> int:
+        """A new seed on every call."""
+
+    def rnd(self, seed: int) -> Any:
+        """A random generator seeded with ``seed`` (numpy's, else :class:`random.Random`)."""
+
+
+class Capture(Protocol):
+    """A run's output capture, from :func:`expkit_make_capture`."""
+
+    def start(self) -> None:
+        """Start capturing the output."""
+
+    def read(self) -> str:
+        """The text written since the last read."""
+
+    def stop(self) -> None:
+        """Stop capturing; the output goes where it went before."""
+
 
 # --- set-up ------------------------------------------------------------------
 
@@ -134,8 +175,13 @@ def expkit_report_header(config: Config) -> list[str] | None:
 
 
 @hookspec
-def expkit_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
-    """Add a section to the terminal summary, before the closing line."""
+def expkit_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int) -> None:
+    """Add a section to the terminal summary, before the closing line.
+
+    ``terminalreporter`` writes the section (see :class:`TerminalReporter`); ``exitstatus``
+    is the session's exit code. Called once, at the end of an ``expkit`` session, after
+    the failures and stores are listed.
+    """
 
 
 @hookspec
@@ -229,10 +275,12 @@ def expkit_store_for_url(url: str) -> RunObserver | None:
 
 
 @hookspec(firstresult=True)
-def expkit_reader_for_url(url: str) -> Any:
+def expkit_reader_for_url(url: str) -> StoreReader | None:
     """Deprecated: declare a backend with :func:`expkit_store_backends` instead.
 
-    Return a reader of the runs stored at ``url``, or ``None`` when the URL is not yours.
+    Return a reader of the runs stored at ``url`` (a :class:`expkit.store.StoreReader`,
+    or an object with the methods below), or ``None`` when the URL is not yours. Called
+    whenever a store URL no backend claims is read.
 
     A reader has ``list_runs() -> Iterable[RunRecord]`` (summaries, without
     ``captured_out`` and ``metrics``), ``get_run(run_id) -> RunRecord`` (everything),
@@ -267,8 +315,8 @@ def expkit_observer_class(name: str) -> type | None:
 
 
 @hookspec(firstresult=True)
-def expkit_function_seeder(run: Run, function: Callable) -> Any:
-    """Return the seeder that gives ``function`` its ``_seed`` and ``_rnd``.
+def expkit_function_seeder(run: Run, function: CapturedFunction) -> Seeder | None:
+    """Return the :class:`Seeder` that gives ``function`` its ``_seed`` and ``_rnd``.
 
     A seeder has ``seed() -> int`` (a new seed on every call) and
     ``rnd(seed) -> generator``. Called once per captured function and run,
@@ -277,8 +325,8 @@ def expkit_function_seeder(run: Run, function: Callable) -> Any:
 
 
 @hookspec(firstresult=True)
-def expkit_make_capture(run: Run, mode: str) -> Any:
-    """Return an output capture for ``mode`` (``"fd"``, ``"sys"`` or ``"no"``).
+def expkit_make_capture(run: Run, mode: str) -> Capture | None:
+    """Return a :class:`Capture` of the run's output for ``mode`` (``"fd"``, ``"sys"`` or ``"no"``).
 
     A capture has ``start()``, ``read() -> str`` (the text written since the
     last read) and ``stop()``; it may have ``keep(text)``, which adds log lines
