@@ -7,6 +7,7 @@
     <basedir>/<id>/cout.txt       captured output, appended at every heartbeat
     <basedir>/<id>/metrics.json   Sacred's metrics format (parallel lists per name)
     <basedir>/<id>/metrics.jsonl  expkit's append-only metrics log, one line per batch
+    <basedir>/<id>/metrics.columns the log's numbers in binary, for fast reading (a cache)
     <basedir>/<id>/info.json      ``run.info``, only once it is non-empty
     <basedir>/<id>/<artifacts>
     <basedir>/_sources/<stem>_<md5><ext>
@@ -33,11 +34,13 @@ all the time, and there are few of them.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import stat
 import threading
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,6 +58,8 @@ from expkit.store import (
 )
 from expkit.utils import file_md5, replace_file
 
+from . import columns as _columns
+
 log = logging.getLogger("expkit")
 
 RUN_FILE = "run.json"
@@ -62,6 +67,7 @@ CONFIG_FILE = "config.json"
 COUT_FILE = "cout.txt"
 METRICS_FILE = "metrics.json"
 METRICS_LOG = "metrics.jsonl"
+METRICS_COLUMNS = "metrics.columns"
 INFO_FILE = "info.json"
 # In a folder of its own: Sacred-era readers skip "_" folders they cannot read as runs,
 # but would stumble over a plain file beside the run folders.
@@ -69,7 +75,9 @@ INDEX_FILE = os.path.join("_index", "runs.jsonl")
 SOURCES_DIR = "_sources"
 RESOURCES_DIR = "_resources"
 # Artifacts may not take these names: the store itself writes them.
-RESERVED_NAMES = frozenset({RUN_FILE, CONFIG_FILE, COUT_FILE, METRICS_FILE, METRICS_LOG, INFO_FILE})
+RESERVED_NAMES = frozenset(
+    {RUN_FILE, CONFIG_FILE, COUT_FILE, METRICS_FILE, METRICS_LOG, METRICS_COLUMNS, INFO_FILE}
+)
 
 _COUT_TAIL = 1000  # characters of cout.txt remembered to check that new output extends it
 _MAX_ID_TRIES = 10_000
@@ -159,6 +167,7 @@ class FileStorage(Storage):
             self._cout_len, self._cout_tail = len(text), text[-_COUT_TAIL:]
             # A batch torn by the failure is replayed whole: new lines must not extend it.
             _cut_torn_line(self._path(METRICS_LOG))
+            _cut_torn_columns(self._path(METRICS_COLUMNS), self._path(METRICS_LOG))
             metrics = read_metrics_log(self._path(METRICS_LOG))
             self._points = sum(len(m.get("steps", ())) for m in metrics.values())
             self._points_saved = self._points if metrics else None
@@ -216,8 +225,10 @@ class FileStorage(Storage):
         with self._lock:
             parts, count = _metrics_json(series)
             if count:
-                _append_parts(self._path(METRICS_LOG), [*parts, b"\n"])
+                line = [*parts, b"\n"]
+                start, end = _append_parts(self._path(METRICS_LOG), line)
                 self._points += count
+                self._append_columns(series, start, end, _crc(line))
             saved = self._points_saved
             # Rewriting only after doubling keeps the total work linear in the points.
             if saved is None or (self._points > saved and self._points >= 2 * saved):
@@ -280,7 +291,7 @@ class FileStorage(Storage):
         rundir = self._rundir(run_id)
         path = os.path.join(rundir, METRICS_LOG)
         if os.path.exists(path):
-            return read_metrics_log(path)
+            return read_metrics(path, os.path.join(rundir, METRICS_COLUMNS))
         return _load_json(os.path.join(rundir, METRICS_FILE), default={}, damaged={})
 
     def read_file(self, run_id: Any, kind: str, file: StoredFile) -> bytes:
@@ -376,6 +387,18 @@ class FileStorage(Storage):
             parts = spliced_metrics_json(self._path(METRICS_LOG))
         replace_file(self._path(METRICS_FILE), lambda f: _write_parts(f, parts))
         self._points_saved = self._points
+
+    def _append_columns(self, series: list, start: int, end: int, crc: int) -> None:
+        record = _columns.packed_batch(series, start, end, crc)
+        if record is None:
+            return  # readers decode this batch from the log
+        path = self._path(METRICS_COLUMNS)
+        try:
+            with open(path, "ab") as f:  # never makes the run's folder: it may be gone
+                f.write(record if f.tell() else _columns.MAGIC + record)
+        except OSError as exc:
+            # Only a cache: readers decode from the log what it lacks.
+            log.debug("%s not extended: %s", path, exc)
 
     def _save_metrics_if_behind(self) -> None:
         if self._points_saved is not None and self._points != self._points_saved:
@@ -614,11 +637,59 @@ def read_metrics_log(path: str | os.PathLike[str]) -> dict:
         return metrics_from_log_lines(f, os.fspath(path))
 
 
-def metrics_from_log_lines(lines: Iterable[str], where: str) -> dict:
-    """Sacred's metrics dict from the lines of a metrics log (each ending in a newline);
-    ``where`` names the log in the warning about a damaged line."""
+def read_metrics(log_path: str, columns_path: str) -> dict:
+    """:func:`read_metrics_log`, taking the batches the columns file holds from there and
+    decoding only the rest."""
+    try:
+        with open(columns_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    if not data:
+        return read_metrics_log(log_path)
+    with open(log_path, "rb") as f:
+        logged = f.read()
+    view = memoryview(logged)
     metrics: dict[str, dict[str, list]] = {}
-    for number, line in enumerate(lines, 1):
+    pos, line = 0, 1
+    for header, payload in _columns.records(data, len(logged)):
+        start, end = header["start"], header["end"]
+        if start < pos:
+            break  # not the log's batches in order: decode the rest
+        if zlib.crc32(view[start:end]) != header["crc"]:
+            continue  # not the line it was made from: decoded with the lines around it
+        try:
+            batch = _columns.batch_of(header, payload)
+        except ValueError:
+            break
+        if start > pos:
+            line = _decode_log_part(metrics, logged[pos:start], log_path, line)
+        for name, (steps, times, values) in batch.items():
+            series = metrics.setdefault(name, {"steps": [], "timestamps": [], "values": []})
+            series["steps"] += steps
+            series["timestamps"] += times
+            series["values"] += values
+        pos, line = end, line + 1
+    _decode_log_part(metrics, logged[pos:], log_path, line)
+    return metrics
+
+
+def _decode_log_part(metrics: dict, part: bytes, where: str, line: int) -> int:
+    """Add the points of the lines in ``part`` of a log; the number of the line after them."""
+    lines = list(io.TextIOWrapper(io.BytesIO(part), encoding="utf-8", errors="replace"))
+    metrics_from_log_lines(lines, where, metrics, first=line)
+    return line + len(lines)
+
+
+def metrics_from_log_lines(
+    lines: Iterable[str], where: str, metrics: dict | None = None, first: int = 1
+) -> dict:
+    """Sacred's metrics dict from the lines of a metrics log (each ending in a newline),
+    added to ``metrics`` when given; ``where`` and ``first`` (the number of the first of
+    the lines) name a damaged line in the warning about it."""
+    if metrics is None:
+        metrics = {}
+    for number, line in enumerate(lines, first):
         if not line.endswith("\n"):
             break
         try:
@@ -982,6 +1053,17 @@ def _append_bytes(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _cut_torn_columns(path: str, log_path: str) -> None:
+    """Cut a columns file back to its whole records, so that new ones can follow them."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data.startswith(_columns.MAGIC):  # else not expkit's: left alone, and unread
+                f.truncate(_columns.whole_length(data, os.path.getsize(log_path)))
+    except OSError:
+        pass  # none yet, or only a cache that readers then do without
+
+
 def _cut_torn_line(path: str) -> None:
     """Cut off the end of ``path`` after its last newline: a line a failed write left half."""
     if not os.path.exists(path):
@@ -1042,6 +1124,16 @@ def _write_parts(f: Any, parts: list[bytes]) -> None:
         f.write(part)
 
 
-def _append_parts(path: str, parts: list[bytes]) -> None:
+def _crc(parts: list[bytes]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _append_parts(path: str, parts: list[bytes]) -> tuple[int, int]:
+    """Append ``parts`` to ``path``; the offsets where they begin and end."""
     with open(path, "ab") as f:
+        start = f.tell()
         _write_parts(f, parts)
+        return start, f.tell()

@@ -659,7 +659,17 @@ def test_artifact_through_a_symlinked_folder_is_rejected(obs, ex_info, basedir, 
 
 
 @pytest.mark.parametrize(
-    "name", ["run.json", "./config.json", "cout.txt", "metrics.json", "info.json", "RUN.JSON"]
+    "name",
+    [
+        "run.json",
+        "./config.json",
+        "cout.txt",
+        "metrics.json",
+        "metrics.jsonl",
+        "metrics.columns",
+        "info.json",
+        "RUN.JSON",
+    ],
 )
 def test_artifact_cannot_replace_the_store_files(obs, ex_info, basedir, artifact, name):
     start(obs, ex_info)
