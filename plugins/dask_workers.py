@@ -151,11 +151,17 @@ def _check_stores_reachable(urls: tuple[str, ...], where: str) -> None:
             )
 
 
+def _task_key(token: str) -> str:
+    """The key of the Dask task of the point ``token``."""
+    return f"expkit-{token}"
+
+
 def _count_try(worker: Any, token: str) -> int:
     """How many times this point was started, this time included (kept by the scheduler)."""
     from distributed.utils import sync
 
-    keys = [_TOPIC, token]
+    # Under the task's key: the scheduler drops it with the task, when the driver is done.
+    keys = [_task_key(token), "tries"]
     tries = int(sync(worker.loop, worker.scheduler.get_metadata, keys=keys, default=0)) + 1
     # Not waited for: it reaches the scheduler long before the run could lose its worker, and
     # the store, not this count, is what keeps a point from being stored twice as COMPLETED.
@@ -197,7 +203,7 @@ def _ask(worker: Any, topic: str, token: str, question: Any) -> Any:
 
     number = next(_questions)
     worker.log_event(topic, ["ask", token, number, question])
-    keys = [topic, token, number]
+    keys = _answer_keys(token, number)
     deadline = time.monotonic() + ASK_TIMEOUT
     pause = 0.002
     while time.monotonic() < deadline:
@@ -207,6 +213,11 @@ def _ask(worker: Any, topic: str, token: str, question: Any) -> Any:
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
     return None  # the driver is gone or does not answer: the run goes on
+
+
+def _answer_keys(token: str, number: int) -> list:
+    # Under the task's key, as the tries: the scheduler drops the answers with the task.
+    return [_task_key(token), "answer", number]
 
 
 def _send_status(session: WorkerSession, worker: Any, topic: str) -> None:
@@ -377,7 +388,7 @@ class DaskDriver:
                 point_spec(item, rootdir),
                 token,
                 self.topic,
-                key=f"expkit-{token}",
+                key=_task_key(token),
                 pure=False,
             )
             futures[future] = (item, token)

@@ -36,7 +36,13 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
 from expkit.utils import redact_url
-from expkit_plugins.dask_workers import DaskDriver, run_point, shipped_files
+from expkit_plugins.dask_workers import (
+    DaskDriver,
+    _answer_keys,
+    _task_key,
+    run_point,
+    shipped_files,
+)
 from expkit_plugins.sweep import Sweep, id_text, objective, parse_sweep
 from expkit_plugins.workers import Driver, mark_stored, point_spec, session_spec, set_asker
 
@@ -756,7 +762,7 @@ class DaskTrials(_Trials, DaskDriver):
             item, point = trial
             token = uuid.uuid4().hex
             args = (spec, point, token, self.topic)
-            future = client.submit(run_point, *args, key=f"expkit-{token}", pure=False)
+            future = client.submit(run_point, *args, key=_task_key(token), pure=False)
             futures[future] = (item, token)
             pending.add(future)
             return True
@@ -786,9 +792,8 @@ class DaskTrials(_Trials, DaskDriver):
         _, token, number, question = message
         answer = self.tuner.answer(question)
         # Called in the client's event loop: the answer goes out without waiting here.
-        self.client.loop.add_callback(
-            self.client.scheduler.set_metadata, keys=[self.topic, token, number], value=[answer]
-        )
+        keys = _answer_keys(token, number)
+        self.client.loop.add_callback(self.client.scheduler.set_metadata, keys=keys, value=[answer])
 
     def _finished(self, result: Any, item: Any, token: str) -> None:
         from distributed import CancelledError

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -364,6 +367,61 @@ def test_on_dask_with_pruning(project: Path) -> None:
     assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
     runs = {r["config"]["k"]: r["status"] for r in _runs(project)}
     assert runs == {**dict.fromkeys(range(5), "COMPLETED"), 5: "PRUNED", 6: "PRUNED"}
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+            start_new_session=True,  # its own group: the end takes its children too
+        )  # fmt: skip
+
+
+@pytest.fixture
+def scheduler_file(tmp_path: Path) -> Iterator[Path]:
+    """A Dask scheduler and one worker (one thread) as processes on 127.0.0.1."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    dask, file = str(Path(sys.executable).with_name("dask")), tmp_path / "scheduler.json"
+    procs = [
+        _start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                "--scheduler-file", str(file)], tmp_path / "scheduler.log")
+    ]  # fmt: skip
+    try:
+        _wait_for(file.exists, timeout=30)
+        procs.append(
+            _start([dask, "worker", "--scheduler-file", str(file), "--nworkers", "1",
+                    "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp_path)],
+                   tmp_path / "worker.log")
+        )  # fmt: skip
+        with Client(scheduler_file=str(file), timeout="30s") as client:
+            client.wait_for_workers(1, timeout=30)
+        yield file
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_pruning_on_a_scheduler_leaves_no_metadata_on_it(
+    project: Path, scheduler_file: Path
+) -> None:
+    from distributed import Client
+
+    args = ("tune", "exp_quad.py::exp_curve", "--sweep", "k=range(7)", "--sampler", "grid")
+    proc = _tune(
+        project, *args, "--trials", "7", "--objective", "loss", "--dask", str(scheduler_file)
+    )
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert "5 completed, 2 pruned" in proc.stdout
+    with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+        # The scheduler forgets the driver's tasks soon after the driver has gone.
+        deadline = time.monotonic() + 10
+        while client.get_metadata([]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get_metadata([]) == {}
 
 
 def test_timeout_starts_no_trial_after_it_and_the_study_goes_on_later(project: Path) -> None:
