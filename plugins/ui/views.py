@@ -8,20 +8,19 @@ render it, so the two always show the same thing.
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import json
 import mimetypes
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from expkit.configuration import flatten
 from expkit.errors import UsageError
 from expkit.records import RunRecord
-from expkit.runs import lookup, parse_filter, probably_dead
-from expkit.serialize import to_data, utcnow
-from expkit_plugins.runs import compare, dependencies, source_names
+from expkit.runs import PROBABLY_DEAD, probably_dead, select_runs
+from expkit.serialize import to_data
+from expkit_plugins.runs import compare, dependencies, differing_keys, flatten, source_names
 from expkit_plugins.ui import series
 
 PAGE_SIZE = 50
@@ -39,6 +38,11 @@ TEXT_SUFFIXES = frozenset(
     | {".toml", ".cfg", ".ini", ".out", ".err", ".html", ".xml", ".tex", ".sh"}
 )
 _HIDDEN_META = ("options", "config_docs", "comment", "tags")
+# Columns of the page that are no keys of `expkit runs list`: the page sorts them as text.
+_PAGE_COLUMNS: dict[str, Callable[[RunRecord], str]] = {
+    "comment": lambda record: record.meta.get("comment") or "",
+    "tags": lambda record: ",".join(tags_of(record)),
+}
 
 
 @attrs.frozen
@@ -67,24 +71,30 @@ class Selection:
 # --- the runs table -----------------------------------------------------------------------
 
 
-def select(listing: Any, query: RunQuery, now: datetime.datetime, beat: float) -> Selection:
-    """The runs of ``listing`` that pass ``query``; a bad filter is a :class:`UsageError`."""
-    filters = [parse_filter(text) for text in query.where]
+def select(
+    listing: Any, query: RunQuery, fetch: Callable[[str], RunRecord] | None = None
+) -> Selection:
+    """The runs of ``listing`` that pass ``query``, picked and ordered by the code of
+    ``expkit runs list``; a bad filter or a key no run has is its :class:`UsageError`.
+
+    ``fetch`` reads a whole run, for filters and sorts on ``metrics.X`` and ``info.X``.
+    """
     cached = listing.derived.get(query)
-    if cached is not None and "PROBABLY_DEAD" not in query.status:
+    if cached is not None:
         return cached
+    by_text = query.sort in _PAGE_COLUMNS
+    records = select_runs(
+        _Listed(listing.records, fetch),
+        where=query.where,
+        experiment=query.experiment,
+        status=query.status or None,  # none given: every status (an empty set: none)
+        sort=None if by_text else query.sort,
+        descending=query.descending,
+    )
+    if by_text:
+        records = _sorted_by_text(records, query.sort, query.descending)
     flats = _flat_configs(listing)
-    statuses = {s.upper() for s in query.status}
-    picked = []
-    for record, flat in zip(listing.records, flats):
-        if query.experiment and not _name_matches(record.experiment, query.experiment):
-            continue
-        if statuses and record.status.upper() not in statuses:
-            if not ("PROBABLY_DEAD" in statuses and probably_dead(record, now, beat)):
-                continue
-        if all(f.matches(record) for f in filters):
-            picked.append((record, flat))
-    picked = _sorted(picked, query.sort, query.descending)
+    picked = [(r, flats.get(str(r.id)) or flatten(r.config)) for r in records]
     group_sizes: dict = {}
     for record, _ in picked:
         key = group_of(record)
@@ -100,15 +110,18 @@ def select(listing: Any, query: RunQuery, now: datetime.datetime, beat: float) -
         hidden_columns=max(0, len(columns) - MAX_COLUMNS),
         group_sizes=group_sizes,
     )
-    if len(listing.derived) > 32:
-        listing.derived.clear()
-    listing.derived[query] = selection
+    # Which runs are probably dead changes with the clock, not with the listing.
+    if PROBABLY_DEAD not in {s.upper() for s in query.status}:
+        if len(listing.derived) > 32:
+            listing.derived.clear()
+        listing.derived[query] = selection
     return selection
 
 
 def prepare(listing: Any, beat: float = 10.0) -> None:
     """Derive what the runs table's first page needs, before any page asks for it."""
-    select(listing, RunQuery(), utcnow(), beat)
+    # ``beat`` only matters to PROBABLY_DEAD, which the first page does not ask for.
+    select(listing, RunQuery())
 
 
 def runs_page(
@@ -121,7 +134,7 @@ def runs_page(
 ) -> dict:
     """One page of the runs table: rows, columns, the total and the store's state."""
     listing = store.listing()
-    selection = select(listing, query, now, beat)
+    selection = select(listing, query, store.record)
     page = range(offset, min(offset + limit, len(selection.records)))
     return {
         "store": store.index,
@@ -168,22 +181,6 @@ def run_row(
             "position": _group_position(record, group[0]),
         },
     }
-
-
-def differing_keys(flats: list[dict]) -> list[str]:
-    """The keys whose value is not the same in every one of ``flats`` (missing counts)."""
-    if len(flats) < 2:
-        return []
-    keys: dict[str, None] = {}
-    for flat in flats:
-        keys.update(dict.fromkeys(flat))
-    missing = object()
-    differing = []
-    for key in keys:
-        first = _comparable(flats[0].get(key, missing))
-        if any(_comparable(flat.get(key, missing)) != first for flat in flats):
-            differing.append(key)
-    return differing
 
 
 def short(value: Any) -> Any:
@@ -238,7 +235,7 @@ def group_report(store: Any, kind: str, key: str) -> dict:
     if not members:
         raise KeyError(f"no {kind} {key!r} in {store.url}")
     members.sort(key=lambda r: _position_order(_group_position(r, kind)))
-    flats = [dict(flatten(r.config)) for r in members]
+    flats = [flatten(r.config) for r in members]
     params = _group_params(members, flats)
     results = [to_data(r.result) for r in members]
     return {
@@ -328,7 +325,7 @@ def run_detail(
         "fail_trace": "".join(record.fail_trace) if record.fail_trace else None,
         "config": [
             {"key": k, "value": to_data(v), "doc": docs.get(k, "")}
-            for k, v in flatten(record.config)
+            for k, v in flatten(record.config).items()
         ],
         "comment": record.meta.get("comment") or "",
         "tags": tags_of(record),
@@ -432,7 +429,7 @@ def rerun_command(store_url: str, record: RunRecord) -> str:
 def comparison(store: Any, records: list[RunRecord]) -> dict:
     """Two or more runs side by side: every config entry (differing ones marked), results,
     metrics, and what ``expkit runs diff`` reports (sources, packages, host, git)."""
-    flats = [dict(flatten(r.config)) for r in records]
+    flats = [flatten(r.config) for r in records]
     differing = set(differing_keys(flats))
     keys: dict[str, None] = {}
     for flat in flats:
@@ -511,16 +508,36 @@ def _config_docs(meta: dict) -> dict[str, str]:
     return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2}
 
 
-def _flat_configs(listing: Any) -> tuple[dict, ...]:
+class _Listed:
+    """A listing read as a store: ``select_runs`` picks from the kept summaries, and reads
+    whole runs through ``fetch`` (without it, the summaries are all there is)."""
+
+    def __init__(
+        self, records: tuple[RunRecord, ...], fetch: Callable[[str], RunRecord] | None
+    ) -> None:
+        self.records = records
+        self.fetch = fetch
+
+    def list_runs(self) -> list[RunRecord]:
+        """The kept summaries."""
+        return list(self.records)
+
+    def get_run(self, run_id: Any) -> RunRecord:
+        """Run ``run_id`` whole, or its summary without ``fetch``; :class:`KeyError` if none."""
+        if self.fetch is not None:
+            return self.fetch(str(run_id))
+        for record in self.records:
+            if str(record.id) == str(run_id):
+                return record
+        raise KeyError(run_id)
+
+
+def _flat_configs(listing: Any) -> dict[str, dict]:
     flats = listing.derived.get("flat")
     if flats is None:
-        flats = tuple(dict(flatten(r.config)) for r in listing.records)
+        flats = {str(r.id): flatten(r.config) for r in listing.records}
         listing.derived["flat"] = flats
     return flats
-
-
-def _name_matches(name: str, pattern: str) -> bool:
-    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _grouped(picked: list[tuple[RunRecord, dict]]) -> list[tuple[RunRecord, dict]]:
@@ -531,69 +548,11 @@ def _grouped(picked: list[tuple[RunRecord, dict]]) -> list[tuple[RunRecord, dict
     return [pair for bucket in buckets.values() for pair in bucket]
 
 
-def _sorted(picked: list[tuple[RunRecord, dict]], key: str, descending: bool) -> list:
-    """Sorted by ``key``; values of different kinds in groups, runs without the key last."""
-    present, missing = [], []
-    for pair in picked:
-        found, value = _sort_value(pair[0], key)
-        if found and value is not None:
-            present.append((_sort_rank(value), pair))
-        else:
-            missing.append(pair)
-    try:
-        present.sort(key=lambda item: item[0], reverse=descending)
-    except TypeError:  # one kind that still does not order (lists of mixed things)
-        present.sort(key=lambda item: repr(item[0]), reverse=descending)
-    return [pair for _, pair in present] + missing
-
-
-def _sort_value(record: RunRecord, key: str) -> tuple[bool, Any]:
-    if key in ("comment", "tags"):
-        value = record.meta.get(key)
-        return value is not None, ",".join(value) if isinstance(value, list) else value
-    if key.startswith("meta."):
-        value: Any = record.meta
-        for part in key[5:].split("."):
-            if not isinstance(value, dict) or part not in value:
-                return False, None
-            value = value[part]
-        return True, value
-    return lookup(record, key)
-
-
-def _sort_rank(value: Any) -> tuple:
-    if isinstance(value, bool):
-        return (0, int(value))
-    if isinstance(value, (int, float)):
-        return (0, value) if value == value else (0, float("-inf"))
-    if isinstance(value, datetime.timedelta):
-        return (0, value.total_seconds())
-    if isinstance(value, datetime.datetime):
-        return (1, value.isoformat())
-    if isinstance(value, str):
-        return (2, _natural(value))
-    return (3, json.dumps(to_data(value), sort_keys=True))
-
-
-def _natural(text: str) -> tuple:
-    # Ids of the file store are folder names: "10" after "9".
-    return (0, int(text), "") if text.isascii() and text.isdigit() else (1, 0, text)
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return (type(value).__name__, value)
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(to_data(value), sort_keys=True)
-    return value if _hashable(value) else repr(value)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
+def _sorted_by_text(records: list[RunRecord], key: str, descending: bool) -> list[RunRecord]:
+    """Sorted by one of the page's own text columns; runs with none of it last."""
+    texts = [(_PAGE_COLUMNS[key](r), r) for r in records]
+    present = sorted(((t, r) for t, r in texts if t), key=lambda p: p[0], reverse=descending)
+    return [r for _, r in present] + [r for t, r in texts if not t]
 
 
 def _is_number(value: Any) -> bool:

@@ -14,6 +14,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from cli_helpers import fresh_python, run_expkit, write_project
+from mixed_store import record_mixed
 from ui_helpers import UiServer, big_run, make_runs
 
 from expkit_plugins.file_store import FileStoreReader
@@ -216,6 +217,56 @@ def test_a_wrong_filter_is_a_400_with_the_runs_list_message(server):
     }
     status, _, body = server.request("GET", "/api/runs?limit=none")
     assert (status, json.loads(body)) == (400, {"error": "limit='none' is not a whole number"})
+
+
+# The web view and `expkit runs list` select with the same code: they must agree.
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ui-mixed") / "runs"
+    record_mixed(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_ui(mixed: Path) -> UiServer:
+    with UiServer("--store", str(mixed), cwd=mixed.parent) as running:
+        yield running
+
+
+def test_a_sort_over_mixed_kinds_orders_runs_as_runs_list_does(mixed, mixed_ui):
+    for desc, flags in (("0", ()), ("1", ("--descending",))):
+        rows = mixed_ui.get_json(f"/api/runs?sort=result&desc={desc}&group=0&limit=500")["rows"]
+        assert [r["id"] for r in rows] == _listed_ids(mixed, "--sort", "result", *flags)
+        # Numbers, then text, then dicts, whichever the direction; the failed run last.
+        kinds = [type(r["result"]).__name__ for r in rows]
+        assert kinds == ["float"] * 7 + ["str"] * 2 + ["dict"] * 2 + ["NoneType"], desc
+
+
+def test_an_experiment_file_picks_its_module_experiments_as_runs_list_does(mixed, mixed_ui):
+    rows = mixed_ui.get_json("/api/runs?experiment=exp_svm.py&group=0")["rows"]
+    assert [r["id"] for r in rows] == _listed_ids(mixed, "--experiment", "exp_svm.py")
+    assert [r["experiment"] for r in rows] == ["exp_svm.py::exp_svm"] * 3
+
+
+def test_a_mistyped_key_is_a_400_with_the_did_you_mean_of_runs_list(mixed, mixed_ui):
+    listed = run_expkit("runs", "list", "--store", str(mixed), "penality==l1", cwd=mixed.parent)
+    assert listed.returncode == 4
+    message = listed.stderr.strip().removeprefix("ERROR: ")
+    assert message == (
+        "wrong filter: penality==l1: 'penality' is not a key of any of the 12 runs "
+        "(did you mean 'penalty'?)"
+    )
+    status, _, body = mixed_ui.request("GET", "/api/runs?where=penality%3D%3Dl1")
+    assert (status, json.loads(body)) == (400, {"error": message})
+
+
+def _listed_ids(store: Path, *args: str) -> list[str]:
+    """The run ids ``expkit runs list --json ARGS`` prints, in its order."""
+    done = run_expkit("runs", "list", "--store", str(store), "--json", *args, cwd=store.parent)
+    assert done.returncode == 0, done.stderr
+    return [str(row["id"]) for row in json.loads(done.stdout)]
 
 
 def test_sweeps_and_studies_are_grouped(server, store):

@@ -151,6 +151,15 @@ def test_the_runs_table_filters_sorts_and_groups(page, showcase):
         page.inner_text("#filter-error")
         == "wrong filter: C>>1: at column 3: unexpected '>' after '>'"
     )
+    page.fill("#where", "kernal==rbf")  # a key no run has: the near miss, as runs list says
+    page.press("#where", "Enter")
+    page.wait_for_function(
+        "() => document.getElementById('filter-error').textContent.includes('kernal')"
+    )
+    assert page.inner_text("#filter-error") == (
+        "wrong filter: kernal==rbf: 'kernal' is not a key of any of the 11 runs "
+        "(did you mean 'kernel'?)"
+    )
     page.fill("#where", "")
     page.select_option("#status", "FAILED")
     page.wait_for_function(
