@@ -8,10 +8,12 @@ block.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import mimetypes
 import posixpath
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,8 +30,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from expkit.errors import ExpkitError, UsageError
+from expkit.records import RunRecord
 from expkit.runs import probably_dead
 from expkit.serialize import to_data, utcnow
+from expkit.store import FINAL_STATUSES
 from expkit_plugins.runs import source_names
 from expkit_plugins.ui import series, views
 from expkit_plugins.ui.security import ARTIFACT_POLICY, TOKEN_HEADER, Guard
@@ -39,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 MAX_EDIT_BYTES = 64 * 1024
 MAX_COMMENT = 10_000
 MAX_HIGHLIGHTED = 512 * 1024  # characters of a source file highlighted; longer ones are plain
+KEPT_HIGHLIGHTED = 32 * 1024 * 1024  # characters of highlighted sources of ended runs kept
 API_DOC = {
     "GET /api/stores": "the stores shown: index, url, whether runs can be edited, run count",
     "GET /api/runs": "a page of the runs table: ?store= &where= (repeatable, `runs list` "
@@ -157,6 +162,7 @@ class _UI:
         env.filters["num"] = _number_text
         self.templates = Jinja2Templates(env=env)
         self._pygments_css: str | None = None
+        self._highlighted = _Kept(KEPT_HIGHLIGHTED)
 
     # --- pages --------------------------------------------------------------------------
 
@@ -168,7 +174,7 @@ class _UI:
         store = self._store(request)
         record = store.record(request.path_params["run_id"])
         detail = views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
-        sources = [self._source_view(store, record.id, name) for name in detail["sources"]]
+        sources = [self._source_view(store, record, name) for name in detail["sources"]]
         for source in sources:  # the main file is shown open
             source["main"] = source["name"].rsplit("/", 1)[-1] == detail["mainfile"]
         return self._render(
@@ -434,17 +440,54 @@ class _UI:
                 "(its process rewrites its record until then)",
             )
 
-    def _source_view(self, store: StoreView, run_id: Any, name: str) -> dict:
+    def _source_view(self, store: StoreView, record: RunRecord, name: str) -> dict:
+        # An ended run's sources are as they will stay; a running one's record may change.
+        # The start time tells a run from a later one given the id of a deleted one.
+        key = (store.index, str(record.id), to_data(record.start_time), name)
+        ended = record.status in FINAL_STATUSES
+        kept = self._highlighted.get(key) if ended else None
+        if kept is not None:
+            return dict(kept)
         try:
-            text = store.read_source(run_id, name).decode("utf-8", errors="replace")
+            text = store.read_source(record.id, name).decode("utf-8", errors="replace")
         except (KeyError, ExpkitError, OSError) as exc:
             return {"name": name, "error": _message(exc), "html": None, "lines": 0}
-        return {
-            "name": name,
-            "error": None,
-            "html": _highlight(name, text),
-            "lines": text.count("\n") + 1,
-        }
+        html = _highlight(name, text)  # outside the reader's lock: other requests go on
+        view = {"name": name, "error": None, "html": html, "lines": text.count("\n") + 1}
+        if ended:
+            self._highlighted.put(key, view, len(html))
+        return dict(view)
+
+
+class _Kept:
+    """Values kept up to a total size; the least recently used go first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._values: collections.OrderedDict[Any, tuple[Any, int]] = collections.OrderedDict()
+        self._size = 0
+
+    def get(self, key: Any) -> Any:
+        """The value kept under ``key``, or ``None``."""
+        with self._lock:
+            kept = self._values.get(key)
+            if kept is None:
+                return None
+            self._values.move_to_end(key)
+            return kept[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        """Keep ``value`` (of ``size``) under ``key``; one larger than the limit is not kept."""
+        if size > self.limit:
+            return
+        with self._lock:
+            old = self._values.pop(key, None)
+            self._size += size - (old[1] if old else 0)
+            self._values[key] = (value, size)
+            while self._size > self.limit:
+                _, (_, dropped) = self._values.popitem(last=False)
+                self._size -= dropped
 
 
 def _highlight(name: str, text: str) -> Markup:

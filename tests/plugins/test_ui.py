@@ -3,9 +3,14 @@ over stores of real runs. The pages themselves are tested in a browser in test_u
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -364,6 +369,104 @@ def test_a_run_has_everything_but_output_and_metric_values(server, store):
     assert (status, json.loads(body)) == (404, {"error": f"no run '999' in {store[0]}"})
     status, _, body = server.request("GET", "/runs/999")
     assert status == 404 and f"no run &#39;999&#39; in {store[0]}".encode() in body
+
+
+def test_an_ended_runs_sources_are_highlighted_once_a_running_runs_every_time(
+    tmp_path, monkeypatch
+):
+    highlighted = _count_highlighting(monkeypatch)
+    store = _ended_and_running(tmp_path)
+    with _served_here(store) as url:
+        for _ in range(2):
+            assert HIGHLIGHTED_MAIN in _page(f"{url}/runs/1")
+        assert highlighted == ["exp_shown.py"]  # the run has ended: highlighted once
+        for _ in range(2):
+            assert HIGHLIGHTED_MAIN in _page(f"{url}/runs/2")
+        assert highlighted == ["exp_shown.py"] * 3  # still running: highlighted each time
+
+
+def test_highlighted_sources_are_kept_up_to_a_size(tmp_path, monkeypatch):
+    from expkit_plugins.ui import app
+
+    monkeypatch.setattr(app, "KEPT_HIGHLIGHTED", 100)  # less than the source's HTML
+    highlighted = _count_highlighting(monkeypatch)
+    store = _ended_and_running(tmp_path)
+    with _served_here(store) as url:
+        for _ in range(2):
+            assert HIGHLIGHTED_MAIN in _page(f"{url}/runs/1")
+    assert highlighted == ["exp_shown.py"] * 2
+
+
+HIGHLIGHTED_MAIN = b'<span class="k">def</span><span class="w"> </span><span class="nf">main'
+
+
+def _count_highlighting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the sources the web view highlights from now on, one per time."""
+    from expkit_plugins.ui import app
+
+    names: list[str] = []
+    real = app._highlight
+
+    def counted(name, text):
+        names.append(name)
+        return real(name, text)
+
+    monkeypatch.setattr(app, "_highlight", counted)
+    return names
+
+
+def _ended_and_running(root: Path) -> Path:
+    """A store of two runs of exp_shown.py: 1 has ended, 2 is running; its path."""
+    from expkit.serialize import format_time, utcnow
+
+    experiment = (
+        "from expkit import Experiment\n"
+        "ex = Experiment('shown')\n"
+        "@ex.automain\n"
+        "def main():\n"
+        "    return 1\n"
+    )
+    write_project(root, {"exp_shown.py": experiment})
+    for _ in range(2):
+        assert run_expkit("run", "exp_shown.py", cwd=root).returncode == 0
+    entry = json.loads((root / "runs" / "2" / "run.json").read_text())
+    entry.update(status="RUNNING", heartbeat=format_time(utcnow()), stop_time=None)
+    (root / "runs" / "2" / "run.json").write_text(json.dumps(entry))
+    return root / "runs"
+
+
+@contextlib.contextmanager
+def _served_here(store: Path) -> Iterator[str]:
+    """The web view of ``store`` served by uvicorn in this process (so that a test can see
+    what it calls); its address."""
+    import uvicorn
+
+    from expkit_plugins.ui.app import create_app
+    from expkit_plugins.ui.stores import StoreView
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    view = StoreView(0, str(store), FileStoreReader(store))
+    application = create_app([view], token="t", loopback=True, port=port)
+    server = uvicorn.Server(uvicorn.Config(application, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _page(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.status == 200
+        return response.read()
 
 
 def test_output_comes_in_pieces_from_an_offset(server, store):
