@@ -33,6 +33,8 @@ from expkit_plugins.workers import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from expkit.remote import PointSpec, SessionSpec, ShippedFile
 
 # Tries of one point: the first and one more after its worker was lost.
@@ -323,6 +325,7 @@ class DaskDriver:
         import uuid
 
         self.topic = f"{_TOPIC}-{uuid.uuid4().hex}"
+        self.client: Any = None
         self.started: dict[str, Any] = {}  # token -> run id
         self.stopping = False
 
@@ -371,38 +374,72 @@ class DaskDriver:
                 cluster.close()
 
     def _run_on(self, client: Any, todo: list) -> None:
-        from distributed import as_completed
-
-        client.subscribe_topic(self.topic, self._event)
-        # Sent with every point, not scattered: scattered data dies with the workers holding it.
-        spec = session_spec(self.session, shipped_files(self.session))
         rootdir = self.config.rootdir
-        futures = {}
+        items = iter(todo)
+
+        def next_point() -> tuple[Any, PointSpec] | None:
+            item = next(items, None)
+            return None if item is None else (item, point_spec(item, rootdir))
+
+        self._drive(client, self._spec(), next_point, slots=None)
+
+    def _spec(self) -> SessionSpec:
+        # Sent with every point, not scattered: scattered data dies with the workers holding it.
+        return session_spec(self.session, shipped_files(self.session))
+
+    def _drive(
+        self,
+        client: Any,
+        spec: SessionSpec,
+        next_point: Callable[[], tuple[Any, PointSpec] | None],
+        slots: int | None,
+    ) -> None:
+        """Keep ``slots`` points running (None: all at once), reporting each as it finishes.
+
+        ``next_point()`` gives the next ``(item, point)``, or None when none is to start now.
+        Ctrl-C interrupts the running points.
+        """
         import uuid
 
-        for item in todo:
-            token = uuid.uuid4().hex
-            future = client.submit(
-                run_point,
-                spec,
-                point_spec(item, rootdir),
-                token,
-                self.topic,
-                key=_task_key(token),
-                pure=False,
-            )
-            futures[future] = (item, token)
+        from distributed import as_completed
+
+        self.client = client
+        client.subscribe_topic(self.topic, self._event)
+        futures: dict = {}  # future -> (item, token), until reported
         # Results are fetched as the tasks finish, side by side, not one request per turn.
-        pending = as_completed(futures, with_results=True, raise_errors=False)
+        pending = as_completed([], with_results=True, raise_errors=False)
+
+        def submit() -> bool:
+            nxt = next_point()
+            if nxt is None:
+                return False
+            item, point = nxt
+            token = uuid.uuid4().hex
+            args = (spec, point, token, self.topic)
+            future = client.submit(run_point, *args, key=_task_key(token), pure=False)
+            futures[future] = (item, token)
+            pending.add(future)
+            return True
+
+        def fill() -> None:
+            running = 0 if slots is None else sum(1 for f in futures if not f.done())
+            while (slots is None or running < slots) and submit():
+                running += 1
+
         try:
+            fill()
             for future, result in pending:
-                self._finished(result, *futures[future])
-                if self.stopping:
-                    left = [f for f in futures if not f.done()]
-                    client.cancel(left)
+                self._finished(result, *futures.pop(future))
+                if self._stops():
+                    client.cancel([f for f in futures if not f.done()])
                     break
+                fill()
         except KeyboardInterrupt:
             self._interrupt(client, futures)
+
+    def _stops(self) -> bool:
+        """Whether no more points are to be gathered or started (-x met a failure)."""
+        return self.stopping
 
     def _finished(self, result: Any, item: Any, token: str) -> None:
         """Report a finished task: its RunReport, or the exception Dask gave instead."""
@@ -441,6 +478,17 @@ class DaskDriver:
             self.hook.expkit_run_livestatus(
                 status=LiveStatus(nodeid, time.time(), metrics, step, total)
             )
+        elif message[0] == "ask":
+            _, token, number, question = message
+            keys, value = _answer_keys(token, number), [self.answer(question)]
+            # Called in the client's event loop: the answer goes out without waiting here.
+            self.client.loop.add_callback(
+                self.client.scheduler.set_metadata, keys=keys, value=value
+            )
+
+    def answer(self, question: Any) -> Any:
+        """The answer to a point's :func:`~expkit_plugins.workers.ask_driver`; none here."""
+        return None
 
     def _interrupt(self, client: Any, futures: dict) -> None:
         """Ctrl-C: cancel what did not start, interrupt what runs, and gather those reports."""

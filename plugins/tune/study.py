@@ -36,15 +36,9 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.nodes import ExitCode, Item, RunReport
 from expkit.pluginmanager import hookimpl
 from expkit.utils import redact_url
-from expkit_plugins.dask_workers import (
-    DaskDriver,
-    _answer_keys,
-    _task_key,
-    run_point,
-    shipped_files,
-)
+from expkit_plugins.dask_workers import DaskDriver
 from expkit_plugins.sweep import Sweep, id_text, objective, parse_sweep
-from expkit_plugins.workers import Driver, mark_stored, point_spec, session_spec, set_asker
+from expkit_plugins.workers import Driver, mark_stored, point_spec, set_asker
 
 # How often the driver looks at a run left running by an earlier session's worker.
 POLL_INTERVAL = 0.5
@@ -741,59 +735,15 @@ class DaskTrials(_Trials, DaskDriver):
     def __init__(self, session: Any, tuner: Tuner) -> None:
         super().__init__(session)
         self.tuner = tuner
-        self.client: Any = None
 
     def _run_on(self, client: Any, todo: list) -> None:
-        import uuid
-
-        from distributed import as_completed
-
-        self.client = client
-        client.subscribe_topic(self.topic, self._event)
-        spec = session_spec(self.session, shipped_files(self.session))
-        spec = attrs.evolve(spec, command="tune")
-        futures: dict = {}
-        pending = as_completed([], with_results=True, raise_errors=False)
-
-        def submit() -> bool:
-            trial = self.tuner.next(None)
-            if trial is None:
-                return False
-            item, point = trial
-            token = uuid.uuid4().hex
-            args = (spec, point, token, self.topic)
-            future = client.submit(run_point, *args, key=_task_key(token), pure=False)
-            futures[future] = (item, token)
-            pending.add(future)
-            return True
-
+        spec = attrs.evolve(self._spec(), command="tune")  # the workers read tune's options
         workers = client.scheduler_info().get("workers", {})
         slots = sum(w.get("nthreads", 1) for w in workers.values()) or 1
-        try:
-            for _ in range(slots):
-                if not submit():
-                    break
-            for future, result in pending:
-                self._finished(result, *futures.pop(future))
-                if self.stopping or self.session.shouldstop:
-                    client.cancel(list(futures))
-                    break
-                running = sum(1 for f in futures if not f.done())
-                while running < slots and submit():
-                    running += 1
-        except KeyboardInterrupt:
-            self._interrupt(client, futures)
+        self._drive(client, spec, lambda: self.tuner.next(None), slots)
 
-    def _event(self, event: Any) -> None:
-        _, message = event
-        if message[0] != "ask":
-            super()._event(event)
-            return
-        _, token, number, question = message
-        answer = self.tuner.answer(question)
-        # Called in the client's event loop: the answer goes out without waiting here.
-        keys = _answer_keys(token, number)
-        self.client.loop.add_callback(self.client.scheduler.set_metadata, keys=keys, value=[answer])
+    def _stops(self) -> bool:
+        return self.stopping or self.session.shouldstop
 
     def _finished(self, result: Any, item: Any, token: str) -> None:
         from distributed import CancelledError
