@@ -107,6 +107,9 @@ def create_app(
 ) -> Any:
     """The ASGI application over ``stores``, behind the :class:`Guard`."""
     ui = _UI(stores, token, allow_delete, beat_interval)
+    # Pygments finds its lexers by scanning every installed package once (about 0.25 s):
+    # done now, the first run page opened does not wait for it.
+    threading.Thread(target=_find_lexers, daemon=True).start()
     routes = [
         Route("/", ui.runs_page),
         Route("/runs/{run_id}", ui.run_page),
@@ -504,6 +507,12 @@ def _highlight(name: str, text: str) -> Markup:
         except ClassNotFound:
             pass
     return Markup(highlight(text, lexer, HtmlFormatter(linenos="table")))
+
+
+def _find_lexers() -> None:
+    from pygments.lexers import get_lexer_for_filename
+
+    get_lexer_for_filename("warm-up.py")
 
 
 def _highlight_diff(lines: list[str]) -> Markup:
