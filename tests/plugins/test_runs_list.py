@@ -292,3 +292,30 @@ def test_a_table_of_many_runs_shows_the_newest_and_says_how_to_see_more(
     assert len(lines) == TABLE_LIMIT + 7 and lines[-1].startswith(f"{TABLE_LIMIT + 5} runs of")
     _, lines, _ = run_list(url, "--json", capsys=capsys)
     assert len(json.loads("\n".join(lines))) == TABLE_LIMIT + 5  # JSON is for programs: all
+
+
+def test_entries_equal_in_python_but_stored_differently_get_a_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("kinds")
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+
+    @ex.config
+    def cfg():
+        same = 0.5  # noqa: F841
+        zero = 0.0  # noqa: F841
+        one = 1  # noqa: F841
+        ones = [1]  # noqa: F841
+
+    @ex.main
+    def main() -> None:
+        pass
+
+    ex.run(options={"--capture": "no"})
+    ex.run(config_updates={"zero": -0.0, "one": 1.0, "ones": [1.0]}, options={"--capture": "no"})
+    _, lines, _ = run_list(str(tmp_path / "runs"), capsys=capsys, columns=200)
+    assert cells(lines[0])[-3:] == ["one", "ones", "zero"]  # not "same"
+    assert [cells(r)[-3:] for r in lines[1:3]] == [["1", "[1.0]", "-0"], ["1", "[1]", "0"]]
