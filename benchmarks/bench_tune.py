@@ -1,6 +1,7 @@
 """``expkit tune`` side by side with Hydra's Optuna sweeper and with a plain Optuna loop.
 
-Usage: ``python benchmarks/bench_tune.py [--repeat R] [--hydra-python PATH] [--quick]``.
+Usage: ``python benchmarks/bench_tune.py [--repeat R] [--hydra-python PATH] [--quick]
+[--output DIR]``.
 ``tox -e bench-tune-hydra,bench-tune`` makes both environments: Hydra's Optuna sweeper pins
 ``optuna<3``, so Hydra lives in an environment of its own (``bench-tune-hydra``) and this
 script runs it through that environment's interpreter.
@@ -21,7 +22,9 @@ Workloads, the median of ``--repeat`` runs:
   its journal file. Plain Optuna: ``study.optimize`` of the same objective, in memory and in
   a journal file. Target: expkit's cost a trial minus plain Optuna's <= 20 ms.
 
-Results go to ``benchmarks/results_tune.md`` and ``results_tune.json``.
+Results go to ``benchmarks/results_tune.md`` and ``results_tune.json`` (with ``--quick``, to
+``benchmarks/_work/``). The child processes and the machine's details are handled as in
+``run.py``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_sweeps import _completed
+from run import _machine, _spawn, _versions
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -146,24 +150,16 @@ study.optimize(objective, n_trials=trials, n_jobs=jobs)
 assert len(study.trials) == trials
 """
 
-# Interpreter switches the children do not inherit (as benchmarks/run.py does).
-_DEFAULTED = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONDEVMODE", "PYTHONMALLOC")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _DEFAULTED}
-
 
 def _timed(argv: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
+    """The wall time of ``argv`` run in ``cwd``; a failure is a RuntimeError with its output."""
+    sample = _spawn(argv, cwd, cwd / "logs")
+    if sample["rc"] != 0:
         raise RuntimeError(
-            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-1500:]}"
-            f"{proc.stderr[-1500:]}"
+            f"{' '.join(argv)} failed ({sample['rc']}):\n{sample['stdout'][-1500:]}"
+            f"{sample['stderr'][-1500:]}"
         )
-    return seconds
+    return sample["wall"]
 
 
 def _fresh(work: Path) -> None:
@@ -180,13 +176,10 @@ def _slept(work: Path) -> tuple[int, float]:
     return len(lines), sum(float(s) for s in lines)
 
 
-def _stored(work: Path, trials: int) -> None:
-    done = 0
-    for folder in (work / "runs").iterdir():
-        if folder.name.isdigit():
-            done += json.loads((folder / "run.json").read_text())["status"] == "COMPLETED"
-    if done != trials:
-        raise RuntimeError(f"{done} of {trials} trials stored as COMPLETED")
+def _every_trial_stored(work: Path) -> None:
+    done = _completed(work / "runs")
+    if done != TRIALS:
+        raise RuntimeError(f"{done} of {TRIALS} trials stored as COMPLETED")
 
 
 def _t1_row(name: str, argv: list[str], work: Path, repeat: int, check: object = None) -> dict:
@@ -228,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hydra-python", default=None, help="the interpreter Hydra is in")
     parser.add_argument("--quick", action="store_true", help="every row once, T2 small")
-    parser.add_argument("--output", type=Path, default=HERE)
+    parser.add_argument("--output", type=Path, default=None, help="where the results go")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     small, big = (10, 40) if args.quick else (20, 120)
+    output = args.output or (HERE / "_work" if args.quick else HERE)
+    output.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="expkit-bench-tune-"))
+    (work / "logs").mkdir()
     (work / "pyproject.toml").write_text("[tool.expkit]\n")
     (work / "sleep.py").write_text(SLEEP)
     (work / "exp_tune.py").write_text(EXPKIT_APP)
@@ -262,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             tune("exp_sleep", TRIALS, "-n", str(WORKERS)),
             work,
             repeat,
-            lambda: _stored(work, TRIALS),
+            lambda: _every_trial_stored(work),
         ),
         _t1_row(
             f"plain Optuna, study.optimize(n_jobs={WORKERS})",
@@ -338,18 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         - least["plain Optuna study.optimize, journal"]
     ) * 1000
     checks.append(("T2 the same, least of the samples (journal)", f"{extra:.1f}", "", None))
-    _write(args.output, t1, t2, checks, repeat, args.hydra_python)
+    _write(output, t1, t2, checks, repeat, args.hydra_python)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def _versions(hydra_python: str | None) -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for dist in ("expkit", "optuna"):
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = "not installed"
+def _tune_versions(hydra_python: str | None) -> dict[str, str]:
+    """run.py's versions (those installed), Optuna's, and those of Hydra's environment."""
+    found = {k: v for k, v in _versions().items() if v != "not installed"}
+    try:
+        found["optuna"] = importlib.metadata.version("optuna")
+    except importlib.metadata.PackageNotFoundError:
+        found["optuna"] = "not installed"
     if hydra_python and Path(hydra_python).exists():
         code = (
             "import importlib.metadata as m;"
@@ -366,7 +362,7 @@ def _versions(hydra_python: str | None) -> dict[str, str]:
 def _write(
     folder: Path, t1: list[dict], t2: list[dict], checks: list, repeat: int, hydra: str | None
 ) -> None:
-    versions = _versions(hydra)
+    versions, machine = _tune_versions(hydra), _machine()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Hyperparameter search: expkit tune, Hydra's Optuna sweeper, plain Optuna",
@@ -400,13 +396,15 @@ def _write(
         lines.append(f"| {name} | {value} | {target} | {shown} |")
     lines += [
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} cores, shared with other work; "
+        f"Machine: {machine['platform']}, {machine['cpu']}, {machine['cores']} cores, shared "
+        "with other work; "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; {when}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
     ]
     (folder / "results_tune.md").write_text("\n".join(lines))
-    data = {"t1": t1, "t2": t2, "checks": checks, "versions": versions, "date": when}
+    data = {"t1": t1, "t2": t2, "checks": checks}
+    data.update(machine=machine, versions=versions, date=when)
     (folder / "results_tune.json").write_text(json.dumps(data, indent=2) + "\n")
     print("\n".join(lines))
 
