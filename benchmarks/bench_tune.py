@@ -9,13 +9,17 @@ script runs it through that environment's interpreter.
 Workloads, the median of ``--repeat`` runs:
 
 - T1: 40 trials of one parameter ``x`` drawn uniformly from [-5, 5] by Optuna's random
-  sampler (seed 1); each trial sleeps 0.1-1 s (a pseudo-random time fixed by ``x``) and
-  returns ``(x - 1) ** 2``; 4 parallel workers. expkit: ``expkit tune ... -n 4`` into a file
+  sampler (seed 1); trial k (its number, from 0) sleeps ``DURATIONS[k]``, 40 times drawn
+  once from [0.1, 1] s (seed 1), and returns ``(x - 1) ** 2``; 4 parallel workers. The
+  tools draw different ``x`` (Hydra's Optuna is older), so the sleeps follow the trial
+  number: every tool sleeps the same 40 times. expkit: ``expkit tune ... -n 4`` into a file
   store, every trial stored and told. Hydra 1.3.8: ``--multirun`` with its Optuna sweeper
   (``n_jobs=4``) and its joblib launcher (``n_jobs=4``). Plain Optuna:
   ``study.optimize(objective, n_trials=40, n_jobs=4)`` in one process, in memory. Each
   row is a whole process from start to exit; *busy* is the time the trials slept over
-  4 x the wall time. Target: expkit's wall time <= 0.4 x Hydra's.
+  4 x the wall time. Beside them, the best any scheduler could do with those sleeps: the
+  longest-first packing on 4 workers, and the strict lower bound max(sum / 4, longest).
+  Target: expkit's wall time <= 0.4 x Hydra's (reachable only if the lower bound is).
 - T2: what a trial costs beyond Optuna's own loop: a trial that returns at once, one after
   another, 20 and then 120 trials in fresh processes; the cost of a trial is the difference
   over the 100 more. expkit: ``expkit tune`` in one process into a file store, the study in
@@ -34,6 +38,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -47,18 +52,21 @@ from run import _machine, _spawn, _versions
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 TRIALS, WORKERS = 40, 4
+# What trial k sleeps, in every tool: drawn once from a seed, so every run does the same work.
+_draw = random.Random(1)
+DURATIONS = tuple(round(0.1 + 0.9 * _draw.random(), 3) for _ in range(TRIALS))
 
-SLEEP = """\
-import random
+SLEEP = f"""\
 import time
 
+DURATIONS = {DURATIONS!r}
 
-def sleep_for(x):
-    \"\"\"Sleep 0.1-1 s, a time fixed by x (the same for every tool), and note it.\"\"\"
-    seconds = 0.1 + 0.9 * random.Random(x).random()
-    time.sleep(seconds)
+
+def sleep_for(k):
+    \"\"\"Sleep as long as trial k of every tool does, and note it.\"\"\"
+    time.sleep(DURATIONS[k])
     with open("slept.log", "a") as log:
-        log.write(f"{seconds}\\n")
+        log.write(f"{{k}} {{DURATIONS[k]}}\\n")
 """
 
 EXPKIT_APP = """\
@@ -71,8 +79,8 @@ def cfg():
     x = 0.0
 
 
-def exp_sleep(x):
-    sleep_for(x)
+def exp_sleep(x, _run):
+    sleep_for(_run.meta_info["study"]["trial"])
     return (x - 1) ** 2
 
 
@@ -84,13 +92,14 @@ HYDRA_APP = """\
 import os
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from sleep import sleep_for
 
 
 @hydra.main(version_base=None, config_path=".", config_name="config")
 def main(cfg):
     os.chdir(cfg.here)  # Hydra 1.3 starts each job in its own folder
-    sleep_for(float(cfg.x))
+    sleep_for(HydraConfig.get().job.num)  # the sweeper numbers its jobs as its trials
     return (float(cfg.x) - 1) ** 2
 
 
@@ -135,7 +144,7 @@ trials, jobs, where, sleeping = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
 def objective(trial):
     x = trial.suggest_float("x", -5, 5)
     if sleeping == "sleep":
-        sleep_for(x)
+        sleep_for(trial.number)
     return (x - 1) ** 2
 
 
@@ -171,9 +180,10 @@ def _fresh(work: Path) -> None:
             path.unlink()
 
 
-def _slept(work: Path) -> tuple[int, float]:
-    lines = (work / "slept.log").read_text().split()
-    return len(lines), sum(float(s) for s in lines)
+def _slept(work: Path) -> tuple[list[int], float]:
+    """The trial numbers that slept, and the seconds they slept in all."""
+    pairs = [line.split() for line in (work / "slept.log").read_text().splitlines()]
+    return sorted(int(k) for k, _ in pairs), sum(float(s) for _, s in pairs)
 
 
 def _every_trial_stored(work: Path) -> None:
@@ -182,14 +192,28 @@ def _every_trial_stored(work: Path) -> None:
         raise RuntimeError(f"{done} of {TRIALS} trials stored as COMPLETED")
 
 
+def _packed(durations: tuple[float, ...], workers: int) -> float:
+    """The wall time of the longest-first packing of ``durations`` on ``workers``."""
+    loads = [0.0] * workers
+    for seconds in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += seconds
+    return max(loads)
+
+
+def _lower_bound(durations: tuple[float, ...], workers: int) -> float:
+    """No schedule of ``durations`` on ``workers`` ends sooner: max(sum / workers, longest)."""
+    return max(sum(durations) / workers, max(durations))
+
+
 def _t1_row(name: str, argv: list[str], work: Path, repeat: int, check: object = None) -> dict:
     samples, busy = [], []
     for _ in range(repeat):
         _fresh(work)
         wall = _timed(argv, work)
-        count, slept = _slept(work)
-        if count != TRIALS:
-            raise RuntimeError(f"{name}: {count} of {TRIALS} trials ran")
+        numbers, slept = _slept(work)
+        if numbers != list(range(TRIALS)):
+            # Then the tools would not have slept the same times.
+            raise RuntimeError(f"{name}: trials {numbers} ran, not 0-{TRIALS - 1} once each")
         if callable(check):
             check()
         samples.append(wall)
@@ -237,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     (work / "plain.py").write_text(PLAIN)
     expkit, python = str(BIN / "expkit"), sys.executable
     print(f"in {work}; load average {os.getloadavg()}", flush=True)
+    bounds = {
+        "durations": DURATIONS,
+        "sum": sum(DURATIONS),
+        "packed": _packed(DURATIONS, WORKERS),
+        "lower_bound": _lower_bound(DURATIONS, WORKERS),
+    }
+    print(
+        f"T1 sleeps {bounds['sum']:.2f} s in all; longest-first packing on {WORKERS} workers "
+        f"{bounds['packed']:.2f} s, lower bound {bounds['lower_bound']:.2f} s",
+        flush=True,
+    )
 
     def tune(name: str, trials: int, *extra: str) -> list[str]:
         space = ("--sweep", "x=uniform(-5,5)", "--sampler", "random", "--seed", "1")
@@ -311,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     if hydra is not None:
         ratio = ours / hydra["median"]
         checks.append(("T1 expkit wall / Hydra wall", f"{ratio:.2f}", "<= 0.4", ratio <= 0.4))
+        best = bounds["lower_bound"] / hydra["median"]
+        checks.append(
+            ("T1 lower bound / Hydra wall", f"{best:.2f}", "<= 0.4 (reachable)", best <= 0.4)
+        )
     plain = by_name[f"plain Optuna, study.optimize(n_jobs={WORKERS})"]["median"]
     per_trial = (ours - plain) * WORKERS / TRIALS * 1000
     checks.append(
@@ -334,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         - least["plain Optuna study.optimize, journal"]
     ) * 1000
     checks.append(("T2 the same, least of the samples (journal)", f"{extra:.1f}", "", None))
-    _write(output, t1, t2, checks, repeat, args.hydra_python)
+    _write(output, t1, t2, checks, repeat, args.hydra_python, bounds)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -360,14 +399,21 @@ def _tune_versions(hydra_python: str | None) -> dict[str, str]:
 
 
 def _write(
-    folder: Path, t1: list[dict], t2: list[dict], checks: list, repeat: int, hydra: str | None
+    folder: Path,
+    t1: list[dict],
+    t2: list[dict],
+    checks: list,
+    repeat: int,
+    hydra: str | None,
+    bounds: dict,
 ) -> None:
     versions, machine = _tune_versions(hydra), _machine()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Hyperparameter search: expkit tune, Hydra's Optuna sweeper, plain Optuna",
         "",
-        f"T1: {TRIALS} trials of 0.1-1 s on {WORKERS} workers, each row a whole process from "
+        f"T1: {TRIALS} trials of 0.1-1 s on {WORKERS} workers, trial k of every tool sleeping "
+        f"the same DURATIONS[k] ({bounds['sum']:.2f} s in all); each row a whole process from "
         f"start to exit (median of {repeat}); busy: time the trials slept / ({WORKERS} x wall). "
         "See bench_tune.py.",
         "",
@@ -377,6 +423,12 @@ def _write(
     for row in t1:
         samples = ", ".join(f"{s:.2f}" for s in row["samples"])
         lines.append(f"| {row['name']} | {row['median']:.2f} | {row['busy']:.0%} | {samples} |")
+    for name, key in (
+        (f"longest-first packing of the sleeps on {WORKERS} workers (no start-up)", "packed"),
+        (f"lower bound: max(sum / {WORKERS}, longest sleep)", "lower_bound"),
+    ):
+        busy = bounds["sum"] / (WORKERS * bounds[key])
+        lines.append(f"| {name} | {bounds[key]:.2f} | {busy:.0%} | computed |")
     lines += [
         "",
         "T2: the cost of one more trial that does nothing, one after another (the difference "
@@ -403,7 +455,7 @@ def _write(
         "",
     ]
     (folder / "results_tune.md").write_text("\n".join(lines))
-    data = {"t1": t1, "t2": t2, "checks": checks}
+    data = {"t1": t1, "t1_bounds": bounds, "t2": t2, "checks": checks}
     data.update(machine=machine, versions=versions, date=when)
     (folder / "results_tune.json").write_text(json.dumps(data, indent=2) + "\n")
     print("\n".join(lines))
