@@ -254,13 +254,15 @@ def runs(
     limit: int | None = None,
     plugin_manager: Any = None,
     sweep: str | None = None,
+    beat_interval: float = 10.0,
 ) -> list[RunRecord]:
     """The runs in ``store_url`` that pass every filter, sorted and cut to ``limit``.
 
     ``where`` holds filters (see the module doc), all of which must hold.
     ``experiment`` is a name, a glob pattern, or a file of module experiments
     (``exp_iris.py`` for ``exp_iris.py::exp_rbf_svm``). ``status`` is one status or several
-    (case does not matter; ``PROBABLY_DEAD`` picks running runs that stopped beating).
+    (case does not matter; ``PROBABLY_DEAD`` picks running runs that have not beaten
+    for 3 of their ``beat_interval``, in seconds: the project's ``beat_interval``).
     ``since``/``until`` bound the start time (datetimes or ISO text, UTC). ``sort``
     is a run field or a config key; runs without it come last. ``sweep`` keeps the
     points of one sweep (its id, as ``expkit run`` prints it, or the start of it).
@@ -280,6 +282,7 @@ def runs(
             descending=descending,
             limit=limit,
             sweep=sweep,
+            beat_interval=beat_interval,
         )
     finally:
         _close(reader)
@@ -296,6 +299,7 @@ def select_runs(
     descending: bool = True,
     limit: int | None = None,
     sweep: str | None = None,
+    beat_interval: float = 10.0,
 ) -> list[RunRecord]:
     """:func:`runs` through an open ``reader``, which it asks for whole runs where needed."""
     filters = [parse_filter(where)] if isinstance(where, str) else [parse_filter(w) for w in where]
@@ -312,7 +316,7 @@ def select_runs(
         if sweep is not None and not _sweep_id(record).startswith(sweep):
             return False
         if wanted is not None and record.status.upper() not in wanted:
-            if not (PROBABLY_DEAD in wanted and probably_dead(record, now)):
+            if not (PROBABLY_DEAD in wanted and probably_dead(record, now, beat_interval)):
                 return False
         if start is not None and (record.start_time is None or record.start_time < start):
             return False

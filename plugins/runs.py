@@ -349,6 +349,7 @@ def _select(
         until=_parse_time(config.getoption("until"), "--until"),
         limit=config.getoption("limit") if limit is None else limit,
         sweep=sweeps[0] if sweeps else None,
+        beat_interval=_beat(config),
         **order,
     )
 

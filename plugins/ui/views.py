@@ -72,7 +72,10 @@ class Selection:
 
 
 def select(
-    listing: Any, query: RunQuery, fetch: Callable[[str], RunRecord] | None = None
+    listing: Any,
+    query: RunQuery,
+    fetch: Callable[[str], RunRecord] | None = None,
+    beat: float = 10.0,
 ) -> Selection:
     """The runs of ``listing`` that pass ``query``, picked and ordered by the code of
     ``expkit runs list``; a bad filter or a key no run has is its :class:`UsageError`.
@@ -90,6 +93,7 @@ def select(
         status=query.status or None,  # none given: every status (an empty set: none)
         sort=None if by_text else query.sort,
         descending=query.descending,
+        beat_interval=beat,
     )
     if by_text:
         records = _sorted_by_text(records, query.sort, query.descending)
@@ -120,8 +124,7 @@ def select(
 
 def prepare(listing: Any, beat: float = 10.0) -> None:
     """Derive what the runs table's first page needs, before any page asks for it."""
-    # ``beat`` only matters to PROBABLY_DEAD, which the first page does not ask for.
-    select(listing, RunQuery())
+    select(listing, RunQuery(), beat=beat)
 
 
 def runs_page(
@@ -134,7 +137,7 @@ def runs_page(
 ) -> dict:
     """One page of the runs table: rows, columns, the total and the store's state."""
     listing = store.listing()
-    selection = select(listing, query, store.record)
+    selection = select(listing, query, store.record, beat)
     page = range(offset, min(offset + limit, len(selection.records)))
     return {
         "store": store.index,

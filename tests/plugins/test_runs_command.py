@@ -61,6 +61,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return runs
 
 
+HOUR = datetime.timedelta(hours=1)
+
+
 def runs(*args: str) -> int:
     return expkit.main(["runs", *args])
 
@@ -90,6 +93,20 @@ def test_a_running_run_without_heartbeat_for_long_is_probably_dead(
     store_run(store, store.parent / "c", {"C": 3}, None, status="RUNNING")
     assert runs("list", "--status", "RUNNING") == 0
     assert "PROBABLY_DEAD" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("beat", "dead"), [("", True), ("beat_interval = 3600\n", False)])
+def test_the_status_filter_and_the_table_judge_a_silent_run_alike(
+    store: Path, capsys: pytest.CaptureFixture, beat: str, dead: bool
+) -> None:
+    (store.parent / "pyproject.toml").write_text("[tool.expkit]\n" + beat)
+    silent = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    store_run(store, store.parent / "c", {"C": 3}, None, status="RUNNING", start=silent - HOUR / 2)
+    assert runs("list", "--status", "PROBABLY_DEAD", "--json") == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == (["3"] if dead else [])
+    assert runs("list", "--status", "RUNNING", "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in shown] == ["PROBABLY_DEAD" if dead else "RUNNING"]
 
 
 @pytest.mark.parametrize(
