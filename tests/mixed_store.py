@@ -80,7 +80,7 @@ MAINS = {
 
 
 def record_mixed(url: str, artifact_dir: Path | None = None) -> None:
-    """Run every experiment of :data:`EXPERIMENTS` into the store at ``url`` (13 runs).
+    """Run every experiment of :data:`EXPERIMENTS` into the store at ``url`` (12 runs).
 
     With ``artifact_dir``, the first svm run also keeps an artifact ``model.bin``.
     """
