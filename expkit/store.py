@@ -181,6 +181,11 @@ class Storage:
         """Whether the store answers now (a quick check before a last retry)."""
         return True
 
+    def stamp(self) -> Any:
+        """A cheap value that changes whenever a run starts, ends, is edited or deleted
+        (a running run's heartbeat need not change it); ``None``: this store cannot say."""
+        return None
+
     def close(self) -> None:
         """Let go of connections and files."""
 
@@ -584,6 +589,10 @@ class StoreReader:
     def capabilities(self) -> frozenset[str]:
         """What this store can do beyond reading: ``"delete"``, ``"edit"``."""
         return self.storage.capabilities
+
+    def stamp(self) -> Any:
+        """:meth:`Storage.stamp`: whether a listing taken before may be out of date."""
+        return self.storage.stamp()
 
     def list_runs(self) -> list[RunRecord]:
         """Every run as a summary (no output, metrics, host or experiment info), in id order."""

@@ -269,6 +269,19 @@ class FileStorage(Storage):
                 _append_bytes(index_path, b"".join(_index_line(s) for s in repaired))
         return [_doc_from_summary(s) for s in ordered]
 
+    def stamp(self) -> tuple[int, ...]:
+        """The store folder's modification time (a run folder made or removed) and the
+        index's size and time (a run ended or edited)."""
+        stamp = []
+        for path in (self.basedir, os.path.join(self.basedir, INDEX_FILE)):
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamp += [-1, -1]
+            else:
+                stamp += [st.st_size, st.st_mtime_ns]
+        return tuple(stamp)
+
     def load(self, run_id: Any) -> dict:
         """The run's document from run.json, config.json, info.json and cout.txt."""
         rundir = self._rundir(run_id)
