@@ -15,7 +15,8 @@ What is measured, each against the real ``expkit ui`` in a child process:
   the background);
 * the runs table shown in headless Chromium: from navigation to 50 rows on screen;
 * a run of ``--points`` metric points charted: from navigation to the chart drawn, the
-  first time (the reader loads the run) and again;
+  first time (the reader loads the run: once after the table was shown, twice more in a
+  fresh server; the median) and again;
 * with ``--mlflow`` (``tox -e bench-ui``): ``mlflow server`` over its SQLite store with
   the same number of runs: its runs search (50 runs, as its UI asks) and its runs table in
   the browser.
@@ -55,7 +56,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TARGETS = {"api_first_page_warm": 0.050, "table_shown": 1.0, "chart_shown_again": 1.0}
+TARGETS = {
+    "api_first_page_warm": 0.050,
+    "table_shown": 1.0,
+    "chart_shown_first": 1.0,
+    "chart_shown_again": 1.0,
+}
+FIRST_VIEWS = 3  # the first chart of a run, each time in a fresh server: the median
 
 
 def make_file_store(folder: Path, runs: int) -> str:
@@ -205,22 +212,33 @@ def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[
                 )
                 shown.append(time.perf_counter() - begin)
             out["table_shown"] = statistics.median(shown)
-            charted = []
-            for _ in range(3):
-                begin = time.perf_counter()
-                page.goto(url + "/runs/1?store=1")
-                page.wait_for_function(
-                    "() => window.expkitRun && window.expkitRun.panels[0].plot"
-                    " && window.expkitRun.panels[0].plot.data[0].length > 0",
-                    timeout=120_000,
-                )
-                charted.append(time.perf_counter() - begin)
+            charted = [_charted(page, url) for _ in range(3)]
             out["chart_points_drawn"] = page.evaluate(
                 "window.expkitRun.panels[0].plot.data[0].length"
             )
-            out["chart_shown_first"] = charted[0]
+            firsts = [charted[0]]
+            for _ in range(FIRST_VIEWS - 1):  # each in a new server: the run not read yet
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                argv = [EXPKIT, "ui", "--store", store, "--store", big_store, "--port", str(port)]
+                with Server(argv, url + "/static/style.css?", work):
+                    firsts.append(_charted(page, url))
+            out["chart_shown_first"] = statistics.median(firsts)
+            out["chart_shown_first_samples"] = firsts
             out["chart_shown_again"] = statistics.median(charted[1:])
     return out
+
+
+def _charted(page: Any, url: str) -> float:
+    """Seconds from navigating to the big run's page to its chart drawn."""
+    begin = time.perf_counter()
+    page.goto(url + "/runs/1?store=1")
+    page.wait_for_function(
+        "() => window.expkitRun && window.expkitRun.panels[0].plot"
+        " && window.expkitRun.panels[0].plot.data[0].length > 0",
+        timeout=120_000,
+    )
+    return time.perf_counter() - begin
 
 
 def make_mlflow_store(db: Path, runs: int) -> str:
@@ -336,7 +354,11 @@ def markdown(report: dict[str, Any]) -> str:
         ("`/api/runs` first page (median)", "api_first_page_warm", "api_first_page_warm"),
         ("`/api/runs` filtered and sorted (median)", "api_filtered_sorted", None),
         ("runs table shown in the browser", "table_shown", "table_shown"),
-        (f"{report['points']:,} points charted, first time", "chart_shown_first", None),
+        (
+            f"{report['points']:,} points charted, first time (median of {FIRST_VIEWS} servers)",
+            "chart_shown_first",
+            "chart_shown_first",
+        ),
         (f"{report['points']:,} points charted, again", "chart_shown_again", "chart_shown_again"),
     ]
     lines = [
@@ -357,6 +379,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Points drawn for the {report['points']:,}-point series: {e.get('chart_points_drawn')}.",
+        "First views of that chart, each the run's first reading: "
+        + ", ".join(_fmt(v) for v in e.get("chart_shown_first_samples") or ())
+        + ".",
     ]
     if report.get("mlflow_error"):
         lines.append(f"MLflow not measured: {report['mlflow_error']}")
