@@ -374,6 +374,37 @@ def test_local_packages_are_no_dependencies_but_a_venv_under_base_dir_is(
     assert [s.name for s in result["sources"]] == [os.path.join("localdep_pkg", "__init__.py")]
 
 
+@pytest.mark.parametrize("listing", ["top_level.txt", "RECORD"])
+def test_a_package_named_unlike_its_distribution_is_found_by_the_files_it_installed(
+    tmp_path: Path, import_module: Callable[[Path, str], ModuleType], listing: str
+) -> None:
+    # Wheels built by flit or hatchling have no top_level.txt: their RECORD says what is theirs.
+    site = tmp_path / "site"
+    write(site / "oddname_pkg" / "__init__.py", "")
+    dist_info = site / "odd_dist-4.5.dist-info"
+    write(dist_info / "METADATA", "Metadata-Version: 2.1\nName: odd-dist\nVersion: 4.5\n")
+    if listing == "RECORD":
+        write(
+            dist_info / "RECORD",
+            "oddname_pkg/__init__.py,sha256=47DEQpj8HBSa,0\n"
+            "odd_dist-4.5.dist-info/METADATA,,\n"
+            "../../bin/odd,sha256=x,10\n",
+        )
+    else:
+        write(dist_info / "top_level.txt", "oddname_pkg\n")
+    project = tmp_path / "project"
+    write(project / "exp.py", "import oddname_pkg\n")
+    import_module(site, "oddname_pkg")
+    import_module(project, "exp")
+    sources._packages_distributions.cache_clear()
+    try:
+        deps = info(experiment(project, project / "exp.py"))["dependencies"]
+    finally:
+        sources._packages_distributions.cache_clear()
+
+    assert Dependency("odd-dist", "4.5") in deps
+
+
 # --- git ----------------------------------------------------------------------
 
 
