@@ -385,7 +385,7 @@ class DaskDriver:
 
     def _spec(self) -> SessionSpec:
         # Sent with every point, not scattered: scattered data dies with the workers holding it.
-        return session_spec(self.session, shipped_files(self.session))
+        return session_spec(self.session.config, shipped_files(self.session))
 
     def _drive(
         self,
@@ -455,7 +455,7 @@ class DaskDriver:
         self._report(result)
 
     def _urls(self) -> tuple[str, ...]:
-        return session_spec(self.session).store_urls
+        return session_spec(self.session.config).store_urls
 
     def _report(self, report: RunReport) -> None:
         from expkit_plugins.session import fails_session

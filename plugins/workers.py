@@ -67,11 +67,10 @@ def point_spec(item: Item, rootdir: Path) -> PointSpec:
     return PointSpec(relative, item.originalname, item.nodeid, dict(item.params), item.sweep)
 
 
-def session_spec(session: Any, files: tuple[ShippedFile, ...] = ()) -> SessionSpec:
-    """The :class:`~expkit.remote.SessionSpec` of the driver's ``session``."""
+def session_spec(config: Any, files: tuple[ShippedFile, ...] = ()) -> SessionSpec:
+    """The :class:`~expkit.remote.SessionSpec` of the driver's ``config``."""
     from expkit.remote import SessionSpec
 
-    config = session.config
     urls: tuple[str, ...] = ()
     if not config.option.unobserved:
         from expkit_plugins.session import store_urls
@@ -301,7 +300,7 @@ def expkit_runtestloop(session: Any) -> bool | None:
 class _Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, number: int, spec: SessionSpec, cwd: str) -> None:
+    def __init__(self, number: int, spec: SessionSpec) -> None:
         import socket
         import subprocess
         import tempfile
@@ -320,7 +319,7 @@ class _Worker:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
-            cwd=cwd,
+            cwd=spec.invocation_dir,
             # Its own session: Ctrl-C at the terminal reaches the driver alone, which then
             # interrupts the workers that are running something, and only those.
             start_new_session=True,
@@ -328,6 +327,8 @@ class _Worker:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.conn.send(spec)
+        self.spec = spec
+        self._asked_to_stop = False
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines the worker wrote to its stdout and stderr."""
@@ -338,14 +339,20 @@ class _Worker:
             return ""
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
+    def ask_to_stop(self) -> None:
+        """Ask the worker to end, without waiting for it."""
+        if not self._asked_to_stop:
+            self._asked_to_stop = True
+            try:
+                self.conn.send(("stop",))
+            except OSError:
+                pass
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to end, and make sure it does."""
         import subprocess
 
-        try:
-            self.conn.send(("stop",))
-        except OSError:
-            pass
+        self.ask_to_stop()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -353,6 +360,23 @@ class _Worker:
             self.proc.wait()
         self.conn.close()
         self.log.close()
+
+
+def start_workers(n: int, spec: SessionSpec) -> list[_Worker]:
+    """Start ``n`` workers of ``spec`` ahead of a :class:`Driver`, which adopts those of its spec.
+
+    A worker's start-up (Python, expkit, the plugins, the command line) then overlaps with
+    the driver's own: ``expkit tune`` importing Optuna and opening its study.
+    """
+    return [_Worker(number, spec) for number in range(1, n + 1)]
+
+
+def stop_workers(workers: list[_Worker]) -> None:
+    """Ask every worker to end, then wait for each: they wind down side by side."""
+    for worker in workers:
+        worker.ask_to_stop()
+    for worker in workers:
+        worker.stop()
 
 
 def describe_exit(code: int | None) -> str:
@@ -372,15 +396,18 @@ def describe_exit(code: int | None) -> str:
 class Driver:
     """Hands the session's items to ``n`` worker processes and gathers their reports."""
 
-    def __init__(self, session: Any, n: int) -> None:
+    def __init__(self, session: Any, n: int, started: list[_Worker] | None = None) -> None:
         self.session = session
         self.config = session.config
         self.hook = session.config.pluginmanager.hook
         self.n = n
-        self.spec = session_spec(session)
+        self.spec = session_spec(session.config)
         self.pending: deque[Item] = deque()
         self.workers: list[_Worker] = []
-        self.numbers = iter(range(1, 1 << 30))
+        # Workers started before the driver knew its items (see start_workers): taken out of
+        # that list first, the ones left in it stopped at the end.
+        self.started = started if started is not None else []
+        self.numbers = iter(range(len(self.started) + 1, 1 << 30))
         self.stopping = False
 
     def run(self) -> None:
@@ -403,11 +430,12 @@ class Driver:
         except KeyboardInterrupt:
             self._interrupt()
         finally:
-            for worker in self.workers:
-                worker.stop()
+            stop_workers([*self.workers, *self.started])
 
     def _start(self) -> _Worker:
-        return _Worker(next(self.numbers), self.spec, self.spec.invocation_dir)
+        if self.started and self.started[0].spec == self.spec:
+            return self.started.pop(0)
+        return _Worker(next(self.numbers), self.spec)
 
     def _loop(self) -> None:
         from multiprocessing.connection import wait

@@ -114,15 +114,35 @@ def expkit_configure(config: Any) -> None:
 def expkit_cmdline_main(config: Any) -> int | None:
     if config.command != "tune":
         return None
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise UsageError("expkit tune needs Optuna: pip install 'expkit[tune]'") from None
-    from expkit_plugins.tune import study
+    from expkit_plugins.workers import start_workers, stop_workers
 
-    if config.option.importance:
-        return study.print_importance(config)
-    return study.tune(config)
+    option = config.option
+    started = []
+    if not option.importance and option.numprocesses and not getattr(option, "dask", None):
+        # Started first, the workers get ready while Optuna is imported and the study opened;
+        # the driver takes them over, and those it does not need are stopped below.
+        started = start_workers(min(option.numprocesses, option.trials or 1), trial_spec(config))
+    try:
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise UsageError("expkit tune needs Optuna: pip install 'expkit[tune]'") from None
+        from expkit_plugins.tune import study
+
+        if option.importance:
+            return study.print_importance(config)
+        return study.tune(config, started)
+    finally:
+        stop_workers(started)
+
+
+def trial_spec(config: Any) -> Any:
+    """What a ``-n`` worker needs to run the trials: the session, read as tune's options."""
+    import attrs
+
+    from expkit_plugins.workers import session_spec
+
+    return attrs.evolve(session_spec(config), command="tune")
 
 
 # --- in the processes that run trials ---------------------------------------------------

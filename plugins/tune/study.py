@@ -38,6 +38,7 @@ from expkit.pluginmanager import hookimpl
 from expkit.utils import redact_url
 from expkit_plugins.dask_workers import DaskDriver
 from expkit_plugins.sweep import Sweep, id_text, objective, parse_sweep
+from expkit_plugins.tune import trial_spec
 from expkit_plugins.workers import Driver, mark_stored, point_spec, set_asker
 
 # How often the driver looks at a run left running by an earlier session's worker.
@@ -539,8 +540,11 @@ def _describe(defined: dict) -> str:
     return " ".join(parts)
 
 
-def tune(config: Any) -> int:
-    """``expkit tune NODEID ...``: run the study's trials up to ``--trials``."""
+def tune(config: Any, started: list | None = None) -> int:
+    """``expkit tune NODEID ...``: run the study's trials up to ``--trials``.
+
+    ``started``: the ``-n`` worker processes started ahead (``workers.start_workers``).
+    """
     from expkit.nodes import Session
     from expkit_plugins.session import collect, configure_logging, run_updates
 
@@ -605,7 +609,7 @@ def tune(config: Any) -> int:
         # The reporter counts [k/N] from the items: one per trial this session means to run.
         session.items = [base] * todo
         if todo:
-            _drive(tuner, todo)
+            _drive(tuner, todo, started)
     except KeyboardInterrupt:
         session.shouldstop = session.interrupted = True
     finally:
@@ -663,12 +667,12 @@ def _exit_code(session: Any, tuner: Tuner) -> ExitCode:
     return ExitCode.OK
 
 
-def _drive(tuner: Tuner, todo: int) -> None:
+def _drive(tuner: Tuner, todo: int, started: list | None) -> None:
     option = tuner.session.config.option
     if option.dask:
         DaskTrials(tuner.session, tuner).run()
     elif option.numprocesses:
-        LocalTrials(tuner.session, option.numprocesses, tuner).drive(todo)
+        LocalTrials(tuner.session, option.numprocesses, tuner, started).drive(todo)
     else:
         run_here(tuner)
 
@@ -720,10 +724,10 @@ class _Trials:
 class LocalTrials(_Trials, Driver):
     """Hands trials to ``-n`` local worker processes, a new one to each as it is free."""
 
-    def __init__(self, session: Any, n: int, tuner: Tuner) -> None:
-        super().__init__(session, n)
+    def __init__(self, session: Any, n: int, tuner: Tuner, started: list | None = None) -> None:
+        super().__init__(session, n, started)
         self.tuner = tuner
-        self.spec = attrs.evolve(self.spec, command="tune")  # the workers read tune's options
+        self.spec = trial_spec(session.config)
 
     def next_point(self, worker: Any) -> Any:
         return self.tuner.next(worker.proc.pid)
