@@ -1,9 +1,10 @@
 """``-n N|auto``: run the items in long-lived local worker processes, as pytest-xdist does.
 
-Each worker is ``python`` started once; it loads the plugins and reads the command line
-as the driver did, imports each experiment file once, and runs the items it is handed one
-after another, into the stores, with output captured as usual. The driver hands the next
-item to whichever worker is free. A worker that dies (a signal, ``os._exit``, the OOM
+Each worker is started once (forked from a server that imported expkit and its plugins,
+where the platform has one); it loads the plugins and reads the command line as the driver
+did, imports each experiment file once, and runs the items it is handed one after another,
+into the stores, with output captured as usual. The driver hands the next item to whichever
+worker is free. A worker that dies (a signal, ``os._exit``, the OOM
 killer) has its item reported and stored as FAILED and is replaced. Ctrl-C stops the
 handing out, interrupts the running items (stored as INTERRUPTED) and exits with 2.
 
@@ -13,11 +14,13 @@ driver sends a worker (:mod:`expkit.remote`) is imported only when ``-n`` or ``-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,11 +194,8 @@ class WorkerSession:
 # --- the worker process ------------------------------------------------------------------
 
 
-def worker_main(fd: int) -> None:
-    """The loop of a worker process: run what the driver sends over the socket ``fd``."""
-    from multiprocessing.connection import Connection
-
-    conn = Connection(fd)
+def worker_main(conn: Any) -> None:
+    """The loop of a worker process: run what the driver sends over the connection ``conn``."""
     lock = threading.Lock()
     current: dict[str, Any] = {}
 
@@ -301,31 +301,23 @@ class _Worker:
     """The driver's handle on one worker process."""
 
     def __init__(self, number: int, spec: SessionSpec) -> None:
-        import socket
-        import subprocess
         import tempfile
-        from multiprocessing.connection import Connection
 
         self.number = number
         self.item: Item | None = None
         self.run_id: Any = None
         self.ready = False
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop() or by the driver)
-        ours, theirs = socket.socketpair()
-        code = f"from expkit_plugins.workers import worker_main; worker_main({theirs.fileno()})"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            cwd=spec.invocation_dir,
-            # Its own session: Ctrl-C at the terminal reaches the driver alone, which then
-            # interrupts the workers that are running something, and only those.
-            start_new_session=True,
+        fd, self._log_path = tempfile.mkstemp(prefix=f"expkit-worker{number}-", suffix=".log")
+        self.log = os.fdopen(fd, "rb")
+        context = _context()
+        self.conn, theirs = context.Pipe()
+        self.proc = context.Process(
+            target=_worker_process,
+            args=(theirs, self._log_path, spec.invocation_dir, dict(os.environ)),
+            name=f"expkit-worker-{number}",
         )
+        self.proc.start()
         theirs.close()
-        self.conn = Connection(ours.detach())
         self.conn.send(spec)
         self.spec = spec
         self._asked_to_stop = False
@@ -350,25 +342,90 @@ class _Worker:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to end, and make sure it does."""
-        import subprocess
-
         self.ask_to_stop()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.join()
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the ended worker's socket and log."""
         self.conn.close()
         self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._log_path)
 
 
-def start_workers(n: int, spec: SessionSpec) -> list[_Worker]:
+# Where workers come from: a fork server that imported expkit and its plugins once (on
+# Linux and macOS), so that starting n workers costs one import, not n; else new interpreters.
+_CONTEXT: Any = None
+
+
+def _context() -> Any:
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        from expkit import installed
+
+        try:
+            _CONTEXT = multiprocessing.get_context("forkserver")
+        except ValueError:  # Windows
+            _CONTEXT = multiprocessing.get_context("spawn")
+        else:
+            ours = [
+                ep.value
+                for group in ("expkit", "expkit.command")
+                for ep in installed.entry_points(group)
+                if ep.dist.canonical_name == "expkit"
+            ]
+            _CONTEXT.set_forkserver_preload(["expkit.cli", "expkit.run", *ours])
+    return _CONTEXT
+
+
+def _worker_process(conn: Any, log_path: str, cwd: str, environ: dict[str, str]) -> None:
+    # As a new `python -c` started by the driver would be: in its folder, with its
+    # environment, its own session (Ctrl-C at the terminal reaches the driver alone, which
+    # interrupts the workers running something), its output in its log.
+    if hasattr(os, "setsid"):  # not on Windows
+        os.setsid()
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    with contextlib.suppress(OSError):  # the driver reads it by its open handle
+        os.unlink(log_path)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    worker_main(conn)
+
+
+def start_workers(n: int, spec: SessionSpec) -> Callable[[], list[_Worker]]:
     """Start ``n`` workers of ``spec`` ahead of a :class:`Driver`, which adopts those of its spec.
 
-    A worker's start-up (Python, expkit, the plugins, the command line) then overlaps with
-    the driver's own: ``expkit tune`` importing Optuna and opening its study.
+    They start from a thread: the caller goes on (``expkit tune`` imports Optuna and opens
+    its study meanwhile) and calls the returned function for the workers when it needs them.
     """
-    return [_Worker(number, spec) for number in range(1, n + 1)]
+    workers: list[_Worker] = []
+
+    def start() -> None:
+        # A worker that cannot be started here fails again, and says why, in the driver.
+        with contextlib.suppress(Exception):
+            for number in range(1, n + 1):
+                workers.append(_Worker(number, spec))
+
+    thread = threading.Thread(target=start, name="expkit-start-workers", daemon=True)
+    thread.start()
+
+    def started() -> list[_Worker]:
+        thread.join()
+        return workers
+
+    return started
 
 
 def stop_workers(workers: list[_Worker]) -> None:
@@ -517,12 +574,11 @@ class Driver:
 
     def _lost(self, worker: _Worker) -> None:
         """``worker`` died: its item failed, a new worker takes its place."""
-        worker.proc.wait()
-        how = describe_exit(worker.proc.returncode)
+        worker.proc.join()
+        how = describe_exit(worker.proc.exitcode)
         self.workers.remove(worker)
         tail = worker.log_tail()
-        worker.conn.close()
-        worker.log.close()
+        worker.close()
         if worker.item is not None:
             message = f"worker {worker.number} (pid {worker.proc.pid}) died ({how}) running it"
             longrepr = message + (f"; its last output:\n{tail}" if tail else "")

@@ -117,7 +117,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
     from expkit_plugins.workers import start_workers, stop_workers
 
     option = config.option
-    started = []
+    started: Any = list  # no workers started ahead
     if not option.importance and option.numprocesses and not getattr(option, "dask", None):
         # Started first, the workers get ready while Optuna is imported and the study opened;
         # the driver takes them over, and those it does not need are stopped below.
@@ -133,7 +133,7 @@ def expkit_cmdline_main(config: Any) -> int | None:
             return study.print_importance(config)
         return study.tune(config, started)
     finally:
-        stop_workers(started)
+        stop_workers(started())
 
 
 def trial_spec(config: Any) -> Any:

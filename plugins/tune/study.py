@@ -540,10 +540,10 @@ def _describe(defined: dict) -> str:
     return " ".join(parts)
 
 
-def tune(config: Any, started: list | None = None) -> int:
+def tune(config: Any, started: Any = list) -> int:
     """``expkit tune NODEID ...``: run the study's trials up to ``--trials``.
 
-    ``started``: the ``-n`` worker processes started ahead (``workers.start_workers``).
+    ``started()``: the ``-n`` worker processes started ahead (``workers.start_workers``).
     """
     from expkit.nodes import Session
     from expkit_plugins.session import collect, configure_logging, run_updates
@@ -667,12 +667,12 @@ def _exit_code(session: Any, tuner: Tuner) -> ExitCode:
     return ExitCode.OK
 
 
-def _drive(tuner: Tuner, todo: int, started: list | None) -> None:
+def _drive(tuner: Tuner, todo: int, started: Any) -> None:
     option = tuner.session.config.option
     if option.dask:
         DaskTrials(tuner.session, tuner).run()
     elif option.numprocesses:
-        LocalTrials(tuner.session, option.numprocesses, tuner, started).drive(todo)
+        LocalTrials(tuner.session, option.numprocesses, tuner, started()).drive(todo)
     else:
         run_here(tuner)
 

@@ -172,3 +172,33 @@ def test_n_auto_runs_plain_experiments_too(project: Path) -> None:
     assert run["result"] == 7 and run["status"] == "COMPLETED"
     assert "meta" in run and "sweep" not in run["meta"]
     assert os.getpid() != int(point_pid(run))
+
+
+ENV_EXP = """\
+import os
+
+import expkit
+
+@expkit.config
+def cfg():
+    x = 0
+
+def exp_env(x):
+    return [x, os.environ.get("EXPKIT_TEST_GREETING"), os.path.basename(os.getcwd())]
+"""
+
+
+def test_workers_of_each_session_get_its_folder_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In one process (a notebook, a test), workers of a later session must not run with
+    # what an earlier one had: its working folder, its environment.
+    import expkit
+
+    for name, greeting in (("first", "hello"), ("second", "bonjour")):
+        project = write_project(tmp_path / name, {"exp_env.py": ENV_EXP})
+        monkeypatch.chdir(project)
+        monkeypatch.setenv("EXPKIT_TEST_GREETING", greeting)
+        assert expkit.main(["run", "exp_env.py", "--sweep", "x=1,2", "-n", "2", "-q"]) == 0
+        results = sorted(r["result"] for r in stored_runs(project / "runs"))
+        assert results == [[1, greeting, name], [2, greeting, name]]
