@@ -3,9 +3,10 @@
 Listing a store of 10,000 runs takes its reader a few hundred milliseconds, and every
 open page asks again every few seconds; so each store's listing is kept and read anew
 in the background once it is :data:`LISTING_AGE` seconds old (the page sees at most
-one refresh's delay). A store whose reader has a stamp (the file store's is its folder's
-and index's times) is read anew only when the stamp changed or runs were not ended yet,
-and at least every :data:`STAMPED_LISTING_AGE` seconds: a listing of 10,000 runs costs
+one refresh's delay); one older than :data:`SHOWN_LISTING_AGE` is read before it is
+shown. A store whose reader has a stamp (the file store's is its folder's and index's
+times) is read anew only when the stamp changed or runs were not ended yet, and at least
+every :data:`STAMPED_LISTING_AGE` seconds: a listing of 10,000 runs costs
 half a second of the server's time, which the pages of one user would otherwise wait
 behind every two seconds. Full records are kept for a page's burst of requests, longer
 once the run has ended. A reader is used by one thread at a time: the reader protocol
@@ -30,6 +31,9 @@ from expkit.utils import redact_url
 log = logging.getLogger("expkit")
 
 LISTING_AGE = 2.0  # seconds a listing is shown before it is read again
+# Older than this (nobody looked for a while), a listing is read before it is shown: the
+# first page after a pause must not show a run RUNNING that ended minutes ago.
+SHOWN_LISTING_AGE = 10.0
 STAMPED_LISTING_AGE = 60.0  # the same for an unchanged stamp (a run.json edited by hand)
 RECORD_AGE = 2.0  # seconds a running run's full record is reused
 ENDED_RECORD_AGE = 30.0  # the same for a run that has ended (only edits change it)
@@ -94,16 +98,20 @@ class StoreView:
         """The runs as summaries: the kept listing, read anew in the background when old."""
         with self._lock:
             current = self._listing
-            if current is not None:
-                if time.monotonic() - current.read_at > LISTING_AGE and not self._refreshing:
+            age = None if current is None else time.monotonic() - current.read_at
+            if age is not None and age <= SHOWN_LISTING_AGE:
+                if age > LISTING_AGE and not self._refreshing:
                     self._refreshing = True
                     threading.Thread(target=self._refresh, daemon=True).start()
                 return current
         with self._first_reading:  # one reading for all the requests that wait for it
-            if self._listing is None:
+            current = self._listing
+            if current is None:
                 listing = self._read_listing()
                 with self._lock:
                     self._listing = listing
+            elif time.monotonic() - current.read_at > SHOWN_LISTING_AGE:
+                self._refresh()  # here, not in the background; by the stamp where there is one
             return self._listing
 
     def record(self, run_id: str) -> RunRecord:

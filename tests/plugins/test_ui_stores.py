@@ -6,6 +6,7 @@ import datetime
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 pytest.importorskip("starlette")
@@ -91,3 +92,14 @@ def test_an_unchanged_listing_is_read_again_after_a_minute(view, monkeypatch):
     monkeypatch.setattr(stores, "STAMPED_LISTING_AGE", 0.0)  # a run.json edited by hand
     _looked_again(view)
     assert view.reader.readings == 2
+
+
+def test_a_listing_nobody_looked_at_for_a_while_is_read_before_it_is_shown(view, tmp_path):
+    # The first page after a pause must not show what the store held minutes ago.
+    view.listing()
+    running = _record(tmp_path / "runs", ended=False)
+    running.completed_event(T0, 0.25)
+    view._listing = attrs.evolve(view._listing, read_at=time.monotonic() - 60)
+    listing = view.listing()
+    assert [str(r.id) for r in listing.records] == ["1", "2", "3"]
+    assert [r.status for r in listing.records] == ["COMPLETED"] * 3
