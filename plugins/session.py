@@ -19,7 +19,7 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.logs import ConsoleLogHandler
 from expkit.nodes import CollectError, ExitCode, Item, RunReport, Session
 from expkit.pluginmanager import hookimpl
-from expkit.run import FAILED, create_run, store_for_url
+from expkit.run import FAILED, INTERRUPTED, create_run, store_for_url
 from expkit.settings import CAPTURE_MODES
 from expkit.tracebacks import format_user_traceback
 from expkit.utils import parse_literal
@@ -229,6 +229,10 @@ def run_item(session: Session, item: Item, meta: dict | None = None) -> RunRepor
             # Refused before it started (a seed that is no integer, ...): say why.
             status = "ERROR" if isinstance(exc, ExpkitError) else FAILED
             return RunReport(item.nodeid, status, time.perf_counter() - start, message=str(exc))
+    if run.status == INTERRUPTED:
+        # However the interrupt reached the run (Ctrl-C, SIGTERM, ExpkitInterrupt), nothing
+        # more is started: as the -n driver does for a worker's interrupted item.
+        session.shouldstop = session.interrupted = True
     duration = time.perf_counter() - start
     message = None
     if run.status == FAILED and run.fail_trace:

@@ -410,3 +410,28 @@ def test_a_malformed_parametrize_is_a_collection_error(tmp_path: Path) -> None:
     proc = run_expkit("run", cwd=tmp_path)
     assert proc.returncode == ExitCode.INTERRUPTED
     assert "each value must be a tuple of 2 values, one per name; got (3,)" in proc.stdout
+
+
+def test_a_point_ended_interrupted_stops_the_sweep_as_ctrl_c_does(tmp_path: Path) -> None:
+    # Serial points stop at an interrupted one, as -n workers do; the rest are not started.
+    project = write_project(
+        tmp_path,
+        {
+            "exp_stop.py": """\
+            import expkit
+
+            @expkit.config
+            def cfg():
+                x = 0
+
+            def exp_stop(x):
+                if x == 1:
+                    raise expkit.SacredInterrupt("stopped by hand")
+                return x
+            """
+        },
+    )
+    proc = run_expkit("run", "exp_stop.py", "--sweep", "x=0,1,2,3", cwd=project)
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stdout + proc.stderr
+    runs = stored_runs(project / "runs")
+    assert [r["status"] for r in runs] == ["COMPLETED", "INTERRUPTED"]
