@@ -503,24 +503,34 @@ def _highlight(name: str, text: str) -> Markup:
     lexer: Any = TextLexer()
     if len(text) <= MAX_HIGHLIGHTED:
         try:
-            lexer = get_lexer_for_filename(name, stripnl=False)
+            with _LEXERS:
+                lexer = get_lexer_for_filename(name, stripnl=False)
         except ClassNotFound:
             pass
     return Markup(highlight(text, lexer, HtmlFormatter(linenos="table")))
 
 
+# Pygments finds and loads its lexers into shared caches, not safely from two threads at
+# once: the warm-up below and a page's first highlighting raced into a 500 (1 in 20 runs).
+_LEXERS = threading.Lock()
+
+
 def _find_lexers() -> None:
     from pygments.lexers import get_lexer_for_filename
 
-    get_lexer_for_filename("warm-up.py")
+    with _LEXERS:
+        get_lexer_for_filename("warm-up.py")
 
 
 def _highlight_diff(lines: list[str]) -> Markup:
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
-    from pygments.lexers import DiffLexer
 
-    return Markup(highlight("\n".join(lines) + "\n", DiffLexer(), HtmlFormatter()))
+    with _LEXERS:
+        from pygments.lexers import DiffLexer
+
+        lexer = DiffLexer()
+    return Markup(highlight("\n".join(lines) + "\n", lexer, HtmlFormatter()))
 
 
 def _file_response(data: bytes, name: str, content_type: str | None, download: Any) -> Response:

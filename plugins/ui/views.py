@@ -390,6 +390,7 @@ def output_chunk(
         "status": record.status,
         "probably_dead": dead,
         "running": record.status == "RUNNING" and not dead,
+        "beat_interval": beat,  # a running run's output reaches its store with each heartbeat
         "heartbeat": to_data(record.heartbeat),
         "stop_time": to_data(record.stop_time),
         "duration": _seconds(record.duration),

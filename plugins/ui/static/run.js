@@ -46,7 +46,11 @@ async function pollOutput() {
   document.getElementById("duration").textContent = duration(chunk.duration);
   // A run that stopped beating may still come back: it is followed until it has ended.
   const live = chunk.status === "RUNNING" || chunk.status === "QUEUED";
-  following.textContent = !live ? "" : chunk.probably_dead ? "(no heartbeat for a while: probably dead)" : "(following the running run)";
+  following.textContent = !live
+    ? ""
+    : chunk.probably_dead
+      ? "(no heartbeat for a while: probably dead)"
+      : `(following the running run: output reaches the store with each heartbeat, every ${chunk.beat_interval} s by this project's setting)`;
   if (running && !live) {
     running = false;
     document.getElementById("result").textContent = show(chunk.result);
