@@ -181,12 +181,18 @@ def timed_request(url: str, data: bytes | None = None) -> tuple[float, bytes]:
     return time.perf_counter() - begin, body
 
 
-def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[str, Any]:
+def _expkit_ui(store: str, big_store: str, work: Path) -> tuple[Server, str]:
+    """``expkit ui`` over both stores on a free port (to enter), and its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [EXPKIT, "ui", "--store", store, "--store", big_store, "--port", str(port)]
+    return Server(argv, url + "/static/style.css?", work), url
+
+
+def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    with Server(argv, url + "/static/style.css?", work) as server:
+    ui, url = _expkit_ui(store, big_store, work)
+    with ui as server:
         out["server_start"] = server.started
         first, body = timed_request(url + "/api/runs?limit=50")
         out["api_first_page_cold"] = first
@@ -218,11 +224,9 @@ def measure_expkit(store: str, big_store: str, repeat: int, work: Path) -> dict[
             )
             firsts = [charted[0]]
             for _ in range(FIRST_VIEWS - 1):  # each in a new server: the run not read yet
-                port = free_port()
-                url = f"http://127.0.0.1:{port}"
-                argv = [EXPKIT, "ui", "--store", store, "--store", big_store, "--port", str(port)]
-                with Server(argv, url + "/static/style.css?", work):
-                    firsts.append(_charted(page, url))
+                fresh, fresh_url = _expkit_ui(store, big_store, work)
+                with fresh:
+                    firsts.append(_charted(page, fresh_url))
             out["chart_shown_first"] = statistics.median(firsts)
             out["chart_shown_first_samples"] = firsts
             out["chart_shown_again"] = statistics.median(charted[1:])

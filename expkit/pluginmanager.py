@@ -145,6 +145,11 @@ def _entry_points(command: bool = False) -> list[installed.EntryPoint]:
     return [ep for group in groups for ep in installed.entry_points(group)]
 
 
+def builtin_plugin_modules() -> list[str]:
+    """The modules of expkit's own plugins, those of the ``expkit`` command included."""
+    return [ep.value for ep in _entry_points(command=True) if ep.dist.canonical_name == _DIST_NAME]
+
+
 def create_plugin_manager(
     blocked: Iterable[str] = (),
     early: Iterable[str] = (),
@@ -197,6 +202,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "PluginInfo",
     "PluginManager",
+    "builtin_plugin_modules",
     "create_plugin_manager",
     "get_plugin_manager",
     "hookimpl",

@@ -367,20 +367,15 @@ def _context() -> Any:
     if _CONTEXT is None:
         import multiprocessing
 
-        from expkit import installed
+        from expkit.pluginmanager import builtin_plugin_modules
 
         try:
             _CONTEXT = multiprocessing.get_context("forkserver")
         except ValueError:  # Windows
             _CONTEXT = multiprocessing.get_context("spawn")
         else:
-            ours = [
-                ep.value
-                for group in ("expkit", "expkit.command")
-                for ep in installed.entry_points(group)
-                if ep.dist.canonical_name == "expkit"
-            ]
-            _CONTEXT.set_forkserver_preload(["expkit.cli", "expkit.run", *ours])
+            preload = ["expkit.cli", "expkit.run", *builtin_plugin_modules()]
+            _CONTEXT.set_forkserver_preload(preload)
     return _CONTEXT
 
 
