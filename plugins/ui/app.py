@@ -211,9 +211,10 @@ class _UI:
 
     def pygments_css(self, request: Request) -> Response:
         if self._pygments_css is None:
-            from pygments.formatters import HtmlFormatter
+            with _PYGMENTS:
+                from pygments.formatters import HtmlFormatter
 
-            self._pygments_css = HtmlFormatter(style="default").get_style_defs(".highlight")
+                self._pygments_css = HtmlFormatter(style="default").get_style_defs(".highlight")
         return Response(self._pygments_css, media_type="text/css")
 
     # --- the API ------------------------------------------------------------------------
@@ -495,42 +496,44 @@ class _Kept:
 
 def _highlight(name: str, text: str) -> Markup:
     """``text`` as highlighted HTML (Pygments escapes every character of it)."""
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import TextLexer, get_lexer_for_filename
-    from pygments.util import ClassNotFound
+    with _PYGMENTS:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import TextLexer, get_lexer_for_filename
+        from pygments.util import ClassNotFound
 
-    lexer: Any = TextLexer()
-    if len(text) <= MAX_HIGHLIGHTED:
-        try:
-            with _LEXERS:
+        lexer: Any = TextLexer()
+        if len(text) <= MAX_HIGHLIGHTED:
+            try:
                 lexer = get_lexer_for_filename(name, stripnl=False)
-        except ClassNotFound:
-            pass
-    return Markup(highlight(text, lexer, HtmlFormatter(linenos="table")))
+            except ClassNotFound:
+                pass
+        return Markup(highlight(text, lexer, HtmlFormatter(linenos="table")))
 
 
-# Pygments finds and loads its lexers into shared caches, not safely from two threads at
-# once: the warm-up below and a page's first highlighting raced into a 500 (1 in 20 runs).
-_LEXERS = threading.Lock()
+# Pygments loads its lexers, formatters and styles lazily into module-level caches, which
+# are not safe from two threads at once: the warm-up below and a page's first highlighting
+# raced into 500s ("cannot import name 'HtmlFormatter'", about 1 run in 30). Every use of
+# Pygments holds this lock; it costs no parallelism, Pygments being pure Python.
+_PYGMENTS = threading.Lock()
 
 
 def _find_lexers() -> None:
-    from pygments.lexers import get_lexer_for_filename
+    with _PYGMENTS:
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import get_lexer_for_filename
 
-    with _LEXERS:
         get_lexer_for_filename("warm-up.py")
+        HtmlFormatter(linenos="table")
 
 
 def _highlight_diff(lines: list[str]) -> Markup:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-
-    with _LEXERS:
+    with _PYGMENTS:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
         from pygments.lexers import DiffLexer
 
-        lexer = DiffLexer()
-    return Markup(highlight("\n".join(lines) + "\n", lexer, HtmlFormatter()))
+        return Markup(highlight("\n".join(lines) + "\n", DiffLexer(), HtmlFormatter()))
 
 
 def _file_response(data: bytes, name: str, content_type: str | None, download: Any) -> Response:
