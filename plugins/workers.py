@@ -1,8 +1,9 @@
 """``-n N|auto``: run the items in long-lived local worker processes, as pytest-xdist does.
 
 Each worker is started once (forked from a server that imported expkit and its plugins,
-where the platform has one); it loads the plugins and reads the command line as the driver
-did, imports each experiment file once, and runs the items it is handed one after another,
+where the platform has one; ``expkit tune`` forks its own, see :func:`start_workers`); it
+loads the plugins and reads the command line as the driver did, imports each experiment
+file once, and runs the items it is handed one after another,
 into the stores, with output captured as usual. The driver hands the next item to whichever
 worker is free. A worker that dies (a signal, ``os._exit``, the OOM
 killer) has its item reported and stored as FAILED and is replaced. Ctrl-C stops the
@@ -300,7 +301,9 @@ def expkit_runtestloop(session: Any) -> bool | None:
 class _Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, number: int, spec: SessionSpec) -> None:
+    def __init__(
+        self, number: int, spec: SessionSpec, context: Any = None, siblings: Any = ()
+    ) -> None:
         import tempfile
 
         self.number = number
@@ -309,11 +312,18 @@ class _Worker:
         self.ready = False
         fd, self._log_path = tempfile.mkstemp(prefix=f"expkit-worker{number}-", suffix=".log")
         self.log = os.fdopen(fd, "rb")
-        context = _context()
+        context = context or _context()
         self.conn, theirs = context.Pipe()
+        # A worker forked from the driver holds copies of the driver's ends of its own
+        # socket and its elder siblings': it closes them, or it would wait forever on a
+        # socket it keeps open itself after the driver is gone.
+        inherited = []
+        if context.get_start_method() == "fork":
+            handles = (*siblings, self)
+            inherited = [fd for w in handles for fd in (w.conn.fileno(), w.log.fileno())]
         self.proc = context.Process(
             target=_worker_process,
-            args=(theirs, self._log_path, spec.invocation_dir, dict(os.environ)),
+            args=(theirs, self._log_path, spec.invocation_dir, dict(os.environ), inherited),
             name=f"expkit-worker-{number}",
         )
         self.proc.start()
@@ -379,10 +389,15 @@ def _context() -> Any:
     return _CONTEXT
 
 
-def _worker_process(conn: Any, log_path: str, cwd: str, environ: dict[str, str]) -> None:
+def _worker_process(
+    conn: Any, log_path: str, cwd: str, environ: dict[str, str], inherited: list[int]
+) -> None:
     # As a new `python -c` started by the driver would be: in its folder, with its
     # environment, its own session (Ctrl-C at the terminal reaches the driver alone, which
     # interrupts the workers running something), its output in its log.
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     if hasattr(os, "setsid"):  # not on Windows
         os.setsid()
     os.chdir(cwd)
@@ -402,10 +417,21 @@ def _worker_process(conn: Any, log_path: str, cwd: str, environ: dict[str, str])
 def start_workers(n: int, spec: SessionSpec) -> Callable[[], list[_Worker]]:
     """Start ``n`` workers of ``spec`` ahead of a :class:`Driver`, which adopts those of its spec.
 
-    They start from a thread: the caller goes on (``expkit tune`` imports Optuna and opens
-    its study meanwhile) and calls the returned function for the workers when it needs them.
+    The caller goes on (``expkit tune`` imports Optuna and opens its study meanwhile) and
+    calls the returned function for the workers when it needs them. On Linux, in a process
+    with no other thread, they are forked from the caller, now: they skip the fork server's
+    start (a new interpreter importing expkit: a quarter of a second of a core, which the
+    caller's own start-up would wait behind on a small machine). Elsewhere they are started
+    from a thread, as the driver would start them.
     """
     workers: list[_Worker] = []
+    if _may_fork():
+        import multiprocessing
+
+        fork = multiprocessing.get_context("fork")
+        for number in range(1, n + 1):
+            workers.append(_Worker(number, spec, fork, siblings=list(workers)))
+        return lambda: workers
 
     def start() -> None:
         # A worker that cannot be started here fails again, and says why, in the driver.
@@ -421,6 +447,18 @@ def start_workers(n: int, spec: SessionSpec) -> Callable[[], list[_Worker]]:
         return workers
 
     return started
+
+
+def _may_fork() -> bool:
+    # A thread other than this one could hold a lock (an import's, logging's) that the
+    # forked child would inherit held, forever: fork only a process of one thread (counted
+    # by the kernel, so that a library's own threads count too).
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def stop_workers(workers: list[_Worker]) -> None:

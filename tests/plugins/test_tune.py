@@ -29,6 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from expkit.nodes import ExitCode
+from expkit_plugins.tune.study import _alive
 
 EXP = """\
 import os
@@ -321,6 +322,10 @@ def test_the_driver_killed_loses_no_finished_trial_and_counts_none_twice(
     assert study.best_value == min(r["result"] for r in completed)
     if workers:
         assert lost == [] and held <= set(by_trial)  # finished by the orphans, told once
+        # Their trials stored, the orphans see their driver gone and end: none is left
+        # waiting forever on a socket that a sibling still holds open.
+        orphans = {study.trials[n].user_attrs["expkit"]["worker"] for n in held}
+        _wait_for(lambda: not any(_alive(worker) for worker in orphans))
     else:
         # The run died with its driver: marked INTERRUPTED, its trial does not count.
         assert [(r["meta"]["study"]["trial"], r["status"]) for r in lost] == [
