@@ -429,8 +429,9 @@ def start_workers(n: int, spec: SessionSpec) -> Callable[[], list[_Worker]]:
         import multiprocessing
 
         fork = multiprocessing.get_context("fork")
-        for number in range(1, n + 1):
-            workers.append(_Worker(number, spec, fork, siblings=list(workers)))
+        with contextlib.suppress(Exception):  # as below: the driver starts what is missing
+            for number in range(1, n + 1):
+                workers.append(_Worker(number, spec, fork, siblings=list(workers)))
         return lambda: workers
 
     def start() -> None:
