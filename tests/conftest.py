@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -143,6 +144,19 @@ def local_postgres(postgres_server: PostgresServer | None) -> PostgresServer:
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer | None) -> Iterator[str]:
     """The URL (with a password) of a fresh database, dropped after the test."""
+    with _postgres_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(postgres_server: PostgresServer | None) -> Iterator[str]:
+    """The URL of a fresh database that the tests of one module share."""
+    with _postgres_database(postgres_server) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _postgres_database(postgres_server: PostgresServer | None) -> Iterator[str]:
     import psycopg
     from sqlalchemy.engine import make_url
 

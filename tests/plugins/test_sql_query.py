@@ -28,9 +28,13 @@ FILTERS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('sql') / 'runs.db'}"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same runs in an SQLite file, then in a PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sql') / 'runs.db'}"
+    else:
+        url = request.getfixturevalue("module_postgres_url")
     observer = open_store(create_plugin_manager(), url)
     statuses = ["COMPLETED", "FAILED", "RUNNING", "INTERRUPTED"]
     for i, value in enumerate(VALUES * 2):

@@ -21,6 +21,7 @@ from cli_helpers import (
     RUN_AT_GO,
     assert_not_printed,
     error_lines,
+    fresh_python,
     run_at_once,
     run_expkit,
     run_script,
@@ -330,18 +331,42 @@ def main(lr):
     assert run.config["lr"] == 0.25
 
 
-def test_the_sql_store_imports_sqlalchemy_only_when_used(tmp_path: Path):
-    from cli_helpers import fresh_python
+def test_runs_into_an_sqlite_file_import_sqlalchemy_only_to_create_its_tables(tmp_path: Path):
+    # SQLAlchemy's import takes longer than a whole run: a run or a listing on an SQLite
+    # database that has its tables goes without it.
+    project = write_project(
+        tmp_path,
+        {
+            "exp_light.py": """\
+import sys
 
-    out = fresh_python(
-        "-c",
-        "import sys, expkit; from expkit.pluginmanager import get_plugin_manager; "
-        "from expkit.store import open_store; pm = get_plugin_manager(); "
-        "print('sqlalchemy' in sys.modules); open_store(pm, 'sqlite:///x.db'); "
-        "print('sqlalchemy' in sys.modules)",
-        cwd=tmp_path,
+from expkit import Experiment
+from expkit.observers import SqlObserver
+
+ex = Experiment("light")
+ex.observers.append(SqlObserver("sqlite:///runs.db"))
+
+
+@ex.automain
+def main():
+    return "sqlalchemy" in sys.modules
+"""
+        },
     )
-    assert out.split() == ["False", "True"]
+    for _ in range(2):
+        done = run_script("exp_light.py", cwd=project)
+        assert done.returncode == 0, done.stderr
+    stored = read(sqlite_url(project / "runs.db"))
+    assert [(r.id, r.result) for r in stored] == [(1, True), (2, False)]
+    listed = fresh_python(
+        "-c",
+        "import sys; from expkit.pluginmanager import get_plugin_manager; "
+        "from expkit.store import open_reader; "
+        "reader = open_reader(get_plugin_manager(), 'sqlite:///runs.db'); "
+        "print(len(reader.list_runs()), reader.get_run(1).result, 'sqlalchemy' in sys.modules)",
+        cwd=project,
+    )
+    assert listed.split() == ["2", "True", "False"]
 
 
 # --- the commands on SQLite -------------------------------------------------------------------
