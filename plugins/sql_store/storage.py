@@ -489,7 +489,7 @@ class _Sqlite:
 
     def _forget(self) -> None:
         self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
+        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._pid = os.getpid()
 
     def _connection(self) -> sqlite3.Connection:
@@ -510,7 +510,13 @@ class _Sqlite:
             conn.execute("PRAGMA wal_autocheckpoint = 16384")
             self._local.conn = conn
             with self._guard:
-                self._opened.append(conn)
+                # The connections of threads that have ended are closed here: a server
+                # that runs each request in a new thread would otherwise keep them all.
+                ended = [c for t, c in self._opened if not t.is_alive()]
+                self._opened = [(t, c) for t, c in self._opened if t.is_alive()]
+                self._opened.append((threading.current_thread(), conn))
+            for old in ended:
+                old.close()
         return conn
 
     @contextlib.contextmanager
@@ -563,7 +569,7 @@ class _Sqlite:
         with self._guard:
             opened, self._opened = self._opened, []
         if self._pid == os.getpid():
-            for conn in opened:
+            for _, conn in opened:
                 conn.close()
         self._local = threading.local()
 

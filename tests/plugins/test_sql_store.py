@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +137,36 @@ def test_sqlite_runs_in_wal_mode(db: Path):
     assert rows(db, "PRAGMA journal_mode") == [("wal",)]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_a_reader_keeps_no_connection_of_a_thread_that_has_ended(db: Path):
+    # The web view reads runs in many threads: a connection kept for each thread that
+    # has ended would pile up open files.
+    start(SqlObserver(sqlite_url(db)))
+    reader = open_reader(get_plugin_manager(), sqlite_url(db))
+
+    def files_open() -> int:
+        paths = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+        return paths.count(str(db.resolve()))
+
+    try:
+        assert len(reader.list_runs()) == 1
+        before = files_open()
+        for _ in range(20):
+            thread = threading.Thread(target=reader.list_runs)
+            thread.start()
+            thread.join()
+        assert len(reader.list_runs()) == 1
+        # The last thread's connection is closed when the next thread opens one, and SQLite
+        # may keep a closed connection's file open for reuse: a few, not one a thread.
+        assert files_open() <= before + 2
+    finally:
+        reader.close()
+
+
 @pytest.mark.slow
 def test_many_processes_making_the_tables_at_once_all_succeed(url: str, tmp_path: Path):
     go, workers = tmp_path / "go", 12
-    # Every process has imported SQLAlchemy and waits; no table exists yet.
+    # Every process has opened the store and waits; no table exists yet.
     commands = [[sys.executable, "-c", RUN_AT_GO, url, str(go), str(n)] for n in range(workers)]
     done = run_at_once(commands, tmp_path, go)
     assert [d.returncode for d in done] == [0] * workers, [d.stderr for d in done]
