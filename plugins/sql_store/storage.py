@@ -14,14 +14,15 @@ are created on first use, in one transaction, with the schema version in
     artifacts  run_id, name, md5, content_type, metadata
     blobs      md5, size, content             every stored file's content, once
 
-The statements are plain SQL that both databases take, with a few pieces per dialect
-(JSON paths, collations). SQLite is reached through Python's own ``sqlite3``, so a run
-or a listing on an existing database does not import SQLAlchemy, whose import alone
-(0.23 s) takes longer than a whole run without a store. PostgreSQL is reached through
-SQLAlchemy's engine (psycopg), whose pool reconnects after a server restart.
+The statements are plain SQL that both databases take, with a few pieces per
+dialect (:mod:`expkit_plugins.sql_store.query` turns filters into SQL).
+:mod:`expkit_plugins.sql_store.databases` runs them: SQLite through Python's own
+``sqlite3``, so that a run or a listing on an existing database does without
+SQLAlchemy (its import alone, 0.23 s, takes longer than a whole run without a
+store); PostgreSQL through SQLAlchemy's engine. SQLite runs in WAL mode and takes
+its write lock at the start of every write transaction, so many processes can
+record into one file at once.
 
-SQLite runs in WAL mode with a busy timeout and takes its write lock at the start
-of every write transaction, so many processes can record into one file at once.
 Run ids are whole numbers the database hands out. JSON columns hold standard
 JSON: a non-finite float is kept as ``{"$float": "nan"}`` (SQLite's and
 PostgreSQL's JSON functions refuse ``NaN``) and read back as the float.
@@ -30,34 +31,33 @@ PostgreSQL's JSON functions refuse ``NaN``) and read back as the float.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import functools
 import hashlib
 import itertools
-import json
 import logging
 import math
-import os
-import sqlite3
 import threading
-import time
 import urllib.parse
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from expkit.errors import UsageError
 from expkit.serialize import to_data
 from expkit.store import Query, Storage, StoredFile, StoreError, StoreObserver
 from expkit.utils import redact_url
+from expkit_plugins.sql_store.databases import (
+    JSON_COLUMNS,
+    TIME_COLUMNS,
+    json_text,
+    open_database,
+)
+from expkit_plugins.sql_store.query import order_by, where_clause
 
 log = logging.getLogger("expkit")
 
 SCHEMA_VERSION = 1
 FORMAT = "SqlStore-expkit-1"
 DEFAULT_SQL_PRIORITY = 40  # Sacred's
-_SQLITE_BUSY_MS = 60_000
-_CONNECT_TIMEOUT = 5
 
 _FILE_TABLES = {"source": "sources", "resource": "resources", "artifact": "artifacts"}
 # The document's fields kept in a column of their own name in ``runs``.
@@ -66,9 +66,6 @@ _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format
 _RUN = ("id", "experiment", *_COLUMNS, "experiment_info", "captured_out")
 _SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", "heartbeat",
             "config", "result", "meta")  # fmt: skip
-_JSON = frozenset({"config", "result", "meta", "host", "experiment_info", "info", "fail_trace",
-                   "metadata"})  # fmt: skip
-_TIMES = frozenset({"start_time", "stop_time", "heartbeat"})
 # PostgreSQL: the id sequence moved past every stored id, never back (to ids of deleted runs).
 _PG_SEQUENCE_PAST_IDS = """
 SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(
@@ -85,7 +82,7 @@ class SqlStorage(Storage):
     def __init__(self, url: str, echo: bool = False, engine: Any = None) -> None:
         self.url = url
         self._where = redact_url(url)
-        self._db = _database(url, echo, engine)
+        self._db = open_database(url, echo, engine)
         self._secret = _secret(url)
         self._ready = False
         self._lock = threading.RLock()
@@ -234,8 +231,8 @@ class SqlStorage(Storage):
     def select(self, query: Query) -> tuple[list[dict], bool]:
         """The query as SQL where it can be (see :func:`_conditions`); candidates otherwise."""
         dialect = self._db.name
-        conditions, params, exact = _conditions(query, dialect, self._db.time_param)
-        order = _order(query) if exact else None
+        conditions, params, exact = where_clause(query, dialect, self._db.time_param)
+        order = order_by(query) if exact else None
         sql = f"SELECT {', '.join(_SUMMARY)} FROM runs"
         if conditions:
             sql += " WHERE " + " AND ".join(conditions)
@@ -338,9 +335,9 @@ class SqlStorage(Storage):
         cells = {}
         for name, value in values.items():
             value = _hidden(value, self._secret)
-            if name in _JSON:
-                value = None if value is None else _json_text(value)
-            elif name in _TIMES:
+            if name in JSON_COLUMNS:
+                value = None if value is None else json_text(value)
+            elif name in TIME_COLUMNS:
                 value = self._db.time_param(value)
             cells[name] = value
         return cells
@@ -360,10 +357,10 @@ class SqlStorage(Storage):
         out = dict(zip(names, row))
         for name in names:
             value = out[name]
-            if value is None or not (name in _JSON or name in _TIMES):
+            if value is None or not (name in JSON_COLUMNS or name in TIME_COLUMNS):
                 continue
             try:
-                out[name] = db.json_value(value) if name in _JSON else db.time_value(value)
+                out[name] = db.json_value(value) if name in JSON_COLUMNS else db.time_value(value)
             except (ValueError, TypeError) as exc:
                 log.warning(
                     "run %s in %s: its %s is damaged (%s)", out.get("id"), self._where, name, exc
@@ -451,416 +448,11 @@ class SqlObserver(StoreObserver):
     def create_from(
         cls, engine: Any, session: Any = None, priority: int = DEFAULT_SQL_PRIORITY
     ) -> SqlObserver:
-        """An observer on an existing SQLAlchemy engine (``session`` is not used)."""
+        """An observer on the database of an SQLAlchemy engine (``session`` is not used)."""
         self = cls.__new__(cls)
         url = engine.url.render_as_string(hide_password=False)
         StoreObserver.__init__(self, SqlStorage(url, engine=engine), priority=priority)
         return self
-
-
-# --- the databases -------------------------------------------------------------------------
-
-
-def _database(url: str, echo: bool, engine: Any) -> _Sqlite | _Postgres:
-    backend = url.partition(":")[0].partition("+")[0]
-    if backend == "sqlite":
-        return _Sqlite(_sqlite_path(url), echo)
-    if engine is not None:
-        return _Postgres(engine)
-    if backend != "postgresql":
-        raise UsageError(
-            f"{redact_url(url)!r}: the SQL store keeps runs in SQLite (sqlite:///runs.db) "
-            "or PostgreSQL (postgresql://user@host/db)"
-        )
-    return _Postgres(_engine(url, echo))
-
-
-class _Sqlite:
-    """An SQLite file through Python's ``sqlite3``: one connection a thread."""
-
-    name = "sqlite"
-    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
-
-    def __init__(self, path: str, echo: bool) -> None:
-        self.path = path
-        self._echo = echo
-        self._guard = threading.Lock()
-        self._forget()
-
-    def _forget(self) -> None:
-        self._local = threading.local()
-        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._pid = os.getpid()
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
-            self._forget()  # a forked child: the parent's connections are the parent's
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=_SQLITE_BUSY_MS / 1000,
-                isolation_level=None,  # transactions are begun below, as each needs
-                check_same_thread=False,  # closed by close() from any thread
-            )
-            if self._echo:
-                conn.set_trace_callback(log.info)
-            _wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
-            conn.execute("PRAGMA wal_autocheckpoint = 16384")
-            self._local.conn = conn
-            with self._guard:
-                # The connections of threads that have ended are closed here: a server
-                # that runs each request in a new thread would otherwise keep them all.
-                ended = [c for t, c in self._opened if not t.is_alive()]
-                self._opened = [(t, c) for t, c in self._opened if t.is_alive()]
-                self._opened.append((threading.current_thread(), conn))
-            for old in ended:
-                old.close()
-        return conn
-
-    @contextlib.contextmanager
-    def transaction(self, write: bool) -> Iterator[_SqliteTransaction]:
-        """A transaction; a writing one takes the write lock at ``BEGIN``."""
-        conn = self._connection()
-        # A deferred transaction that later writes can fail at once with "database is
-        # locked"; taking the lock at BEGIN makes writers queue behind the busy timeout.
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield _SqliteTransaction(conn)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def schema_version(self, tx: _SqliteTransaction) -> int | None:
-        """The schema version stored, ``None`` before the tables are created."""
-        tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'expkit_schema'"
-        if not tx.rows(tables):
-            return None
-        return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
-
-    def mark(self, column: str) -> str:
-        """The placeholder of a value for ``column``."""
-        return "?"
-
-    @staticmethod
-    def time_param(value: datetime.datetime | None) -> str | None:
-        """A time as SQLAlchemy keeps it in SQLite, text that sorts as the time does."""
-        if value is None:
-            return None
-        if not isinstance(value, datetime.datetime):
-            raise TypeError(f"a time must be a datetime, not {type(value).__name__}")
-        return (
-            f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
-        )
-
-    time_value = staticmethod(datetime.datetime.fromisoformat)
-
-    @staticmethod
-    def json_value(text: str | None) -> Any:
-        """A JSON column's value."""
-        return None if text is None else loads(text)
-
-    def close(self) -> None:
-        """Close every connection of this process."""
-        with self._guard:
-            opened, self._opened = self._opened, []
-        if self._pid == os.getpid():
-            for _, conn in opened:
-                conn.close()
-        self._local = threading.local()
-
-
-def _wal(conn: sqlite3.Connection) -> None:
-    """Put the database in WAL mode, where readers never wait for writers."""
-    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            # Switching a new file to WAL while other processes open it fails at once
-            # with "database is locked": SQLite does not wait on the busy timeout there.
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-class _SqliteTransaction:
-    """The statements of one transaction in SQLite."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[Sequence[Any]]:
-        """The rows ``sql`` selects or returns."""
-        return self._conn.execute(sql, tuple(params)).fetchall()
-
-    def run(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run ``sql``; the number of rows it changed."""
-        return self._conn.execute(sql, tuple(params)).rowcount
-
-    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run ``sql`` once a row."""
-        self._conn.executemany(sql, rows)
-
-
-class _Postgres:
-    """A PostgreSQL database through SQLAlchemy's engine."""
-
-    name = "postgresql"
-
-    def __init__(self, engine: Any) -> None:
-        import sqlalchemy.exc
-
-        self.engine = engine
-        self.errors: tuple[type[BaseException], ...] = (sqlalchemy.exc.SQLAlchemyError,)
-
-    @contextlib.contextmanager
-    def transaction(self, write: bool) -> Iterator[_PostgresTransaction]:
-        """A transaction on a connection of the engine's pool."""
-        with self.engine.connect() as conn, conn.begin():
-            yield _PostgresTransaction(conn)
-
-    def schema_version(self, tx: _PostgresTransaction) -> int | None:
-        """The schema version stored, ``None`` before the tables are created."""
-        if tx.rows("SELECT to_regclass('expkit_schema')")[0][0] is None:
-            return None
-        return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
-
-    def mark(self, column: str) -> str:
-        """The placeholder of a value for ``column``: JSON goes as text, cast to JSONB."""
-        return "CAST(? AS JSONB)" if column in _JSON else "?"
-
-    @staticmethod
-    def time_param(value: datetime.datetime | None) -> datetime.datetime | None:
-        """A time as psycopg takes it."""
-        return value
-
-    @staticmethod
-    def time_value(value: datetime.datetime) -> datetime.datetime:
-        """A time as psycopg hands it over."""
-        return value
-
-    @staticmethod
-    def json_value(value: Any) -> Any:
-        """A JSON column's value (psycopg has decoded it with :func:`loads`)."""
-        return value
-
-    def close(self) -> None:
-        """Close the pool's connections."""
-        self.engine.dispose()
-
-
-class _PostgresTransaction:
-    """The statements of one transaction in PostgreSQL."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[Sequence[Any]]:
-        """The rows ``sql`` selects or returns."""
-        result = self._conn.exec_driver_sql(_format(sql), tuple(params) or None)
-        return result.all() if result.returns_rows else []
-
-    def run(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run ``sql``; the number of rows it changed."""
-        return self._conn.exec_driver_sql(_format(sql), tuple(params) or None).rowcount
-
-    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run ``sql`` once a row."""
-        self._conn.exec_driver_sql(_format(sql), [tuple(row) for row in rows])
-
-
-@functools.lru_cache(maxsize=256)
-def _format(sql: str) -> str:
-    # psycopg's placeholders; the statements here hold no other "?" and no "%".
-    return sql.replace("?", "%s")
-
-
-def _sqlite_path(url: str) -> str:
-    _, sep, rest = url.partition("://")
-    database = rest.partition("?")[0]
-    if (
-        not sep
-        or not database.startswith("/")
-        or database in ("/", "/:memory:")
-        or (database.startswith("/file:"))
-    ):
-        raise UsageError(
-            f"{redact_url(url)!r} names no database file: write sqlite:///runs.db "
-            "(relative) or sqlite:////abs/path/runs.db"
-        )
-    path = os.path.abspath(urllib.parse.unquote(database[1:]))  # the run may chdir later
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
-
-
-def _engine(url: str, echo: bool) -> Any:
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise UsageError(f"{redact_url(url)!r} is not an SQLAlchemy database URL") from None
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, from expkit[sql]
-    try:
-        return sa.create_engine(
-            parsed,
-            echo=echo,
-            json_deserializer=loads,
-            pool_pre_ping=True,  # a server restarted mid-run: reconnect, not fail
-            connect_args={"connect_timeout": _CONNECT_TIMEOUT},
-        )
-    except ImportError as exc:
-        raise UsageError(
-            f"the SQL store cannot reach {redact_url(url)!r}: {exc}; install expkit[sql]"
-        ) from None
-
-
-# --- queries ---------------------------------------------------------------------------------
-
-# The run fields a filter names first (as expkit.runs.lookup has them), and their columns.
-_RUN_FIELDS = ("id", "experiment", "status", "command")
-_SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-
-
-def _conditions(query: Query, dialect: str, time_param: Any) -> tuple[list[str], list[Any], bool]:
-    """SQL conditions meaning what the core's filters mean, their parameters, and whether
-    they are all of them.
-
-    A condition is pushed down only where SQL compares as Python does: numbers (bools as
-    0 and 1) with numbers, text with text by code point, ids as numbers. Anything else
-    (lists, dicts, None, keys through list items, probably-dead runs) stays with the core,
-    which receives candidates instead.
-    """
-    conditions: list[str] = []
-    params: list[Any] = []
-    exact = True
-    if query.experiment is not None:
-        pattern = query.experiment
-        if not any(c in pattern for c in "*?["):
-            conditions.append("experiment = ?")
-            params.append(pattern)
-        elif "[" not in pattern:
-            like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conditions.append("experiment LIKE ? ESCAPE '\\'")
-            params.append(like.replace("*", "%").replace("?", "_"))
-        else:
-            exact = False
-    if query.statuses is not None:
-        if "PROBABLY_DEAD" in query.statuses:
-            exact = False
-        else:
-            statuses = sorted(query.statuses)
-            conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-    if query.since is not None:
-        conditions.append("start_time >= ?")
-        params.append(time_param(query.since))
-    if query.until is not None:
-        conditions.append("start_time <= ?")
-        params.append(time_param(query.until))
-    for where in query.where:
-        condition = _filter(where, dialect)
-        if condition is None:
-            exact = False
-        else:
-            conditions.append(condition[0])
-            params.extend(condition[1])
-    return conditions, params, exact
-
-
-def _filter(where: Any, dialect: str) -> tuple[str, list] | None:
-    """One ``KEY OP VALUE`` filter as SQL, or ``None`` when SQL would not mean the same."""
-    key, op, value = where.key, where.op, where.value
-    first, _, rest = key.partition(".")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    sql_op = _SQL_OPS[op]
-    if first in _RUN_FIELDS:
-        if rest:
-            return "FALSE", []  # Python looks inside an id or a name and finds nothing
-        if first == "id":
-            if isinstance(value, str):
-                if not (value.isascii() and value.isdigit()):
-                    return None
-                value = int(value)
-            return f"id {sql_op} ?", [value]
-        if not isinstance(value, str):
-            return ("TRUE" if op == "!=" else "FALSE"), []
-        if first == "status":
-            value = value.upper()
-        compare = f"{first}{_codepoint(dialect)} {sql_op} ?"
-        return (f"({first} IS NULL OR {compare})" if op == "!=" else compare), [value]
-    if first in _TIMES or first == "duration":
-        if not rest:
-            return None
-    if first == "result":
-        column, path = "result", rest.split(".") if rest else []
-    elif first == "config" and rest:
-        column, path = "config", rest.split(".")
-    else:
-        column, path = "config", key.split(".")
-    if any(part.isdigit() for part in path):
-        return None  # Python looks such a part up in a dict, or as a list index
-    return _json_compare(column, path, sql_op, value, dialect)
-
-
-def _json_compare(
-    column: str, path: list[str], sql_op: str, value: Any, dialect: str
-) -> tuple[str, list]:
-    number = not isinstance(value, str)
-    if dialect == "sqlite":
-        where = "$" + "".join(f'."{p}"' for p in path) if path else "$"
-        kind, kind_params = f"json_type({column}, ?)", [where]
-        same_kind = "IN ('integer', 'real', 'true', 'false')" if number else "= 'text'"
-        extracted, extracted_params = f"json_extract({column}, ?)", [where]
-    else:
-        node, node_params = (f"({column} #> CAST(? AS TEXT[]))", [path]) if path else (column, [])
-        kind, kind_params = f"jsonb_typeof({node})", node_params
-        text = f"({node} #>> '{{}}')"
-        if number:
-            same_kind = "IN ('number', 'boolean')"
-            extracted = (
-                f"(CASE WHEN {kind} = 'number' THEN CAST({text} AS DOUBLE PRECISION) "
-                f"WHEN {text} = 'true' THEN 1.0 ELSE 0.0 END)"
-            )
-            extracted_params = [*node_params, *node_params, *node_params]
-        else:
-            same_kind = "= 'string'"
-            extracted, extracted_params = f'({text} COLLATE "C")', node_params
-    compare = f"{extracted} {sql_op} ?"
-    compare_params = [*extracted_params, value]
-    if sql_op == "!=":
-        # Python: a value of another kind is unequal too, as long as the key is there.
-        return (
-            f"({kind} IS NOT NULL AND (NOT ({kind} {same_kind}) OR {compare}))",
-            [*kind_params, *kind_params, *compare_params],
-        )
-    return f"({kind} {same_kind} AND {compare})", [*kind_params, *compare_params]
-
-
-def _codepoint(dialect: str) -> str:
-    return ' COLLATE "C"' if dialect == "postgresql" else ""
-
-
-def _order(query: Query) -> str | None:
-    """ORDER BY as the core sorts (missing values last, ties in id order), or ``None``."""
-    key = query.sort
-    if key is None:
-        return "id"
-    if key == "id":
-        return "id DESC" if query.descending else "id"
-    if key not in _TIMES:
-        return None
-    return f"{key} IS NULL, {key}{' DESC' if query.descending else ''}, id"
 
 
 # --- values --------------------------------------------------------------------------------
@@ -868,48 +460,8 @@ def _order(query: Query) -> str | None:
 _TAIL = 1000  # characters remembered to check that new output extends the stored output
 
 
-def dumps(value: Any) -> str:
-    """JSON text of ``value``; non-finite floats as ``{"$float": ...}`` (see the module doc)."""
-    return _json_text(to_data(value))
-
-
-def loads(text: str | bytes) -> Any:
-    """The inverse of :func:`dumps` (psycopg hands JSONB over as bytes)."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        text = bytes(text).decode("utf-8")
-    data = json.loads(text)
-    return _untag_floats(data) if '"$float"' in text else data
-
-
-def _json_text(data: Any) -> str:
-    try:
-        return json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        return json.dumps(_tag_floats(data), allow_nan=False, separators=(",", ":"))
-
-
-def _tag_floats(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return {"$float": repr(data)}
-    if isinstance(data, dict):
-        return {k: _tag_floats(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_tag_floats(v) for v in data]
-    return data
-
-
-def _untag_floats(data: Any) -> Any:
-    if isinstance(data, dict):
-        if data.keys() == {"$float"} and data["$float"] in ("nan", "inf", "-inf"):
-            return float(data["$float"])
-        return {k: _untag_floats(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_untag_floats(v) for v in data]
-    return data
-
-
 def _column(field: str, value: Any) -> Any:
-    if field in _TIMES:
+    if field in TIME_COLUMNS:
         return value
     if field in ("status", "command", "format"):
         return None if value is None else str(value)

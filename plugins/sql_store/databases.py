@@ -1,0 +1,344 @@
+"""The two databases of the SQL store, behind one small interface.
+
+A database opens transactions (:meth:`transaction`) whose statements take ``?``
+placeholders, and converts the values of time and JSON columns both ways. SQLite is
+reached through Python's own ``sqlite3``, one connection a thread; PostgreSQL through
+SQLAlchemy's engine (psycopg), imported only for a ``postgresql://`` URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from expkit.errors import UsageError
+from expkit.serialize import to_data
+from expkit.utils import redact_url
+
+log = logging.getLogger("expkit")
+
+_SQLITE_BUSY_MS = 60_000
+_CONNECT_TIMEOUT = 5
+JSON_COLUMNS = frozenset({"config", "result", "meta", "host", "experiment_info", "info",
+                          "fail_trace", "metadata"})  # fmt: skip
+TIME_COLUMNS = frozenset({"start_time", "stop_time", "heartbeat"})
+
+
+def open_database(url: str, echo: bool, engine: Any) -> SqliteDatabase | PostgresDatabase:
+    """The database of an ``sqlite://`` or ``postgresql://`` URL (or of ``engine``)."""
+    backend = url.partition(":")[0].partition("+")[0]
+    if backend == "sqlite":
+        return SqliteDatabase(_sqlite_path(url), echo)
+    if engine is not None:
+        return PostgresDatabase(engine)
+    if backend != "postgresql":
+        raise UsageError(
+            f"{redact_url(url)!r}: the SQL store keeps runs in SQLite (sqlite:///runs.db) "
+            "or PostgreSQL (postgresql://user@host/db)"
+        )
+    return PostgresDatabase(_engine(url, echo))
+
+
+class SqliteDatabase:
+    """An SQLite file through Python's ``sqlite3``: one connection a thread."""
+
+    name = "sqlite"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, path: str, echo: bool) -> None:
+        self.path = path
+        self._echo = echo
+        self._guard = threading.Lock()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._local = threading.local()
+        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._pid = os.getpid()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._forget()  # a forked child: the parent's connections are the parent's
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_SQLITE_BUSY_MS / 1000,
+                isolation_level=None,  # transactions are begun below, as each needs
+                check_same_thread=False,  # closed by close() from any thread
+            )
+            if self._echo:
+                conn.set_trace_callback(log.info)
+            _wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
+            conn.execute("PRAGMA wal_autocheckpoint = 16384")
+            self._local.conn = conn
+            with self._guard:
+                # The connections of threads that have ended are closed here: a server
+                # that runs each request in a new thread would otherwise keep them all.
+                ended = [c for t, c in self._opened if not t.is_alive()]
+                self._opened = [(t, c) for t, c in self._opened if t.is_alive()]
+                self._opened.append((threading.current_thread(), conn))
+            for old in ended:
+                old.close()
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool) -> Iterator[SqliteTransaction]:
+        """A transaction; a writing one takes the write lock at ``BEGIN``."""
+        conn = self._connection()
+        # A deferred transaction that later writes can fail at once with "database is
+        # locked"; taking the lock at BEGIN makes writers queue behind the busy timeout.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield SqliteTransaction(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self, tx: SqliteTransaction) -> int | None:
+        """The schema version stored, ``None`` before the tables are created."""
+        tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'expkit_schema'"
+        if not tx.rows(tables):
+            return None
+        return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
+
+    def mark(self, column: str) -> str:
+        """The placeholder of a value for ``column``."""
+        return "?"
+
+    @staticmethod
+    def time_param(value: datetime.datetime | None) -> str | None:
+        """A time as SQLAlchemy keeps it in SQLite, text that sorts as the time does."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime.datetime):
+            raise TypeError(f"a time must be a datetime, not {type(value).__name__}")
+        return (
+            f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+        )
+
+    time_value = staticmethod(datetime.datetime.fromisoformat)
+
+    @staticmethod
+    def json_value(text: str | None) -> Any:
+        """A JSON column's value."""
+        return None if text is None else loads(text)
+
+    def close(self) -> None:
+        """Close every connection of this process."""
+        with self._guard:
+            opened, self._opened = self._opened, []
+        if self._pid == os.getpid():
+            for _, conn in opened:
+                conn.close()
+        self._local = threading.local()
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, where readers never wait for writers."""
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # Switching a new file to WAL while other processes open it fails at once
+            # with "database is locked": SQLite does not wait on the busy timeout there.
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+class SqliteTransaction:
+    """The statements of one transaction in SQLite."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[Sequence[Any]]:
+        """The rows ``sql`` selects or returns."""
+        return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run ``sql``; the number of rows it changed."""
+        return self._conn.execute(sql, tuple(params)).rowcount
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once a row."""
+        self._conn.executemany(sql, rows)
+
+
+class PostgresDatabase:
+    """A PostgreSQL database through SQLAlchemy's engine."""
+
+    name = "postgresql"
+
+    def __init__(self, engine: Any) -> None:
+        import sqlalchemy.exc
+
+        self.engine = engine
+        self.errors: tuple[type[BaseException], ...] = (sqlalchemy.exc.SQLAlchemyError,)
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool) -> Iterator[PostgresTransaction]:
+        """A transaction on a connection of the engine's pool."""
+        with self.engine.connect() as conn, conn.begin():
+            yield PostgresTransaction(conn)
+
+    def schema_version(self, tx: PostgresTransaction) -> int | None:
+        """The schema version stored, ``None`` before the tables are created."""
+        if tx.rows("SELECT to_regclass('expkit_schema')")[0][0] is None:
+            return None
+        return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
+
+    def mark(self, column: str) -> str:
+        """The placeholder of a value for ``column``: JSON goes as text, cast to JSONB."""
+        return "CAST(? AS JSONB)" if column in JSON_COLUMNS else "?"
+
+    @staticmethod
+    def time_param(value: datetime.datetime | None) -> datetime.datetime | None:
+        """A time as psycopg takes it."""
+        return value
+
+    @staticmethod
+    def time_value(value: datetime.datetime) -> datetime.datetime:
+        """A time as psycopg hands it over."""
+        return value
+
+    @staticmethod
+    def json_value(value: Any) -> Any:
+        """A JSON column's value (psycopg has decoded it with :func:`loads`)."""
+        return value
+
+    def close(self) -> None:
+        """Close the pool's connections."""
+        self.engine.dispose()
+
+
+class PostgresTransaction:
+    """The statements of one transaction in PostgreSQL."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Iterable[Any] = ()) -> list[Sequence[Any]]:
+        """The rows ``sql`` selects or returns."""
+        result = self._conn.exec_driver_sql(_format(sql), tuple(params) or None)
+        return result.all() if result.returns_rows else []
+
+    def run(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run ``sql``; the number of rows it changed."""
+        return self._conn.exec_driver_sql(_format(sql), tuple(params) or None).rowcount
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once a row."""
+        self._conn.exec_driver_sql(_format(sql), [tuple(row) for row in rows])
+
+
+@functools.lru_cache(maxsize=256)
+def _format(sql: str) -> str:
+    # psycopg's placeholders; the statements here hold no other "?" and no "%".
+    return sql.replace("?", "%s")
+
+
+def _sqlite_path(url: str) -> str:
+    _, sep, rest = url.partition("://")
+    database = rest.partition("?")[0]
+    if (
+        not sep
+        or not database.startswith("/")
+        or database in ("/", "/:memory:")
+        or (database.startswith("/file:"))
+    ):
+        raise UsageError(
+            f"{redact_url(url)!r} names no database file: write sqlite:///runs.db "
+            "(relative) or sqlite:////abs/path/runs.db"
+        )
+    path = os.path.abspath(urllib.parse.unquote(database[1:]))  # the run may chdir later
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def _engine(url: str, echo: bool) -> Any:
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(f"{redact_url(url)!r} is not an SQLAlchemy database URL") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, from expkit[sql]
+    try:
+        return sa.create_engine(
+            parsed,
+            echo=echo,
+            json_deserializer=loads,
+            pool_pre_ping=True,  # a server restarted mid-run: reconnect, not fail
+            connect_args={"connect_timeout": _CONNECT_TIMEOUT},
+        )
+    except ImportError as exc:
+        raise UsageError(
+            f"the SQL store cannot reach {redact_url(url)!r}: {exc}; install expkit[sql]"
+        ) from None
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value``; non-finite floats as ``{"$float": ...}`` (see storage's doc)."""
+    return json_text(to_data(value))
+
+
+def loads(text: str | bytes) -> Any:
+    """The inverse of :func:`dumps` (psycopg hands JSONB over as bytes)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8")
+    data = json.loads(text)
+    return _untag_floats(data) if '"$float"' in text else data
+
+
+def json_text(data: Any) -> str:
+    """JSON text of plain data (lists, dicts, strings, numbers), as :func:`dumps`."""
+    try:
+        return json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(_tag_floats(data), allow_nan=False, separators=(",", ":"))
+
+
+def _tag_floats(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return {"$float": repr(data)}
+    if isinstance(data, dict):
+        return {k: _tag_floats(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_tag_floats(v) for v in data]
+    return data
+
+
+def _untag_floats(data: Any) -> Any:
+    if isinstance(data, dict):
+        if data.keys() == {"$float"} and data["$float"] in ("nan", "inf", "-inf"):
+            return float(data["$float"])
+        return {k: _untag_floats(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_untag_floats(v) for v in data]
+    return data
