@@ -275,7 +275,10 @@ def _sqlite_path(url: str) -> str:
 
 
 def _engine(url: str, echo: bool) -> Any:
-    import sqlalchemy as sa
+    try:
+        import sqlalchemy as sa
+    except ImportError:
+        raise UsageError("the SQL store needs SQLAlchemy: pip install 'expkit[sql]'") from None
 
     try:
         parsed = sa.engine.make_url(url)

@@ -405,9 +405,7 @@ class SqlStorage(Storage):
                     tx.run("SELECT pg_advisory_xact_lock(7341020101)")
                 version = db.schema_version(tx)
                 if version is None:
-                    from expkit_plugins.sql_store.schema import create_statements
-
-                    for statement in create_statements(db.name):
+                    for statement in _create_statements(db.name):
                         tx.run(statement)
                     tx.run("INSERT INTO expkit_schema (version) VALUES (?)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
@@ -453,6 +451,16 @@ class SqlObserver(StoreObserver):
         url = engine.url.render_as_string(hide_password=False)
         StoreObserver.__init__(self, SqlStorage(url, engine=engine), priority=priority)
         return self
+
+
+def _create_statements(dialect: str) -> list[str]:
+    try:
+        from expkit_plugins.sql_store.schema import create_statements
+    except ImportError:
+        raise UsageError(
+            "the SQL store needs SQLAlchemy to create its tables: pip install 'expkit[sql]'"
+        ) from None
+    return create_statements(dialect)
 
 
 # --- values --------------------------------------------------------------------------------

@@ -397,6 +397,34 @@ def main():
     assert listed.split() == ["2", "True", "False"]
 
 
+def test_without_sqlalchemy_an_sqlite_file_with_tables_works_and_a_new_one_says_what_to_install(
+    db: Path, tmp_path: Path
+):
+    start(SqlObserver(sqlite_url(db)))
+    code = (
+        "import datetime, sys; sys.modules['sqlalchemy'] = None\n"
+        "from expkit.errors import UsageError\n"
+        "from expkit.pluginmanager import create_plugin_manager\n"
+        "from expkit.store import open_reader, open_store\n"
+        "pm = create_plugin_manager()\n"
+        "print(len(open_reader(pm, sys.argv[1]).list_runs()))\n"
+        "for url in (sys.argv[2], 'postgresql://me@localhost/db'):\n"
+        "    try:\n"
+        "        open_store(pm, url).started_event({'name': 'x', 'sources': []}, 'main', {},\n"
+        "            datetime.datetime(2024, 5, 1), {}, {}, None)\n"
+        "    except UsageError as e:\n"
+        "        print(e)\n"
+    )
+    new = sqlite_url(tmp_path / "new.db")
+    done = run_script("-c", code, sqlite_url(db), new, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "1",
+        "the SQL store needs SQLAlchemy to create its tables: pip install 'expkit[sql]'",
+        "the SQL store needs SQLAlchemy: pip install 'expkit[sql]'",
+    ]
+
+
 # --- the commands on SQLite -------------------------------------------------------------------
 
 _EXPERIMENT = """\
