@@ -1,8 +1,9 @@
 """The SQL store: runs in SQLite (``sqlite:///runs.db``) or PostgreSQL (``postgresql://...``).
 
-The URLs are SQLAlchemy's, as Sacred's ``SqlObserver`` takes them. The tables and
-the code are in :mod:`expkit_plugins.sql_store.storage`, imported (with SQLAlchemy)
-only when a run or a reader uses an SQL store; install them with ``expkit[sql]``.
+The URLs are SQLAlchemy's, as Sacred's ``SqlObserver`` takes them. The code is in
+:mod:`expkit_plugins.sql_store.storage`, imported only when a run or a reader uses an
+SQL store; SQLAlchemy (``expkit[sql]``) only for PostgreSQL and for the tables of a new
+SQLite file.
 """
 
 from __future__ import annotations

@@ -23,13 +23,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from expkit.errors import UsageError
-from expkit.serialize import to_data
+from expkit.store import StoreError
 from expkit.utils import redact_url
 
 log = logging.getLogger("expkit")
 
 _SQLITE_BUSY_MS = 60_000
 _CONNECT_TIMEOUT = 5
+# Connections a forked child inherited: kept alive so that they are never closed there.
+_FROM_PARENT: list[sqlite3.Connection] = []
 JSON_COLUMNS = frozenset({"config", "result", "meta", "host", "experiment_info", "info",
                           "fail_trace", "metadata"})  # fmt: skip
 TIME_COLUMNS = frozenset({"start_time", "stop_time", "heartbeat"})
@@ -40,9 +42,9 @@ def open_database(url: str, echo: bool, engine: Any) -> SqliteDatabase | Postgre
     backend = url.partition(":")[0].partition("+")[0]
     if backend == "sqlite":
         return SqliteDatabase(_sqlite_path(url), echo)
-    if engine is not None:
+    if engine is not None and engine.dialect.name == "postgresql":
         return PostgresDatabase(engine)
-    if backend != "postgresql":
+    if engine is not None or backend != "postgresql":
         raise UsageError(
             f"{redact_url(url)!r}: the SQL store keeps runs in SQLite (sqlite:///runs.db) "
             "or PostgreSQL (postgresql://user@host/db)"
@@ -55,34 +57,28 @@ class SqliteDatabase:
 
     name = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    password = ""  # an SQLite file has none
 
     def __init__(self, path: str, echo: bool) -> None:
         self.path = path
         self._echo = echo
-        self._guard = threading.Lock()
-        self._forget()
+        self._start()
 
-    def _forget(self) -> None:
+    def _start(self) -> None:
+        self._guard = threading.Lock()
         self._local = threading.local()
         self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._pid = os.getpid()
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
-            self._forget()  # a forked child: the parent's connections are the parent's
+            # A forked child: the parent's connections are never used here, nor closed
+            # (closing one could end the parent's WAL state); they are kept, untouched.
+            _FROM_PARENT.extend(conn for _, conn in self._opened)
+            self._start()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=_SQLITE_BUSY_MS / 1000,
-                isolation_level=None,  # transactions are begun below, as each needs
-                check_same_thread=False,  # closed by close() from any thread
-            )
-            if self._echo:
-                conn.set_trace_callback(log.info)
-            _wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
-            conn.execute("PRAGMA wal_autocheckpoint = 16384")
+            conn = self._connect()
             self._local.conn = conn
             with self._guard:
                 # The connections of threads that have ended are closed here: a server
@@ -94,6 +90,24 @@ class SqliteDatabase:
                 old.close()
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=_SQLITE_BUSY_MS / 1000,
+            isolation_level=None,  # transactions are begun below, as each needs
+            check_same_thread=False,  # closed by close() from any thread
+        )
+        try:
+            if self._echo:
+                conn.set_trace_callback(log.info)
+            _wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint
+            conn.execute("PRAGMA wal_autocheckpoint = 16384")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     @contextlib.contextmanager
     def transaction(self, write: bool) -> Iterator[SqliteTransaction]:
         """A transaction; a writing one takes the write lock at ``BEGIN``."""
@@ -103,11 +117,12 @@ class SqliteDatabase:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield SqliteTransaction(conn)
-        except BaseException:
+            conn.execute("COMMIT")
+        finally:
+            # After an error, and after a COMMIT that failed (a full disk) without ending
+            # the transaction: this thread's next BEGIN would fail on an open one.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def schema_version(self, tx: SqliteTransaction) -> int | None:
         """The schema version stored, ``None`` before the tables are created."""
@@ -126,7 +141,7 @@ class SqliteDatabase:
         if value is None:
             return None
         if not isinstance(value, datetime.datetime):
-            raise TypeError(f"a time must be a datetime, not {type(value).__name__}")
+            raise StoreError(f"a time must be a datetime, not {type(value).__name__}")
         return (
             f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
             f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
@@ -178,6 +193,11 @@ class SqliteTransaction:
         """Run ``sql``; the number of rows it changed."""
         return self._conn.execute(sql, tuple(params)).rowcount
 
+    def insert(self, sql: str, params: Iterable[Any]) -> int:
+        """Run the ``INSERT`` ``sql``; the id the database gave the row."""
+        # Not RETURNING: SQLite before 3.35 (Debian 11's, Ubuntu 20.04's) lacks it.
+        return self._conn.execute(sql, tuple(params)).lastrowid
+
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run ``sql`` once a row."""
         self._conn.executemany(sql, rows)
@@ -225,6 +245,13 @@ class PostgresDatabase:
         """A JSON column's value (psycopg has decoded it with :func:`loads`)."""
         return value
 
+    @property
+    def password(self) -> str:
+        """The password the engine connects with, as SQLAlchemy parsed it from the URL."""
+        url = self.engine.url
+        password = url.password or url.query.get("password") or ""
+        return password if isinstance(password, str) else ""
+
     def close(self) -> None:
         """Close the pool's connections."""
         self.engine.dispose()
@@ -245,6 +272,10 @@ class PostgresTransaction:
         """Run ``sql``; the number of rows it changed."""
         return self._conn.exec_driver_sql(_format(sql), tuple(params) or None).rowcount
 
+    def insert(self, sql: str, params: Iterable[Any]) -> int:
+        """Run the ``INSERT`` ``sql``; the id the database gave the row."""
+        return self.rows(sql + " RETURNING id", params)[0][0]
+
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run ``sql`` once a row."""
         self._conn.exec_driver_sql(_format(sql), [tuple(row) for row in rows])
@@ -252,7 +283,8 @@ class PostgresTransaction:
 
 @functools.lru_cache(maxsize=256)
 def _format(sql: str) -> str:
-    # psycopg's placeholders; the statements here hold no other "?" and no "%".
+    # psycopg's placeholders. The statements (storage's and query's) hold no other "?" and
+    # no "%": values, LIKE patterns included, always go as parameters.
     return sql.replace("?", "%s")
 
 
@@ -303,16 +335,8 @@ def _engine(url: str, echo: bool) -> Any:
 # --- JSON ------------------------------------------------------------------------------------
 
 
-# --- values --------------------------------------------------------------------------------
-
-
-def dumps(value: Any) -> str:
-    """JSON text of ``value``; non-finite floats as ``{"$float": ...}`` (see storage's doc)."""
-    return json_text(to_data(value))
-
-
 def loads(text: str | bytes) -> Any:
-    """The inverse of :func:`dumps` (psycopg hands JSONB over as bytes)."""
+    """The inverse of :func:`json_text` (psycopg hands JSONB over as bytes)."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = bytes(text).decode("utf-8")
     data = json.loads(text)
@@ -320,7 +344,7 @@ def loads(text: str | bytes) -> Any:
 
 
 def json_text(data: Any) -> str:
-    """JSON text of plain data (lists, dicts, strings, numbers), as :func:`dumps`."""
+    """JSON text of plain data; non-finite floats as ``{"$float": ...}`` (see storage's doc)."""
     try:
         return json.dumps(data, allow_nan=False, separators=(",", ":"))
     except ValueError:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from expkit.store import Query
 from expkit_plugins.sql_store.databases import TIME_COLUMNS
 
-# The run fields a filter names first (as expkit.runs.lookup has them), and their columns.
+# The run fields a filter names first (as expkit.runs.lookup has them) that are columns.
 _RUN_FIELDS = ("id", "experiment", "status", "command")
 _SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
-def where_clause(query: Query, dialect: str, time_param: Any) -> tuple[list[str], list[Any], bool]:
+def where_clause(
+    query: Query, dialect: str, time_param: Callable[[Any], Any]
+) -> tuple[list[str], list[Any], bool]:
     """SQL conditions meaning what the core's filters mean, their parameters, and whether
     they are all of them.
 
@@ -41,7 +44,8 @@ def where_clause(query: Query, dialect: str, time_param: Any) -> tuple[list[str]
             exact = False
         else:
             statuses = sorted(query.statuses)
-            conditions.append(f"status IN ({', '.join('?' * len(statuses))})")
+            marks = ", ".join("?" * len(statuses))
+            conditions.append(f"status IN ({marks})" if statuses else "FALSE")
             params.extend(statuses)
     if query.since is not None:
         conditions.append("start_time >= ?")
@@ -124,8 +128,12 @@ def _json_compare(
     compare_params = [*extracted_params, value]
     if sql_op == "!=":
         # Python: a value of another kind is unequal too, as long as the key is there.
+        # A run's result is always there (a run without one has None).
+        found = (
+            f"{kind} IS NULL OR" if column == "result" and not path else f"{kind} IS NOT NULL AND"
+        )
         return (
-            f"({kind} IS NOT NULL AND (NOT ({kind} {same_kind}) OR {compare}))",
+            f"({found} (NOT ({kind} {same_kind}) OR {compare}))",
             [*kind_params, *kind_params, *compare_params],
         )
     return f"({kind} {same_kind} AND {compare})", [*kind_params, *compare_params]

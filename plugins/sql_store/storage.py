@@ -36,7 +36,6 @@ import itertools
 import logging
 import math
 import threading
-import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -83,7 +82,7 @@ class SqlStorage(Storage):
         self.url = url
         self._where = redact_url(url)
         self._db = open_database(url, echo, engine)
-        self._secret = _secret(url)
+        self._secret = _secret(self._db.password)
         self._ready = False
         self._lock = threading.RLock()
         self._cout_len = 0
@@ -111,7 +110,7 @@ class SqlStorage(Storage):
         with self._lock, self._write("storing the run") as tx:
             wanted = doc.get("_id")
             if wanted is None:
-                [(run_id,)] = tx.rows(self._insert("runs", row) + " RETURNING id", row.values())
+                run_id = tx.insert(self._insert("runs", row), row.values())
             else:
                 run_id = _int_id(wanted, self._where)
                 if postgres:  # no other run is stored until the id sequence is moved on
@@ -125,7 +124,8 @@ class SqlStorage(Storage):
                         # AUTOINCREMENT keeps past the largest id itself).
                         tx.run(_PG_SEQUENCE_PAST_IDS)
                 elif old[0][0] == "QUEUED":  # a queued run starts under its id
-                    tx.run(self._update(row), (*row.values(), run_id))
+                    sets = ", ".join(self._assignments(row))
+                    tx.run(f"UPDATE runs SET {sets} WHERE id = ?", (*row.values(), run_id))
                     for table in (*_FILE_TABLES.values(), "metrics"):
                         tx.run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
                 else:
@@ -154,7 +154,7 @@ class SqlStorage(Storage):
         row = self._cells(
             {field: _column(field, doc.get(field)) for field in changed if field in _COLUMNS}
         )
-        sets = [f"{name} = {self._db.mark(name)}" for name in row]
+        sets = self._assignments(row)
         params = list(row.values())
         if "captured_out" in changed:
             text = doc.get("captured_out") or ""
@@ -229,7 +229,7 @@ class SqlStorage(Storage):
         return [_summary_doc(self._decoded(_SUMMARY, row)) for row in rows]
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
-        """The query as SQL where it can be (see :func:`_conditions`); candidates otherwise."""
+        """The query as SQL where it can be (see :func:`where_clause`); candidates otherwise."""
         dialect = self._db.name
         conditions, params, exact = where_clause(query, dialect, self._db.time_param)
         order = order_by(query) if exact else None
@@ -336,7 +336,7 @@ class SqlStorage(Storage):
         for name, value in values.items():
             value = _hidden(value, self._secret)
             if name in JSON_COLUMNS:
-                value = None if value is None else json_text(value)
+                value = json_text(value)  # None as JSON's null, as SQLAlchemy wrote it
             elif name in TIME_COLUMNS:
                 value = self._db.time_param(value)
             cells[name] = value
@@ -346,9 +346,8 @@ class SqlStorage(Storage):
         marks = ", ".join(self._db.mark(name) for name in row)
         return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})"
 
-    def _update(self, row: dict) -> str:
-        sets = ", ".join(f"{name} = {self._db.mark(name)}" for name in row)
-        return f"UPDATE runs SET {sets} WHERE id = ?"
+    def _assignments(self, row: dict) -> list[str]:
+        return [f"{name} = {self._db.mark(name)}" for name in row]
 
     def _decoded(self, names: Sequence[str], row: Sequence[Any]) -> dict:
         """A row of ``runs`` as Python values; a damaged value is ``None``, and named in a
@@ -505,17 +504,8 @@ def _summary_doc(row: dict) -> dict:
     return doc
 
 
-def _secret(url: str) -> str:
+def _secret(password: str) -> str:
     """The password of the database URL: never written to the tables (see :func:`_hidden`)."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        password = parts.password
-    except ValueError:
-        password = None
-    if password is not None:
-        password = urllib.parse.unquote(password)
-    else:
-        password = (urllib.parse.parse_qs(parts.query).get("password") or [""])[-1]
     return password if len(password) >= 4 else ""  # shorter ones would hide too much text
 
 
@@ -541,14 +531,11 @@ def _across(text: str, secret: str, at: int) -> bool:
     return text.find(secret, at - len(secret) + 1, at + len(secret) - 1) >= 0
 
 
-_PLAIN_NUMBERS = frozenset({float, int})
-
-
 def _numbers(values: list) -> list:
     """Metric values as the float column holds them (see :func:`_number`)."""
-    if set(map(type, values)) <= _PLAIN_NUMBERS:
+    if set(map(type, values)) == {float}:
         total = sum(values)
-        if total == total:  # no NaN among them: the values as they are (ints as floats)
+        if total == total:  # no NaN among them: the values as they are
             return values
     return list(map(_number, values))
 

@@ -22,7 +22,8 @@ OPS = ["==", "!=", "<", "<=", ">", ">="]
 FILTERS = [
     *(f"C{op}{v}" for op, v in itertools.product(OPS, ["1", "2.0", "0", "'a'", "'B'", "'10'"])),
     "opt.lr>0.01", "opt.lr==0.1", "config.C>=1", "result>0.5", "result.acc>0.5",
-    "result.acc!=0.9", "status==completed", "status!=FAILED", "experiment==exp_b",
+    "result.acc!=0.9", "result!=0.5", "result!='b'", "result<2", "status==completed",
+    "status!=FAILED", "experiment==exp_b",
     "experiment<exp_b", "id>3", "id<='7'", "command==main", "C.x==1", "C.0==1",
     "result=='b'", "missing==1", "missing!=1", "experiment.x==1", "start_time>1",
 ]  # fmt: skip
