@@ -15,8 +15,10 @@ import os
 import sqlite3
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
 from cli_helpers import (
@@ -560,6 +562,30 @@ def test_the_password_of_the_url_is_never_written_to_the_tables(postgres_url: st
     record = read(postgres_url, run_id)
     assert record.captured_out == out.replace(password, "***")
     assert record.config["db"] == redact_url(postgres_url)
+
+
+def test_a_password_with_a_slash_is_hidden_as_well(local_postgres: Any, postgres_url: str):
+    # SQLAlchemy reads such a URL, and connects with it; the store must hide that password.
+    role, password = f"r{uuid.uuid4().hex[:8]}", f"pw/{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(postgres_url)
+    database = parts.path.lstrip("/")
+    with local_postgres.admin(database) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+    url = f"postgresql://{role}:{password}@{parts.hostname}:{parts.port}/{database}"
+    try:
+        obs = SqlObserver(url)
+        start(obs, config={"note": f"connect with {password}"})
+        obs.completed_event(T1, f"done with {password}")
+        obs.storage.close()
+        # The role's own tables, read through libpq, which takes the password quoted.
+        stored = tables_text(url.replace(password, quote(password, safe="")))
+        assert "connect with ***" in stored and "done with ***" in stored
+        assert password not in stored
+    finally:
+        with local_postgres.admin(database) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 _SLOW = """\
