@@ -46,6 +46,7 @@ from expkit.store import Query, Storage, StoredFile, StoreError, StoreObserver
 from expkit.utils import redact_url
 from expkit_plugins.sql_store.databases import (
     JSON_COLUMNS,
+    NEEDS_SQLALCHEMY,
     TIME_COLUMNS,
     json_text,
     open_database,
@@ -456,9 +457,7 @@ def _create_statements(dialect: str) -> list[str]:
     try:
         from expkit_plugins.sql_store.schema import create_statements
     except ImportError:
-        raise UsageError(
-            "the SQL store needs SQLAlchemy to create its tables: pip install 'expkit[sql]'"
-        ) from None
+        raise UsageError(NEEDS_SQLALCHEMY) from None
     return create_statements(dialect)
 
 

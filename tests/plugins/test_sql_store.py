@@ -425,6 +425,7 @@ def test_without_sqlalchemy_an_sqlite_file_with_tables_works_and_a_new_one_says_
         "the SQL store needs SQLAlchemy to create its tables: pip install 'expkit[sql]'",
         "the SQL store needs SQLAlchemy: pip install 'expkit[sql]'",
     ]
+    assert not (tmp_path / "new.db").exists()  # refused at open, before anything ran
 
 
 # --- the commands on SQLite -------------------------------------------------------------------
