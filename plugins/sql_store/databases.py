@@ -97,6 +97,7 @@ class SqliteDatabase:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(
             self.path,
             timeout=_SQLITE_BUSY_MS / 1000,
@@ -314,9 +315,7 @@ def _sqlite_path(url: str) -> str:
             f"{redact_url(url)!r} names no database file: write sqlite:///runs.db "
             "(relative) or sqlite:////abs/path/runs.db"
         )
-    path = os.path.abspath(urllib.parse.unquote(database[1:]))  # the run may chdir later
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return path
+    return os.path.abspath(urllib.parse.unquote(database[1:]))  # the run may chdir later
 
 
 def _engine(url: str, echo: bool) -> Any:

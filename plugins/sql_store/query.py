@@ -87,9 +87,8 @@ def _filter(where: Any, dialect: str) -> tuple[str, list] | None:
             value = value.upper()
         compare = f"{first}{_codepoint(dialect)} {sql_op} ?"
         return (f"({first} IS NULL OR {compare})" if op == "!=" else compare), [value]
-    if first in TIME_COLUMNS or first == "duration":
-        if not rest:
-            return None
+    if (first in TIME_COLUMNS or first == "duration") and not rest:
+        return None
     if first == "result":
         column, path = "result", rest.split(".") if rest else []
     elif first == "config" and rest:

@@ -60,6 +60,7 @@ FORMAT = "SqlStore-expkit-1"
 DEFAULT_SQL_PRIORITY = 40  # Sacred's
 
 _FILE_TABLES = {"source": "sources", "resource": "resources", "artifact": "artifacts"}
+_RUN_TABLES = (*_FILE_TABLES.values(), "metrics")  # the tables with rows of a run's own
 # The document's fields kept in a column of their own name in ``runs``.
 _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format", "config",
             "result", "meta", "host", "info", "fail_trace")  # fmt: skip
@@ -127,7 +128,7 @@ class SqlStorage(Storage):
                 elif old[0][0] == "QUEUED":  # a queued run starts under its id
                     sets = ", ".join(self._assignments(row))
                     tx.run(f"UPDATE runs SET {sets} WHERE id = ?", (*row.values(), run_id))
-                    for table in (*_FILE_TABLES.values(), "metrics"):
+                    for table in _RUN_TABLES:
                         tx.run(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
                 else:
                     raise UsageError(f"a run with id {run_id} already exists in {self._where}")
@@ -311,7 +312,7 @@ class SqlStorage(Storage):
             f"SELECT md5 FROM {table} WHERE md5 IS NOT NULL" for table in _FILE_TABLES.values()
         )
         with self._lock, self._write(f"deleting run {ident}") as tx:
-            for table in (*_FILE_TABLES.values(), "metrics"):
+            for table in _RUN_TABLES:
                 tx.run(f"DELETE FROM {table} WHERE run_id = ?", (ident,))
             tx.run("DELETE FROM runs WHERE id = ?", (ident,))
             tx.run(f"DELETE FROM blobs WHERE md5 NOT IN ({used})")
