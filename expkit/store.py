@@ -47,6 +47,11 @@ FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", "PR
 SUMMARY_FIELDS = ("command", "start_time", "stop_time", "heartbeat", "result", "meta", "config")
 
 
+# Left out of a summary's meta: the command-line options and config docs, most of its text,
+# which no listing shows (a run read whole has them).
+SUMMARY_META_OMITS = ("options", "config_docs")
+
+
 class StoreError(ExpkitError):
     """A store cannot be read or written; the message says which store and why."""
 
@@ -148,8 +153,9 @@ class Storage:
         raise NotImplementedError
 
     def summaries(self) -> Iterable[dict]:
-        """Every run's document without ``captured_out``, ``info`` and host, in id order
-        (files may be left out; the names of artifacts given are listed)."""
+        """Every run's document without ``captured_out``, ``info``, host and the meta keys
+        of :data:`SUMMARY_META_OMITS`, in id order (files may be left out; the names of
+        artifacts given are listed)."""
         raise NotImplementedError
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
@@ -702,7 +708,7 @@ class StoreReader:
             config=_dict(doc.get("config")),
             result=doc.get("result"),
             meta=_dict(doc.get("meta")),
-            artifacts=tuple(dict.fromkeys(f.name for f in _files(doc.get("artifacts")))),
+            artifacts=_names(doc.get("artifacts")),
         )
         if not whole:
             return record
@@ -754,7 +760,14 @@ def _files(value: Any) -> list[StoredFile]:
     return [f for f in value if isinstance(f, StoredFile)]
 
 
+def _names(files: Any) -> tuple[str, ...]:
+    found = _files(files)
+    return tuple(dict.fromkeys(f.name for f in found)) if found else ()  # each name once
+
+
 def _time(value: Any) -> datetime.datetime | None:
+    if type(value) is datetime.datetime and value.tzinfo is None:
+        return value  # as stores keep times: naive UTC
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=None) if value.tzinfo is None else _naive(value)
     if isinstance(value, str):

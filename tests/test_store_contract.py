@@ -546,6 +546,28 @@ def test_many_runs_are_listed_in_id_order(store: Store, ex_info: dict):
     ]
 
 
+def test_a_listing_leaves_the_options_out_of_meta_and_a_whole_run_has_them(
+    store: Store, ex_info: dict
+):
+    # Options and config docs are most of a run's meta and no listing shows them: every
+    # store leaves them out of its summaries alike, so `runs list --json` does not depend
+    # on the store; the run read whole keeps them.
+    obs = store.observer()
+    meta = {**META, "config_docs": [["C", "the regularisation"]]}
+    run_id = obs.started_event(
+        ex_info=ex_info, command="main", host_info=HOST, start_time=T0, config=CONFIG,
+        meta_info=meta, _id=None,
+    )  # fmt: skip
+    obs.completed_event(stop_time=T1, result=1)
+    [listed] = store.listed()
+    assert listed.meta == {"command": "main", "comment": "first try"}
+    whole = store.get(run_id).meta
+    assert (whole["options"], whole["config_docs"]) == (
+        META["options"],
+        [["C", "the regularisation"]],
+    )
+
+
 def test_unknown_runs_are_key_errors(store: Store, ex_info: dict):
     start(store.observer(), ex_info)
     reader = store.reader()
@@ -618,7 +640,7 @@ def _damage(store: Store, run_id: Any) -> None:
                 conn.execute(
                     sa.text(
                         "UPDATE runs SET config = '{\"lr\": 0.', start_time = 'yesterday',"
-                        " meta = 'null', status = NULL WHERE id = :id"
+                        " meta = '{\"comm', status = NULL WHERE id = :id"
                     ),
                     {"id": run_id},
                 )

@@ -50,6 +50,7 @@ from expkit.serialize import dumps, to_data
 from expkit.store import (
     FINAL_STATUSES,
     SUMMARY_FIELDS,
+    SUMMARY_META_OMITS,
     Storage,
     StoredFile,
     StoreError,
@@ -861,10 +862,7 @@ def _summary(run_id: str, entry: dict, config: Any) -> dict:
     for key in _SUMMARY_KEYS:
         summary[key] = entry.get(key)
     if isinstance(summary["meta"], dict):
-        # The command-line options and config docs take most of the space; no listing shows them.
-        summary["meta"] = {
-            k: v for k, v in summary["meta"].items() if k not in ("options", "config_docs")
-        }
+        summary["meta"] = {k: v for k, v in summary["meta"].items() if k not in SUMMARY_META_OMITS}
     return summary
 
 

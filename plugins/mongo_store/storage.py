@@ -41,6 +41,7 @@ from expkit.observers import deprecated_create, utc_datetimes
 from expkit.serialize import to_data, utcnow
 from expkit.store import (
     FINAL_STATUSES,
+    SUMMARY_META_OMITS,
     Storage,
     StoredFile,
     StoreError,
@@ -640,7 +641,8 @@ class MongoStorage(Storage):
     def summaries(self) -> list[dict]:
         """Every run's document but its output, info and host, in id order."""
         with self._errors("listing runs"):
-            found = self.runs.find({}, {"captured_out": 0, "info": 0, "host": 0}, sort=[("_id", 1)])
+            left_out = ["captured_out", "info", "host", *(f"meta.{k}" for k in SUMMARY_META_OMITS)]
+            found = self.runs.find({}, dict.fromkeys(left_out, 0), sort=[("_id", 1)])
             return [self._doc(entry) for entry in found]
 
     def load(self, run_id: Any) -> dict:

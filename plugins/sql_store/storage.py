@@ -65,8 +65,18 @@ _RUN_TABLES = (*_FILE_TABLES.values(), "metrics")  # the tables with rows of a r
 _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format", "config",
             "result", "meta", "host", "info", "fail_trace")  # fmt: skip
 _RUN = ("id", "experiment", *_COLUMNS, "experiment_info", "captured_out")
-_SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", "heartbeat",
-            "config", "result", "meta")  # fmt: skip
+_SUMMARY = (
+    "id",
+    "experiment",
+    "status",
+    "command",
+    "start_time",
+    "stop_time",
+    "heartbeat",
+    "config",
+    "result",
+    "meta",
+)  # fmt: skip  (unpacked in this order by _summary_docs)
 # PostgreSQL: the id sequence moved past every stored id, never back (to ids of deleted runs).
 _PG_SEQUENCE_PAST_IDS = """
 SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(
@@ -84,6 +94,7 @@ class SqlStorage(Storage):
         self.url = url
         self._where = redact_url(url)
         self._db = open_database(url, echo, engine)
+        self._listed = ", ".join(self._db.listed_meta if c == "meta" else c for c in _SUMMARY)
         self._secret = _secret(self._db.password)
         self._ready = False
         self._lock = threading.RLock()
@@ -227,15 +238,15 @@ class SqlStorage(Storage):
     def summaries(self) -> list[dict]:
         """Every run's summary row, in id order."""
         with self._read("listing runs") as tx:
-            rows = tx.rows(f"SELECT {', '.join(_SUMMARY)} FROM runs ORDER BY id")
-        return [_summary_doc(self._decoded(_SUMMARY, row)) for row in rows]
+            rows = tx.rows(f"SELECT {self._listed} FROM runs ORDER BY id")
+        return self._summary_docs(rows)
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
         """The query as SQL where it can be (see :func:`where_clause`); candidates otherwise."""
         dialect = self._db.name
         conditions, params, exact = where_clause(query, dialect, self._db.time_param)
         order = order_by(query) if exact else None
-        sql = f"SELECT {', '.join(_SUMMARY)} FROM runs"
+        sql = f"SELECT {self._listed} FROM runs"
         if conditions:
             sql += " WHERE " + " AND ".join(conditions)
         sql += f" ORDER BY {order or 'id'}"
@@ -244,7 +255,7 @@ class SqlStorage(Storage):
             params.append(query.limit)
         with self._read("selecting runs") as tx:
             rows = tx.rows(sql, params)
-        return [_summary_doc(self._decoded(_SUMMARY, row)) for row in rows], order is not None
+        return self._summary_docs(rows), order is not None
 
     def load(self, run_id: Any) -> dict:
         """The run's row and its files' rows, as the layer's document."""
@@ -368,6 +379,36 @@ class SqlStorage(Storage):
                 )
                 out[name] = None
         return out
+
+    def _summary_docs(self, rows: Sequence[Sequence[Any]]) -> list[dict]:
+        """Rows of ``_SUMMARY`` as the layer's summary documents.
+
+        Listing decodes thousands of rows: each is decoded in one go, and only a row with
+        a damaged value goes through :meth:`_decoded`, which names the value.
+        """
+        json_value, time_value = self._db.json_value, self._db.time_value
+        docs = []
+        for row in rows:
+            ident, name, status, command, start, stop, beat, config, result, meta = row
+            try:
+                doc = {
+                    "_id": ident,
+                    "experiment": {"name": name},
+                    "status": status,
+                    "command": command,
+                    "start_time": None if start is None else time_value(start),
+                    "stop_time": None if stop is None else time_value(stop),
+                    "heartbeat": None if beat is None else time_value(beat),
+                    "config": json_value(config),
+                    "result": json_value(result),
+                    "meta": json_value(meta),
+                }
+            except (ValueError, TypeError):
+                decoded = self._decoded(_SUMMARY, row)
+                doc = {name: decoded[name] for name in _SUMMARY[2:]}
+                doc.update(_id=decoded["id"], experiment={"name": decoded["experiment"]})
+            docs.append(doc)
+        return docs
 
     def _new_output(self, text: str) -> str | None:
         """What extends the stored ``captured_out`` to ``text``; ``None`` to write it anew."""
@@ -495,13 +536,6 @@ def _file_row(kind: str, run_id: int, file: StoredFile) -> dict:
         "content_type": file.content_type,
         "metadata": to_data(file.metadata),
     }
-
-
-def _summary_doc(row: dict) -> dict:
-    doc = {name: row[name] for name in _SUMMARY if name not in ("id", "experiment")}
-    doc["_id"] = row["id"]
-    doc["experiment"] = {"name": row["experiment"]}
-    return doc
 
 
 def _secret(password: str) -> str:

@@ -219,6 +219,27 @@ def test_non_finite_floats_round_trip(url: str):
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2:] == [math.inf, -math.inf]
 
 
+@pytest.mark.parametrize(
+    "text, value",
+    [('{"a":[1,2.5,null,true]}', {"a": [1, 2.5, None, True]}), ('"x"', "x"), ("0.0", 0.0),
+     (' {"a": 1} ', {"a": 1}), ('{"$float":"nan"}', math.nan)],
+)  # fmt: skip
+def test_json_columns_are_read_whole(text: str, value: Any):
+    from expkit_plugins.sql_store.databases import loads
+
+    got = loads(text)
+    assert got == value or (math.isnan(value) and math.isnan(got))
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}x', '{"a": 1} {"b": 2}', "", '{"a": ', "nope"])
+def test_json_text_with_more_or_less_than_one_value_is_refused(text: str):
+    # A listing names a damaged value in a warning; it must not take part of it for the whole.
+    from expkit_plugins.sql_store.databases import loads
+
+    with pytest.raises(ValueError):
+        loads(text)
+
+
 # --- URLs -------------------------------------------------------------------------------------
 
 
