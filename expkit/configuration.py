@@ -133,11 +133,15 @@ def merge(target: dict, source: Mapping) -> dict:
     return target
 
 
+# Values that are never a Mapping: most config entries, told apart without asking the ABC.
+_LEAVES = frozenset({str, int, float, bool, type(None), list})
+
+
 def flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted path, value)`` for every leaf; an empty dict is a leaf."""
     for key, value in config.items():
-        path = join_path(prefix, key)
-        if isinstance(value, Mapping) and value:
+        path = f"{prefix}.{key}" if prefix and key else prefix or key  # join_path, inlined
+        if type(value) not in _LEAVES and isinstance(value, Mapping) and value:
             yield from flatten(value, path)
         else:
             yield path, value

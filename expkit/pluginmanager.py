@@ -57,9 +57,15 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
-        """Also take unmarked ``expkit_*`` functions in ``expconf.py``, as pytest in conftests."""
+        """Also take unmarked ``expkit_*`` functions in ``expconf.py``, as pytest in conftests.
+
+        As in pytest, only ``expkit_*`` names are hooks: the other names of a module (its
+        imports, mostly) are not looked at, which keeps start-up fast.
+        """
+        if not name.startswith("expkit_"):
+            return None
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name.startswith("expkit_"):
+        if opts is None:
             module_name = getattr(plugin, "__name__", "")
             if module_name.startswith("expconf_") and callable(getattr(plugin, name, None)):
                 opts = {

@@ -277,7 +277,7 @@ def has_control_chars(text: str) -> bool:
 def printable(value: Any) -> str:
     """``str(value)`` with control characters escaped (``\\x1b``, ``\\n``), safe to print."""
     text = str(value)
-    if not has_control_chars(text):
+    if text.isprintable() or not has_control_chars(text):  # isprintable: no control char
         return text
     return _CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 

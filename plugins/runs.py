@@ -564,7 +564,7 @@ def _cell(
     if not found:
         return ""
     if key == "status":
-        return shown_status(record, now, beat_interval)
+        return value if value != "RUNNING" else shown_status(record, now, beat_interval)
     if key == "duration":
         return _short_duration(None if value is None else datetime.timedelta(seconds=value))
     if isinstance(value, datetime.datetime):
@@ -578,6 +578,8 @@ def _value_text(value: Any, cap: int | None, cut: str = MIDDLE) -> str:
         text = " ".join(value.split()) if "\n" in value else value
     elif isinstance(value, float):
         text = f"{value:.6g}"
+    elif type(value) is int:  # as JSON writes it, without the cost of writing JSON
+        text = str(value)
     else:
         text = json.dumps(rounded(to_data(value)), sort_keys=True)
         cut = END
