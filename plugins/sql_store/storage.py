@@ -65,18 +65,9 @@ _RUN_TABLES = (*_FILE_TABLES.values(), "metrics")  # the tables with rows of a r
 _COLUMNS = ("status", "command", "start_time", "stop_time", "heartbeat", "format", "config",
             "result", "meta", "host", "info", "fail_trace")  # fmt: skip
 _RUN = ("id", "experiment", *_COLUMNS, "experiment_info", "captured_out")
-_SUMMARY = (
-    "id",
-    "experiment",
-    "status",
-    "command",
-    "start_time",
-    "stop_time",
-    "heartbeat",
-    "config",
-    "result",
-    "meta",
-)  # fmt: skip  (unpacked in this order by _summary_docs)
+# A listing's columns, unpacked in this order by ``_summary_docs``.
+_SUMMARY = ("id", "experiment", "status", "command", "start_time", "stop_time", "heartbeat",
+            "config", "result", "meta")  # fmt: skip
 # PostgreSQL: the id sequence moved past every stored id, never back (to ids of deleted runs).
 _PG_SEQUENCE_PAST_IDS = """
 SELECT setval(pg_get_serial_sequence('runs', 'id'), GREATEST(
