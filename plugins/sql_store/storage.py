@@ -396,7 +396,7 @@ class SqlStorage(Storage):
                 }
             except (ValueError, TypeError):
                 decoded = self._decoded(_SUMMARY, row)
-                doc = {name: decoded[name] for name in _SUMMARY[2:]}
+                doc = {column: decoded[column] for column in _SUMMARY[2:]}
                 doc.update(_id=decoded["id"], experiment={"name": decoded["experiment"]})
             docs.append(doc)
         return docs
