@@ -153,9 +153,9 @@ class Storage:
         raise NotImplementedError
 
     def summaries(self) -> Iterable[dict]:
-        """Every run's document without ``captured_out``, ``info``, host and the meta keys
-        of :data:`SUMMARY_META_OMITS`, in id order (files may be left out; the names of
-        artifacts given are listed)."""
+        """Every run's document without ``captured_out``, ``info`` and host, in id order
+        (files and the meta keys of :data:`SUMMARY_META_OMITS` may be left out; the names
+        of artifacts given are listed)."""
         raise NotImplementedError
 
     def select(self, query: Query) -> tuple[list[dict], bool]:
@@ -707,7 +707,7 @@ class StoreReader:
             heartbeat=_time(doc.get("heartbeat")),
             config=_dict(doc.get("config")),
             result=doc.get("result"),
-            meta=_dict(doc.get("meta")),
+            meta=_dict(doc.get("meta")) if whole else _listed_meta(doc.get("meta")),
             artifacts=_names(doc.get("artifacts")),
         )
         if not whole:
@@ -758,6 +758,14 @@ def _files(value: Any) -> list[StoredFile]:
     if not isinstance(value, list):
         return []
     return [f for f in value if isinstance(f, StoredFile)]
+
+
+def _listed_meta(meta: Any) -> dict:
+    # Alike from every store, whether or not its summaries left these keys out already.
+    meta = _dict(meta)
+    if any(key in meta for key in SUMMARY_META_OMITS):
+        return {k: v for k, v in meta.items() if k not in SUMMARY_META_OMITS}
+    return meta
 
 
 def _names(files: Any) -> tuple[str, ...]:

@@ -46,7 +46,6 @@ from expkit.errors import UsageError
 from expkit.observers import deprecated_create, utc_isoformat
 from expkit.serialize import parse_time, to_data
 from expkit.store import (
-    SUMMARY_META_OMITS,
     Storage,
     StoredFile,
     StoreError,
@@ -432,7 +431,10 @@ class TinyDbStorage(Storage):
             raise UsageError(f"no TinyDB store at {str(self.root)!r}: the folder does not exist")
         return self._read(
             lambda data: [
-                _summary(d) if isinstance(d, dict) else d for d in data.get("runs", {}).values()
+                _doc({k: v for k, v in d.items() if k not in ("captured_out", "info", "host")})
+                if isinstance(d, dict)
+                else d
+                for d in data.get("runs", {}).values()
             ]
         )
 
@@ -522,14 +524,6 @@ def _stored(key: str, value: Any) -> Any:
             entries.append([f.name, filename, _md5_of(relpath) or f.md5, relpath, extra])
         return entries
     return to_data(value)
-
-
-def _summary(entry: dict) -> dict:
-    summary = _doc({k: v for k, v in entry.items() if k not in ("captured_out", "info", "host")})
-    meta = summary.get("meta")
-    if isinstance(meta, dict):
-        summary["meta"] = {k: v for k, v in meta.items() if k not in SUMMARY_META_OMITS}
-    return summary
 
 
 def _doc(entry: Any) -> Any:

@@ -217,6 +217,14 @@ def test_a_store_backend_is_written_and_read_back_by_expkit_runs(
     [row] = [line for line in listed.stdout.splitlines() if line.startswith(run_id[:8] + " ")]
     assert row.split()[1] == "COMPLETED"
     assert listed.stdout.splitlines()[-1] == f"1 run of mem in {url}"
+    # Its summaries are whole documents; a listing still leaves the options out, as the
+    # built-in stores do, and the run shown whole has them.
+    listed = run_expkit("runs", "list", "--json", "--store", url, cwd=tmp_path, env=env)
+    [summary] = json.loads(listed.stdout)
+    assert summary["meta"]["command"] == "main" and "options" not in summary["meta"]
+    shown = run_expkit("runs", "show", run_id, "--json", "--store", url, cwd=tmp_path, env=env)
+    whole = json.loads(shown.stdout)
+    assert "--capture" in whole["meta"]["options"]
 
     shown = run_expkit("runs", "show", run_id, "--store", url, cwd=tmp_path, env=env)
     assert shown.returncode == 0, shown.stderr
