@@ -164,10 +164,12 @@ def _copy_runs(
     # (TinyDB's uuids): told by its runs, or else by the id it gives the first copy.
     numbered = _numbered(existing[0].id) if existing else None
     # Every run a destination run is a copy of, through earlier syncs, and the run itself.
-    there = {key: r.id for r in existing for key in _identities(r)}
+    there: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
+    for run in existing:
+        _remember(there, run, run.id)
     copied = skipped = 0
     for summary in summaries:
-        found = next((there[k] for k in _identities(summary) if k in there), None)
+        found = _copy_of(summary, there)
         if found is not None:
             print(f"{summary.id} -> {found} (already there)")
             skipped += 1
@@ -186,7 +188,7 @@ def _copy_runs(
         if numbered is None:
             numbered = _numbered(new_id)
         taken.add(str(new_id))
-        there.update(dict.fromkeys(_identities(summary), new_id))
+        _remember(there, summary, new_id)
         copied += 1
         print(f"{summary.id} -> {new_id}")
     print(f"{copied} copied, {skipped} already in {redact_url(dst_url)}")
@@ -196,6 +198,31 @@ def _copy_runs(
 def _numbered(run_id: Any) -> bool:
     """Whether ``run_id`` is a run number (``7`` or ``"7"``) rather than a name or uuid."""
     return isinstance(run_id, int) or (isinstance(run_id, str) and run_id.isdigit())
+
+
+def _remember(there: dict, record: RunRecord, copy_id: Any) -> None:
+    for key in _identities(record):
+        there.setdefault(key, []).append((_start_second(record), copy_id))
+
+
+def _copy_of(record: RunRecord, there: dict) -> Any:
+    """The id of the destination's copy of ``record``; ``None`` when it has none.
+
+    A copy keeps its run's start time. A store that numbers runs may give a deleted run's
+    id to a new one, so the same store and id are the same run only if the two started in
+    the same second (or one has not started).
+    """
+    start = _start_second(record)
+    for key in _identities(record):
+        for started, copy_id in there.get(key, ()):
+            if started is None or start is None or started == start:
+                return copy_id
+    return None
+
+
+def _start_second(record: RunRecord) -> Any:
+    # Seconds: MongoDB keeps milliseconds, the other stores microseconds.
+    return None if record.start_time is None else record.start_time.replace(microsecond=0)
 
 
 def _identities(record: RunRecord) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@ server of ``EXPKIT_TEST_MONGO_URL``)."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 from pathlib import Path
@@ -133,6 +134,29 @@ def test_ids_taken_in_the_destination_get_new_ones(
     assert read_all(str(other))["3"].config == {"C": 2}
 
 
+def test_a_new_run_given_a_deleted_runs_id_is_copied_not_taken_for_its_copy(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The file store numbers runs as Sacred's does, one past the highest: after `runs rm 2`
+    # the next run is 2 again. It is another run, and it must reach the destination.
+    team = tmp_path / "team"
+    assert expkit.main(["sync", str(source), str(team)]) == 0
+    assert expkit.main(["runs", "rm", "2", "--store", str(source), "--yes"]) == 0
+    later = T0 + datetime.timedelta(hours=1)
+    assert str(store_run(source, tmp_path / "c", {"C": 3}, 0.9, start=later)) == "2"
+    capsys.readouterr()
+    assert expkit.main(["sync", str(source), str(team)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "1 -> 1 (already there)",
+        "2 -> 3",
+        f"1 copied, 1 already in {team}",
+    ]
+    copies = read_all(str(team))
+    assert (copies["2"].config, copies["3"].config) == ({"C": 2}, {"C": 3})
+    assert expkit.main(["sync", str(source), str(team)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 2 already in {team}"
+
+
 def test_file_to_mongo_twice_copies_once(
     source: Path, mongo_url: str, capsys: pytest.CaptureFixture
 ) -> None:
@@ -144,6 +168,20 @@ def test_file_to_mongo_twice_copies_once(
     assert sorted(copied) == ["1", "2"]
     for run_id in src:
         assert_copied(src[run_id], copied[run_id])
+
+
+def test_mongodbs_millisecond_times_still_find_the_copy_both_ways(
+    tmp_path: Path, mongo_url: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    store_run(runs, tmp_path / "a", {"C": 1}, 0.5, start=T0.replace(microsecond=123456))
+    assert expkit.main(["sync", str(runs), mongo_url]) == 0
+    assert read_all(mongo_url)["1"].start_time.microsecond == 123000  # BSON keeps milliseconds
+    assert expkit.main(["sync", str(runs), mongo_url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("0 copied, 1 already in mongodb")
+    assert expkit.main(["sync", mongo_url, str(runs)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"0 copied, 1 already in {runs}"
 
 
 @pytest.mark.parametrize("direction", ["file->tinydb", "tinydb->file", "file->mongo"])
