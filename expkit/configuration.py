@@ -79,7 +79,7 @@ def split_path(path: str) -> list[str]:
 
 def join_path(*parts: str) -> str:
     """Join path parts with dots, skipping empty ones."""
-    return ".".join(p for p in parts if p)
+    return ".".join(filter(None, parts))
 
 
 def get_path(config: Mapping, path: str, default: Any = None) -> Any:
@@ -140,7 +140,7 @@ _LEAVES = frozenset({str, int, float, bool, type(None), list})
 def flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted path, value)`` for every leaf; an empty dict is a leaf."""
     for key, value in config.items():
-        path = f"{prefix}.{key}" if prefix and key else prefix or key  # join_path, inlined
+        path = join_path(prefix, key)
         if type(value) not in _LEAVES and isinstance(value, Mapping) and value:
             yield from flatten(value, path)
         else:

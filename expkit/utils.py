@@ -271,13 +271,15 @@ _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-
 
 def has_control_chars(text: str) -> bool:
     """Whether ``text`` holds a control character (an escape sequence, a newline, ...)."""
-    return _CONTROL_CHARS.search(text) is not None
+    # isprintable (in C) is False for every character the pattern matches: most text is
+    # cleared without the regex.
+    return not text.isprintable() and _CONTROL_CHARS.search(text) is not None
 
 
 def printable(value: Any) -> str:
     """``str(value)`` with control characters escaped (``\\x1b``, ``\\n``), safe to print."""
     text = str(value)
-    if text.isprintable() or not has_control_chars(text):  # isprintable: no control char
+    if not has_control_chars(text):
         return text
     return _CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 

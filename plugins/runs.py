@@ -220,11 +220,11 @@ def shown_status(
     record: RunRecord, now: datetime.datetime | None = None, beat_interval: float = 10.0
 ) -> str:
     """The status, with a RUNNING run whose heartbeat is stale as ``PROBABLY_DEAD``."""
+    if record.status != "RUNNING":
+        return record.status  # most runs of a long listing: no heartbeat to look at
     from expkit.runs import probably_dead
 
-    if record.status == "RUNNING" and probably_dead(record, now or utcnow(), beat_interval):
-        return "PROBABLY_DEAD"
-    return record.status
+    return "PROBABLY_DEAD" if probably_dead(record, now or utcnow(), beat_interval) else "RUNNING"
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -564,7 +564,7 @@ def _cell(
     if not found:
         return ""
     if key == "status":
-        return value if value != "RUNNING" else shown_status(record, now, beat_interval)
+        return shown_status(record, now, beat_interval)
     if key == "duration":
         return _short_duration(None if value is None else datetime.timedelta(seconds=value))
     if isinstance(value, datetime.datetime):
