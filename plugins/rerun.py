@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     pm = config.pluginmanager
     original = fetch(reader, url, run_id)
     overrides = parse_overrides(list(config.getoption("overrides") or ()))
-    entries = _entries(original, overrides)
+    entries, named = _entries(original, overrides)
     sources = read_sources(reader, original)  # once: restored now, compared at the end
     tampered = tampered_sources(original, sources)
     if tampered and not config.getoption("force"):
@@ -99,7 +100,7 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
         workdir = Path(tmp, "code")
         _restore_sources(sources, workdir)
         scratch = Path(tmp, "store")
-        argv = rerun_command(original, entries, scratch)
+        argv = rerun_command(original, entries, scratch, named)
         print(f"re-running run {original.id} of {original.experiment} in {workdir}")
         sys.stdout.flush()
         code = subprocess.call(argv, cwd=workdir)
@@ -144,20 +145,33 @@ def _as_named_by(original: RunRecord, rerun: RunRecord) -> RunRecord:
     return attrs.evolve(rerun, experiment=original.experiment, experiment_info=info)
 
 
-def _entries(original: RunRecord, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The stored config as dotted entries, with ``overrides`` replacing what they name."""
+def _entries(original: RunRecord, overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The entries and named configs to run ``original`` again with, ``overrides`` on top.
+
+    Without overrides, every stored entry: the same config, even where a config scope
+    computed something that would come out otherwise now (a time, a random draw). With
+    overrides, what the run was given (its updates, named configs and seed) and the
+    overrides, so that entries computed from an overridden one follow it, as with
+    ``with n=5`` in Sacred.
+    """
     flat = flatten(original.config)
     for key in overrides:
-        inside = [k for k in flat if k == key or k.startswith(key + ".")]
-        if not inside:
+        if not any(k == key or k.startswith(key + ".") for k in flat):
             raise UsageError(
                 f"-o {key}: run {original.id} has no config entry {key!r}"
                 + suggest(key, list(flat))
             )
-        for k in inside:
-            del flat[k]
-    flat.update(overrides)
-    return flat
+    if not overrides:
+        return flat, []
+    meta = original.meta or {}
+    given = flatten(meta.get("config_updates") or {})
+    if "seed" in flat:
+        given["seed"] = flat["seed"]
+    for key in overrides:
+        for k in [k for k in given if k == key or k.startswith(key + ".")]:
+            del given[k]
+    given.update(overrides)
+    return given, [str(name) for name in meta.get("named_configs") or ()]
 
 
 def recorded_md5(entry: Any) -> str | None:
@@ -205,29 +219,41 @@ def _restore_sources(sources: dict[str, bytes], folder: Path) -> None:
         target.write_bytes(data)
 
 
-def rerun_command(record: RunRecord, entries: dict[str, Any], store: Path) -> list[str]:
+def rerun_command(
+    record: RunRecord, entries: dict[str, Any], store: Path, named: Sequence[str] = ()
+) -> list[str]:
     """The command line that runs ``record``'s experiment again with ``entries``."""
     mainfile = record.experiment_info.get("mainfile")
     if not mainfile:
         raise UsageError(f"run {record.id} recorded no main file: it cannot be re-run")
     settings = [f"{key}={value!r}" for key, value in entries.items()]
     # -f: the stored config holds what named configs and -f added; -o alone would refuse it.
-    if "::" in record.experiment:
-        node = f"{mainfile}::{record.experiment.rsplit('::', 1)[1]}"
+    if "::" in record.experiment or not _from_script_command_line(record):
+        # Collected by `expkit run` (a module experiment's name is its node id), or run
+        # from Python: the file need not run its own command line (automain).
+        name = record.experiment.rsplit("::", 1)[-1]
         overrides = [arg for s in settings for arg in ("-o", s)]
+        named_args = [arg for n in named for arg in ("-w", n)]
         return [
             sys.executable,
             "-m",
             "expkit",
             "run",
-            node,
+            f"{mainfile}::{name}",
+            *named_args,
             *overrides,
             "-f",
             "--store",
             str(store),
         ]
     command = [sys.executable, mainfile, *([record.command] if record.command else [])]
-    return [*command, "with", *settings, "-f", "-F", str(store)]
+    return [*command, "with", *named, *settings, "-f", "-F", str(store)]
+
+
+def _from_script_command_line(record: RunRecord) -> bool:
+    # A script's command line (expkit's or Sacred's) records the words after "with".
+    options = (record.meta or {}).get("options")
+    return isinstance(options, dict) and "UPDATE" in options
 
 
 # --- the report --------------------------------------------------------------------------------

@@ -115,6 +115,81 @@ def test_an_override_of_no_config_entry_is_a_usage_error(project: Path) -> None:
     assert done.stderr == "ERROR: -o Cx: run 1 has no config entry 'Cx' (did you mean 'C'?)\n"
 
 
+DERIVED = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        n = 3
+        derived = n * 2
+
+    @expkit.named_config
+    def big():
+        n = 10
+
+    def exp_derived(n, derived):
+        return derived
+"""
+
+
+def test_an_entry_computed_from_an_overridden_one_follows_it(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"exp_derived.py": DERIVED})
+    done = run_expkit("run", "exp_derived.py", "-w", "big", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_expkit("rerun", "1", "-o", "n=5", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    original, rerun = stored_runs(root / "runs")
+    assert (original["config"]["derived"], rerun["config"]["derived"]) == (20, 10)
+    assert rerun["config"] == {**original["config"], "n": 5, "derived": 10}
+    assert rerun["meta"]["named_configs"] == ["big"]
+
+
+PLAIN_MAIN = """\
+    from expkit import Experiment
+
+    ex = Experiment("plain")
+
+    @ex.config
+    def cfg():
+        lr = 0.1
+        steps = 3
+
+    @ex.main
+    def main(lr, steps, _rnd):
+        return lr * steps + float(_rnd.random())
+"""
+
+
+def test_an_experiment_object_without_automain_is_rerun(tmp_path: Path) -> None:
+    # Collected by `expkit run`, and run from Python: neither needs the file to run
+    # its own command line, and neither may the rerun.
+    root = write_project(tmp_path / "proj", {"exp_plain.py": PLAIN_MAIN})
+    done = run_expkit("run", "exp_plain.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    from_python = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from exp_plain import ex\n"
+            "from expkit.observers import FileStorageObserver\n"
+            "ex.observers.append(FileStorageObserver('runs'))\n"
+            "ex.run(config_updates={'lr': 0.5})\n",
+        ],
+        cwd=root,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert from_python.returncode == 0, from_python.stderr
+    for run_id in ("1", "2"):
+        done = run_expkit("rerun", run_id, "--check", cwd=root)
+        assert done.returncode == 0, done.stdout + done.stderr
+    first, second, rerun_1, rerun_2 = stored_runs(root / "runs")
+    assert (rerun_1["result"], rerun_2["result"]) == (first["result"], second["result"])
+    assert rerun_2["config"]["lr"] == 0.5
+    assert rerun_1["experiment"]["name"] == rerun_2["experiment"]["name"] == "plain"
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
