@@ -28,6 +28,7 @@ from expkit.pluginmanager import hookimpl
 from expkit.records import RunRecord
 from expkit.run import store_for_url
 from expkit.serialize import to_data
+from expkit.store import StoreError
 from expkit.utils import redact_url, suggest
 from expkit_plugins.runs import (
     close,
@@ -99,6 +100,7 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
     with tempfile.TemporaryDirectory(prefix="expkit-rerun-") as tmp:
         workdir = Path(tmp, "code")
         _restore_sources(sources, workdir)
+        _restore_resources(reader, original, workdir)
         scratch = Path(tmp, "store")
         argv = rerun_command(original, entries, scratch, named)
         print(f"re-running run {original.id} of {original.experiment} in {workdir}")
@@ -215,6 +217,27 @@ def _restore_sources(sources: dict[str, bytes], folder: Path) -> None:
     folder.mkdir(parents=True)
     for name, data in sources.items():
         target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _restore_resources(reader: Any, record: RunRecord, folder: Path) -> None:
+    """Put the input files the run read from within its base dir back where it read them.
+
+    One read from elsewhere is read where it lies, if it still does.
+    """
+    base = record.experiment_info.get("base_dir")
+    for name, _ in record.resources if base else ():
+        relative = os.path.relpath(os.path.normpath(name), base)
+        if relative.startswith(os.pardir) or os.path.isabs(relative):
+            continue
+        target = folder / relative
+        if target.exists():
+            continue  # a source by that name was restored already
+        try:
+            data = reader.read_resource(record.id, name)
+        except (KeyError, StoreError):
+            continue  # recorded, not kept: the re-run reports what differs
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 

@@ -766,6 +766,8 @@ def describe(record: RunRecord, beat_interval: float = 10.0) -> list[str]:
         *_indented(metric_lines(record.metrics or {})),
         "artifacts:",
         *_indented(record.artifacts),
+        "resources:",
+        *_indented(f"{name}  md5 {md5}" if md5 else name for name, md5 in record.resources),
     ]
     if record.meta:
         lines += ["meta:", *_indented(_meta_lines(record.meta))]

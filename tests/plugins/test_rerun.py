@@ -190,6 +190,27 @@ def test_an_experiment_object_without_automain_is_rerun(tmp_path: Path) -> None:
     assert rerun_1["experiment"]["name"] == rerun_2["experiment"]["name"] == "plain"
 
 
+RESOURCE = """\
+    def exp_count(_run):
+        with _run.open_resource("data/n.txt") as f:
+            return int(f.read())
+"""
+
+
+def test_an_input_file_the_run_read_is_put_back_for_the_rerun(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"exp_count.py": RESOURCE, "data/n.txt": "5\n"})
+    done = run_expkit("run", "exp_count.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (root / "data" / "n.txt").write_text("6\n")  # the working copy moved on; the run did not
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result: identical (5)" in done.stdout.splitlines()
+    shown = run_expkit("runs", "show", "1", cwd=root).stdout.splitlines()
+    digest = hashlib.md5(b"5\n").hexdigest()
+    resources = shown.index("resources:")
+    assert shown[resources + 1] == f"  {root / 'data' / 'n.txt'}  md5 {digest}"
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
