@@ -134,13 +134,15 @@ def collect(session: Session, open_stores: bool = False) -> None:
                 wanted.setdefault(file, set()).add(name)  # type: ignore[union-attr]
     hook = config.pluginmanager.hook
     for file, names in wanted.items():
+        failed = False
         for result in hook.expkit_collect_file(path=file, config=config):
             for node in result or ():
                 if isinstance(node, CollectError):
                     session.errors.append(node)
+                    failed = True
                 elif names is None or node.name in names or node.originalname in names:
                     session.items.append(node)
-        if names:
+        if names and not failed:  # a file that failed to import says why, as an error
             found = {n for i in session.items if i.path == file for n in (i.name, i.originalname)}
             for name in sorted(names - found):
                 raise UsageError(f"no experiment {name!r} in {file.name}")

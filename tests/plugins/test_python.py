@@ -247,6 +247,16 @@ def test_a_file_that_fails_to_import_is_a_collection_error(tmp_path: Path) -> No
     assert "ValueError: invalid literal for int() with base 10: 'not a number'" in out
 
 
+def test_a_node_id_in_a_file_that_fails_to_import_shows_why(tmp_path: Path) -> None:
+    # Not "no experiment 'exp_never' in exp_broken.py": it is there; its file failed.
+    write_project(tmp_path, BROKEN)
+    proc = run_expkit("run", "sub/exp_broken.py::exp_never", "-u", cwd=tmp_path)
+    assert proc.returncode == ExitCode.INTERRUPTED, proc.stdout + proc.stderr
+    assert "ERROR collecting sub/exp_broken.py" in proc.stdout
+    assert "ValueError: invalid literal for int() with base 10: 'not a number'" in proc.stdout
+    assert "no experiment" not in proc.stdout + proc.stderr
+
+
 def test_a_collection_error_shows_no_expkit_frames(tmp_path: Path) -> None:
     write_project(tmp_path, BROKEN)
     out = run_expkit("--collect-only", cwd=tmp_path).stdout
