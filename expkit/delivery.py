@@ -515,7 +515,10 @@ class GuardedStore:
         try:
             self.spooled.append(method, kwargs)
         except OSError as err:
+            # A full disk: a spool short of this event must not be delivered as the whole
+            # run. The events go on in memory, those in the folder with them.
             log.error("cannot spool %s for store %s: %s", method, self.name, err)
+            self.spooled = _MemorySpool.taking_over(self.spooled, method, kwargs)
         except Exception as err:  # a value no spool can keep, e.g. a list that holds itself
             if not self._undeliverable():
                 self._give_up(f"its {method} cannot be kept: {_reason(err)}")
@@ -738,6 +741,21 @@ class _MemorySpool:
     def __init__(self, meta: dict) -> None:
         self._meta = dict(meta)
         self._events: list[tuple[str, dict]] = []
+        self._folder: SpooledRun | None = None  # the spool it took over, removed with it
+
+    @classmethod
+    def taking_over(cls, spooled: Any, method: str, kwargs: dict) -> _MemorySpool:
+        """A memory spool that goes on from ``spooled``, which could not take ``method``."""
+        if isinstance(spooled, _MemorySpool):
+            spooled.append(method, kwargs)
+            return spooled
+        try:
+            memory, events = cls(spooled.meta), spooled.read()
+        except (OSError, ValueError):
+            memory, events = cls({}), []
+        memory._events = [*events, (method, dict(kwargs))]
+        memory._folder = spooled
+        return memory
 
     @property
     def meta(self) -> dict:
@@ -767,3 +785,5 @@ class _MemorySpool:
 
     def remove(self) -> None:
         self._events.clear()
+        if self._folder is not None:
+            self._folder.remove()

@@ -913,3 +913,44 @@ def test_a_run_the_store_cannot_write_is_reported_once_and_kept_until_it_can(
         assert record["config"]["n"] == 10**5000 + 7
     finally:
         sys.set_int_max_str_digits(sys.int_info.default_max_str_digits)
+
+
+PRINTING = """\
+    import expkit
+
+    def exp_print(_run):
+        for i in range(300):
+            print("x" * 200, i)
+            _run.log_scalar("i", i, i)
+        return 300
+"""
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def limit_file_size() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
+
+
+def test_a_run_whose_spool_fills_up_too_is_said_to_be_lost_never_stored(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # No file may grow past 40 kB: the run's 60 kB of output fit neither store nor spool.
+    write_project(tmp_path, {"exp_print.py": PRINTING})
+    done = subprocess.run(
+        [EXPKIT, "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=_file_size_limit(40 * 1024),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stored 1 run(s)" not in done.stdout, done.stdout
+    assert "not stored in" in done.stdout and ", and lost: " in done.stdout, done.stdout
+    assert "File too large" in done.stdout
