@@ -954,3 +954,38 @@ def test_a_run_whose_spool_fills_up_too_is_said_to_be_lost_never_stored(
     assert "stored 1 run(s)" not in done.stdout, done.stdout
     assert "not stored in" in done.stdout and ", and lost: " in done.stdout, done.stdout
     assert "File too large" in done.stdout
+
+
+def test_an_sqlite_file_deleted_mid_run_is_spooled_and_sync_recreates_the_run(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    pytest.importorskip("sqlalchemy")
+    write_project(tmp_path, {"exp_wait.py": MODULE_WAITING}, pyproject="beat_interval = 0.1\n")
+    url = "sqlite:///runs.db"
+    (tmp_path / "go").touch()
+    made = run_expkit("run", "--store", url, cwd=tmp_path, env=env)  # run 1 makes the file
+    assert made.returncode == 0, made.stdout + made.stderr
+    (tmp_path / "go").unlink()
+    (tmp_path / "started").unlink()
+    proc = subprocess.Popen(
+        [EXPKIT, "run", "--store", url],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(tmp_path / "started", proc)
+    for path in tmp_path.glob("runs.db*"):  # the file the run writes to, opened before
+        path.unlink()
+    (tmp_path / "go").touch()
+    out, err = proc.communicate(timeout=TIMEOUT)
+
+    assert proc.returncode == 0, out + err
+    assert "stored 1 run(s)" not in out, out
+    synced = run_expkit(*sync_command(out)[1:], cwd=tmp_path, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    listed = run_expkit("runs", "show", "2", "--json", "--store", url, cwd=tmp_path, env=env)
+    record = json.loads(listed.stdout)
+    assert (record["status"], record["result"]) == ("COMPLETED", 3)
+    assert record["metrics"]["loss"]["values"] == [1.0, 0.5]

@@ -58,6 +58,14 @@ def open_database(url: str, echo: bool, engine: Any) -> SqliteDatabase | Postgre
     return PostgresDatabase(_engine(url, echo))
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 class SqliteDatabase:
     """An SQLite file through Python's ``sqlite3``: one connection a thread."""
 
@@ -92,6 +100,7 @@ class SqliteDatabase:
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            self._local.file = _identity(self.path)
             with self._guard:
                 # The connections of threads that have ended are closed here: a server
                 # that runs each request in a new thread would otherwise keep them all.
@@ -125,6 +134,14 @@ class SqliteDatabase:
     def transaction(self, write: bool) -> Iterator[SqliteTransaction]:
         """A transaction; a writing one takes the write lock at ``BEGIN``."""
         conn = self._connection()
+        if write and _identity(self.path) != self._local.file:
+            # Deleted (or replaced) while open: the connection would go on writing to a
+            # file nobody can open again, and the run would be lost. Failing spools it.
+            self._local.conn = None
+            with self._guard:
+                self._opened = [(t, c) for t, c in self._opened if c is not conn]
+            conn.close()
+            raise sqlite3.OperationalError(f"{self.path} was deleted or replaced while in use")
         # A deferred transaction that later writes can fail at once with "database is
         # locked"; taking the lock at BEGIN makes writers queue behind the busy timeout.
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
