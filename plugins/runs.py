@@ -12,7 +12,7 @@ import datetime
 import json
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
@@ -915,7 +915,7 @@ def _artifact(reader: Any, record: RunRecord, name: str, output: str | None) -> 
         )
     data = reader.read_artifact(record.id, name)
     if output is not None and output != "-":
-        with open(output, "wb") as f:
+        with _output_file(output, "wb") as f:
             f.write(data)
         print(f"wrote artifact {name} of run {record.id} to {output} ({_count(len(data), 'byte')})")
         return ExitCode.OK
@@ -1144,7 +1144,16 @@ def _step(steps: dict[str, Any], runs: dict[str, dict], run_id: str, first: str)
 # --- rm and export -----------------------------------------------------------------------------
 
 
+def _output_file(path: str, mode: str) -> IO[Any]:
+    """``path`` opened for ``-o``; one that cannot be written is the user's to change."""
+    try:
+        return open(path, mode, encoding=None if "b" in mode else "utf-8")
+    except OSError as exc:
+        raise UsageError(f"-o {path}: cannot write there: {exc.strerror or exc}") from None
+
+
 def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
+    records = list({str(r.id): r for r in records}.values())  # `rm 3 3` deletes run 3 once
     ids = ", ".join(printable(r.id) for r in records)
     if not config.getoption("yes"):
         sys.stdout.write(f"delete {len(records)} run(s) from {redact_url(url)}: {ids}? [y/N] ")
@@ -1169,7 +1178,7 @@ def _export(config: Any, reader: Any, url: str, filters: list[str], output: str 
     from expkit.runs import full_records
 
     records = _select(config, reader, filters)
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    out = _output_file(output, "w") if output else sys.stdout
     try:
         for record in full_records(reader, records):  # one reader for all: one connection
             out.write(json.dumps(as_json(record), sort_keys=True) + "\n")

@@ -194,6 +194,24 @@ def test_export_writes_one_whole_run_per_line(store: Path, tmp_path: Path) -> No
     assert exported[0]["captured_out"].startswith("training")
 
 
+def test_rm_of_a_run_named_twice_deletes_it_once(
+    store: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert runs("rm", "2", "2", "--yes") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "deleted 1 run(s): 2"
+    assert (store / "1").is_dir() and not (store / "2").exists()
+
+
+@pytest.mark.parametrize("where", ["missing/all.jsonl", "."], ids=["no-folder", "a-folder"])
+def test_export_to_a_path_that_cannot_be_written_is_one_line(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    path = str(tmp_path / where)
+    assert runs("export", "--output", path) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"ERROR: -o {path}: cannot write there: ") and err.count("\n") == 1
+
+
 def test_an_unknown_subcommand_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture) -> None:
     assert runs("lst") == 4
     assert "one of list, show, diff, rm, export, metrics, artifact" in capsys.readouterr().err
