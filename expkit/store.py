@@ -837,6 +837,16 @@ def backends(pm: Any) -> list[StoreBackend]:
 
 def open_storage(pm: Any, url: str) -> tuple[StoreBackend, Storage] | None:
     """The backend claiming ``url`` and its storage for it, or ``None`` if none claims it."""
+    scheme, colon, _ = url.partition(":")
+    if colon and not url.startswith(f"{scheme}://"):
+        # "sqlite:/runs.db" would otherwise be a folder of that name in the file store.
+        known = {s for b in backends(pm) for s in b.schemes if s}
+        if scheme.lower().partition("+")[0] in known:
+            example = " (sqlite:///runs.db is runs.db here)" if "sqlite" in scheme else ""
+            raise UsageError(
+                f"store URL {redact_url(url)!r}: a {scheme} URL begins {scheme}://{example}; "
+                f"a folder of that name is ./{redact_url(url)}"
+            )
     backend = next((b for b in backends(pm) if b.claims(url)), None)
     if backend is None:
         return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,3 +53,23 @@ def test_a_plugin_of_the_old_hooks_still_stores_and_reads_and_is_told_once(
         store.open_reader(pm, "old://again")
     with pytest.raises(UsageError, match=r"known schemes: .*old://"):
         store.open_store(pm, "nobody://x")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:/x", "a sqlite URL begins sqlite:// (sqlite:///runs.db is runs.db here)"),
+        ("sqlite:runs.db", "a sqlite URL begins sqlite:// (sqlite:///runs.db is runs.db here)"),
+        ("tinydb:db.json", "a tinydb URL begins tinydb://;"),
+    ],
+)
+def test_a_known_scheme_without_its_slashes_is_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pm = create_plugin_manager()
+    for opened in (store.open_store, store.open_reader):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            opened(pm, url)
+    assert list(tmp_path.iterdir()) == []  # no folder named after the URL
+    assert isinstance(store.open_reader(pm, f"./{url}"), store.StoreReader)  # the way out
