@@ -92,7 +92,7 @@ class PluginManager(pluggy.PluginManager):
             module = importlib.import_module(module_name.strip())
             for part in filter(None, attr.strip().split(".")):
                 module = getattr(module, part)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ValueError) as exc:  # ValueError: "-p ''"
             raise UsageError(f"cannot load plugin {name!r}: {exc}") from exc
         seconds = time.perf_counter() - start
         if self.is_registered(module):

@@ -528,3 +528,9 @@ def test_no_core_module_imports_a_plugin() -> None:
                 continue
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("expkit_plugins")]
     assert offenders == []
+
+
+@pytest.mark.parametrize("name", ["", "no_such_module_xyz", "expkit:no_such_attribute"])
+def test_a_plugin_that_cannot_load_is_a_usage_error_naming_it(name: str) -> None:
+    with pytest.raises(UsageError, match=f"^cannot load plugin {name!r}: "):
+        create_plugin_manager(early=[name])
