@@ -284,3 +284,11 @@ obs.heartbeat_event({"n": n}, f"worker {n}\\n", now, None)
 obs.completed_event(now, n)
 print(run_id)
 """
+
+
+def block_folder(path: Path) -> None:
+    """Keep a store from making its folder at ``path`` until ``path.unlink()``.
+
+    A link to nowhere, not a file: a file store refuses a file at once, as a usage error.
+    """
+    path.symlink_to(path.parent / "nowhere" / path.name)

@@ -163,8 +163,8 @@ def test_a_store_down_from_the_start_is_reported_once_and_spooled(
     guarded: Callable[..., GuardedStore],
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("a file where the folder should be")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("a file where the folder should be")  # made after: a file is refused
     with caplog.at_level(logging.WARNING, logger="expkit"):
         feed(guard, ex_info)
     failures = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
@@ -187,8 +187,8 @@ def test_when_the_store_is_back_a_replay_delivers_the_whole_run(
     tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     guard.call("started_event", started(ex_info))
     guard.call("log_metrics", metrics(0, 2))
     assert guard.try_replay() is False  # still in the way: nothing lost, nothing sent
@@ -245,8 +245,8 @@ def test_a_spooled_artifact_outlives_its_original_file(
     tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     guard.call("started_event", started(ex_info))
     model = tmp_path / "model.bin"
     model.write_bytes(b"\x00weights\xff")
@@ -284,8 +284,8 @@ def test_the_end_of_a_run_right_after_a_failure_says_how_to_sync(
     guarded: Callable[..., GuardedStore],
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), "runs")
+    runs.write_text("in the way")  # made after: a file is refused
     feed(guard, ex_info)
     guard.finish()
     [kept] = pending(spool, store_key(guard.store, "runs"))
@@ -300,8 +300,8 @@ def test_the_end_of_a_run_tries_once_more(
     guarded: Callable[..., GuardedStore],
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     feed(guard, ex_info)
     runs.unlink()
     guard.finish()
@@ -318,8 +318,8 @@ def test_the_background_retry_delivers_without_being_asked(
 ) -> None:
     monkeypatch.setattr(delivery, "_RETRY_SECONDS", (0.05,))
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     feed(guard, ex_info)
     runs.unlink()
     deadline = time.monotonic() + 5
@@ -341,8 +341,8 @@ def test_a_spool_that_cannot_be_written_keeps_the_events_in_memory(
     blocker.write_text("a file, so no folder can be made below it")
     monkeypatch.setenv("EXPKIT_SPOOL", str(blocker / "spool"))
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     feed(guard, ex_info)
     assert f"cannot spool the events of store {runs}" in caplog.text
     runs.unlink()
@@ -354,8 +354,8 @@ def test_runs_spooled_earlier_are_delivered_by_the_next_store_in_the_background(
     tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     first = guarded(FileStorageObserver(runs), "runs")
+    runs.write_text("in the way")  # made after: a file is refused
     feed(first, ex_info)
     first.finish()
     runs.unlink()
@@ -469,9 +469,9 @@ def test_a_broken_store_changes_nothing_for_the_experiment_or_the_other_stores(
     tmp_path: Path, spool: Path
 ) -> None:
     broken = tmp_path / "broken"
-    broken.write_text("in the way")
     ex = Experiment("two_stores", interactive=True)
     ex.observers += [FileStorageObserver(broken), FileStorageObserver(tmp_path / "good")]
+    broken.write_text("in the way")
 
     @ex.main
     def main(_run: Any) -> int:
@@ -494,9 +494,9 @@ def test_a_failing_experiment_with_a_broken_store_still_fails_as_itself(
     tmp_path: Path, spool: Path
 ) -> None:
     broken = tmp_path / "broken"
-    broken.write_text("in the way")
     ex = Experiment("fails", interactive=True)
     ex.observers.append(FileStorageObserver(broken))
+    broken.write_text("in the way")
 
     @ex.main
     def main() -> None:
@@ -515,8 +515,8 @@ def test_a_run_still_spooling_is_not_replayed_by_another_run(
     # Two runs into one failing store: the second must not replay (and remove) the first's
     # spool while the first is still writing to it, or the first run's end would be lost.
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     first = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     first.call("started_event", started(ex_info))
     assert first.spooled is not None
     runs.unlink()
@@ -787,8 +787,8 @@ def test_a_run_neither_the_store_nor_the_spool_can_keep_is_said_to_be_lost(
     blocker.write_text("a file, so no folder can be made below it")
     monkeypatch.setenv("EXPKIT_SPOOL", str(blocker / "spool"))
     runs = tmp_path / "runs"
-    runs.write_text("in the way")
     guard = guarded(FileStorageObserver(runs), str(runs))
+    runs.write_text("in the way")  # made after: a file is refused
     feed(guard, ex_info)
     guard.finish()
     outcome = guard.outcome()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cli_helpers import EXPKIT, child_env, run_expkit, run_script, write_project
+from cli_helpers import EXPKIT, block_folder, child_env, run_expkit, run_script, write_project
 
 from expkit import Experiment
 from expkit.errors import UsageError
@@ -381,7 +381,7 @@ def assert_quick_run(record: dict, runs: Path, tag: str) -> None:
 def test_file_store_down_from_the_start_then_synced(
     quick: Path, tmp_path: Path, env: dict[str, str]
 ) -> None:
-    (tmp_path / "runs").write_text("a file where the store's folder should be\n")
+    block_folder(tmp_path / "runs")
     done = run_script(quick, "-F", "runs", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "hello from first" in done.stdout
@@ -428,7 +428,7 @@ def test_next_run_into_the_store_delivers_an_earlier_spooled_run(
     quick: Path, tmp_path: Path, env: dict[str, str], wait: float
 ) -> None:
     runs = tmp_path / "runs"
-    runs.write_text("in the way\n")
+    block_folder(runs)
     # Long enough, with heartbeats, that replaying it takes longer than the next run.
     first = run_script(quick, "with", "wait=0.5", "-b", "0.01", "-F", "runs", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr

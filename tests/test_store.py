@@ -8,11 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_expkit, write_project
 
 from expkit import store
 from expkit.errors import UsageError
 from expkit.observers import RunObserver
 from expkit.pluginmanager import create_plugin_manager, hookimpl
+
+TOUCHING = """\
+    from pathlib import Path
+
+    def exp_touch():
+        Path("ran").touch()
+"""
 
 
 class _OldStore(RunObserver):
@@ -73,3 +81,25 @@ def test_a_known_scheme_without_its_slashes_is_no_folder(
             opened(pm, url)
     assert list(tmp_path.iterdir()) == []  # no folder named after the URL
     assert isinstance(store.open_reader(pm, f"./{url}"), store.StoreReader)  # the way out
+
+
+@pytest.mark.parametrize(
+    ("make", "url", "message"),
+    [
+        ("file", "taken", "file store path 'taken' is a file, not a folder"),
+        ("folder", "sqlite:///taken", "'sqlite:///taken' names a folder: give an SQLite file's"),
+    ],
+)
+def test_a_store_path_of_the_wrong_kind_stops_the_run_before_it_runs(
+    tmp_path: Path, make: str, url: str, message: str
+) -> None:
+    # Every run would be refused and wait in the spool for a store that can never take it.
+    write_project(tmp_path, {"exp_touch.py": TOUCHING})
+    if make == "file":
+        (tmp_path / "taken").write_text("in the way\n")
+    else:
+        (tmp_path / "taken").mkdir()
+    done = run_expkit("run", "--store", url, cwd=tmp_path)
+    assert done.returncode == 4
+    assert done.stderr.startswith(f"ERROR: {message}") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "ran").exists()

@@ -110,6 +110,9 @@ class FileStorage(Storage):
             raise UsageError("the file store needs a folder: basedir is empty")
         # Absolute, so that a run that changes its working directory still writes here.
         self.basedir = os.path.abspath(basedir)
+        if os.path.exists(self.basedir) and not os.path.isdir(self.basedir):
+            # It would refuse every run, and each would wait in the spool for nothing.
+            raise UsageError(f"file store path {os.fspath(basedir)!r} is a file, not a folder")
         self.url = url if url is not None else os.fspath(basedir)
         self.resource_dir = os.path.abspath(
             resource_dir or os.path.join(self.basedir, RESOURCES_DIR)

@@ -45,6 +45,8 @@ def open_database(url: str, echo: bool, engine: Any) -> SqliteDatabase | Postgre
     backend = url.partition(":")[0].partition("+")[0]
     if backend == "sqlite":
         path = _sqlite_path(url)
+        if os.path.isdir(path):
+            raise UsageError(f"{redact_url(url)!r} names a folder: give an SQLite file's path")
         if not os.path.exists(path) and not _sqlalchemy_installed():
             raise UsageError(NEEDS_SQLALCHEMY)  # now, before a run that could not be stored
         return SqliteDatabase(path, echo)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import child_env, run_expkit
+from cli_helpers import block_folder, child_env, run_expkit
 
 import expkit
 from expkit.delivery import GuardedStore, SpooledRun
@@ -34,8 +34,8 @@ def sync(*args: str) -> int:
 def spool_run(runs: Path, tag: str, url: str = "runs", resource: Path | None = None) -> Path:
     """Spool a whole run for the file store at ``runs`` (which is in the way); its folder."""
     runs.parent.mkdir(parents=True, exist_ok=True)
-    if not runs.exists():
-        runs.write_text("in the way\n")
+    if not runs.is_symlink():
+        block_folder(runs)
     guard = GuardedStore(FileStorageObserver(runs), url)
     ex_info = {"name": "demo", "base_dir": str(runs.parent), "sources": [], "mainfile": None}
     guard.call(
