@@ -121,6 +121,20 @@ def module_parts(module: ModuleType) -> ModuleParts:
     return ModuleParts(tuple(configs), tuple(named), tuple(fixtures))
 
 
+def _base_dir(file: str, parts: list[ModuleParts]) -> str:
+    """The folder of ``file``, or the one above that holds the ``expconf.py`` files it uses:
+    the sources are stored under it, and a rerun needs them all."""
+    folders = {os.path.dirname(os.path.abspath(file))}
+    for part in parts:
+        scopes = [*part.configs, *(scope for _, scope in part.named_configs)]
+        functions = [getattr(s, "func", None) for s in scopes] + [f.function for f in part.fixtures]
+        for function in filter(None, functions):
+            code = getattr(inspect.unwrap(function), "__code__", None)
+            if code is not None and os.path.isabs(code.co_filename):
+                folders.add(os.path.dirname(code.co_filename))
+    return os.path.commonpath(sorted(folders))
+
+
 class ModuleExperiment(Experiment):
     """An ``exp_*`` function of a module, run as an experiment with fixtures."""
 
@@ -132,9 +146,10 @@ class ModuleExperiment(Experiment):
         plugin_manager: Any = None,
     ) -> None:
         module_globals = function.__globals__
+        parts = list(parts)
         super().__init__(
             name=name,
-            base_dir=os.path.dirname(os.path.abspath(module_globals.get("__file__") or ".")),
+            base_dir=_base_dir(module_globals.get("__file__") or ".", parts),
             plugin_manager=plugin_manager,
             _caller_globals=module_globals,
         )

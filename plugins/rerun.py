@@ -38,6 +38,7 @@ from expkit_plugins.runs import (
     read_sources,
     reader_for,
     source_diff,
+    source_names,
     store_url,
 )
 from expkit_plugins.session import parse_overrides
@@ -101,6 +102,9 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
         workdir = Path(tmp, "code")
         _restore_sources(sources, workdir)
         _restore_resources(reader, original, workdir)
+        if not (workdir / "pyproject.toml").exists():
+            # The project root, where expconf.py files are looked for from, is the base dir.
+            (workdir / "pyproject.toml").write_text("[tool.expkit]\n")
         scratch = Path(tmp, "store")
         argv = rerun_command(original, entries, scratch, named)
         print(f"re-running run {original.id} of {original.experiment} in {workdir}")
@@ -262,7 +266,7 @@ def rerun_command(
             "-m",
             "expkit",
             "run",
-            f"{mainfile}::{name}",
+            f"{_main_source(record, mainfile)}::{name}",
             *named_args,
             *overrides,
             "-f",
@@ -271,6 +275,13 @@ def rerun_command(
         ]
     command = [sys.executable, mainfile, *([record.command] if record.command else [])]
     return [*command, "with", *named, *settings, "-f", "-F", str(store)]
+
+
+def _main_source(record: RunRecord, mainfile: str) -> str:
+    """The main file's path among the restored sources (Sacred records only its name): below
+    the base dir when the experiment's ``expconf.py`` files lie above it."""
+    found = [n for n in source_names(record) if n.replace("\\", "/").rpartition("/")[2] == mainfile]
+    return found[0] if len(found) == 1 else mainfile
 
 
 def _from_script_command_line(record: RunRecord) -> bool:

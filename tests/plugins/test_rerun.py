@@ -211,6 +211,37 @@ def test_an_input_file_the_run_read_is_put_back_for_the_rerun(tmp_path: Path) ->
     assert shown[resources + 1] == f"  {root / 'data' / 'n.txt'}  md5 {digest}"
 
 
+EXPCONF_ABOVE = {
+    "expconf.py": """\
+        import expkit
+
+        @expkit.config
+        def cfg():
+            scale = 2.0
+
+        @expkit.fixture
+        def offset(_rnd):
+            return float(_rnd.random())
+    """,
+    "studies/exp_scaled.py": """\
+        def exp_scaled(scale, offset):
+            return scale + offset
+    """,
+}
+
+
+def test_an_expconf_above_the_experiment_is_stored_and_rerun(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", EXPCONF_ABOVE)
+    done = run_expkit("run", "studies/exp_scaled.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [original] = stored_runs(root / "runs")
+    names = [name for name, _ in original["experiment"]["sources"]]
+    assert names == ["expconf.py", "studies/exp_scaled.py"]
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"result: identical ({original['result']})" in done.stdout.splitlines()
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
