@@ -156,9 +156,11 @@ def _value(text: str, part: str) -> Any:
 
 def _literal(text: str, part: str) -> Any:
     try:
-        return ast.literal_eval(part)
+        ast.literal_eval(part)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise _error(text, f"{part!r} is not a Python literal") from None
+    # As -o reads it: 1e400 (inf, which JSON cannot store) is refused in the same words.
+    return _value(text, part)
 
 
 def _numbers(text: str, name: str, args: list, count: tuple[int, ...], whole: bool) -> list:
@@ -170,7 +172,50 @@ def _numbers(text: str, name: str, args: list, count: tuple[int, ...], whole: bo
         if isinstance(arg, bool) or not isinstance(arg, kind):
             what = "whole numbers" if whole else "numbers"
             raise _error(text, f"{name}() takes {what}, got {arg!r}")
+        if not whole:
+            _as_float(text, arg)
     return args
+
+
+def _as_float(text: str, number: int | float) -> float:
+    """``number`` as a float; an int beyond the largest float is a one-line error."""
+    try:
+        return float(number)
+    except OverflowError:
+        raise _error(
+            text,
+            f"an int of {len(str(abs(number)))} digits is beyond the largest float; "
+            "give a number below 1.8e308",
+        ) from None
+
+
+def _check_width(text: str, name: str, low: float, high: float) -> None:
+    # Points are low + (high - low) * t: a width beyond the largest float makes them inf
+    # (or nan), outside the range the user gave and not storable as JSON.
+    if not math.isfinite(_as_float(text, high) - _as_float(text, low)):
+        raise _error(
+            text,
+            f"{name}() from {low!r} to {high!r} spans more than the largest float "
+            "(1.8e308); give a narrower range",
+        )
+
+
+def _rounded(value: float) -> float:
+    # Rounded to 15 digits: 0.30000000000000004 is float noise, not a value anyone chose.
+    # Not next to the largest float, which 15 digits would round up to inf.
+    rounded = float(f"{value:.15g}")
+    return rounded if math.isfinite(rounded) else value
+
+
+def _power_of_ten(text: str, exponent: float) -> float:
+    try:
+        return _rounded(10.0**exponent)
+    except OverflowError:
+        raise _error(
+            text,
+            f"logspace() gives 10**{exponent:g}, beyond the largest float; "
+            "give exponents up to 308",
+        ) from None
 
 
 def _grid(text: str, name: str, args: list) -> list:
@@ -183,11 +228,12 @@ def _grid(text: str, name: str, args: list) -> list:
         start, stop, n = _numbers(text, name, args, (3,), whole=False)
         if isinstance(n, float) or n < 1:
             raise _error(text, f"{name}(a, b, n) needs a whole n >= 1, got {n!r}")
+        _check_width(text, name, start, stop)
+        start, stop = float(start), float(stop)
         steps = [start + (stop - start) * i / (n - 1) for i in range(n)] if n > 1 else [start]
-        # Rounded to 15 digits: 0.30000000000000004 is float noise, not a value anyone chose.
-        values = [float(f"{v:.15g}") for v in steps]
+        values = [_rounded(v) for v in steps]
         if name == "logspace":
-            values = [float(f"{10.0**v:.15g}") for v in values]
+            values = [_power_of_ten(text, v) for v in values]
     if not values:
         raise _error(text, f"{name}({', '.join(map(repr, args))}) gives no values")
     return values
@@ -203,6 +249,8 @@ def _checked_draw(text: str, name: str, args: list) -> tuple:
         raise _error(text, f"randint(a, b) needs a <= b, got {low} > {high}")
     if name != "randint" and not low < high:
         raise _error(text, f"{name}(a, b) needs a < b")
+    if name == "uniform":
+        _check_width(text, name, low, high)
     if name == "loguniform" and low <= 0:
         raise _error(text, "loguniform(a, b) needs 0 < a")
     return (low, high)

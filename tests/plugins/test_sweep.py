@@ -33,6 +33,8 @@ from expkit_plugins.sweep import id_text, make_plan, parse_sweep
         ("x=linspace(0.1, 0.3, 3)", (0.1, 0.2, 0.3)),
         ("C=logspace(-3, 3, 7)", (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)),
         ("opt.lr=0.1,0.01", (0.1, 0.01)),
+        # 15-digit rounding would make the largest float inf: it stays as given.
+        ("x=linspace(0, 1.7976931348623157e308, 2)", (0.0, 1.7976931348623157e308)),
     ],
 )
 def test_grid_values(text: str, values: tuple) -> None:
@@ -304,6 +306,51 @@ def test_a_malformed_sweep_is_one_line_and_runs_nothing(
     assert proc.returncode == ExitCode.USAGE_ERROR
     (line,) = error_lines(proc.stderr)
     assert line.startswith(f"ERROR: {message}")
+    assert not (project / "runs").exists()
+
+
+_BEYOND = "holds a number beyond the largest float (it would be inf, which JSON cannot store)"
+_WIDE = "spans more than the largest float (1.8e308); give a narrower range"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--sweep", "C=logspace(0,400,3)"],
+            "logspace() gives 10**400, beyond the largest float; give exponents up to 308",
+        ),
+        (
+            ["--sweep", "C=logspace(0,400,3)", "--collect-only"],
+            "logspace() gives 10**400, beyond the largest float; give exponents up to 308",
+        ),
+        (["--sweep", "C=linspace(0,1e400,2)"], f"'1e400' {_BEYOND}; give a number below 1.8e308"),
+        (
+            ["--sweep", "C=uniform(0,1e400)", "--samples", "1"],
+            f"'1e400' {_BEYOND}; give a number below 1.8e308",
+        ),
+        (
+            ["--sweep", "C=loguniform(1,1e400)", "--samples", "1"],
+            f"'1e400' {_BEYOND}; give a number below 1.8e308",
+        ),
+        (
+            ["--sweep", "C=uniform(-1e308,1e308)", "--samples", "1"],
+            f"uniform() from -1e+308 to 1e+308 {_WIDE}",
+        ),
+        (["--sweep", "C=linspace(-1e308,1e308,3)"], f"linspace() from -1e+308 to 1e+308 {_WIDE}"),
+        (
+            ["--sweep", f"C=uniform(0,{10**400})", "--samples", "1"],
+            "an int of 401 digits is beyond the largest float; give a number below 1.8e308",
+        ),
+    ],
+)
+def test_a_sweep_beyond_the_largest_float_is_refused_before_any_run(
+    project: Path, args: list[str], message: str
+) -> None:
+    # Such points would be inf (stored as non-standard JSON "Infinity") or overflow inside.
+    proc = run_expkit("run", "exp_svm.py::exp_svm", *args, cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert error_lines(proc.stderr) == [f"ERROR: malformed --sweep {args[1]!r}: {message}"]
     assert not (project / "runs").exists()
 
 
