@@ -273,6 +273,45 @@ def expkit_configure(config: Any) -> None:
         raise UsageError(
             "--dask needs the distributed package: pip install 'expkit[dask]'"
         ) from None
+    check_address(address)
+
+
+def check_address(address: str) -> None:
+    """Refuse, before any store or study is opened, a ``--dask`` no scheduler can have.
+
+    Dask itself says so only when the client connects, as a ValueError from deep inside.
+    """
+    if address == "local":
+        return
+    if address.endswith(".json"):
+        if not os.path.isfile(address):
+            raise _bad_address(address, "no such scheduler file")
+        return
+    from distributed.comm import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    scheme, location = parse_address(address)
+    try:
+        get_backend(scheme)
+    except (ValueError, ImportError):
+        raise _bad_address(address, f"unknown address scheme {scheme!r}") from None
+    # "[::1]" is a host without a port: its colons are the IPv6 address's.
+    port = "" if location.endswith("]") else location.rpartition(":")[2]
+    if ":" not in location or not port:
+        raise _bad_address(address, "no port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _bad_address(address, f"the port {port!r} is not a number from 1 to 65535")
+    try:
+        get_address_host_port(address)
+    except ValueError:
+        raise _bad_address(address, f"this Dask cannot connect to {scheme}:// addresses") from None
+
+
+def _bad_address(address: str, what: str) -> UsageError:
+    return UsageError(
+        f"--dask {address!r}: {what}; give the scheduler's address (tcp://HOST:PORT), "
+        "its scheduler file (.json) or 'local'"
+    )
 
 
 @hookimpl(tryfirst=True)
@@ -351,6 +390,8 @@ class DaskDriver:
             return Client(address, timeout="5s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        except ValueError as exc:  # what check_address could not foresee (a scheduler file's)
+            raise _bad_address(address, str(exc).splitlines()[0]) from None
 
     def run(self) -> None:
         """Run every item on the cluster; Ctrl-C interrupts the running ones."""

@@ -205,6 +205,33 @@ def test_n_with_a_scheduler_address_is_a_usage_error(project: Path) -> None:
     ]
 
 
+_GIVE = "give the scheduler's address (tcp://HOST:PORT), its scheduler file (.json) or 'local'"
+
+
+@pytest.mark.parametrize(
+    ("command", "address", "what"),
+    [
+        (("run",), "bogus://x", "unknown address scheme 'bogus'"),
+        (("run",), "tcp://:notaport", "the port 'notaport' is not a number from 1 to 65535"),
+        (("run",), "tcp://127.0.0.1:70000", "the port '70000' is not a number from 1 to 65535"),
+        (("run",), "tcp://127.0.0.1", "no port"),
+        (("run",), "nowhere.json", "no such scheduler file"),
+        (
+            ("tune", "exp_point.py::exp_point", "--trials", "1"),
+            "bogus://x",
+            "unknown address scheme 'bogus'",
+        ),
+    ],
+)
+def test_a_malformed_address_is_one_line_before_anything_runs(
+    project: Path, command: tuple, address: str, what: str
+) -> None:
+    proc = run_expkit(*command, "--sweep", "x=3,4", "--dask", address, cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert error_lines(proc.stderr) == [f"ERROR: --dask {address!r}: {what}; {_GIVE}"]
+    assert not (project / "runs").exists()  # no run stored, no study made
+
+
 # --- workers that do not share the folder ----------------------------------------------------
 
 
