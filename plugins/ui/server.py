@@ -26,10 +26,11 @@ def serve(config: Any) -> int:
     if config.getoption("paths"):
         raise UsageError("expkit ui takes no paths: name stores with --store URL (repeatable)")
     host = config.getoption("ui_host")
+    port = _port(config.getoption("ui_port"))
     beat = config.settings.beat_interval or 10.0
     stores = _open_stores(config, beat)
     try:
-        sock = _listen(host, config.getoption("ui_port"))
+        sock = _listen(host, port)
         port = sock.getsockname()[1]
         token = secrets.token_urlsafe(24)
         loopback = is_loopback(host)
@@ -83,6 +84,14 @@ def _open_stores(config: Any, beat: float) -> list[StoreView]:
             store.close()
         raise
     return stores
+
+
+def _port(port: int) -> int:
+    # Checked here, before any store is opened: the socket functions take a port modulo
+    # 65536 (70000 would serve on 4464) and blame a negative one on the host.
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be a number from 0 to 65535 (0: any free one), got {port}")
+    return port
 
 
 def _listen(host: str, port: int) -> socket.socket:

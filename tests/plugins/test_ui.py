@@ -94,6 +94,18 @@ def test_a_port_in_use_is_one_line_and_exit_4(server, tmp_path):
     assert "--port" in done.stderr
 
 
+@pytest.mark.parametrize("port", ["70000", "99999", "65536", "-1"])
+def test_a_port_out_of_range_is_one_line_and_exit_4(tmp_path, port):
+    # The socket functions would take 70000 modulo 65536 and serve on 4464.
+    (tmp_path / "runs").mkdir()
+    args = ("ui", "--store", str(tmp_path / "runs"), "--port", port)
+    done = run_expkit(*args, cwd=tmp_path, timeout=20)
+    assert done.returncode == 4
+    assert done.stderr.strip() == (
+        f"ERROR: --port must be a number from 0 to 65535 (0: any free one), got {port}"
+    )
+
+
 def test_the_default_store_is_the_projects_runs_folder_and_ctrl_c_stops_it(tmp_path, store):
     path, _ = store
     write_project(tmp_path, {}, pyproject=f'store = "{path}"\n')
