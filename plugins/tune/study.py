@@ -522,6 +522,16 @@ def _open_study(config: Any, name: str, url: str, space_text: dict, maximize: bo
     # The sampler may change between sessions (random first, then TPE); the search may not.
     defined = {"space": space_text, "objective": option.objective}
     before = study.user_attrs.get("expkit")
+    note = None
+    if before is not None and before != defined and not _has_counted_trials(study):
+        # A search none of whose trials counts (a mistyped --objective stops it after its
+        # first trial, which then does not count; Ctrl-C; a trial never run) found nothing
+        # to keep: the corrected command takes the name over instead of being locked out.
+        note = (
+            f"study {name!r}: no trial of its earlier search ({_describe(before)}) counts; "
+            "it takes this command's search"
+        )
+        before = None
     if before is None:
         study.set_user_attr("expkit", defined)
     elif before != defined:
@@ -530,7 +540,17 @@ def _open_study(config: Any, name: str, url: str, space_text: dict, maximize: bo
             f"this command asks for {_describe(defined)}: give the same options, or another "
             "--study NAME"
         )
-    return study, where
+    return study, where, note
+
+
+def _has_counted_trials(study: Any) -> bool:
+    """Whether a trial of ``study`` counts towards --trials, or runs (a live driver's)."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            return True
+        if trial.state in _COUNTED and _UNCOUNTED not in trial.user_attrs:
+            return True
+    return False
 
 
 def _describe(defined: dict) -> str:
@@ -583,7 +603,8 @@ def tune(config: Any, started: Any = list) -> int:
     _check_keys(base, session.updates, space, option)
     name = option.study or base.nodeid
     space_text = {s.key: text.partition("=")[2].strip() for s, text in zip(sweeps, option.sweeps)}
-    study, where = _open_study(config, name, session.store_urls[0], space_text, option.maximize)
+    opened = _open_study(config, name, session.store_urls[0], space_text, option.maximize)
+    study, where, taken_over = opened
     tuner = Tuner(
         session=session,
         base=base,
@@ -595,7 +616,7 @@ def tune(config: Any, started: Any = list) -> int:
         maximize=option.maximize,
         grid=grid_points(space) if grid else None,
     )
-    report = TuneReport(tuner)
+    report = TuneReport(tuner, taken_over)
     config.pluginmanager.register(report, "tune-report")
     report.before = tuner.counts()[0]
     session.items = []
@@ -764,9 +785,10 @@ class DaskTrials(_Trials, DaskDriver):
 class TuneReport:
     """The study's lines in the header and at the end of ``expkit tune``."""
 
-    def __init__(self, tuner: Tuner) -> None:
+    def __init__(self, tuner: Tuner, taken_over: str | None = None) -> None:
         self.tuner = tuner
         self.before = 0
+        self.taken_over = taken_over  # why the study now has this command's search
 
     @hookimpl
     def expkit_report_header(self, config: Any) -> list[str]:
@@ -775,11 +797,14 @@ class TuneReport:
         label = tuner.objective or "result"
         direction = "maximize" if tuner.maximize else "minimize"
         pruner = option.pruner if tuner.objective else "none (no --objective metric)"
-        return [
+        lines = [
             f"study {tuner.study.study_name!r} in {tuner.where}: {self.before} of "
             f"{tuner.trials} trials done before",
             f"sampler {option.sampler}, pruner {pruner}; {direction} {label}",
         ]
+        if self.taken_over:
+            lines.insert(0, self.taken_over)
+        return lines
 
     @hookimpl
     def expkit_terminal_summary(self, terminalreporter: Any) -> None:

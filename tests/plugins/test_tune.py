@@ -505,6 +505,65 @@ def test_another_search_space_needs_another_study(project: Path) -> None:
     assert studies[1:] == [{"name": "narrow", "trial": 0}, {"name": "narrow", "trial": 1}]
 
 
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (
+            "x=uniform(0,1e400)",
+            "'1e400' holds a number beyond the largest float (it would be inf, which JSON "
+            "cannot store); give a number below 1.8e308",
+        ),
+        (
+            "x=uniform(-1e308,1e308)",
+            "uniform() from -1e+308 to 1e+308 spans more than the largest float (1.8e308); "
+            "give a narrower range",
+        ),
+        (
+            "x=logspace(0,400,3)",
+            "logspace() gives 10**400, beyond the largest float; give exponents up to 308",
+        ),
+    ],
+)
+def test_a_space_beyond_the_largest_float_is_refused_before_the_study(
+    project: Path, sweep: str, message: str
+) -> None:
+    args = ("tune", "exp_quad.py::exp_quad", "--sweep", sweep, "--trials", "1")
+    proc = run_expkit(*args, cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    assert error_lines(proc.stderr) == [f"ERROR: malformed --sweep {sweep!r}: {message}"]
+    assert not (project / "runs").exists()  # no run, no study
+
+
+def test_a_mistyped_objective_does_not_lock_the_study_name(project: Path) -> None:
+    typo = _tune(project, *QUAD, "--trials", "3", "--objective", "acc")
+    assert typo.returncode == ExitCode.USAGE_ERROR, typo.stdout + typo.stderr
+    assert "has no number as 'acc'" in typo.stdout
+    # The corrected command takes the study over: its one trial did not count.
+    fixed = _tune(project, *QUAD, "--trials", "3")
+    assert fixed.returncode == ExitCode.OK, fixed.stdout + fixed.stderr
+    assert (
+        "study 'exp_quad.py::exp_quad': no trial of its earlier search (--sweep "
+        "x=uniform(-4,4) --sweep y=uniform(-4,4) --objective acc) counts; it takes this "
+        "command's search\n"
+    ) in fixed.stdout
+    assert "3 of 3 trials (3 completed), 3 in this session" in fixed.stdout
+    runs = _runs(project)
+    assert len(runs) == 4  # the mistaken trial's run is kept
+    assert [r["meta"]["study"]["trial"] for r in runs] == [0, 1, 2, 3]
+    study = _study(project)
+    assert study.user_attrs["expkit"]["objective"] is None
+    # Now that trials count, the name holds this search.
+    again = run_expkit(*QUAD, "--trials", "4", "--objective", "acc", cwd=project)
+    assert again.returncode == ExitCode.USAGE_ERROR
+    assert error_lines(again.stderr)[0].startswith(
+        "ERROR: study 'exp_quad.py::exp_quad' in "
+        f"{project / 'runs' / 'optuna.journal'} was made by another search: --sweep "
+        "x=uniform(-4,4) --sweep y=uniform(-4,4); this command asks for --sweep "
+        "x=uniform(-4,4) --sweep y=uniform(-4,4) --objective acc"
+    )
+    assert len(_runs(project)) == 4
+
+
 def test_without_optuna_tune_names_the_extra_and_nothing_else_imports_it(
     project: Path, tmp_path: Path
 ) -> None:
