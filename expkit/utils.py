@@ -194,7 +194,16 @@ class CapturedOutput:
 
 
 # A URL in free text: scheme, "://", and the rest of the word (a password may hold "/?#@").
-_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<rest>\S*)")
+# A password may hold spaces too: after "user:" (not "host:PORT/"), the URL then runs to the
+# last "@" before a host on the same line, short of the next URL (and of 256 characters: a
+# long line of "host:port" URLs stays linear). Only a URL given alone may have a space in its
+# user name: in text, "scheme://host failed: ..." would look like one.
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+_SPACED = r":(?!\d+/)(?:(?!://)[^\n]){0,256}@(?=[\w\[%])\S*"
+_URL_IN_TEXT = re.compile(
+    rf"(?<![A-Za-z0-9+.-])(?P<head>{_SCHEME})(?P<rest>[^\s:/?#@]*{_SPACED}|\S*)"
+)
+_URL_ALONE = re.compile(rf"{_SCHEME}[^\n:/?#@]*{_SPACED}")
 
 
 def split_userinfo(url: str) -> tuple[str, str | None, str]:
@@ -230,6 +239,9 @@ def redact_url(text: str) -> str:
     """
     if "://" not in text:
         return text
+    alone = _URL_ALONE.fullmatch(text)
+    if alone:
+        return _redact_match(alone)
     return _URL_IN_TEXT.sub(_redact_match, text)
 
 

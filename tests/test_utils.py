@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_expkit, write_project
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -259,6 +261,36 @@ def test_redact_url(url, redacted):
     assert redact_url(url) == redacted
 
 
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        # Given alone, everything between "://" and the last "@" before the host is user info.
+        ("mongodb://u:pa ss@127.0.0.1:1/db", "mongodb://u:***@127.0.0.1:1/db"),
+        ("mongodb://my user:two words@h/db", "mongodb://my user:***@h/db"),
+        ("mongodb://u:p@ss w@rd@h/db?appname=me@host", "mongodb://u:***@h/db?appname=me@host"),
+        ("mongodb://u:pa ss@%2Ftmp%2Fm.sock", "mongodb://u:***@%2Ftmp%2Fm.sock"),
+        # Inside text: up to the last "@" before a host, short of the line's next URL.
+        (
+            "store mongodb://u:pa ss@h:1/db failed (at mongodb://u:pa ss@h:1/db: refused)",
+            "store mongodb://u:***@h:1/db failed (at mongodb://u:***@h:1/db: refused)",
+        ),
+        (
+            "replay it with 'expkit sync /s mongodb://u:pa ss@h/db' or by the next run",
+            "replay it with 'expkit sync /s mongodb://u:***@h/db' or by the next run",
+        ),
+        ("one mongodb://u:a b@h\ntwo x@y", "one mongodb://u:***@h\ntwo x@y"),
+        # A port, a quoted "@" or no "@" at all is no password with spaces.
+        (
+            "mysql://h:3306/db failed: denied for 'u'@'localhost', ask admin@example.com",
+            "mysql://h:3306/db failed: denied for 'u'@'localhost', ask admin@example.com",
+        ),
+        ("cannot reach mongodb://h:1/db: timed out", "cannot reach mongodb://h:1/db: timed out"),
+    ],
+)
+def test_redact_url_hides_a_password_with_spaces(text, redacted):
+    assert redact_url(text) == redacted
+
+
 def test_redact_argv_redacts_values_of_key_value_pairs_too():
     argv = [
         "exp.py",
@@ -387,3 +419,35 @@ def test_replace_file_writes_whole_files_and_keeps_an_existing_mode(tmp_path: Pa
         replace_file(path, lambda f: 1 / 0)
     assert target.read_bytes() == b"second"
     assert os.listdir(tmp_path) == ["data.json"]  # no temp file left behind
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_store_password_with_a_space_is_never_shown_nor_stored(tmp_path: Path) -> None:
+    pytest.importorskip("pymongo")
+    write_project(tmp_path, {"exp_fast.py": "def exp_fast():\n    print('ran')\n"})
+    away = f"mongodb://u:open sesame@127.0.0.1:{_closed_port()}/db?serverSelectionTimeoutMS=300"
+    shown = away.replace("open sesame", "***")
+    done = run_expkit("run", "-q", "--store", "runs", "--store", away, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert warnings and all(f"store {shown} " in line for line in warnings)
+    assert "sesame" not in done.stdout + done.stderr
+    [spooled] = [line for line in done.stdout.splitlines() if line.startswith("spooled")]
+    assert spooled.startswith(f"spooled 1 run(s) for {shown} (not stored yet); deliver with: ")
+    assert spooled.endswith(f" '{shown}' (the password in place of ***)")
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert tmp_path / "runs" / "1" / "cout.txt" in files
+    assert any((tmp_path / "spool") in path.parents for path in files)
+    assert [path for path in files if b"sesame" in path.read_bytes()] == []
+
+    listed = run_expkit("runs", "list", "--store", away, cwd=tmp_path)
+    assert listed.returncode != 0
+    [error] = listed.stderr.splitlines()
+    assert error.startswith(f"ERROR: cannot reach MongoDB at db.runs at {shown}: ")
+    assert "sesame" not in listed.stdout + listed.stderr
