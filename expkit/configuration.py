@@ -11,6 +11,7 @@ import ast
 import copy
 import inspect
 import io
+import math
 import os
 import re
 import textwrap
@@ -110,7 +111,7 @@ def nest_dotted(updates: Mapping) -> dict:
     for key, value in updates.items():
         if isinstance(value, Mapping):
             value = nest_dotted(value)
-        if "." in key:
+        if isinstance(key, str) and "." in key:  # other keys are refused by normalize
             existing = get_path(result, key)
             if isinstance(existing, dict) and isinstance(value, dict):
                 merge(existing, value)
@@ -528,10 +529,40 @@ def load_config_file(path: str, pm: PluginManager) -> dict:
     if not os.path.isfile(path):
         raise OSError(f"File not found: {path}")
     entries = pm.hook.expkit_load_config_file(path=path)
+    if entries is None and _is_empty_config_file(path):
+        return {}
     if entries is None:
         raise ExpkitError(
             f'Configuration file "{path}" has an unsupported extension; use .json, .toml or .yaml'
         )
     if not isinstance(entries, Mapping):
         raise ExpkitError(f'Configuration file "{path}" must hold a mapping at the top level')
+    _refuse_non_finite(entries, "", path)
     return dict(entries)
+
+
+def _refuse_non_finite(value: Any, where: str, path: str) -> None:
+    """Refuse inf and NaN, as ``-o`` does: JSON has no word for them (json writes Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            f"config entry {where!r} in config file {path!r} is {value}, which JSON cannot "
+            "store; give a finite number (at most 1.8e308 in size)"
+        )
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _refuse_non_finite(sub, join_path(where, str(key)), path)
+    elif isinstance(value, (list, tuple)):
+        for i, sub in enumerate(value):
+            _refuse_non_finite(sub, f"{where}[{i}]", path)
+
+
+def _is_empty_config_file(path: str) -> bool:
+    """Whether ``path`` is a YAML file of only blank lines and ``#`` comments.
+
+    PyYAML reads such a file as ``None``, which the hook takes for "not my format";
+    it is an empty config, as an empty TOML file is.
+    """
+    if os.path.splitext(path)[1].lower() not in (".yaml", ".yml"):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return all(not line.strip() or line.lstrip().startswith("#") for line in f)

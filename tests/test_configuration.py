@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import error_lines, only_run, run_expkit, write_project
 
 from expkit import ConfigAddedError, ConfigError, Experiment, ExpkitError, Ingredient
 from expkit.configuration import ConfigScope
@@ -167,6 +169,28 @@ def test_non_json_update_is_an_error_naming_the_entry() -> None:
     with pytest.raises(ConfigError) as exc:
         ex.run(config_updates={"a": object()})
     assert "'a'" in one_line(exc)
+    assert observer.events == []
+
+
+@pytest.mark.parametrize(
+    ("updates", "key"), [({1: 2}, 1), ({"C": {1: 2}}, 1), ({"C.d": {(1, 2): 3}}, (1, 2))]
+)
+def test_an_update_with_a_key_that_is_no_string_is_refused(updates: dict, key: Any) -> None:
+    ex = Experiment("int_key")
+
+    @ex.config
+    def cfg():
+        C = 1
+
+    @ex.main
+    def main(C):
+        return C
+
+    observer = Recorder()
+    ex.observers.append(observer)
+    with pytest.raises(ConfigError) as exc:
+        ex.run(config_updates=updates)
+    assert one_line(exc) == f"config key {key!r} in the config updates must be a string"
     assert observer.events == []
 
 
@@ -488,6 +512,54 @@ def test_config_file_without_a_mapping_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ExpkitError) as exc:
         ex.add_config(str(path))
     assert "list.yaml" in one_line(exc)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing set yet\n  # indented\n"])
+def test_an_empty_yaml_file_is_an_empty_config(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    ex = Experiment("empty_file")
+
+    @ex.config
+    def cfg():
+        lr = 0.1
+
+    ex.add_config(str(path))
+    assert entries(ex) == {"lr": 0.1}
+    assert entries(ex, str(path)) == {"lr": 0.1}
+
+
+def test_a_yaml_file_with_a_non_string_key_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text("C: {1: 2}\n")
+    ex = Experiment("int_key_file")
+    with pytest.raises(ConfigError) as exc:
+        ex.add_config(str(path))
+    assert one_line(exc) == f"config key 1 in config file {str(path)!r} must be a string"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "entry", "value"),
+    [
+        ("big.json", '{"C": 1e400}', "C", "inf"),
+        ("nan.json", '{"C": {"d": [1, NaN]}}', "C.d[1]", "nan"),
+        ("inf.yaml", "C: -.inf\n", "C", "-inf"),
+        ("nan.toml", "C = nan\n", "C", "nan"),
+    ],
+)
+def test_a_config_file_with_inf_or_nan_is_refused_naming_the_entry(
+    tmp_path: Path, name: str, text: str, entry: str, value: str
+) -> None:
+    # As -o C=1e400 is: JSON has no word for them, and json would write Infinity or NaN.
+    path = tmp_path / name
+    path.write_text(text)
+    ex = Experiment("non_finite_file")
+    with pytest.raises(ConfigError) as exc:
+        ex.add_config(str(path))
+    assert one_line(exc) == (
+        f"config entry {entry!r} in config file {str(path)!r} is {value}, which JSON cannot store; "
+        "give a finite number (at most 1.8e308 in size)"
+    )
 
 
 # --- add_config / add_named_config forms and their errors -------------------------------
@@ -1161,3 +1233,84 @@ def test_a_fixed_entry_changed_in_place_stays_fixed_for_what_follows() -> None:
     result = ConfigScope(_scope_changing_a_dict_in_place)(fixed={"opt": {"lr": 0.01}})
     assert result.config["opt"] == {"lr": 0.01}
     assert result.config["scaled"] == 0.02
+
+
+# --- bad config input on the command line: one line, exit code 4 ----------------------
+
+EXP_FAST = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        C = 1
+
+    def exp_fast(C):
+        print("ran with", C)
+"""
+
+ITEM = "exp_fast.py::exp_fast"
+
+
+def _item_error(stdout: str) -> str:
+    """The message of the run line ``ITEM  ERROR  0.00s  MESSAGE``."""
+    pattern = re.compile(rf"{re.escape(ITEM)}  ERROR  [0-9.]+s  (.*)")
+    [message] = [m.group(1) for m in map(pattern.fullmatch, stdout.splitlines()) if m]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "C={1:2}"], "config key 1 in the config updates must be a string"),
+        (
+            ["-o", "C={'a': {(1, 2): 3}}"],
+            "config key (1, 2) in the config updates must be a string",
+        ),
+        (["-w", "keys.yaml"], "config key 1 in config file 'keys.yaml' must be a string"),
+        (
+            ["-w", "big.json"],
+            "config entry 'C' in config file 'big.json' is inf, which JSON cannot store; "
+            "give a finite number (at most 1.8e308 in size)",
+        ),
+        (
+            ["-w", "inf.yaml"],
+            "config entry 'C' in config file 'inf.yaml' is inf, which JSON cannot store; "
+            "give a finite number (at most 1.8e308 in size)",
+        ),
+        (
+            ["-w", "nan.toml"],
+            "config entry 'C' in config file 'nan.toml' is nan, which JSON cannot store; "
+            "give a finite number (at most 1.8e308 in size)",
+        ),
+    ],
+)
+def test_a_bad_key_or_value_is_one_line_and_exit_code_4(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    files = {
+        "exp_fast.py": EXP_FAST,
+        "keys.yaml": "C: {1: 2}\n",
+        "big.json": '{"C": 1e400}',
+        "inf.yaml": "C: .inf\n",
+        "nan.toml": "C = nan\n",
+    }
+    project = write_project(tmp_path, files)
+    done = run_expkit("run", *args, cwd=project)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert _item_error(done.stdout) == message
+    assert "ran with" not in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (project / "runs").exists()
+
+    shown = run_expkit("config", "exp_fast.py", *args, cwd=project)
+    assert shown.returncode == 4, shown.stdout + shown.stderr
+    assert error_lines(shown.stderr) == [f"ERROR: {ITEM}: {message}"]
+
+
+def test_an_empty_yaml_file_on_the_command_line_is_an_empty_config(tmp_path: Path) -> None:
+    files = {"exp_fast.py": EXP_FAST, "empty.yaml": "# nothing set yet\n\n"}
+    project = write_project(tmp_path, files)
+    done = run_expkit("run", "exp_fast.py", "-w", "empty.yaml", "-o", "C=3", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ran with 3" in done.stdout
+    assert only_run(project / "runs")["config"]["C"] == 3
