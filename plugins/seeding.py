@@ -20,6 +20,7 @@ from expkit.settings import SETTINGS
 
 SEED_DOC = "the random seed for this experiment"
 _MAX_SEED = 10**9
+_MAX_GLOBAL_SEED = 2**32 - 1  # the largest seed numpy.random.seed takes
 _SYSTEM_RANDOM = random.SystemRandom()  # os.urandom: no seeded generator affects it
 
 
@@ -138,6 +139,15 @@ def expkit_run_setup(run: Any) -> None:
         from expkit.errors import ConfigError
 
         raise ConfigError(f"the config entry 'seed' must be an integer, not {seed!r}")
+    if not 0 <= seed <= _MAX_GLOBAL_SEED:
+        from expkit.errors import ConfigError
+
+        # numpy's global generator takes no other seed: refused before the run, with or
+        # without numpy, so a seed that works here works everywhere.
+        raise ConfigError(
+            f"the config entry 'seed' must be between 0 and {_MAX_GLOBAL_SEED} (2**32 - 1), "
+            f"not {seed}"
+        )
     seed_globals(seed)
 
 

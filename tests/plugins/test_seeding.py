@@ -367,6 +367,67 @@ def test_a_bad_seed_on_the_script_command_line_is_one_error_line(tmp_path: Path)
     assert errors == ["ERROR: the config entry 'seed' must be an integer, not 1.5"]
 
 
+@pytest.mark.parametrize("bad", [-1, 2**32, 10**40])
+def test_a_seed_out_of_range_is_a_clear_error_before_the_run(bad: int) -> None:
+    # numpy's global generator takes seeds in [0, 2**32 - 1] only: refused with or without it.
+    ex = Experiment("bad_seed", plugin_manager=create_plugin_manager())
+    called = _main_that_notes_calls(ex)
+    events = Events()
+    ex.observers.append(events)
+    with pytest.raises(ConfigError) as info:
+        ex.run(config_updates={"seed": bad}, options=QUIET)
+    assert str(info.value) == (
+        f"the config entry 'seed' must be between 0 and 4294967295 (2**32 - 1), not {bad}"
+    )
+    assert called == [] and events.names == []
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_the_seeds_at_the_ends_of_the_range_seed_numpy(ex: Experiment, seed: int) -> None:
+    assert _result(ex, seed=seed)["numpy"] == _result(ex, seed=seed)["numpy"]
+
+
+EXP_SEED = """    import numpy
+
+    def exp_seed(seed):
+        print("main ran with", seed)
+"""
+
+
+@pytest.mark.parametrize("args", [["--seed=-1"], ["--seed", "4294967296"], ["-o", "seed=-1"]])
+def test_a_seed_out_of_range_on_the_command_line_is_exit_code_4(
+    tmp_path: Path, args: list[str]
+) -> None:
+    project = write_project(tmp_path, {"exp_seed.py": EXP_SEED})
+    done = run_expkit("run", "exp_seed.py", *args, cwd=project)
+    assert done.returncode == 4, done.stdout + done.stderr
+    bad = args[-1].rpartition("=")[2]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("exp_seed.py::")]
+    assert line.startswith("exp_seed.py::exp_seed  ERROR  ")
+    assert line.endswith(
+        f"s  the config entry 'seed' must be between 0 and 4294967295 (2**32 - 1), not {bad}"
+    )
+    assert "main ran" not in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (project / "runs").exists()
+
+
+def test_a_seed_out_of_range_on_the_script_command_line_is_one_error_line(tmp_path: Path) -> None:
+    script = tmp_path / "exp_seed.py"
+    script.write_text(
+        "import numpy\nfrom expkit import Experiment\n\nex = Experiment('seed_cli')\n\n"
+        "@ex.automain\ndef main():\n    print('main ran')\n"
+    )
+    proc = run_script(script, "with", "seed=-1", cwd=tmp_path)
+    assert proc.returncode == 1  # a script's errors exit with 1, as Sacred's do
+    assert "main ran" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert errors == [
+        "ERROR: the config entry 'seed' must be between 0 and 4294967295 (2**32 - 1), not -1"
+    ]
+
+
 # --- seeds never depend on where the files lie -------------------------------------------
 
 MODULE_DRAWS = """\
