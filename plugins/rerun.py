@@ -168,7 +168,9 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> tuple[dict[str, 
                 + suggest(key, list(flat))
             )
     if not overrides:
-        return flat, []
+        # An inf or NaN a config scope computed has no -o form (JSON has none): the
+        # scope computes it again.
+        return {k: v for k, v in flat.items() if _finite(v)}, []
     meta = original.meta or {}
     given = flatten(meta.get("config_updates") or {})
     if "seed" in flat:
@@ -178,6 +180,14 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> tuple[dict[str, 
             del given[k]
     given.update(overrides)
     return given, [str(name) for name in meta.get("named_configs") or ()]
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(map(_finite, value))
+    return not isinstance(value, dict) or all(map(_finite, value.values()))
 
 
 def recorded_md5(entry: Any) -> str | None:

@@ -242,6 +242,28 @@ def test_an_expconf_above_the_experiment_is_stored_and_rerun(tmp_path: Path) -> 
     assert f"result: identical ({original['result']})" in done.stdout.splitlines()
 
 
+NOT_FINITE = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        high = float("inf")
+        pair = [float("nan"), 1.0]
+
+    def exp_bounds(high, pair):
+        return [type(high).__name__, str(high), str(pair[0])]
+"""
+
+
+def test_an_inf_a_config_scope_computed_is_rerun_as_inf_not_as_text(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", {"exp_bounds.py": NOT_FINITE})
+    done = run_expkit("run", "exp_bounds.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'result: identical (["float", "inf", "nan"])' in done.stdout.splitlines()
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
