@@ -165,7 +165,11 @@ class Ingredient:
             return ConfigDict(cfg_or_file, where)
         if isinstance(cfg_or_file, (str, os.PathLike)):
             path = os.fspath(cfg_or_file)
-            return ConfigDict(load_config_file(path, self.plugin_manager), f"config file {path!r}")
+            conf = ConfigDict(load_config_file(path, self.plugin_manager), f"config file {path!r}")
+            # Read when the experiment's file is imported: a rerun needs it beside the code.
+            if not os.path.relpath(os.path.abspath(path), self.base_dir).startswith(os.pardir):
+                self.extra_sources.add(os.path.abspath(path))
+            return conf
         raise TypeError(f"add_config takes a dict or a file name, not {type(cfg_or_file).__name__}")
 
     # --- sources and dependencies ---------------------------------------------------

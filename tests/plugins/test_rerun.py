@@ -264,6 +264,38 @@ def test_an_inf_a_config_scope_computed_is_rerun_as_inf_not_as_text(tmp_path: Pa
     assert 'result: identical (["float", "inf", "nan"])' in done.stdout.splitlines()
 
 
+CONFIG_FILES = {
+    "params.yaml": "lr: 0.5\n",
+    "fast.json": '{"lr": 0.25}\n',
+    "exp_files.py": """\
+        from expkit import Experiment
+
+        ex = Experiment("files")
+        ex.add_config("params.yaml")
+        ex.add_named_config("fast", "fast.json")
+
+        @ex.automain
+        def main(lr):
+            return lr * 2
+    """,
+}
+
+
+def test_config_files_the_experiment_adds_are_stored_and_rerun(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", CONFIG_FILES)
+    first = subprocess.run(
+        [sys.executable, "exp_files.py", "-F", "runs"], cwd=root, env=child_env(), text=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    [original] = stored_runs(root / "runs")
+    names = [name for name, _ in original["experiment"]["sources"]]
+    assert names == ["exp_files.py", "fast.json", "params.yaml"]
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result: identical (1.0)" in done.stdout.splitlines()
+
+
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
