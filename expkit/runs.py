@@ -45,7 +45,7 @@ from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.serialize import utcnow
 from expkit.store import Query, StoreReader, id_candidates, numeric_id
-from expkit.utils import parse_literal, redact_url
+from expkit.utils import parse_literal, redact_url, suggest
 
 __all__ = [
     "Filter",
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 PROBABLY_DEAD = "PROBABLY_DEAD"
+# Sacred's, and a RUNNING run whose heartbeat stopped.
+STATUSES = ("QUEUED", "RUNNING", "COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT", PROBABLY_DEAD)
 # Omniboard calls a run dead after 120 s without a heartbeat, that is 3 of its intervals.
 DEAD_AFTER_BEATS = 3
 _RUN_FIELDS = ("id", "experiment", "status", "command", "result")
@@ -153,7 +155,21 @@ def parse_filter(text: str) -> Filter:
         # "C>1 and D<2" would otherwise compare C with the text "1 and D<2".
         what = f"{raw!r} is neither a Python literal nor one word; quote a text value"
         raise _filter_error(text, pos + 1, what)
+    _check_kind(text, pos, key.group(), value)
     return Filter(text, key.group(), op.group(), value)
+
+
+def _check_kind(text: str, pos: int, key: str, value: Any) -> None:
+    # A time or a duration against a value of another kind matches nothing: said, not silent.
+    if key in ("start_time", "stop_time", "heartbeat"):
+        try:
+            datetime.datetime.fromisoformat(value if isinstance(value, str) else "")
+        except ValueError:
+            what = f"{key} compares with an ISO date or time, as in {key}>'2024-05-01'"
+            raise _filter_error(text, pos + 1, f"{what}; got {value!r}") from None
+    elif key == "duration" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        what = "duration compares with a number of seconds, as in duration<60"
+        raise _filter_error(text, pos + 1, f"{what}; got {value!r}")
 
 
 def lookup(record: RunRecord, key: str) -> tuple[bool, Any]:
@@ -538,7 +554,12 @@ def _statuses(status: str | Iterable[str] | None) -> set[str] | None:
     if status is None:
         return None
     given = [status] if isinstance(status, str) else list(status)
-    return {s.upper() for part in given for s in str(part).split(",") if s.strip()}
+    wanted = {s.strip().upper() for part in given for s in str(part).split(",") if s.strip()}
+    for name in sorted(wanted - set(STATUSES)):
+        near = suggest(name, STATUSES)
+        if near:  # a typo; a status far from all is an interrupt's own (Sacred's STATUS)
+            raise UsageError(f"no run has the status {name!r}{near}")
+    return wanted
 
 
 def _time_bound(value: datetime.datetime | str | None, name: str) -> datetime.datetime | None:

@@ -102,6 +102,10 @@ def test_filters_parse_into_key_operator_and_literal(text, key, op, value):
         ("C>1 and D<2", "at column 3: '1 and D<2' is neither a Python literal nor one word"),
         ("name=='iris", 'at column 7: "\'iris" is not a valid Python literal'),
         ("__import__('os').system('x')==1", "at column 11: expected one of"),
+        # A time or a duration against another kind of value would match nothing, silently.
+        ("start_time>2020", "at column 12: start_time compares with an ISO date or time"),
+        ("stop_time<'soon'", "at column 11: stop_time compares with an ISO date or time"),
+        ("duration<1s", "at column 10: duration compares with a number of seconds"),
     ],
 )
 def test_bad_filters_say_where_they_are_wrong(text, message):
@@ -150,6 +154,15 @@ def test_experiment_status_and_time_filters(store, tmp_path):
     assert ids(runs(store, since=second)) == [4, 3, 2]
     assert ids(runs(store, until=second.isoformat())) == [2, 1]
     assert runs(store, since=datetime.datetime(2999, 1, 1)) == []
+    assert ids(runs(store, where="start_time<'2999-01-01'", limit=1)) == [4]
+
+
+def test_a_mistyped_status_is_an_error_and_an_interrupts_own_is_not(store):
+    with pytest.raises(
+        UsageError, match=r"^no run has the status 'FALED' \(did you mean 'FAILED'\?\)$"
+    ):
+        runs(store, status="FALED")
+    assert runs(store, status="STOPPED_BY_MY_INTERRUPT") == []  # Sacred's custom STATUS
 
 
 def test_sorting_and_limit(store):
