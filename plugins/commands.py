@@ -117,8 +117,15 @@ def save_config(_config: dict, _log: Any, config_filename: str = "config.json") 
         from expkit.errors import UsageError
 
         raise UsageError(f"save_config: cannot write {config_filename!r}; use .json or .yaml")
-    with open(config_filename, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(config_filename, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        from expkit.errors import UsageError
+
+        raise UsageError(
+            f"save_config: cannot write {config_filename!r}: {exc.strerror or exc}"
+        ) from None
     _log.info("Saved the configuration to %s", config_filename)
 
 

@@ -296,6 +296,16 @@ def test_save_config_to_a_chosen_file(exp_dir: Path, filename: str) -> None:
     assert not (exp_dir / "config.json").exists()
 
 
+def test_save_config_to_a_folder_that_does_not_exist_is_one_line(exp_dir: Path) -> None:
+    target = exp_dir / "missing" / "config.json"
+    done = run_script("exp.py", "save_config", "with", f"config_filename={target}", cwd=exp_dir)
+    assert done.returncode == 1
+    assert f"ERROR: save_config: cannot write {str(target)!r}: No such file or directory" in (
+        done.stderr.splitlines()
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_save_config_round_trips_as_a_config_file(exp_dir: Path) -> None:
     ok(run_script("exp.py", "save_config", "with", "a=9", "seed=5", cwd=exp_dir))
     out = ok(run_script("exp.py", "print_config", "with", "config.json", cwd=exp_dir))
