@@ -1154,6 +1154,13 @@ def _output_file(path: str, mode: str) -> IO[Any]:
 
 def _rm(config: Any, reader: Any, url: str, records: list[RunRecord]) -> int:
     records = list({str(r.id): r for r in records}.values())  # `rm 3 3` deletes run 3 once
+    running = [r for r in records if shown_status(r, beat_interval=_beat(config)) == "RUNNING"]
+    if running and not config.getoption("force"):
+        # Its process would go on writing, spool what the store lost, and bring it back.
+        raise UsageError(
+            f"run {printable(running[0].id)} is still running (its heartbeat is recent): "
+            "stop it first, or delete it anyway with --force"
+        )
     ids = ", ".join(printable(r.id) for r in records)
     if not config.getoption("yes"):
         sys.stdout.write(f"delete {len(records)} run(s) from {redact_url(url)}: {ids}? [y/N] ")

@@ -194,6 +194,19 @@ def test_export_writes_one_whole_run_per_line(store: Path, tmp_path: Path) -> No
     assert exported[0]["captured_out"].startswith("training")
 
 
+def test_rm_of_a_live_run_needs_force(store: Path, capsys: pytest.CaptureFixture) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    live = store_run(store, store.parent / "c", {"C": 3}, None, status="RUNNING", start=now)
+    assert runs("rm", live, "--yes") == 4
+    assert capsys.readouterr().err == (
+        f"ERROR: run {live} is still running (its heartbeat is recent): stop it first, "
+        "or delete it anyway with --force\n"
+    )
+    assert (store / live).is_dir()
+    assert runs("rm", live, "--yes", "--force") == 0
+    assert not (store / live).exists()
+
+
 def test_rm_of_a_run_named_twice_deletes_it_once(
     store: Path, capsys: pytest.CaptureFixture
 ) -> None:
