@@ -125,7 +125,7 @@ def resolve_config(
                 modified.add(path)
         elif path in defined:
             modified.add(path)
-        else:
+        elif not (value == {} and _holds(defined, path)):  # {} merged into a dict: no change
             added.add(path)
     return ConfigSummary(config, added=added, modified=modified, typechanged=typechanged, docs=docs)
 
@@ -140,6 +140,11 @@ def _uses(fn: Callable, path: str) -> bool:
         if path == full or path.startswith(full + ".") or full.startswith(path + "."):
             return True
     return cf.params.has_varkw and (not base or path.startswith(base + "."))
+
+
+def _holds(defined: set[str], path: str) -> bool:
+    prefix = path + "."
+    return any(key.startswith(prefix) for key in defined)
 
 
 def check_added_entries(

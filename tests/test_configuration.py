@@ -997,6 +997,18 @@ def test_an_update_equal_to_the_default_is_no_added_entry() -> None:
     assert summary.added == set()
 
 
+def test_an_empty_dict_merged_into_a_dict_is_no_added_entry() -> None:
+    ex = Experiment("merged")
+
+    @ex.config
+    def cfg():
+        d = {"k": 1}
+
+    summary = resolve_config(ex, {"d": {}, "e": {}})
+    assert summary["d"] == {"k": 1}
+    assert summary.added == {"e"}  # a new empty dict is new
+
+
 def test_unchanged_run_has_no_modifications() -> None:
     mods = tracked_experiment().run().config_modifications
     assert mods.added == set()
