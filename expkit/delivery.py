@@ -439,6 +439,15 @@ class GuardedStore:
                     self._fail(method, exc)
                 except Exception as exc:
                     self._fail(method, exc)
+                except BaseException as exc:
+                    if method in _START_EVENTS:
+                        # Ctrl-C or SIGTERM while the store took the run's start (waiting
+                        # on a locked database): the start is kept, so that the interrupted
+                        # run can still be delivered whole, and the interrupt goes on.
+                        self._fail(method, exc)
+                        self._spool(method, kwargs)
+                        self._history.add(method, kwargs)
+                    raise
                 else:
                     if method in _START_EVENTS:
                         return self._started(method, kwargs, result)
@@ -462,7 +471,7 @@ class GuardedStore:
         self.store_id = result if result is not None else kwargs.get("_id")
         return result
 
-    def _fail(self, method: str, exc: Exception) -> None:
+    def _fail(self, method: str, exc: BaseException) -> None:
         self.error = _reason(exc)
         meta = {
             "store": self.name,

@@ -797,3 +797,28 @@ def test_a_run_neither_the_store_nor_the_spool_can_keep_is_said_to_be_lost(
     assert outcome.reason.endswith(
         f"the spool folder {spool_root()}/{guard.root.name} could not be written"
     )
+
+
+def test_an_interrupt_while_the_store_takes_the_start_keeps_the_start(
+    tmp_path: Path, spool: Path, ex_info: dict, guarded: Callable[..., GuardedStore]
+) -> None:
+    runs = tmp_path / "runs"
+
+    class Locked(FileStorageObserver):
+        """A store whose database another writer holds: Ctrl-C lands while it waits."""
+
+        waited = False
+
+        def started_event(self, **kwargs: Any) -> Any:  # type: ignore[override]
+            if not self.waited:
+                self.waited = True
+                raise KeyboardInterrupt
+            return super().started_event(**kwargs)
+
+    guard = guarded(Locked(runs), str(runs))
+    with pytest.raises(KeyboardInterrupt):  # the interrupt goes on, to stop the run
+        guard.call("started_event", started(ex_info))
+    guard.call("interrupted_event", {"interrupt_time": T1, "status": "INTERRUPTED"})
+    guard.finish()  # the writer let go: the last try delivers the run from its start
+    assert (guard.outcome().state, guard.outcome().run_id) == ("stored", "1")
+    assert read_run(runs, "1")["status"] == "INTERRUPTED"

@@ -989,3 +989,54 @@ def test_an_sqlite_file_deleted_mid_run_is_spooled_and_sync_recreates_the_run(
     record = json.loads(listed.stdout)
     assert (record["status"], record["result"]) == ("COMPLETED", 3)
     assert record["metrics"]["loss"]["values"] == [1.0, 0.5]
+
+
+def _lines_until(stream: Any, wanted: str, seconds: float) -> list[str]:
+    """The lines ``stream`` gives until one holds ``wanted``; fails after ``seconds``."""
+    import queue
+    import threading
+
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
+    seen, deadline = [], time.monotonic() + seconds
+    while not any(wanted in line for line in seen):
+        try:
+            seen.append(lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
+        except queue.Empty:
+            pytest.fail(f"no line with {wanted!r} in {seconds} s: {seen}")
+    return seen
+
+
+def test_sigterm_while_sqlite_is_locked_is_acted_on_and_the_run_kept(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    import sqlite3
+
+    pytest.importorskip("sqlalchemy")
+    write_project(tmp_path, {"exp_quick.py": MODULE_QUICK})
+    url = "sqlite:///runs.db"
+    made = run_expkit("run", "--store", url, cwd=tmp_path, env=env)  # the file and run 1
+    assert made.returncode == 0, made.stdout + made.stderr
+    other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another writer, for longer than this test waits
+    proc = subprocess.Popen(
+        [EXPKIT, "run", "--store", url],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _lines_until(proc.stdout, "collected 1 experiment", TIMEOUT)
+        time.sleep(0.5)  # into the wait for the lock
+        proc.send_signal(signal.SIGTERM)
+        # Acted on while the lock is still held (SQLite alone would wait up to a minute).
+        _lines_until(proc.stderr, "failed (started_event: SigtermInterrupt", 20)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, out + err
+    shown = run_expkit("runs", "show", "2", "--json", "--store", url, cwd=tmp_path, env=env)
+    assert json.loads(shown.stdout)["status"] == "INTERRUPTED"

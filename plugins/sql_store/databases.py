@@ -31,6 +31,7 @@ from expkit.utils import redact_url
 log = logging.getLogger("expkit")
 
 _SQLITE_BUSY_MS = 60_000
+_SQLITE_STEP_MS = 100  # a wait for the write lock goes back to Python this often
 _CONNECT_TIMEOUT = 5
 NEEDS_SQLALCHEMY = "the SQL store needs SQLAlchemy to create its tables: pip install 'expkit[sql]'"
 # Connections a forked child inherited: kept alive so that they are never closed there.
@@ -58,6 +59,26 @@ def open_database(url: str, echo: bool, engine: Any) -> SqliteDatabase | Postgre
             "or PostgreSQL (postgresql://user@host/db)"
         )
     return PostgresDatabase(_engine(url, echo))
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another writer in short steps.
+
+    SQLite waits for a lock inside one C call, where Python runs no signal handler: a
+    Ctrl-C would wait for the lock (up to a minute). Between steps it is acted on at once.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    conn.execute(f"PRAGMA busy_timeout = {_SQLITE_STEP_MS}")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -146,7 +167,7 @@ class SqliteDatabase:
             raise sqlite3.OperationalError(f"{self.path} was deleted or replaced while in use")
         # A deferred transaction that later writes can fail at once with "database is
         # locked"; taking the lock at BEGIN makes writers queue behind the busy timeout.
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        _begin_immediate(conn) if write else conn.execute("BEGIN")
         try:
             yield SqliteTransaction(conn)
             conn.execute("COMMIT")
