@@ -40,7 +40,7 @@ from expkit.records import Artifact, MetricPoint, Resource
 from expkit.resolve import check_added_entries, resolve_config
 from expkit.serialize import NotStorableError, storable_problem, to_data, utcnow
 from expkit.settings import SETTINGS
-from expkit.signals import SigtermInterrupt, defer_sigterm, install_sigterm, restore_sigterm
+from expkit.signals import DeferredInterrupts, install_sigterm
 from expkit.tracebacks import format_user_traceback
 from expkit.utils import (
     CapturedOutput,
@@ -669,14 +669,16 @@ class Run:
             self.fail_trace = format_user_traceback(exc)
             outcome = exc
         finally:
-            # From here a SIGTERM is only noted: the stores must hear how the run ended.
-            sigterms = defer_sigterm(old_handler)
+            # From here Ctrl-C and SIGTERM are only noted: the stores must hear how the run
+            # ended (a KeyboardInterrupt would pass every guard of _finish and leave it RUNNING).
+            deferred = DeferredInterrupts(old_handler)
             try:
                 self._finish(bound, previous_run)
             finally:
-                restore_sigterm(old_handler)
-        if sigterms and not isinstance(outcome, KeyboardInterrupt):
-            raise SigtermInterrupt("the process received SIGTERM as the run ended") from outcome
+                deferred.restore()
+        late = deferred.interrupt()
+        if late is not None and not isinstance(outcome, KeyboardInterrupt):
+            raise late from outcome  # an interrupted run is told once, by its own outcome
         if outcome is not None:
             raise outcome
         return self.result

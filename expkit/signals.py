@@ -30,15 +30,38 @@ def install_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def defer_sigterm(previous: Any) -> list[int]:
-    """From now on only note a SIGTERM (in the list returned) instead of raising it."""
-    received: list[int] = []
-    if previous is not _NOT_INSTALLED:
-        signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    return received
+class DeferredInterrupts:
+    """While a run's end is recorded, Ctrl-C (SIGINT) and SIGTERM are only noted.
 
+    Raised there, they would cut the recording short and leave the run RUNNING in its
+    stores. :meth:`restore` puts back SIGINT's handler and SIGTERM's from before
+    :func:`install_sigterm` (``previous``, what it returned).
+    """
 
-def restore_sigterm(previous: Any) -> None:
-    if previous is not _NOT_INSTALLED:
-        # None: the handler was set outside Python; the default is the closest to it.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    def __init__(self, previous: Any) -> None:
+        self.received: list[int] = []
+        self._restore: dict[int, Any] = {}
+        if previous is _NOT_INSTALLED:
+            return  # not the main thread: signals are no business of this one
+        self._restore[signal.SIGTERM] = previous
+        signal.signal(signal.SIGTERM, self._note)
+        sigint = signal.getsignal(signal.SIGINT)
+        if sigint is not signal.SIG_IGN:  # ignored (a background job): it stays ignored
+            self._restore[signal.SIGINT] = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+
+    def interrupt(self) -> KeyboardInterrupt | None:
+        """What the first signal noted would have raised; None if none came."""
+        if not self.received:
+            return None
+        if self.received[0] == signal.SIGTERM:
+            return SigtermInterrupt("the process received SIGTERM as the run ended")
+        return KeyboardInterrupt()
+
+    def restore(self) -> None:
+        for signum, handler in self._restore.items():
+            # None: the handler was set outside Python; the default is the closest to it.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._restore.clear()

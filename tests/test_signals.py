@@ -1,0 +1,135 @@
+"""A second Ctrl-C or SIGTERM while a run's end is recorded waits until it is recorded.
+
+Checked with real processes and real signals: the stores hear how the run ended, and
+``expkit run`` exits 2, instead of the run being left RUNNING in a store.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import EXPKIT, child_env, only_run, write_project
+
+from expkit.nodes import ExitCode
+
+TIMEOUT = 30
+
+# SlowEnd, told first, records a run's end slowly (a remote database, a big upload): it says
+# when it begins, and takes until the test has sent its signal.
+SLOW_END = """
+import time
+from pathlib import Path
+
+from expkit import Experiment
+from expkit.observers import RunObserver
+
+
+class SlowEnd(RunObserver):
+    priority = 10  # before the --store given: a signal cut short, that one never hears
+
+    def completed_event(self, stop_time, result):
+        self._slowly()
+
+    def interrupted_event(self, interrupt_time, status):
+        self._slowly()
+
+    def _slowly(self):
+        Path("ending").touch()
+        deadline = time.time() + 10
+        while not Path("sent").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # for the signal just sent to land here
+
+
+ex = Experiment("slow_end")
+ex.observers.append(SlowEnd())
+
+
+@ex.config
+def cfg():
+    wait = True
+
+
+@ex.main
+def main(wait):
+    print("working")
+    if wait:  # until interrupted
+        Path("running").touch()
+        time.sleep(30)
+    return "done"
+"""
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Wait until ``path`` exists; fail with the process's output if it ended first."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended early ({proc.returncode}):\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def signal_at_the_end(
+    tmp_path: Path, args: list[str], first: signal.Signals | None, second: signal.Signals
+) -> tuple[int, str, str]:
+    """Run ``expkit ARGS``; send ``first`` while it runs, ``second`` while its end is recorded."""
+    write_project(tmp_path, {"exp_slow_end.py": SLOW_END})
+    proc = start([EXPKIT, "run", "--store", "store", *args], tmp_path)
+    try:
+        if first is not None:
+            wait_for(tmp_path / "running", proc)
+            proc.send_signal(first)
+        wait_for(tmp_path / "ending", proc)
+        proc.send_signal(second)
+        (tmp_path / "sent").touch()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGTERM, signal.SIGINT),
+        (signal.SIGINT, signal.SIGTERM),
+    ],
+    ids=["ctrl-c-twice", "sigterm-then-ctrl-c", "ctrl-c-then-sigterm"],
+)
+def test_a_second_signal_while_an_interrupted_run_is_recorded_waits_for_it(
+    tmp_path: Path, first: signal.Signals, second: signal.Signals
+) -> None:
+    code, out, err = signal_at_the_end(tmp_path, [], first, second)
+    assert code == ExitCode.INTERRUPTED, out + err
+    assert only_run(tmp_path / "store")["status"] == "INTERRUPTED", out + err
+    assert re.search(r"^exp_slow_end\.py::slow_end  INTERRUPTED  id=1 ", out, re.M), out
+    assert "stored 1 run(s) in store" in out
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_completed_run_is_recorded_keeps_it_completed_and_stops(
+    tmp_path: Path,
+) -> None:
+    code, out, err = signal_at_the_end(tmp_path, ["-o", "wait=False"], None, signal.SIGINT)
+    assert code == ExitCode.INTERRUPTED, out + err
+    run = only_run(tmp_path / "store")
+    assert (run["status"], run["result"]) == ("COMPLETED", "done"), out + err
+    assert "Traceback" not in err
