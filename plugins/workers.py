@@ -6,8 +6,9 @@ loads the plugins and reads the command line as the driver did, imports each exp
 file once, and runs the items it is handed one after another,
 into the stores, with output captured as usual. The driver hands the next item to whichever
 worker is free. A worker that dies (a signal, ``os._exit``, the OOM
-killer) has its item reported and stored as FAILED and is replaced. Ctrl-C stops the
-handing out, interrupts the running items (stored as INTERRUPTED) and exits with 2.
+killer) has its item reported and stored as FAILED and is replaced. Ctrl-C, or SIGTERM to
+the driver, stops the handing out, interrupts the running items (stored as INTERRUPTED) and
+exits with 2.
 
 :class:`WorkerSession` is also what a Dask worker runs points with (``--dask``); what the
 driver sends a worker (:mod:`expkit.remote`) is imported only when ``-n`` or ``--dask`` is used.
@@ -30,6 +31,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.nodes import CollectError, Item, LiveStatus, RunReport
 from expkit.pluginmanager import hookimpl
+from expkit.signals import DeferredInterrupts, install_sigterm
 
 if TYPE_CHECKING:
     from expkit.remote import PointSpec, SessionSpec, ShippedFile
@@ -513,15 +515,34 @@ class Driver:
         self.drive(len(self.pending))
 
     def drive(self, count: int) -> None:
-        """Start ``min(n, count)`` workers and hand out items while :meth:`has_next` says so."""
+        """Start ``min(n, count)`` workers and hand out items while :meth:`has_next` says so.
+
+        Ctrl-C or SIGTERM interrupts the running items and stops.
+        """
+        # The workers run in sessions of their own: a SIGTERM for the sweep (`kill`, a
+        # scheduler's time limit) reaches the driver alone, which interrupts them as Ctrl-C.
+        previous = install_sigterm()
+        interrupted = False
         try:
             for _ in range(min(self.n, count)):
                 self.workers.append(self._start())
             self._loop()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as a SigtermInterrupt
+            interrupted = True
             self._interrupt()
         finally:
-            stop_workers([*self.workers, *self.started])
+            # From here a signal is only noted: cut short, this would leave workers running
+            # and their runs RUNNING.
+            deferred = DeferredInterrupts(previous)
+            try:
+                if interrupted:
+                    self._kill_unstopped()
+                stop_workers([*self.workers, *self.started])
+            finally:
+                deferred.restore()
+        late = deferred.interrupt()
+        if late is not None and not interrupted:
+            raise late
 
     def _start(self) -> _Worker:
         if self.started and self.started[0].spec == self.spec:
@@ -639,25 +660,29 @@ class Driver:
             self.workers.append(self._start())
 
     def _interrupt(self) -> None:
-        """Ctrl-C: interrupt the running items and wait (a while) for them to be stored."""
+        """Ctrl-C or SIGTERM: interrupt the running items, wait (a while) for them to be stored.
+
+        A second signal ends the wait; :meth:`_kill_unstopped` deals with the rest.
+        """
         import signal
         from multiprocessing.connection import wait
 
         self.session.shouldstop = self.session.interrupted = self.stopping = True
-        for worker in self.workers:
-            if worker.item is not None:
-                try:
-                    os.kill(worker.proc.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + INTERRUPT_GRACE
         try:
+            for worker in self.workers:
+                if worker.item is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.proc.pid, signal.SIGINT)
             while any(w.item is not None for w in self.workers) and time.monotonic() < deadline:
                 by_conn = {w.conn: w for w in self.workers if w.item is not None}
                 for conn in wait(list(by_conn), timeout=0.5):
                     self._receive(by_conn[conn])
         except KeyboardInterrupt:
-            pass  # a second Ctrl-C: do not wait any longer
+            pass  # a second Ctrl-C or SIGTERM: do not wait any longer
+
+    def _kill_unstopped(self) -> None:
+        """Kill the workers still running an interrupted item; store their runs INTERRUPTED."""
         for worker in self.workers:
             if worker.item is not None:
                 worker.proc.kill()
