@@ -641,7 +641,16 @@ class Run:
             self.status = RUNNING
             self.start_time = utcnow()
             self.run_logger.info("Running command '%s'", self.command_name)
-            self._send_first("started_event", start_time=self.start_time)
+            # A store's start is written whole or not at all: an interrupt waits for it
+            # (or stops a store's wait for a lock, before it writes; see raise_deferred).
+            starting = DeferredInterrupts()
+            try:
+                self._send_first("started_event", start_time=self.start_time)
+            finally:
+                starting.restore()
+            late = starting.interrupt()
+            if late is not None:
+                raise late
             self._delivery.hook("expkit_run_started")
             if self._id is not None:
                 self.run_logger.info('Started run with ID "%s"', self._id)

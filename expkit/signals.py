@@ -30,19 +30,29 @@ def install_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, on_sigterm)
 
 
-class DeferredInterrupts:
-    """While a run's end is recorded, Ctrl-C (SIGINT) and SIGTERM are only noted.
+_CURRENT = object()
+_deferring: list[DeferredInterrupts] = []  # in force now, in the main thread
 
-    Raised there, they would cut the recording short and leave the run RUNNING in its
-    stores. :meth:`restore` puts back SIGINT's handler and SIGTERM's from before
-    :func:`install_sigterm` (``previous``, what it returned).
+
+class DeferredInterrupts:
+    """While a run's start or end is recorded, Ctrl-C (SIGINT) and SIGTERM are only noted.
+
+    Raised there, they would cut the recording short: a run half created, or left RUNNING
+    in its stores. :meth:`restore` puts back SIGINT's handler and SIGTERM's: the one from
+    before :func:`install_sigterm` (``previous``, what it returned), or by default the one
+    in force now.
     """
 
-    def __init__(self, previous: Any) -> None:
+    def __init__(self, previous: Any = _CURRENT) -> None:
         self.received: list[int] = []
         self._restore: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            previous = _NOT_INSTALLED
         if previous is _NOT_INSTALLED:
             return  # not the main thread: signals are no business of this one
+        if previous is _CURRENT:
+            previous = signal.getsignal(signal.SIGTERM)
+        _deferring.append(self)
         self._restore[signal.SIGTERM] = previous
         signal.signal(signal.SIGTERM, self._note)
         sigint = signal.getsignal(signal.SIGINT)
@@ -65,3 +75,20 @@ class DeferredInterrupts:
             # None: the handler was set outside Python; the default is the closest to it.
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._restore.clear()
+        if self in _deferring:
+            _deferring.remove(self)
+
+
+def raise_deferred() -> None:
+    """Raise now an interrupt noted while deferred, at a point where stopping loses nothing.
+
+    A store that waits for another writer's lock before it writes calls this between
+    waits: Ctrl-C then stops the wait (up to a minute) instead of waiting for the lock.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for deferral in _deferring:
+        late = deferral.interrupt()
+        if late is not None:
+            deferral.received.clear()  # raised once, here
+            raise late

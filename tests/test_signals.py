@@ -1,4 +1,4 @@
-"""A second Ctrl-C or SIGTERM while a run's end is recorded waits until it is recorded.
+"""A Ctrl-C or SIGTERM while a run's start or end is recorded waits until it is recorded.
 
 Checked with real processes and real signals: the stores hear how the run ended, and
 ``expkit run`` exits 2, instead of the run being left RUNNING in a store.
@@ -133,3 +133,59 @@ def test_ctrl_c_while_a_completed_run_is_recorded_keeps_it_completed_and_stops(
     run = only_run(tmp_path / "store")
     assert (run["status"], run["result"]) == ("COMPLETED", "done"), out + err
     assert "Traceback" not in err
+
+
+# SlowStart, told first, records a run's start slowly; the --store given hears of it after.
+SLOW_START = """
+import time
+from pathlib import Path
+
+from expkit import Experiment
+from expkit.observers import RunObserver
+
+
+class SlowStart(RunObserver):
+    priority = 10
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        Path("starting").touch()
+        deadline = time.time() + 10
+        while not Path("sent").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # for the signal just sent to land here
+        return _id
+
+
+ex = Experiment("slow_start")
+ex.observers.append(SlowStart())
+
+
+@ex.main
+def main():
+    Path("ran").touch()
+    return "done"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_runs_start_is_recorded_waits_for_it(
+    tmp_path: Path, sent: signal.Signals
+) -> None:
+    # Raised inside the first store's start, the signal kept the next store from hearing
+    # of the run at all: its end reached a store that had no run.
+    write_project(tmp_path, {"exp_slow_start.py": SLOW_START})
+    proc = start([EXPKIT, "run", "--store", "store"], tmp_path)
+    try:
+        wait_for(tmp_path / "starting", proc)
+        proc.send_signal(sent)
+        (tmp_path / "sent").touch()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == ExitCode.INTERRUPTED, out + err
+    assert only_run(tmp_path / "store")["status"] == "INTERRUPTED", out + err
+    assert "stored 1 run(s) in store" in out, out + err
+    assert not (tmp_path / "ran").exists()  # the run stopped before its main function

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from expkit.errors import UsageError
+from expkit.signals import raise_deferred
 from expkit.store import SUMMARY_META_OMITS, StoreError
 from expkit.utils import redact_url
 
@@ -77,6 +78,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
+            raise_deferred()  # nothing is written yet: a run's start deferring Ctrl-C stops here
     finally:
         conn.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
 
