@@ -637,7 +637,9 @@ class Driver:
         if worker.item is not None:
             message = f"worker {worker.number} (pid {worker.proc.pid}) died ({how}) running it"
             longrepr = message + (f"; its last output:\n{tail}" if tail else "")
-            mark_stored(self.spec.store_urls, self.config, worker.run_id, "FAILED", message)
+            marked = mark_stored(
+                self.spec.store_urls, self.config, worker.run_id, "FAILED", message
+            )
             self._report(
                 RunReport(
                     worker.item.nodeid,
@@ -646,6 +648,7 @@ class Driver:
                     run_id=worker.run_id,
                     message=message,
                     longrepr=longrepr,
+                    stored=marked,
                 )
             )
         elif not worker.ready:
@@ -687,24 +690,36 @@ class Driver:
             if worker.item is not None:
                 worker.proc.kill()
                 message = "interrupted; its worker did not stop in time and was killed"
-                mark_stored(
+                marked = mark_stored(
                     self.spec.store_urls, self.config, worker.run_id, "INTERRUPTED", message
                 )
                 self._report(
-                    RunReport(worker.item.nodeid, "INTERRUPTED", 0.0, worker.run_id, None, message)
+                    RunReport(
+                        worker.item.nodeid,
+                        "INTERRUPTED",
+                        0.0,
+                        worker.run_id,
+                        None,
+                        message,
+                        stored=marked,
+                    )
                 )
                 worker.item = None
 
 
-def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) -> None:
-    """Record in each store that run ``run_id``, whose process is gone, ended with ``status``."""
+def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) -> tuple:
+    """Record in each store that run ``run_id``, whose process is gone, ended with ``status``;
+    the stores that have it so (:class:`expkit.delivery.StoreOutcome`, for the summary)."""
     if run_id is None:
-        return
+        return ()
     import logging
 
+    from expkit.delivery import StoreOutcome
     from expkit.run import store_for_url
     from expkit.serialize import utcnow
+    from expkit.utils import redact_url
 
+    marked = []
     for url in urls:
         try:
             store = store_for_url(config.pluginmanager, url)
@@ -717,3 +732,6 @@ def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) 
             logging.getLogger("expkit").warning(
                 "could not mark run %s %s in %s: %s", run_id, status, url, exc
             )
+        else:
+            marked.append(StoreOutcome(redact_url(url), "stored", run_id=run_id))
+    return tuple(marked)

@@ -118,6 +118,10 @@ def test_a_worker_killed_by_a_signal_fails_its_point_and_is_replaced(project: Pa
     assert len((project / "imports.log").read_text().split()) == 1 + 3
     assert len({point_pid(r) for r in runs if r["status"] == "COMPLETED"}) == 3
     assert "1 failed, 7 completed" in proc.stdout
+    # The summary counts the failed point's run too: the store has it, marked FAILED.
+    (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("stored ")]
+    ids = summary.partition(": id ")[2].split(", ")
+    assert summary.startswith("stored 8 run(s) in ") and failed["_dir"] in ids
 
 
 @pytest.mark.slow
