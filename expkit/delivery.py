@@ -35,6 +35,7 @@ import attrs
 from expkit.errors import ExpkitError, ExpkitInterrupt, UsageError
 from expkit.observers import RunObserver, columns_to_sacred
 from expkit.serialize import to_data
+from expkit.signals import interrupt_deferred
 from expkit.utils import has_control_chars, printable, redact_url
 
 log = logging.getLogger("expkit")
@@ -77,10 +78,10 @@ def _refused(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """``exc`` as one line without passwords: ``Type: message``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, ExpkitError):
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ExpkitError) and text:
         return redact_url(text)
-    return redact_url(f"{type(exc).__name__}: {text}")
+    return redact_url(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 # Ints this long are written in hex: in decimal, json (and Python's int()) refuse them.
@@ -441,12 +442,15 @@ class GuardedStore:
                     self._fail(method, exc)
                 except BaseException as exc:
                     if method in _START_EVENTS:
-                        # Ctrl-C or SIGTERM while the store took the run's start (waiting
-                        # on a locked database): the start is kept, so that the interrupted
-                        # run can still be delivered whole, and the interrupt goes on.
+                        # Ctrl-C or SIGTERM while the store waited to take the run's start
+                        # (a locked database): the start is kept, so that the run can still
+                        # be delivered whole. (A run's end defers them; during the run they
+                        # are the run's, no failure of the store.)
                         self._fail(method, exc)
                         self._spool(method, kwargs)
                         self._history.add(method, kwargs)
+                        if interrupt_deferred():
+                            return None  # raised by the run once every store has the start
                     raise
                 else:
                     if method in _START_EVENTS:

@@ -643,7 +643,7 @@ class Run:
             self.run_logger.info("Running command '%s'", self.command_name)
             # A store's start is written whole or not at all: an interrupt waits for it
             # (or stops a store's wait for a lock, before it writes; see raise_deferred).
-            starting = DeferredInterrupts()
+            starting = DeferredInterrupts(stoppable=True)
             try:
                 self._send_first("started_event", start_time=self.start_time)
             finally:

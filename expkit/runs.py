@@ -161,6 +161,8 @@ def parse_filter(text: str) -> Filter:
 
 def _check_kind(text: str, pos: int, key: str, value: Any) -> None:
     # A time or a duration against a value of another kind matches nothing: said, not silent.
+    if value is None:
+        return  # stop_time==None: the runs without one
     if key in ("start_time", "stop_time", "heartbeat"):
         try:
             datetime.datetime.fromisoformat(value if isinstance(value, str) else "")

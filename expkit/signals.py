@@ -31,7 +31,7 @@ def install_sigterm() -> Any:
 
 
 _CURRENT = object()
-_deferring: list[DeferredInterrupts] = []  # in force now, in the main thread
+_stoppable: list[DeferredInterrupts] = []  # in force now, in the main thread
 
 
 class DeferredInterrupts:
@@ -40,10 +40,11 @@ class DeferredInterrupts:
     Raised there, they would cut the recording short: a run half created, or left RUNNING
     in its stores. :meth:`restore` puts back SIGINT's handler and SIGTERM's: the one from
     before :func:`install_sigterm` (``previous``, what it returned), or by default the one
-    in force now.
+    in force now. ``stoppable``: a store's wait for a lock, before it writes, may be cut
+    short (:func:`raise_deferred`); a run's start is, its end is not.
     """
 
-    def __init__(self, previous: Any = _CURRENT) -> None:
+    def __init__(self, previous: Any = _CURRENT, stoppable: bool = False) -> None:
         self.received: list[int] = []
         self._restore: dict[int, Any] = {}
         if threading.current_thread() is not threading.main_thread():
@@ -52,7 +53,8 @@ class DeferredInterrupts:
             return  # not the main thread: signals are no business of this one
         if previous is _CURRENT:
             previous = signal.getsignal(signal.SIGTERM)
-        _deferring.append(self)
+        if stoppable:
+            _stoppable.append(self)
         self._restore[signal.SIGTERM] = previous
         signal.signal(signal.SIGTERM, self._note)
         sigint = signal.getsignal(signal.SIGINT)
@@ -67,7 +69,7 @@ class DeferredInterrupts:
         if not self.received:
             return None
         if self.received[0] == signal.SIGTERM:
-            return SigtermInterrupt("the process received SIGTERM as the run ended")
+            return SigtermInterrupt("the process received SIGTERM")
         return KeyboardInterrupt()
 
     def restore(self) -> None:
@@ -75,20 +77,28 @@ class DeferredInterrupts:
             # None: the handler was set outside Python; the default is the closest to it.
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._restore.clear()
-        if self in _deferring:
-            _deferring.remove(self)
+        if self in _stoppable:
+            _stoppable.remove(self)
 
 
 def raise_deferred() -> None:
-    """Raise now an interrupt noted while deferred, at a point where stopping loses nothing.
+    """Raise now an interrupt a stoppable deferral noted, where stopping loses nothing.
 
     A store that waits for another writer's lock before it writes calls this between
     waits: Ctrl-C then stops the wait (up to a minute) instead of waiting for the lock.
+    The interrupt stays noted: the next store's wait stops too, and the deferral raises
+    it once every store has the run's start or keeps it to send again.
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    for deferral in _deferring:
+    for deferral in _stoppable:
         late = deferral.interrupt()
         if late is not None:
-            deferral.received.clear()  # raised once, here
             raise late
+
+
+def interrupt_deferred() -> bool:
+    """Whether a stoppable deferral in force has noted an interrupt it will raise."""
+    return threading.current_thread() is threading.main_thread() and any(
+        d.received for d in _stoppable
+    )

@@ -991,52 +991,102 @@ def test_an_sqlite_file_deleted_mid_run_is_spooled_and_sync_recreates_the_run(
     assert record["metrics"]["loss"]["values"] == [1.0, 0.5]
 
 
-def _lines_until(stream: Any, wanted: str, seconds: float) -> list[str]:
-    """The lines ``stream`` gives until one holds ``wanted``; fails after ``seconds``."""
-    import queue
-    import threading
+class _Lines:
+    """The lines of a process's stream as they come, read by one thread."""
 
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in stream], daemon=True).start()
-    seen, deadline = [], time.monotonic() + seconds
-    while not any(wanted in line for line in seen):
-        try:
-            seen.append(lines.get(timeout=max(deadline - time.monotonic(), 0.01)))
-        except queue.Empty:
-            pytest.fail(f"no line with {wanted!r} in {seconds} s: {seen}")
-    return seen
+    def __init__(self, stream: Any) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self._queue.put(x) for x in stream], daemon=True).start()
+
+    def until(self, wanted: str, seconds: float) -> None:
+        """Wait for a line holding ``wanted``; fail after ``seconds``."""
+        import queue
+
+        deadline = time.monotonic() + seconds
+        while not any(wanted in line for line in self.seen):
+            try:
+                self.seen.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0.01)))
+            except queue.Empty:
+                pytest.fail(f"no line with {wanted!r} in {seconds} s: {self.seen}")
+        self.seen = []  # what comes next is looked at next
 
 
-def test_sigterm_while_sqlite_is_locked_is_acted_on_and_the_run_kept(
-    tmp_path: Path, env: dict[str, str]
-) -> None:
+def _locked_sqlite(tmp_path: Path, env: dict[str, str]) -> Any:
+    """A project with an SQLite store holding run 1, and another writer holding its lock."""
     import sqlite3
 
     pytest.importorskip("sqlalchemy")
-    write_project(tmp_path, {"exp_quick.py": MODULE_QUICK})
-    url = "sqlite:///runs.db"
-    made = run_expkit("run", "--store", url, cwd=tmp_path, env=env)  # the file and run 1
+    write_project(tmp_path, {"exp_wait.py": MODULE_WAITING}, pyproject="beat_interval = 60\n")
+    (tmp_path / "go").touch()
+    made = run_expkit("run", "--store", "sqlite:///runs.db", cwd=tmp_path, env=env)
     assert made.returncode == 0, made.stdout + made.stderr
+    for name in ("go", "started"):
+        (tmp_path / name).unlink()
     other = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # another writer, for longer than this test waits
+    other.execute("BEGIN EXCLUSIVE")  # for longer than the tests wait
+    return other
+
+
+def test_sigterm_while_sqlite_is_locked_is_acted_on_and_the_run_kept_in_every_store(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    other = _locked_sqlite(tmp_path, env)
+    (tmp_path / "go").touch()  # the run would end at once: it never gets that far
+    args = ["run", "-v", "--store", "sqlite:///runs.db", "--store", "files"]
     proc = subprocess.Popen(
-        [EXPKIT, "run", "--store", url],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [EXPKIT, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
-        _lines_until(proc.stdout, "collected 1 experiment", TIMEOUT)
+        err = _Lines(proc.stderr)
+        err.until("Running command", TIMEOUT)  # said right before the stores hear of the start
         time.sleep(0.5)  # into the wait for the lock
         proc.send_signal(signal.SIGTERM)
         # Acted on while the lock is still held (SQLite alone would wait up to a minute).
-        _lines_until(proc.stderr, "failed (started_event: SigtermInterrupt", 20)
+        err.until("failed (started_event: SigtermInterrupt", 20)
     finally:
         other.execute("ROLLBACK")
         other.close()
-    out, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 2, out + err
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, out
+    assert read_run(tmp_path / "files", "1")["status"] == "INTERRUPTED"  # the next store too
+    assert not (tmp_path / "started").exists()  # stopped before the experiment's function
+    url = "sqlite:///runs.db"
     shown = run_expkit("runs", "show", "2", "--json", "--store", url, cwd=tmp_path, env=env)
     assert json.loads(shown.stdout)["status"] == "INTERRUPTED"
+
+
+def test_sigterm_while_a_runs_end_waits_for_sqlites_lock_waits_too(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    other = _locked_sqlite(tmp_path, env)
+    other.execute("ROLLBACK")  # the run starts; its end will wait
+    proc = subprocess.Popen(
+        [EXPKIT, "run", "-v", "--store", "sqlite:///runs.db"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        err = _Lines(proc.stderr)
+        wait_for(tmp_path / "started", proc)
+        other.execute("BEGIN EXCLUSIVE")
+        (tmp_path / "go").touch()
+        err.until("Result: 3", TIMEOUT)  # said right before the stores hear of the end
+        time.sleep(0.5)  # into the wait for the lock
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the end is recorded before the signal is acted on
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, out
+    url = "sqlite:///runs.db"
+    shown = run_expkit("runs", "show", "2", "--json", "--store", url, cwd=tmp_path, env=env)
+    assert (json.loads(shown.stdout)["status"], json.loads(shown.stdout)["result"]) == (
+        "COMPLETED",
+        3,
+    )

@@ -155,6 +155,7 @@ def test_experiment_status_and_time_filters(store, tmp_path):
     assert ids(runs(store, until=second.isoformat())) == [2, 1]
     assert runs(store, since=datetime.datetime(2999, 1, 1)) == []
     assert ids(runs(store, where="start_time<'2999-01-01'", limit=1)) == [4]
+    assert runs(store, where="start_time==None") == []  # every run here started
 
 
 def test_a_mistyped_status_is_an_error_and_an_interrupts_own_is_not(store):
