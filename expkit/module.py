@@ -130,8 +130,9 @@ def _base_dir(file: str, parts: list[ModuleParts]) -> str:
         functions = [getattr(s, "func", None) for s in scopes] + [f.function for f in part.fixtures]
         for function in filter(None, functions):
             code = getattr(inspect.unwrap(function), "__code__", None)
-            if code is not None and os.path.isabs(code.co_filename):
-                folders.add(os.path.dirname(code.co_filename))
+            # Only expconf.py files: a fixture imported from a package lives elsewhere.
+            if code is not None and os.path.basename(code.co_filename) == "expconf.py":
+                folders.add(os.path.dirname(os.path.abspath(code.co_filename)))
     return os.path.commonpath(sorted(folders))
 
 

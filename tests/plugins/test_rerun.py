@@ -264,6 +264,29 @@ def test_an_inf_a_config_scope_computed_is_rerun_as_inf_not_as_text(tmp_path: Pa
     assert 'result: identical (["float", "inf", "nan"])' in done.stdout.splitlines()
 
 
+def test_a_fixture_imported_from_a_package_elsewhere_leaves_the_base_dir(tmp_path: Path) -> None:
+    # Only expconf.py files widen it: else the sources would be looked for from "/" down.
+    lib = tmp_path / "lib" / "mylib"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text(
+        "import expkit\n\n@expkit.fixture\ndef offset():\n    return 1\n"
+    )
+    experiment = f"""\
+        import sys
+        sys.path.insert(0, {str(tmp_path / "lib")!r})
+        from mylib import offset
+
+        def exp_x(offset):
+            return offset
+    """
+    root = write_project(tmp_path / "proj", {"exp_x.py": experiment})
+    done = run_expkit("run", "exp_x.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = stored_runs(root / "runs")
+    assert run["experiment"]["base_dir"] == str(root)
+    assert [name for name, _ in run["experiment"]["sources"]] == ["exp_x.py"]
+
+
 CONFIG_FILES = {
     "params.yaml": "lr: 0.5\n",
     "fast.json": '{"lr": 0.25}\n',
