@@ -748,6 +748,16 @@ def _close(store_or_reader: Any) -> None:
             close()
 
 
+def _set_aside(spooled: SpooledRun, reason: str) -> None:
+    """Keep ``spooled`` from being delivered as if whole: marked (``expkit sync`` lists it),
+    or, on a disk too full for that, its meta renamed out of sight."""
+    try:
+        spooled.mark_undeliverable(reason)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.replace(spooled.folder / "meta.json", spooled.folder / "meta.partial")
+
+
 class _MemorySpool:
     """The last resort when the spool folder cannot be written: keep events in memory."""
 
@@ -768,6 +778,7 @@ class _MemorySpool:
             memory, events = cls({}), []
         memory._events = [*events, (method, dict(kwargs))]
         memory._folder = spooled
+        _set_aside(spooled, f"the spool could not take its {method}: it holds the run up to there")
         return memory
 
     @property

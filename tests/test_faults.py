@@ -954,6 +954,10 @@ def test_a_run_whose_spool_fills_up_too_is_said_to_be_lost_never_stored(
     assert "stored 1 run(s)" not in done.stdout, done.stdout
     assert "not stored in" in done.stdout and ", and lost: " in done.stdout, done.stdout
     assert "File too large" in done.stdout
+    # What the spool holds lacks the run's end: set aside, not delivered as the whole run.
+    synced = run_expkit("sync", str(tmp_path / "spool"), "runs", cwd=tmp_path, env=env)
+    assert "it holds the run up to there" in synced.stdout, synced.stdout
+    assert synced.stdout.endswith("0 delivered, 1 still spooled\n")
 
 
 def test_an_sqlite_file_deleted_mid_run_is_spooled_and_sync_recreates_the_run(
