@@ -198,8 +198,10 @@ class CapturedOutput:
 # last "@" before a host on the same line, short of the next URL (and of 256 characters: a
 # long line of "host:port" URLs stays linear). Only a URL given alone may have a space in its
 # user name: in text, "scheme://host failed: ..." would look like one.
+# "host:27017 failed ... admin@example.com" holds a port, not a password (one of digits
+# and a space is taken for a port too).
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
-_SPACED = r":(?!\d+/)(?:(?!://)[^\n]){0,256}@(?=[\w\[%])\S*"
+_SPACED = r":(?!\d+(?:[/?#\s]|$))(?:(?!://)[^\n]){0,256}@(?=[\w\[%])\S*"
 _URL_IN_TEXT = re.compile(
     rf"(?<![A-Za-z0-9+.-])(?P<head>{_SCHEME})(?P<rest>[^\s:/?#@]*{_SPACED}|\S*)"
 )

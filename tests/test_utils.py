@@ -285,6 +285,14 @@ def test_redact_url(url, redacted):
             "mysql://h:3306/db failed: denied for 'u'@'localhost', ask admin@example.com",
         ),
         ("cannot reach mongodb://h:1/db: timed out", "cannot reach mongodb://h:1/db: timed out"),
+        (
+            "store mongodb://db:27017 failed: timed out; ask admin@example.com",
+            "store mongodb://db:27017 failed: timed out; ask admin@example.com",
+        ),
+        (
+            "http://host:8080 is down, mail bob@corp.com",
+            "http://host:8080 is down, mail bob@corp.com",
+        ),
     ],
 )
 def test_redact_url_hides_a_password_with_spaces(text, redacted):
