@@ -117,6 +117,14 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
         rerun = _as_named_by(
             original, scratch_reader.get_run(next(iter(scratch_reader.list_runs())).id)
         )
+        if original.command and rerun.command != original.command:
+            # ex.run("evaluate") from Python: `expkit run` runs the main command only.
+            print(
+                f"the re-run ran the command {rerun.command!r}, not the run's "
+                f"{original.command!r}: run it again from Python, "
+                f"ex.run({original.command!r}, config_updates=...); nothing was recorded"
+            )
+            return ExitCode.RUNS_FAILED
         link = {"store": original.store, "id": original.id}
         meta: dict[str, Any] = {"rerun_of": link}
         if overrides:

@@ -190,6 +190,38 @@ def test_an_experiment_object_without_automain_is_rerun(tmp_path: Path) -> None:
     assert rerun_1["experiment"]["name"] == rerun_2["experiment"]["name"] == "plain"
 
 
+def test_a_command_other_than_main_run_from_python_is_not_rerun_as_main(tmp_path: Path) -> None:
+    experiment = """\
+        from expkit import Experiment
+
+        ex = Experiment("cmd")
+
+        @ex.command
+        def evaluate():
+            return 20
+
+        @ex.main
+        def main():
+            return 2
+    """
+    root = write_project(tmp_path / "proj", {"exp_cmd.py": experiment})
+    script = (
+        "from exp_cmd import ex\nfrom expkit.observers import FileStorageObserver\n"
+        "ex.observers.append(FileStorageObserver('runs'))\nex.run('evaluate')\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=child_env(), capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        "the re-run ran the command 'main', not the run's 'evaluate': run it again from "
+        "Python, ex.run('evaluate', config_updates=...); nothing was recorded"
+    )
+    assert len(stored_runs(root / "runs")) == 1
+
+
 RESOURCE = """\
     def exp_count(_run):
         with _run.open_resource("data/n.txt") as f:
