@@ -14,6 +14,7 @@ from expkit.configuration import ConfigDict, ConfigScope, load_config_file
 from expkit.errors import CircularDependencyError, ExpkitError
 from expkit.records import Dependency
 from expkit.run import Run, create_run
+from expkit.utils import is_under
 
 if TYPE_CHECKING:
     from expkit.pluginmanager import PluginManager
@@ -167,7 +168,7 @@ class Ingredient:
             path = os.fspath(cfg_or_file)
             conf = ConfigDict(load_config_file(path, self.plugin_manager), f"config file {path!r}")
             # Read when the experiment's file is imported: a rerun needs it beside the code.
-            if not os.path.relpath(os.path.abspath(path), self.base_dir).startswith(os.pardir):
+            if is_under(os.path.realpath(path), os.path.realpath(self.base_dir)):
                 self.extra_sources.add(os.path.abspath(path))
             return conf
         raise TypeError(f"add_config takes a dict or a file name, not {type(cfg_or_file).__name__}")

@@ -283,6 +283,11 @@ def redact_argv(argv: list[str]) -> list[str]:
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both absolute, resolved alike)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def has_control_chars(text: str) -> bool:
     """Whether ``text`` holds a control character (an escape sequence, a newline, ...)."""
     # isprintable (in C) is False for every character the pattern matches: most text is

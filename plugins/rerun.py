@@ -29,7 +29,7 @@ from expkit.records import RunRecord
 from expkit.run import store_for_url
 from expkit.serialize import to_data
 from expkit.store import StoreError
-from expkit.utils import redact_url, suggest
+from expkit.utils import is_under, redact_url, suggest
 from expkit_plugins.runs import (
     close,
     dependencies,
@@ -250,10 +250,9 @@ def _restore_resources(reader: Any, record: RunRecord, folder: Path) -> None:
     """
     base = record.experiment_info.get("base_dir")
     for name, _ in record.resources if base else ():
-        relative = os.path.relpath(os.path.normpath(name), base)
-        if relative.startswith(os.pardir) or os.path.isabs(relative):
+        if not is_under(os.path.normpath(name), os.path.normpath(base)):
             continue
-        target = folder / relative
+        target = folder / os.path.relpath(os.path.normpath(name), base)
         if target.exists():
             continue  # a source by that name was restored already
         try:

@@ -23,7 +23,7 @@ from expkit.errors import UsageError
 from expkit.pluginmanager import hookimpl
 from expkit.records import Dependency, Repository, Source
 from expkit.settings import SETTINGS
-from expkit.utils import file_md5, redact_url
+from expkit.utils import file_md5, is_under, redact_url
 
 if TYPE_CHECKING:
     import subprocess
@@ -257,11 +257,11 @@ def _local_files_in(base: str) -> set[str]:
 
 def _is_local(path: str, base: str) -> bool:
     """Whether ``path`` (a real path) is user code under ``base`` rather than installed code."""
-    if not _is_under(path, base):
+    if not is_under(path, base):
         return False
     # Only the folders below base count: a project may itself live under /usr.
     folder = os.path.dirname(path)
-    while folder != base and _is_under(folder, base):
+    while folder != base and is_under(folder, base):
         if _is_installed_folder(folder):
             return False
         folder = os.path.dirname(folder)
@@ -300,10 +300,6 @@ def _in_real_folder(path: str) -> str:
     folder, name = os.path.split(path)
     real = os.path.join(_real(folder), name)
     return _real(real) if os.path.islink(real) else real
-
-
-def _is_under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _relname(path: str, base: str) -> str:
