@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 # The console script installed next to this interpreter: what a user types as `expkit`.
 EXPKIT = str(Path(sys.executable).with_name("expkit"))
 
@@ -292,3 +294,31 @@ def block_folder(path: Path) -> None:
     A link to nowhere, not a file: a file store refuses a file at once, as a usage error.
     """
     path.symlink_to(path.parent / "nowhere" / path.name)
+
+
+def start_process(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """``args`` started in ``cwd`` with :func:`child_env`, its output piped, not waited for."""
+    return subprocess.Popen(
+        args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Wait until ``path`` exists; fail with the process's output if it ended first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended early ({proc.returncode}):\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def finish_process(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """Wait for ``proc`` and return its output; killed if it has not ended in ``timeout``."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -17,39 +17,23 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import EXPKIT, child_env, only_run, run_expkit, run_script, write_project
+from cli_helpers import (
+    EXPKIT,
+    child_env,
+    finish_process,
+    only_run,
+    run_expkit,
+    run_script,
+    start_process,
+    wait_for_file,
+    write_project,
+)
 
 from expkit import Experiment, RunObserver, TimeoutInterrupt
 from expkit.nodes import ExitCode
 from expkit_plugins.file_store import read_metrics_log
 
 TIMEOUT = 60
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    """Wait until ``path`` exists; fail with the process's output if it ended first."""
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the process ended early ({proc.returncode}):\n{out}\n{err}")
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
-
-
-def finish(proc: subprocess.Popen) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 # --- SIGTERM while a store writes -----------------------------------------------------------
@@ -103,13 +87,13 @@ if __name__ == "__main__":
 
 def _sigterm_mid_write(tmp_path: Path, args: list[str], delay: float) -> tuple[int, str, str]:
     (tmp_path / "writing").unlink(missing_ok=True)
-    proc = start(args, tmp_path)
+    proc = start_process(args, tmp_path)
     try:
-        wait_for(tmp_path / "writing", proc)
+        wait_for_file(tmp_path / "writing", proc)
         time.sleep(delay)
         proc.send_signal(signal.SIGTERM)
     finally:
-        out, err = finish(proc)
+        out, err = finish_process(proc, TIMEOUT)
     return proc.returncode, out, err
 
 
@@ -346,14 +330,14 @@ def main(_run):
 
 def test_metrics_reach_the_store_within_about_a_second_of_being_logged(tmp_path: Path) -> None:
     write_project(tmp_path, {"exp_steady.py": STEADY})
-    proc = start([EXPKIT, "run", "--store", "store"], tmp_path)
+    proc = start_process([EXPKIT, "run", "--store", "store"], tmp_path)
     try:
-        wait_for(tmp_path / "logging", proc)
+        wait_for_file(tmp_path / "logging", proc)
         time.sleep(2.5)  # well before the first heartbeat (10 s)
         killed = time.time()
         proc.send_signal(signal.SIGKILL)
     finally:
-        finish(proc)
+        finish_process(proc, TIMEOUT)
     run = only_run(tmp_path / "store")
     assert run["status"] == "RUNNING"
     metrics = read_metrics_log(tmp_path / "store" / run["_dir"] / "metrics.jsonl")

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import EXPKIT, child_env, only_run, write_project
+from cli_helpers import (
+    EXPKIT,
+    finish_process,
+    only_run,
+    start_process,
+    wait_for_file,
+    write_project,
+)
 
 from expkit.nodes import ExitCode
 
@@ -65,41 +70,21 @@ def main(wait):
 """
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    """Wait until ``path`` exists; fail with the process's output if it ended first."""
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the process ended early ({proc.returncode}):\n{out}\n{err}")
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
-
-
 def signal_at_the_end(
     tmp_path: Path, args: list[str], first: signal.Signals | None, second: signal.Signals
 ) -> tuple[int, str, str]:
     """Run ``expkit ARGS``; send ``first`` while it runs, ``second`` while its end is recorded."""
     write_project(tmp_path, {"exp_slow_end.py": SLOW_END})
-    proc = start([EXPKIT, "run", "--store", "store", *args], tmp_path)
+    proc = start_process([EXPKIT, "run", "--store", "store", *args], tmp_path)
     try:
         if first is not None:
-            wait_for(tmp_path / "running", proc)
+            wait_for_file(tmp_path / "running", proc)
             proc.send_signal(first)
-        wait_for(tmp_path / "ending", proc)
+        wait_for_file(tmp_path / "ending", proc)
         proc.send_signal(second)
         (tmp_path / "sent").touch()
-        out, err = proc.communicate(timeout=TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err = finish_process(proc, TIMEOUT)
     return proc.returncode, out, err
 
 
@@ -175,16 +160,13 @@ def test_a_signal_while_a_runs_start_is_recorded_waits_for_it(
     # Raised inside the first store's start, the signal kept the next store from hearing
     # of the run at all: its end reached a store that had no run.
     write_project(tmp_path, {"exp_slow_start.py": SLOW_START})
-    proc = start([EXPKIT, "run", "--store", "store"], tmp_path)
+    proc = start_process([EXPKIT, "run", "--store", "store"], tmp_path)
     try:
-        wait_for(tmp_path / "starting", proc)
+        wait_for_file(tmp_path / "starting", proc)
         proc.send_signal(sent)
         (tmp_path / "sent").touch()
-        out, err = proc.communicate(timeout=TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        out, err = finish_process(proc, TIMEOUT)
     assert proc.returncode == ExitCode.INTERRUPTED, out + err
     assert only_run(tmp_path / "store")["status"] == "INTERRUPTED", out + err
     assert "stored 1 run(s) in store" in out, out + err
