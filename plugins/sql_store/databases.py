@@ -68,19 +68,27 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
     SQLite waits for a lock inside one C call, where Python runs no signal handler: a
     Ctrl-C would wait for the lock (up to a minute). Between steps it is acted on at once.
     """
-    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
     conn.execute(f"PRAGMA busy_timeout = {_SQLITE_STEP_MS}")
     try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            raise_deferred()  # nothing is written yet: a run's start deferring Ctrl-C stops here
+        _when_unlocked(conn, "BEGIN IMMEDIATE")
     finally:
         conn.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+
+
+def _when_unlocked(conn: sqlite3.Connection, statement: str, pause: float = 0.0) -> None:
+    """Run ``statement``, again while another connection holds the lock (up to the busy
+    timeout, ``pause`` seconds apart). Nothing is written yet between tries: an interrupt a
+    run's start deferred is raised there (:func:`expkit.signals.raise_deferred`)."""
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        raise_deferred()
+        time.sleep(pause)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -221,17 +229,9 @@ class SqliteDatabase:
 
 def _wal(conn: sqlite3.Connection) -> None:
     """Put the database in WAL mode, where readers never wait for writers."""
-    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            # Switching a new file to WAL while other processes open it fails at once
-            # with "database is locked": SQLite does not wait on the busy timeout there.
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
+    # Switching a new file to WAL while other processes open it fails at once with
+    # "database is locked": SQLite does not wait on the busy timeout there.
+    _when_unlocked(conn, "PRAGMA journal_mode = WAL", pause=0.005)
 
 
 class SqliteTransaction:
