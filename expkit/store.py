@@ -840,8 +840,7 @@ def open_storage(pm: Any, url: str) -> tuple[StoreBackend, Storage] | None:
     scheme, colon, _ = url.partition(":")
     if colon and not url.startswith(f"{scheme}://"):
         # "sqlite:/runs.db" would otherwise be a folder of that name in the file store.
-        known = {s for b in backends(pm) for s in b.schemes if s}
-        if scheme.lower().partition("+")[0] in known:
+        if scheme.lower().partition("+")[0] in _known_schemes(pm):
             example = " (sqlite:///runs.db is runs.db here)" if "sqlite" in scheme else ""
             raise UsageError(
                 f"store URL {redact_url(url)!r}: a {scheme} URL begins {scheme}://{example}; "
@@ -887,13 +886,18 @@ def open_reader(pm: Any, url: str) -> Any:
 
 def no_store_error(pm: Any, url: str, reading: bool = False) -> UsageError:
     """The one-line error for a URL no store claims, naming the schemes that are known."""
-    known = {s for b in backends(pm) for s in b.schemes if s}
-    known |= {s for part in pm.hook.expkit_store_schemes() for s in part or ()}
+    known = _known_schemes(pm)
     verb = "reads" if reading else "handles"
     return UsageError(
         f"no store plugin {verb} {redact_url(url)!r}; known schemes: "
         f"{', '.join(s + '://' for s in sorted(known)) or 'none'} (or a plain folder path)"
     )
+
+
+def _known_schemes(pm: Any) -> set[str]:
+    """The URL schemes the store plugins claim (those of the deprecated hook too)."""
+    known = {s for b in backends(pm) for s in b.schemes if s}
+    return known | {s for part in pm.hook.expkit_store_schemes() for s in part or ()}
 
 
 _warned: set[str] = set()
