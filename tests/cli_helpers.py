@@ -296,10 +296,18 @@ def block_folder(path: Path) -> None:
     path.symlink_to(path.parent / "nowhere" / path.name)
 
 
-def start_process(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    """``args`` started in ``cwd`` with :func:`child_env`, its output piped, not waited for."""
+def start_process(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``args`` started in ``cwd`` (with ``env``, else :func:`child_env`), its output piped,
+    not waited for."""
     return subprocess.Popen(
-        args, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        cwd=cwd,
+        env=child_env() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from cli_helpers import EXPKIT, block_folder, child_env, run_expkit, run_script, write_project
+from cli_helpers import (
+    EXPKIT,
+    block_folder,
+    child_env,
+    run_expkit,
+    run_script,
+    start_process,
+    write_project,
+)
 
 from expkit import Experiment
 from expkit.errors import UsageError
@@ -971,14 +979,7 @@ def test_an_sqlite_file_deleted_mid_run_is_spooled_and_sync_recreates_the_run(
     assert made.returncode == 0, made.stdout + made.stderr
     (tmp_path / "go").unlink()
     (tmp_path / "started").unlink()
-    proc = subprocess.Popen(
-        [EXPKIT, "run", "--store", url],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_process([EXPKIT, "run", "--store", url], tmp_path, env)
     wait_for(tmp_path / "started", proc)
     for path in tmp_path.glob("runs.db*"):  # the file the run writes to, opened before
         path.unlink()
@@ -1041,10 +1042,7 @@ def test_sigterm_while_sqlite_is_locked_is_acted_on_and_the_run_kept_in_every_st
     other = _locked_sqlite(tmp_path, env)
     (tmp_path / "go").touch()  # the run would end at once: it never gets that far
     args = ["run", "-v", "--store", "sqlite:///runs.db", "--store", "files"]
-    proc = subprocess.Popen(
-        [EXPKIT, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = start_process([EXPKIT, *args], tmp_path, env)
     try:
         err = _Lines(proc.stderr)
         err.until("Running command", TIMEOUT)  # said right before the stores hear of the start
@@ -1069,10 +1067,7 @@ def test_sigterm_while_a_runs_end_waits_for_sqlites_lock_waits_too(
 ) -> None:
     other = _locked_sqlite(tmp_path, env)
     other.execute("ROLLBACK")  # the run starts; its end will wait
-    proc = subprocess.Popen(
-        [EXPKIT, "run", "-v", "--store", "sqlite:///runs.db"], cwd=tmp_path, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_process([EXPKIT, "run", "-v", "--store", "sqlite:///runs.db"], tmp_path, env)
     try:
         err = _Lines(proc.stderr)
         wait_for(tmp_path / "started", proc)
