@@ -767,11 +767,8 @@ class _MemorySpool:
         self._folder: SpooledRun | None = None  # the spool it took over, removed with it
 
     @classmethod
-    def taking_over(cls, spooled: Any, method: str, kwargs: dict) -> _MemorySpool:
+    def taking_over(cls, spooled: SpooledRun, method: str, kwargs: dict) -> _MemorySpool:
         """A memory spool that goes on from ``spooled``, which could not take ``method``."""
-        if isinstance(spooled, _MemorySpool):
-            spooled.append(method, kwargs)
-            return spooled
         try:
             memory, events = cls(spooled.meta), spooled.read()
         except (OSError, ValueError):
