@@ -710,7 +710,8 @@ class Run:
         try:
             self.stop_time = utcnow()
             self._stop_beat.set()
-            if self._beat_thread is not None:
+            # ident: started (Ctrl-C may land between making the thread and starting it).
+            if self._beat_thread is not None and self._beat_thread.ident is not None:
                 self._beat_thread.join(timeout=max(self.beat_interval, 1.0) + 5.0)
             elapsed = self.stop_time - (self.start_time or self.stop_time)
             if self.status == COMPLETED:

@@ -372,3 +372,32 @@ def test_an_interrupt_landing_in_a_stores_last_event_loses_nothing() -> None:
     run = ex.run(options={"--capture": "no"})
     assert run.status == "COMPLETED"
     assert store.ends == ["cut", 7]
+
+
+def test_ctrl_c_before_the_heartbeat_thread_starts_still_records_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where a real Ctrl-C landed once in a hundred sweeps (CI): the heartbeat's thread made,
+    # not yet started. The end of the run must still reach the store.
+    import threading
+
+    from expkit_plugins.file_store import FileStorageObserver, read_run
+
+    start = threading.Thread.start
+
+    def interrupted_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("expkit-heartbeat"):
+            raise KeyboardInterrupt
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    ex = Experiment("early", interactive=True)
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+
+    @ex.main
+    def main() -> int:
+        return 1
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run()
+    assert read_run(tmp_path / "runs", "1")["status"] == "INTERRUPTED"
