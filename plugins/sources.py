@@ -16,6 +16,7 @@ import os
 import sys
 import types
 from collections.abc import Iterable
+from importlib.machinery import ModuleSpec, PathFinder
 from typing import TYPE_CHECKING, Any
 
 from expkit import installed
@@ -167,7 +168,9 @@ def _imported_by(base: str, files: Iterable[str]) -> set[str]:
     """The local modules ``files`` import, directly or through other local modules.
 
     Read from their ``import`` statements, so that the modules another experiment of the
-    same session imported are not this one's. Only modules imported by now count.
+    same session imported are not this one's. A module not imported yet (a function
+    imports it when called) is found where the import system would find it, unrun: the
+    rerun needs its source as much as the others'.
     """
     modules = _local_modules(base)
     packages = {path: _package_of(sys.modules.get(name)) for name, path in modules.items()}
@@ -179,8 +182,50 @@ def _imported_by(base: str, files: Iterable[str]) -> set[str]:
             continue
         found.add(path)
         for name in _import_names(path, packages.get(path, "")):
-            todo.extend(modules[n] for n in _prefixes(name) if n in modules)
+            for prefix in _prefixes(name):
+                if prefix in modules:
+                    todo.append(modules[prefix])
+                elif prefix not in sys.modules:
+                    spec = _unimported_spec(prefix)
+                    if spec is None:
+                        break  # nor its submodules
+                    local = _local_origin(spec, base)
+                    if local is not None:
+                        modules[prefix] = local
+                        packages[local] = spec.parent
+                        todo.append(local)
     return found
+
+
+def _unimported_spec(name: str) -> ModuleSpec | None:
+    """Where the module ``name``, not imported yet, would be imported from; nothing is run.
+
+    Its parent packages are imported already, or are looked for the same way.
+    """
+    parent, _, _ = name.rpartition(".")
+    if not parent:
+        search = None  # sys.path
+    elif parent in sys.modules:
+        search = getattr(sys.modules[parent], "__path__", None)
+        if search is None:
+            return None  # a plain module: what follows its name is a name in it
+    else:
+        spec = _unimported_spec(parent)
+        search = None if spec is None else spec.submodule_search_locations
+        if search is None:
+            return None
+    try:
+        return PathFinder.find_spec(name, None if search is None else list(search))
+    except (ImportError, ValueError, OSError):
+        return None
+
+
+def _local_origin(spec: ModuleSpec, base: str) -> str | None:
+    origin = spec.origin
+    if not isinstance(origin, str) or not origin.endswith(".py") or not os.path.isfile(origin):
+        return None  # a namespace package, or compiled code
+    path = _real(origin)
+    return path if _is_local(path, base) else None
 
 
 def _package_of(module: Any) -> str:
@@ -331,6 +376,8 @@ def gather_dependencies(
             # What the experiment's own modules import, not what their imports import.
             own = None if own_files is None else set(own_files)
             tops &= _referenced_top_level(base, own) | {"expkit"}
+            if own is not None:
+                tops |= _not_imported_yet(own)
         for top in tops:
             for dist in _distributions_of(top):
                 version = _version(dist)
@@ -355,6 +402,18 @@ def _imported_top_level(base: str) -> set[str]:
         if "." in name or name.startswith("_") or name in skip or module is None or local:
             continue
         tops.add(name)
+    return tops
+
+
+def _not_imported_yet(files: Iterable[str]) -> set[str]:
+    """Top-level packages ``files`` import inside functions that have not run yet."""
+    skip = sys.stdlib_module_names | set(sys.builtin_module_names)
+    tops = set()
+    for path in files:
+        for name in _import_names(path, ""):  # "": relative imports are local, left out
+            top = name.partition(".")[0]
+            if top and top not in sys.modules and top not in skip and not top.startswith("_"):
+                tops.add(top)
     return tops
 
 

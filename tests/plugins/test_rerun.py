@@ -243,6 +243,34 @@ def test_an_input_file_the_run_read_is_put_back_for_the_rerun(tmp_path: Path) ->
     assert shown[resources + 1] == f"  {root / 'data' / 'n.txt'}  md5 {digest}"
 
 
+LAZY_IMPORT = {
+    "exp_lazy.py": """\
+        def exp_lazy(n=3):
+            from helpers.maths import triple  # imported only once the run has started
+
+            return triple(n)
+    """,
+    "helpers/__init__.py": "",
+    "helpers/maths.py": """\
+        def triple(n):
+            return 3 * n
+    """,
+}
+
+
+def test_a_module_imported_inside_the_experiment_is_stored_and_rerun(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "proj", LAZY_IMPORT)
+    done = run_expkit("run", "exp_lazy.py", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [original] = stored_runs(root / "runs")
+    names = [name for name, _ in original["experiment"]["sources"]]
+    assert names == ["exp_lazy.py", "helpers/__init__.py", "helpers/maths.py"]
+    (root / "helpers" / "maths.py").unlink()  # the rerun has only what the run stored
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "result: identical (9)" in done.stdout.splitlines()
+
+
 EXPCONF_ABOVE = {
     "expconf.py": """\
         import expkit

@@ -155,6 +155,36 @@ def test_main_file_and_the_local_modules_it_imports_are_sources(
     assert by_name["exp_main.py"].md5 == hashlib.md5(main.read_bytes()).hexdigest()
 
 
+def test_a_module_the_experiment_imports_only_when_it_runs_is_a_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sources are gathered as the run starts: these imports have not happened yet.
+    monkeypatch.syspath_prepend(str(tmp_path))  # as the experiment's folder is
+    main = write(
+        tmp_path / "exp_main.py",
+        "def main():\n    import lazymod_helper\n    from lazymod_pkg.sub import f\n"
+        "    import lazymod_missing\n    from os import path\n",
+    )
+    write(tmp_path / "lazymod_helper.py", "def g():\n    from lazymod_deep import VALUE\n")
+    write(tmp_path / "lazymod_deep.py", "VALUE = 1\n")
+    write(tmp_path / "lazymod_pkg" / "__init__.py", "")
+    write(tmp_path / "lazymod_pkg" / "sub.py", "from .rel import y\n\ndef f():\n    pass\n")
+    write(tmp_path / "lazymod_pkg" / "rel.py", "y = 2\n")
+    write(tmp_path / "lazymod_unused.py", "")
+
+    found = info(experiment(tmp_path, main))["sources"]
+
+    assert [s.name for s in found] == [
+        "exp_main.py",
+        "lazymod_deep.py",
+        "lazymod_helper.py",
+        os.path.join("lazymod_pkg", "__init__.py"),
+        os.path.join("lazymod_pkg", "rel.py"),
+        os.path.join("lazymod_pkg", "sub.py"),
+    ]
+    assert not any(name.startswith("lazymod") for name in sys.modules)  # nothing was run
+
+
 def test_without_a_main_file_every_imported_local_module_is_a_source(
     tmp_path: Path, import_module: Callable[[Path, str], ModuleType]
 ) -> None:
@@ -318,6 +348,23 @@ def test_imported_packages_are_dependencies_with_their_installed_versions(
     assert [d.name.lower() for d in deps] == sorted(d.name.lower() for d in deps)
     assert len({d.name for d in deps}) == len(deps)
     assert not {"os", "sys", "json", "subprocess"} & set(versions)
+
+
+def test_a_package_imported_only_when_the_run_runs_is_a_dependency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tinydb is one of expkit's own requirements; another test may have imported it.
+    for name in [n for n in sys.modules if n == "tinydb" or n.startswith("tinydb.")]:
+        monkeypatch.delitem(sys.modules, name)
+    main = write(
+        tmp_path / "exp_main.py",
+        "def main():\n    import tinydb.table\n    import not_installed_abc\n",
+    )
+    deps = info(experiment(tmp_path, main))["dependencies"]
+    versions = {d.name: d.version for d in deps}
+    assert versions["tinydb"] == metadata.version("tinydb")
+    assert "not_installed_abc" not in versions
+    assert "tinydb" not in sys.modules  # found, not imported
 
 
 def test_packages_only_other_packages_import_are_no_dependencies(
