@@ -134,6 +134,12 @@ class StoreOutcome:
     folder: str | None = None  # spooled: the store's spool folder; undeliverable: the run's
     reason: str | None = None  # why the run is not in the store, one line
 
+    @property
+    def missing(self) -> bool:
+        """Whether the store does not have the run and will not get it by itself: refused
+        (undeliverable) or lost. A spooled run is safe: ``expkit sync`` delivers it."""
+        return self.state in ("undeliverable", "lost")
+
 
 class SpooledRun:
     """The undelivered events of one run for one store, in a folder of their own.

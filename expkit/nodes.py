@@ -98,6 +98,11 @@ class RunReport:
         """Whether the run completed."""
         return self.status == "COMPLETED"
 
+    @property
+    def not_stored(self) -> bool:
+        """Whether a store of the run refused or lost it (see ``StoreOutcome.missing``)."""
+        return any(outcome.missing for outcome in self.stored)
+
 
 @attrs.frozen
 class LiveStatus:

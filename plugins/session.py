@@ -281,6 +281,8 @@ def exit_code(session: Session) -> ExitCode:
         return ExitCode.USAGE_ERROR
     if any(fails_session(r) for r in session.reports):
         return ExitCode.RUNS_FAILED
+    if any(r.not_stored for r in session.reports):
+        return ExitCode.RUNS_FAILED  # a run no store has is a run lost to its user
     return ExitCode.OK
 
 

@@ -31,7 +31,7 @@ _STATUS_COLOUR = {
     "INTERRUPTED": Fore.YELLOW,
 }
 # pytest's order ("1 failed, 3 passed, 1 skipped, 2 deselected, 1 error"); others after.
-_ORDER = ["failed", "completed", "skipped", "interrupted", "deselected", "error"]
+_ORDER = ["failed", "completed", "not stored", "skipped", "interrupted", "deselected", "error"]
 
 
 class TerminalReporter:
@@ -164,6 +164,8 @@ class TerminalReporter:
         for report in session.reports:
             key = "completed" if report.ok else report.status.lower()
             counts[key] = counts.get(key, 0) + 1
+            if report.not_stored:
+                counts["not stored"] = counts.get("not stored", 0) + 1
         if session.deselected:
             counts["deselected"] = len(session.deselected)
         if session.errors:

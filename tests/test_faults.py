@@ -890,7 +890,9 @@ def test_a_run_the_store_cannot_write_is_reported_once_and_kept_until_it_can(
 ) -> None:
     write_project(tmp_path, {"exp_huge.py": MODULE_HUGE, "exp_quick.py": MODULE_QUICK})
     done = run_expkit("run", "exp_huge.py", cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr  # the experiment did complete
+    # The experiment completed, but the store has not got it: exit 1, as for a failure.
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "= 1 completed, 1 not stored in " in done.stdout.splitlines()[-1]
     [kept] = spooled(tmp_path / "spool")
     [not_stored] = [line for line in done.stdout.splitlines() if line.startswith("not stored")]
     assert not_stored.startswith(
@@ -958,7 +960,7 @@ def test_a_run_whose_spool_fills_up_too_is_said_to_be_lost_never_stored(
         timeout=TIMEOUT,
         preexec_fn=_file_size_limit(40 * 1024),
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
     assert "stored 1 run(s)" not in done.stdout, done.stdout
     assert "not stored in" in done.stdout and ", and lost: " in done.stdout, done.stdout
     assert "File too large" in done.stdout

@@ -683,7 +683,7 @@ def _exit_code(session: Any, tuner: Tuner) -> ExitCode:
         return ExitCode.INTERRUPTED
     if tuner.problem:
         return ExitCode.USAGE_ERROR
-    if any(fails_session(r) for r in session.reports):
+    if any(fails_session(r) or r.not_stored for r in session.reports):
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
 

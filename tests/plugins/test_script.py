@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from cli_helpers import run_script
+from cli_helpers import child_env, run_script
 
 import expkit
 import expkit_plugins
@@ -250,6 +250,28 @@ def test_unobserved_command_writes_no_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     run_json = load_json(only_run_dir(tmp_path / "runs") / "run.json")
     assert run_json["command"] == "record"
+
+
+def test_a_run_the_store_refuses_exits_1_and_says_where_it_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "exp.py").write_text(
+        "from expkit import Experiment\n"
+        "ex = Experiment('huge')\n"
+        "@ex.config\n"
+        "def cfg():\n"
+        "    n = 10**5000 + 7  # more digits than Python turns into JSON text\n"
+        "@ex.automain\n"
+        "def main(n):\n"
+        "    return n % 1000\n"
+    )
+    env = child_env(EXPKIT_SPOOL=str(tmp_path / "spool"))
+    proc = run_script("exp.py", "-F", "runs", cwd=tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Result: 7" in proc.stderr  # it ran to the end
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert "store runs cannot take this run" in error
+    assert f"it is kept in {tmp_path / 'spool'}" in error
+    proc = run_script("exp.py", "-u", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr  # nothing to store, nothing refused
 
 
 # --- help ----------------------------------------------------------------------------
