@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from expkit.captured import captured_state
+from expkit.captured import SPECIAL_NAMES, captured_state
 from expkit.configuration import (
     ConfigDict,
     ConfigSummary,
@@ -22,7 +22,7 @@ from expkit.configuration import (
     set_path,
     type_changed,
 )
-from expkit.errors import ConfigAddedError, NamedConfigNotFoundError
+from expkit.errors import ConfigAddedError, ConfigError, NamedConfigNotFoundError
 from expkit.logs import ingredient_logger, root_logger
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ def resolve_config(
     """Build a run's configuration: updates fixed, named configs in order, then the scopes."""
     base_logger = root_logger(experiment)
     updates = normalize(nest_dotted(dict(config_updates or {})), "", "the config updates")
+    _refuse_special_names(updates)
     named_result: dict = {}
     for name in named_configs:
         path, conf = _named_config(experiment, name)
@@ -128,6 +129,28 @@ def resolve_config(
         elif not (value == {} and _holds(defined, path)):  # {} merged into a dict: no change
             added.add(path)
     return ConfigSummary(config, added=added, modified=modified, typechanged=typechanged, docs=docs)
+
+
+def _refuse_special_names(updates: Mapping) -> None:
+    # A function asking for _run gets the run whatever the config holds: an entry of that
+    # name would be stored, and rerun, yet never used.
+    for path, _ in flatten(updates):
+        for name in path.split("."):
+            if name in SPECIAL_NAMES:
+                raise ConfigError(
+                    f"the update {path!r} cannot be made: {name} is not a config entry but "
+                    f"what expkit passes to a function that asks for it ({_SPECIAL[name]})",
+                    print_traceback=False,
+                )
+
+
+_SPECIAL = {
+    "_config": "the whole config",
+    "_run": "the run",
+    "_log": "a logger",
+    "_seed": "a seed of its own",
+    "_rnd": "a random generator of its own",
+}
 
 
 def _uses(fn: Callable, path: str) -> bool:

@@ -1054,6 +1054,32 @@ def test_added_entry_is_accepted_when_forced() -> None:
     assert "note" in run.config_modifications.added
 
 
+@pytest.mark.parametrize(
+    ("update", "path"),
+    [
+        ({"_run": 1}, "'_run'"),
+        ({"inner": {"_seed": 3}}, "'inner._seed'"),
+        ({"_config.a": 2}, "'_config.a'"),
+    ],
+)
+def test_an_update_of_a_name_expkit_passes_itself_is_refused_even_forced(
+    update: dict, path: str
+) -> None:
+    # main would get the run, not 1: the entry would be stored and rerun, yet never used.
+    ex = Experiment("special")
+
+    @ex.main
+    def main(_run, _seed, _config):
+        return "ran"
+
+    observer = Recorder()
+    ex.observers.append(observer)
+    with pytest.raises(ConfigError) as exc:
+        ex.run(config_updates=update, options={"--force": True})
+    assert f"the update {path} cannot be made: " in one_line(exc)
+    assert observer.events == []
+
+
 def test_added_entry_a_function_uses_is_accepted_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
