@@ -170,6 +170,8 @@ def store_urls(config: Any) -> list[str]:
 def _stores(session: Session) -> None:
     config = session.config
     if config.option.unobserved:
+        if config.option.stores:
+            raise UsageError("-u/--unobserved stores nothing, yet --store says where to: drop one")
         return
     session.store_urls = store_urls(config)
     session.stores = [store_for_url(config.pluginmanager, url) for url in session.store_urls]

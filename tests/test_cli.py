@@ -186,6 +186,7 @@ def test_exit_code_3_when_a_plugin_fails(
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["run", "--seed", "many"], "--seed"),
         (["run", "--capture", "all"], "--capture"),
+        (["run", "-u", "--store", "runs"], "-u/--unobserved stores nothing, yet --store"),
     ],
     ids=[
         "unknown-flag",
@@ -198,6 +199,7 @@ def test_exit_code_3_when_a_plugin_fails(
         "unknown-command",
         "seed-not-a-number",
         "unknown-capture-mode",
+        "unobserved-with-store",
     ],
 )
 def test_a_usage_mistake_is_one_line_on_stderr_and_exit_code_4(
