@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from expkit.records import Dependency, Repository, Source
+from expkit.utils import file_md5, is_under
 
 if TYPE_CHECKING:
     from expkit.experiment import Experiment
@@ -62,6 +63,19 @@ def gather_experiment_info(experiment: Experiment) -> ExperimentInfo:
         repositories=tuple(repos),
         doc=experiment.doc,
     )
+
+
+def with_config_files(info: ExperimentInfo, paths: Iterable[str]) -> ExperimentInfo:
+    """``info`` with the config files a run was given (``with params.yaml``) among its
+    sources, those in its base dir: a rerun that changes an entry needs them beside the code."""
+    base = os.path.realpath(info.base_dir)
+    sources = {s.name: s for s in info.sources}
+    for path in paths:
+        real = os.path.realpath(path)
+        if is_under(real, base):
+            name = os.path.relpath(real, base)
+            sources.setdefault(name, Source(name=name, md5=file_md5(real), path=real))
+    return attrs.evolve(info, sources=tuple(sorted(sources.values(), key=lambda s: s.name)))
 
 
 class IgnoreHostInfo(Exception):

@@ -33,7 +33,12 @@ from expkit.errors import (
     ExpkitInterrupt,
     UsageError,
 )
-from expkit.info import ExperimentInfo, gather_experiment_info, gather_host_info
+from expkit.info import (
+    ExperimentInfo,
+    gather_experiment_info,
+    gather_host_info,
+    with_config_files,
+)
 from expkit.logs import LOG_KEEPERS, ConsoleLogHandler, log_level, root_logger
 from expkit.observers import RunObserver, columns_to_sacred, utc_datetimes
 from expkit.records import Artifact, MetricPoint, Resource
@@ -269,6 +274,8 @@ def create_run(
     if not unobserved:
         stores = list(experiment.observers) + list(observers) + _stores_from_options(pm, options)
     ex_info = gather_experiment_info(experiment)
+    # A named config that is a file (a config file wins over a name, as in resolve_config).
+    ex_info = with_config_files(ex_info, [n for n in named_configs if os.path.isfile(n)])
     if options["--name"]:
         ex_info = attrs.evolve(ex_info, name=options["--name"])
     if options["--enforce_clean"]:

@@ -106,6 +106,7 @@ def _rerun(config: Any, reader: Any, url: str, run_id: str) -> int:
             # The project root, where expconf.py files are looked for from, is the base dir.
             (workdir / "pyproject.toml").write_text("[tool.expkit]\n")
         scratch = Path(tmp, "store")
+        named = [_restored_file(name, sources) for name in named]
         argv = rerun_command(original, entries, scratch, named)
         print(f"re-running run {original.id} of {original.experiment} in {workdir}")
         sys.stdout.flush()
@@ -188,6 +189,16 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> tuple[dict[str, 
             del given[k]
     given.update(overrides)
     return given, [str(name) for name in meta.get("named_configs") or ()]
+
+
+def _restored_file(named: str, sources: dict[str, bytes]) -> str:
+    """A named config that was a config file (``with ../proj/wide.yaml``) as the stored source
+    it is, relative to the base dir the rerun runs in; any other name as it is."""
+    if named in sources:
+        return named
+    given = os.path.normpath(named).replace("\\", "/")
+    found = [s for s in sources if given.endswith("/" + s.replace("\\", "/"))]
+    return max(found, key=len) if found else named
 
 
 def _finite(value: Any) -> bool:

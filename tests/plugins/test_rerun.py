@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import child_env, run_expkit, stored_runs, write_project
+from cli_helpers import child_env, run_expkit, run_script, stored_runs, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +143,45 @@ def test_an_entry_computed_from_an_overridden_one_follows_it(tmp_path: Path) -> 
     assert (original["config"]["derived"], rerun["config"]["derived"]) == (20, 10)
     assert rerun["config"] == {**original["config"], "n": 5, "derived": 10}
     assert rerun["meta"]["named_configs"] == ["big"]
+
+
+NAMED_FILE = {
+    "proj/exp_scaled.py": """\
+        from expkit import Experiment
+
+        ex = Experiment("scaled")
+
+        @ex.config
+        def cfg():
+            C = 1.0
+            depth = 2
+            total = C * depth
+
+        @ex.automain
+        def main(total):
+            return total
+    """,
+    "proj/variants/deep.yaml": "depth: 5\n",
+}
+
+
+@pytest.mark.parametrize("where", ["proj", "."], ids=["from-its-folder", "from-above"])
+def test_a_config_file_given_as_a_named_config_is_stored_and_rerun(
+    tmp_path: Path, where: str
+) -> None:
+    write_project(tmp_path, NAMED_FILE)
+    cwd = tmp_path / where
+    script = os.path.relpath(tmp_path / "proj" / "exp_scaled.py", cwd)
+    variant = os.path.relpath(tmp_path / "proj" / "variants" / "deep.yaml", cwd)
+    done = run_script(script, "with", variant, "-F", "runs", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [original] = stored_runs(cwd / "runs")
+    assert "variants/deep.yaml" in [name for name, _ in original["experiment"]["sources"]]
+    (tmp_path / "proj" / "variants" / "deep.yaml").unlink()  # only the stored copy is left
+    done = run_expkit("rerun", "1", "-o", "C=3.0", "--store", "runs", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _, rerun = stored_runs(cwd / "runs")
+    assert (rerun["config"]["depth"], rerun["result"]) == (5, 15.0)  # the file's depth, C=3
 
 
 PLAIN_MAIN = """\
