@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -843,12 +844,20 @@ def sparkline(values: list[Any], width: int = _SPARK_WIDTH) -> str:
     for bucket in buckets if len(values) > width else [[v] for v in values]:
         numbers = _numbers(bucket)
         means.append(sum(numbers) / len(numbers) if numbers else None)
-    known = [m for m in means if m is not None]
-    if not known:
+    finite = [m for m in means if m is not None and math.isfinite(m)]
+    if not finite and all(m is None or m != m for m in means):
         return ""
-    low, high = min(known), max(known)
+    low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
     scale = (len(blocks) - 1) / (high - low) if high > low else 0
-    return "".join(" " if m is None else blocks[round((m - low) * scale)] for m in means)
+
+    def bar(mean: float | None) -> str:
+        if mean is None or mean != mean:  # no number, or inf and -inf averaged
+            return " "
+        if math.isinf(mean):  # off the scale: drawn at its end
+            return blocks[-1] if mean > 0 else blocks[0]
+        return blocks[round((mean - low) * scale)]
+
+    return "".join(bar(m) for m in means)
 
 
 # --- metrics and artifact ----------------------------------------------------------------------

@@ -358,6 +358,37 @@ def test_sparkline_averages_long_series_into_its_width() -> None:
     assert sparkline([]) == ""
 
 
+def test_an_infinite_metric_value_is_drawn_at_the_end_of_the_scale() -> None:
+    from expkit_plugins.runs import sparkline
+
+    inf = float("inf")
+    assert sparkline([0, 1, inf, 2, -inf]) == "▁▅██▁"
+    assert sparkline([inf, inf]) == "██"
+    assert sparkline([inf, -inf], width=1) == ""  # averaged: no number left
+
+
+def test_show_and_metrics_of_a_run_that_logged_inf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    obs = FileStorageObserver(tmp_path / "runs")
+    ex_info = {"name": "demo", "base_dir": str(tmp_path), "sources": [], "dependencies": []}
+    run_id = obs.started_event(ex_info, "main", {}, T0, {}, {}, None)
+    points = {
+        "name": "loss",
+        "steps": [0, 1],
+        "values": [1.0, float("inf")],
+        "timestamps": [T0] * 2,
+    }
+    obs.log_metrics({"loss": points}, {})
+    obs.completed_event(T0, None)
+    assert runs("show", str(run_id), "--store", "runs") == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  loss:")]
+    assert line.startswith("  loss: 2 values, last inf, min 1, max inf  ")
+    assert runs("metrics", str(run_id), "--store", "runs") == 0
+    assert "inf" in capsys.readouterr().out
+
+
 def test_metrics_prints_every_step_and_csv(mixed: str, capsys: pytest.CaptureFixture) -> None:
     import csv
     import io
