@@ -705,8 +705,8 @@ class StoreReader:
             start_time=_time(doc.get("start_time")),
             stop_time=_time(doc.get("stop_time")),
             heartbeat=_time(doc.get("heartbeat")),
-            config=_dict(doc.get("config")),
-            result=doc.get("result"),
+            config=_dict(_plain(doc.get("config")) if whole else doc.get("config")),
+            result=_plain(doc.get("result")),
             meta=_dict(doc.get("meta")) if whole else _listed_meta(doc.get("meta")),
             artifacts=_names(doc.get("artifacts")),
         )
@@ -720,7 +720,7 @@ class StoreReader:
                 **experiment,
                 "sources": [[f.name, f.md5] for f in _files(experiment.get("sources"))],
             },
-            info=_dict(doc.get("info")),
+            info=_dict(_plain(doc.get("info"))),
             fail_trace=[str(line) for line in trace] if isinstance(trace, list) else None,
             resources=tuple((f.name, f.md5 or "") for f in _files(doc.get("resources"))),
             captured_out=doc.get("captured_out")
@@ -744,6 +744,27 @@ def id_candidates(run_id: Any) -> list[Any]:
         return [run_id, str(run_id)]
     number = numeric_id(run_id)
     return [run_id] if number is run_id else [run_id, number]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy's scalars and small arrays as Sacred wrote them (jsonpickle's
+    ``{"py/object": "numpy.float64", "value": 0.5, ...}``) turned into the plain values
+    expkit stores for them: a Sacred run's ``np.float64`` result compares equal to its rerun's.
+
+    Arrays jsonpickle wrote as base64 bytes are left as stored.
+    """
+    if isinstance(value, dict):
+        kind = value.get("py/object")
+        if isinstance(kind, str) and kind.startswith("numpy.") and "dtype" in value:
+            if "value" in value:
+                return value["value"]
+            if isinstance(value.get("values"), list):
+                return value["values"]
+            return value
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _dict(value: Any) -> dict:

@@ -11,6 +11,7 @@ of a run, Sacred's errors where Sacred has them, host-info gatherers, ``SETTINGS
 from __future__ import annotations
 
 import io
+import json
 import logging
 import pickle
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from cli_helpers import run_script
 
+import expkit
 from expkit import (
     SETTINGS,
     Experiment,
@@ -30,7 +32,9 @@ from expkit import (
 )
 from expkit import utils as expkit_utils
 from expkit.info import host_info_gatherers
+from expkit.pluginmanager import create_plugin_manager
 from expkit.settings import SettingError
+from expkit.store import open_reader
 
 
 class Recorder(logging.Handler):
@@ -641,3 +645,47 @@ def test_strict_parsing_refuses_bare_words(tmp_path: Path) -> None:
     )
     quoted = run_script("strict.py", "with", 'name="bob"', "-l", "ERROR", cwd=tmp_path)
     assert quoted.stdout == "'bob'\n"
+
+
+def _sacred_file_run(basedir: Path) -> None:
+    """Run 1 as Sacred 0.8.7's FileStorageObserver writes an experiment that returns numpy
+    values: jsonpickle's numpy handlers (scalars by value, small arrays as lists)."""
+    folder = basedir / "1"
+    folder.mkdir(parents=True)
+    f64 = {"py/object": "numpy.float64", "dtype": "float64", "value": 0.5}
+    run = {
+        "artifacts": [],
+        "command": "main",
+        "experiment": {"name": "np", "base_dir": "/p", "sources": [], "dependencies": []},
+        "heartbeat": "2020-01-02T03:04:06.000000",
+        "host": {"hostname": "box"},
+        "meta": {"command": "main", "options": {}},
+        "resources": [],
+        "result": {
+            "acc": f64,
+            "curve": {"py/object": "numpy.ndarray", "dtype": "int64", "values": [1, 2]},
+        },
+        "start_time": "2020-01-02T03:04:05.000000",
+        "status": "COMPLETED",
+        "stop_time": "2020-01-02T03:04:07.000000",
+    }
+    (folder / "run.json").write_text(json.dumps(run))
+    config = {"seed": 1, "scale": {"py/object": "numpy.int64", "dtype": "int64", "value": 3}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "info.json").write_text(json.dumps({"best": f64}))
+    (folder / "cout.txt").write_text("")
+
+
+def test_numpy_values_sacred_wrote_are_read_as_plain_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _sacred_file_run(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    reader = open_reader(create_plugin_manager(), "runs")
+    [listed] = reader.list_runs()
+    assert listed.result == {"acc": 0.5, "curve": [1, 2]}
+    record = reader.get_run("1")
+    assert (record.result["acc"], record.config["scale"], record.info) == (0.5, 3, {"best": 0.5})
+    # A filter on the result finds it, as it would an expkit run's.
+    assert expkit.main(["runs", "list", "result.acc>0.1", "--store", "runs"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 run of np in runs"
