@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -23,11 +24,43 @@ _NOT_INSTALLED = object()
 def install_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return _NOT_INSTALLED
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise SigtermInterrupt("the process received SIGTERM")
 
-    return signal.signal(signal.SIGTERM, on_sigterm)
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SigtermInterrupt("the process received SIGTERM")
+
+
+# A child the run forks (a multiprocessing pool's worker, which its pool ends with SIGTERM)
+# must end on SIGTERM as it would without expkit, not raise SigtermInterrupt with a
+# traceback. The child gets the default action back before it runs any Python; SIGTERM is
+# blocked across the fork, so that one sent at once waits for that and is not lost.
+def _ours() -> bool:
+    return signal.getsignal(signal.SIGTERM) is _on_sigterm
+
+
+def _before_fork() -> None:
+    if _ours():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_parent() -> None:
+    if _ours():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_child() -> None:
+    if _ours():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 _CURRENT = object()

@@ -15,6 +15,7 @@ from cli_helpers import (
     EXPKIT,
     finish_process,
     only_run,
+    run_script,
     start_process,
     wait_for_file,
     write_project,
@@ -171,3 +172,30 @@ def test_a_signal_while_a_runs_start_is_recorded_waits_for_it(
     assert only_run(tmp_path / "store")["status"] == "INTERRUPTED", out + err
     assert "stored 1 run(s) in store" in out, out + err
     assert not (tmp_path / "ran").exists()  # the run stopped before its main function
+
+
+FORKS = """
+import multiprocessing
+import time
+
+from expkit import Experiment
+
+ex = Experiment("forks")
+
+@ex.automain
+def main():
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    child.terminate()  # SIGTERM, as a pool ends its workers
+    child.join(10)
+    return child.exitcode
+"""
+
+
+def test_a_child_the_run_forks_ends_on_sigterm_as_without_expkit(tmp_path: Path) -> None:
+    # The run's SIGTERM handler is inherited by the fork: it must not raise there.
+    (tmp_path / "exp_forks.py").write_text(FORKS)
+    done = run_script("exp_forks.py", "-u", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert f"Result: {-signal.SIGTERM}" in done.stderr
