@@ -311,11 +311,12 @@ class ConfigScope:
         pinned: dict = {}  # key -> the value fixed entries must have; never handed to the scope
         placed: dict = {}  # key -> the object put into the namespace for it
         for key, value in fixed.items():
+            # Only the updated leaves are pinned: the scope may change the entry's others.
+            pinned[key] = copy.deepcopy(value)
             # A partial update of a dict entry the scope reads keeps the entry's other keys.
             current = namespace.get(key) if key in self.arg_names else None
             if isinstance(value, dict) and isinstance(current, dict):
                 value = merge(copy.deepcopy(current), value)
-            pinned[key] = copy.deepcopy(value)
             namespace[key] = placed[key] = copy.deepcopy(value)
         defaults: dict = {}
 
@@ -337,6 +338,12 @@ class ConfigScope:
         namespace[_FIX] = fix
         exec(self._code, namespace)  # the scope's own code, compiled from its source
         config: dict = copy.deepcopy(preset)
+        # An earlier entry the scope reads and changes in place (opts["lr"] = 0.01,
+        # layers.append(3)) is the changed entry from here on, as in Sacred.
+        changed = [k for k in self.arg_names if k in preset and k not in self.assigned]
+        for key in changed:
+            if key not in fixed:
+                config[key] = normalize(namespace[key], key, self.where)
         for key in self.assigned + [k for k in fixed if k not in self.assigned]:
             if key not in namespace or (key in fallback and key not in self.assigned):
                 continue

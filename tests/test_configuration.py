@@ -343,6 +343,58 @@ def test_later_scope_reads_and_overwrites_earlier_entries() -> None:
     assert entries(ex) == {"a": 11, "opt": {"lr": 0.5, "momentum": 0.9}, "c": 8}
 
 
+def _changes_in_place() -> Experiment:
+    ex = Experiment("in_place")
+
+    @ex.config
+    def base():
+        opts = {"lr": 0.1, "momentum": 0.9}
+        layers = [1, 2]
+
+    @ex.config
+    def tune(opts, layers):
+        opts["lr"] = 0.01
+        opts["nesterov"] = True
+        layers.append(3)
+
+    @ex.named_config
+    def heavy():
+        opts = {"lr": 1, "wd": 0.1}
+
+    @ex.named_config
+    def faster(opts):
+        opts["lr"] = 2
+
+    return ex
+
+
+@pytest.mark.parametrize(
+    ("updates", "named", "expected"),
+    [
+        ({}, [], ({"lr": 0.01, "momentum": 0.9, "nesterov": True}, [1, 2, 3])),
+        # The update's leaf stays fixed; the scope's change to another leaf is kept.
+        (
+            {"opts.lr": 5, "opts.x": 1},
+            [],
+            ({"lr": 5, "momentum": 0.9, "nesterov": True, "x": 1}, [1, 2, 3]),
+        ),
+        ({"layers": [9]}, [], ({"lr": 0.01, "momentum": 0.9, "nesterov": True}, [9])),
+        (
+            {},
+            ["heavy", "faster"],
+            ({"lr": 2, "momentum": 0.9, "wd": 0.1, "nesterov": True}, [1, 2, 3]),
+        ),
+    ],
+    ids=["scopes", "updates", "fixed-list", "named-configs"],
+)
+def test_an_entry_a_later_scope_changes_in_place_is_changed_as_in_sacred(
+    updates: dict, named: list, expected: tuple
+) -> None:
+    # Sacred 0.8.7 gives these same configs; the change was lost before.
+    config = resolve_config(_changes_in_place(), updates, named)
+    assert (config["opts"], config["layers"]) == expected
+
+
 def test_later_scope_derives_from_an_updated_earlier_entry() -> None:
     ex = Experiment("chain_update")
 
