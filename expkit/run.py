@@ -194,6 +194,23 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
     return [store_for_url(pm, url) for url in urls]
 
 
+def _one_per_place(stores: list) -> list:
+    """The stores, one for each place: a Sacred script's ``FileStorageObserver("runs")``
+    under ``expkit run``, whose default store is ./runs too, records the run once."""
+    if len(stores) < 2:
+        return stores
+    from expkit.store import store_place
+
+    kept, places = [], set()
+    for store in stores:
+        url = getattr(getattr(store, "storage", None), "url", None)
+        place = store_place(url) if isinstance(url, str) else id(store)
+        if place not in places:
+            places.add(place)
+            kept.append(store)
+    return kept
+
+
 def builtin_commands(experiment: Experiment) -> dict[str, Callable]:
     """The commands every experiment has (print_config, ...), captured for this experiment."""
     cache = experiment.__dict__.setdefault("_builtin_commands", {})
@@ -273,6 +290,7 @@ def create_run(
     stores: list = []
     if not unobserved:
         stores = list(experiment.observers) + list(observers) + _stores_from_options(pm, options)
+        stores = _one_per_place(stores)
     ex_info = gather_experiment_info(experiment)
     # A named config that is a file (a config file wins over a name, as in resolve_config).
     ex_info = with_config_files(ex_info, [n for n in named_configs if os.path.isfile(n)])

@@ -905,6 +905,21 @@ def open_reader(pm: Any, url: str) -> Any:
     return reader
 
 
+def store_place(url: str) -> str:
+    """Where ``url`` keeps its runs, however it is spelled (``runs``, ``./runs`` and
+    ``file:///abs/runs`` are one place; so are ``sqlite:///x.db`` and ``sqlite:////abs/x.db``),
+    without its password: two URLs of one place are one store."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "file://" + os.path.realpath(url)
+    path = rest.partition("?")[0]
+    if scheme in ("file", "tinydb"):
+        return f"{scheme}://" + os.path.realpath(path)
+    if scheme == "sqlite" and path.startswith("/") and path not in ("/", "/:memory:"):
+        return "sqlite:///" + os.path.realpath(path[1:])  # sqlite:///rel, sqlite:////abs
+    return redact_url(url)
+
+
 def no_store_error(pm: Any, url: str, reading: bool = False) -> UsageError:
     """The one-line error for a URL no store claims, naming the schemes that are known."""
     known = _known_schemes(pm)

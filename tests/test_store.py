@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import run_expkit, write_project
+from cli_helpers import run_expkit, run_script, write_project
 
 from expkit import store
 from expkit.errors import UsageError
@@ -103,3 +103,43 @@ def test_a_store_path_of_the_wrong_kind_stops_the_run_before_it_runs(
     assert done.returncode == 4
     assert done.stderr.startswith(f"ERROR: {message}") and done.stderr.count("\n") == 1
     assert not (tmp_path / "ran").exists()
+
+
+SACRED_OBSERVER = """\
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("observed")
+    ex.observers.append(FileStorageObserver("runs"))
+
+    @ex.automain
+    def main():
+        print("ran")
+        return 1
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["expkit", "run"], ["expkit", "run", "--store", "./runs/"], ["script", "-F", "runs"]],
+    ids=["default-store", "same-folder-spelled-otherwise", "script-flag"],
+)
+def test_a_store_named_twice_records_the_run_once(tmp_path: Path, command: list[str]) -> None:
+    # The script's own observer and the session's store (or -F) are one folder.
+    write_project(tmp_path, {"exp_observed.py": SACRED_OBSERVER})
+    if command[0] == "script":
+        done = run_script("exp_observed.py", *command[1:], cwd=tmp_path)
+    else:
+        done = run_expkit(*command[1:], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_one_place_is_one_store_however_it_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert store.store_place("runs") == store.store_place(f"file://{tmp_path}/runs/")
+    assert store.store_place("sqlite:///x.db") == store.store_place(f"sqlite:///{tmp_path}/x.db")
+    assert store.store_place("mongodb://me:secret@h/db") == "mongodb://me:***@h/db"
+    assert store.store_place("runs") != store.store_place("tinydb://runs")
