@@ -194,6 +194,11 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
     return [store_for_url(pm, url) for url in urls]
 
 
+def _is_store(observer: Any) -> bool:
+    """Whether ``observer`` is one of the store layer's (it names run ids of its own)."""
+    return getattr(observer, "storage", None) is not None
+
+
 def _one_per_place(stores: list) -> list:
     """The stores, one for each place: a Sacred script's ``FileStorageObserver("runs")``
     under ``expkit run``, whose default store is ./runs too, records the run once."""
@@ -604,11 +609,16 @@ class Run:
         self.run_logger.info('Queued-up run with ID "%s"', self._id)
 
     def _send_first(self, event: str, **times: Any) -> None:
-        # In priority order: the first store that names an id names it for all others.
+        # In priority order: the first store that names an id names the run, and other
+        # observers are told it, as in Sacred. A store names its own, unless the run was
+        # given one (--id): the first store's id may be taken in a store whose history
+        # differs, which then refused the run.
+        given = self._id
         for guard in self._delivery.guards:
-            _id = guard.call(event, {**self._start_args(), **times})
-            if _id is not None and self._id is None:
-                self._id = _id
+            _id = given if _is_store(guard.store) else self._id
+            named = guard.call(event, {**self._start_args(), "_id": _id, **times})
+            if named is not None and self._id is None:
+                self._id = named
 
     def _start_args(self) -> dict:
         return {

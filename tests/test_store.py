@@ -143,3 +143,27 @@ def test_one_place_is_one_store_however_it_is_spelled(
     assert store.store_place("sqlite:///x.db") == store.store_place(f"sqlite:///{tmp_path}/x.db")
     assert store.store_place("mongodb://me:secret@h/db") == "mongodb://me:***@h/db"
     assert store.store_place("runs") != store.store_place("tinydb://runs")
+
+
+def test_two_stores_of_different_histories_each_keep_the_run_under_an_id_of_their_own(
+    tmp_path: Path,
+) -> None:
+    write_project(tmp_path, {"exp_touch.py": TOUCHING})
+    first = run_expkit("run", "--store", "older", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    done = run_expkit("run", "--store", "newer", "--store", "older", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stored 1 run(s) in newer: id 1" in done.stdout.splitlines()
+    assert "stored 1 run(s) in older: id 2" in done.stdout.splitlines()
+
+
+def test_an_id_given_to_the_run_is_its_id_in_every_store(tmp_path: Path) -> None:
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("given", interactive=True)
+    ex.observers[:] = [FileStorageObserver(tmp_path / "a"), FileStorageObserver(tmp_path / "b")]
+    ex.main(lambda: 1)
+    run = ex.run(options={"--id": "7"})
+    assert [outcome.run_id for outcome in run.stored] == ["7", "7"]
+    assert (tmp_path / "a" / "7").is_dir() and (tmp_path / "b" / "7").is_dir()
