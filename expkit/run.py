@@ -204,12 +204,12 @@ def _one_per_place(stores: list) -> list:
     under ``expkit run``, whose default store is ./runs too, records the run once."""
     if len(stores) < 2:
         return stores
-    from expkit.store import store_place
+    from expkit.store import store_identity
 
     kept, places = [], set()
     for store in stores:
         url = getattr(getattr(store, "storage", None), "url", None)
-        place = store_place(url) if isinstance(url, str) else id(store)
+        place = store_identity(url) if isinstance(url, str) else id(store)
         if place not in places:
             places.add(place)
             kept.append(store)

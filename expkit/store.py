@@ -37,7 +37,7 @@ from expkit.errors import ExpkitError, UsageError
 from expkit.observers import RunObserver, utc_datetimes
 from expkit.records import RunRecord, edited_meta
 from expkit.serialize import parse_time, to_data
-from expkit.utils import file_md5, redact_url
+from expkit.utils import file_md5, redact_url, split_userinfo
 
 log = logging.getLogger("expkit")
 
@@ -54,6 +54,10 @@ SUMMARY_META_OMITS = ("options", "config_docs")
 
 class StoreError(ExpkitError):
     """A store cannot be read or written; the message says which store and why."""
+
+
+class NotKeptError(StoreError):
+    """A file the run recorded (name and md5) whose content its store never kept."""
 
 
 @attrs.frozen
@@ -684,7 +688,7 @@ class StoreReader:
         for file in reversed(_files(files)):  # the latest of a name
             if file.name == name:
                 if file.ref is None:
-                    raise StoreError(f"{kind} {name!r} of run {run_id!r} was recorded, not kept")
+                    raise NotKeptError(f"{kind} {name!r} of run {run_id!r} was recorded, not kept")
                 return self.storage.read_file(run_id, kind, file)
         raise KeyError(f"run {run_id!r} in {self.url} has no {kind} {name!r}")
 
@@ -905,19 +909,50 @@ def open_reader(pm: Any, url: str) -> Any:
     return reader
 
 
-def store_place(url: str) -> str:
-    """Where ``url`` keeps its runs, however it is spelled (``runs``, ``./runs`` and
-    ``file:///abs/runs`` are one place; so are ``sqlite:///x.db`` and ``sqlite:////abs/x.db``),
-    without its password: two URLs of one place are one store."""
+def store_identity(url: str) -> str:
+    """The store at ``url`` named one way however the URL is typed: two URLs of one store
+    are one store (a run records into it once; a sync copies into it once).
+
+    A folder (a path or ``file://``), a TinyDB file and an SQLite file are named by their
+    absolute path, links resolved; a server's URL by its scheme, hosts and database, without
+    the user, the password or options that only tell the client how to connect.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "file://" + os.path.realpath(url)
-    path = rest.partition("?")[0]
-    if scheme in ("file", "tinydb"):
-        return f"{scheme}://" + os.path.realpath(path)
-    if scheme == "sqlite" and path.startswith("/") and path not in ("/", "/:memory:"):
-        return "sqlite:///" + os.path.realpath(path[1:])  # sqlite:///rel, sqlite:////abs
-    return redact_url(url)
+    kind = scheme.lower().partition("+")[0]
+    if not sep or kind == "file":
+        return _absolute(rest if sep else url)
+    if kind == "tinydb":
+        path = _absolute(rest)  # a folder, or the .json file in it
+        if os.path.basename(path) == "metadata.json" and not os.path.isdir(path):
+            path = os.path.dirname(path)  # the file TinyDB uses when given the folder
+        return f"tinydb://{path}"
+    if kind == "sqlite":
+        # sqlite:///runs.db is runs.db here; sqlite:////abs/runs.db is absolute.
+        return f"sqlite:///{_absolute(rest.partition('?')[0][1:])}"
+    where, _, query = split_userinfo(url)[2].partition("?")
+    hosts, _, path = where.partition("/")
+    if kind in _DEFAULT_PORTS:
+        hosts = ",".join(h.removesuffix(_DEFAULT_PORTS[kind]) for h in hosts.split(","))
+    path = path.strip("/") or ("sacred" if kind == "mongodb" else "")  # Sacred's default db
+    if kind in ("mongodb", "postgresql"):
+        query = ""  # client options: the same database, however it is reached
+    elif kind == "s3":  # the bucket's service counts, not its region
+        import urllib.parse  # only for S3 URLs
+
+        endpoint = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k == "endpoint_url"]
+        query = urllib.parse.urlencode(endpoint)
+    name = scheme.lower() if kind == "mongodb" else kind  # mongodb+srv finds its hosts otherwise
+    text = (
+        f"{name}://{hosts.lower()}" + (f"/{path}" if path else "") + (f"?{query}" if query else "")
+    )
+    return redact_url(text)
+
+
+_DEFAULT_PORTS = {"mongodb": ":27017", "postgresql": ":5432"}
+
+
+def _absolute(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def no_store_error(pm: Any, url: str, reading: bool = False) -> UsageError:

@@ -135,16 +135,6 @@ def test_a_store_named_twice_records_the_run_once(tmp_path: Path, command: list[
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.isdigit()) == ["1"]
 
 
-def test_one_place_is_one_store_however_it_is_spelled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert store.store_place("runs") == store.store_place(f"file://{tmp_path}/runs/")
-    assert store.store_place("sqlite:///x.db") == store.store_place(f"sqlite:///{tmp_path}/x.db")
-    assert store.store_place("mongodb://me:secret@h/db") == "mongodb://me:***@h/db"
-    assert store.store_place("runs") != store.store_place("tinydb://runs")
-
-
 def test_two_stores_of_different_histories_each_keep_the_run_under_an_id_of_their_own(
     tmp_path: Path,
 ) -> None:
@@ -167,3 +157,40 @@ def test_an_id_given_to_the_run_is_its_id_in_every_store(tmp_path: Path) -> None
     run = ex.run(options={"--id": "7"})
     assert [outcome.run_id for outcome in run.stored] == ["7", "7"]
     assert (tmp_path / "a" / "7").is_dir() and (tmp_path / "b" / "7").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("mongodb://me:secret@Db.example:27017/lab", "mongodb://db.example/lab?tls=true"),
+        ("mongodb://db.example", "mongodb://db.example/sacred"),
+        ("postgresql+psycopg://me:pw@db:5432/lab", "postgresql://db/lab?sslmode=require"),
+        ("sqlite:///runs.db", "sqlite:///{cwd}/runs.db"),
+        ("tinydb://db", "tinydb://{cwd}/db/metadata.json"),
+        ("s3://bucket/runs/?region=eu-west-1", "s3://bucket/runs"),
+        ("runs", "file://{cwd}/runs/"),
+    ],
+)
+def test_store_identity_is_one_name_per_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one: str, other: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert store.store_identity(one) == store.store_identity(other.format(cwd=tmp_path))
+    assert "secret" not in store.store_identity(one) and "pw" not in store.store_identity(one)
+    assert store.store_identity(store.store_identity(one)) == store.store_identity(
+        one
+    )  # as copies record it
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("mongodb://db.example/lab", "mongodb://db.example/other"),
+        ("mongodb://db.example/lab", "mongodb://db2.example/lab"),
+        ("tinydb://db", "tinydb://db/other.json"),
+        ("s3://bucket/runs?endpoint_url=http://a:9000", "s3://bucket/runs"),
+        ("runs", "tinydb://runs"),
+    ],
+)
+def test_store_identity_tells_stores_apart(one: str, other: str) -> None:
+    assert store.store_identity(one) != store.store_identity(other)

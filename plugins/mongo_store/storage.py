@@ -42,6 +42,7 @@ from expkit.serialize import to_data, utcnow
 from expkit.store import (
     FINAL_STATUSES,
     SUMMARY_META_OMITS,
+    NotKeptError,
     Storage,
     StoredFile,
     StoreError,
@@ -676,7 +677,7 @@ class MongoStorage(Storage):
                 found = found or self.fs.find_one({"filename": file.name, "md5": file.md5})
                 file_id = found._id if found else None
             if file_id is None:
-                raise StoreError(f"{file.name!r} is recorded in {self._where()} but not stored")
+                raise NotKeptError(f"{file.name!r} is recorded in {self._where()} but not stored")
             try:
                 return self.fs.get(file_id).read()
             except gridfs.errors.NoFile:

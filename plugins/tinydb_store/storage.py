@@ -46,6 +46,7 @@ from expkit.errors import UsageError
 from expkit.observers import deprecated_create, utc_isoformat
 from expkit.serialize import parse_time, to_data
 from expkit.store import (
+    NotKeptError,
     Storage,
     StoredFile,
     StoreError,
@@ -465,7 +466,7 @@ class TinyDbStorage(Storage):
         """The file's content from hashfs."""
         relpath = file.ref[1] if kind == "artifact" else file.ref
         if relpath is None:
-            raise StoreError(f"{kind} {file.name!r} of run {run_id!r} was recorded, not kept")
+            raise NotKeptError(f"{kind} {file.name!r} of run {run_id!r} was recorded, not kept")
         path = self.root / relpath
         try:
             return path.read_bytes()
