@@ -133,10 +133,16 @@ _METRIC_INT_MIN, _METRIC_INT_MAX = -(2**1024), 2**1024
 # --- making a run ---------------------------------------------------------------------
 
 
+# The arguments a script's command line gives besides its flags, named as Sacred's docopt
+# names them: an option hook may read them.
+_SCRIPT_ARGUMENTS = ("COMMAND", "UPDATE", "help", "with")
+
+
 def _options(options: Mapping | None) -> dict:
     result = dict(DEFAULT_OPTIONS)
     for key, value in (options or {}).items():
-        result[key if key.startswith("--") else "--" + key] = value
+        named = key.startswith("--") or key in _SCRIPT_ARGUMENTS
+        result[key if named else "--" + key] = value
     return result
 
 

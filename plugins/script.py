@@ -179,7 +179,14 @@ def _command_help(experiment: Any, name: str) -> str:
 def _run(experiment: Any, parsed: dict) -> Any:
     from expkit.run import create_run
 
-    options = parsed["options"]
+    options = {
+        **parsed["options"],
+        # As Sacred's command line gives them, to option hooks too.
+        "COMMAND": parsed["command"],
+        "UPDATE": _update_tokens(parsed),
+        "help": False,
+        "with": bool(parsed["config_updates"] or parsed["named_configs"]),
+    }
     run = create_run(
         experiment,
         parsed["command"] or experiment.default_command,
@@ -187,14 +194,6 @@ def _run(experiment: Any, parsed: dict) -> Any:
         named_configs=parsed["named_configs"],
         options=options,
         meta_info=None,
-    )
-    run.meta_info["options"].update(
-        {
-            "COMMAND": parsed["command"],
-            "UPDATE": _update_tokens(parsed),
-            "help": False,
-            "with": bool(parsed["config_updates"] or parsed["named_configs"]),
-        }
     )
     for option in experiment.additional_cli_options:
         if option.long_flag in options:

@@ -274,6 +274,31 @@ def test_a_run_the_store_refuses_exits_1_and_says_where_it_is_kept(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr  # nothing to store, nothing refused
 
 
+def test_an_option_hook_sees_the_command_line_as_sacreds_gives_it(tmp_path: Path) -> None:
+    (tmp_path / "exp.py").write_text(
+        "from expkit import Experiment\n"
+        "ex = Experiment('hooked')\n"
+        "@ex.option_hook\n"
+        "def show(options):\n"
+        "    shown = [options[k] for k in ('COMMAND', 'UPDATE', 'with', 'help')]\n"
+        "    print('HOOK', *shown)\n"
+        "@ex.config\n"
+        "def cfg():\n"
+        "    a = 1\n"
+        "@ex.command\n"
+        "def other(a):\n"
+        "    pass\n"
+        "@ex.automain\n"
+        "def main(a):\n"
+        "    pass\n"
+    )
+    proc = run_script("exp.py", "with", "a=3", "-u", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "HOOK None ['a=3'] True False" in proc.stdout.splitlines()
+    proc = run_script("exp.py", "other", "-u", cwd=tmp_path)
+    assert "HOOK other [] False False" in proc.stdout.splitlines()
+
+
 # --- help ----------------------------------------------------------------------------
 
 
