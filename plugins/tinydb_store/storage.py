@@ -54,7 +54,7 @@ from expkit.store import (
     StoreReader,
     id_candidates,
 )
-from expkit.utils import file_md5, replace_file, temp_file_beside
+from expkit.utils import file_md5, is_under, replace_file, temp_file_beside
 
 if TYPE_CHECKING:
     from tinydb.table import Document
@@ -468,6 +468,12 @@ class TinyDbStorage(Storage):
         if relpath is None:
             raise NotKeptError(f"{kind} {file.name!r} of run {run_id!r} was recorded, not kept")
         path = self.root / relpath
+        if not is_under(os.path.realpath(path), os.path.realpath(self.root)):
+            # A document names files in the store's hashfs only; one edited or copied in
+            # from elsewhere must not make a reader (expkit ui) serve any file.
+            raise StoreError(
+                f"{kind} {file.name!r} of run {run_id!r}: {relpath!r} is outside the store"
+            )
         try:
             return path.read_bytes()
         except OSError as exc:
@@ -535,6 +541,9 @@ def _doc(entry: Any) -> Any:
     for key in _TIMES:
         if key in doc:
             doc[key] = _time(doc[key])
+    for key in ("config", "result", "info"):
+        if key in doc:
+            doc[key] = _sacred_values(doc[key])
     experiment = doc.get("experiment")
     if isinstance(experiment, dict):
         doc["experiment"] = {
@@ -562,6 +571,32 @@ def _doc(entry: Any) -> Any:
             )
         doc["artifacts"] = artifacts
     return doc
+
+
+# The tags of Sacred's TinyDB serializers, before the JSON text of the value they hold
+# (a datetime's is its ISO text); expkit writes plain JSON values.
+_SACRED_TAGS = ("{TinyArray}:", "{TinyDataFrame}:", "{TinySeries}:")
+
+
+def _sacred_values(value: Any) -> Any:
+    """``value`` with the tagged values of Sacred's TinyDbObserver as the plain values they
+    are: ``"{TinyArray}:[0, 1]"`` is ``[0, 1]``, ``"{TinyDate}:2020-01-02T03:04:05"`` the time's
+    text, a DataFrame or Series what its JSON holds."""
+    if isinstance(value, str) and value.startswith("{Tiny"):
+        if value.startswith(_SACRED_DATE):
+            return value.removeprefix(_SACRED_DATE)
+        for tag in _SACRED_TAGS:
+            if value.startswith(tag):
+                try:
+                    return json.loads(value.removeprefix(tag))
+                except ValueError:
+                    return value  # not what Sacred wrote: left as it is
+        return value
+    if isinstance(value, dict):
+        return {k: _sacred_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sacred_values(v) for v in value]
+    return value
 
 
 def _entries(value: Any) -> list[list]:

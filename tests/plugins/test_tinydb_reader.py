@@ -10,7 +10,7 @@ import pytest
 
 from expkit.errors import UsageError
 from expkit.pluginmanager import create_plugin_manager
-from expkit.store import open_reader
+from expkit.store import StoreError, open_reader
 from expkit_plugins.tinydb_store import TinyDbObserver, TinyDbRunReader
 from expkit_plugins.tinydb_store.storage import TinyDbStorage, _hashfs_relpath
 
@@ -117,6 +117,45 @@ def test_sacred_era_documents_are_read(root):
     )
     [stored] = json.loads((root / "metadata.json").read_text())["runs"].values()
     assert stored == {**doc, "meta": {"comment": "from 2020", "tags": ["old"]}}
+
+
+def test_values_sacreds_serializers_tagged_are_read_as_plain_values(root):
+    # Sacred 0.8.7's TinyDbObserver writes numpy arrays, datetimes and pandas objects so.
+    doc = {
+        "_id": 1,
+        "experiment": {"name": "old", "sources": []},
+        "status": "COMPLETED",
+        "config": {"arr": "{TinyArray}:[0, 1, 2]", "when": "{TinyDate}:2020-01-02T03:04:05"},
+        "result": {"curve": "{TinyArray}:[[1.5]]", "table": '{TinyDataFrame}:{"a":{"0":1}}'},
+        "info": {"s": '{TinySeries}:{"0":2}', "text": "{TinyArray}:not json"},
+        "artifacts": [],
+    }
+    root.mkdir()
+    (root / "metadata.json").write_text(json.dumps({"runs": {"1": doc}}))
+    record = TinyDbRunReader(root).get_run(1)
+    assert record.config == {"arr": [0, 1, 2], "when": "2020-01-02T03:04:05"}
+    assert record.result == {"curve": [[1.5]], "table": {"a": {"0": 1}}}
+    assert record.info == {"s": {"0": 2}, "text": "{TinyArray}:not json"}
+
+
+def test_a_file_a_document_names_outside_the_store_is_not_read(root, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not the store's\n")
+    doc = {
+        "_id": 1,
+        "experiment": {"name": "planted", "sources": [["evil.py", "0" * 32, "hashfs/../../x"]]},
+        "status": "COMPLETED",
+        "artifacts": [["x.txt", "1", "0" * 32, "hashfs/../../secret.txt"]],
+    }
+    (root / "hashfs").mkdir(parents=True)  # as in any store that holds files
+    (root / "metadata.json").write_text(json.dumps({"runs": {"1": doc}}))
+    reader = TinyDbRunReader(root)
+    for read in (
+        lambda: reader.read_source(1, "evil.py"),
+        lambda: reader.read_artifact(1, "x.txt"),
+    ):
+        with pytest.raises((StoreError, KeyError)):
+            read()
 
 
 def test_damaged_documents_are_skipped_or_read_as_far_as_they_go(root, tmp_path, caplog):
