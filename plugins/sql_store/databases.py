@@ -189,10 +189,16 @@ class SqliteDatabase:
 
     def schema_version(self, tx: SqliteTransaction) -> int | None:
         """The schema version stored, ``None`` before the tables are created."""
-        tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'expkit_schema'"
-        if not tx.rows(tables):
+        if not self.has_table(tx, "expkit_schema"):
             return None
         return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
+
+    @staticmethod
+    def has_table(tx: SqliteTransaction, name: str) -> bool:
+        """Whether the database has a table called ``name``."""
+        return bool(
+            tx.rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        )
 
     def mark(self, column: str) -> str:
         """The placeholder of a value for ``column``."""
@@ -282,9 +288,14 @@ class PostgresDatabase:
 
     def schema_version(self, tx: PostgresTransaction) -> int | None:
         """The schema version stored, ``None`` before the tables are created."""
-        if tx.rows("SELECT to_regclass('expkit_schema')")[0][0] is None:
+        if not self.has_table(tx, "expkit_schema"):
             return None
         return tx.rows("SELECT max(version) FROM expkit_schema")[0][0]
+
+    @staticmethod
+    def has_table(tx: PostgresTransaction, name: str) -> bool:
+        """Whether the database has a table called ``name`` (in the search path)."""
+        return tx.rows("SELECT to_regclass(?)", (name,))[0][0] is not None
 
     def mark(self, column: str) -> str:
         """The placeholder of a value for ``column``: JSON goes as text, cast to JSONB."""

@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -420,17 +421,30 @@ class SqlStorage(Storage):
     @contextlib.contextmanager
     def _read(self, what: str) -> Iterator[Any]:
         with self._errors(what):
-            self._prepare()
+            self._prepare(reading=True)
             with self._db.transaction(write=False) as tx:
                 yield tx
 
-    def _prepare(self) -> None:
-        """Create the tables on first use; refuse a database a newer expkit wrote."""
+    def _prepare(self, reading: bool = False) -> None:
+        """Create the tables on first use; refuse a database a newer expkit wrote.
+
+        Reading creates no database file, and leaves a database of Sacred's SqlObserver
+        as it is: its tables are not expkit's, and a listing would call it empty.
+        """
         if self._ready:
             return
         db = self._db
+        if reading and db.name == "sqlite" and not os.path.exists(db.path):
+            raise UsageError(f"no SQLite database at {db.path!r}: the file does not exist")
         with db.transaction(write=False) as tx:
             version = db.schema_version(tx)
+            sacred = reading and version is None and db.has_table(tx, "run")
+        if sacred:
+            raise StoreError(
+                f"{self._where} holds the tables of Sacred's SqlObserver (run, experiment, "
+                "...), which expkit does not read: its SQL store keeps runs in tables of "
+                "its own"
+            )
         if version is None:
             with db.transaction(write=True) as tx:
                 if db.name == "postgresql":

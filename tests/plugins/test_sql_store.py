@@ -36,6 +36,7 @@ from sql_server import password_of, tables_text
 
 sa = pytest.importorskip("sqlalchemy")
 
+from expkit.errors import UsageError  # noqa: E402
 from expkit.pluginmanager import get_plugin_manager  # noqa: E402
 from expkit.store import StoreError, open_reader, open_store  # noqa: E402
 from expkit.utils import redact_url  # noqa: E402
@@ -131,6 +132,31 @@ def test_a_database_of_a_newer_schema_is_refused_in_one_line(db: Path, tmp_path:
             "expkit runs/sync/rerun report a store's StoreError as an internal error with a "
             "traceback (exit 3), not as one line"
         )
+
+
+def test_reading_a_database_that_is_not_there_creates_none(tmp_path: Path):
+    missing = tmp_path / "typo.db"
+    with pytest.raises(UsageError, match=r"no SQLite database at .*typo\.db'"):
+        open_reader(get_plugin_manager(), sqlite_url(missing)).list_runs()
+    assert not missing.exists()
+
+
+# The start of the tables Sacred 0.8.7's SqlObserver makes (sacred/observers/sql_bases.py).
+SACRED_TABLES = [
+    "CREATE TABLE experiment (experiment_id INTEGER PRIMARY KEY, name VARCHAR(32))",
+    "CREATE TABLE run (id INTEGER PRIMARY KEY, run_id VARCHAR(24), status VARCHAR(9))",
+]
+
+
+def test_reading_a_database_of_sacreds_sql_observer_says_so_and_changes_nothing(db: Path):
+    with sqlite3.connect(db) as conn:
+        for statement in SACRED_TABLES:
+            conn.execute(statement)
+        conn.execute("INSERT INTO run (run_id, status) VALUES ('1', 'COMPLETED')")
+    before = rows(db, "SELECT name FROM sqlite_master ORDER BY name")
+    with pytest.raises(StoreError, match="holds the tables of Sacred's SqlObserver"):
+        open_reader(get_plugin_manager(), sqlite_url(db)).list_runs()
+    assert rows(db, "SELECT name FROM sqlite_master ORDER BY name") == before
 
 
 def test_sqlite_runs_in_wal_mode(db: Path):
