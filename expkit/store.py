@@ -56,6 +56,11 @@ class StoreError(ExpkitError):
     """A store cannot be read or written; the message says which store and why."""
 
 
+class NoStoreError(UsageError):
+    """Nothing is stored at a store's URL yet: no folder, no database file. A store that is
+    written makes it; reading says so, and what reads many may take it as no runs."""
+
+
 class NotKeptError(StoreError):
     """A file the run recorded (name and md5) whose content its store never kept."""
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from expkit.errors import UsageError
 from expkit.serialize import to_data
-from expkit.store import Query, Storage, StoredFile, StoreError, StoreObserver
+from expkit.store import NoStoreError, Query, Storage, StoredFile, StoreError, StoreObserver
 from expkit.utils import redact_url
 from expkit_plugins.sql_store.databases import (
     JSON_COLUMNS,
@@ -435,7 +435,7 @@ class SqlStorage(Storage):
             return
         db = self._db
         if reading and db.name == "sqlite" and not os.path.exists(db.path):
-            raise UsageError(f"no SQLite database at {db.path!r}: the file does not exist")
+            raise NoStoreError(f"no SQLite database at {db.path!r}: the file does not exist")
         with db.transaction(write=False) as tx:
             version = db.schema_version(tx)
             sacred = reading and version is None and db.has_table(tx, "run")

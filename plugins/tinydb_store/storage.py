@@ -46,6 +46,7 @@ from expkit.errors import UsageError
 from expkit.observers import deprecated_create, utc_isoformat
 from expkit.serialize import parse_time, to_data
 from expkit.store import (
+    NoStoreError,
     NotKeptError,
     Storage,
     StoredFile,
@@ -429,7 +430,7 @@ class TinyDbStorage(Storage):
     def summaries(self) -> list[dict]:
         """Every run's document but its output, info and host, in the order stored."""
         if not self.root.is_dir():
-            raise UsageError(f"no TinyDB store at {str(self.root)!r}: the folder does not exist")
+            raise NoStoreError(f"no TinyDB store at {str(self.root)!r}: the folder does not exist")
         return self._read(
             lambda data: [
                 _doc({k: v for k, v in d.items() if k not in ("captured_out", "info", "host")})
