@@ -37,7 +37,8 @@ class ExperimentInfo:
             "repositories": [
                 {"url": r.url, "commit": r.commit, "dirty": r.dirty} for r in self.repositories
             ],
-            "mainfile": os.path.basename(self.mainfile) if self.mainfile else None,
+            # Relative to the base dir, as Sacred records it: a source's name.
+            "mainfile": os.path.relpath(self.mainfile, self.base_dir) if self.mainfile else None,
         }
 
 

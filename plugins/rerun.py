@@ -301,14 +301,18 @@ def rerun_command(
             "--store",
             str(store),
         ]
-    command = [sys.executable, mainfile, *([record.command] if record.command else [])]
+    script = _main_source(record, mainfile)
+    command = [sys.executable, script, *([record.command] if record.command else [])]
     return [*command, "with", *named, *settings, "-f", "-F", str(store)]
 
 
 def _main_source(record: RunRecord, mainfile: str) -> str:
-    """The main file's path among the restored sources (Sacred records only its name): below
-    the base dir when the experiment's ``expconf.py`` files lie above it."""
-    found = [n for n in source_names(record) if n.replace("\\", "/").rpartition("/")[2] == mainfile]
+    """The main file's path among the restored sources: as recorded (relative to the base
+    dir), or, for runs recorded with only its name, the one source of that name."""
+    names = source_names(record)
+    if mainfile in names:
+        return mainfile
+    found = [n for n in names if n.replace("\\", "/").rpartition("/")[2] == mainfile]
     return found[0] if len(found) == 1 else mainfile
 
 

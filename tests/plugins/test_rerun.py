@@ -184,6 +184,34 @@ def test_a_config_file_given_as_a_named_config_is_stored_and_rerun(
     assert (rerun["config"]["depth"], rerun["result"]) == (5, 15.0)  # the file's depth, C=3
 
 
+BASE_ABOVE = {
+    "src/exp_based.py": """\
+        import os
+
+        from expkit import Experiment
+        from helpers import scale
+
+        ex = Experiment("based", base_dir=os.path.dirname(os.path.dirname(__file__)))
+
+        @ex.automain
+        def main(_seed):
+            return scale * (_seed % 7)
+    """,
+    "src/helpers.py": "scale = 3\n",
+}
+
+
+def test_a_script_whose_base_dir_is_above_it_records_its_path_and_reruns(tmp_path: Path) -> None:
+    write_project(tmp_path, BASE_ABOVE)
+    done = run_script("src/exp_based.py", "-F", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [original] = stored_runs(tmp_path / "runs")
+    assert original["experiment"]["mainfile"] == "src/exp_based.py"  # as Sacred records it
+    done = run_expkit("rerun", "1", "--check", "--store", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"result: identical ({original['result']})" in done.stdout.splitlines()
+
+
 PLAIN_MAIN = """\
     from expkit import Experiment
 
