@@ -16,9 +16,9 @@
 
 Unlike Sacred's observer it never loses or tears a file: JSON files are
 replaced atomically, ids are claimed with ``os.mkdir`` so concurrent processes
-get distinct ones, ``metrics.json`` is rewritten only when the number of points
-has doubled (the log holds every point in between), and artifact names cannot
-leave the run folder.
+get distinct ones, ``metrics.json`` is rewritten at each heartbeat that follows
+new points and, between heartbeats, only when their number has doubled (the log
+holds every point in between), and artifact names cannot leave the run folder.
 
 The index makes listing thousands of runs cheap: when a run ends the observer
 appends one line (the run's summary: id, experiment, status, times, result,
@@ -34,10 +34,12 @@ all the time, and there are few of them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import os
+import posixpath
 import stat
 import threading
 import zlib
@@ -51,13 +53,14 @@ from expkit.store import (
     FINAL_STATUSES,
     SUMMARY_FIELDS,
     SUMMARY_META_OMITS,
+    NoStoreError,
     Storage,
     StoredFile,
     StoreError,
     StoreObserver,
     StoreReader,
 )
-from expkit.utils import file_md5, replace_file
+from expkit.utils import file_md5, is_under, replace_file
 
 from . import columns as _columns
 
@@ -174,7 +177,9 @@ class FileStorage(Storage):
             _cut_torn_columns(self._path(METRICS_COLUMNS), self._path(METRICS_LOG))
             metrics = read_metrics_log(self._path(METRICS_LOG))
             self._points = sum(len(m.get("steps", ())) for m in metrics.values())
-            self._points_saved = self._points if metrics else None
+            # metrics.json may be behind the log (the run was killed between two beats):
+            # rewritten at the next chance.
+            self._points_saved = -1 if metrics else None
             return doc
 
     def update(self, doc: dict, changed: frozenset[str]) -> None:
@@ -190,6 +195,8 @@ class FileStorage(Storage):
                 self._save_cout(doc.get("captured_out") or "")
             if "info" in changed:
                 self._save_info(doc.get("info") or {})
+            if "heartbeat" in changed:
+                self._save_metrics_at_beat()
             if changed - {"config", "captured_out", "info"}:
                 self._save_json(RUN_FILE, _run_json(doc))
             if doc.get("status") in FINAL_STATUSES and changed & _INDEXED:
@@ -249,7 +256,7 @@ class FileStorage(Storage):
     def summaries(self) -> list[dict]:
         """Every run's summary: from the index where it is current, else from its folder."""
         if not os.path.isdir(self.basedir):
-            raise UsageError(f"no file store at {self.basedir}: the folder does not exist")
+            raise NoStoreError(f"no file store at {self.basedir}: the folder does not exist")
         index_path = os.path.join(self.basedir, INDEX_FILE)
         indexed, lines, intact = _fold_index(index_path)
         summaries: dict[str, dict] = {}
@@ -292,7 +299,7 @@ class FileStorage(Storage):
         entry = _load_json(os.path.join(rundir, RUN_FILE))
         if not isinstance(entry, dict):
             raise StoreError(f"{os.path.join(rundir, RUN_FILE)} holds no JSON object")
-        doc = _doc_from_disk(entry)
+        doc = _doc_from_disk(entry, os.path.basename(rundir))
         doc["_id"] = os.path.basename(rundir)
         doc["config"] = _load_json(os.path.join(rundir, CONFIG_FILE), default={}, damaged={})
         doc["info"] = _load_json(os.path.join(rundir, INFO_FILE), default={}, damaged={})
@@ -312,13 +319,29 @@ class FileStorage(Storage):
         return _load_json(os.path.join(rundir, METRICS_FILE), default={}, damaged={})
 
     def read_file(self, run_id: Any, kind: str, file: StoredFile) -> bytes:
-        """A stored source or resource (by its path in the store) or an artifact (by name)."""
+        """A stored source or resource (by its path in the store, else by its name in
+        ``_sources``/``_resources``) or an artifact (by name)."""
+        # Only files in the store are read: a run.json edited or copied in from elsewhere
+        # must not make a reader (expkit ui) serve whatever file it names.
         if kind == "artifact":
-            # Only listed names are read: they were checked to stay inside the run folder.
-            return _read_bytes(
-                os.path.join(self._rundir(run_id), file.name), f"artifact {file.name!r}"
-            )
-        return _read_bytes(os.path.join(self.basedir, str(file.ref)), f"{kind} {file.name!r}")
+            rundir = self._rundir(run_id)
+            path = os.path.join(rundir, file.name)
+            if not _inside(path, rundir):
+                raise StoreError(f"artifact {file.name!r} of run {run_id!r} is outside its folder")
+            return _read_bytes(path, f"artifact {file.name!r}")
+        paths = [p for p in _stored_paths(self.basedir, kind, file) if _inside(p, self.basedir)]
+        if not paths:
+            raise StoreError(f"{kind} {file.name!r} of run {run_id!r} is outside the store")
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if is_content_of(file, path, data):
+                return data
+        _read_bytes(paths[0], f"{kind} {file.name!r}")  # raises: it is not where recorded
+        raise ExpkitError(f"{kind} {file.name!r} is recorded, but {paths[0]} holds other content")
 
     def delete(self, run_id: Any) -> None:
         """Remove the run's folder (its sources in ``_sources`` may be shared and stay)."""
@@ -420,6 +443,15 @@ class FileStorage(Storage):
     def _save_metrics_if_behind(self) -> None:
         if self._points_saved is not None and self._points != self._points_saved:
             self._save_metrics()
+
+    def _save_metrics_at_beat(self) -> None:
+        # Sacred's readers know only metrics.json, and Sacred rewrote it at every beat: a
+        # killed run's is one beat behind at most. A beat is seconds apart, so the cost of
+        # the rewrite stays a small part of the run's.
+        try:
+            self._save_metrics_if_behind()
+        except OSError as exc:
+            log.debug("metrics.json not refreshed: %s", exc)  # the next beat tries again
 
     def _append_index(self, doc: dict) -> None:
         run_id = os.path.basename(self._current())
@@ -542,10 +574,9 @@ def _run_json(doc: dict) -> dict:
     entry = {k: v for k, v in doc.items() if k not in ("_id", "config", "captured_out", "info")}
     experiment = dict(doc.get("experiment") or {})
     base = experiment.get("base_dir") or ""
-    # A source gone before it could be kept is recorded by its path.
+    run_name = str(doc.get("_id"))
     experiment["sources"] = [
-        [s.name, s.ref if s.ref is not None else os.path.abspath(os.path.join(base, s.name))]
-        for s in experiment.get("sources") or ()
+        _source_entry(s, base, run_name) for s in experiment.get("sources") or ()
     ]
     entry["experiment"] = experiment
     if "resources" in doc:
@@ -555,16 +586,23 @@ def _run_json(doc: dict) -> dict:
     return entry
 
 
-def _doc_from_disk(entry: dict) -> dict:
-    """run.json as the layer's document: file entries as stored files."""
+def _source_entry(source: StoredFile, base: str, run_name: str) -> Any:
+    if source.ref is None:
+        # A source gone before it could be kept is recorded by its path.
+        return [source.name, os.path.abspath(os.path.join(base, source.name))]
+    if source.md5 and source.ref == queued_copy(run_name, source.name):
+        return {"py/tuple": [source.name, source.md5]}  # a run Sacred queued, kept as it was
+    return [source.name, source.ref]
+
+
+def _doc_from_disk(entry: dict, run_name: str) -> dict:
+    """run.json of the run in folder ``run_name`` as the layer's document: file entries as
+    stored files."""
     doc = dict(entry)
     experiment = entry.get("experiment")
     if isinstance(experiment, dict):
         experiment = dict(experiment)
-        experiment["sources"] = [
-            StoredFile(name, _md5_of(stored), stored or None)
-            for name, stored in _source_pairs(experiment)
-        ]
+        experiment["sources"] = list(_source_files(experiment, run_name))
         doc["experiment"] = experiment
     doc["resources"] = [
         StoredFile(original, _md5_of(stored), stored) for original, stored in _resource_pairs(entry)
@@ -586,11 +624,48 @@ def _doc_from_summary(summary: dict) -> dict:
     return doc
 
 
-def _md5_of(stored: str) -> str | None:
+def _md5_of(stored: str | None) -> str | None:
     """The md5 in a stored file's name ``<stem>_<md5><ext>``."""
     stem = os.path.splitext(os.path.basename(stored or ""))[0]
-    md5 = stem.rpartition("_")[2]
-    return md5 if len(md5) == 32 and all(c in "0123456789abcdef" for c in md5) else None
+    return _md5_or_none(stem.rpartition("_")[2])
+
+
+def _md5_or_none(text: Any) -> str | None:
+    is_md5 = isinstance(text, str) and len(text) == 32
+    return text if is_md5 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def queued_copy(run_name: str, name: str) -> str:
+    """Where Sacred 0.8.7 copied the source ``name`` of a run it queued, relative to the
+    store: into the run's folder, under the file's base name."""
+    return f"{run_name}/{posixpath.basename(name.replace(os.sep, '/'))}"
+
+
+def is_content_of(file: StoredFile, where: str, data: bytes) -> bool:
+    """Whether ``data``, read from ``where``, is the content of ``file``: checked where the
+    name does not carry the md5, as in the copies of a run Sacred queued, named by their
+    base name alone (``pkg/__init__.py`` and ``__init__.py`` share one)."""
+    if file.md5 is None or _md5_of(where) == file.md5:
+        return True
+    return hashlib.md5(data, usedforsecurity=False).hexdigest() == file.md5
+
+
+def _stored_paths(basedir: str, kind: str, file: StoredFile) -> list[str]:
+    """Where a source or resource may be: where run.json says (relative to ``basedir``),
+    else in ``_sources``/``_resources`` by name. Sacred recorded a resource relative to the
+    working directory (``runs/_resources/x_<md5>.csv`` for ``-F runs``), and a source of a
+    run it queued only by its name and md5 (found in ``_sources`` if a run kept it)."""
+    ref = str(file.ref)
+    folder = os.path.join(basedir, SOURCES_DIR if kind == "source" else RESOURCES_DIR)
+    paths = [os.path.join(basedir, ref), os.path.join(folder, os.path.basename(ref))]
+    if file.md5:
+        stem, ext = os.path.splitext(os.path.basename(file.name))
+        paths.append(os.path.join(folder, f"{stem}_{file.md5}{ext}"))
+    return list(dict.fromkeys(paths))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return is_under(os.path.realpath(path), os.path.realpath(folder))
 
 
 def _stamp(rundir: str) -> list[int]:
@@ -834,7 +909,7 @@ class FileStoreReader(StoreReader):
     def __init__(self, basedir: str | os.PathLike[str], url: str | None = None) -> None:
         storage = FileStorage(basedir, url=url)
         if not os.path.isdir(storage.basedir):
-            raise UsageError(f"no file store at {storage.basedir}: the folder does not exist")
+            raise NoStoreError(f"no file store at {storage.basedir}: the folder does not exist")
         super().__init__(storage)
 
     @property
@@ -969,12 +1044,17 @@ def _resource_pairs(entry: dict) -> Iterable[tuple[str, str]]:
             yield str(item[0]), str(item[1])
 
 
-def _source_pairs(ex_info: dict) -> Iterable[tuple[str, str]]:
-    for source in ex_info.get("sources") or ():
-        if isinstance(source, (list, tuple)):
-            yield source[0], source[1]
-        else:  # an expkit.records.Source
-            yield source.name, source.md5
+def _source_files(experiment: dict, run_name: str) -> Iterable[StoredFile]:
+    """The sources in run.json's ``experiment``: ``[name, stored path]``, or in a run Sacred
+    queued ``{"py/tuple": [name, md5]}``, the copy being in the run's folder."""
+    for source in experiment.get("sources") or ():
+        if isinstance(source, dict) and isinstance(source.get("py/tuple"), list):
+            name, md5 = [*source["py/tuple"], None, None][:2]
+            if isinstance(name, str):
+                yield StoredFile(name, _md5_or_none(md5), queued_copy(run_name, name))
+        elif isinstance(source, list) and len(source) >= 2 and isinstance(source[0], str):
+            stored = str(source[1]) if source[1] else None
+            yield StoredFile(source[0], _md5_of(stored), stored)
 
 
 def _checked_target(rundir: str, name: str, what: str) -> str | None:

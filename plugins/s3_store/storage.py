@@ -14,7 +14,10 @@
 
 These are the keys of Sacred's ``S3Observer`` and the files of the file store, so a
 prefix copied to disk (``aws s3 sync``) is a file store, and Sacred-era scripts read
-it. The JSON is the file store's (:mod:`expkit_plugins.file_store.storage`).
+it. The JSON is the file store's (:mod:`expkit_plugins.file_store.storage`). Only
+sources and resources differ: Sacred 0.8.7's observer uploaded them to the key it
+recorded inside the run's folder (``<prefix>/<id>/<prefix>/_sources/...``), where
+they are read too.
 
 S3 cannot append to an object. Sacred's observer rewrote metrics.json whole at every
 batch, which costs more and more as a run logs; here each batch of points goes into a
@@ -70,6 +73,7 @@ from expkit_plugins.file_store.storage import (
     _metrics_json,
     _run_json,
     _summary,
+    is_content_of,
     metrics_from_log_lines,
     spliced_log_lines,
 )
@@ -335,7 +339,7 @@ class S3Storage(Storage):
             raise KeyError(f"no run {str(run_id)!r} in {self}") from None
         if not isinstance(entry, dict):
             raise StoreError(f"{self._where(_join(rundir, RUN_FILE))} holds no JSON object")
-        doc = _doc_from_disk(entry)
+        doc = _doc_from_disk(entry, posixpath.basename(rundir))
         doc["_id"] = _run_id(posixpath.basename(rundir))
         doc["config"] = self._get_json(_join(rundir, CONFIG_FILE), default={}, damaged={})
         doc["info"] = self._get_json(_join(rundir, INFO_FILE), default={}, damaged={})
@@ -355,20 +359,28 @@ class S3Storage(Storage):
 
     def read_file(self, run_id: Any, kind: str, file: StoredFile) -> bytes:
         """A stored source or resource (by its key relative to the prefix; Sacred's
-        observer wrote resources' whole keys) or an artifact (by name)."""
+        observer wrote resources' whole keys, and put both under the run's folder) or an
+        artifact (by name)."""
+        rundir = self._run_key(_checked_name(run_id))
         if kind == "artifact":
-            rundir = self._run_key(_checked_name(run_id))
             try:
                 keys = [self._artifact_key(rundir, file.name)]
             except UsageError:
                 keys = [_join(rundir, file.name)]  # a name Sacred's observer took as it was
         else:
             ref = str(file.ref)
-            keys = list(dict.fromkeys([posixpath.normpath(_join(self.prefix, ref)), ref]))
+            keys = [posixpath.normpath(_join(self.prefix, ref)), ref]
+            # Sacred 0.8.7's S3Observer uploaded a run's sources and resources to the key
+            # it recorded, inside the run's folder: <prefix>/<id>/<prefix>/_sources/...
+            keys = list(dict.fromkeys([*keys, *(_join(rundir, key) for key in keys)]))
+        other = False
         for key in keys:
             data = self._get(key)
-            if data is not None:
+            if data is not None and is_content_of(file, key, data):
                 return data
+            other = other or data is not None
+        if other:
+            raise ExpkitError(f"{kind} {file.name!r} is recorded, but {self} holds other content")
         raise ExpkitError(
             f"{kind} {file.name!r} is recorded but not kept in {self} (no object {keys[0]})"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import multiprocessing
 import os
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from expkit.errors import UsageError
+import expkit
+from expkit.errors import ExpkitError, UsageError
 from expkit.pluginmanager import create_plugin_manager
 from expkit.store import open_reader
 from expkit_plugins.file_store import (
@@ -269,6 +271,140 @@ def test_sacred_era_store_without_index_is_listed(basedir):
     assert (basedir / INDEX_FILE).exists()
 
 
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _sacred_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, sort_keys=True, indent=2))  # as Sacred's save_json
+
+
+EXP = b"from sacred import Experiment\n"
+INIT = b"from .util import X\n"
+SUB_INIT = b""
+
+
+def _sacred_experiment(project: Path) -> dict:
+    """The experiment Sacred's runs below record: a script and two packages, whose
+    ``__init__.py`` files share a base name."""
+    return {
+        "base_dir": str(project),
+        "dependencies": ["sacred==0.8.7"],
+        "mainfile": "exp.py",
+        "name": "sac",
+        "repositories": [],
+    }
+
+
+def test_a_resource_sacred_recorded_relative_to_the_working_directory_is_read(
+    tmp_path, monkeypatch, capsys
+):
+    # Sacred 0.8.7, `python exp.py -F sac_file` in /work/proj: the resource's stored path is
+    # relative to the working directory, not to the store (reference section 2.1).
+    store = tmp_path / "proj" / "sac_file"
+    data = b"x,y\n1,2\n"
+    stored = f"_resources/data_{_md5(data)}.csv"
+    (store / "_resources").mkdir(parents=True)
+    (store / stored).write_bytes(data)
+    (store / "_sources").mkdir()
+    (store / f"_sources/exp_{_md5(EXP)}.py").write_bytes(EXP)
+    run = {
+        "artifacts": [],
+        "command": "main",
+        "experiment": {
+            **_sacred_experiment(tmp_path / "proj"),
+            "sources": [["exp.py", f"_sources/exp_{_md5(EXP)}.py"]],
+        },
+        "heartbeat": "2026-12-03T20:25:07.460996",
+        "host": {"hostname": "vm"},
+        "meta": {"command": "main", "options": {"--file_storage": "sac_file"}},
+        "resources": [["/work/proj/data.csv", f"sac_file/{stored}"]],
+        "result": 3,
+        "start_time": "2026-12-03T20:25:07.451234",
+        "status": "COMPLETED",
+        "stop_time": "2026-12-03T20:25:07.461567",
+    }
+    _sacred_json(store / "1" / "run.json", run)
+    _sacred_json(store / "1" / "config.json", {"n": 3, "seed": 1})
+    (store / "1" / "cout.txt").write_text("")
+    monkeypatch.chdir(tmp_path)  # not where Sacred ran: "sac_file/..." names nothing here
+
+    assert FileStoreReader(store).read_resource("1", "/work/proj/data.csv") == data
+    assert expkit.main(["sync", str(store), str(tmp_path / "back")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"1 copied, 0 already in {tmp_path / 'back'}"
+    copy = FileStoreReader(tmp_path / "back")
+    assert copy.read_resource("1", "/work/proj/data.csv") == data
+
+
+def _queued_by_sacred(store: Path, project: Path, run_id: str) -> None:
+    """A run as Sacred 0.8.7's FileStorageObserver queues it (`python exp.py -F STORE -q`):
+    sources as jsonpickle's ``{"py/tuple": [name, md5]}``, copied into the run's folder by
+    base name (the second ``__init__.py`` overwrites the first), no cout.txt."""
+    sources = {"exp.py": EXP, "pkg/__init__.py": INIT, "pkg/sub/__init__.py": SUB_INIT}
+    run = {
+        "command": "main",
+        "experiment": {
+            **_sacred_experiment(project),
+            "sources": [{"py/tuple": [name, _md5(data)]} for name, data in sources.items()],
+        },
+        "host": {"hostname": "vm"},
+        "meta": {
+            "command": "main",
+            "options": {"--queue": True},
+            "queue_time": {
+                "__reduce__": [{"py/type": "datetime.datetime"}, ["B+oMAxQZBw6WvA=="]],
+                "py/object": "datetime.datetime",
+            },
+        },
+        "status": "QUEUED",
+    }
+    _sacred_json(store / run_id / "run.json", run)
+    _sacred_json(store / run_id / "config.json", {"n": 3, "seed": 7})
+    for name, data in sources.items():
+        (store / run_id / os.path.basename(name)).write_bytes(data)
+
+
+def test_a_run_sacred_queued_is_shown_read_and_synced(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "sq"
+    _queued_by_sacred(store, tmp_path / "proj", "1")
+    monkeypatch.chdir(tmp_path)
+
+    assert expkit.main(["runs", "show", "1", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "status:     QUEUED" in out
+    assert "sources:\n  exp.py\n  pkg/__init__.py\n  pkg/sub/__init__.py\n" in out
+    reader = FileStoreReader(store)
+    record = reader.get_run("1")
+    assert record.experiment_info["sources"][0] == ["exp.py", _md5(EXP)]
+    assert reader.read_source("1", "exp.py") == EXP
+    assert reader.read_source("1", "pkg/sub/__init__.py") == SUB_INIT
+    # Its copy was overwritten by the other __init__.py: refused, not read as that one.
+    with pytest.raises(ExpkitError, match=r"'pkg/__init__.py' is recorded, but .* other content"):
+        reader.read_source("1", "pkg/__init__.py")
+    # Kept by a run that started with the same code: read from there.
+    (store / "_sources").mkdir()
+    (store / "_sources" / f"__init___{_md5(INIT)}.py").write_bytes(INIT)
+    assert reader.read_source("1", "pkg/__init__.py") == INIT
+
+    assert expkit.main(["sync", str(store), str(tmp_path / "back")]) == 0
+    capsys.readouterr()
+    copy = FileStoreReader(tmp_path / "back")
+    assert copy.get_run("1").status == "QUEUED"
+    assert copy.read_source("1", "pkg/__init__.py") == INIT
+
+
+def test_a_comment_on_a_run_sacred_queued_keeps_its_sources_as_sacred_wrote_them(tmp_path):
+    store = tmp_path / "sq"
+    _queued_by_sacred(store, tmp_path / "proj", "1")
+    before = json.loads((store / "1" / "run.json").read_text())["experiment"]["sources"]
+    FileStoreReader(store).edit_run("1", comment="rerun on the GPU box")
+    after = json.loads((store / "1" / "run.json").read_text())
+    assert after["experiment"]["sources"] == before
+    assert after["meta"]["comment"] == "rerun on the GPU box"
+    assert FileStoreReader(store).read_source("1", "exp.py") == EXP
+
+
 def _append_runs(basedir: str, count: int) -> None:
     obs = FileStorageObserver(basedir)
     info = {"name": "race", "base_dir": basedir, "sources": [], "dependencies": []}
@@ -307,3 +443,25 @@ def test_ten_thousand_runs_are_all_listed(basedir):
     assert [r.id for r in again[:3]] == ["1", "2", "3"] and again[-1].id == "10000"
     assert sum(r.status == "FAILED" for r in again) == 10
     assert len(index_lines(basedir)) == 10_000
+
+
+def test_files_a_run_json_names_outside_the_store_are_not_read(basedir, tmp_path):
+    # A run.json edited, or copied in from elsewhere, must not make a reader (expkit ui)
+    # serve any file the process may read.
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not the store's\n")
+    run_id = run_experiment(basedir, tmp_path)
+    run_file = basedir / run_id / "run.json"
+    run = json.loads(run_file.read_text())
+    run["artifacts"] = [os.path.relpath(outside, basedir / run_id), str(outside)]
+    run["experiment"]["sources"] = [["evil.py", str(outside)], ["up.py", "../secret.txt"]]
+    run_file.write_text(json.dumps(run))
+    reader = FileStoreReader(basedir)
+    reads = [
+        *(lambda n=name: reader.read_artifact(run_id, n) for name in run["artifacts"]),
+        lambda: reader.read_source(run_id, "evil.py"),
+        lambda: reader.read_source(run_id, "up.py"),
+    ]
+    for read in reads:
+        with pytest.raises(ExpkitError):  # outside, or not in the store where it would be
+            read()

@@ -313,6 +313,65 @@ def test_runs_written_by_sacreds_observer_are_read(s3_url: str) -> None:
     assert reader.read_artifact(1, "model.bin") == b"weights"
 
 
+def test_files_sacreds_observer_put_under_the_run_folder_are_read_and_synced(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Sacred 0.8.7's S3Observer (`python exp.py -S s3://bkt/runs`, and `-q` for run 2)
+    # uploads a started run's sources and resources to <prefix>/<id>/<the key it records>,
+    # and copies a queued run's sources into the run's folder by base name.
+    bucket, _ = object_key(s3_url, "")
+    client = client_for(s3_url)
+    client.create_bucket(Bucket=bucket)
+    code, data = b"print('sacred')\n", b"x,y\n1,2\n"
+    source = f"_sources/exp_{_md5(code)}.py"
+    resource = f"runs/_resources/data_{_md5(data)}.csv"
+    experiment = {"name": "sac", "base_dir": "/home/me/proj", "mainfile": "exp.py"}
+    started = {
+        "artifacts": [],
+        "command": "main",
+        "experiment": {**experiment, "sources": [["exp.py", source]]},
+        "heartbeat": "2026-12-03T20:28:58.123456",
+        "host": {"hostname": "vm"},
+        "meta": {"command": "main"},
+        "resources": [["/home/me/proj/data.csv", resource]],
+        "result": 3,
+        "start_time": "2026-12-03T20:28:58.100000",
+        "status": "COMPLETED",
+        "stop_time": "2026-12-03T20:28:58.130000",
+    }
+    queued = {
+        "command": "main",
+        "experiment": {**experiment, "sources": [{"py/tuple": ["exp.py", _md5(code)]}]},
+        "host": {"hostname": "vm"},
+        "meta": {"command": "main"},
+        "status": "QUEUED",
+    }
+    objects = {
+        "runs/1/run.json": json.dumps(started, sort_keys=True, indent=2).encode(),
+        "runs/1/config.json": b"{}",
+        "runs/1/cout.txt": b"",
+        f"runs/1/runs/{source}": code,
+        f"runs/1/{resource}": data,
+        "runs/2/run.json": json.dumps(queued, sort_keys=True, indent=2).encode(),
+        "runs/2/config.json": b"{}",
+        "runs/2/exp.py": code,
+    }
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    reader = open_reader(get_plugin_manager(), s3_url)
+    assert reader.read_source(1, "exp.py") == code
+    assert reader.read_resource(1, "/home/me/proj/data.csv") == data
+    assert reader.read_source(2, "exp.py") == code
+    monkeypatch.chdir(tmp_path)
+    back = tmp_path / "back"
+    assert expkit.main(["sync", s3_url, str(back)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 copied, 0 already in {back}"
+    copy = FileStoreReader(back)
+    assert copy.read_source("1", "exp.py") == code == copy.read_source("2", "exp.py")
+    assert copy.read_resource("1", "/home/me/proj/data.csv") == data
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 
