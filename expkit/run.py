@@ -200,6 +200,11 @@ def _stores_from_options(pm: PluginManager, options: dict) -> list:
     return [store_for_url(pm, url) for url in urls]
 
 
+def _is_number(kind: type) -> bool:
+    # A bool is an int to Python, but flag=1 for flag=True is worth a warning, as in Sacred.
+    return issubclass(kind, (int, float)) and not issubclass(kind, bool)
+
+
 def _is_store(observer: Any) -> bool:
     """Whether ``observer`` is one of the store layer's (it names run ids of its own)."""
     return getattr(observer, "storage", None) is not None
@@ -290,7 +295,7 @@ def create_run(
         for path in sorted(summary.added):
             base_logger.getChild(experiment.path).warning('Added new config entry: "%s"', path)
         for path, (old, new) in summary.typechanged.items():
-            if not (issubclass(old, (int, float)) and issubclass(new, (int, float))):
+            if not (_is_number(old) and _is_number(new)):  # numpy's numbers and Python's
                 base_logger.getChild(experiment.path).warning(
                     'Changed type of config entry "%s" from %s to %s',
                     path,

@@ -1036,6 +1036,23 @@ def test_type_change_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
+def test_a_bool_entry_given_a_number_is_warned_about_a_float_given_an_int_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ex = Experiment("flags")
+
+    @ex.config
+    def cfg():
+        flag = True
+        rate = 0.5
+
+    ex.main(lambda flag, rate: None)
+    with caplog.at_level(logging.WARNING):
+        ex.run(config_updates={"flag": 1, "rate": 1})
+    warned = [r.getMessage() for r in caplog.records if "Changed type" in r.getMessage()]
+    assert warned == ['Changed type of config entry "flag" from bool to int']
+
+
 def test_an_update_equal_to_the_default_is_no_added_entry() -> None:
     # Small ints and short strings are shared objects: the scope's own 0 is the update's 0.
     ex = Experiment("same")
