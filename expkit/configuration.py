@@ -345,7 +345,18 @@ class ConfigScope:
             if key not in fixed:
                 config[key] = normalize(namespace[key], key, self.where)
         for key in self.assigned + [k for k in fixed if k not in self.assigned]:
-            if key not in namespace or (key in fallback and key not in self.assigned):
+            if key not in namespace:
+                continue
+            if key in fallback:
+                if (
+                    key in self.assigned
+                    and key != "_log"
+                    and hasattr(fallback.get("_log"), "warning")
+                ):
+                    # An ingredient's entries are its own scopes' to set, as in Sacred.
+                    fallback["_log"].warning(
+                        'Ignored attempt to set value of "%s", because it is an ingredient.', key
+                    )
                 continue
             value = namespace[key]
             if isinstance(value, _NOT_CONFIG) or key == _FIX:

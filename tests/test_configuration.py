@@ -916,6 +916,27 @@ def test_ingredient_scope_cannot_read_an_unrelated_ingredient() -> None:
         resolve_config(ex)
 
 
+def test_a_scope_that_sets_an_ingredients_entry_is_ignored_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = Ingredient("data")
+
+    @data.config
+    def data_cfg():
+        n = 5
+
+    ex = Experiment("owner", ingredients=[data])
+
+    @ex.config
+    def cfg(data):
+        data = {"n": 100}  # ignored, as in Sacred: the ingredient's own scopes set data
+        k = data["n"]
+
+    with caplog.at_level(logging.WARNING):
+        assert entries(ex) == {"data": {"n": 5}, "k": 100}
+    assert 'Ignored attempt to set value of "data", because it is an ingredient.' in caplog.text
+
+
 # --- config hooks ----------------------------------------------------------------------
 
 
