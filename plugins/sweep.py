@@ -4,9 +4,10 @@ A point is an item like a parametrized test, ``exp_iris.py::exp_rbf_svm[C=0.1-ke
 ``-k`` and node ids select points, ``--collect-only`` lists them, and every point is a run
 of its own with ``meta.sweep = {"id", "index", "size", "params"}``. Grammar of VALUES: a
 comma list of ``-o``-style literals, ``range(a[,b[,step]])``, ``linspace(a,b,n)``,
-``logspace(a,b,n)`` (powers of ten), or, drawn ``--samples N`` times from the root
-``--seed``: ``uniform(a,b)``, ``loguniform(a,b)``, ``randint(a,b)`` (both ends included),
-``choice(v1,v2,...)``. Values are parsed with :func:`ast.literal_eval`, never evaluated.
+``logspace(a,b,n)`` (powers of ten), or, drawn ``--samples N`` times from ``--sample-seed``
+(default: the root ``--seed``): ``uniform(a,b)``, ``loguniform(a,b)``, ``randint(a,b)`` (both
+ends included), ``choice(v1,v2,...)``. Values are parsed with :func:`ast.literal_eval`, never
+evaluated; a bare word is a string, as for ``-o``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import ast
 import itertools
 import json
 import math
-import os
 import re
 from typing import Any
 
@@ -59,7 +59,11 @@ class SweepPlan:
 
     sweeps: tuple[Sweep, ...]
     samples: int | None
-    seed: int | None  # where the random points come from (the root --seed, or drawn)
+    seed: int | None  # where the random points come from (--sample-seed, --seed, or drawn)
+    # The option that draws the same points again: --seed when the points came from it (it
+    # also fixes every run's seed, part of the sweep's id), else --sample-seed, which fixes
+    # only the points: a sweep started without --seed resumes with it.
+    repeat: str = "--sample-seed"
 
     def points(self) -> list[dict[str, Any]]:
         """The points of the command-line sweeps: the grid's product, times the samples."""
@@ -101,7 +105,10 @@ def parse_sweep(text: str) -> Sweep:
         if name not in _GRID + _RANDOM:
             known = ", ".join(_GRID + _RANDOM)
             raise _error(text, f"unknown function {name}(); use a comma list or one of {known}")
-        args = [_literal(text, part) for part in _split(text, inner, call=True)]
+        # choice() takes values as a comma list does (a bare word is a string); the other
+        # functions take numbers, and a word there is a mistake.
+        read = _value if name == "choice" else _literal
+        args = [read(text, part) for part in _split(text, inner, call=True)]
         if name in _GRID:
             return Sweep(key, values=tuple(_grid(text, name, args)))
         return Sweep(key, draw=(name, _checked_draw(text, name, args)))
@@ -277,12 +284,18 @@ def make_plan(option: Any) -> SweepPlan:
         raise UsageError(
             "--samples needs a random --sweep (uniform, loguniform, randint or choice)"
         )
-    seed = option.seed
-    if random_sweeps and seed is None:
-        import random
+    if option.sample_seed is not None and not random_sweeps:
+        raise UsageError(
+            "--sample-seed needs a random --sweep (uniform, loguniform, randint or choice)"
+        )
+    if option.sample_seed is not None or option.seed is None:
+        seed = option.sample_seed
+        if random_sweeps and seed is None:
+            import random
 
-        seed = random.SystemRandom().randrange(2**31)
-    return SweepPlan(tuple(sweeps), samples, seed)
+            seed = random.SystemRandom().randrange(2**31)
+        return SweepPlan(tuple(sweeps), samples, seed)
+    return SweepPlan(tuple(sweeps), samples, option.seed, repeat="--seed")
 
 
 # --- points as items -----------------------------------------------------------------------
@@ -381,6 +394,14 @@ def expkit_addoption(parser: Any) -> None:
     )
     group.addoption("--samples", type=int, default=None, metavar="N", help="random points to draw")
     group.addoption(
+        "--sample-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draw the random points from N (default: --seed, else a fresh seed, printed); "
+        "unlike --seed, it leaves every run its own seed",
+    )
+    group.addoption(
         "--skip-completed",
         action="store_true",
         help="run only points without a COMPLETED run of the same experiment and config",
@@ -462,7 +483,8 @@ def expkit_report_header(config: Any) -> list[str]:
             line += f" ({len(items)} selected)"
         lines.append(line)
     if any(s.draw is not None for s in plan.sweeps):
-        lines.append(f"random points drawn with seed {plan.seed} (--seed {plan.seed} repeats them)")
+        repeat = f"{plan.repeat} {plan.seed}"
+        lines.append(f"random points drawn with seed {plan.seed} ({repeat} repeats them)")
     return lines
 
 
@@ -498,15 +520,16 @@ def mark_completed(config: Any, items: list[Item]) -> None:
     """
     from expkit.resolve import resolve_config
     from expkit.runs import runs
+    from expkit.store import NoStoreError
     from expkit.utils import redact_url
     from expkit_plugins.session import parse_overrides, store_urls
 
     done: dict[tuple[str, bool, str], Any] = {}
     for url in store_urls(config):
-        if "://" not in url and not os.path.exists(url):
-            continue  # a file store not made yet holds no runs
         try:
             records = runs(url, status="COMPLETED", sort=None, plugin_manager=config.pluginmanager)
+        except NoStoreError:
+            continue  # a store not made yet holds no runs
         except UsageError:
             raise
         except Exception as exc:

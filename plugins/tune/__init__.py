@@ -97,6 +97,10 @@ def expkit_configure(config: Any) -> None:
         raise UsageError("give --minimize or --maximize, not both")
     if option.samples is not None:
         raise UsageError("--samples is for random sweeps of 'expkit run'; tune takes --trials N")
+    if option.sample_seed is not None:
+        raise UsageError(
+            "--sample-seed is for random sweeps of 'expkit run'; --seed N seeds tune's sampler"
+        )
     if option.skip_completed:
         raise UsageError("--skip-completed is for 'expkit run'; tune goes on with its study")
     if option.collect_only:

@@ -53,12 +53,15 @@ _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # --- the search space ----------------------------------------------------------------------
 
 
-def search_space(sweeps: list[Sweep], grid: bool) -> dict[str, Any]:
-    """The Optuna distributions of the ``--sweep`` options (value lists are categorical)."""
-    space = {}
+def search_space(sweeps: list[Sweep], grid: bool) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The Optuna distributions of the ``--sweep`` options (value lists are categorical), and
+    the stand-ins among their choices: key -> {stand-in: value} (see :func:`_choices`)."""
+    space: dict[str, Any] = {}
+    stand_ins: dict[str, dict] = {}
     for sweep in sweeps:
         if sweep.draw is None:
-            space[sweep.key] = CategoricalDistribution(_choices(sweep, sweep.values))
+            choices, stand_ins[sweep.key] = _choices(sweep, sweep.values)
+            space[sweep.key] = CategoricalDistribution(choices)
             continue
         name, args = sweep.draw
         if grid:
@@ -67,23 +70,47 @@ def search_space(sweeps: list[Sweep], grid: bool) -> dict[str, Any]:
                 "them; give a comma list, range(), linspace() or logspace()"
             )
         if name == "choice":
-            space[sweep.key] = CategoricalDistribution(_choices(sweep, args))
+            choices, stand_ins[sweep.key] = _choices(sweep, args)
+            space[sweep.key] = CategoricalDistribution(choices)
         elif name == "randint":
             space[sweep.key] = IntDistribution(args[0], args[1])
         else:
             low, high = float(args[0]), float(args[1])
             space[sweep.key] = FloatDistribution(low, high, log=name == "loguniform")
-    return space
+    return space, {key: names for key, names in stand_ins.items() if names}
 
 
-def _choices(sweep: Sweep, values: tuple) -> tuple:
+def _choices(sweep: Sweep, values: tuple) -> tuple[tuple, dict[str, Any]]:
+    """Each value once, in order, as Optuna is to see it; and the stand-ins among them.
+
+    Optuna finds a choice by ``==``, which takes 0, 0.0 and False for one value: a value equal
+    to an earlier one of another type goes to Optuna as a name (``"0.0 (float)"``), and its
+    runs get the value itself, as the points of ``expkit run`` do.
+    """
     for value in values:
         if not (value is None or isinstance(value, (bool, int, float, str))):
             raise UsageError(
                 f"--sweep {sweep.key}: Optuna chooses among numbers, strings, booleans and "
                 f"None, not {value!r}; give such values (a name for each list, say)"
             )
-    return tuple(dict.fromkeys(values))  # once each, in order
+    distinct: list = []
+    for value in values:
+        if not any(type(seen) is type(value) and seen == value for seen in distinct):
+            distinct.append(value)
+    choices: list = []
+    stand_ins: dict[str, Any] = {}
+    for value in distinct:
+        if any(choice == value for choice in choices):
+            name = f"{value!r} ({type(value).__name__})"
+            if name in distinct:
+                raise UsageError(
+                    f"--sweep {sweep.key}: the value {name!r} is also the name Optuna is "
+                    f"given for {value!r}; give another word"
+                )
+            stand_ins[name] = value
+            value = name
+        choices.append(value)
+    return tuple(choices), stand_ins
 
 
 def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,34 +126,71 @@ def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
 # --- where the study lives -------------------------------------------------------------------
 
 
-def open_storage(store_url: str, rootdir: Path) -> tuple[Any, str]:
-    """Optuna's storage for the study of runs stored at ``store_url``, and where it is."""
+class NoStorage(Exception):
+    """A read-only use found no study kept for the store; the text says what is missing."""
+
+
+def open_storage(store_url: str, rootdir: Path, create: bool = True) -> tuple[Any, str]:
+    """Optuna's storage for the study of runs stored at ``store_url``, and where it is.
+
+    ``create=False`` is a read-only use: where no study was ever kept it raises
+    :class:`NoStorage` and makes nothing (no folder, journal file or database tables).
+    """
     scheme = store_url.partition("://")[0].lower() if "://" in store_url else ""
     if scheme.partition("+")[0] in ("sqlite", "postgresql"):
         from optuna.storages import RDBStorage
 
+        where = redact_url(store_url)
         try:
-            return RDBStorage(store_url), redact_url(store_url)
+            if not create:
+                _check_tables(store_url, where)
+            return RDBStorage(store_url), where
+        except NoStorage:
+            raise
         except Exception as exc:
-            raise UsageError(f"cannot keep the study in {redact_url(store_url)}: {exc}") from None
+            raise UsageError(f"cannot keep the study in {where}: {exc}") from None
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from expkit_plugins.file_store import folder_of
-
-    folder = folder_of(store_url)
-    if folder is not None:
-        path = Path(folder) / "optuna.journal"
-    else:
-        import hashlib
-
-        digest = hashlib.sha1(store_url.encode()).hexdigest()[:10]
-        path = rootdir / ".expkit" / f"optuna-{digest}.journal"
+    path = _journal_path(store_url, rootdir)
+    if not create and not path.is_file():
+        raise NoStorage(f"there is no {path}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     except OSError as exc:
         raise UsageError(f"cannot keep the study in {path}: {exc}") from None
+
+
+def _journal_path(store_url: str, rootdir: Path) -> Path:
+    from expkit_plugins.file_store import folder_of
+
+    folder = folder_of(store_url)
+    if folder is not None:
+        return Path(folder) / "optuna.journal"
+    import hashlib
+
+    digest = hashlib.sha1(store_url.encode()).hexdigest()[:10]
+    return rootdir / ".expkit" / f"optuna-{digest}.journal"
+
+
+def _check_tables(url: str, where: str) -> None:
+    """Raise :class:`NoStorage` unless the database at ``url`` has Optuna's tables."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # Connecting to a SQLite file that is not there would make it.
+        if not parsed.database or parsed.database == ":memory:":
+            raise NoStorage(f"{where} names no database file")
+        if not os.path.isfile(parsed.database):
+            raise NoStorage(f"there is no database file {parsed.database}")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("studies"):
+            raise NoStorage(f"{where} holds no Optuna tables")
+    finally:
+        engine.dispose()
 
 
 def _sampler(name: str, seed: int | None, parallel: bool) -> Any:
@@ -192,11 +256,12 @@ class Tuner:
     objective: str | None
     maximize: bool
     grid: list[dict] | None = None
+    stand_ins: dict[str, dict] = attrs.field(factory=dict)  # key -> {stand-in: value}
     deadline: float | None = None  # time.monotonic() after which no trial starts
     running: dict[int, Any] = attrs.field(factory=dict)  # number -> optuna Trial, this session's
     pruned_at: dict[int, tuple] = attrs.field(factory=dict)  # number -> (step, value)
     numbers: dict[str, int] = attrs.field(factory=dict)  # node id -> trial number
-    told: int = 0  # trials told this session
+    told: int = 0  # this session's trials told
     lock: Any = attrs.field(factory=threading.Lock)  # Dask answers questions in another thread
     stopped: str | None = None  # why no more trials start (other than the count)
     problem: str | None = None  # a mistake every trial would repeat (exit 4)
@@ -242,6 +307,10 @@ class Tuner:
         with self.lock:
             return self.left() > 0
 
+    def values(self, params: dict) -> dict:
+        """A trial's params as its run gets them: a stand-in choice is its value again."""
+        return {k: self.stand_ins.get(k, {}).get(v, v) for k, v in params.items()}
+
     # --- asking and telling ---
 
     def next(self, worker_pid: int | None) -> tuple[Item, Any] | None:
@@ -256,7 +325,7 @@ class Tuner:
             where = {"host": self.host, "driver": self.driver, "worker": worker}
             trial.set_user_attr(_WHERE, where)
             self.running[trial.number] = trial
-        item = trial_item(self.base, trial.number, trial.params)
+        item = trial_item(self.base, trial.number, self.values(trial.params))
         self.numbers[item.nodeid] = trial.number
         meta = {"study": {"name": self.study.study_name, "trial": trial.number}}
         point = attrs.evolve(point_spec(item, self.session.config.rootdir), meta=meta)
@@ -325,7 +394,8 @@ class Tuner:
                 # runs another in its place.
                 trial.set_user_attr(_UNCOUNTED, status.lower())
             self.study.tell(trial, state=TrialState.FAIL)
-        self.told += 1
+        if number in self.numbers.values():  # this session's, not an earlier one's settled
+            self.told += 1
 
     # --- trials an earlier (or this) session left running ---
 
@@ -580,7 +650,7 @@ def tune(config: Any, started: Any = list) -> int:
         )
     sweeps = _sweeps(option)
     grid = option.sampler == "grid"
-    space = search_space(sweeps, grid)
+    space, stand_ins = search_space(sweeps, grid)
     session = Session(config)
     config.session = session
     configure_logging(getattr(option, "verbose", 0))
@@ -615,15 +685,17 @@ def tune(config: Any, started: Any = list) -> int:
         objective=option.objective,
         maximize=option.maximize,
         grid=grid_points(space) if grid else None,
+        stand_ins=stand_ins,
     )
     report = TuneReport(tuner, taken_over)
     config.pluginmanager.register(report, "tune-report")
-    report.before = tuner.counts()[0]
     session.items = []
-    if reporter is not None and reporter.verbosity >= 0:
-        reporter.header(session)
     try:
+        # First the trials an earlier session left running: "done before" counts them.
         tuner.settle()
+        report.before = tuner.counts()[0]
+        if reporter is not None and reporter.verbosity >= 0:
+            reporter.header(session)
         if option.tune_timeout is not None:
             tuner.deadline = time.monotonic() + option.tune_timeout
         todo = tuner.left()
@@ -843,7 +915,7 @@ class TuneReport:
             lines.append("best: none yet (no trial completed with a number)")
             return lines
         label = tuner.objective or "result"
-        params = " ".join(f"{k}={id_text(v)}" for k, v in best.params.items())
+        params = " ".join(f"{k}={id_text(v)}" for k, v in tuner.values(best.params).items())
         run_id = best.user_attrs.get(_RUN)
         direction = "highest" if tuner.maximize else "lowest"
         lines.append(
@@ -876,7 +948,14 @@ def print_importance(config: Any) -> int:
     if name is None:
         raise UsageError("--importance needs the study: --study NAME (or the experiment's NODEID)")
     url = store_urls(config)[0]
-    storage, where = open_storage(url, config.rootdir)
+    try:
+        storage, where = open_storage(url, config.rootdir, create=False)
+    except NoStorage as exc:
+        # Only reading: a mistyped --store must not leave a study storage behind.
+        raise UsageError(
+            f"no study {name!r}: {exc}, so nothing was tuned with --store {redact_url(url)}; "
+            "give the --store of the study's runs"
+        ) from None
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:

@@ -71,8 +71,31 @@ def test_malformed_sweeps_say_what_is_wrong(text: str, message: str) -> None:
     assert message in str(info.value)
 
 
-def _plan(*sweeps: str, samples: int | None = None, seed: int | None = None) -> list[dict]:
-    option = argparse.Namespace(sweeps=list(sweeps), samples=samples, seed=seed)
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("kernel=choice(rbf, linear)", ("rbf", "linear")),
+        (
+            "k=choice(rbf,'a,b', 3, [1, 2], None, data/x.csv)",
+            ("rbf", "a,b", 3, [1, 2], None, "data/x.csv"),
+        ),
+        # A word is a string, as in a comma list: never evaluated.
+        ("k=choice(__import__('os'), 1)", ("__import__('os')", 1)),
+    ],
+)
+def test_choice_takes_bare_words_as_a_comma_list_does(text: str, values: tuple) -> None:
+    assert parse_sweep(text).draw == ("choice", values)
+
+
+def _plan(
+    *sweeps: str,
+    samples: int | None = None,
+    seed: int | None = None,
+    sample_seed: int | None = None,
+) -> list[dict]:
+    option = argparse.Namespace(
+        sweeps=list(sweeps), samples=samples, seed=seed, sample_seed=sample_seed
+    )
     return make_plan(option).points()
 
 
@@ -98,6 +121,13 @@ def test_random_points_come_from_the_seed() -> None:
     assert {p["m"] for p in first} == {"a", "b"}
 
 
+def test_the_sample_seed_draws_the_points_and_wins_over_the_seed() -> None:
+    sweep = "C=uniform(0, 1)"
+    by_seed = _plan(sweep, samples=4, seed=3)
+    assert _plan(sweep, samples=4, sample_seed=3) == by_seed
+    assert _plan(sweep, samples=4, seed=9, sample_seed=3) == by_seed
+
+
 def test_random_points_times_the_grid() -> None:
     points = _plan("a=1,2", "x=uniform(0, 1)", samples=3, seed=0)
     assert [p["a"] for p in points] == [1, 1, 1, 2, 2, 2]
@@ -116,6 +146,11 @@ def test_random_points_times_the_grid() -> None:
 def test_plan_mistakes(sweeps: list[str], samples: int | None, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         _plan(*sweeps, samples=samples)
+
+
+def test_a_sample_seed_needs_a_random_sweep() -> None:
+    with pytest.raises(UsageError, match=re.escape("--sample-seed needs a random --sweep")):
+        _plan("C=1,2", sample_seed=1)
 
 
 @pytest.mark.parametrize(
@@ -276,19 +311,51 @@ def test_random_search_is_repeatable_with_the_seed(project: Path) -> None:
     assert len(points(one)) == 5 and points(one) == points(two) != points(other)
 
 
+def _repeat_option(stdout: str) -> list[str]:
+    """The option the header says repeats the random points: ``["--sample-seed", "123"]``."""
+    (line,) = _lines(stdout, r"random points drawn with seed \d+")
+    return re.search(r"\((--[\w-]+ \d+) repeats them\)$", line).group(1).split()
+
+
 def test_random_search_without_seed_says_which_seed_it_drew(project: Path) -> None:
-    proc = run_expkit(
-        "run", "-u", "exp_svm.py::exp_svm", "--sweep", "C=uniform(0, 1)", "--samples", "2",
-        cwd=project,
-    )  # fmt: skip
-    (line,) = _lines(proc.stdout, r"random points drawn with seed \d+")
-    seed = re.search(r"--seed (\d+)", line).group(1)
-    again = run_expkit(
-        "run", "-u", "exp_svm.py::exp_svm", "--sweep", "C=uniform(0, 1)", "--samples", "2",
-        "--seed", seed, cwd=project,
-    )  # fmt: skip
+    args = ["run", "-u", "exp_svm.py::exp_svm", "--sweep", "C=uniform(0, 1)", "--samples", "2"]
+    proc = run_expkit(*args, cwd=project)
+    again = run_expkit(*args, *_repeat_option(proc.stdout), cwd=project)
     points = _lines(proc.stdout, r"^\[\d/2\]")
     assert [p.split()[1] for p in points] == [p.split()[1] for p in _lines(again.stdout, r"^\[")]
+    # Given --seed, the points come from it, and it repeats them.
+    seeded = run_expkit(*args, "--seed", "4", cwd=project)
+    assert _repeat_option(seeded.stdout) == ["--seed", "4"]
+
+
+def test_a_random_sweep_started_without_seed_resumes_with_the_printed_option(
+    project: Path,
+) -> None:
+    args = ["run", "exp_svm.py::exp_svm", "--sweep", "C=uniform(0, 1)", "--samples", "3"]
+    first = run_expkit(*args, cwd=project)
+    assert first.returncode == ExitCode.OK, first.stdout + first.stderr
+    repeat = _repeat_option(first.stdout)
+    again = run_expkit(*args, *repeat, "--skip-completed", cwd=project)
+    assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+    # The same sweep (its id), and every point skipped as done.
+    (sweep,) = _lines(first.stdout, r"^sweep \w+: 3 points of exp_svm\.py::exp_svm$")
+    assert sweep in again.stdout.splitlines()
+    assert len(_lines(again.stdout, r"SKIPPED  id=\d+  0\.00s  completed before as run \d+")) == 3
+    assert "3 skipped" in again.stdout
+    runs = stored_runs(project / "runs")
+    assert len(runs) == 3
+    # The option fixes the points, not the runs' seeds: each run drew its own.
+    assert len({r["config"]["seed"] for r in runs}) == 3
+
+
+def test_choice_of_bare_words_runs_every_point(project: Path) -> None:
+    proc = run_expkit(
+        "run", "exp_svm.py::exp_svm", "--sweep", "kernel=choice(rbf,linear)", "--samples", "6",
+        "--seed", "1", cwd=project,
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    kernels = [r["config"]["kernel"] for r in stored_runs(project / "runs")]
+    assert len(kernels) == 6 and set(kernels) == {"rbf", "linear"}
 
 
 @pytest.mark.parametrize(
@@ -413,6 +480,19 @@ def test_skip_completed_runs_only_the_points_not_done(project: Path) -> None:
     # The seed is part of the config when it is given: another seed is another point.
     other = run_expkit(*more[:-3], "--seed", "6", "--skip-completed", cwd=project)
     assert "3 completed" in other.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite:///fresh.db", "tinydb://fresh", "fresh"])
+def test_skip_completed_into_a_store_not_made_yet_runs_every_point(
+    project: Path, store: str
+) -> None:
+    if store.startswith("sqlite"):
+        pytest.importorskip("sqlalchemy")
+    args = ["run", "exp_svm.py::exp_svm", "--sweep", "C=1,2", "--store", store, "--skip-completed"]
+    proc = run_expkit(*args, cwd=project)
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert "2 completed" in proc.stdout
+    assert "2 skipped" in run_expkit(*args, cwd=project).stdout
 
 
 def test_parametrize_stacks_as_a_product_with_pytest_ids(project: Path) -> None:

@@ -58,6 +58,9 @@ def exp_quad(x, y, seconds, fail_above):
 def exp_scores(x):
     return {"acc": 1 - (x - 0.3) ** 2, "loss": (x - 0.7) ** 2}
 
+def exp_kernel(kernel="rbf"):
+    return {"rbf": 0.5, "linear": 1.0}[kernel]
+
 def exp_curve(k, _run):
     # trial k logs k at every step: the ones above the median are pruned at their first step
     for step in range(20):
@@ -179,6 +182,29 @@ def test_the_objective_is_the_last_value_of_a_metric(project: Path) -> None:
     assert study.best_trial.params == {"k": 0}
 
 
+def test_choice_of_bare_words_is_the_space_of_a_study(project: Path) -> None:
+    args = ("tune", "exp_quad.py::exp_kernel", "--sweep", "kernel=choice(rbf,linear)")
+    proc = _tune(project, *args, "--trials", "6", "--sampler", "random", "--seed", "1")
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    kernels = [r["config"]["kernel"] for r in _runs(project)]
+    assert len(kernels) == 6 and set(kernels) == {"rbf", "linear"}
+    assert "best trial" in proc.stdout and "kernel=rbf  result=0.5" in proc.stdout
+
+
+def test_a_grid_keeps_values_that_compare_equal_apart(project: Path) -> None:
+    # 0 == 0.0 == False, to Python and to Optuna; `expkit run` makes them 3 points, so does tune.
+    args = ("tune", "exp_quad.py::exp_curve", "--sweep", "k=0,0.0,False", "--sampler", "grid")
+    proc = _tune(project, *args, "--trials", "5", "--objective", "loss", "--pruner", "none")
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert sorted(repr(r["config"]["k"]) for r in _runs(project)) == ["0", "0.0", "False"]
+    for number, text in enumerate(["0", "0.0", "False"]):
+        assert f"exp_curve[trial={number}-k={text}]  COMPLETED" in proc.stdout
+    assert "3 of 5 trials (3 completed), 3 in this session" in proc.stdout
+    again = _tune(project, *args, "--trials", "5", "--objective", "loss", "--pruner", "none")
+    assert again.returncode == ExitCode.OK, again.stdout + again.stderr
+    assert len(_runs(project)) == 3  # the grid is done: each value ran once
+
+
 def test_a_failing_trial_is_failed_and_the_study_goes_on(project: Path) -> None:
     args = (*QUAD, "--trials", "8", "--sampler", "random", "--seed", "3", "-o", "fail_above=0")
     proc = _tune(project, *args)
@@ -247,6 +273,29 @@ def test_importance_weighs_each_parameter(project: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("store", "missing"),
+    [
+        ("nonexist", "there is no nonexist/optuna.journal"),
+        ("sqlite:///runs.db", "there is no database file runs.db"),
+        ("mongodb://127.0.0.1:9/db", "there is no {project}/.expkit/optuna-"),
+    ],
+    ids=["folder", "sqlite", "other"],
+)
+def test_importance_of_a_store_without_a_study_makes_none(
+    project: Path, store: str, missing: str
+) -> None:
+    proc = run_expkit("tune", "--importance", "--store", store, "--study", "x", cwd=project)
+    assert proc.returncode == ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"ERROR: no study 'x': {missing.format(project=project)}"), line
+    assert line.endswith(
+        f", so nothing was tuned with --store {store}; give the --store of the study's runs"
+    )
+    # Only reading: no folder, journal file or database was made.
+    assert sorted(p.name for p in project.iterdir()) == ["exp_quad.py", "pyproject.toml"]
+
+
 @pytest.mark.slow
 def test_two_workers_take_the_next_trial_as_soon_as_they_are_free(project: Path) -> None:
     # The first trial (x=3) takes 1.5 s, the others 0.1 s: the other worker does not wait
@@ -298,6 +347,8 @@ def test_the_driver_killed_loses_no_finished_trial_and_counts_none_twice(
     proc.wait(timeout=30)
     held = {r["meta"]["study"]["trial"] for r in _runs(project) if r["status"] == "RUNNING"}
     assert len(held) == slots
+    done = _count(project, "COMPLETED")
+    stored = len(_runs(project))
     again = subprocess.Popen(cmd, cwd=project, env=child_env(), stdout=subprocess.PIPE, text=True)
     if workers:
         # The killed driver's workers go on with their trials: the next session waits for
@@ -311,6 +362,11 @@ def test_the_driver_killed_loses_no_finished_trial_and_counts_none_twice(
     out, _ = again.communicate(timeout=60)
     assert again.returncode == ExitCode.OK, out
     runs = _runs(project)
+    # The header counts after the held trials are settled: finished by the orphans (-n), or
+    # not counted (their runs died with the driver); the end counts this session's alone.
+    before = done + slots if workers else done
+    assert f": {before} of 6 trials done before\n" in out
+    assert f"6 of 6 trials (6 completed), {len(runs) - stored} in this session\n" in out
     completed = [r for r in runs if r["status"] == "COMPLETED"]
     by_trial = {r["meta"]["study"]["trial"]: r for r in completed}
     assert len(by_trial) == len(completed) == 6  # no trial stored twice as COMPLETED
@@ -475,6 +531,10 @@ def test_the_study_of_a_sql_store_is_in_its_database(project: Path) -> None:
             "x, y, seconds, fail_above (-f tunes it anyway)",
         ),
         ((*QUAD, "--trials", "2", "-u"), "expkit tune stores every trial: drop -u"),
+        (
+            (*QUAD, "--trials", "2", "--sample-seed", "1"),
+            "--sample-seed is for random sweeps of 'expkit run'; --seed N seeds tune's sampler",
+        ),
         (
             (*QUAD, "--trials", "2", "--collect-only"),
             "--collect-only is for 'expkit run'; tune runs one experiment's trials",
