@@ -31,7 +31,6 @@ from starlette.templating import Jinja2Templates
 
 from expkit.errors import ExpkitError, UsageError
 from expkit.records import RunRecord
-from expkit.runs import probably_dead
 from expkit.serialize import to_data, utcnow
 from expkit.store import FINAL_STATUSES
 from expkit_plugins.runs import source_names
@@ -49,7 +48,8 @@ API_DOC = {
     "GET /api/runs": "a page of the runs table: ?store= &where= (repeatable, `runs list` "
     "filters) &status= &experiment= &sort= &desc=1|0 &group=1|0 &offset= &limit=",
     "GET /api/runs/ID": "everything about a run but its output and metric values",
-    "PATCH /api/runs/ID": 'edit comment and tags: {"comment": "...", "tags": ["a", "b"]}',
+    "PATCH /api/runs/ID": 'edit comment and/or tags: {"comment": "...", "tags": ["a", "b"]}; '
+    "with If-Match: VERSION (the run's version), refused with 409 if the run changed since",
     "DELETE /api/runs/ID": "delete a run (only when started with --allow-delete)",
     "GET /api/runs/ID/metrics": "metric series, cut to the chart: ?name= (repeatable) "
     "&width= &start= &stop=",
@@ -64,28 +64,43 @@ API_DOC = {
 
 
 class _JSONResponse(JSONResponse):
-    """JSON that browsers parse: NaN and infinities (which JSON lacks) as text."""
+    """JSON that browsers parse: numbers JSON cannot carry exactly as ``{"$number": TEXT}``."""
 
     def render(self, content: Any) -> bytes:
         return strict_json(content).encode("utf-8")
 
 
+EXACT_INTS = 2**53  # a JavaScript number holds every whole number below this, no others
+
+
 def strict_json(data: Any, **options: Any) -> str:
-    """``data`` as JSON text; a NaN or an infinity becomes the text ``"nan"``, ``"inf"``."""
-    try:
-        return json.dumps(data, allow_nan=False, ensure_ascii=False, **options)
-    except ValueError:
-        return json.dumps(_finite(data), allow_nan=False, ensure_ascii=False, **options)
+    """``data`` as JSON text a browser parses without losing a number: a NaN, an infinity
+    (which JSON lacks) and a whole number too large for a JavaScript number become
+    ``{"$number": "NaN"}``, ``{"$number": "inf"}``, ``{"$number": "-inf"}``,
+    ``{"$number": "12345678901234567891"}``, which the pages show as the numbers they are
+    (and a string ``"nan"`` stays a string)."""
+    return json.dumps(_exact(data), allow_nan=False, ensure_ascii=False, **options)
 
 
-def _finite(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return str(data)
+def _exact(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else {"$number": _float_text(data)}
+    if isinstance(data, int) and not isinstance(data, bool):
+        return data if -EXACT_INTS < data < EXACT_INTS else {"$number": str(data)}
     if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
+        return {k: _exact(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
+        return [_exact(v) for v in data]
     return data
+
+
+def _float_text(value: float) -> str:
+    """A float as the pages show it: NaN, inf, -inf, or six significant digits."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.6g}"
 
 
 class _Refused(Exception):
@@ -114,7 +129,7 @@ def create_app(
         Route("/", ui.runs_page),
         Route("/runs/{run_id}", ui.run_page),
         Route("/compare", ui.compare_page),
-        Route("/groups/{kind}/{key}", ui.group_page),
+        Route("/groups/{kind}/{key:path}", ui.group_page),  # a study's name may hold "/"
         Route("/pygments.css", ui.pygments_css),
         Route("/api", ui.api_index),
         Route("/api/stores", ui.api_stores),
@@ -129,7 +144,7 @@ def create_app(
         Route("/api/runs/{run_id}/resources", ui.api_resource),
         Route("/api/compare", ui.api_compare),
         Route("/api/groups", ui.api_groups),
-        Route("/api/groups/{kind}/{key}", ui.api_group),
+        Route("/api/groups/{kind}/{key:path}", ui.api_group),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handlers = {
@@ -163,6 +178,7 @@ class _UI:
         env.policies["json.dumps_function"] = strict_json  # for |tojson
         env.filters["quote"] = lambda value: quote(str(value), safe="")
         env.filters["num"] = _number_text
+        env.tests["nonfinite"] = _is_nonfinite
         self.templates = Jinja2Templates(env=env)
         self._pygments_css: str | None = None
         self._highlighted = _Kept(KEPT_HIGHLIGHTED)
@@ -179,7 +195,9 @@ class _UI:
         detail = views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
         sources = [self._source_view(store, record, name) for name in detail["sources"]]
         for source in sources:  # the main file is shown open
-            source["main"] = source["name"].rsplit("/", 1)[-1] == detail["mainfile"]
+            # The main file's path from the base dir; runs of before recorded its name only.
+            main = detail["mainfile"]
+            source["main"] = main in (source["name"], source["name"].rsplit("/", 1)[-1])
         return self._render(
             request,
             "run.html",
@@ -254,9 +272,8 @@ class _UI:
     def api_run(self, request: Request) -> Response:
         store = self._store(request)
         record = store.record(request.path_params["run_id"])
-        return _JSONResponse(
-            views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
-        )
+        detail = views.run_detail(store, record, utcnow(), self.beat, self.allow_delete)
+        return _JSONResponse(detail, headers={"etag": f'"{detail["version"]}"'})
 
     async def api_edit(self, request: Request) -> Response:
         store = self._store(request)
@@ -278,11 +295,16 @@ class _UI:
             raise UsageError(f"comment is longer than {MAX_COMMENT} characters")
         tags = views.parse_tags(data["tags"]) if data.get("tags") is not None else None
         run_id = request.path_params["run_id"]
+        check = self._check(request, "edited")
 
         def edit() -> dict:
-            self._refuse_running(store, run_id, "edited")
-            record = store.edit(run_id, comment, tags)
-            return {"id": to_data(record.id), "comment": comment, "tags": views.tags_of(record)}
+            record = store.edit(run_id, comment, tags, check)
+            return {
+                "id": to_data(record.id),
+                "comment": record.meta.get("comment") or "",
+                "tags": views.tags_of(record),
+                "version": views.version_of(record),
+            }
 
         return _JSONResponse(await run_in_threadpool(edit))
 
@@ -295,10 +317,10 @@ class _UI:
         if not store.deletable:
             raise _Refused(405, f"the reader of {store.url} cannot delete runs")
         run_id = request.path_params["run_id"]
+        check = self._check(request, "deleted")
 
         def delete() -> dict:
-            self._refuse_running(store, run_id, "deleted")
-            store.delete(run_id)
+            store.delete(run_id, check)
             return {"deleted": run_id}
 
         return _JSONResponse(await run_in_threadpool(delete))
@@ -323,6 +345,9 @@ class _UI:
                 "values": shown_y.tolist(),
                 "count": len(xs),
                 "shown": len(shown_x),
+                "nonfinite": _nonfinite(
+                    store.series(run_id, name, series.nonfinite_of), start, stop
+                ),
             }
         return _JSONResponse({"id": to_data(record.id), "metrics": result, "missing": missing})
 
@@ -412,10 +437,12 @@ class _UI:
 
     def _store(self, request: Request) -> StoreView:
         raw = request.query_params.get("store", "0")
-        if not raw.isdigit() or int(raw) >= len(self.stores):
-            raise KeyError(
-                f"no store {raw!r}: this server shows stores 0 to {len(self.stores) - 1}"
-            )
+        last = len(self.stores) - 1
+        # isdigit() holds for "²", which int() refuses: only the digits 0 to 9 make a number.
+        if not (raw.isascii() and raw.isdigit()):
+            raise UsageError(f"store={raw!r} is not a store's number: give 0 to {last}")
+        if int(raw) > last:
+            raise KeyError(f"no store {raw!r}: this server shows stores 0 to {last}")
         return self.stores[int(raw)]
 
     def _compared(self, request: Request, store: StoreView) -> list:
@@ -424,7 +451,16 @@ class _UI:
             raise UsageError("compare needs two or more runs: /compare?run=ID&run=ID")
         if len(ids) > 20:
             raise UsageError("compare at most 20 runs at a time")
-        return [store.record(i) for i in dict.fromkeys(ids)]
+        records: dict[str, RunRecord] = {}
+        for run_id in ids:  # "1" and "01" are one run: compared once
+            record = store.record(run_id)
+            records.setdefault(str(record.id), record)
+        if len(records) < 2:
+            raise UsageError(
+                f"compare needs two or more different runs, got only run {ids[0]}: "
+                "/compare?run=ID&run=OTHER"
+            )
+        return list(records.values())
 
     def _group_key(self, request: Request) -> tuple[str, str]:
         kind = request.path_params["kind"]
@@ -432,17 +468,35 @@ class _UI:
             raise KeyError(f"no group kind {kind!r}: sweep or study")
         return kind, request.path_params["key"]
 
-    def _refuse_running(self, store: StoreView, run_id: str, what: str) -> None:
-        record = store.record(run_id)
-        detail_running = record.status == "RUNNING" and not probably_dead(
-            record, utcnow(), self.beat
+    def _check(self, request: Request, what: str) -> Any:
+        """The check of a run just before it is ``what`` (edited, deleted): refused if it
+        runs, or if it changed since the page that asks saw it (``If-Match: VERSION``)."""
+        expected = request.headers.get("if-match", "").strip()
+        expected = expected.removeprefix("W/").strip('"')
+
+        def check(record: RunRecord) -> None:
+            self._refuse_running(record, what)
+            if expected and expected != "*" and expected != views.version_of(record):
+                raise _Refused(
+                    409,
+                    f"run {record.id} was changed since this page was loaded (by another "
+                    "page or command): reload the page to see it, then make your change again",
+                )
+
+        return check
+
+    def _refuse_running(self, record: RunRecord, what: str) -> None:
+        # The run's own heartbeat interval: one started with a longer interval than this
+        # server's setting is not dead for missing the server's three beats.
+        if record.status != "RUNNING" or views.is_probably_dead(record, utcnow(), self.beat):
+            return
+        beat = views.beat_of(record, self.beat)
+        every = f"every {beat:g} s" if beat is not None else "only at its end"
+        raise _Refused(
+            409,
+            f"run {record.id} is running (it beats {every}): it can be {what} once it has "
+            "ended or missed three heartbeats (its process rewrites its record until then)",
         )
-        if detail_running:
-            raise _Refused(
-                409,
-                f"run {record.id} is running: it can be {what} once it has ended "
-                "(its process rewrites its record until then)",
-            )
 
     def _source_view(self, store: StoreView, record: RunRecord, name: str) -> dict:
         # An ended run's sources are as they will stay; a running one's record may change.
@@ -536,6 +590,25 @@ def _highlight_diff(lines: list[str]) -> Markup:
         return Markup(highlight("\n".join(lines) + "\n", DiffLexer(), HtmlFormatter()))
 
 
+MAX_GAPS = 1000  # NaN and infinite points of a chart's range sent, to break its line at
+
+
+def _nonfinite(points: tuple, start: float | None, stop: float | None) -> dict:
+    """The points of a series no chart can draw (NaN, inf, -inf): how many of each in all,
+    and those of the range ``start``-``stop`` (steps, values as text), where the chart
+    breaks its line and says so instead of drawing across them."""
+    xs, ys = points
+    window = (xs >= (-math.inf if start is None else start)) & (
+        xs <= (math.inf if stop is None else stop)
+    )
+    steps, values = xs[window][:MAX_GAPS], ys[window][:MAX_GAPS]
+    return {
+        "counts": series.nonfinite_counts(ys),
+        "steps": series.as_list(steps),
+        "values": [_float_text(float(v)) for v in values],
+    }
+
+
 def _file_response(data: bytes, name: str, content_type: str | None, download: Any) -> Response:
     filename = posixpath.basename(name) or "file"
     disposition = "attachment" if download else "inline"
@@ -548,15 +621,24 @@ def _file_response(data: bytes, name: str, content_type: str | None, download: A
 
 
 def _json_text(value: Any) -> str:
-    """JSON text of ``value`` for a page (autoescaped where it is put)."""
-    return strict_json(to_data(value), sort_keys=True)
+    """JSON text of ``value`` for a page (autoescaped where it is put); NaN and infinities
+    as Python writes them (NaN, Infinity), text for people, not for a parser."""
+    data = to_data(value)
+    if isinstance(data, float) and not math.isfinite(data):
+        return _float_text(data)
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
 def _number_text(value: Any) -> str:
     """A metric's number with six significant digits, anything else as JSON."""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return _float_text(value)
     return "" if value is None else _json_text(value)
+
+
+def _is_nonfinite(value: Any) -> bool:
+    """For the templates: a NaN or an infinity, shown marked as a number."""
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _message(exc: BaseException) -> str:

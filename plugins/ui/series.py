@@ -22,7 +22,8 @@ def arrays_of(metric: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def as_arrays(steps: Sequence[Any], values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and values as float arrays sorted by step; points that are no number dropped."""
+    """Steps and values as float arrays sorted by step; points that are no finite number
+    dropped (a chart cannot place them: :func:`nonfinite_of` lists them)."""
     xs = _floats(steps)
     ys = _floats(values)
     n = min(len(xs), len(ys))
@@ -34,6 +35,48 @@ def as_arrays(steps: Sequence[Any], values: Sequence[Any]) -> tuple[np.ndarray, 
         order = np.argsort(xs, kind="stable")
         xs, ys = xs[order], ys[order]
     return xs, ys
+
+
+def summary(metric: dict) -> dict:
+    """Points, last, smallest and largest of every value logged (an inf or a NaN too: a
+    metric that blew up must not look healthy), and how many values no chart can draw."""
+    raw = metric.get("values") or ()
+    values = _floats(raw)
+    numbers = values[~np.isnan(values)]
+    return {
+        "count": len(metric.get("steps") or ()),
+        "last": float(values[-1]) if len(values) else None,
+        "min": float(numbers.min()) if len(numbers) else _nan_or_none(values),
+        "max": float(numbers.max()) if len(numbers) else _nan_or_none(values),
+        "nonfinite": nonfinite_counts(values),
+    }
+
+
+def nonfinite_of(metric: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The steps and values of the points that are logged with a step but whose value
+    is NaN, inf or -inf (or no number at all: NaN), in step order."""
+    xs = _floats(metric.get("steps") or ())
+    ys = _floats(metric.get("values") or ())
+    n = min(len(xs), len(ys))
+    xs, ys = xs[:n], ys[:n]
+    keep = np.isfinite(xs) & ~np.isfinite(ys)
+    xs, ys = xs[keep], ys[keep]
+    order = np.argsort(xs, kind="stable")
+    return xs[order], ys[order]
+
+
+def nonfinite_counts(values: np.ndarray) -> dict[str, int]:
+    """How many of ``values`` are NaN, inf and -inf (only those there are)."""
+    counts = {
+        "NaN": int(np.isnan(values).sum()),
+        "inf": int(np.isposinf(values).sum()),
+        "-inf": int(np.isneginf(values).sum()),
+    }
+    return {k: n for k, n in counts.items() if n}
+
+
+def _nan_or_none(values: np.ndarray) -> float | None:
+    return float("nan") if len(values) else None
 
 
 def downsample(

@@ -9,8 +9,11 @@ times) is read anew only when the stamp changed or runs were not ended yet, and 
 every :data:`STAMPED_LISTING_AGE` seconds: a listing of 10,000 runs costs
 half a second of the server's time, which the pages of one user would otherwise wait
 behind every two seconds. Full records are kept for a page's burst of requests, longer
-once the run has ended. A reader is used by one thread at a time: the reader protocol
-promises nothing about threads.
+once the run has ended, and only while the reader's stamp is the one read with them: a
+run deleted and replaced by a new run under its id is never shown as the old one. An
+edit or a deletion reads the run anew and checks it, under the reader's lock, before it
+writes. A reader is used by one thread at a time: the reader protocol promises nothing
+about threads.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ LISTING_AGE = 2.0  # seconds a listing is shown before it is read again
 # first page after a pause must not show a run RUNNING that ended minutes ago.
 SHOWN_LISTING_AGE = 10.0
 STAMPED_LISTING_AGE = 60.0  # the same for an unchanged stamp (a run.json edited by hand)
-RECORD_AGE = 2.0  # seconds a running run's full record is reused
-ENDED_RECORD_AGE = 30.0  # the same for a run that has ended (only edits change it)
+RECORD_AGE = 2.0  # seconds a full record is reused (a store with no stamp: any record)
+# The same for a run that has ended, in a store whose stamp says it has not changed.
+ENDED_RECORD_AGE = 30.0
 KEPT_RECORDS = 8
+KEPT_OPTIONS = 100_000  # runs whose options are kept (a few hundred bytes each)
 
 
 @attrs.frozen(eq=False)
@@ -69,10 +74,15 @@ class StoreView:
         self._listing: Listing | None = None
         self._refreshing = False
         self._edits = 0  # edits and deletions so far: a listing read meanwhile may miss one
-        self._records: collections.OrderedDict[str, tuple[float, RunRecord]] = (
+        # URL id -> (time read, the reader's stamp before, record); "01" and "1" may both
+        # name stored run 1: edits and deletions forget every entry of the stored id.
+        self._records: collections.OrderedDict[str, tuple[float, Any, RunRecord]] = (
             collections.OrderedDict()
         )
-        self._series: dict[tuple[str, str], tuple[RunRecord, Any]] = {}
+        self._series: dict[tuple[str, str, Any], tuple[RunRecord, Any]] = {}
+        # (stored id, start time) -> the run's options, which never change: a listing's
+        # summaries leave them out, and a running run's heartbeat interval is among them.
+        self._options: dict[tuple[str, Any], dict] = {}
 
     def __repr__(self) -> str:
         return f"StoreView({self.index}, {self.url!r})"
@@ -117,24 +127,46 @@ class StoreView:
     def record(self, run_id: str) -> RunRecord:
         """Everything about run ``run_id`` (as typed in a URL); :class:`KeyError` if none."""
         key = str(run_id)
-        found = self._kept(key)
+        stamp = self._stamp()  # before: a change made during the reading is seen next time
+        found = self._kept(key, stamp)
         if found is not None:
             return found
         with self._reader_lock:
-            found = self._kept(key)  # read meanwhile by the request this one waited for
+            found = self._kept(key, stamp)  # read meanwhile by the request this one waited for
             if found is not None:
                 return found
-            try:
-                record = _get_run(self.reader, key)
-            except KeyError:
-                raise KeyError(f"no run {key!r} in {self.url}") from None
+            record = self._read(key)
         with self._lock:
-            self._records[key] = (time.monotonic(), record)
+            self._records[key] = (time.monotonic(), stamp, record)
             self._records.move_to_end(key)
+            if len(self._options) >= KEPT_OPTIONS:
+                self._options.clear()
+            options = record.meta.get("options")
+            self._options[(str(record.id), record.start_time)] = (
+                options if isinstance(options, dict) else {}
+            )
             while len(self._records) > KEPT_RECORDS:
                 old, _ = self._records.popitem(last=False)
                 self._drop_series(old)
         return record
+
+    def options_of(self, summary: RunRecord) -> dict:
+        """The options the run of ``summary`` was started with (``meta.options``), read
+        whole once per run when the summary lacks them; ``{}`` if it is gone."""
+        options = summary.meta.get("options")
+        if isinstance(options, dict):
+            return options
+        key = (str(summary.id), summary.start_time)
+        with self._lock:
+            known = self._options.get(key)
+        if known is not None:
+            return known
+        try:
+            record = self.record(str(summary.id))
+        except KeyError:
+            return {}
+        options = record.meta.get("options")
+        return options if isinstance(options, dict) else {}
 
     def series(self, run_id: str, name: str, make: Callable[[dict], Any]) -> Any:
         """``make(metric)`` for metric ``name`` of the run, kept as long as its record."""
@@ -142,7 +174,7 @@ class StoreView:
         metrics = record.metrics or {}
         if name not in metrics:
             raise KeyError(f"run {run_id} has no metric {name!r}")
-        key = (str(run_id), name)
+        key = (str(run_id), name, make)  # a series' arrays and its summary are kept apart
         with self._lock:
             kept = self._series.get(key)
             if kept is not None and kept[0] is record:
@@ -152,22 +184,37 @@ class StoreView:
             self._series[key] = (record, made)
         return made
 
-    def edit(self, run_id: str, comment: str | None, tags: list[str] | None) -> RunRecord:
-        """Store the run's comment and tags through the reader; the run as it is now."""
-        record = self.record(run_id)
-        self._call(self.reader.edit_run, record.id, comment=comment, tags=tags)
+    def edit(
+        self,
+        run_id: str,
+        comment: str | None,
+        tags: list[str] | None,
+        check: Callable[[RunRecord], None] | None = None,
+    ) -> RunRecord:
+        """Store the run's comment and tags through the reader; the run as it is now.
+
+        ``check`` is called with the run as the store holds it just before the edit (and
+        no other edit of this view in between); it raises to refuse the edit."""
+        with self._reader_lock:
+            record = self._read(str(run_id))
+            if check is not None:
+                check(record)
+            self.reader.edit_run(record.id, comment=comment, tags=tags)
 
         def edited(r: RunRecord) -> RunRecord:
             return attrs.evolve(r, meta=edited_meta(r.meta, comment, tags))
 
-        self._replace(str(run_id), edited)
+        self._replace(str(record.id), edited)
         return edited(record)
 
-    def delete(self, run_id: str) -> None:
-        """Delete the run from the store."""
-        record = self.record(run_id)
-        self._call(self.reader.delete_run, record.id)
-        self._replace(str(run_id), None)
+    def delete(self, run_id: str, check: Callable[[RunRecord], None] | None = None) -> None:
+        """Delete the run from the store, after ``check`` of it as :meth:`edit` does."""
+        with self._reader_lock:
+            record = self._read(str(run_id))
+            if check is not None:
+                check(record)
+            self.reader.delete_run(record.id)
+        self._replace(str(record.id), None)
 
     def read_source(self, run_id: Any, name: str) -> bytes:
         """The stored source ``name`` of the run whose stored id is ``run_id``."""
@@ -192,16 +239,27 @@ class StoreView:
         with self._reader_lock:
             return method(*args, **kwargs)
 
-    def _kept(self, key: str) -> RunRecord | None:
+    def _read(self, key: str) -> RunRecord:
+        """The run as the store holds it now (the caller holds the reader's lock)."""
+        try:
+            return _get_run(self.reader, key)
+        except KeyError:
+            raise KeyError(f"no run {key!r} in {self.url}") from None
+
+    def _kept(self, key: str, stamp: Any) -> RunRecord | None:
+        """The kept record of ``key``, if still young and read under the stamp ``stamp``."""
         with self._lock:
             kept = self._records.get(key)
-            if kept is None:
-                return None
-            read_at, record = kept
-            age = time.monotonic() - read_at
-            if age < RECORD_AGE or (record.status in FINAL_STATUSES and age < ENDED_RECORD_AGE):
-                return record
+        if kept is None:
             return None
+        read_at, kept_stamp, record = kept
+        age = time.monotonic() - read_at
+        if kept_stamp is None or stamp is None:
+            return record if age < RECORD_AGE else None  # no stamp: a change goes unseen
+        if kept_stamp != stamp:
+            return None  # a run started, ended, was edited or deleted (maybe this one)
+        ended = record.status in FINAL_STATUSES
+        return record if age < (ENDED_RECORD_AGE if ended else RECORD_AGE) else None
 
     def _read_listing(self) -> Listing:
         stamp = self._stamp()  # before: a change made during the reading is seen next time
@@ -251,11 +309,13 @@ class StoreView:
             self._refreshing = False
 
     def _replace(self, key: str, change: Callable[[RunRecord], RunRecord] | None) -> None:
-        """Apply an edit (``None``: a deletion) to the kept listing and forget the record."""
+        """Apply an edit (``None``: a deletion) of stored run ``key`` to the kept listing,
+        and forget the run's records under every id it was asked for by."""
         with self._lock:
             self._edits += 1
-            self._records.pop(key, None)
-            self._drop_series(key)
+            for url_id in [k for k, v in self._records.items() if k == key or str(v[2].id) == key]:
+                del self._records[url_id]
+                self._drop_series(url_id)
             listing = self._listing
             if listing is None:
                 return

@@ -8,7 +8,9 @@ render it, so the two always show the same thing.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import math
 import mimetypes
 import shlex
 from collections.abc import Callable
@@ -19,7 +21,7 @@ import attrs
 from expkit.errors import UsageError
 from expkit.records import RunRecord
 from expkit.runs import PROBABLY_DEAD, probably_dead, select_runs
-from expkit.serialize import to_data
+from expkit.serialize import to_data, utcnow
 from expkit_plugins.runs import compare, dependencies, differing_keys, flatten, source_names
 from expkit_plugins.ui import series
 
@@ -76,9 +78,11 @@ def select(
     query: RunQuery,
     fetch: Callable[[str], RunRecord] | None = None,
     beat: float = 10.0,
+    options_of: Callable[[RunRecord], dict] | None = None,
 ) -> Selection:
     """The runs of ``listing`` that pass ``query``, picked and ordered by the code of
     ``expkit runs list``; a bad filter or a key no run has is its :class:`UsageError`.
+    ``options_of`` gives a run's options, for its heartbeat interval (PROBABLY_DEAD).
 
     ``fetch`` reads a whole run, for filters and sorts on ``metrics.X`` and ``info.X``.
     """
@@ -86,15 +90,25 @@ def select(
     if cached is not None:
         return cached
     by_text = query.sort in _PAGE_COLUMNS
+    # Which running runs are probably dead is decided here, by each run's own heartbeat
+    # interval: select_runs knows only one interval for all.
+    statuses = {s.upper() for s in query.status}
+    dead_wanted = PROBABLY_DEAD in statuses
+    asked = (statuses - {PROBABLY_DEAD}) | {"RUNNING"} if dead_wanted else query.status
     records = select_runs(
         _Listed(listing.records, fetch),
         where=query.where,
         experiment=query.experiment,
-        status=query.status or None,  # none given: every status (an empty set: none)
+        status=asked or None,  # none given: every status (an empty set: none)
         sort=None if by_text else query.sort,
         descending=query.descending,
         beat_interval=beat,
     )
+    if dead_wanted:
+        now = utcnow()
+        records = [
+            r for r in records if r.status in statuses or is_probably_dead(r, now, beat, options_of)
+        ]
     if by_text:
         records = _sorted_by_text(records, query.sort, query.descending)
     flats = _flat_configs(listing)
@@ -137,7 +151,7 @@ def runs_page(
 ) -> dict:
     """One page of the runs table: rows, columns, the total and the store's state."""
     listing = store.listing()
-    selection = select(listing, query, store.record, beat)
+    selection = select(listing, query, store.record, beat, store.options_of)
     page = range(offset, min(offset + limit, len(selection.records)))
     return {
         "store": store.index,
@@ -152,21 +166,29 @@ def runs_page(
         "columns": list(selection.columns),
         "hidden_columns": selection.hidden_columns,
         "rows": [
-            run_row(selection.records[i], selection.flat[i], selection, now, beat) for i in page
+            run_row(selection.records[i], selection.flat[i], selection, now, beat, store)
+            for i in page
         ],
     }
 
 
 def run_row(
-    record: RunRecord, flat: dict, selection: Selection, now: datetime.datetime, beat: float
+    record: RunRecord,
+    flat: dict,
+    selection: Selection,
+    now: datetime.datetime,
+    beat: float,
+    store: Any = None,
 ) -> dict:
-    """A row of the runs table."""
+    """A row of the runs table (``store``: where a running run's options are found)."""
     group = group_of(record)
     return {
         "id": to_data(record.id),
         "experiment": record.experiment,
         "status": record.status,
-        "probably_dead": probably_dead(record, now, beat),
+        "probably_dead": is_probably_dead(
+            record, now, beat, None if store is None else store.options_of
+        ),
         "start_time": to_data(record.start_time),
         "stop_time": to_data(record.stop_time),
         "heartbeat": to_data(record.heartbeat),
@@ -194,6 +216,50 @@ def short(value: Any) -> Any:
         if len(text) > SHORT_VALUE:
             return {"cut": text[:SHORT_VALUE] + "…"}
     return data
+
+
+def beat_of(record: RunRecord, default: float, options: dict | None = None) -> float | None:
+    """The heartbeat interval the run was started with (``meta.options["--beat-interval"]``,
+    or ``options`` given), else ``default`` (the server's setting); ``None``: the run beats
+    only at its end."""
+    if options is None:
+        options = record.meta.get("options")
+    raw = options.get("--beat-interval") if isinstance(options, dict) else None
+    if raw is None or isinstance(raw, bool):
+        return default
+    try:
+        beat = float(raw)
+    except (TypeError, ValueError):
+        return default
+    if math.isnan(beat):
+        return default
+    return beat if beat > 0 else None
+
+
+def is_probably_dead(
+    record: RunRecord,
+    now: datetime.datetime,
+    default_beat: float,
+    options_of: Callable[[RunRecord], dict] | None = None,
+) -> bool:
+    """Whether the run says RUNNING but missed three of its own heartbeats. A run that
+    beats only at its end cannot be told dead: it is taken as running.
+
+    A summary (of a listing) holds no options: ``options_of`` finds them for it."""
+    if record.status != "RUNNING":
+        return False
+    options = None if options_of is None else options_of(record)
+    beat = beat_of(record, default_beat, options)
+    return beat is not None and probably_dead(record, now, beat)
+
+
+def version_of(record: RunRecord) -> str:
+    """What an edit is checked against: the run (its id and start time, which tell it
+    from a later run stored under a deleted one's id) and its comment and tags."""
+    data = [to_data(record.id), to_data(record.start_time), record.meta.get("comment") or ""]
+    data.append(tags_of(record))
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
 def tags_of(record: RunRecord) -> list[str]:
@@ -309,7 +375,7 @@ def run_detail(
     options = record.meta.get("options")
     if isinstance(options, dict):
         meta["options"] = {k: v for k, v in options.items() if v not in (None, False, [], {})}
-    dead = probably_dead(record, now, beat)
+    dead = is_probably_dead(record, now, beat)
     group = group_of(record)
     return {
         "store": store.index,
@@ -319,6 +385,8 @@ def run_detail(
         "status": record.status,
         "probably_dead": dead,
         "running": record.status == "RUNNING" and not dead,
+        "beat_interval": beat_of(record, beat),
+        "version": version_of(record),
         "command": record.command,
         "start_time": to_data(record.start_time),
         "stop_time": to_data(record.stop_time),
@@ -335,7 +403,7 @@ def run_detail(
         "meta": to_data(meta),
         "info": to_data(record.info),
         "host": to_data(record.host),
-        "git": to_data(info.get("repositories") or []),
+        "git": repositories(info.get("repositories")),
         "dependencies": [f"{n}=={v}" for n, v in sorted(dependencies(record).items())],
         "base_dir": info.get("base_dir"),
         "mainfile": info.get("mainfile"),
@@ -351,22 +419,30 @@ def run_detail(
     }
 
 
-def metric_summaries(store: Any, record: RunRecord) -> list[dict]:
-    """Per metric: name, number of points, last, smallest and largest value."""
-    summaries = []
-    for name, entry in sorted((record.metrics or {}).items()):
-        _, values = store.series(str(record.id), name, series.arrays_of)  # kept for the chart
-        shown = len(values) > 0
-        summaries.append(
+def repositories(value: Any) -> list[dict]:
+    """The run's git entries, each with a url, a commit and whether it was dirty, whatever
+    a damaged or partial record holds (an entry without a url, or no list at all)."""
+    entries = value if isinstance(value, list) else [] if value is None else [value]
+    shown = []
+    for entry in entries:
+        entry = to_data(entry) if isinstance(entry, dict) else {"url": to_data(entry)}
+        shown.append(
             {
-                "name": name,
-                "count": len(entry.get("steps") or ()),
-                "last": float(values[-1]) if shown else None,
-                "min": float(values.min()) if shown else None,
-                "max": float(values.max()) if shown else None,
+                "url": entry.get("url") or "",
+                "commit": entry.get("commit") or "",
+                "dirty": bool(entry.get("dirty")),
             }
         )
-    return summaries
+    return shown
+
+
+def metric_summaries(store: Any, record: RunRecord) -> list[dict]:
+    """Per metric: name, number of points, last, smallest and largest value logged, and
+    how many values are NaN or infinite."""
+    return [
+        {"name": name, **store.series(str(record.id), name, series.summary)}
+        for name in sorted(record.metrics or {})
+    ]
 
 
 def output_chunk(
@@ -380,7 +456,7 @@ def output_chunk(
     elif offset > len(text):
         offset, reset = 0, True  # rewritten shorter (carriage returns folded): start again
     end = min(len(text), offset + MAX_OUTPUT_CHUNK)
-    dead = probably_dead(record, now, beat)
+    dead = is_probably_dead(record, now, beat)
     return {
         "text": text[offset:end],
         "offset": offset,
@@ -390,7 +466,8 @@ def output_chunk(
         "status": record.status,
         "probably_dead": dead,
         "running": record.status == "RUNNING" and not dead,
-        "beat_interval": beat,  # a running run's output reaches its store with each heartbeat
+        # A running run's output reaches its store with each of its heartbeats.
+        "beat_interval": beat_of(record, beat),
         "heartbeat": to_data(record.heartbeat),
         "stop_time": to_data(record.stop_time),
         "duration": _seconds(record.duration),
@@ -439,6 +516,8 @@ def comparison(store: Any, records: list[RunRecord]) -> dict:
     for flat in flats:
         keys.update(dict.fromkeys(flat))
     report = to_data(compare(store, records))
+    if report.get("git"):
+        report["git"] = [repositories(repos) for repos in report["git"]]
     metrics: dict[str, None] = {}
     for record in records:
         metrics.update(dict.fromkeys(sorted(record.metrics or {})))
@@ -453,6 +532,8 @@ def comparison(store: Any, records: list[RunRecord]) -> dict:
                 {
                     "key": k,
                     "values": [to_data(f[k]) if k in f else None for f in flats],
+                    # A run without the entry is shown apart from one whose value is null.
+                    "present": [k in f for f in flats],
                     "differs": k in differing,
                 }
                 for k in keys

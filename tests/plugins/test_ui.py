@@ -623,7 +623,12 @@ def test_compare_shows_config_result_and_source_differences(server, store):
     assert report["config"]["C"] == {a: 1.0, b: 10.0}  # as `expkit runs diff --json`
     assert report["config"]["kernel"] == {a: "rbf", b: "linear"}
     table = {row["key"]: row for row in report["config_table"]}
-    assert table["steps"] == {"key": "steps", "values": [200, 200], "differs": False}
+    assert table["steps"] == {
+        "key": "steps",
+        "values": [200, 200],
+        "present": [True, True],
+        "differs": False,
+    }
     assert report["results"] == [0.85, 0.9727]
     assert report["metric_names"] == ["accuracy", "loss"]
     assert report["sources"] == {}
@@ -651,10 +656,12 @@ def test_edits_need_the_pages_origin_and_token(server, store):
     assert "comment" not in json.loads((path / run_id / "run.json").read_text())["meta"]
     status, _, body = server.request("PATCH", target, edit, good)
     assert status == 200, body
-    assert json.loads(body) == {
+    answer = json.loads(body)
+    assert answer == {
         "id": run_id,
         "comment": "best so far",
         "tags": ["baseline", "paper"],
+        "version": answer["version"],
     }
     meta = json.loads((path / run_id / "run.json").read_text())["meta"]
     assert (meta["comment"], meta["tags"]) == ("best so far", ["baseline", "paper"])
@@ -803,17 +810,298 @@ def test_nan_and_infinity_are_sent_as_json_a_browser_parses(tmp_path):
             assert status == 200, (path, body)
             strict(body)
         run = strict(ui.request("GET", f"/api/runs/{run_id}")[2])
-        assert run["result"] == "nan"
-        assert run["config"][0] == {"key": "limit", "value": "inf", "doc": ""}
+        assert run["result"] == {"$number": "NaN"}
+        assert run["config"][0] == {"key": "limit", "value": {"$number": "inf"}, "doc": ""}
         assert run["metrics"][0] == {
             "name": "loss",
             "count": 4,
             "last": 0.5,
             "min": 0.5,
-            "max": 1.0,
+            "max": {"$number": "inf"},
+            "nonfinite": {"NaN": 1, "inf": 1},
         }
         metrics = strict(ui.request("GET", f"/api/runs/{run_id}/metrics")[2])["metrics"]
-        assert metrics["loss"] == {"steps": [0, 3], "values": [1.0, 0.5], "count": 2, "shown": 2}
+        assert metrics["loss"] == {
+            "steps": [0, 3],
+            "values": [1.0, 0.5],
+            "count": 2,
+            "shown": 2,
+            "nonfinite": {
+                "counts": {"NaN": 1, "inf": 1},
+                "steps": [1, 2],
+                "values": ["inf", "NaN"],
+            },
+        }
         page = ui.request("GET", f"/runs/{run_id}")[2].decode()
         data = page.split('<script type="application/json" id="run-data">')[1].split("</script>")[0]
-        assert strict(data)["result"] == "nan"
+        assert strict(data)["result"] == {"$number": "NaN"}
+
+
+# --- what the tester found ---------------------------------------------------------------------
+
+
+def _simple_run(
+    store: Path,
+    result: object = 1,
+    config: dict | None = None,
+    meta: dict | None = None,
+    options: dict | None = None,
+    metric: list | None = None,
+) -> str:
+    """One run in the file store ``store`` returning ``result``, logging ``metric`` (as
+    ``loss``, one value a step); its id."""
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("simple")
+    ex.observers.append(FileStorageObserver(store))
+    ex.add_config(**(config or {"C": 1}))
+
+    @ex.main
+    def main(_run):
+        for step, value in enumerate(metric or ()):
+            _run.log_scalar("loss", value, step)
+        return result
+
+    run = ex.run(options={"--capture": "sys", **(options or {})}, meta_info=meta)
+    return str(run._id)
+
+
+def _rewrite(store: Path, run_id: str, change) -> None:
+    """Change run ``run_id``'s run.json in place (as a crash or a hand edit leaves it)."""
+    path = store / run_id / "run.json"
+    entry = json.loads(path.read_text())
+    change(entry)
+    path.write_text(json.dumps(entry))
+
+
+def test_a_run_that_beats_slower_than_the_servers_setting_is_not_taken_for_dead(tmp_path):
+    # The run beats every 40 s (its project's setting); the server's is 10 s. A minute
+    # without news is one and a half of the run's beats: it runs, and its process would
+    # overwrite an edit (or recreate a deleted run) when it writes its end.
+    from datetime import timedelta
+
+    from expkit.serialize import format_time, utcnow
+
+    store = tmp_path / "runs"
+    slow = _simple_run(store, options={"--beat-interval": 40})
+    gone = _simple_run(store, options={"--beat-interval": 40})
+    for run_id, silent in ((slow, 60), (gone, 200)):
+        stamp = format_time(utcnow() - timedelta(seconds=silent))
+
+        def running(entry, stamp=stamp):
+            entry.update(status="RUNNING", heartbeat=stamp, stop_time=None)
+
+        _rewrite(store, run_id, running)
+    with UiServer("--store", str(store), "--allow-delete", cwd=tmp_path) as ui:
+        run = ui.get_json(f"/api/runs/{slow}")
+        assert (run["probably_dead"], run["running"], run["beat_interval"]) == (False, True, 40)
+        rows = {r["id"]: r for r in ui.get_json("/api/runs")["rows"]}
+        assert (rows[slow]["probably_dead"], rows[gone]["probably_dead"]) == (False, True)
+        dead = ui.get_json("/api/runs?status=PROBABLY_DEAD")["rows"]
+        assert [r["id"] for r in dead] == [gone]
+        headers = ui.write_headers()
+        status, _, body = ui.request("PATCH", f"/api/runs/{slow}", {"comment": "x"}, headers)
+        assert status == 409, body
+        assert json.loads(body)["error"] == (
+            f"run {slow} is running (it beats every 40 s): it can be edited once it has "
+            "ended or missed three heartbeats (its process rewrites its record until then)"
+        )
+        assert ui.request("DELETE", f"/api/runs/{slow}", headers=headers)[0] == 409
+        assert (store / slow / "run.json").exists()
+        assert "comment" not in json.loads((store / slow / "run.json").read_text())["meta"]
+        assert ui.get_json(f"/api/runs/{slow}/output")["beat_interval"] == 40
+        page = ui.request("GET", f"/runs/{slow}")[2].decode()
+        assert "(this run beats every 40 s)" in page
+        # Three of its beats missed: probably dead, and editable.
+        assert ui.request("PATCH", f"/api/runs/{gone}", {"comment": "died"}, headers)[0] == 200
+
+
+def test_an_edit_made_against_a_run_changed_since_is_refused(tmp_path):
+    store = tmp_path / "runs"
+    run_id = _simple_run(store)
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        status, headers, body = ui.request("GET", f"/api/runs/{run_id}")
+        seen = json.loads(body)["version"]
+        assert headers["etag"] == f'"{seen}"'
+        write = ui.write_headers()
+        # Page A adds a tag; page B, loaded before, changes the comment only.
+        first = {**write, "If-Match": f'"{seen}"'}
+        status, _, body = ui.request("PATCH", f"/api/runs/{run_id}", {"tags": ["from-a"]}, first)
+        assert status == 200, body
+        assert json.loads(body)["version"] != seen
+        status, _, body = ui.request("PATCH", f"/api/runs/{run_id}", {"comment": "from b"}, first)
+        assert status == 409
+        assert json.loads(body)["error"] == (
+            f"run {run_id} was changed since this page was loaded (by another page or "
+            "command): reload the page to see it, then make your change again"
+        )
+        meta = json.loads((store / run_id / "run.json").read_text())["meta"]
+        assert meta["tags"] == ["from-a"] and "comment" not in meta
+        # Sent alone, a comment leaves the tags as they are.
+        fresh = {**write, "If-Match": ui.request("GET", f"/api/runs/{run_id}")[1]["etag"]}
+        status, _, body = ui.request("PATCH", f"/api/runs/{run_id}", {"comment": "from b"}, fresh)
+        assert status == 200, body
+        meta = json.loads((store / run_id / "run.json").read_text())["meta"]
+        assert (meta["comment"], meta["tags"]) == ("from b", ["from-a"])
+
+
+def test_a_metric_that_blew_up_is_summarised_from_every_value_logged(tmp_path):
+    store = tmp_path / "runs"
+    values = [1 / (1 + step) for step in range(100)] + [float("inf")]
+    values[50] = float("nan")
+    run_id = _simple_run(store, metric=values)
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        (loss,) = ui.get_json(f"/api/runs/{run_id}")["metrics"]
+        assert loss == {
+            "name": "loss",
+            "count": 101,
+            "last": {"$number": "inf"},
+            "min": 0.01,
+            "max": {"$number": "inf"},
+            "nonfinite": {"NaN": 1, "inf": 1},
+        }
+        page = ui.request("GET", f"/runs/{run_id}")[2].decode()
+        row = page.split("<tr><td>loss</td>")[1].split("</tr>")[0]
+        assert row == (
+            '<td class="num">101</td><td class="num">inf</td>'
+            '<td class="num">0.01</td><td class="num">inf</td>'
+        )
+        chart = ui.get_json(f"/api/runs/{run_id}/metrics?name=loss")["metrics"]["loss"]
+        assert (chart["count"], chart["shown"]) == (99, 99)  # what a chart can draw
+        assert chart["nonfinite"] == {
+            "counts": {"NaN": 1, "inf": 1},
+            "steps": [50, 100],
+            "values": ["NaN", "inf"],
+        }
+        zoomed = ui.get_json(f"/api/runs/{run_id}/metrics?name=loss&start=0&stop=60")
+        assert zoomed["metrics"]["loss"]["nonfinite"]["steps"] == [50]
+
+
+def test_numbers_json_cannot_carry_are_sent_marked_and_shown_as_numbers(tmp_path):
+    store = tmp_path / "runs"
+    huge = 12345678901234567891
+    number = _simple_run(store, result=float("nan"), config={"big": huge, "C": 1})
+    text = _simple_run(store, result="nan", config={"big": 2, "C": 2})
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        rows = {r["id"]: r for r in ui.get_json("/api/runs")["rows"]}
+        assert rows[number]["result"] == {"$number": "NaN"}
+        assert rows[text]["result"] == "nan"  # a string stays one
+        assert rows[number]["config"]["big"] == {"$number": str(huge)}
+        assert rows[text]["config"]["big"] == 2
+        page = ui.request("GET", f"/runs/{number}")[2].decode()
+        assert '<pre class="inline" id="result"><span class="number"' in page
+        assert ">NaN</span></pre>" in page
+        assert f'<td class="value">{huge}</td>' in page  # the config table, exactly
+        page = ui.request("GET", f"/runs/{text}")[2].decode()
+        assert '<pre class="inline" id="result">nan</pre>' in page
+
+
+def test_a_study_whose_name_holds_a_slash_has_its_page(tmp_path):
+    store = tmp_path / "runs"
+    name = "sub/exp_t.py::exp_t"
+    run_id = _simple_run(store, meta={"study": {"name": name, "trial": 0}})
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        assert ui.get_json("/api/groups")[0]["key"] == name
+        quoted = "sub%2Fexp_t.py%3A%3Aexp_t"
+        assert ui.get_json(f"/api/groups/study/{quoted}")["key"] == name
+        # The link the run's page makes to it leads there.
+        page = ui.request("GET", f"/runs/{run_id}")[2].decode()
+        link = f'href="/groups/study/{quoted}?store=0"'
+        assert link in page
+        status, _, body = ui.request("GET", f"/groups/study/{quoted}?store=0")
+        assert status == 200, body[:300]
+        assert f'<span class="run-id">{name}</span>' in body.decode()
+
+
+def test_a_run_asked_for_by_another_spelling_of_its_id_is_one_run(tmp_path):
+    store = tmp_path / "runs"
+    run_id = _simple_run(store)
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        assert ui.get_json(f"/api/runs/{run_id}")["comment"] == ""  # kept for a while
+        edit = {"comment": "edited as 01"}
+        assert ui.request("PATCH", f"/api/runs/0{run_id}", edit, ui.write_headers())[0] == 200
+        assert ui.get_json(f"/api/runs/{run_id}")["comment"] == "edited as 01"
+
+
+def test_a_run_stored_under_a_deleted_runs_id_is_never_shown_or_edited_as_it(tmp_path):
+    store = tmp_path / "runs"
+    _simple_run(store)
+    old = _simple_run(store, result="old")
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        seen = ui.get_json(f"/api/runs/{old}")  # kept: an ended run
+        assert seen["result"] == "old"
+        removed = run_expkit("runs", "rm", old, "--store", str(store), "--yes", cwd=tmp_path)
+        assert removed.returncode == 0, removed.stderr
+        new = _simple_run(store, result="new")
+        assert new == old
+        assert ui.get_json(f"/api/runs/{new}")["result"] == "new"
+        # An edit from the page of the deleted run does not land on the new one.
+        headers = {**ui.write_headers(), "If-Match": f'"{seen["version"]}"'}
+        status, _, body = ui.request("PATCH", f"/api/runs/{new}", {"comment": "old's"}, headers)
+        assert status == 409 and b"reload the page" in body
+        assert "comment" not in json.loads((store / new / "run.json").read_text())["meta"]
+
+
+def test_a_damaged_or_partial_record_is_still_shown(tmp_path):
+    store = tmp_path / "runs"
+    run_id = _simple_run(store)
+    other = _simple_run(store)
+
+    def damaged(entry):
+        entry["experiment"]["repositories"] = [{"commit": "abc"}, "not-a-dict"]
+
+    _rewrite(store, run_id, damaged)
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        status, _, body = ui.request("GET", f"/runs/{run_id}")
+        assert status == 200, body[:500]
+        page = body.decode()
+        assert "<code>(no url recorded)</code> @ <code>abc</code>" in page
+        assert "<code>not-a-dict</code> @ <code>(no commit recorded)</code>" in page
+        status, _, body = ui.request("GET", f"/compare?run={run_id}&run={other}")
+        assert status == 200, body[:500]
+        assert "<code> @ abc</code>" in body.decode()
+
+
+def test_small_things_the_tester_found(tmp_path):
+    store = tmp_path / "runs"
+    first = _simple_run(store, config={"C": 1, "extra": None})
+    second = _simple_run(store, config={"C": 2})
+    with UiServer("--store", str(store), cwd=tmp_path) as ui:
+        status, _, body = ui.request("GET", "/api/runs?store=%C2%B2")
+        assert (status, json.loads(body)) == (
+            400,
+            {"error": "store='²' is not a store's number: give 0 to 0"},
+        )
+        status, _, body = ui.request("GET", f"/api/compare?run={first}&run=0{first}")
+        assert (status, json.loads(body)) == (
+            400,
+            {
+                "error": f"compare needs two or more different runs, got only run {first}: "
+                "/compare?run=ID&run=OTHER"
+            },
+        )
+        assert ui.request("GET", f"/compare?run={first}&run={first}")[0] == 400
+        # An entry a run does not have is not shown as a null it would hold.
+        page = ui.request("GET", f"/compare?run={first}&run={second}")[2].decode()
+        row = page.split('<td class="key">extra</td>')[1].split("</tr>")[0]
+        assert row == (
+            '<td class="value">null</td><td class="value absent muted" '
+            'title="this run has no such entry">(absent)</td>'
+        )
+        runs_page = ui.request("GET", "/")[2].decode()
+        for status_name in ("TIMEOUT", "PRUNED"):
+            assert f'<option value="{status_name}">{status_name}</option>' in runs_page
+        status, _, body = ui.request("GET", "/api/runs?status=TIMEOUT,PRUNED")
+        assert status == 200 and json.loads(body)["total"] == 0
+
+
+def test_a_sqlite_database_that_does_not_exist_is_said_not_made(tmp_path):
+    # A view only reads: a mistyped path must not become an empty database.
+    missing = tmp_path / "missing.db"
+    done = run_expkit("ui", "--store", f"sqlite:///{missing}", "--port", "0", cwd=tmp_path)
+    assert (done.returncode, done.stderr.strip()) == (
+        4,
+        f"ERROR: no SQLite database at '{missing}': the file does not exist",
+    )
+    assert not missing.exists()

@@ -111,6 +111,10 @@ COLUMN_C = """(() => {
 })()"""
 
 
+# The big column of the runs table, top to bottom.
+COLUMN_BIG = COLUMN_C.replace("startsWith('C')", "startsWith('big')")
+
+
 def ids_shown(page) -> list[str]:
     return page.eval_on_selector_all(
         "#runs tbody tr[data-id]", "rows => rows.map(r => r.dataset.id)"
@@ -353,7 +357,7 @@ def test_a_comment_and_tags_edited_in_the_page_are_saved_in_the_store(page, show
     run_id = ids["study"][0]
     page.goto(f"{server.url}/runs/{run_id}")
     page.fill("#comment", "the best trial so far")
-    page.fill("#tags", "best, paper")
+    page.fill("#tags", "best\npaper")  # one tag per line
     page.click("#save")
     page.wait_for_function(
         "() => document.getElementById('edit-message').textContent === 'saved in the store'"
@@ -535,3 +539,130 @@ def test_markup_in_stored_runs_and_edits_is_shown_as_text(page, hostile):
     assert "no run '<img src=x>'" in page.inner_text("body")
     assert page.evaluate(INJECTED) == 0
     assert page.dialogs == [] and page.errors == []
+
+
+# --- what the tester found ---------------------------------------------------------------------
+
+
+def _saved(page) -> str:
+    """The message beside the save button once the save has answered."""
+    page.wait_for_function(
+        "() => !['', 'saving…'].includes(document.getElementById('edit-message').textContent)"
+    )
+    return page.inner_text("#edit-message")
+
+
+def test_two_pages_editing_one_run_never_undo_each_others_edit(browser, showcase):
+    server, path, ids = showcase
+    run_id = ids["study"][1]
+    first = browser.new_page()
+    second = browser.new_page()
+    try:
+        for opened in (first, second):
+            opened.goto(f"{server.url}/runs/{run_id}")
+        first.fill("#tags", "from-first")
+        first.click("#save")
+        assert _saved(first) == "saved in the store"
+        second.fill("#comment", "from the second page")  # loaded before the tag was added
+        second.click("#save")
+        assert _saved(second) == (
+            f"run {run_id} was changed since this page was loaded (by another page or "
+            "command): reload the page to see it, then make your change again"
+        )
+        meta = json.loads((path / run_id / "run.json").read_text())["meta"]
+        assert meta["tags"] == ["from-first"] and "comment" not in meta
+        second.reload()
+        assert second.input_value("#tags") == "from-first"
+        second.fill("#comment", "from the second page")
+        second.click("#save")
+        assert _saved(second) == "saved in the store"
+        meta = json.loads((path / run_id / "run.json").read_text())["meta"]
+        assert (meta["comment"], meta["tags"]) == ("from the second page", ["from-first"])
+        # Saved once, a page edits on from what it saved.
+        second.fill("#tags", "from-first\nagain")
+        second.click("#save")
+        assert _saved(second) == "saved in the store"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_tag_holding_a_comma_stays_one_tag(page, showcase):
+    server, path, ids = showcase
+    run_id = ids["study"][2]
+    page.goto(f"{server.url}/runs/{run_id}")
+    page.fill("#tags", "lr=0.1, momentum=0.9\nbaseline")
+    page.click("#save")
+    assert _saved(page) == "saved in the store"
+    meta = json.loads((path / run_id / "run.json").read_text())["meta"]
+    assert meta["tags"] == ["lr=0.1, momentum=0.9", "baseline"]
+    page.reload()
+    assert page.input_value("#tags") == "lr=0.1, momentum=0.9\nbaseline"
+    page.fill("#comment", "saved again")
+    page.click("#save")
+    assert _saved(page) == "saved in the store"
+    meta = json.loads((path / run_id / "run.json").read_text())["meta"]
+    assert (meta["comment"], meta["tags"]) == ("saved again", ["lr=0.1, momentum=0.9", "baseline"])
+    page.goto(server.url + "/?where=id==" + run_id)
+    page.wait_for_selector(f"#runs tr[data-id='{run_id}'] .tag")
+    tags = page.locator(f"#runs tr[data-id='{run_id}'] .tag").all_inner_texts()
+    assert tags == ["lr=0.1, momentum=0.9", "baseline"]
+
+
+def test_tags_are_saved_on_a_run_whose_comment_is_longer_than_the_page_may_send(page, showcase):
+    # `expkit run --comment` takes any length; the page takes 10,000 characters.
+    server, path, ids = showcase
+    run_id = ids["study"][3]
+    long = "a long note. " * 1000
+    entry = json.loads((path / run_id / "run.json").read_text())
+    entry["meta"]["comment"] = long
+    (path / run_id / "run.json").write_text(json.dumps(entry))
+    page.goto(f"{server.url}/runs/{run_id}")
+    page.wait_for_function(f"() => document.getElementById('comment').value.length === {len(long)}")
+    page.fill("#tags", "kept")
+    page.click("#save")
+    assert _saved(page) == "saved in the store"
+    meta = json.loads((path / run_id / "run.json").read_text())["meta"]
+    assert (meta["comment"], meta["tags"]) == (long, ["kept"])
+
+
+def test_a_metric_that_blew_up_shows_where_and_its_result_is_a_number(page, tmp_path):
+    from expkit import Experiment
+    from expkit.observers import FileStorageObserver
+
+    ex = Experiment("diverged")
+    ex.observers.append(FileStorageObserver(tmp_path / "runs"))
+    ex.add_config(big=1)
+
+    @ex.main
+    def main(_run):
+        for step in range(101):
+            value = float("nan") if step == 50 else 1 / (1 + step)
+            _run.log_scalar("loss", float("inf") if step == 100 else value, step)
+        return float("nan")
+
+    huge = 12345678901234567891  # more than a JavaScript number holds exactly
+    ex.run(options={"--capture": "sys"}, config_updates={"big": huge})
+    run_id = ex.run(options={"--capture": "sys"})._id
+    with UiServer("--store", str(tmp_path / "runs"), cwd=tmp_path) as server:
+        page.goto(f"{server.url}/runs/{run_id}")
+        page.wait_for_function("() => window.expkitRun && window.expkitRun.panels[0].plot")
+        cells = page.locator("#metrics + table tbody tr").first.locator("td").all_inner_texts()
+        assert cells == ["loss", "101", "inf", "0.01", "inf"]
+        note = page.inner_text("figure[data-metric=loss] .chart-note")
+        assert note.startswith(
+            "99 points, 2 points are NaN or infinite (1 NaN, 1 inf), not drawn: "
+            "the line breaks there"
+        )
+        steps, values = page.evaluate("window.expkitRun.panels[0].plot.data")
+        # The line stops at the NaN and at the inf: no straight line across them.
+        assert values[steps.index(50)] is None and values[steps.index(100)] is None
+        assert values[steps.index(49)] == pytest.approx(1 / 50)
+        assert page.evaluate("window.expkitRun.panels[0].plot.series[1].spanGaps") is False
+        assert page.inner_text("#result") == "NaN"
+        page.goto(server.url + "/")
+        cell = page.locator(f"#runs tr[data-id='{run_id}'] td.value").first
+        assert cell.inner_text() == "NaN"
+        assert cell.get_attribute("class") == "value number"
+        assert page.evaluate(f"({COLUMN_BIG})") == ["1", str(huge)]  # newest first
+        assert page.errors == []

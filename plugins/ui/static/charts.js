@@ -61,20 +61,29 @@ export class MetricPanel {
     const params = { name: this.name, width: this.width() };
     if (this.range) [params.start, params.stop] = this.range;
     const answers = await Promise.all(this.sources.map((s) => api(s.url(params))));
-    this.raw = answers.map((a) => a.metrics[this.name] || { steps: [], values: [], count: 0, shown: 0 });
+    const empty = { steps: [], values: [], count: 0, shown: 0, nonfinite: NO_GAPS };
+    this.raw = answers.map((a) => a.metrics[this.name] || empty);
     const counts = this.raw.map((r, i) => {
       const label = this.sources.length > 1 ? `${this.sources[i].label}: ` : "";
       const drawn = r.count > r.shown ? `, ${r.shown} drawn` : "";
-      return `${label}${r.count} points${drawn}`;
+      const unseen = nonfiniteNote(r.nonfinite || NO_GAPS);
+      return `${label}${r.count} points${drawn}${unseen ? `, ${unseen}` : ""}`;
     });
     this.note.textContent = counts.join(" · ") + (this.range ? " · double-click to zoom out" : " · drag to zoom");
     this.redraw();
   }
 
   data() {
-    const tables = this.raw.map((r) => [r.steps, smooth(r.values, smoothing)]);
+    // A NaN or infinite value has no place on the chart: the line breaks at its step
+    // (a null there, and no spanning of gaps) instead of running straight across it.
+    const tables = this.raw.map((r) => withGaps(r.steps, smooth(r.values, smoothing), (r.nonfinite || NO_GAPS).steps));
     if (tables.length === 1) return tables[0];
     return uPlot.join(tables);
+  }
+
+  // The steps of every NaN or infinite point, marked on the chart.
+  gapSteps() {
+    return this.raw.flatMap((r) => (r.nonfinite || NO_GAPS).steps);
   }
 
   redraw() {
@@ -85,7 +94,7 @@ export class MetricPanel {
       return;
     }
     const series = [{ label: "step" }];
-    this.sources.forEach((s, i) => series.push({ label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: false }, spanGaps: true }));
+    this.sources.forEach((s, i) => series.push({ label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: false }, spanGaps: false }));
     const options = {
       width: this.width(),
       height: 220,
@@ -97,6 +106,7 @@ export class MetricPanel {
         bind: { dblclick: () => () => { this.zoom(null); return null; } },
       },
       hooks: {
+        draw: [(u) => markGaps(u, this.gapSteps())],
         setSelect: [
           (u) => {
             if (u.select.width < 2) return;
@@ -117,6 +127,56 @@ export class MetricPanel {
     await this.load();
     if (!range) this.plot.setData(this.data(), true);
   }
+}
+
+const NO_GAPS = { counts: {}, steps: [], values: [] };
+
+// "1 point is inf (step 100), not drawn" or "3 points are NaN or inf (2 NaN, 1 inf), not drawn".
+export function nonfiniteNote(nonfinite) {
+  const kinds = Object.entries(nonfinite.counts || {});
+  const total = kinds.reduce((sum, [, n]) => sum + n, 0);
+  if (!total) return "";
+  if (total === 1) {
+    const at = nonfinite.steps.length === 1 ? ` (step ${nonfinite.steps[0]})` : "";
+    return `1 point is ${kinds[0][0]}${at}, not drawn: the line breaks there`;
+  }
+  const each = kinds.map(([kind, n]) => `${n} ${kind}`).join(", ");
+  return `${total} points are NaN or infinite (${each}), not drawn: the line breaks there`;
+}
+
+// steps/values with a null at each of `gaps` (all three in step order).
+function withGaps(steps, values, gaps) {
+  if (!gaps.length) return [steps, values];
+  const xs = [];
+  const ys = [];
+  let g = 0;
+  for (let i = 0; i < steps.length; i++) {
+    for (; g < gaps.length && gaps[g] < steps[i]; g++) {
+      xs.push(gaps[g]);
+      ys.push(null);
+    }
+    xs.push(steps[i]);
+    ys.push(values[i]);
+  }
+  for (; g < gaps.length; g++) {
+    xs.push(gaps[g]);
+    ys.push(null);
+  }
+  return [xs, ys];
+}
+
+// A red mark at the top of the plot at each step whose value is NaN or infinite.
+function markGaps(u, steps) {
+  if (!steps.length) return;
+  const { left, top, width } = u.bbox;
+  u.ctx.save();
+  u.ctx.fillStyle = "#b42318";
+  for (const step of steps) {
+    const x = u.valToPos(step, "x", true);
+    if (x < left || x > left + width) continue;
+    u.ctx.fillRect(x - 2, top, 4, 10 * (window.devicePixelRatio || 1));
+  }
+  u.ctx.restore();
 }
 
 // Points of x against y, one series; x may be text (categories placed in order of appearance).

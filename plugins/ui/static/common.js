@@ -21,8 +21,8 @@ export function el(tag, attrs = {}, ...children) {
 }
 
 // GET (or another method with a JSON body) on the API; an error response throws its message.
-export async function api(path, { method = "GET", body = undefined } = {}) {
-  const options = { method, headers: {}, credentials: "same-origin" };
+export async function api(path, { method = "GET", body = undefined, headers = {} } = {}) {
+  const options = { method, headers: { ...headers }, credentials: "same-origin" };
   if (method !== "GET") {
     options.headers["X-Expkit-Token"] = token;
     if (body !== undefined) {
@@ -63,19 +63,45 @@ export function apiRun(store, id, rest = "", params = {}) {
   return `/api/runs/${encodeURIComponent(id)}${rest}${query({ store, ...params })}`;
 }
 
+// A number JSON cannot carry exactly (NaN, inf, -inf, a whole number beyond 2^53), as the
+// server sends it: {"$number": "NaN"}. Its text, or null for any other value.
+export function exactNumber(value) {
+  const marked = value !== null && typeof value === "object" && !Array.isArray(value);
+  if (!marked || Object.keys(value).length !== 1 || typeof value.$number !== "string") return null;
+  return value.$number;
+}
+
+// A value as a JavaScript number (NaN, Infinity, a large whole number rounded), for charts.
+export function numberOf(value) {
+  const text = exactNumber(value);
+  if (text === null) return value;
+  return text === "inf" ? Infinity : text === "-inf" ? -Infinity : Number(text);
+}
+
 // A stored value as text: strings as they are, everything else as JSON.
 export function show(value) {
   if (value === null || value === undefined) return "";
   if (typeof value === "string") return value;
+  if (exactNumber(value) !== null) return exactNumber(value);
   if (typeof value === "object" && !Array.isArray(value) && "cut" in value && Object.keys(value).length === 1) {
     return value.cut;
   }
   if (typeof value === "number") return formatNumber(value);
-  return JSON.stringify(value);
+  // Numbers sent as {"$number": TEXT} are written bare (NaN, inf), as the numbers they are.
+  const marked = JSON.stringify(value, (key, v) => (exactNumber(v) !== null ? `\u0000${exactNumber(v)}\u0000` : v));
+  return marked.replace(/"\\u0000([^"\\]*)\\u0000"/g, "$1");
+}
+
+// A table cell showing a stored value; a number sent as text (NaN, inf) is marked as one.
+export function valueCell(value, attrs = {}) {
+  const number = exactNumber(value) !== null;
+  const title = number ? `the number ${exactNumber(value)}, not a text` : attrs.title;
+  return el("td", { ...attrs, class: `value${number ? " number" : ""}`, title, text: show(value) });
 }
 
 export function formatNumber(x) {
-  if (!Number.isFinite(x)) return String(x);
+  if (Number.isNaN(x)) return "NaN";
+  if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
   if (Number.isInteger(x)) return String(x);
   const abs = Math.abs(x);
   if (abs !== 0 && (abs < 1e-4 || abs >= 1e6)) return x.toExponential(4);

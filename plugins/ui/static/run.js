@@ -50,7 +50,9 @@ async function pollOutput() {
     ? ""
     : chunk.probably_dead
       ? "(no heartbeat for a while: probably dead)"
-      : `(following the running run: output reaches the store with each heartbeat, every ${chunk.beat_interval} s by this project's setting)`;
+      : chunk.beat_interval === null
+        ? "(following the running run: it hands its output to the store only at its end)"
+        : `(following the running run: output reaches the store with each heartbeat, every ${chunk.beat_interval} s by this run's setting)`;
   if (running && !live) {
     running = false;
     document.getElementById("result").textContent = show(chunk.result);
@@ -89,16 +91,39 @@ document.getElementById("copy-rerun").addEventListener("click", async (event) =>
 });
 
 // --- comment and tags ------------------------------------------------------------------
+// Only what was changed here is sent, with the version of the run this page saw: the store
+// refuses the edit (409) if someone else changed the run meanwhile, instead of one edit
+// silently undoing the other.
 const form = document.getElementById("edit");
+const saved = { comment: run.comment, tags: run.tags, version: run.version };
+form.comment.value = run.comment; // as sent, whatever the HTML parser made of it
+form.tags.value = run.tags.join("\n");
+// A textarea gives line breaks as "\n": a stored "\r\n" is no change.
+const lines = (text) => text.replace(/\r\n?/g, "\n");
+
+// One tag per line: a tag may hold a comma.
+function tagsOf(text) {
+  return text.split("\n").map((t) => t.trim()).filter(Boolean);
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const message = document.getElementById("edit-message");
   message.className = "muted";
+  const body = {};
+  if (form.comment.value !== lines(saved.comment)) body.comment = form.comment.value;
+  const tags = tagsOf(form.tags.value);
+  if (JSON.stringify(tags) !== JSON.stringify(saved.tags)) body.tags = tags;
+  if (!Object.keys(body).length) {
+    message.textContent = "nothing changed";
+    return;
+  }
   message.textContent = "saving…";
   try {
-    const tags = form.tags.value.split(",").map((t) => t.trim()).filter(Boolean);
-    const saved = await api(apiRun(store, run.id), { method: "PATCH", body: { comment: form.comment.value, tags } });
-    form.tags.value = saved.tags.join(", ");
+    const headers = { "If-Match": `"${saved.version}"` };
+    const answer = await api(apiRun(store, run.id), { method: "PATCH", body, headers });
+    Object.assign(saved, { comment: answer.comment, tags: answer.tags, version: answer.version });
+    form.tags.value = answer.tags.join("\n");
     message.textContent = "saved in the store";
   } catch (error) {
     message.className = "error";
@@ -120,7 +145,7 @@ if (remove) {
   });
   document.getElementById("confirm-delete-yes").addEventListener("click", async () => {
     try {
-      await api(apiRun(store, run.id), { method: "DELETE" });
+      await api(apiRun(store, run.id), { method: "DELETE", headers: { "If-Match": `"${saved.version}"` } });
       location.href = `/?store=${encodeURIComponent(store)}`;
     } catch (error) {
       document.getElementById("delete-message").textContent = error.message;

@@ -1,5 +1,5 @@
 // The runs table: filters, sort, paging, live status, sweeps and studies grouped.
-import { api, duration, el, every, query, runUrl, shortTime, show, statusBadge } from "./common.js";
+import { api, duration, el, every, query, runUrl, shortTime, show, statusBadge, valueCell } from "./common.js";
 
 const page = document.getElementById("runs-page");
 const store = page.dataset.store;
@@ -151,12 +151,12 @@ function runRow(row, columns) {
     el("td", {}, statusBadge(row.status, row.probably_dead)),
     el("td", { class: "time", text: shortTime(row.start_time) }),
     el("td", { class: "num", text: duration(row.duration) }),
-    el("td", { class: "value", text: show(row.result) }),
+    valueCell(row.result),
     el("td", {}, ...row.tags.map((tag) => el("span", { class: "tag", text: tag }))),
     el("td", { class: "comment", text: row.comment, title: row.comment }),
   ];
   for (const key of columns) {
-    cells.push(el("td", { class: "value", text: key in row.config ? show(row.config[key]) : "" }));
+    cells.push(key in row.config ? valueCell(row.config[key]) : el("td", { class: "value" }));
   }
   return el("tr", { class: row.group && state.group ? "in-group" : "", "data-id": id }, ...cells);
 }
