@@ -7,24 +7,34 @@ workers must reach them (a folder they share, a SQL server, MongoDB). The experi
 files travel with the points, so workers that do not share the folder run the same code.
 
 A point whose worker is lost is tried once more; a third try is refused and the point is
-FAILED. A try that finds its earlier one COMPLETED in the store takes that run instead of
-running again, so no point is ever stored twice as COMPLETED. The ``distributed`` package
+FAILED. A try that finds its earlier one ended in the store (COMPLETED, or FAILED by itself)
+takes that run instead of running again, so no point is ever stored twice as COMPLETED. A
+worker process forgets the projects' modules it imported before it runs another session's
+points. Store URLs reach the workers absolute. Ctrl-C or SIGTERM interrupts the running
+points; a worker whose point does not stop in time is killed. The ``distributed`` package
 (the ``dask`` extra) is imported only when ``--dask`` is given.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from expkit.errors import UsageError
 from expkit.nodes import LiveStatus, RunReport
 from expkit.pluginmanager import hookimpl
+from expkit.signals import DeferredInterrupts, install_sigterm
 from expkit_plugins.workers import (
+    INTERRUPT_GRACE,
     WorkerSession,
     mark_stored,
     point_spec,
@@ -39,13 +49,18 @@ if TYPE_CHECKING:
 
 # Tries of one point: the first and one more after its worker was lost.
 MAX_TRIES = 2
+LOST = "its Dask worker was lost"  # the fail trace of a try stored FAILED for that
 _TOPIC = "expkit"
 # How long a running point waits for its driver's answer to a question (ask_driver).
 ASK_TIMEOUT = 30.0
 
 # --- on a Dask worker ------------------------------------------------------------------------
 
-_sessions: dict[str, WorkerSession | str] = {}
+# The session whose points this process runs now: its key, and the session or why it
+# cannot be made. One at a time: see _forget_projects.
+_current: list = [None, None]
+_project_folders: set[str] = set()  # folders whose modules are a project's, not installed
+_WORKER_PATH = frozenset(sys.path)  # the Dask worker's own, before any project's
 _questions = itertools.count()  # numbers the questions this process asks its drivers
 _run_lock = threading.Lock()  # one run at a time per process: captured functions are shared
 _running: dict[str, int] = {}  # token -> thread id of the run, for Ctrl-C from the driver
@@ -61,8 +76,9 @@ def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> Ru
         if isinstance(session, str):
             return RunReport(point.nodeid, "ERROR", 0.0, message=session)
         tries = _count_try(worker, token)
+        marked: tuple = ()  # the lost tries, stored FAILED here: the summary counts them
         if tries > 1:
-            earlier = _earlier_try(session, point, token, tries)
+            earlier, marked = _earlier_try(session, point, token, tries)
             if earlier is not None:
                 return earlier
         session.current = (point.nodeid, token)  # type: ignore[attr-defined]
@@ -75,37 +91,92 @@ def run_point(spec: SessionSpec, point: PointSpec, token: str, topic: str) -> Ru
         previous = set_asker(lambda question: _ask(worker, topic, token, question))
         try:
             os.chdir(session.config.invocation_dir)
-            return session.run(point, meta)
+            report = session.run(point, meta)
+            return attrs.evolve(report, stored=(*marked, *report.stored))
         finally:
             set_asker(previous)
             os.chdir(cwd)
             _running.pop(token, None)
             session.current = None  # type: ignore[attr-defined]
+            # The folders the collector put on sys.path: the experiments' own.
+            _project_folders.update(p for p in sys.path if p and p not in _WORKER_PATH)
 
 
 def _session(spec: SessionSpec, worker: Any, topic: str) -> WorkerSession | str:
     """This process's session for ``spec``, made on first use; or why it cannot be made."""
     parts = (spec.args, spec.invocation_dir, spec.rootdir, spec.store_urls)
     key = repr((parts, [(f.path, f.md5) for f in spec.files]))
-    if key not in _sessions:
-        try:
-            root = materialize(spec)
-            if root != Path(spec.rootdir):
-                _check_stores_reachable(spec.store_urls, worker.address)
+    if _current[0] == key:
+        return _current[1]
+    _forget_projects()
+    _current[:] = [key, None]
+    try:
+        root = materialize(spec)
+        _project_folders.add(str(root))
+        if root != Path(spec.rootdir):
+            _check_stores_reachable(spec.store_urls, worker.address)
 
-            def started(run: Any) -> None:
-                nodeid, token = session.current  # type: ignore[attr-defined]
-                worker.log_event(topic, ["started", nodeid, token, run._id, time.time()])
+        def started(run: Any) -> None:
+            nodeid, token = session.current  # type: ignore[attr-defined]
+            worker.log_event(topic, ["started", nodeid, token, run._id, time.time()])
 
-            session = WorkerSession(spec, root, on_start=started)
-            session.current = None  # type: ignore[attr-defined]
-            threading.Thread(
-                target=_send_status, args=(session, worker, topic), daemon=True
-            ).start()
-            _sessions[key] = session
-        except Exception as exc:
-            _sessions[key] = f"cannot run on Dask worker {worker.address}: {exc}"
-    return _sessions[key]
+        session = WorkerSession(spec, root, on_start=started)
+        session.current = None  # type: ignore[attr-defined]
+        _current[1] = session  # before its status thread, which ends when it is not current
+        threading.Thread(target=_send_status, args=(session, worker, topic), daemon=True).start()
+    except Exception as exc:
+        _current[1] = f"cannot run on Dask worker {worker.address}: {exc}"
+    return _current[1]
+
+
+def _forget_projects() -> None:
+    """Drop what this process imported from projects' folders, before another session's points.
+
+    A long-lived worker would otherwise run a module of an earlier session (a helper since
+    edited, another project's ``utils.py``) while the run records the files it was sent. A
+    new session imports its files again; its folders go first on ``sys.path`` again.
+    Installed packages stay: importing them again is slow, and for some impossible.
+    """
+    import importlib
+    import linecache
+
+    from expkit_plugins import python
+
+    folders = tuple(os.path.join(os.path.realpath(f), "") for f in _project_folders)
+    if not folders:
+        return
+
+    def local(file: Any) -> bool:
+        if not isinstance(file, str):
+            return False
+        path = os.path.join(os.path.realpath(file), "")
+        return path.startswith(folders) and not path.startswith(_kept_paths())
+
+    for name, module in list(sys.modules.items()):
+        if local(getattr(module, "__file__", None)):
+            del sys.modules[name]
+    for conf in list(python._expconfs):  # the collector's own cache of expconf.py modules
+        if local(str(conf)):
+            del python._expconfs[conf]
+    sys.path[:] = [p for p in sys.path if not (p and local(p))]
+    importlib.invalidate_caches()
+    linecache.clearcache()
+
+
+@functools.lru_cache(maxsize=1)
+def _kept_paths() -> tuple[str, ...]:
+    """What the worker imports on its own: installed packages, the standard library, its own
+    ``sys.path``, expkit (installed editable, in a project's folder too). Never dropped."""
+    import site
+    import sysconfig
+
+    import expkit
+    import expkit_plugins
+
+    paths = {*site.getsitepackages(), site.getusersitepackages(), *_WORKER_PATH}
+    paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    paths.update(os.path.dirname(m.__file__ or "") for m in (expkit, expkit_plugins))
+    return tuple(os.path.join(os.path.realpath(p), "") for p in paths if p)
 
 
 def materialize(spec: SessionSpec) -> Path:
@@ -141,11 +212,13 @@ def materialize(spec: SessionSpec) -> Path:
 def _check_stores_reachable(urls: tuple[str, ...], where: str) -> None:
     for url in urls:
         scheme, sep, rest = url.partition("://")
-        if sep and scheme not in ("file", "tinydb"):
+        if sep and scheme not in ("file", "tinydb", "sqlite"):
             continue  # a database: reached over the network
         folder = Path(rest if sep else url)
         if scheme == "tinydb":
             folder = folder.parent
+        elif scheme == "sqlite":  # made absolute by the driver: sqlite:////path/runs.db
+            folder = Path(urllib.parse.unquote(rest.partition("?")[0][1:])).parent
         if not folder.is_dir():
             raise UsageError(
                 f"the store {url} is not on this worker ({where}) and its folder is not shared; "
@@ -173,8 +246,9 @@ def _count_try(worker: Any, token: str) -> int:
 
 def _earlier_try(
     session: WorkerSession, point: PointSpec, token: str, tries: int
-) -> RunReport | None:
-    """After a lost worker: the report of an earlier try that completed, or None to try again."""
+) -> tuple[RunReport | None, tuple]:
+    """After a lost worker: the report of an earlier try that ended (None: try again), and
+    where the lost tries were stored FAILED."""
     from expkit.runs import runs
 
     config = session.config
@@ -184,19 +258,44 @@ def _earlier_try(
             records = runs(url, sort=None, plugin_manager=config.pluginmanager)
         except Exception:
             continue
-        earlier += [r for r in records if (r.meta.get("dask") or {}).get("token") == token]
-    for record in earlier:
+        earlier += [(url, r) for r in records if (r.meta.get("dask") or {}).get("token") == token]
+    for _, record in earlier:
         if record.status == "COMPLETED":
-            return RunReport(point.nodeid, "COMPLETED", 0.0, record.id, record.result)
-    lost = "its Dask worker was lost"
-    for record in earlier:
+            return RunReport(point.nodeid, "COMPLETED", 0.0, record.id, record.result), ()
+    # A try that ended otherwise (FAILED, INTERRUPTED) is not run again either: the Dask
+    # scheduler runs a finished task again when the worker holding its result is lost.
+    for url, record in earlier:
+        trace = _trace_of_ended(url, record, config)
+        if trace is not None:
+            message = trace[-1].strip() if trace else None
+            return RunReport(point.nodeid, record.status, 0.0, record.id, message=message), ()
+    marked: tuple = ()
+    for _, record in earlier:
         if record.status in ("RUNNING", "QUEUED"):
-            mark_stored(session.spec.store_urls, config, record.id, "FAILED", lost)
+            marked += mark_stored(session.spec.store_urls, config, record.id, "FAILED", LOST)
     if tries > MAX_TRIES:
-        message = f"{lost} {tries - 1} times; not tried again"
-        run_id = earlier[-1].id if earlier else None
-        return RunReport(point.nodeid, "FAILED", 0.0, run_id, message=message)
-    return None
+        from expkit.delivery import StoreOutcome
+        from expkit.utils import redact_url
+
+        message = f"{LOST} {tries - 1} times; not tried again"
+        run_id = earlier[-1][1].id if earlier else None
+        every = tuple(StoreOutcome(redact_url(u), "stored", run_id=r.id) for u, r in earlier)
+        return RunReport(point.nodeid, "FAILED", 0.0, run_id, message=message, stored=every), ()
+    return None, marked
+
+
+def _trace_of_ended(url: str, record: Any, config: Any) -> list[str] | None:
+    """The fail trace of a try that ended by itself (empty if none); None if it did not:
+    it is still RUNNING, or an earlier try stored it FAILED as lost."""
+    from expkit.runs import get_run
+
+    if record.status in ("RUNNING", "QUEUED"):
+        return None
+    try:
+        trace = get_run(url, record.id, plugin_manager=config.pluginmanager).fail_trace or []
+    except Exception:
+        return None
+    return None if trace == [LOST + "\n"] else trace
 
 
 def _ask(worker: Any, topic: str, token: str, question: Any) -> Any:
@@ -223,7 +322,7 @@ def _answer_keys(token: str, number: int) -> list:
 
 
 def _send_status(session: WorkerSession, worker: Any, topic: str) -> None:
-    while True:
+    while _current[1] is session:  # until another session's points run here
         time.sleep(1.0)
         run, current = session.tracker.run, session.current  # type: ignore[attr-defined]
         if run is None or current is None:
@@ -236,15 +335,26 @@ def _send_status(session: WorkerSession, worker: Any, topic: str) -> None:
             return
 
 
-def interrupt_running() -> int:
-    """Raise KeyboardInterrupt in this worker's running points (Ctrl-C at the driver)."""
+def interrupt_running(tokens: Any) -> list[str]:
+    """Raise KeyboardInterrupt in this worker's running points of ``tokens`` (Ctrl-C at their
+    driver), when each next runs Python code; the tokens of those."""
     import ctypes
 
-    for ident in list(_running.values()):
+    found = {t: i for t, i in list(_running.items()) if t in tokens}
+    for ident in found.values():
         ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
         )
-    return len(_running)
+    return list(found)
+
+
+def kill_running(tokens: Any) -> None:
+    """End this worker process if it runs a point of ``tokens`` (one that ignored Ctrl-C, in a
+    blocking call): as ``-n`` kills such a worker. Its nanny, if any, starts a new one."""
+    import signal
+
+    if any(token in _running for token in tokens):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -467,16 +577,24 @@ class DaskDriver:
             while (slots is None or running < slots) and submit():
                 running += 1
 
+        # A SIGTERM for the sweep (`kill`, a scheduler's time limit) stops it as Ctrl-C does.
+        previous = install_sigterm()
         try:
             fill()
             for future, result in pending:
-                self._finished(result, *futures.pop(future))
+                handled = futures.pop(future)
+                # Let go of it now: Dask runs a task its client still holds again when the
+                # worker holding its result is lost, and the point would run twice.
+                future.release()
+                self._finished(result, *handled)
                 if self._stops():
                     client.cancel([f for f in futures if not f.done()])
                     break
                 fill()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as a SigtermInterrupt
             self._interrupt(client, futures)
+        finally:
+            DeferredInterrupts(previous).restore()  # SIGTERM's handler from before
 
     def _stops(self) -> bool:
         """Whether no more points are to be gathered or started (-x met a failure)."""
@@ -491,8 +609,8 @@ class DaskDriver:
         if isinstance(result, BaseException):  # KilledWorker when the scheduler gave up
             message = f"{type(result).__name__}: {result}".splitlines()[0]
             run_id = self.started.get(token)
-            mark_stored(self._urls(), self.config, run_id, "FAILED", message)
-            result = RunReport(item.nodeid, "FAILED", 0.0, run_id, message=message)
+            marked = mark_stored(self._urls(), self.config, run_id, "FAILED", message)
+            result = RunReport(item.nodeid, "FAILED", 0.0, run_id, message=message, stored=marked)
         self._report(result)
 
     def _urls(self) -> tuple[str, ...]:
@@ -532,24 +650,51 @@ class DaskDriver:
         return None
 
     def _interrupt(self, client: Any, futures: dict) -> None:
-        """Ctrl-C: cancel what did not start, interrupt what runs, and gather those reports."""
+        """Ctrl-C or SIGTERM: cancel what did not start, interrupt what runs, gather those reports.
+
+        A point that does not stop within ``INTERRUPT_GRACE`` (in a blocking call, which the
+        interrupt waits behind) has its worker process killed, as ``-n`` does, and its run
+        stored INTERRUPTED here. A second signal ends the wait.
+        """
         from distributed import wait
 
         self.session.shouldstop = self.session.interrupted = True
-        waiting = [f for f in futures if not f.done() and futures[f][1] not in self.started]
-        client.cancel(waiting)
-        running = [f for f in futures if not f.done() and f not in waiting]
+        left = {f: futures[f][1] for f in futures if not f.done()}
+        tokens = list(left.values())
         try:
-            client.run(interrupt_running)
-            done, not_done = wait(running, timeout=10, return_when="ALL_COMPLETED")
-        except KeyboardInterrupt:
-            done, not_done = set(), set(running)
-        for future in running:
-            item, token = futures[future]
-            if future in done and future.status == "finished":
-                self._finished(future.result(), item, token)
-            elif token in self.started:
-                message = "interrupted; its Dask task did not stop in time"
-                mark_stored(self._urls(), self.config, self.started[token], "INTERRUPTED", message)
-                self._report(RunReport(item.nodeid, "INTERRUPTED", 0.0, self.started[token]))
-        client.cancel(list(not_done))
+            answers = client.run(interrupt_running, tokens, on_error="ignore")
+            # What runs: what a worker interrupted, and what started (its event may be late).
+            runs = set(self.started).union(*(a for a in answers.values() if isinstance(a, list)))
+            client.cancel([f for f, token in left.items() if token not in runs])
+            wait([f for f, token in left.items() if token in runs], timeout=INTERRUPT_GRACE)
+        except (KeyboardInterrupt, TimeoutError):
+            pass
+        # From here a signal is only noted: cut short, this would leave runs RUNNING.
+        deferred = DeferredInterrupts()
+        try:
+            self._stop_unstopped(client, futures, tokens)
+        finally:
+            deferred.restore()
+
+    def _stop_unstopped(self, client: Any, futures: dict, tokens: list) -> None:
+        """Kill the workers still running a point of ``tokens``; report the points that ran."""
+        ended = ("finished", "error")
+        started = [f for f, (_, token) in futures.items() if token in self.started]
+        unstopped = [f for f in started if f.status not in ended]
+        # Cancelled first, so that the scheduler does not run them again elsewhere.
+        client.cancel([f for f in futures if not f.done()])
+        if tokens:
+            # Returns once those workers are gone: a killed one never answers.
+            client.run(kill_running, tokens, on_error="ignore")
+        # The points that ended meanwhile too: gathered here, not by the loop.
+        for future, (item, token) in futures.items():
+            if future.status in ended:
+                ok = future.status == "finished"
+                self._finished(future.result() if ok else future.exception(), item, token)
+            elif future in unstopped:
+                message = "interrupted; its Dask worker did not stop in time and was killed"
+                run_id = self.started[token]
+                marked = mark_stored(self._urls(), self.config, run_id, "INTERRUPTED", message)
+                self._report(
+                    RunReport(item.nodeid, "INTERRUPTED", 0.0, run_id, None, message, stored=marked)
+                )

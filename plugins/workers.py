@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -92,8 +93,31 @@ def session_spec(config: Any, files: tuple[ShippedFile, ...] = ()) -> SessionSpe
 
 
 def _absolute(url: str, base: Path) -> str:
-    # A folder given relative to where expkit was started must mean the same on a worker.
-    return url if "://" in url else str((base / url).resolve())
+    """``url`` with its file's or folder's path made absolute against ``base``.
+
+    A store given relative to where expkit was started must mean the same on a worker: a
+    Dask worker runs in a folder of its own, and a worker opens its stores before it changes
+    to the run's folder. A plain path, ``file://``, ``tinydb://`` and ``sqlite:///`` name
+    files; the other schemes name servers, left as they are.
+    """
+    scheme, sep, rest = url.partition("://")
+    kind = scheme.lower().partition("+")[0]
+    if not sep:
+        return _under(base, url)
+    if kind in ("file", "tinydb") and rest:
+        return f"{scheme}://{_under(base, rest)}"
+    database, mark, query = rest.partition("?")
+    # sqlite:///rel.db is relative, sqlite:////abs.db absolute; the path is percent-encoded.
+    if kind == "sqlite" and database.startswith("/") and not database.startswith("//"):
+        name = urllib.parse.unquote(database[1:])
+        if name and name != ":memory:" and not name.startswith("file:"):
+            path = urllib.parse.quote(_under(base, name))
+            return f"{scheme}:///{path}{mark}{query}"  # the path begins with /: four
+    return url
+
+
+def _under(base: Path, path: str) -> str:
+    return str((base / os.path.expanduser(path)).resolve())
 
 
 class _Tracker:
@@ -311,6 +335,7 @@ class _Worker:
         self.number = number
         self.item: Item | None = None
         self.run_id: Any = None
+        self.item_output = 0  # where the output of its item begins in its log
         self.ready = False
         fd, self._log_path = tempfile.mkstemp(prefix=f"expkit-worker{number}-", suffix=".log")
         self.log = os.fdopen(fd, "rb")
@@ -336,12 +361,25 @@ class _Worker:
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines the worker wrote to its stdout and stderr."""
+        return "\n".join(self.output_since(-16384).splitlines()[-lines:])
+
+    def log_size(self) -> int:
+        """How much the worker wrote so far (where what it writes next begins)."""
         try:
-            size = os.fstat(self.log.fileno()).st_size
-            data = os.pread(self.log.fileno(), 16384, max(size - 16384, 0))
+            return os.fstat(self.log.fileno()).st_size
+        except OSError:
+            return 0
+
+    def output_since(self, offset: int, limit: int = 1 << 20) -> str:
+        """What the worker wrote from ``offset`` on (negative: the last ``-offset`` bytes), up
+        to its last ``limit`` bytes."""
+        size = self.log_size()
+        start = max(size + offset if offset < 0 else offset, size - limit, 0)
+        try:
+            data = os.pread(self.log.fileno(), size - start, start)
         except OSError:
             return ""
-        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+        return data.decode("utf-8", "replace")
 
     def ask_to_stop(self) -> None:
         """Ask the worker to end, without waiting for it."""
@@ -413,6 +451,11 @@ def _worker_process(
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
+    # Each line in the log as it is printed, as on a terminal: a worker that is killed takes
+    # no buffered output with it, and its point is stored with what it printed.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)
     worker_main(conn)
 
 
@@ -614,7 +657,7 @@ class Driver:
         except OSError:  # it died meanwhile: the end of its socket tells, and it is replaced
             self.not_sent(item)
             return
-        worker.item = item
+        worker.item, worker.item_output = item, worker.log_size()
         self.hook.expkit_run_logstart(nodeid=item.nodeid)
 
     def _report(self, report: RunReport) -> None:
@@ -633,12 +676,15 @@ class Driver:
         how = describe_exit(worker.proc.exitcode)
         self.workers.remove(worker)
         tail = worker.log_tail()
+        # Stored as its output: the run's last beat has at most part of it.
+        output = worker.output_since(worker.item_output)
         worker.close()
         if worker.item is not None:
             message = f"worker {worker.number} (pid {worker.proc.pid}) died ({how}) running it"
-            longrepr = message + (f"; its last output:\n{tail}" if tail else "")
+            last = "\n".join(output.splitlines()[-15:])  # its own: not an earlier item's
+            longrepr = message + (f"; its last output:\n{last}" if last else "")
             marked = mark_stored(
-                self.spec.store_urls, self.config, worker.run_id, "FAILED", message
+                self.spec.store_urls, self.config, worker.run_id, "FAILED", message, output
             )
             self._report(
                 RunReport(
@@ -707,9 +753,12 @@ class Driver:
                 worker.item = None
 
 
-def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) -> tuple:
-    """Record in each store that run ``run_id``, whose process is gone, ended with ``status``;
-    the stores that have it so (:class:`expkit.delivery.StoreOutcome`, for the summary)."""
+def mark_stored(
+    urls: Any, config: Any, run_id: Any, status: str, message: str, output: str = ""
+) -> tuple:
+    """Record in each store that run ``run_id``, whose process is gone, ended with ``status``
+    (and printed ``output``, if given); the stores that have it so
+    (:class:`expkit.delivery.StoreOutcome`, for the summary)."""
     if run_id is None:
         return ()
     import logging
@@ -724,6 +773,10 @@ def mark_stored(urls: Any, config: Any, run_id: Any, status: str, message: str) 
         try:
             store = store_for_url(config.pluginmanager, url)
             store.resume(run_id)
+            if output:
+                # The run's own info and result, as stored: only its output is new.
+                doc = getattr(store, "_doc", None) or {}
+                store.heartbeat_event(doc.get("info") or {}, output, utcnow(), doc.get("result"))
             if status == "FAILED":
                 store.failed_event(fail_time=utcnow(), fail_trace=[message + "\n"])
             else:

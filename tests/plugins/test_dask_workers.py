@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -143,6 +144,10 @@ def test_a_lost_workers_point_is_tried_once_more_and_never_stored_twice(
     for run in runs:
         if run["status"] == "FAILED":
             assert run["fail_trace"] == ["its Dask worker was lost\n"]
+    # The summary counts every run stored, the lost tries too.
+    (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("stored ")]
+    assert summary.startswith(f"stored {len(runs)} run(s) in "), summary
+    assert sorted(summary.partition(": id ")[2].split(", ")) == sorted(r["_dir"] for r in runs)
 
 
 HOLD = """\
@@ -158,8 +163,9 @@ def exp_hold(x=0):
 
 
 @pytest.mark.slow
-def test_ctrl_c_interrupts_the_point_running_on_a_worker(
-    tmp_path: Path, scheduler_file: Path
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_interrupts_the_point_running_on_a_worker(
+    tmp_path: Path, scheduler_file: Path, signum: int
 ) -> None:
     project = write_project(tmp_path / "held", {"exp_hold.py": HOLD})
     (project / "hold").write_text("")
@@ -173,12 +179,167 @@ def test_ctrl_c_interrupts_the_point_running_on_a_worker(
         if any(r["status"] == "RUNNING" for r in stored_runs_so_far(project / "runs")):
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, out + err
     (run,) = stored_runs(project / "runs")  # one worker thread: one point had started
     assert run["status"] == "INTERRUPTED"
     assert "interrupted: 2 experiments not run" in out
+    assert "1 interrupted" in out and "Traceback" not in err
+
+
+BLOCK = """\
+import os
+import time
+from pathlib import Path
+
+def exp_block(x=0):
+    Path(f"pid{x}.tmp").write_text(str(os.getpid()))
+    os.replace(f"pid{x}.tmp", f"pid{x}")
+    time.sleep(600)  # one blocking call: a KeyboardInterrupt waits behind it
+    return x
+"""
+
+
+def _wait_for_worker(scheduler_file: Path) -> None:
+    """Until the cluster has its worker again (its nanny starts a new one when it dies)."""
+    from distributed import Client
+
+    with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+        client.wait_for_workers(1, timeout=60)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_point_in_a_blocking_call_by_killing_its_worker(
+    tmp_path: Path, scheduler_file: Path
+) -> None:
+    project = write_project(tmp_path / "block", {"exp_block.py": BLOCK})
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("expkit")), "run", "--sweep", "x=1,2",
+         "--dask", str(scheduler_file)],
+        cwd=project, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not (project / "pid1").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        pid = int((project / "pid1").read_text())
+        time.sleep(1.0)  # the run's start reaches the driver
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    try:
+        assert proc.returncode == ExitCode.INTERRUPTED, out + err
+        assert "INTERNAL ERROR" not in out + err and "Traceback" not in err
+        assert time.monotonic() - started < 30
+        (run,) = stored_runs(project / "runs")  # one worker thread: one point had started
+        assert run["status"] == "INTERRUPTED"
+        assert "interrupted: 1 experiment not run" in out and "1 interrupted" in out
+        # Its worker was stopped harder: the point does not sleep on.
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        _wait_for_worker(scheduler_file)
+
+
+FAIL_OR_EXIT = """\
+import os
+
+def exp_fail(mode="fail"):
+    print(f"{mode} in {os.getpid()}", flush=True)
+    if mode == "osexit":
+        os._exit(1)  # the worker process dies, and the results it held with it
+    raise ValueError(mode)
+"""
+
+
+@pytest.mark.slow
+def test_a_finished_point_is_not_run_again_when_a_later_point_loses_the_worker(
+    tmp_path: Path, scheduler_file: Path
+) -> None:
+    project = write_project(tmp_path / "fails", {"exp_fail.py": FAIL_OR_EXIT})
+    proc = run_expkit(
+        "run", "--sweep", "mode=fail,osexit", "--dask", str(scheduler_file), cwd=project,
+        timeout=180,
+    )  # fmt: skip
+    _wait_for_worker(scheduler_file)
+    assert proc.returncode == ExitCode.RUNS_FAILED, proc.stdout + proc.stderr
+    by_mode: dict[str, list[str]] = {}
+    for run in stored_runs(project / "runs"):
+        by_mode.setdefault(run["config"]["mode"], []).append(run["status"])
+    assert by_mode == {"fail": ["FAILED"], "osexit": ["FAILED", "FAILED"]}
+    assert "2 failed" in proc.stdout
+
+
+# --- what a long-lived worker keeps between sessions -----------------------------------------
+
+USES_UTILS = """\
+import utils
+
+def exp_k():
+    return utils.K
+"""
+
+
+@pytest.mark.slow
+def test_each_session_runs_its_own_local_modules_on_a_long_lived_worker(
+    tmp_path: Path, scheduler_file: Path
+) -> None:
+    # One worker process runs every session: what an earlier one imported is not reused.
+    a = write_project(tmp_path / "a", {"exp_k.py": USES_UTILS, "utils.py": "K = 1\n"})
+    b = write_project(tmp_path / "b", {"exp_k.py": USES_UTILS, "utils.py": "K = 2\n"})
+
+    def run_in(project: Path) -> dict:
+        proc = run_expkit("run", "--dask", str(scheduler_file), cwd=project, timeout=120)
+        assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+        return stored_runs(project / "runs")[-1]
+
+    assert run_in(a)["result"] == 1
+    assert run_in(b)["result"] == 2  # another project's utils.py
+    (a / "utils.py").write_text("K = 3\n")  # edited between two sweeps
+    run = run_in(a)
+    assert run["result"] == 3
+    # And the run records the utils.py that ran.
+    check = run_expkit("rerun", run["_dir"], "--check", "--store", "runs", cwd=a, timeout=120)
+    assert check.returncode == ExitCode.OK, check.stdout + check.stderr
+
+
+@pytest.mark.slow
+def test_relative_store_urls_are_the_projects_not_the_workers_folder(
+    project: Path, scheduler_file: Path
+) -> None:
+    stores = ["sqlite:///rel.db", "file://stf", "tinydb://tdb"]
+    args = [a for url in stores for a in ("--store", url)]
+    proc = run_expkit(
+        "run", "--sweep", "x=3,4", "--dask", str(scheduler_file), *args, cwd=project, timeout=120
+    )
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    assert sorted(r["result"] for r in stored_runs(project / "stf")) == [3, 4]
+    for url in stores:
+        listed = run_expkit("runs", "list", "--store", url, "--json", cwd=project)
+        assert listed.returncode == ExitCode.OK, listed.stdout + listed.stderr
+        assert sorted(r["result"] for r in json.loads(listed.stdout)) == [3, 4], url
+    worker_folder = scheduler_file.parent
+    assert not {"rel.db", "stf", "tdb"} & {p.name for p in worker_folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_tune_on_dask_stores_runs_beside_its_study_in_a_relative_store(
+    project: Path, scheduler_file: Path
+) -> None:
+    proc = run_expkit(
+        "tune", "exp_point.py::exp_point", "--sweep", "x=3,4", "--trials", "2",
+        "--dask", str(scheduler_file), "--store", "sqlite:///rel2.db", cwd=project, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == ExitCode.OK, proc.stdout + proc.stderr
+    listed = run_expkit("runs", "list", "--store", "sqlite:///rel2.db", "--json", cwd=project)
+    assert listed.returncode == ExitCode.OK, listed.stdout + listed.stderr
+    assert len(json.loads(listed.stdout)) == 2
+    assert not (scheduler_file.parent / "rel2.db").exists()
 
 
 @pytest.mark.slow
@@ -279,3 +440,25 @@ def test_a_file_store_a_worker_cannot_reach_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"is not on this worker .* a shared folder"):
         _check_stores_reachable((str(tmp_path / "nowhere" / "runs"),), "tcp://10.0.0.7:4000")
     _check_stores_reachable((str(tmp_path), "mongodb://db.example/x"), "tcp://10.0.0.7:4000")
+
+
+@pytest.mark.parametrize(
+    ("url", "absolute"),
+    [
+        ("runs", "{base}/runs"),
+        ("file://stf", "file://{base}/stf"),
+        ("tinydb://tdb/db.json", "tinydb://{base}/tdb/db.json"),
+        ("sqlite:///rel%20x.db?timeout=5", "sqlite:///{quoted}/rel%20x.db?timeout=5"),
+        ("sqlite:////abs/runs.db", "sqlite:////abs/runs.db"),
+        ("file:///abs/runs", "file:///abs/runs"),
+        ("mongodb://db:27017/runs", "mongodb://db:27017/runs"),
+    ],
+)
+def test_store_urls_sent_to_workers_are_absolute(tmp_path: Path, url: str, absolute: str) -> None:
+    import urllib.parse
+
+    from expkit_plugins.workers import _absolute
+
+    base = (tmp_path / "a b").resolve()
+    quoted = urllib.parse.quote(str(base))
+    assert _absolute(url, base) == absolute.format(base=base, quoted=quoted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import os
+import re
 import signal
 import subprocess
 import time
@@ -45,6 +46,7 @@ def exp_point(x, nap, _run):
     print(f"point {x} in {os.getpid()}")
     if x == 3 and not Path("killed-once").exists():
         Path("killed-once").write_text("")
+        time.sleep(0.3)  # what it printed is out of its process: only that can be stored
         os.kill(os.getpid(), signal.SIGKILL)
     deadline = time.time() + 30
     while Path(f"hold{x}").exists() and time.time() < deadline:
@@ -114,6 +116,8 @@ def test_a_worker_killed_by_a_signal_fails_its_point_and_is_replaced(project: Pa
     assert status == {x: "FAILED" if x == 3 else "COMPLETED" for x in range(8)}
     (failed,) = [r for r in runs if r["status"] == "FAILED"]
     assert "killed by SIGKILL" in "".join(failed["fail_trace"])
+    # Stored with what it printed before it died, not what the points before it printed.
+    assert re.findall(r"^point (\S+) in \d+$", failed["cout"], re.M) == ["3"], failed["cout"]
     # The dead worker was replaced: a third worker imported the file and ran points.
     assert len((project / "imports.log").read_text().split()) == 1 + 3
     assert len({point_pid(r) for r in runs if r["status"] == "COMPLETED"}) == 3
