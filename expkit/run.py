@@ -212,7 +212,11 @@ def _is_store(observer: Any) -> bool:
 
 def _one_per_place(stores: list) -> list:
     """The stores, one for each place: a Sacred script's ``FileStorageObserver("runs")``
-    under ``expkit run``, whose default store is ./runs too, records the run once."""
+    under ``expkit run``, whose default store is ./runs too, records the run once.
+
+    Only stores on this machine's files are told apart by URL: a server's observer may
+    write where its URL does not say (``MongoObserver(url, db_name=...)``, ``client=``).
+    """
     if len(stores) < 2:
         return stores
     from expkit.store import store_identity
@@ -220,7 +224,8 @@ def _one_per_place(stores: list) -> list:
     kept, places = [], set()
     for store in stores:
         url = getattr(getattr(store, "storage", None), "url", None)
-        place = store_identity(url) if isinstance(url, str) else id(store)
+        local = isinstance(url, str) and url and url.partition("://")[0] in (url, "file", "tinydb")
+        place = store_identity(url) if local else id(store)
         if place not in places:
             places.add(place)
             kept.append(store)
@@ -295,7 +300,7 @@ def create_run(
         for path in sorted(summary.added):
             base_logger.getChild(experiment.path).warning('Added new config entry: "%s"', path)
         for path, (old, new) in summary.typechanged.items():
-            if not (_is_number(old) and _is_number(new)):  # numpy's numbers and Python's
+            if not (_is_number(old) and _is_number(new)):
                 base_logger.getChild(experiment.path).warning(
                     'Changed type of config entry "%s" from %s to %s',
                     path,

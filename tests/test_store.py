@@ -194,3 +194,22 @@ def test_store_identity_is_one_name_per_store(
 )
 def test_store_identity_tells_stores_apart(one: str, other: str) -> None:
     assert store.store_identity(one) != store.store_identity(other)
+
+
+def test_observers_of_one_server_that_write_to_two_places_both_record_the_run(
+    mongo_url: str, mongo_db: Any
+) -> None:
+    # Their URL is one; where they write is not: neither is taken for the other.
+    from expkit import Experiment
+    from expkit.observers import MongoObserver
+
+    ex = Experiment("two_prefixes", interactive=True)
+    db = mongo_db.name
+    ex.observers[:] = [
+        MongoObserver(mongo_url, db_name=db),
+        MongoObserver(mongo_url, db_name=db, collection_prefix="b"),
+    ]
+    ex.main(lambda: 1)
+    ex.run()
+    assert mongo_db["runs"].count_documents({}) == 1
+    assert mongo_db["b_runs"].count_documents({}) == 1
