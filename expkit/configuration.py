@@ -342,7 +342,7 @@ class ConfigScope:
         # layers.append(3)) is the changed entry from here on, as in Sacred.
         changed = [k for k in self.arg_names if k in preset and k not in self.assigned]
         for key in changed:
-            if key not in fixed:
+            if key not in fixed and key in namespace:  # not del-eted by the scope
                 config[key] = normalize(namespace[key], key, self.where)
         for key in self.assigned + [k for k in fixed if k not in self.assigned]:
             if key not in namespace:

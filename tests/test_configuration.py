@@ -916,6 +916,21 @@ def test_ingredient_scope_cannot_read_an_unrelated_ingredient() -> None:
         resolve_config(ex)
 
 
+def test_a_later_scope_may_delete_an_earlier_entry_it_reads() -> None:
+    ex = Experiment("deletes")
+
+    @ex.config
+    def first():
+        tmp = 3
+
+    @ex.config
+    def second(tmp):
+        b = tmp * 2
+        del tmp  # a helper name, as Sacred allows; the earlier scope's entry stays
+
+    assert entries(ex) == {"tmp": 3, "b": 6}
+
+
 def test_a_scope_that_sets_an_ingredients_entry_is_ignored_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
