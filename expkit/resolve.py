@@ -139,7 +139,8 @@ def _refuse_special_names(updates: Mapping) -> None:
             if name in SPECIAL_NAMES:
                 raise ConfigError(
                     f"the update {path!r} cannot be made: {name} is not a config entry but "
-                    f"what expkit passes to a function that asks for it ({_SPECIAL[name]})",
+                    f"what expkit passes to a function that asks for it "
+                    f"({_SPECIAL.get(name, 'a value of its own')})",
                     print_traceback=False,
                 )
 
