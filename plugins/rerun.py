@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from expkit.captured import SPECIAL_NAMES
 from expkit.errors import UsageError
 from expkit.nodes import ExitCode
 from expkit.pluginmanager import hookimpl
@@ -170,6 +171,12 @@ def _entries(original: RunRecord, overrides: dict[str, Any]) -> tuple[dict[str, 
     ``with n=5`` in Sacred.
     """
     flat = flatten(original.config)
+    special = [k for k in flat if any(part in SPECIAL_NAMES for part in k.split("."))]
+    if special:
+        # Stored by expkit before it refused them (-o _seed=3 -f): the run's functions got
+        # what expkit passes under that name, never the entry, which the rerun leaves out.
+        print(f"left out of the re-run's config: {', '.join(special)} (names expkit fills in)")
+        flat = {k: v for k, v in flat.items() if k not in special}
     for key in overrides:
         if not any(k == key or k.startswith(key + ".") for k in flat):
             raise UsageError(

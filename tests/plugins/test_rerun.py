@@ -212,6 +212,34 @@ def test_a_script_whose_base_dir_is_above_it_records_its_path_and_reruns(tmp_pat
     assert f"result: identical ({original['result']})" in done.stdout.splitlines()
 
 
+SEEDED = """\
+    import expkit
+
+    @expkit.config
+    def cfg():
+        a = 2
+
+    def exp_seeded(a, _seed):
+        return a * (_seed % 5)
+"""
+
+
+def test_a_run_whose_config_holds_a_name_expkit_fills_in_is_rerun_without_it(
+    tmp_path: Path,
+) -> None:
+    # As `-o _seed=3 -f` stored it before such updates were refused: the function got its
+    # own _seed all the same.
+    root = write_project(tmp_path / "proj", {"exp_seeded.py": SEEDED})
+    assert run_expkit("run", "exp_seeded.py", cwd=root).returncode == 0
+    config_file = root / "runs" / "1" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "_seed": 3}))
+    done = run_expkit("rerun", "1", "--check", cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "left out of the re-run's config: _seed (names expkit fills in)" in lines
+    assert any(line.startswith("result: identical (") for line in lines)
+
+
 PLAIN_MAIN = """\
     from expkit import Experiment
 
