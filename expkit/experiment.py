@@ -315,7 +315,9 @@ class Experiment(Ingredient):
                 )
         captured = self.main(function)
         if module == "__main__":
-            self.run_commandline()
+            run = self.run_commandline()
+            if run is not None and any(outcome.missing for outcome in run.stored):
+                sys.exit(1)  # a store refused or lost the run, as logged: not a success
         return captured
 
     def option_hook(self, function: Callable) -> Callable:

@@ -245,10 +245,7 @@ def expkit_run_commandline(experiment: Any, argv: list[str]) -> Any:
         if parsed["help_for"]:
             print(_command_help(experiment, parsed["help_for"]))
             sys.exit(0)
-        run = _run(experiment, parsed)
-        if any(outcome.missing for outcome in run.stored):
-            sys.exit(1)  # a store refused or lost the run, as logged: not a success
-        return run
+        return _run(experiment, parsed)
     except ExpkitError as exc:
         if options.get("--debug"):
             raise

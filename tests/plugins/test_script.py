@@ -272,6 +272,12 @@ def test_a_run_the_store_refuses_exits_1_and_says_where_it_is_kept(tmp_path: Pat
     assert f"it is kept in {tmp_path / 'spool'}" in error
     proc = run_script("exp.py", "-u", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr  # nothing to store, nothing refused
+    # From Python the run is returned, as any run: a driver of many runs goes on.
+    driver = "from exp import ex\nrun = ex.run_commandline(['exp.py', '-F', 'runs'])\n"
+    driver += "print([o.state for o in run.stored])\n"
+    proc = run_script("-c", driver, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "['undeliverable']"
 
 
 def test_an_option_hook_sees_the_command_line_as_sacreds_gives_it(tmp_path: Path) -> None:
