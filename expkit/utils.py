@@ -288,6 +288,12 @@ def is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies in ``folder`` once both have their symlinks resolved: a file a
+    stored record names may be read from its store only if it is in the store."""
+    return is_under(os.path.realpath(path), os.path.realpath(folder))
+
+
 def has_control_chars(text: str) -> bool:
     """Whether ``text`` holds a control character (an escape sequence, a newline, ...)."""
     # isprintable (in C) is False for every character the pattern matches: most text is

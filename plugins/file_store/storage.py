@@ -61,7 +61,7 @@ from expkit.store import (
     StoreObserver,
     StoreReader,
 )
-from expkit.utils import file_md5, is_under, replace_file
+from expkit.utils import file_md5, is_inside, replace_file
 
 from . import columns as _columns
 
@@ -217,7 +217,7 @@ class FileStorage(Storage):
                     return path
                 return os.path.relpath(_store_by_md5(path, self.source_dir), self.basedir)
             if kind == "resource":
-                if not self.copy_artifacts and _is_inside(path, self.basedir):
+                if not self.copy_artifacts and is_inside(path, self.basedir):
                     return os.path.relpath(path, self.basedir)
                 stored = _store_by_md5(path, self.resource_dir, name=name)
                 return os.path.relpath(stored, self.basedir)
@@ -329,10 +329,10 @@ class FileStorage(Storage):
         if kind == "artifact":
             rundir = self._rundir(run_id)
             path = os.path.join(rundir, file.name)
-            if not _inside(path, rundir):
+            if not is_inside(path, rundir):
                 raise StoreError(f"artifact {file.name!r} of run {run_id!r} is outside its folder")
             return _read_bytes(path, f"artifact {file.name!r}")
-        paths = [p for p in _stored_paths(self.basedir, kind, file) if _inside(p, self.basedir)]
+        paths = [p for p in _stored_paths(self.basedir, kind, file) if is_inside(p, self.basedir)]
         if not paths:
             raise StoreError(f"{kind} {file.name!r} of run {run_id!r} is outside the store")
         for path in paths:
@@ -674,10 +674,6 @@ def _stored_paths(basedir: str, kind: str, file: StoredFile) -> list[str]:
 
 
 _BEAT_REWRITE_RATE = 10_000_000  # bytes of metrics.json a heartbeat may rewrite per second
-
-
-def _inside(path: str, folder: str) -> bool:
-    return is_under(os.path.realpath(path), os.path.realpath(folder))
 
 
 def _stamp(rundir: str) -> list[int]:
@@ -1109,11 +1105,6 @@ def _checked_target(rundir: str, name: str, what: str) -> str | None:
     if os.path.isdir(target) and not os.path.islink(target):
         raise UsageError(f"{what} name {name!r} is an existing folder of the run ({target})")
     return target
-
-
-def _is_inside(path: str, folder: str) -> bool:
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([path, folder]) == folder
 
 
 def _store_by_md5(path: str, store_dir: str, name: str | None = None) -> str:

@@ -55,7 +55,7 @@ from expkit.store import (
     StoreReader,
     id_candidates,
 )
-from expkit.utils import file_md5, is_under, replace_file, temp_file_beside
+from expkit.utils import file_md5, is_inside, replace_file, temp_file_beside
 
 if TYPE_CHECKING:
     from tinydb.table import Document
@@ -469,7 +469,7 @@ class TinyDbStorage(Storage):
         if relpath is None:
             raise NotKeptError(f"{kind} {file.name!r} of run {run_id!r} was recorded, not kept")
         path = self.root / relpath
-        if not is_under(os.path.realpath(path), os.path.realpath(self.root)):
+        if not is_inside(str(path), str(self.root)):
             # A document names files in the store's hashfs only; one edited or copied in
             # from elsewhere must not make a reader (expkit ui) serve any file.
             raise StoreError(
