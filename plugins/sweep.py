@@ -294,7 +294,9 @@ def make_plan(option: Any) -> SweepPlan:
             import random
 
             seed = random.SystemRandom().randrange(2**31)
-        return SweepPlan(tuple(sweeps), samples, seed)
+        # With --seed too, the runs' seeds (and the sweep's id) come from it: both repeat.
+        both = f"--seed {option.seed} " if option.seed is not None else ""
+        return SweepPlan(tuple(sweeps), samples, seed, repeat=both + "--sample-seed")
     return SweepPlan(tuple(sweeps), samples, option.seed, repeat="--seed")
 
 

@@ -128,6 +128,21 @@ def test_the_sample_seed_draws_the_points_and_wins_over_the_seed() -> None:
     assert _plan(sweep, samples=4, seed=9, sample_seed=3) == by_seed
 
 
+@pytest.mark.parametrize(
+    ("seed", "sample_seed", "repeat"),
+    [(None, 3, "--sample-seed 3"), (9, None, "--seed 9"), (9, 3, "--seed 9 --sample-seed 3")],
+)
+def test_the_header_names_every_option_that_repeats_the_points(
+    seed: int | None, sample_seed: int | None, repeat: str
+) -> None:
+    # With both, the runs' seeds and the sweep's id come from --seed: the hint keeps both.
+    option = argparse.Namespace(
+        sweeps=["C=uniform(0, 1)"], samples=2, seed=seed, sample_seed=sample_seed
+    )
+    plan = make_plan(option)
+    assert f"{plan.repeat} {plan.seed}" == repeat
+
+
 def test_random_points_times_the_grid() -> None:
     points = _plan("a=1,2", "x=uniform(0, 1)", samples=3, seed=0)
     assert [p["a"] for p in points] == [1, 1, 1, 2, 2, 2]
