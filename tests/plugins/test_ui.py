@@ -1063,7 +1063,7 @@ def test_a_damaged_or_partial_record_is_still_shown(tmp_path):
         assert "<code> @ abc</code>" in body.decode()
 
 
-def test_small_things_the_tester_found(tmp_path):
+def test_bad_input_is_400_absent_entries_show_absent_and_every_status_is_offered(tmp_path):
     store = tmp_path / "runs"
     first = _simple_run(store, config={"C": 1, "extra": None})
     second = _simple_run(store, config={"C": 2})
