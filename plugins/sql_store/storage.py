@@ -214,7 +214,7 @@ class SqlStorage(Storage):
                 itertools.repeat(ident),
                 itertools.repeat(str(name)),
                 column["steps"],
-                _numbers(column["values"]),
+                _numbers(column["values"], f"run {ident} in {self._where}, metric {name!r}"),
                 column["timestamps"],
             )
             for name, column in columns.items()
@@ -570,13 +570,28 @@ def _across(text: str, secret: str, at: int) -> bool:
     return text.find(secret, at - len(secret) + 1, at + len(secret) - 1) >= 0
 
 
-def _numbers(values: list) -> list:
-    """Metric values as the float column holds them (see :func:`_number`)."""
+def _numbers(values: list, what: str) -> list:
+    """Metric values as the float column holds them (see :func:`_number`); a value that is
+    no number (text a run Sacred recorded logged, synced here) is named in a warning."""
     if set(map(type, values)) == {float}:
         total = sum(values)
         if total == total:  # no NaN among them: the values as they are
             return values
-    return list(map(_number, values))
+    numbers = list(map(_number, values))
+    lost = [v for v, n in zip(values, numbers) if n is None and not _is_nan(v)]
+    if lost:
+        log.warning(
+            "%s: %d value(s) that are no number, such as %r, kept as NaN (an SQL store keeps "
+            "numbers; a file or TinyDB store keeps them as they are)",
+            what,
+            len(lost),
+            lost[0],
+        )
+    return numbers
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
 
 
 def _number(value: Any) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -243,6 +244,23 @@ def test_non_finite_floats_round_trip(url: str):
     values = record.metrics["loss"]["values"]
     # A diverged loss is information: NaN stays NaN, never a missing value.
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2:] == [math.inf, -math.inf]
+
+
+def test_metric_values_that_are_no_number_are_kept_as_nan_and_said(
+    db: Path, caplog: pytest.LogCaptureFixture
+):
+    # Sacred's log_scalar took anything; such runs reach an SQL store through expkit sync.
+    obs = SqlObserver(sqlite_url(db))
+    run_id = start(obs)
+    values = ["abc", None, True, 3, 2**70, math.nan]
+    column = {"steps": list(range(6)), "values": values, "timestamps": [1e9] * 6}
+    with caplog.at_level(logging.WARNING, logger="expkit"):
+        obs.log_metric_columns({"acc": column}, {})
+    stored = read(sqlite_url(db), run_id).metrics["acc"]["values"]
+    assert [v for v in stored if v == v] == [1.0, 3.0, float(2**70)]
+    [warning] = [r.getMessage() for r in caplog.records if "no number" in r.getMessage()]
+    assert warning.startswith(f"run {run_id} in {sqlite_url(db)}, metric 'acc': 2 value(s)")
+    assert "such as 'abc'" in warning
 
 
 @pytest.mark.parametrize(
